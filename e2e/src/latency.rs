@@ -1,0 +1,1 @@
+//! Injecting and clearing storage latency on libvirt guests and simulator VMs.
