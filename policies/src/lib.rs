@@ -1,1 +1,4 @@
-//! plumbline-policies
+//! Plumbline's decisions, with no I/O: plain data in (intent, observed cluster, observed
+//! hypervisors, the time), plans and readiness verdicts out.
+
+pub mod health;
