@@ -1,0 +1,400 @@
+//! The chart against the stack's real kube-apiserver: server-side dry run of everything it
+//! renders, then a real `helm install`, the operator run with nothing but the chart's
+//! ServiceAccount token, and proof that this RBAC is enough and no broader than needed.
+
+use crate::support::{chart_dir, full_values, poll, run, Cluster, OperatorProcess};
+use serde_json::Value;
+use std::{path::Path, process::Command, time::Duration};
+
+fn items(list: &Value) -> Vec<Value> {
+    match list.get("items") {
+        Some(Value::Array(items)) => items.clone(),
+        _ => vec![list.clone()],
+    }
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+#[test]
+fn chart_renders_and_passes_server_side_dry_run() {
+    let cluster = Cluster::load();
+    cluster.ensure_crds();
+    let ns = cluster.namespace("chart-dry-run");
+    let chart = chart_dir();
+    // The stack has no prometheus-operator, so no ServiceMonitor CRD: render it separately.
+    let manifest = run(
+        cluster.helm([
+            "template",
+            "dry",
+            chart.to_str().unwrap(),
+            "-n",
+            &ns.name,
+            "-f",
+            full_values().to_str().unwrap(),
+            "--set",
+            "serviceMonitor.enabled=false",
+        ]),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let applied = cluster.kubectl_ok(
+        &["apply", "--dry-run=server", "-n", &ns.name, "-o", "json", "-f", "-"],
+        Some(&manifest),
+    );
+    let applied: Value = serde_json::from_str(&applied).expect("kubectl printed JSON");
+    let objects = items(&applied);
+
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "NetworkPolicy",
+        "Secret",
+    ] {
+        assert_eq!(of_kind(&objects, kind).len(), 1, "expected one {kind} in {objects:#?}");
+    }
+    assert_eq!(of_kind(&objects, "HypervisorProvider").len(), 2, "both providers from values");
+    let dashboards = of_kind(&objects, "ConfigMap");
+    assert_eq!(dashboards.len(), 2, "one ConfigMap per dashboard");
+    for cm in &dashboards {
+        assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1", "{cm:#}");
+        let (file, json) = cm["data"].as_object().unwrap().iter().next().unwrap();
+        let dashboard: Value = serde_json::from_str(json.as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{file} in the ConfigMap is not JSON: {e}"));
+        assert!(dashboard["title"].is_string(), "{file} has no title");
+    }
+
+    // Restricted Pod Security, as the server stored it (defaults applied).
+    let deployment = of_kind(&objects, "Deployment")[0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(security["capabilities"]["add"].is_null());
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(args.contains(&"--leader-elect=true"), "two replicas elect a leader: {args:?}");
+    assert!(args.contains(&"--lease-name=dry-plumbline-leader"), "{args:?}");
+    assert_eq!(pod["serviceAccountName"], "dry-plumbline");
+
+    // Secrets only by name: the chart-made vSphere credentials plus rbac.extraSecretNames.
+    let role = of_kind(&objects, "Role")[0];
+    let secret_rules: Vec<&Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"].as_array().unwrap().iter().any(|x| x == "secrets"))
+        .collect();
+    assert_eq!(secret_rules.len(), 1, "{role:#}");
+    assert_eq!(secret_rules[0]["verbs"], serde_json::json!(["get"]));
+    assert_eq!(
+        secret_rules[0]["resourceNames"],
+        serde_json::json!(["dry-plumbline-chart-ci-vsphere-credentials", "lab-libvirt-tls"])
+    );
+    let cluster_role = of_kind(&objects, "ClusterRole")[0];
+    for rule in cluster_role["rules"].as_array().unwrap() {
+        let resources = rule["resources"].as_array().unwrap();
+        assert!(!resources.iter().any(|r| r == "secrets" || r == "*"), "cluster-wide secrets or wildcard: {rule}");
+        assert!(!rule["verbs"].as_array().unwrap().iter().any(|v| v == "*"), "wildcard verb: {rule}");
+    }
+
+    // The vSphere provider points at the Secret the chart made, in the release namespace.
+    let vsphere = of_kind(&objects, "HypervisorProvider")
+        .into_iter()
+        .find(|p| p["spec"]["vsphere"].is_object())
+        .expect("a vSphere provider");
+    assert_eq!(
+        vsphere["spec"]["vsphere"]["credentialsSecretRef"],
+        serde_json::json!({"name": "dry-plumbline-chart-ci-vsphere-credentials", "namespace": ns.name})
+    );
+
+    // The ServiceMonitor renders against the metrics Service's labels and port.
+    let monitor = run(
+        cluster.helm([
+            "template",
+            "dry",
+            chart.to_str().unwrap(),
+            "-f",
+            full_values().to_str().unwrap(),
+            "--show-only",
+            "templates/servicemonitor.yaml",
+        ]),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for want in ["kind: ServiceMonitor", "port: metrics", "app.kubernetes.io/component: metrics", "release: kube-prometheus-stack"] {
+        assert!(monitor.contains(want), "ServiceMonitor lacks {want:?}:\n{monitor}");
+    }
+}
+
+/// A token kubeconfig for a ServiceAccount, through a legacy token Secret (1.20 has no
+/// TokenRequest in kubectl); the tokens controller of the stack's controller-manager fills it.
+fn service_account_kubeconfig(cluster: &Cluster, namespace: &str, account: &str, path: &Path) {
+    let secret = format!("{account}-test-token");
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret,
+            "namespace": namespace,
+            "annotations": {"kubernetes.io/service-account.name": account},
+        },
+        "type": "kubernetes.io/service-account-token",
+    });
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&manifest.to_string()));
+    let token_b64 = poll("the tokens controller to fill the token Secret", Duration::from_secs(60), || {
+        let out = run(
+            cluster.kubectl(["get", "secret", "-n", namespace, &secret, "-o", "jsonpath={.data.token}"]),
+            None,
+        )?;
+        if out.trim().is_empty() {
+            Err("no token yet".into())
+        } else {
+            Ok(out)
+        }
+    });
+    let token = run(Command::new("base64").arg("-d"), Some(token_b64.trim())).unwrap_or_else(|e| panic!("{e}"));
+    let server = cluster.stack.get("KUBE_APISERVER_URL").unwrap_or_else(|e| panic!("{e}"));
+    let ca = cluster.stack.get("KUBE_CA_FILE").unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "stack", "cluster": {"server": server, "certificate-authority": ca}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "stack", "user": account, "namespace": namespace}}],
+        "current-context": account,
+    });
+    std::fs::write(path, kubeconfig.to_string()).expect("writing the ServiceAccount kubeconfig");
+}
+
+/// `kubectl auth can-i` as the ServiceAccount itself (its own token).
+fn can_i(kubeconfig: &Path, args: &[&str]) -> bool {
+    let mut cmd = Command::new("kubectl");
+    cmd.env("KUBECONFIG", kubeconfig).args(["auth", "can-i"]).args(args);
+    match run(cmd, None) {
+        Ok(out) => out.trim() == "yes",
+        Err(e) if e.contains("\nno") || e.trim_end().ends_with("no") => false,
+        Err(e) => panic!("kubectl auth can-i {args:?}: {e}"),
+    }
+}
+
+fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+#[test]
+fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
+    let cluster = Cluster::load();
+    let ns = cluster.namespace("chart-install");
+    let release = format!("pl-{}", &ns.name[ns.name.len() - 6..]);
+    let fullname = format!("{release}-plumbline");
+    let chart = chart_dir();
+    let libvirt_uri = cluster.stack.get("LIBVIRT_URI").unwrap_or("qemu:///system").to_string();
+    let provider = format!("{release}-kvm");
+
+    // Two replicas, so the chart sets up leader election and grants its Lease.
+    let installed = run(
+        cluster.helm([
+            "install",
+            &release,
+            chart.to_str().unwrap(),
+            "-n",
+            &ns.name,
+            "--set",
+            "replicas=2",
+            "--set",
+            &format!("providers[0].name={provider},providers[0].libvirt.uri={libvirt_uri},providers[0].sampleInterval=2s"),
+            "--set",
+            "rbac.extraSecretNames[0]=readable-secret",
+        ]),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("helm install: {e}"));
+    assert!(installed.contains("STATUS: deployed"), "{installed}");
+    let uninstall = Uninstall { cluster: &cluster, release: release.clone(), namespace: ns.name.clone() };
+
+    // What helm installed exists on the server.
+    cluster.kubectl_ok(&["get", "crd", "workloadintents.plumbline.dev", "hypervisorproviders.plumbline.dev"], None);
+    cluster.kubectl_ok(&["get", "-n", &ns.name, "serviceaccount", &fullname], None);
+    cluster.kubectl_ok(&["get", "clusterrole", &fullname], None);
+    cluster.kubectl_ok(&["get", "hypervisorprovider", &provider], None);
+    let deployment = cluster.kubectl_json(&["get", "-n", &ns.name, "deployment", &fullname]);
+    assert_eq!(deployment["spec"]["replicas"], 2);
+
+    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", ns.name));
+    service_account_kubeconfig(&cluster, &ns.name, &fullname, &kubeconfig);
+
+    // Sufficient ... (checked for real by running the operator below) and not broader.
+    let must: &[&[&str]] = &[
+        &["watch", "workloadintents.plumbline.dev", "-A"],
+        &["patch", "workloadintents.plumbline.dev/status", "-A"],
+        &["update", "workloadintents.plumbline.dev/finalizers", "-A"],
+        &["patch", "hypervisorproviders.plumbline.dev/status"],
+        &["patch", "deployments.apps", "-A"],
+        &["patch", "pods/status", "-A"],
+        &["patch", "nodes/status"],
+        &["create", "events.events.k8s.io", "-A"],
+        &["create", "poddisruptionbudgets.policy", "-A"],
+        &["get", "secret/readable-secret"],
+        &["update", &format!("lease.coordination.k8s.io/{fullname}-leader")],
+    ];
+    let must_not: &[&[&str]] = &[
+        // Secrets: only by the names in values, never listed, never elsewhere.
+        &["get", "secret/some-other-secret"],
+        &["list", "secrets"],
+        &["get", "secrets", "-n", "kube-system"],
+        &["list", "secrets", "-A"],
+        // Pods are never created, deleted or edited; only their status conditions.
+        &["create", "pods", "-A"],
+        &["delete", "pods", "-A"],
+        &["patch", "pods", "-A"],
+        &["create", "pods/exec", "-A"],
+        // Workloads are changed, never created or deleted.
+        &["create", "deployments.apps", "-A"],
+        &["delete", "deployments.apps", "-A"],
+        &["delete", "nodes"],
+        &["delete", "workloadintents.plumbline.dev", "-A"],
+        &["delete", "hypervisorproviders.plumbline.dev"],
+        // Nothing that escalates.
+        &["create", "customresourcedefinitions.apiextensions.k8s.io"],
+        &["create", "clusterroles.rbac.authorization.k8s.io"],
+        &["create", "rolebindings.rbac.authorization.k8s.io", "-A"],
+        &["impersonate", "users"],
+        &["get", "configmaps", "-A"],
+        // Other Leases (e.g. kube-controller-manager's) are not ours to renew.
+        &["update", "lease.coordination.k8s.io/kube-controller-manager", "-n", "kube-system"],
+        &["update", "lease.coordination.k8s.io/someone-else"],
+    ];
+    let mut wrong = Vec::new();
+    for args in must {
+        if !can_i(&kubeconfig, args) {
+            wrong.push(format!("cannot {args:?} but the operator needs it"));
+        }
+    }
+    for args in must_not {
+        if can_i(&kubeconfig, args) {
+            wrong.push(format!("can {args:?} but the operator must not"));
+        }
+    }
+    assert!(wrong.is_empty(), "the chart's RBAC is wrong:\n{}", wrong.join("\n"));
+
+    // A workload and an intent for it, made by an admin, as a user would.
+    let workload = format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"payments","namespace":"{ns}"}},
+        "spec":{{"replicas":1,"selector":{{"matchLabels":{{"app":"payments"}}}},
+        "template":{{"metadata":{{"labels":{{"app":"payments"}}}},
+        "spec":{{"containers":[{{"name":"api","image":"registry.invalid/payments:1"}}]}}}}}}}}"#,
+        ns = ns.name
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&workload));
+    let intent = format!(
+        r#"{{"apiVersion":"plumbline.dev/v1alpha1","kind":"WorkloadIntent","metadata":{{"name":"payments","namespace":"{ns}"}},
+        "spec":{{"target":{{"kind":"Deployment","name":"payments"}},"priority":"critical",
+        "availability":{{"replicaFloor":2,"minAvailable":1}}}}}}"#,
+        ns = ns.name
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&intent));
+
+    // The operator, as the chart's ServiceAccount and nothing else.
+    let identity = format!("{release}-test-replica");
+    let operator = OperatorProcess::start(
+        &kubeconfig,
+        &ns.name,
+        &identity,
+        &["--leader-elect=true", &format!("--lease-name={fullname}-leader")],
+    );
+
+    poll("the operator to take the chart's Lease", Duration::from_secs(60), || {
+        operator.assert_alive();
+        let lease = run(
+            cluster.kubectl(["get", "lease", "-n", &ns.name, &format!("{fullname}-leader"), "-o", "json"]),
+            None,
+        )?;
+        let lease: Value = serde_json::from_str(&lease).map_err(|e| e.to_string())?;
+        (lease["spec"]["holderIdentity"] == identity.as_str())
+            .then_some(())
+            .ok_or_else(|| format!("holder {}", lease["spec"]["holderIdentity"]))
+    });
+
+    let reconciled = poll("the intent to be reconciled Ready", Duration::from_secs(120), || {
+        operator.assert_alive();
+        let wi = cluster.kubectl_json(&["get", "-n", &ns.name, "workloadintent", "payments"]);
+        match condition(&wi, "Ready") {
+            Some(c) if c["status"] == "True" && wi["status"]["observedGeneration"] == wi["metadata"]["generation"] => Ok(wi),
+            other => Err(format!("Ready condition {other:?}; status {}", wi["status"])),
+        }
+    });
+    assert!(
+        !reconciled["status"]["plan"].as_array().map(Vec::is_empty).unwrap_or(true),
+        "status lists the plan: {}",
+        reconciled["status"]
+    );
+    let target = poll("the replica floor on the target", Duration::from_secs(60), || {
+        let d = cluster.kubectl_json(&["get", "-n", &ns.name, "deployment", "payments"]);
+        (d["spec"]["replicas"].as_i64() >= Some(2))
+            .then_some(d.clone())
+            .ok_or_else(|| format!("replicas {}", d["spec"]["replicas"]))
+    });
+    assert_eq!(target["spec"]["template"]["spec"]["priorityClassName"], "plumbline-critical");
+
+    // It was this process, under this identity, that acted.
+    let events = cluster.kubectl_json(&["get", "events.events.k8s.io", "-n", &ns.name]);
+    let ours = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reportingInstance"] == identity.as_str())
+        .count();
+    assert!(ours > 0, "no Events reported by {identity}: {events:#}");
+
+    // Deleting the intent runs the finalizer: the changes are reverted under the same RBAC.
+    cluster.kubectl_ok(&["delete", "-n", &ns.name, "workloadintent", "payments", "--timeout=120s"], None);
+    let reverted = cluster.kubectl_json(&["get", "-n", &ns.name, "deployment", "payments"]);
+    assert!(
+        reverted["spec"]["template"]["spec"]["priorityClassName"].is_null(),
+        "priority class left after the intent was deleted: {}",
+        reverted["spec"]["template"]["spec"]
+    );
+
+    let metrics = operator.metrics();
+    let logs = operator.logs();
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "the operator was refused something under the chart's RBAC:\n{logs}"
+    );
+    assert!(metrics.contains("plumbline_reconcile_runs_total"), "{metrics}");
+    drop(operator);
+    drop(uninstall);
+}
+
+/// `helm uninstall` at the end, even when an assertion failed.
+struct Uninstall<'a> {
+    cluster: &'a Cluster,
+    release: String,
+    namespace: String,
+}
+
+impl Drop for Uninstall<'_> {
+    fn drop(&mut self) {
+        let out = run(
+            self.cluster.helm(["uninstall", &self.release, "-n", &self.namespace, "--wait", "--timeout=60s"]),
+            None,
+        );
+        if let Err(e) = out {
+            eprintln!("helm uninstall {}: {e}", self.release);
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Shared by the chart tests: helm from the project's installer, commands with readable
+//! failures, and a namespace per test on the stack's cluster.
+
+use plumbline_e2e::Stack;
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_path_buf()
+}
+
+pub fn chart_dir() -> PathBuf {
+    repo().join("charts/plumbline")
+}
+
+/// The pinned helm, installed by `e2e/install-helm` on first use.
+pub fn helm() -> &'static Path {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let out = run(Command::new(repo().join("e2e/install-helm")), None)
+            .unwrap_or_else(|e| panic!("installing helm: {e}"));
+        PathBuf::from(out.trim())
+    })
+}
+
+/// Runs `cmd`, feeding `stdin`; Ok(stdout) on success, Err(command, status, stderr) otherwise.
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Result<String, String> {
+    let shown = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("starting {shown}: {e}"))?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input.as_bytes())
+            .map_err(|e| format!("writing stdin of {shown}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for {shown}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{shown} exited with {}:\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            stdout
+        ))
+    }
+}
+
+pub fn helm_cmd<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(helm());
+    cmd.args(args);
+    // Keep helm's own state out of $HOME so tests do not share repository caches.
+    let home = std::env::temp_dir().join("plumbline-chart-tests-helm");
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+/// The example values file that turns every optional part of the chart on.
+pub fn full_values() -> PathBuf {
+    chart_dir().join("ci/full-values.yaml")
+}
+
+/// The stack's cluster as its admin, for setting up and inspecting.
+pub struct Cluster {
+    pub stack: Stack,
+    pub kubeconfig: String,
+}
+
+impl Cluster {
+    pub fn load() -> Self {
+        let stack = Stack::load().unwrap_or_else(|e| panic!("{e}"));
+        let kubeconfig = stack
+            .get("KUBECONFIG")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        Self { stack, kubeconfig }
+    }
+
+    pub fn kubectl<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        cmd
+    }
+
+    pub fn helm<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = helm_cmd(args);
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        run(self.kubectl(args), stdin).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn kubectl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.kubectl_ok(&all, None);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?} did not print JSON: {e}\n{out}"))
+    }
+
+    /// A fresh namespace named after the test, deleted (without waiting) when dropped.
+    pub fn namespace(&self, prefix: &str) -> Namespace<'_> {
+        let name = format!("{prefix}-{}", unique_suffix());
+        self.kubectl_ok(&["create", "namespace", &name], None);
+        Namespace { cluster: self, name }
+    }
+
+    /// Installs the chart's CRDs for real (server-side apply), so custom resources can be
+    /// validated and created. Idempotent; the chart's CRDs are identical to crds/generated.
+    pub fn ensure_crds(&self) {
+        let crds = chart_dir().join("crds");
+        self.kubectl_ok(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=plumbline-chart-tests",
+                "-f",
+                crds.to_str().unwrap(),
+            ],
+            None,
+        );
+        for crd in ["workloadintents.plumbline.dev", "hypervisorproviders.plumbline.dev"] {
+            self.kubectl_ok(
+                &["wait", "--for=condition=Established", "--timeout=60s", &format!("crd/{crd}")],
+                None,
+            );
+        }
+    }
+}
+
+pub struct Namespace<'a> {
+    cluster: &'a Cluster,
+    pub name: String,
+}
+
+impl Drop for Namespace<'_> {
+    fn drop(&mut self) {
+        let _ = run(
+            self.cluster
+                .kubectl(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]),
+            None,
+        );
+    }
+}
+
+pub fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:x}{:05x}", std::process::id() & 0xfff, nanos & 0xfffff)
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` with the last reason.
+pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(reason) if Instant::now() >= deadline => {
+                panic!("{what}: not done after {timeout:?}; last: {reason}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The operator binary, built once per test process with the workspace's cargo.
+pub fn operator_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(repo())
+            .args(["build", "--quiet", "-p", "plumbline-operator", "--bin", "plumbline"]);
+        run(cmd, None).unwrap_or_else(|e| panic!("building the operator: {e}"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("target"));
+        let binary = target.join("debug/plumbline");
+        assert!(binary.is_file(), "cargo built no {}", binary.display());
+        binary
+    })
+}
+
+/// A free loopback port for the operator's /metrics (bound and released at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a loopback port")
+}
+
+/// `plumbline run` started by a test; stopped with SIGTERM (by its pid) when dropped.
+pub struct OperatorProcess {
+    child: std::process::Child,
+    pub metrics_url: String,
+    pub log: PathBuf,
+}
+
+impl OperatorProcess {
+    /// Starts the operator with `kubeconfig` as its only identity.
+    pub fn start(kubeconfig: &Path, namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("plumbline-chart-test-{identity}.log"));
+        let log_file = std::fs::File::create(&log).expect("creating the operator log");
+        let child = Command::new(operator_binary())
+            .arg("run")
+            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            .args(extra_args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAMESPACE", namespace)
+            .env("POD_NAME", identity)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", operator_binary().display()));
+        let process = Self {
+            child,
+            metrics_url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let url = format!("{}/readyz", process.metrics_url);
+        poll("the operator to answer /readyz", Duration::from_secs(60), || {
+            process.assert_alive();
+            http_get(&url)
+        });
+        process
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_alive(&self) {
+        let pid = self.child.id();
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ");
+        assert!(alive, "the operator exited; its log:\n{}", self.logs());
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&format!("{}/metrics", self.metrics_url)).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        // SIGTERM lets it release the Lease; it is our own child, stopped by its pid.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP GET over loopback (no TLS), Ok(body) on 2xx.
+pub fn http_get(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(host).map_err(|e| format!("connecting to {host}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: */*\r\n\r\n")
+        .map_err(|e| format!("writing to {host}: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("reading from {url}: {e}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status.starts_with('2') {
+        Ok(body.to_string())
+    } else {
+        Err(format!("GET {url}: {head}"))
+    }
+}
