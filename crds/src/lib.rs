@@ -1,1 +1,32 @@
-//! plumbline-crds
+//! Plumbline's API: the custom resources users write (group `plumbline.dev`, version `v1alpha1`).
+//!
+//! Only types live here. The CRD YAML under `crds/generated/` is produced from them by
+//! `cargo run -p plumbline-operator --bin crdgen` and must never be edited by hand; a test in
+//! this crate fails when it drifts from the code.
+//!
+//! What the Kubernetes 1.20 schema cannot check (a window that ends before it starts, an
+//! unknown time zone, …) is checked by `plumbline-policies` and reported in status with the
+//! field path.
+
+pub mod conditions;
+pub mod generate;
+pub mod intent;
+pub mod names;
+pub mod plan;
+pub mod provider;
+mod schema;
+
+pub use intent::{
+    Availability, BackingPod, GuardReport, Infrastructure, Priority, Storage, TargetKind, TimeWindow, Weekday,
+    WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
+};
+pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};
+pub use provider::{
+    HypervisorProvider, HypervisorProviderSpec, HypervisorProviderStatus, LibvirtConnection, NodeMapping,
+    NodeMappingStrategy, SecretRef, VsphereConnection, Connection,
+};
+
+/// The API group of every Plumbline resource.
+pub const GROUP: &str = "plumbline.dev";
+/// The one served (and stored) version.
+pub const VERSION: &str = "v1alpha1";

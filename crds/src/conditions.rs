@@ -1,0 +1,76 @@
+//! Condition types and reasons, in one place (compare linkerd2 `k8s/status`).
+//!
+//! Reasons are CamelCase as Kubernetes expects; messages are free text written where the
+//! condition is set.
+
+/// Condition types on a `WorkloadIntent`.
+pub mod intent {
+    /// Everything the current plan asks for is applied.
+    pub const READY: &str = "Ready";
+    /// The intent's schedule says it applies now.
+    pub const ACTIVE: &str = "Active";
+    /// Something is wrong: invalid spec, missing target, conflict, failed apply, unhealthy storage.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// Condition types on a `HypervisorProvider`.
+pub mod provider {
+    /// A session to the hypervisor is open.
+    pub const CONNECTED: &str = "Connected";
+    /// Inventory is known and samples are arriving.
+    pub const READY: &str = "Ready";
+}
+
+/// Reasons, shared by both kinds where the meaning is the same.
+pub mod reason {
+    // Ready
+    /// Every action of the plan is applied.
+    pub const APPLIED: &str = "Applied";
+    /// Some actions are still being applied.
+    pub const APPLYING: &str = "Applying";
+    /// The window closed (or the intent is going away) and every change was reverted.
+    pub const REVERTED: &str = "Reverted";
+    /// An action could not be applied; the message names it.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+
+    // Active
+    /// The intent has no schedule: it always applies.
+    pub const ALWAYS_ACTIVE: &str = "NoSchedule";
+    /// Now is inside one of the schedule's windows.
+    pub const WINDOW_OPEN: &str = "WindowOpen";
+    /// Now is outside every window of the schedule.
+    pub const WINDOW_CLOSED: &str = "WindowClosed";
+
+    // Degraded
+    /// Nothing is wrong.
+    pub const AS_EXPECTED: &str = "AsExpected";
+    /// The spec passed admission but is still invalid (field path in the message).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The target Deployment/StatefulSet does not exist.
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    /// Another intent targets the same workload.
+    pub const CONFLICTING_INTENT: &str = "ConflictingIntent";
+    /// A VM backing the workload is over the storage latency budget.
+    pub const STORAGE_LATENCY_HIGH: &str = "StorageLatencyHigh";
+    /// Storage health is unknown (stale or missing samples).
+    pub const STORAGE_HEALTH_UNKNOWN: &str = "StorageHealthUnknown";
+
+    // Connected / Ready on providers
+    /// The session is open.
+    pub const CONNECTED: &str = "Connected";
+    /// Connecting failed; the message says to what and why.
+    pub const CONNECTION_FAILED: &str = "ConnectionFailed";
+    /// The referenced credentials Secret is missing or incomplete.
+    pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+    /// Samples arrive on schedule.
+    pub const SAMPLING: &str = "Sampling";
+    /// No sample arrived within a few intervals.
+    pub const SAMPLES_STALE: &str = "SamplesStale";
+}
+
+/// Condition status values.
+pub mod status {
+    pub const TRUE: &str = "True";
+    pub const FALSE: &str = "False";
+    pub const UNKNOWN: &str = "Unknown";
+}

@@ -1,0 +1,256 @@
+//! `WorkloadIntent`: what matters about one workload, in business terms.
+
+use k8s_openapi::apimachinery::pkg::{
+    apis::meta::v1::{Condition, Time},
+    util::intstr::IntOrString,
+};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{plan::PlannedAction, schema};
+
+/// What matters about one workload: how important it is, when, how available it must stay,
+/// how fast its storage must be, and which hypervisor actions Plumbline may take for it.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "plumbline.dev",
+    version = "v1alpha1",
+    kind = "WorkloadIntent",
+    namespaced,
+    shortname = "wi",
+    category = "plumbline",
+    status = "WorkloadIntentStatus",
+    derive = "PartialEq",
+    doc = "What matters about one workload; Plumbline turns it into coordinated, reversible changes on Kubernetes and on the hypervisors beneath it.",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.name", description = "The Deployment or StatefulSet"),
+    printcolumn(name = "Kind", type_ = "string", json_path = ".spec.target.kind", priority = "1"),
+    printcolumn(name = "Priority", type_ = "string", json_path = ".spec.priority"),
+    printcolumn(name = "Active", type_ = "string", json_path = ".status.conditions[?(@.type==\"Active\")].status", description = "Inside a schedule window now"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "The plan is fully applied"),
+    printcolumn(name = "Degraded", type_ = "string", json_path = ".status.conditions[?(@.type==\"Degraded\")].reason", description = "Why the intent is degraded (AsExpected if it is not)"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadIntentSpec {
+    /// The workload this intent is about, in the intent's namespace.
+    pub target: WorkloadTarget,
+
+    /// How important the workload is: critical, high, standard or best-effort. Each tier
+    /// maps to a PriorityClass and to what Plumbline may do on the hypervisors.
+    pub priority: Priority,
+
+    /// When the intent applies. Absent: always. Overnight spans are two windows, e.g.
+    /// Mon 22:00-24:00 and Tue 00:00-06:00.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub schedule: Option<Vec<TimeWindow>>,
+
+    /// How available the workload must stay while the intent is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<Availability>,
+
+    /// Storage latency budget and how storage health feeds pod readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+
+    /// Which hypervisor actions Plumbline may take for this workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infrastructure: Option<Infrastructure>,
+}
+
+/// A Deployment or StatefulSet in the intent's namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadTarget {
+    /// Deployment or StatefulSet.
+    pub kind: TargetKind,
+    /// Name of the workload (a DNS-1123 subdomain).
+    #[schemars(length(min = 1, max = 253), pattern(schema::OBJECT_NAME))]
+    pub name: String,
+}
+
+/// The kinds of workload an intent can target.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum TargetKind {
+    Deployment,
+    StatefulSet,
+}
+
+/// Business priority tiers, most important first.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Priority {
+    Critical,
+    High,
+    Standard,
+    BestEffort,
+}
+
+impl Priority {
+    /// Every tier, most important first.
+    pub const ALL: [Priority; 4] = [Priority::Critical, Priority::High, Priority::Standard, Priority::BestEffort];
+
+    /// The name users write (`best-effort`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Standard => "standard",
+            Priority::BestEffort => "best-effort",
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Days of the week, as written in a window.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// One recurring window, e.g. Mon-Fri 08:00-20:00 Europe/Berlin. `start` and `end` are wall-clock
+/// times in `timeZone` on each of `days`; `end` must be after `start` (use `24:00` for the end
+/// of the day). On a DST change the window covers the wall-clock times that exist that day.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeWindow {
+    /// Days the window opens on, e.g. [Mon, Tue, Wed, Thu, Fri]. Absent: every day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 7))]
+    pub days: Option<Vec<Weekday>>,
+    /// Opening time, HH:MM (00:00-23:59).
+    #[schemars(pattern(schema::CLOCK_TIME))]
+    pub start: String,
+    /// Closing time, HH:MM (00:01-24:00), after start.
+    #[schemars(pattern(schema::CLOCK_TIME_OR_MIDNIGHT))]
+    pub end: String,
+    /// IANA time zone of start and end, e.g. Europe/Berlin or UTC.
+    #[schemars(length(min = 1, max = 64), pattern(schema::TIME_ZONE))]
+    pub time_zone: String,
+}
+
+/// Availability while the intent is active.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Availability {
+    /// Replica floor: while active, the workload runs at least this many replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub replica_floor: Option<i32>,
+    /// Minimum available pods during voluntary disruptions (becomes a PodDisruptionBudget):
+    /// a count such as 2 or a percentage such as "50%".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::count_or_percentage")]
+    pub min_available: Option<IntOrString>,
+}
+
+/// Storage latency budget and readiness feedback.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Per-operation storage latency budget on the backing VMs, e.g. 20ms, 500us, 1.5s.
+    #[schemars(pattern(schema::LATENCY))]
+    pub latency_budget: String,
+    /// Add the readiness gate plumbline.dev/storage-healthy to the workload's pods, so pods on
+    /// VMs over budget leave Service endpoints.
+    #[serde(default)]
+    pub readiness_gate: bool,
+    /// Guard: the most pods that may be marked unready for storage reasons at once, a count such
+    /// as 1 or a percentage such as "34%". Default "34%".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::count_or_percentage")]
+    pub max_unready: Option<IntOrString>,
+}
+
+/// Hypervisor actions Plumbline may take for this workload. Everything is off by default.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Infrastructure {
+    /// Raise the CPU shares of the VMs backing the workload's pods while active.
+    #[serde(default)]
+    pub protect_backing_vms: bool,
+    /// Limit the I/O of other VMs on the same host or datastore when this workload's storage
+    /// is over budget (never VMs backing a workload of an equal or higher tier).
+    #[serde(default)]
+    pub throttle_noisy_neighbours: bool,
+}
+
+/// What Plumbline observed and did for the intent.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadIntentStatus {
+    /// Ready, Active and Degraded, with reasons (see `plumbline_crds::conditions`).
+    #[serde(default)]
+    #[schemars(schema_with = "schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The current plan: each action per layer, with target, desired and previous value and why.
+    /// Previous values are what a revert restores.
+    #[serde(default)]
+    pub plan: Vec<PlannedAction>,
+    /// When the schedule next opens or closes; absent without a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_transition: Option<Time>,
+    /// The workload's pods and what backs them: pod, node, VM, provider and last latency.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
+    pub backing: Vec<BackingPod>,
+    /// The readiness guard: how many pods may be unready for storage reasons and which were held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardReport>,
+}
+
+/// One pod of the workload and the infrastructure under it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackingPod {
+    /// Pod name.
+    pub pod: String,
+    /// Node the pod runs on; absent while unscheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// VM backing the node (hypervisor name or UUID); absent when unmapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    /// HypervisorProvider the VM belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Last per-operation storage latency seen on the VM, e.g. 3.2ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
+    /// Storage verdict for the VM: Healthy, Degraded or Unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// When the latency was sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_at: Option<Time>,
+}
+
+/// The readiness guard's last decision (issue 5): degraded pods beyond the allowed number stay
+/// ready, worst first marked unready.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardReport {
+    /// Most pods that may be unready for storage reasons (from storage.maxUnready).
+    pub allowed_unready: i32,
+    /// Pods currently marked unready for storage reasons.
+    #[serde(default)]
+    pub marked_unready: Vec<String>,
+    /// Pods on degraded VMs kept ready because the guard was reached.
+    #[serde(default)]
+    pub held_ready: Vec<String>,
+}
