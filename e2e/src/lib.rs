@@ -4,9 +4,13 @@
 //! fails with a message that says how to start the stack, so a test that needs it never
 //! silently passes without it.
 
+pub mod kubelet_sim;
 pub mod latency;
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 pub const DEFAULT_STACK_DIR: &str = "/var/tmp/plumbline-stack";
 
@@ -22,6 +26,18 @@ pub enum Error {
     MissingKey { path: PathBuf, key: String },
     #[error("{what}: {message}")]
     Stack { what: String, message: String },
+    #[error("loading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("making a Kubernetes client from {path}: {source}")]
+    Client {
+        path: PathBuf,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -67,4 +83,46 @@ impl Stack {
     pub fn script() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("stack")
     }
+
+    /// A client with cluster-admin rights (`system:masters`), for test setup and checks.
+    pub async fn admin_client(&self) -> Result<kube::Client> {
+        client_from_kubeconfig(Path::new(self.get("KUBECONFIG")?)).await
+    }
+
+    /// A client as the restricted `plumbline-operator` identity, bound to the ClusterRole in
+    /// `e2e/manifests/operator-rbac.yaml`: what the operator may do, and nothing more.
+    pub async fn operator_client(&self) -> Result<kube::Client> {
+        client_from_kubeconfig(Path::new(self.get("PLUMBLINE_OPERATOR_KUBECONFIG")?)).await
+    }
+
+    /// `https://127.0.0.1:6443`; its CA is in the kubeconfigs and at `KUBE_CA_FILE`.
+    pub fn apiserver_url(&self) -> Result<&str> {
+        self.get("KUBE_APISERVER_URL")
+    }
+
+    /// Where hypervisor components list the VMs that `kubelet-sim` registers as Nodes.
+    pub fn nodes_dir(&self) -> PathBuf {
+        self.env_path
+            .parent()
+            .map(|dir| dir.join("nodes.d"))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STACK_DIR).join("nodes.d"))
+    }
+}
+
+/// A kube `Client` for the current context of the kubeconfig at `path`.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|source| Error::Kubeconfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    kube::Client::try_from(config).map_err(|source| Error::Client {
+        path: path.to_path_buf(),
+        source,
+    })
 }

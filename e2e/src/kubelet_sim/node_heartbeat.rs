@@ -1,0 +1,268 @@
+//! Registers each listed VM as a Node and keeps it Ready the way a kubelet does: a Lease in
+//! `kube-node-lease` renewed every heartbeat, and node status with fresh heartbeat times.
+//! The node-lifecycle controller therefore never marks these nodes NotReady or evicts
+//! their pods, and removes the `not-ready` taint a new node starts with.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
+
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Node},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams},
+    Api, Client,
+};
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use super::{
+    inventory::{read_nodes_dir, SimNode},
+    pod_ips::PodCidr,
+    error::is_not_found,
+    Error, RegisteredNodes, Result, Settings, FIELD_MANAGER,
+};
+
+const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// As the kubelet's default; the lifecycle controller's grace period is 40 s too.
+const LEASE_DURATION_SECONDS: i32 = 40;
+/// Marks nodes that have no real kubelet, as KWOK does.
+const SIMULATED_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+/// A node this process registered, with what the pod loop needs to place pods on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredNode {
+    pub sim: SimNode,
+    pub uid: String,
+    pub pod_cidr: PodCidr,
+}
+
+pub async fn run(client: Client, settings: Settings, registered: RegisteredNodes) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, NODE_LEASE_NAMESPACE);
+    let mut last_beat: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut rescan = tokio::time::interval(settings.rescan_every);
+    loop {
+        rescan.tick().await;
+        let wanted = match read_nodes_dir(&settings.nodes_dir) {
+            Ok(wanted) => wanted,
+            Err(e) => {
+                warn!(error = %e, "keeping the previous node list");
+                continue;
+            }
+        };
+        for sim in &wanted {
+            let known = registered.read().await.get(&sim.name).map(|n| &n.sim == sim);
+            if known == Some(true) {
+                continue;
+            }
+            match register(&nodes, sim).await {
+                Ok(node) => {
+                    info!(node = %sim.name, provider_id = %sim.provider_id, pod_cidr = %node.pod_cidr, "registered node");
+                    registered.write().await.insert(sim.name.clone(), node);
+                    last_beat.remove(&sim.name);
+                }
+                Err(e) => warn!(error = %e, "will retry registering"),
+            }
+        }
+
+        let wanted_names: BTreeSet<&str> = wanted.iter().map(|n| n.name.as_str()).collect();
+        let gone: Vec<String> = registered
+            .read()
+            .await
+            .keys()
+            .filter(|name| !wanted_names.contains(name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            registered.write().await.remove(&name);
+            last_beat.remove(&name);
+            match nodes.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => info!(node = %name, "unlisted node deleted"),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => warn!(node = %name, error = %e, "deleting unlisted node"),
+            }
+        }
+
+        let due: Vec<RegisteredNode> = registered
+            .read()
+            .await
+            .values()
+            .filter(|n| {
+                last_beat
+                    .get(&n.sim.name)
+                    .is_none_or(|t| t.elapsed() >= settings.heartbeat_every)
+            })
+            .cloned()
+            .collect();
+        for node in due {
+            match heartbeat(&nodes, &leases, &node).await {
+                Ok(()) => {
+                    last_beat.insert(node.sim.name.clone(), Instant::now());
+                }
+                Err(Error::Kube { source, .. }) if is_not_found(&source) => {
+                    // Someone deleted the Node: register it again on the next scan.
+                    warn!(node = %node.sim.name, "node vanished; re-registering");
+                    registered.write().await.remove(&node.sim.name);
+                }
+                Err(e) => warn!(error = %e, "heartbeat failed; will retry"),
+            }
+        }
+    }
+}
+
+/// Creates or updates the Node object; keeps the podCIDR it already has (it is immutable).
+async fn register(nodes: &Api<Node>, sim: &SimNode) -> Result<RegisteredNode> {
+    let existing = nodes
+        .get_opt(&sim.name)
+        .await
+        .map_err(Error::kube("reading node", &sim.name))?;
+    let pod_cidr = match existing.and_then(|n| n.spec?.pod_cidr) {
+        Some(cidr) => PodCidr::parse(&sim.name, &cidr)?,
+        None => free_pod_cidr(nodes).await?,
+    };
+    let mut labels = sim.labels.clone();
+    for (k, v) in [
+        ("kubernetes.io/hostname", sim.name.as_str()),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", "amd64"),
+    ] {
+        labels.entry(k.to_string()).or_insert_with(|| v.to_string());
+    }
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": sim.name,
+            "labels": labels,
+            "annotations": {SIMULATED_ANNOTATION: "fake"},
+        },
+        "spec": {
+            "providerID": sim.provider_id,
+            "podCIDR": pod_cidr.to_string(),
+            "podCIDRs": [pod_cidr.to_string()],
+        },
+    });
+    let node = nodes
+        .patch(&sim.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+        .await
+        .map_err(Error::kube("registering node", &sim.name))?;
+    Ok(RegisteredNode {
+        sim: sim.clone(),
+        uid: node.metadata.uid.unwrap_or_default(),
+        pod_cidr,
+    })
+}
+
+async fn free_pod_cidr(nodes: &Api<Node>) -> Result<PodCidr> {
+    let list = nodes
+        .list(&Default::default())
+        .await
+        .map_err(Error::kube("listing nodes", "for a free podCIDR"))?;
+    let taken: BTreeSet<String> = list
+        .items
+        .into_iter()
+        .filter_map(|n| n.spec?.pod_cidr)
+        .collect();
+    (0..=u8::MAX)
+        .map(PodCidr::nth)
+        .find(|c| !taken.contains(&c.to_string()))
+        .ok_or(Error::PodIpsExhausted {
+            node: "(new node)".into(),
+            cidr: "10.244.0.0/16".into(),
+        })
+}
+
+async fn heartbeat(nodes: &Api<Node>, leases: &Api<Lease>, node: &RegisteredNode) -> Result<()> {
+    let name = &node.sim.name;
+    let current = nodes
+        .get(name)
+        .await
+        .map_err(Error::kube("reading node", name))?;
+    let now = Time(Timestamp::now());
+    let body = node_status(node, &current, &now);
+    nodes
+        .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+        .await
+        .map_err(Error::kube("posting status of node", name))?;
+
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": name,
+            "namespace": NODE_LEASE_NAMESPACE,
+            // As the kubelet does, so the lease goes away with its node.
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": node.uid}],
+        },
+        "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": MicroTime(now.0),
+        },
+    });
+    leases
+        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(lease))
+        .await
+        .map_err(Error::kube("renewing lease of node", name))?;
+    Ok(())
+}
+
+fn node_status(node: &RegisteredNode, current: &Node, now: &Time) -> Value {
+    let existing = current
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let conditions: Vec<Value> = [
+        ("Ready", "True", "KubeletReady", "kubelet-sim is posting ready status"),
+        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    ]
+    .into_iter()
+    .map(|(type_, status, reason, message)| {
+        let since = existing
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone());
+        json!({
+            "type": type_, "status": status, "reason": reason, "message": message,
+            "lastHeartbeatTime": now, "lastTransitionTime": since,
+        })
+    })
+    .collect();
+    let capacity = json!({"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "50Gi"});
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node.sim.name},
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": conditions,
+            "addresses": [
+                {"type": "InternalIP", "address": node.pod_cidr.node_ip().to_string()},
+                {"type": "Hostname", "address": node.sim.name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "nodeInfo": {
+                "machineID": node.sim.vm_uuid().replace('-', ""),
+                "systemUUID": node.sim.vm_uuid(),
+                "bootID": node.uid,
+                "kernelVersion": "kubelet-sim",
+                "osImage": "kubelet-sim (no container runtime)",
+                "containerRuntimeVersion": "kubelet-sim://0.1.0",
+                "kubeletVersion": "v1.20.2",
+                "kubeProxyVersion": "v1.20.2",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        },
+    })
+}
