@@ -1,0 +1,104 @@
+//! The one interface every hypervisor adapter implements.
+
+use std::{fmt, time::SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{BackingVm, Capabilities, Result, Setting, StorageSamples, Tunable, TunableReport, VmId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HypervisorKind {
+    Libvirt,
+    VSphere,
+}
+
+impl fmt::Display for HypervisorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Libvirt => "libvirt",
+            Self::VSphere => "vsphere",
+        })
+    }
+}
+
+/// Where an adapter is connected to; safe to log (never carries credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub kind: HypervisorKind,
+    /// libvirt URI or vSphere SDK URL.
+    pub url: String,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnectionState {
+    Connected { since: SystemTime },
+    /// Lost or never established; calls fail fast with [`crate::Error::Disconnected`] until
+    /// a reconnect attempt (made by the next call once `retry_at` has passed) succeeds.
+    Disconnected {
+        since: SystemTime,
+        reason: String,
+        retry_at: SystemTime,
+    },
+}
+
+impl ConnectionState {
+    pub fn is_connected(&self) -> bool {
+        matches!(self, Self::Connected { .. })
+    }
+}
+
+/// A hypervisor endpoint (one libvirt host, one vCenter) as Plumbline needs it. It knows
+/// nothing about intents: it reports VMs, samples storage latency, and changes tunables
+/// while recording their originals on the VM so they can be reverted by a later process.
+///
+/// All methods are safe to call concurrently. A lost connection is reported as
+/// [`crate::Error::Disconnected`] and repaired by later calls (with backoff), never by
+/// returning stale data.
+#[async_trait]
+pub trait Hypervisor: Send + Sync + fmt::Debug {
+    fn endpoint(&self) -> &Endpoint;
+
+    /// The connection as last observed; does no I/O.
+    fn connection(&self) -> ConnectionState;
+
+    /// What this endpoint supports; probed once per connection, unsupported features are
+    /// reported here instead of failing each call.
+    async fn capabilities(&self) -> Result<Capabilities>;
+
+    /// Every VM on the endpoint, in one bulk query.
+    async fn inventory(&self) -> Result<Vec<BackingVm>>;
+
+    /// One sampling cycle: per-disk latency of every running VM, in one bulk query per host.
+    async fn sample_storage(&self) -> Result<StorageSamples>;
+
+    /// Current values of the VM's tunables and the originals recorded on it.
+    async fn tunables(&self, vm: &VmId) -> Result<TunableReport>;
+
+    /// Applies the settings. Before the first change of a tunable its current value is
+    /// recorded on the VM; later changes keep that first original.
+    async fn apply(&self, vm: &VmId, settings: &[Setting]) -> Result<()>;
+
+    /// Restores the recorded originals of the given tunables and forgets the records.
+    /// Tunables without a record are left alone. Returns the settings restored.
+    async fn revert(&self, vm: &VmId, tunables: &[Tunable]) -> Result<Vec<Setting>>;
+
+    /// Restores every recorded original on the VM.
+    async fn revert_all(&self, vm: &VmId) -> Result<Vec<Setting>> {
+        let report = self.tunables(vm).await?;
+        let recorded: Vec<Tunable> = report.originals.into_iter().map(|s| s.tunable).collect();
+        if recorded.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.revert(vm, &recorded).await
+    }
+
+    /// Ends the session (vSphere logout, libvirt close). Later calls reconnect.
+    async fn close(&self) -> Result<()>;
+}

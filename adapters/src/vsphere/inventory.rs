@@ -1,0 +1,288 @@
+//! Inventory through the PropertyCollector: every VM with its host, datastores, disks and
+//! current allocations, in one retrieval over a container view.
+
+use std::collections::HashMap;
+
+use super::{
+    session::Session,
+};
+use crate::xml::{Element, MoRef};
+use crate::{BackingVm, Error, Result, VmDisk, VmId};
+
+const VM_PATHS: [&str; 9] = [
+    "name",
+    "config.uuid",
+    "config.hardware.device",
+    "config.extraConfig",
+    "config.cpuAllocation",
+    "config.memoryAllocation",
+    "runtime.host",
+    "runtime.powerState",
+    "datastore",
+];
+
+/// What the adapter knows about one VM, straight from the server.
+#[derive(Debug, Clone)]
+pub struct VmRecord {
+    pub moref: MoRef,
+    pub id: VmId,
+    pub name: String,
+    pub host: Option<MoRef>,
+    pub datastores: Vec<MoRef>,
+    pub powered_on: bool,
+    pub disks: Vec<DiskRecord>,
+    /// extraConfig; when a key repeats the last value wins (the simulator appends).
+    pub extra_config: HashMap<String, String>,
+    pub cpu_allocation: Option<Element>,
+    pub memory_allocation: Option<Element>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskRecord {
+    /// `scsi0:0`: the performance-counter instance and the disk's name in domain types.
+    pub name: String,
+    pub file: Option<String>,
+    pub datastore: Option<MoRef>,
+    /// The whole `VirtualDisk` device as the server sent it; an edit sends it back.
+    pub device: Element,
+}
+
+impl DiskRecord {
+    pub fn io_allocation(&self) -> Option<&Element> {
+        self.device.first("storageIOAllocation")
+    }
+}
+
+/// The controller kind prefix vSphere uses in disk instance names.
+fn controller_prefix(type_name: &str) -> Option<&'static str> {
+    match type_name {
+        "VirtualLsiLogicController"
+        | "VirtualLsiLogicSASController"
+        | "ParaVirtualSCSIController"
+        | "VirtualBusLogicController" => Some("scsi"),
+        "VirtualIDEController" => Some("ide"),
+        "VirtualAHCIController" | "VirtualSATAController" => Some("sata"),
+        "VirtualNVMEController" => Some("nvme"),
+        _ => None,
+    }
+}
+
+pub fn disks_of(devices: &Element) -> Vec<DiskRecord> {
+    let list: Vec<&Element> = devices.children.iter().collect();
+    let controllers: HashMap<i64, (&str, i64)> = list
+        .iter()
+        .filter_map(|d| {
+            let prefix = controller_prefix(d.type_name()?)?;
+            Some((d.path_i64(&["key"])?, (prefix, d.path_i64(&["busNumber"])?)))
+        })
+        .collect();
+    list.iter()
+        .filter(|d| d.type_name() == Some("VirtualDisk"))
+        .filter_map(|d| {
+            let key = d.path_i64(&["key"])?;
+            let unit = d.path_i64(&["unitNumber"]).unwrap_or(0);
+            let name = match d.path_i64(&["controllerKey"]).and_then(|k| controllers.get(&k)) {
+                Some((prefix, bus)) => format!("{prefix}{bus}:{unit}"),
+                None => format!("disk-{key}"),
+            };
+            Some(DiskRecord {
+                name,
+                file: d.path_text(&["backing", "fileName"]).map(str::to_string),
+                datastore: d.path(&["backing", "datastore"]).and_then(Element::as_moref),
+                device: (*d).clone(),
+            })
+        })
+        .collect()
+}
+
+/// Objects returned by one retrieval, as `obj → (property → value element)`.
+type Contents = Vec<(MoRef, HashMap<String, Element>)>;
+
+fn object_contents(returnval: &Element, into: &mut Contents) {
+    for object in returnval.all("objects") {
+        let Some(obj) = object.first("obj").and_then(Element::as_moref) else {
+            continue;
+        };
+        let props = object
+            .all("propSet")
+            .filter_map(|p| Some((p.path_text(&["name"])?.to_string(), p.first("val")?.clone())))
+            .collect();
+        into.push((obj, props));
+    }
+}
+
+fn prop_set(kind: &str, paths: &[&str]) -> Element {
+    Element::new("propSet")
+        .child(Element::text("type", kind))
+        .children(paths.iter().map(|p| Element::text("pathSet", *p)))
+}
+
+/// Runs RetrievePropertiesEx (and its continuations) for one filter spec.
+pub async fn retrieve(session: &Session, action: &str, spec_set: Element) -> Result<Contents> {
+    let request = Element::new("RetrievePropertiesEx")
+        .child(Element::moref("_this", &session.services.property_collector))
+        .child(spec_set)
+        .child(Element::new("options"));
+    let mut body = session.invoke(action, request).await?;
+    let mut contents = Vec::new();
+    loop {
+        let Some(returnval) = body.first("returnval") else {
+            break; // nothing matched
+        };
+        object_contents(returnval, &mut contents);
+        let Some(token) = returnval.path_text(&["token"]).map(str::to_string) else {
+            break;
+        };
+        let more = Element::new("ContinueRetrievePropertiesEx")
+            .child(Element::moref("_this", &session.services.property_collector))
+            .child(Element::text("token", token));
+        body = session.invoke(action, more).await?;
+    }
+    Ok(contents)
+}
+
+fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Option<VmRecord> {
+    let text = |name: &str| props.get(name).map(|v| v.text.trim().to_string());
+    let uuid = text("config.uuid").filter(|u| !u.is_empty())?;
+    let extra_config = props
+        .get("config.extraConfig")
+        .map(|v| {
+            v.children
+                .iter()
+                .filter_map(|o| Some((o.path_text(&["key"])?.to_string(), o.path_text(&["value"]).unwrap_or("").to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(VmRecord {
+        id: VmId::new(uuid),
+        name: text("name").unwrap_or_else(|| moref.value.clone()),
+        host: props.get("runtime.host").and_then(Element::as_moref),
+        datastores: props
+            .get("datastore")
+            .map(|v| v.children.iter().filter_map(Element::as_moref).collect())
+            .unwrap_or_default(),
+        powered_on: text("runtime.powerState").as_deref() == Some("poweredOn"),
+        disks: props.get("config.hardware.device").map(disks_of).unwrap_or_default(),
+        extra_config,
+        cpu_allocation: props.get("config.cpuAllocation").cloned(),
+        memory_allocation: props.get("config.memoryAllocation").cloned(),
+        moref,
+    })
+}
+
+/// Every VM, with host and datastore names resolved, in one retrieval.
+pub async fn all_vms(session: &Session) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
+    let s = &session.services;
+    let view = session
+        .invoke(
+            "creating an inventory view",
+            Element::new("CreateContainerView")
+                .child(Element::moref("_this", &s.view_manager))
+                .child(Element::moref("container", &s.root_folder))
+                .child(Element::text("type", "VirtualMachine"))
+                .child(Element::text("type", "HostSystem"))
+                .child(Element::text("type", "Datastore"))
+                .child(Element::text("recursive", "true")),
+        )
+        .await?;
+    let view = view
+        .first("returnval")
+        .and_then(Element::as_moref)
+        .ok_or_else(|| Error::Protocol {
+            action: "creating an inventory view".into(),
+            url: session.url().to_string(),
+            message: "no view in CreateContainerView response".into(),
+        })?;
+    let spec = Element::new("specSet")
+        .child(prop_set("VirtualMachine", &VM_PATHS))
+        .child(prop_set("HostSystem", &["name"]))
+        .child(prop_set("Datastore", &["name"]))
+        .child(
+            Element::new("objectSet")
+                .child(Element::moref("obj", &view))
+                .child(Element::text("skip", "true"))
+                .child(
+                    Element::new("selectSet")
+                        .xsi_type("TraversalSpec")
+                        .child(Element::text("name", "view"))
+                        .child(Element::text("type", "ContainerView"))
+                        .child(Element::text("path", "view"))
+                        .child(Element::text("skip", "false")),
+                ),
+        );
+    let contents = retrieve(session, "retrieving the inventory", spec).await;
+    // The view is per session and only needed for this retrieval.
+    let destroyed = session
+        .invoke("destroying the inventory view", Element::new("DestroyView").child(Element::moref("_this", &view)))
+        .await;
+    if let Err(e) = destroyed {
+        tracing::debug!(error = %e, "could not destroy the inventory view; it dies with the session");
+    }
+    let contents = contents?;
+    let names = contents
+        .iter()
+        .filter(|(obj, _)| obj.kind != "VirtualMachine")
+        .filter_map(|(obj, props)| Some((obj.clone(), props.get("name")?.text.clone())))
+        .collect();
+    let vms = contents
+        .iter()
+        .filter(|(obj, _)| obj.kind == "VirtualMachine")
+        .filter_map(|(obj, props)| vm_record(obj.clone(), props))
+        .collect();
+    Ok((vms, names))
+}
+
+/// One VM's current properties, read fresh (for read-back after a change).
+pub async fn one_vm(session: &Session, vm: &MoRef) -> Result<Option<VmRecord>> {
+    let spec = Element::new("specSet")
+        .child(prop_set("VirtualMachine", &VM_PATHS))
+        .child(Element::new("objectSet").child(Element::moref("obj", vm)));
+    let contents = retrieve(session, "reading a VM's configuration", spec).await?;
+    Ok(contents
+        .into_iter()
+        .find(|(obj, _)| obj == vm)
+        .and_then(|(obj, props)| vm_record(obj, &props)))
+}
+
+pub fn backing_vm(record: &VmRecord, names: &HashMap<MoRef, String>) -> BackingVm {
+    let name_of = |m: &MoRef| names.get(m).cloned().unwrap_or_else(|| m.value.clone());
+    BackingVm {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        provider_id: format!("vsphere://{}", record.id),
+        host: record.host.as_ref().map(name_of).unwrap_or_default(),
+        datastores: record.datastores.iter().map(name_of).collect(),
+        disks: record
+            .disks
+            .iter()
+            .map(|d| VmDisk {
+                name: d.name.clone(),
+                path: d.file.clone(),
+                datastore: d.datastore.as_ref().map(name_of),
+            })
+            .collect(),
+        running: record.powered_on,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_are_named_after_their_controller_bus_and_unit() {
+        let xml = br#"<val xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="ArrayOfVirtualDevice">
+  <VirtualDevice xsi:type="VirtualLsiLogicController"><key>1000</key><busNumber>0</busNumber></VirtualDevice>
+  <VirtualDevice xsi:type="VirtualIDEController"><key>200</key><busNumber>1</busNumber></VirtualDevice>
+  <VirtualDevice xsi:type="VirtualDisk"><key>2000</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[LocalDS_0] DC0_H0_VM0/disk1.vmdk</fileName><datastore type="Datastore">datastore-52</datastore></backing><controllerKey>1000</controllerKey><unitNumber>0</unitNumber><storageIOAllocation><limit>-1</limit></storageIOAllocation></VirtualDevice>
+  <VirtualDevice xsi:type="VirtualDisk"><key>3001</key><controllerKey>200</controllerKey><unitNumber>1</unitNumber></VirtualDevice>
+  <VirtualDevice xsi:type="VirtualE1000"><key>4000</key></VirtualDevice>
+</val>"#;
+        let disks = disks_of(&Element::parse(xml).unwrap());
+        let names: Vec<_> = disks.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["scsi0:0", "ide1:1"]);
+        assert_eq!(disks[0].file.as_deref(), Some("[LocalDS_0] DC0_H0_VM0/disk1.vmdk"));
+        assert_eq!(disks[0].datastore, Some(MoRef::new("Datastore", "datastore-52")));
+        assert_eq!(disks[0].io_allocation().unwrap().path_i64(&["limit"]), Some(-1));
+    }
+}

@@ -1,0 +1,287 @@
+//! The vSphere adapter: SOAP vim25 over reqwest.
+
+mod inventory;
+mod perf;
+mod session;
+mod soap;
+mod task;
+mod tuning;
+
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+
+use self::{
+    inventory::VmRecord,
+    perf::LatencyCounters,
+    session::Session,
+    tuning::{Edits, Raw},
+};
+use crate::xml::{Element, MoRef};
+use crate::{
+    BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error, Hypervisor, HypervisorKind, Result,
+    Setting, StorageSamples, Support, Tunable, TunableReport, VSphereConfig, VmId,
+};
+
+/// How long one SOAP call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often an idle session is touched; vCenter expires idle sessions after 30 minutes.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+struct Inner {
+    endpoint: Endpoint,
+    session: Session,
+    counters: LatencyCounters,
+    max_query_metrics: usize,
+    /// VM UUID → managed object, refreshed by every inventory.
+    morefs: Mutex<HashMap<VmId, MoRef>>,
+}
+
+/// One vCenter (or ESXi) endpoint.
+#[derive(Debug, Clone)]
+pub struct VSphereHypervisor {
+    inner: Arc<Inner>,
+}
+
+impl VSphereHypervisor {
+    /// Logs in, resolves the latency counters by name and starts the session keepalive.
+    pub async fn connect(config: VSphereConfig) -> Result<Self> {
+        let session = Session::open(&config, CALL_TIMEOUT).await?;
+        let counters = perf::resolve_counters(&session).await?;
+        let max_query_metrics = perf::max_query_metrics(&session).await;
+        let inner = Arc::new(Inner {
+            endpoint: Endpoint {
+                kind: HypervisorKind::VSphere,
+                url: config.url.clone(),
+            },
+            session,
+            counters,
+            max_query_metrics,
+            morefs: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(keepalive(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// The server-side key of the current session (for `TerminateSession`).
+    pub fn session_key(&self) -> Option<String> {
+        self.inner.session.session_key()
+    }
+
+    /// Ends another session on this server (`SessionManager.TerminateSession`).
+    pub async fn terminate_session(&self, session_key: &str) -> Result<()> {
+        let request = Element::new("TerminateSession")
+            .child(Element::moref("_this", &self.inner.session.services.session_manager))
+            .child(Element::text("sessionId", session_key));
+        self.inner.session.invoke("terminating a session", request).await?;
+        Ok(())
+    }
+
+    /// Touches the session now (the background keepalive does this every 5 minutes).
+    pub async fn keepalive(&self) -> Result<()> {
+        self.inner.session.keepalive().await
+    }
+
+    pub fn max_query_metrics(&self) -> usize {
+        self.inner.max_query_metrics
+    }
+
+    async fn all_vms(&self) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
+        let (vms, names) = inventory::all_vms(&self.inner.session).await?;
+        let mut morefs = self.inner.morefs.lock().expect("moref cache lock");
+        morefs.clear();
+        morefs.extend(vms.iter().map(|v| (v.id.clone(), v.moref.clone())));
+        Ok((vms, names))
+    }
+
+    /// The VM's current configuration, read fresh.
+    async fn vm(&self, vm: &VmId) -> Result<VmRecord> {
+        let cached = self.inner.morefs.lock().expect("moref cache lock").get(vm).cloned();
+        if let Some(moref) = cached {
+            if let Some(record) = inventory::one_vm(&self.inner.session, &moref).await? {
+                if &record.id == vm {
+                    return Ok(record);
+                }
+            }
+        }
+        let (vms, _) = self.all_vms().await?;
+        vms.into_iter().find(|r| &r.id == vm).ok_or_else(|| Error::VmNotFound {
+            vm: vm.clone(),
+            endpoint: self.inner.endpoint.url.clone(),
+        })
+    }
+
+    fn unsupported(&self, t: &Tunable, reason: &str) -> Error {
+        Error::Unsupported {
+            capability: t.capability(),
+            endpoint: self.inner.endpoint.url.clone(),
+            reason: format!("{t}: {reason}"),
+        }
+    }
+
+    async fn reconfigure(&self, vm: &VmRecord, action: &str, edits: Edits) -> Result<()> {
+        let request = Element::new("ReconfigVM_Task")
+            .child(Element::moref("_this", &vm.moref))
+            .child(edits.into_spec());
+        task::run(&self.inner.session, action, &tuning::target(&vm.id, &vm.name), request).await
+    }
+}
+
+async fn keepalive(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.session.keepalive().await {
+            tracing::warn!(url = %inner.endpoint.url, error = %e, "vSphere session keepalive failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Hypervisor for VSphereHypervisor {
+    fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    fn connection(&self) -> ConnectionState {
+        self.inner.session.state()
+    }
+
+    async fn capabilities(&self) -> Result<Capabilities> {
+        let mut caps = Capabilities::default();
+        for c in [
+            Capability::StorageLatency,
+            Capability::FlushLatency,
+            Capability::DiskIopsLimit,
+            Capability::DiskBytesLimit,
+            Capability::DiskShares,
+            Capability::CpuShares,
+            Capability::CpuReservation,
+            Capability::MemoryShares,
+            Capability::MemoryReservation,
+            Capability::BlkioWeight,
+        ] {
+            let support = match tuning::capability_reason(c) {
+                Some(reason) => Support::Unsupported { reason: reason.into() },
+                None => Support::Supported,
+            };
+            caps.set(c, support);
+        }
+        Ok(caps)
+    }
+
+    #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
+    async fn inventory(&self) -> Result<Vec<BackingVm>> {
+        let (vms, names) = self.all_vms().await?;
+        Ok(vms.iter().map(|v| inventory::backing_vm(v, &names)).collect())
+    }
+
+    #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
+    async fn sample_storage(&self) -> Result<StorageSamples> {
+        let (vms, _) = self.all_vms().await?;
+        let refs: Vec<&VmRecord> = vms.iter().collect();
+        let by_moref: HashMap<MoRef, &VmRecord> = vms.iter().map(|v| (v.moref.clone(), v)).collect();
+        let mut samples = StorageSamples {
+            taken_at: SystemTime::now(),
+            disks: Vec::new(),
+            not_ready: Vec::new(),
+        };
+        for batch in perf::batches(&refs, self.inner.counters, self.inner.max_query_metrics) {
+            let response = perf::query(&self.inner.session, batch).await?;
+            let (disks, unready) = perf::latencies(&response, self.inner.counters, &by_moref, SystemTime::now());
+            samples.disks.extend(disks);
+            samples.not_ready.extend(unready);
+        }
+        Ok(samples)
+    }
+
+    async fn tunables(&self, vm: &VmId) -> Result<TunableReport> {
+        let record = self.vm(vm).await?;
+        let current = tuning::tunables_of(&record)
+            .into_iter()
+            .filter_map(|t| {
+                let value = tuning::current(&record, &t)?.value()?;
+                Some(Setting::new(t, value))
+            })
+            .collect();
+        let originals = tuning::recorded(&record)
+            .into_iter()
+            .filter_map(|(t, raw)| Some(Setting::new(t, raw.value()?)))
+            .collect();
+        let unsupported = vec![(Tunable::BlkioWeight, "vSphere has no whole-VM blkio weight".to_string())];
+        Ok(TunableReport {
+            current,
+            originals,
+            unsupported,
+        })
+    }
+
+    #[tracing::instrument(skip(self, settings), fields(endpoint = %self.inner.endpoint, %vm))]
+    async fn apply(&self, vm: &VmId, settings: &[Setting]) -> Result<()> {
+        if let Some((t, reason)) = settings
+            .iter()
+            .find_map(|s| tuning::unsupported(&s.tunable).map(|r| (&s.tunable, r)))
+        {
+            return Err(self.unsupported(t, reason));
+        }
+        let record = self.vm(vm).await?;
+        let recorded: HashMap<Tunable, Raw> = tuning::recorded(&record).into_iter().collect();
+        let mut edits = Edits::default();
+        for s in settings {
+            let current = tuning::current(&record, &s.tunable).ok_or_else(|| Error::DiskNotFound {
+                vm: vm.clone(),
+                disk: s.tunable.disk().unwrap_or_default().to_string(),
+                endpoint: self.inner.endpoint.url.clone(),
+            })?;
+            // The record and the change travel in one reconfiguration: either both land or
+            // neither does.
+            if !recorded.contains_key(&s.tunable) {
+                edits.record(&s.tunable, Some(&current));
+            }
+            edits
+                .set(&record, &s.tunable, &tuning::raw_for(&s.tunable, s.value))
+                .map_err(|reason| self.unsupported(&s.tunable, &reason))?;
+        }
+        if edits.is_empty() {
+            return Ok(());
+        }
+        self.reconfigure(&record, "applying tunables", edits).await
+    }
+
+    #[tracing::instrument(skip(self, tunables), fields(endpoint = %self.inner.endpoint, %vm))]
+    async fn revert(&self, vm: &VmId, tunables: &[Tunable]) -> Result<Vec<Setting>> {
+        let record = self.vm(vm).await?;
+        let recorded: HashMap<Tunable, Raw> = tuning::recorded(&record).into_iter().collect();
+        let mut edits = Edits::default();
+        let mut restored = Vec::new();
+        for t in tunables {
+            let Some(raw) = recorded.get(t) else { continue };
+            if tuning::current(&record, t).is_some() {
+                edits
+                    .set(&record, t, raw)
+                    .map_err(|reason| self.unsupported(t, &reason))?;
+            }
+            edits.record(t, None);
+            if let Some(v) = raw.value() {
+                restored.push(Setting::new(t.clone(), v));
+            }
+        }
+        if edits.is_empty() {
+            return Ok(restored);
+        }
+        self.reconfigure(&record, "reverting tunables", edits).await?;
+        Ok(restored)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.session.logout().await
+    }
+}

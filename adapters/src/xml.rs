@@ -1,0 +1,314 @@
+//! A small element tree over quick-xml, for vim25.
+//!
+//! vim25 is polymorphic (`xsi:type` decides what an element holds) and reconfiguring a disk
+//! means sending back the device object the server gave us. A tree read and written with
+//! quick-xml's reader and writer handles both without hand-formatted XML: the writer escapes
+//! every name, attribute and text.
+
+use quick_xml::{
+    escape::resolve_predefined_entity,
+    events::{BytesEnd, BytesStart, BytesText, Event},
+    Reader, Writer,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Element {
+    /// Qualified name as written (`soapenv:Body`); matching uses [`Element::local_name`].
+    pub name: String,
+    /// Attributes with qualified names (`xsi:type`, `type`).
+    pub attrs: Vec<(String, String)>,
+    pub children: Vec<Element>,
+    /// Character data directly inside the element (vim25 has no mixed content).
+    pub text: String,
+}
+
+fn local(name: &str) -> &str {
+    name.rsplit_once(':').map_or(name, |(_, l)| l)
+}
+
+impl Element {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// `<name>text</name>`
+    pub fn text(name: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            ..Self::new(name)
+        }
+    }
+
+    /// A managed object reference: `<name type="Kind">value</name>`.
+    pub fn moref(name: impl Into<String>, moref: &MoRef) -> Self {
+        Self::text(name, &moref.value).attr("type", &moref.kind)
+    }
+
+    pub fn attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set_attr(name, value);
+        self
+    }
+
+    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.attrs.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.attrs.push((name, value)),
+        }
+    }
+
+    /// Declares the vim25 polymorphic type.
+    pub fn xsi_type(self, ty: impl Into<String>) -> Self {
+        self.attr("xsi:type", ty)
+    }
+
+    pub fn child(mut self, child: Element) -> Self {
+        self.children.push(child);
+        self
+    }
+
+    pub fn children(mut self, children: impl IntoIterator<Item = Element>) -> Self {
+        self.children.extend(children);
+        self
+    }
+
+    pub fn local_name(&self) -> &str {
+        local(&self.name)
+    }
+
+    /// An attribute by qualified name, or by local name when no prefix is given
+    /// (`type` never matches `xsi:type`).
+    pub fn get_attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `xsi:type` of the element, whatever prefix the server bound to XMLSchema-instance.
+    pub fn type_name(&self) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(n, _)| n.contains(':') && local(n) == "type")
+            .map(|(_, v)| local(v))
+    }
+
+    pub fn first(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.local_name() == name)
+    }
+
+    pub fn first_mut(&mut self, name: &str) -> Option<&mut Element> {
+        self.children.iter_mut().find(|c| c.local_name() == name)
+    }
+
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+        self.children.iter().filter(move |c| c.local_name() == name)
+    }
+
+    /// Follows a path of child names.
+    pub fn path(&self, path: &[&str]) -> Option<&Element> {
+        path.iter().try_fold(self, |e, name| e.first(name))
+    }
+
+    pub fn path_text(&self, path: &[&str]) -> Option<&str> {
+        self.path(path).map(|e| e.text.as_str())
+    }
+
+    pub fn path_i64(&self, path: &[&str]) -> Option<i64> {
+        self.path_text(path)?.trim().parse().ok()
+    }
+
+    pub fn as_moref(&self) -> Option<MoRef> {
+        Some(MoRef {
+            kind: self.get_attr("type")?.to_string(),
+            value: self.text.trim().to_string(),
+        })
+    }
+
+    /// Replaces the text of the child `name`, creating it (at `position` among the children,
+    /// to keep the schema's element order) when missing.
+    pub fn set_child_text(&mut self, name: &str, text: impl Into<String>, position: usize) {
+        let text = text.into();
+        match self.first_mut(name) {
+            Some(c) => c.text = text,
+            None => {
+                let at = position.min(self.children.len());
+                self.children.insert(at, Element::text(name, text));
+            }
+        }
+    }
+
+    pub fn to_xml(&self) -> Vec<u8> {
+        let mut writer = Writer::new(Vec::new());
+        write(&mut writer, self);
+        writer.into_inner()
+    }
+
+    pub fn parse(xml: &[u8]) -> Result<Element, quick_xml::Error> {
+        let text = String::from_utf8_lossy(xml);
+        let mut reader = Reader::from_str(&text);
+        let mut stack: Vec<Element> = vec![Element::new("#document")];
+        loop {
+            match reader.read_event()? {
+                Event::Start(start) => stack.push(open(&start)?),
+                Event::Empty(start) => {
+                    let e = open(&start)?;
+                    top(&mut stack).children.push(e);
+                }
+                Event::End(_) => {
+                    let done = stack.pop().unwrap_or_default();
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(done),
+                        None => return Err(malformed("unbalanced end tag")),
+                    }
+                }
+                Event::Text(t) => {
+                    let s = t.decode().map_err(quick_xml::Error::Encoding)?;
+                    top(&mut stack).text.push_str(&s);
+                }
+                Event::CData(c) => {
+                    let s = c.decode().map_err(quick_xml::Error::Encoding)?;
+                    top(&mut stack).text.push_str(&s);
+                }
+                Event::GeneralRef(r) => {
+                    let resolved = match r.resolve_char_ref()? {
+                        Some(ch) => ch.to_string(),
+                        None => {
+                            let name = r.decode().map_err(quick_xml::Error::Encoding)?;
+                            resolve_predefined_entity(&name)
+                                .ok_or_else(|| malformed("unknown entity"))?
+                                .to_string()
+                        }
+                    };
+                    top(&mut stack).text.push_str(&resolved);
+                }
+                Event::Eof => break,
+                Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
+            }
+        }
+        let mut document = stack.pop().unwrap_or_default();
+        if !stack.is_empty() || document.children.len() != 1 {
+            return Err(malformed("expected exactly one root element"));
+        }
+        Ok(document.children.remove(0))
+    }
+}
+
+fn top(stack: &mut [Element]) -> &mut Element {
+    stack.last_mut().expect("the document element is never popped before Eof")
+}
+
+fn malformed(what: &str) -> quick_xml::Error {
+    quick_xml::Error::Io(std::sync::Arc::new(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        what.to_string(),
+    )))
+}
+
+fn open(start: &BytesStart<'_>) -> Result<Element, quick_xml::Error> {
+    let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+    let mut e = Element::new(name);
+    for attr in start.attributes() {
+        let attr = attr.map_err(quick_xml::Error::InvalidAttr)?;
+        let key = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
+        let value = attr.unescape_value()?.into_owned();
+        e.attrs.push((key, value));
+    }
+    Ok(e)
+}
+
+fn write(writer: &mut Writer<Vec<u8>>, e: &Element) {
+    let mut start = BytesStart::new(e.name.as_str());
+    for (k, v) in &e.attrs {
+        start.push_attribute((k.as_str(), v.as_str()));
+    }
+    // Writing into a Vec cannot fail.
+    if e.children.is_empty() && e.text.is_empty() {
+        let _ = writer.write_event(Event::Empty(start));
+        return;
+    }
+    let _ = writer.write_event(Event::Start(start));
+    if !e.text.is_empty() {
+        let _ = writer.write_event(Event::Text(BytesText::new(&e.text)));
+    }
+    for c in &e.children {
+        write(writer, c);
+    }
+    let _ = writer.write_event(Event::End(BytesEnd::new(e.name.as_str())));
+}
+
+/// A vim25 managed object reference (`HostSystem:host-21`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MoRef {
+    pub kind: String,
+    pub value: String,
+}
+
+impl MoRef {
+    pub fn new(kind: &str, value: &str) -> Self {
+        Self {
+            kind: kind.into(),
+            value: value.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prefixes_attributes_entities_and_round_trips() {
+        let xml = br#"<?xml version="1.0"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <soapenv:Body>
+    <val xsi:type="ManagedObjectReference" type="HostSystem">host-21</val>
+    <name>a &amp; b &#60;c&gt;</name>
+    <empty/>
+  </soapenv:Body>
+</soapenv:Envelope>"#;
+        let root = Element::parse(xml).unwrap();
+        assert_eq!(root.local_name(), "Envelope");
+        let body = root.first("Body").unwrap();
+        let val = body.first("val").unwrap();
+        assert_eq!(val.type_name(), Some("ManagedObjectReference"));
+        assert_eq!(val.as_moref(), Some(MoRef::new("HostSystem", "host-21")));
+        assert_eq!(body.path_text(&["name"]), Some("a & b <c>"));
+        assert!(body.first("empty").is_some());
+
+        let again = Element::parse(&root.to_xml()).unwrap();
+        assert_eq!(again.path_text(&["Body", "name"]), Some("a & b <c>"));
+        assert_eq!(again.path(&["Body", "val"]).unwrap().as_moref(), val.as_moref());
+    }
+
+    #[test]
+    fn writer_escapes_hostile_text_and_attributes() {
+        let e = Element::text("userName", "</userName><x>&").attr("note", "\"'<>");
+        let xml = String::from_utf8(e.to_xml()).unwrap();
+        assert!(!xml.contains("<x>"), "{xml}");
+        let back = Element::parse(xml.as_bytes()).unwrap();
+        assert_eq!(back.text, "</userName><x>&");
+        assert_eq!(back.get_attr("note"), Some("\"'<>"));
+    }
+
+    #[test]
+    fn set_child_text_keeps_schema_order_when_inserting() {
+        let mut alloc = Element::new("storageIOAllocation")
+            .child(Element::text("limit", "-1"))
+            .child(Element::text("reservation", "0"));
+        alloc.set_child_text("limit", "100", 0);
+        alloc.set_child_text("shares", "x", 1);
+        let names: Vec<_> = alloc.children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["limit", "shares", "reservation"]);
+        assert_eq!(alloc.path_text(&["limit"]), Some("100"));
+    }
+
+    #[test]
+    fn rejects_truncated_documents() {
+        assert!(Element::parse(b"<a><b></b>").is_err());
+    }
+}
