@@ -1,0 +1,113 @@
+//! Command line: `plumbline run` (the operator) and `plumbline explain` (a dry run).
+//! The same program answers as `kubectl-plumbline`, so it works as a kubectl plugin.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::{net::SocketAddr, path::PathBuf};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "plumbline", version, about = "Bridges hypervisors and Kubernetes: intents in, coordinated reversible changes out")]
+pub struct Cli {
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PLUMBLINE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Print the plan for an intent, per layer with reasons, against the live cluster. Changes nothing.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "PLUMBLINE_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
+
+    /// Campaign for a Lease before acting, so several replicas are safe. Turn off only when
+    /// exactly one replica runs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PLUMBLINE_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "plumbline-operator", env = "PLUMBLINE_LEASE_NAME")]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease; defaults to the pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "plumbline-system")]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease; defaults to the pod name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Watch intents and workloads in this namespace only (default: every namespace).
+    #[arg(long, env = "PLUMBLINE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// How many intents may be reconciled at once.
+    #[arg(long, default_value_t = 4, env = "PLUMBLINE_CONCURRENCY")]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "intent"]))]
+pub struct ExplainArgs {
+    /// An intent manifest (YAML or JSON); `-` reads stdin.
+    #[arg(short = 'f', long = "filename")]
+    pub file: Option<PathBuf>,
+
+    /// An intent in the cluster: `wi/NAME`, `workloadintent/NAME` or `NAME`.
+    pub intent: Option<String>,
+
+    /// Namespace of the intent (default: the manifest's, else the kubeconfig's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ExplainOutput::Text)]
+    pub output: ExplainOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainOutput {
+    /// The plan per layer, with reasons, for people.
+    Text,
+    /// The plan as it would appear in `status.plan`.
+    Yaml,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explain_takes_a_file_or_an_intent_reference() {
+        let cli = Cli::try_parse_from(["plumbline", "explain", "-f", "intent.yaml"]).unwrap();
+        assert!(matches!(cli.command, Command::Explain(ExplainArgs { file: Some(_), .. })));
+        let cli = Cli::try_parse_from(["kubectl-plumbline", "explain", "wi/payments", "-n", "shop"]).unwrap();
+        let Command::Explain(args) = cli.command else { panic!("not explain") };
+        assert_eq!(args.intent.as_deref(), Some("wi/payments"));
+        assert_eq!(args.namespace.as_deref(), Some("shop"));
+        assert!(Cli::try_parse_from(["plumbline", "explain"]).is_err());
+    }
+
+    #[test]
+    fn run_defaults_to_leader_election() {
+        let cli = Cli::try_parse_from(["plumbline", "run", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert!(args.leader_elect);
+        let cli = Cli::try_parse_from(["plumbline", "run", "--leader-elect=false"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert!(!args.leader_elect);
+    }
+}

@@ -1,0 +1,97 @@
+//! What every loop of a leadership term shares: the client, the served API versions, the
+//! event recorder, the metrics, the clock, the intent cache and the hypervisor adapters.
+
+use kube::{
+    runtime::{
+        events::{Event, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+    },
+    Client, Resource,
+};
+use plumbline_adapters::Hypervisor;
+use plumbline_crds::WorkloadIntent;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::{clock::Clock, discovery::ServedApis, metrics::Metrics};
+
+/// Reporter name on Events (`kubectl describe` shows it as "From").
+pub const CONTROLLER_NAME: &str = "plumbline";
+
+/// Hypervisor adapters, keyed by HypervisorProvider name. Filled by the provider/health side
+/// (issue 5) as providers come and go; outlives leadership terms so sessions are reused.
+#[derive(Default)]
+pub struct Adapters {
+    pub hypervisors: RwLock<BTreeMap<String, Arc<dyn Hypervisor>>>,
+}
+
+impl Adapters {
+    pub fn get(&self, provider: &str) -> Option<Arc<dyn Hypervisor>> {
+        self.hypervisors.read().expect("adapters lock poisoned").get(provider).cloned()
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    pub apis: ServedApis,
+    pub adapters: Arc<Adapters>,
+    /// Every WorkloadIntent, kept current by the intent controller's watch. Read-only.
+    pub intents: Store<WorkloadIntent>,
+    /// Ask the intent controller to reconcile one intent now (e.g. after a storage verdict
+    /// changed and its status should say so).
+    pub reconcile: mpsc::UnboundedSender<ObjectRef<WorkloadIntent>>,
+    /// This replica's name in the Lease and on Events.
+    pub identity: String,
+    /// Consecutive reconcile failures per intent, for error_policy's backoff.
+    pub retries: RetryBackoff,
+}
+
+/// Exponential backoff per object: 1 s after the first failure, doubling up to 5 minutes.
+#[derive(Default)]
+pub struct RetryBackoff(Mutex<HashMap<ObjectRef<WorkloadIntent>, u32>>);
+
+impl RetryBackoff {
+    const MAX: Duration = Duration::from_secs(300);
+
+    pub fn failed(&self, key: &ObjectRef<WorkloadIntent>) -> Duration {
+        let mut failures = self.0.lock().expect("retry map poisoned");
+        let n = failures.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(9)).min(Self::MAX)
+    }
+
+    pub fn succeeded(&self, key: &ObjectRef<WorkloadIntent>) {
+        self.0.lock().expect("retry map poisoned").remove(key);
+    }
+}
+
+impl Context {
+    pub fn reporter(identity: &str) -> Reporter {
+        Reporter {
+            controller: CONTROLLER_NAME.to_string(),
+            instance: Some(identity.to_string()),
+        }
+    }
+
+    /// Publishes an Event about `obj`. Events are best effort: a failure is logged, never
+    /// fails the reconcile that emitted it.
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, event: Event) {
+        let reference = obj.object_ref(&());
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            warn!(
+                error = %e,
+                reason = %event.reason,
+                object = ?reference.name,
+                "publishing an Event failed"
+            );
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Reading what the planner needs from the cluster. Read-only: `explain` uses the same code.
+
+use kube::{
+    api::DynamicObject,
+    runtime::reflector::Store,
+    Api, ResourceExt,
+};
+use plumbline_crds::{names::INTENT_LABEL, WorkloadIntent};
+use serde_json::Value;
+
+use super::{
+    apply::WorkloadRef,
+    fields::{self, Baseline, Previous, WorkloadField},
+};
+use crate::{Error, Result};
+
+/// The target workload as it would be without Plumbline.
+#[derive(Debug, Clone)]
+pub struct ObservedWorkload {
+    pub target: WorkloadRef,
+    pub object: DynamicObject,
+    /// Each settable field as it was before Plumbline set it (live value if Plumbline does
+    /// not hold it).
+    pub without_plumbline: std::collections::BTreeMap<WorkloadField, Previous>,
+    /// `spec.selector`, for the PodDisruptionBudget.
+    pub selector: Option<Value>,
+    /// The intent currently holding the workload's fields, if any.
+    pub holder: Option<String>,
+}
+
+impl ObservedWorkload {
+    pub fn replicas(&self) -> Option<i32> {
+        self.without_plumbline
+            .get(&WorkloadField::Replicas)
+            .and_then(|p| p.value.as_ref())
+            .and_then(Value::as_i64)
+            .and_then(|v| i32::try_from(v).ok())
+    }
+
+    pub fn priority_class_name(&self) -> Option<String> {
+        self.without_plumbline
+            .get(&WorkloadField::PriorityClassName)
+            .and_then(|p| p.value.as_ref())
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// Condition types of the readiness gates other owners set.
+    pub fn readiness_gates(&self) -> Vec<String> {
+        self.without_plumbline
+            .get(&WorkloadField::ReadinessGates)
+            .and_then(|p| p.value.as_ref())
+            .and_then(Value::as_array)
+            .map(|gates| {
+                gates
+                    .iter()
+                    .filter_map(|g| g.get("conditionType").and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// What `wi` finds in the cluster.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// None: the target does not exist.
+    pub workload: Option<ObservedWorkload>,
+    /// Another intent that holds (or, being older, has the first claim on) the same workload.
+    pub conflicting: Option<String>,
+}
+
+/// Reads the target. `intents` is every intent the caller knows of (the controller's cache,
+/// or a fresh list for `explain`).
+pub async fn observe(client: &kube::Client, wi: &WorkloadIntent, intents: &[WorkloadIntent]) -> Result<Observed> {
+    let target = WorkloadRef::of(wi);
+    let object = target
+        .api(client)
+        .get_opt(&target.name)
+        .await
+        .map_err(|source| Error::kube(format!("reading {target}"), source))?;
+    let workload = object.map(|object| {
+        let baseline = Baseline::from_annotation(&object);
+        let without_plumbline = WorkloadField::ALL
+            .into_iter()
+            .map(|f| (f, baseline.without_plumbline(&object, f)))
+            .collect();
+        ObservedWorkload {
+            selector: object.data.get("spec").and_then(|s| s.get("selector")).cloned(),
+            holder: fields::holder(&object).map(str::to_string),
+            target: target.clone(),
+            without_plumbline,
+            object,
+        }
+    });
+    let conflicting = conflicting_intent(wi, workload.as_ref().and_then(|w| w.holder.as_deref()), intents);
+    Ok(Observed { workload, conflicting })
+}
+
+/// The intent that has the first claim on `wi`'s workload, if it is not `wi`: the intent that
+/// holds it if that one still exists, else the oldest (then alphabetically first) intent.
+pub fn conflicting_intent(wi: &WorkloadIntent, holder: Option<&str>, intents: &[WorkloadIntent]) -> Option<String> {
+    let me = wi.name_any();
+    let rivals: Vec<&WorkloadIntent> = intents
+        .iter()
+        .filter(|other| other.namespace() == wi.namespace() && other.spec.target == wi.spec.target)
+        .collect();
+    if let Some(holder) = holder {
+        if rivals.iter().any(|r| r.name_any() == holder) {
+            return (holder != me).then(|| holder.to_string());
+        }
+    }
+    let first = rivals
+        .iter()
+        .chain(std::iter::once(&wi))
+        .min_by_key(|r| (r.creation_timestamp().map(|t| t.0), r.name_any()))?;
+    (first.name_any() != me).then(|| first.name_any())
+}
+
+/// Every intent from the controller's cache.
+pub fn cached_intents(store: &Store<WorkloadIntent>) -> Vec<WorkloadIntent> {
+    store.state().iter().map(|wi| wi.as_ref().clone()).collect()
+}
+
+/// Every intent in `namespace`, read from the API (for `explain`, which has no cache).
+pub async fn list_intents(client: &kube::Client, namespace: &str) -> Result<Vec<WorkloadIntent>> {
+    Api::<WorkloadIntent>::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|source| Error::kube(format!("listing WorkloadIntents in {namespace}"), source))
+}
+
+/// Label selector matching PodDisruptionBudgets made for `wi`.
+pub fn own_pdb_selector(wi: &WorkloadIntent) -> String {
+    format!("{INTENT_LABEL}={}", wi.name_any())
+}

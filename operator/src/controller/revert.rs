@@ -1,0 +1,65 @@
+//! Reverting what an intent changed on Kubernetes: the workload's fields go back to their
+//! previous values and owners, the intent's PodDisruptionBudget goes away. Fields that other
+//! managers own were never Plumbline's and are not touched.
+
+use kube::ResourceExt;
+use plumbline_crds::{names::FIELD_MANAGER, WorkloadIntent};
+use std::collections::BTreeMap;
+
+use super::{
+    apply::{self, WorkloadRef},
+    fields::{self, Baseline},
+};
+use crate::{context::Context, Error, Result};
+
+/// What a revert changed, for Events and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reverted {
+    /// Workload fields released or handed back, as dotted paths.
+    pub fields: Vec<String>,
+    /// PodDisruptionBudgets deleted.
+    pub pdbs: Vec<String>,
+}
+
+impl Reverted {
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.pdbs.is_empty()
+    }
+}
+
+/// Reverts everything `wi` holds. Idempotent; a workload held by another intent is left alone.
+pub async fn revert(ctx: &Context, wi: &WorkloadIntent) -> Result<Reverted> {
+    let mut reverted = Reverted::default();
+    let target = WorkloadRef::of(wi);
+    let live = target
+        .api(&ctx.client)
+        .get_opt(&target.name)
+        .await
+        .map_err(|source| Error::kube(format!("reading {target} to revert it"), source))?;
+    if let Some(live) = live {
+        let held_by_us = fields::holder(&live) == Some(wi.name_any().as_str());
+        if held_by_us && fields::has_plumbline_fields(&live) {
+            let baseline = Baseline::from_annotation(&live);
+            for (field, previous) in &baseline.0 {
+                if !fields::owned_by(&live, *field, FIELD_MANAGER) {
+                    continue;
+                }
+                if let (Some(value), Some(manager)) = (&previous.value, &previous.manager) {
+                    apply::hand_back(ctx, &target, *field, value.clone(), manager).await?;
+                }
+                reverted.fields.push(field.dotted());
+            }
+            // Applying an empty configuration releases every field Plumbline still owns
+            // (including the baseline and holder annotations); unowned fields fall back to
+            // their defaults, which is what they were before Plumbline set them.
+            apply::apply_workload(ctx, &target, &BTreeMap::new(), &Baseline::default(), None).await?;
+        }
+    }
+    for pdb in apply::own_pdbs(ctx, wi).await? {
+        let name = pdb.name_any();
+        if apply::delete_pdb(ctx, wi, &name).await? {
+            reverted.pdbs.push(name);
+        }
+    }
+    Ok(reverted)
+}

@@ -1,0 +1,63 @@
+//! The Plumbline operator: wires the pure planner (`plumbline-policies`) to the Kubernetes API
+//! and the hypervisor adapters.
+//!
+//! - [`run`] assembles a running operator: probes and metrics, discovery, leader election and
+//!   the loops of a leadership term.
+//! - [`controller`] is the WorkloadIntent controller (observe → plan → apply → status).
+//! - [`explain`] prints a plan against the live cluster without changing anything.
+
+pub mod cli;
+pub mod clock;
+pub mod context;
+pub mod controller;
+pub mod discovery;
+mod error;
+pub mod explain;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod run;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+
+/// Entry point shared by the `plumbline` and `kubectl-plumbline` binaries.
+pub async fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+    use clap::Parser;
+    let cli = cli::Cli::parse_from(args);
+    telemetry::init(cli.log_format);
+    match cli.command {
+        cli::Command::Run(args) => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| Error::KubeConfig(e.to_string()))?;
+            let identity = args.identity.clone().unwrap_or_else(default_identity);
+            let settings = run::Settings {
+                metrics_addr: args.metrics_addr,
+                leader_election: args
+                    .leader_elect
+                    .then(|| leader::LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity)),
+                concurrency: args.concurrency,
+                identity,
+                namespace: args.watch_namespace.clone(),
+            };
+            run::run(client, settings, std::sync::Arc::new(clock::SystemClock)).await?;
+        }
+        cli::Command::Explain(args) => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| Error::KubeConfig(e.to_string()))?;
+            let out = explain::explain(client, &args, &clock::SystemClock).await?;
+            print!("{out}");
+        }
+    }
+    Ok(())
+}
+
+/// Unique enough per replica outside a pod: host name and process id.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "plumbline".to_string());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,188 @@
+//! Shared setup for operator tests against the real stack (`e2e/stack up k8s`).
+//!
+//! Each test gets a fresh namespace and runs its own operator in-process as the restricted
+//! `plumbline-operator` identity, scoped to that namespace, so tests sharing one API server do
+//! not see each other's intents and RBAC mistakes fail as Forbidden.
+
+#![allow(dead_code)]
+
+use anyhow::{bail, Context as _, Result};
+use chrono::{DateTime, Utc};
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Namespace},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    Api, Client, ResourceExt,
+};
+use plumbline_crds::WorkloadIntent;
+use plumbline_operator::{
+    clock::{Clock, ManualClock},
+    leader::LeaseConfig,
+    run::{Operator, Settings},
+};
+use serde_json::json;
+use std::{future::Future, sync::Arc, time::Duration};
+
+/// How long anything the operator does may take before a test gives up. Generous: the
+/// machine has two cores shared with builds.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Cluster {
+    pub admin: Client,
+    pub operator_identity: Client,
+    pub namespace: String,
+}
+
+impl Cluster {
+    /// Connects to the stack (failing with how to start it if it is not up), makes sure the
+    /// CRDs are installed, and creates a fresh namespace for the test.
+    pub async fn connect(test: &str) -> Result<Self> {
+        let stack = plumbline_e2e::Stack::load()
+            .context("these tests need the real control plane; start it with `e2e/stack up k8s`")?;
+        let admin = stack.admin_client().await.context("admin client for the stack")?;
+        let operator_identity = stack.operator_client().await.context("operator client for the stack")?;
+        install_crds(&admin).await?;
+        let suffix = format!("{:x}", std::process::id() ^ (Utc::now().timestamp_subsec_nanos()));
+        let namespace = format!("op-{test}-{suffix}").replace('_', "-");
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace, "labels": {"plumbline.dev/test": test.replace('_', "-")}}}))?;
+        Api::<Namespace>::all(admin.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating test namespace {namespace}"))?;
+        Ok(Self {
+            admin,
+            operator_identity,
+            namespace,
+        })
+    }
+
+    pub fn settings(&self, identity: &str, leader_election: Option<LeaseConfig>) -> Settings {
+        Settings {
+            metrics_addr: "127.0.0.1:0".parse().expect("loopback address"),
+            leader_election,
+            concurrency: 2,
+            identity: identity.to_string(),
+            namespace: Some(self.namespace.clone()),
+        }
+    }
+
+    /// Starts an operator as the restricted identity, without leader election.
+    pub async fn start_operator(&self, clock: Arc<dyn Clock>) -> Result<Operator> {
+        Ok(Operator::start(self.operator_identity.clone(), self.settings("test", None), clock).await?)
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.admin.clone(), &self.namespace)
+    }
+
+    pub fn intents(&self) -> Api<WorkloadIntent> {
+        Api::namespaced(self.admin.clone(), &self.namespace)
+    }
+
+    /// A Deployment owned by the field manager `e2e-owner`, as a user's `kubectl apply
+    /// --server-side` would make it.
+    pub async fn create_deployment(&self, name: &str, replicas: i32) -> Result<Deployment> {
+        let body = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": {"app": name}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "automountServiceAccountToken": false,
+                        "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
+                    }
+                }
+            }
+        });
+        self.deployments()
+            .patch(name, &PatchParams::apply("e2e-owner"), &Patch::Apply(&body))
+            .await
+            .with_context(|| format!("creating Deployment {name}"))
+    }
+
+    pub async fn apply_intent(&self, name: &str, spec: serde_json::Value) -> Result<WorkloadIntent> {
+        let body = json!({
+            "apiVersion": "plumbline.dev/v1alpha1",
+            "kind": "WorkloadIntent",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec,
+        });
+        self.intents()
+            .patch(name, &PatchParams::apply("e2e-user"), &Patch::Apply(&body))
+            .await
+            .with_context(|| format!("applying WorkloadIntent {name}"))
+    }
+
+    pub async fn delete_intent(&self, name: &str) -> Result<()> {
+        self.intents()
+            .delete(name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting WorkloadIntent {name}"))?;
+        Ok(())
+    }
+
+    /// Removes the namespace; the operator must be stopped first or its finalizers will be
+    /// processed by nobody (the namespace then stays Terminating, which is harmless).
+    pub async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.admin.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// Applies the generated CRDs (idempotent) and waits until they are established.
+pub async fn install_crds(admin: &Client) -> Result<()> {
+    let api = Api::<CustomResourceDefinition>::all(admin.clone());
+    for (_, crd) in plumbline_crds::generate::crds() {
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("plumbline-tests").force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("installing CRD {name}"))?;
+        eventually(&format!("CRD {name} established"), || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Polls `check` until it returns Some, for up to [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {PATIENCE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub fn at(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339).expect("test timestamp").with_timezone(&Utc)
+}
+
+pub fn manual_clock(rfc3339: &str) -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(at(rfc3339)))
+}
