@@ -94,6 +94,9 @@ type perfManager struct {
 	writeKey int32
 }
 
+// Get lets the PropertyCollector see the wrapped managed object (perfCounter etc.).
+func (p *perfManager) Get() mo.Reference { return p.PerformanceManager }
+
 func (p *perfManager) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) soap.HasFault {
 	res := p.PerformanceManager.QueryPerf(ctx, req)
 	body, ok := res.(*methods.QueryPerfBody)
@@ -189,8 +192,8 @@ func writeNodes(path string, vms []inventoryVM) error {
 			Name:       vm.DNSName,
 			ProviderID: "vsphere://" + vm.UUID,
 			Labels: map[string]string{
-				"plumbline.dev/hypervisor": "vsphere",
-				"plumbline.dev/vsphere-vm": vm.Name,
+				"plumbline.dev/hypervisor":   "vsphere",
+				"plumbline.dev/vsphere-vm":   vm.Name,
 				"plumbline.dev/vsphere-host": dnsName(vm.Host),
 			},
 		})
