@@ -1,0 +1,600 @@
+//! Noisy neighbours: when a VM backing a critical workload is degraded, throttle the busiest VMs
+//! sharing its host or datastore, one step at a time, and let go when the victim has recovered,
+//! its intent's window ends or the intent goes away.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Display,
+    time::{Duration, SystemTime},
+};
+
+use super::{HealthState, Tier};
+
+/// How hard each step throttles, how long to wait between steps, when to let go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottleLadder {
+    /// The IOPS limit at each step as a fraction of the aggressor's rate before its first step,
+    /// gentlest first. Relative, because an absolute limit that is harsh for one VM does nothing
+    /// to another.
+    pub steps: Vec<f64>,
+    /// No step limits a VM below this many IOPS, so it keeps making progress.
+    pub floor_iops: u64,
+    /// Time between two steps for the same victim or the same aggressor: long enough for the
+    /// last step to show in several samples.
+    pub cooldown: Duration,
+    /// A victim must stay healthy this long before its throttles are released, so release does
+    /// not immediately re-create the problem.
+    pub release_after: Duration,
+    /// VMs doing fewer IOPS than this are not anybody's noisy neighbour.
+    pub min_aggressor_iops: f64,
+}
+
+impl Default for ThrottleLadder {
+    fn default() -> Self {
+        Self {
+            steps: vec![0.5, 0.25, 0.1],
+            floor_iops: 20,
+            cooldown: Duration::from_secs(5),
+            release_after: Duration::from_secs(10),
+            min_aggressor_iops: 10.0,
+        }
+    }
+}
+
+/// A VM that backs an intent allowed to throttle neighbours (in practice: critical).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Victim<K> {
+    pub vm: K,
+    pub tier: Tier,
+    /// Intent(s) behind it, for messages: `payments/payment-api`.
+    pub intent: String,
+    pub state: HealthState,
+    /// How long the VM has been continuously healthy (zero when it is not).
+    pub healthy_for: Duration,
+    /// The intent is inside its window and allows throttling neighbours.
+    pub active: bool,
+    pub host: Option<String>,
+    pub datastores: BTreeSet<String>,
+}
+
+/// Any VM the providers know, as a possible aggressor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeighbourCandidate<K> {
+    pub vm: K,
+    pub host: Option<String>,
+    pub datastores: BTreeSet<String>,
+    /// Current I/O rate (operations per second, all disks).
+    pub iops: f64,
+    /// The highest tier among the workloads whose pods it runs, if any.
+    pub protected_by: Option<Tier>,
+    /// The provider can set an I/O limit on it.
+    pub can_limit_io: bool,
+}
+
+/// A throttle in force. Kept by the operator (and mirrored in intent status) between cycles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Throttle<K> {
+    pub vm: K,
+    /// 1-based index into [`ThrottleLadder::steps`].
+    pub level: usize,
+    /// The aggressor's IOPS before its first step; every step is relative to it.
+    pub baseline_iops: f64,
+    pub limit_iops: u64,
+    pub stepped_at: SystemTime,
+    /// The victims this throttle is for; released when none still needs it.
+    pub victims: BTreeSet<K>,
+}
+
+/// One change to make on the hypervisor, with the reason to record in status and Events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NeighbourAction<K> {
+    Step {
+        vm: K,
+        victim: K,
+        level: usize,
+        limit_iops: u64,
+        baseline_iops: f64,
+        reason: String,
+    },
+    Release {
+        vm: K,
+        reason: String,
+    },
+}
+
+impl<K> NeighbourAction<K> {
+    pub fn vm(&self) -> &K {
+        match self {
+            NeighbourAction::Step { vm, .. } | NeighbourAction::Release { vm, .. } => vm,
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            NeighbourAction::Step { reason, .. } | NeighbourAction::Release { reason, .. } => reason,
+        }
+    }
+}
+
+fn shares_infrastructure<K>(victim: &Victim<K>, candidate: &NeighbourCandidate<K>) -> Option<String> {
+    if let (Some(a), Some(b)) = (&victim.host, &candidate.host) {
+        if a == b {
+            return Some(format!("host {a}"));
+        }
+    }
+    victim
+        .datastores
+        .intersection(&candidate.datastores)
+        .next()
+        .map(|d| format!("datastore {d}"))
+}
+
+/// A VM backing a critical workload is never throttled; any other VM is protected from victims
+/// of its own tier or lower.
+fn protected_from(candidate_tier: Option<Tier>, victim_tier: Tier) -> bool {
+    matches!(candidate_tier, Some(t) if t == Tier::Critical || t >= victim_tier)
+}
+
+/// Decides this cycle's throttle steps and releases. Pure: the operator applies the actions
+/// and then records the ones that succeeded with [`apply_neighbour_actions`].
+pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
+    now: SystemTime,
+    victims: &[Victim<K>],
+    candidates: &[NeighbourCandidate<K>],
+    throttles: &BTreeMap<K, Throttle<K>>,
+    ladder: &ThrottleLadder,
+) -> Vec<NeighbourAction<K>> {
+    let mut actions = Vec::new();
+    let victim_by_vm: BTreeMap<&K, &Victim<K>> = victims.iter().map(|v| (&v.vm, v)).collect();
+    let candidate_by_vm: BTreeMap<&K, &NeighbourCandidate<K>> = candidates.iter().map(|c| (&c.vm, c)).collect();
+    let mut touched: BTreeSet<K> = BTreeSet::new();
+
+    for throttle in throttles.values() {
+        let still_needed = throttle.victims.iter().any(|v| {
+            victim_by_vm.get(v).is_some_and(|victim| {
+                victim.active
+                    && !(victim.state == HealthState::Healthy && victim.healthy_for >= ladder.release_after)
+            })
+        });
+        let newly_protected = candidate_by_vm
+            .get(&throttle.vm)
+            .and_then(|c| c.protected_by)
+            .filter(|tier| {
+                *tier == Tier::Critical
+                    || throttle
+                        .victims
+                        .iter()
+                        .filter_map(|v| victim_by_vm.get(v))
+                        .all(|victim| protected_from(Some(*tier), victim.tier))
+            });
+        let reason = if let Some(tier) = newly_protected {
+            Some(format!("VM {} now backs a {tier} workload", throttle.vm))
+        } else if !still_needed {
+            Some(release_reason(throttle, &victim_by_vm, ladder))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            touched.insert(throttle.vm.clone());
+            actions.push(NeighbourAction::Release {
+                vm: throttle.vm.clone(),
+                reason,
+            });
+        }
+    }
+
+    let mut degraded: Vec<&Victim<K>> = victims
+        .iter()
+        .filter(|v| v.active && v.state == HealthState::Degraded)
+        .collect();
+    // Higher tiers pick their aggressor first when two victims compete for one step.
+    degraded.sort_by(|a, b| b.tier.cmp(&a.tier).then_with(|| a.vm.cmp(&b.vm)));
+    for victim in degraded {
+        let last_step = throttles
+            .values()
+            .filter(|t| t.victims.contains(&victim.vm))
+            .map(|t| t.stepped_at)
+            .max();
+        if last_step.is_some_and(|at| now.duration_since(at).unwrap_or_default() < ladder.cooldown) {
+            continue;
+        }
+        let mut eligible: Vec<(&NeighbourCandidate<K>, String)> = candidates
+            .iter()
+            .filter(|c| c.vm != victim.vm && c.can_limit_io && !touched.contains(&c.vm))
+            .filter(|c| !protected_from(c.protected_by, victim.tier))
+            .filter(|c| c.iops >= ladder.min_aggressor_iops)
+            .filter(|c| match throttles.get(&c.vm) {
+                None => true,
+                Some(t) => {
+                    t.level < ladder.steps.len()
+                        && now.duration_since(t.stepped_at).unwrap_or_default() >= ladder.cooldown
+                }
+            })
+            .filter_map(|c| shares_infrastructure(victim, c).map(|shared| (c, shared)))
+            .collect();
+        eligible.sort_by(|(a, _), (b, _)| b.iops.total_cmp(&a.iops).then_with(|| a.vm.cmp(&b.vm)));
+        let Some((aggressor, shared)) = eligible.into_iter().next() else {
+            continue;
+        };
+        let (level, baseline_iops) = match throttles.get(&aggressor.vm) {
+            Some(t) => (t.level + 1, t.baseline_iops),
+            None => (1, aggressor.iops),
+        };
+        let fraction = ladder.steps[level - 1];
+        let limit_iops = ((baseline_iops * fraction).round() as u64).max(ladder.floor_iops);
+        touched.insert(aggressor.vm.clone());
+        actions.push(NeighbourAction::Step {
+            vm: aggressor.vm.clone(),
+            victim: victim.vm.clone(),
+            level,
+            limit_iops,
+            baseline_iops,
+            reason: format!(
+                "VM {} ({:.0} IOPS) shares {shared} with VM {}, which backs {} ({}) and is over its storage latency budget: limiting to {limit_iops} IOPS, step {level} of {}",
+                aggressor.vm,
+                aggressor.iops,
+                victim.vm,
+                victim.intent,
+                victim.tier,
+                ladder.steps.len()
+            ),
+        });
+    }
+    actions
+}
+
+fn release_reason<K: Ord + Display>(
+    throttle: &Throttle<K>,
+    victims: &BTreeMap<&K, &Victim<K>>,
+    ladder: &ThrottleLadder,
+) -> String {
+    let why: Vec<String> = throttle
+        .victims
+        .iter()
+        .map(|v| match victims.get(v) {
+            None => format!("VM {v} no longer backs a protected workload"),
+            Some(victim) if !victim.active => format!("the window of {} ended", victim.intent),
+            Some(_) => format!(
+                "VM {v} has been within its latency budget for {} s",
+                ladder.release_after.as_secs()
+            ),
+        })
+        .collect();
+    format!("releasing the I/O limit on VM {}: {}", throttle.vm, why.join("; "))
+}
+
+/// Records actions the operator applied successfully.
+pub fn apply_neighbour_actions<K: Ord + Clone>(
+    throttles: &mut BTreeMap<K, Throttle<K>>,
+    applied: &[NeighbourAction<K>],
+    now: SystemTime,
+) {
+    for action in applied {
+        match action {
+            NeighbourAction::Step {
+                vm,
+                victim,
+                level,
+                limit_iops,
+                baseline_iops,
+                ..
+            } => {
+                let t = throttles.entry(vm.clone()).or_insert_with(|| Throttle {
+                    vm: vm.clone(),
+                    level: 0,
+                    baseline_iops: *baseline_iops,
+                    limit_iops: *limit_iops,
+                    stepped_at: now,
+                    victims: BTreeSet::new(),
+                });
+                t.level = *level;
+                t.limit_iops = *limit_iops;
+                t.stepped_at = now;
+                t.victims.insert(victim.clone());
+            }
+            NeighbourAction::Release { vm, .. } => {
+                throttles.remove(vm);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::UNIX_EPOCH;
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn victim(vm: &str, state: HealthState) -> Victim<String> {
+        Victim {
+            vm: vm.into(),
+            tier: Tier::Critical,
+            intent: "payments/payment-api".into(),
+            state,
+            healthy_for: Duration::ZERO,
+            active: true,
+            host: Some("h1".into()),
+            datastores: ["default".to_string()].into(),
+        }
+    }
+
+    fn cand(vm: &str, iops: f64, protected_by: Option<Tier>) -> NeighbourCandidate<String> {
+        NeighbourCandidate {
+            vm: vm.into(),
+            host: Some("h1".into()),
+            datastores: ["default".to_string()].into(),
+            iops,
+            protected_by,
+            can_limit_io: true,
+        }
+    }
+
+    fn steps(actions: &[NeighbourAction<String>]) -> Vec<(String, usize, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                NeighbourAction::Step { vm, level, limit_iops, .. } => Some((vm.clone(), *level, *limit_iops)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn busiest_unprotected_neighbour_is_throttled_first() {
+        let ladder = ThrottleLadder::default();
+        let cands = [
+            cand("pl-worker-1", 50.0, Some(Tier::Critical)),
+            cand("pl-noisy", 2000.0, None),
+            cand("pl-batch", 900.0, Some(Tier::Standard)),
+            cand("pl-db", 5000.0, Some(Tier::Critical)),
+        ];
+        let actions = plan_neighbour_throttles(
+            t(0),
+            &[victim("pl-worker-1", HealthState::Degraded)],
+            &cands,
+            &BTreeMap::new(),
+            &ladder,
+        );
+        assert_eq!(steps(&actions), vec![("pl-noisy".to_string(), 1, 1000)]);
+        assert!(actions[0].reason().contains("shares host h1"), "{}", actions[0].reason());
+        assert!(actions[0].reason().contains("payments/payment-api"));
+    }
+
+    #[test]
+    fn no_action_for_healthy_or_unknown_victims() {
+        let ladder = ThrottleLadder::default();
+        for state in [HealthState::Healthy, HealthState::Unknown] {
+            let actions = plan_neighbour_throttles(
+                t(0),
+                &[victim("v", state)],
+                &[cand("pl-noisy", 2000.0, None)],
+                &BTreeMap::new(),
+                &ladder,
+            );
+            assert!(actions.is_empty(), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn neighbours_elsewhere_are_left_alone() {
+        let mut far = cand("far", 9000.0, None);
+        far.host = Some("h2".into());
+        far.datastores = ["other".to_string()].into();
+        let mut same_ds = cand("same-ds", 100.0, None);
+        same_ds.host = Some("h3".into());
+        let actions = plan_neighbour_throttles(
+            t(0),
+            &[victim("v", HealthState::Degraded)],
+            &[far, same_ds],
+            &BTreeMap::new(),
+            &ThrottleLadder::default(),
+        );
+        assert_eq!(steps(&actions), vec![("same-ds".to_string(), 1, 50)]);
+        assert!(actions[0].reason().contains("datastore default"));
+    }
+
+    #[test]
+    fn ladder_walks_down_with_cooldown_then_stops() {
+        let ladder = ThrottleLadder::default();
+        let victims = [victim("v", HealthState::Degraded)];
+        let mut throttles = BTreeMap::new();
+        let mut seen = Vec::new();
+        for sec in 0..40 {
+            let now = t(sec);
+            // While throttled, the aggressor runs at its limit.
+            let iops = throttles.get("pl-noisy").map(|t: &Throttle<String>| t.limit_iops as f64).unwrap_or(2000.0);
+            let actions = plan_neighbour_throttles(now, &victims, &[cand("pl-noisy", iops, None)], &throttles, &ladder);
+            for s in steps(&actions) {
+                seen.push((sec, s));
+            }
+            apply_neighbour_actions(&mut throttles, &actions, now);
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (0, ("pl-noisy".into(), 1, 1000)),
+                (5, ("pl-noisy".into(), 2, 500)),
+                (10, ("pl-noisy".into(), 3, 200)),
+            ]
+        );
+    }
+
+    #[test]
+    fn floor_is_respected() {
+        let actions = plan_neighbour_throttles(
+            t(0),
+            &[victim("v", HealthState::Degraded)],
+            &[cand("small", 15.0, None)],
+            &BTreeMap::new(),
+            &ThrottleLadder::default(),
+        );
+        assert_eq!(steps(&actions), vec![("small".to_string(), 1, 20)]);
+    }
+
+    fn throttled(vm: &str, victim: &str) -> BTreeMap<String, Throttle<String>> {
+        [(
+            vm.to_string(),
+            Throttle {
+                vm: vm.into(),
+                level: 1,
+                baseline_iops: 2000.0,
+                limit_iops: 1000,
+                stepped_at: t(0),
+                victims: [victim.to_string()].into(),
+            },
+        )]
+        .into()
+    }
+
+    #[test]
+    fn release_after_the_victim_stays_healthy() {
+        let ladder = ThrottleLadder::default();
+        let throttles = throttled("pl-noisy", "v");
+        let mut v = victim("v", HealthState::Healthy);
+        v.healthy_for = Duration::from_secs(3);
+        let cands = [cand("pl-noisy", 1000.0, None)];
+        assert!(plan_neighbour_throttles(t(20), &[v.clone()], &cands, &throttles, &ladder).is_empty());
+        v.healthy_for = ladder.release_after;
+        let actions = plan_neighbour_throttles(t(20), &[v], &cands, &throttles, &ladder);
+        assert!(matches!(&actions[..], [NeighbourAction::Release { vm, reason }] if vm == "pl-noisy" && reason.contains("within its latency budget")));
+    }
+
+    #[test]
+    fn unknown_victim_keeps_its_throttle() {
+        let actions = plan_neighbour_throttles(
+            t(20),
+            &[victim("v", HealthState::Unknown)],
+            &[cand("pl-noisy", 1000.0, None)],
+            &throttled("pl-noisy", "v"),
+            &ThrottleLadder::default(),
+        );
+        assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn release_when_the_window_ends_or_the_intent_goes() {
+        let ladder = ThrottleLadder::default();
+        let mut v = victim("v", HealthState::Degraded);
+        v.active = false;
+        let cands = [cand("pl-noisy", 1000.0, None)];
+        let actions = plan_neighbour_throttles(t(20), &[v], &cands, &throttled("pl-noisy", "v"), &ladder);
+        assert!(actions[0].reason().contains("window of payments/payment-api ended"), "{:?}", actions);
+        let actions = plan_neighbour_throttles(t(20), &[], &cands, &throttled("pl-noisy", "v"), &ladder);
+        assert!(actions[0].reason().contains("no longer backs"), "{:?}", actions);
+    }
+
+    #[test]
+    fn release_when_the_aggressor_starts_backing_a_critical_workload() {
+        let actions = plan_neighbour_throttles(
+            t(20),
+            &[victim("v", HealthState::Degraded)],
+            &[cand("pl-noisy", 1000.0, Some(Tier::Critical))],
+            &throttled("pl-noisy", "v"),
+            &ThrottleLadder::default(),
+        );
+        assert!(matches!(&actions[..], [NeighbourAction::Release { reason, .. }] if reason.contains("critical")));
+    }
+
+    #[test]
+    fn high_victims_may_not_throttle_high_neighbours() {
+        let mut v = victim("v", HealthState::Degraded);
+        v.tier = Tier::High;
+        let actions = plan_neighbour_throttles(
+            t(0),
+            &[v],
+            &[cand("peer", 3000.0, Some(Tier::High)), cand("batch", 100.0, Some(Tier::Standard))],
+            &BTreeMap::new(),
+            &ThrottleLadder::default(),
+        );
+        assert_eq!(steps(&actions), vec![("batch".to_string(), 1, 50)]);
+    }
+
+    fn tiers() -> impl Strategy<Value = Option<Tier>> {
+        prop::option::of(prop::sample::select(Tier::ALL.to_vec()))
+    }
+
+    fn states() -> impl Strategy<Value = HealthState> {
+        prop::sample::select(vec![HealthState::Healthy, HealthState::Unknown, HealthState::Degraded])
+    }
+
+    proptest! {
+        /// Whatever the cluster looks like, over a run of cycles: a VM backing a critical
+        /// workload is never stepped, no VM is stepped twice within the cooldown, levels stay on
+        /// the ladder and limits never go below the floor or up between steps.
+        #[test]
+        fn throttling_invariants(
+            cands in prop::collection::btree_map(0u8..8, (0u8..3, 0u8..3, 0.0f64..5000.0, tiers(), any::<bool>()), 0..8),
+            vics in prop::collection::btree_map(0u8..8, (prop::sample::select(Tier::ALL.to_vec()), prop::collection::vec(states(), 30), any::<bool>(), 0u8..3), 0..4),
+        ) {
+            let ladder = ThrottleLadder::default();
+            let candidates: Vec<_> = cands.iter().map(|(vm, (host, ds, iops, tier, lim))| NeighbourCandidate {
+                vm: format!("vm{vm}"),
+                host: Some(format!("h{host}")),
+                datastores: [format!("ds{ds}")].into(),
+                iops: *iops,
+                protected_by: *tier,
+                can_limit_io: *lim,
+            }).collect();
+            let mut throttles: BTreeMap<String, Throttle<String>> = BTreeMap::new();
+            let mut last_step: BTreeMap<String, SystemTime> = BTreeMap::new();
+            let mut last_limit: BTreeMap<String, u64> = BTreeMap::new();
+            for cycle in 0..30u64 {
+                let now = t(cycle);
+                let victims: Vec<_> = vics.iter().map(|(vm, (tier, states, active, host))| Victim {
+                    vm: format!("vm{vm}"),
+                    tier: *tier,
+                    intent: "ns/i".into(),
+                    state: states[cycle as usize],
+                    // Continuously healthy since the last cycle that was not.
+                    healthy_for: Duration::from_secs(
+                        states[..=cycle as usize].iter().rev().take_while(|s| **s == HealthState::Healthy).count() as u64,
+                    ).saturating_sub(Duration::from_secs(1)),
+                    active: *active,
+                    host: Some(format!("h{host}")),
+                    datastores: BTreeSet::new(),
+                }).collect();
+                let actions = plan_neighbour_throttles(now, &victims, &candidates, &throttles, &ladder);
+                let mut stepped = BTreeSet::new();
+                for a in &actions {
+                    if let NeighbourAction::Step { vm, victim, level, limit_iops, .. } = a {
+                        prop_assert!(stepped.insert(vm.clone()), "stepped twice in one cycle");
+                        prop_assert!(vm != victim);
+                        for c in candidates.iter().filter(|c| &c.vm == vm) {
+                            prop_assert_ne!(c.protected_by, Some(Tier::Critical));
+                            prop_assert!(c.can_limit_io);
+                        }
+                        let v = victims.iter().find(|v| &v.vm == victim).unwrap();
+                        prop_assert_eq!(v.state, HealthState::Degraded);
+                        prop_assert!(v.active);
+                        prop_assert!((1..=ladder.steps.len()).contains(level));
+                        prop_assert!(*limit_iops >= ladder.floor_iops);
+                        if let Some(prev) = last_step.get(vm) {
+                            prop_assert!(now.duration_since(*prev).unwrap() >= ladder.cooldown);
+                        }
+                        if let Some(prev) = last_limit.get(vm) {
+                            prop_assert!(limit_iops <= prev);
+                        }
+                        last_step.insert(vm.clone(), now);
+                        last_limit.insert(vm.clone(), *limit_iops);
+                    }
+                }
+                apply_neighbour_actions(&mut throttles, &actions, now);
+                for vm in throttles.keys() {
+                    let c = candidates.iter().find(|c| &c.vm == vm);
+                    prop_assert!(c.is_none_or(|c| c.protected_by != Some(Tier::Critical)));
+                }
+                for (vm, _) in last_limit.clone() {
+                    if !throttles.contains_key(&vm) { last_limit.remove(&vm); }
+                }
+            }
+            // When every victim is gone, everything is released in one cycle.
+            let actions = plan_neighbour_throttles(t(100), &[], &candidates, &throttles, &ladder);
+            apply_neighbour_actions(&mut throttles, &actions, t(100));
+            prop_assert!(throttles.is_empty());
+        }
+    }
+}
