@@ -166,7 +166,9 @@ fn service_account_kubeconfig(cluster: &Cluster, namespace: &str, account: &str,
             Ok(out)
         }
     });
-    let token = run(Command::new("base64").arg("-d"), Some(token_b64.trim())).unwrap_or_else(|e| panic!("{e}"));
+    let mut base64 = Command::new("base64");
+    base64.arg("-d");
+    let token = run(base64, Some(token_b64.trim())).unwrap_or_else(|e| panic!("{e}"));
     let server = cluster.stack.get("KUBE_APISERVER_URL").unwrap_or_else(|e| panic!("{e}"));
     let ca = cluster.stack.get("KUBE_CA_FILE").unwrap_or_else(|e| panic!("{e}"));
     let kubeconfig = serde_json::json!({
@@ -240,12 +242,12 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     // Sufficient ... (checked for real by running the operator below) and not broader.
     let must: &[&[&str]] = &[
         &["watch", "workloadintents.plumbline.dev", "-A"],
-        &["patch", "workloadintents.plumbline.dev/status", "-A"],
-        &["update", "workloadintents.plumbline.dev/finalizers", "-A"],
-        &["patch", "hypervisorproviders.plumbline.dev/status"],
+        &["patch", "workloadintents.plumbline.dev", "--subresource=status", "-A"],
+        &["update", "workloadintents.plumbline.dev", "--subresource=finalizers", "-A"],
+        &["patch", "hypervisorproviders.plumbline.dev", "--subresource=status"],
         &["patch", "deployments.apps", "-A"],
-        &["patch", "pods/status", "-A"],
-        &["patch", "nodes/status"],
+        &["patch", "pods", "--subresource=status", "-A"],
+        &["patch", "nodes", "--subresource=status"],
         &["create", "events.events.k8s.io", "-A"],
         &["create", "poddisruptionbudgets.policy", "-A"],
         &["get", "secret/readable-secret"],
