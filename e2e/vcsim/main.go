@@ -351,7 +351,6 @@ func main() {
 	if err := model.Create(); err != nil {
 		log.Fatalf("creating the simulator inventory: %v", err)
 	}
-	defer model.Remove()
 
 	latency := &latencyTable{baseline: diskLatency{ReadMs: *baseRead, WriteMs: *baseWrite}, byVM: map[string]diskLatency{}}
 	si := simulator.Map.Get(vim25.ServiceInstance).(*simulator.ServiceInstance)
@@ -365,8 +364,7 @@ func main() {
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	server := model.Service.NewServer()
-	defer server.Close()
+	model.Service.NewServer()
 	sdk := &url.URL{Scheme: "https", Host: *listen, Path: "/sdk", User: url.UserPassword(*username, *password)}
 
 	vms := inventory()
@@ -394,4 +392,7 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	log.Printf("stopping on %v", <-sig)
+	// No graceful server.Close(): it waits for clients' open long polls (WaitForUpdatesEx).
+	model.Remove()
+	os.Exit(0)
 }
