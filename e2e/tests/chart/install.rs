@@ -166,9 +166,7 @@ fn service_account_kubeconfig(cluster: &Cluster, namespace: &str, account: &str,
             Ok(out)
         }
     });
-    let mut base64 = Command::new("base64");
-    base64.arg("-d");
-    let token = run(base64, Some(token_b64.trim())).unwrap_or_else(|e| panic!("{e}"));
+    let token = run(Command::new("base64").arg("-d"), Some(token_b64.trim())).unwrap_or_else(|e| panic!("{e}"));
     let server = cluster.stack.get("KUBE_APISERVER_URL").unwrap_or_else(|e| panic!("{e}"));
     let ca = cluster.stack.get("KUBE_CA_FILE").unwrap_or_else(|e| panic!("{e}"));
     let kubeconfig = serde_json::json!({

@@ -32,7 +32,8 @@ pub fn helm() -> &'static Path {
 }
 
 /// Runs `cmd`, feeding `stdin`; Ok(stdout) on success, Err(command, status, stderr) otherwise.
-pub fn run(mut cmd: Command, stdin: Option<&str>) -> Result<String, String> {
+pub fn run(mut cmd: impl std::borrow::BorrowMut<Command>, stdin: Option<&str>) -> Result<String, String> {
+    let cmd = cmd.borrow_mut();
     let shown = format!("{cmd:?}");
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
