@@ -74,7 +74,11 @@ pub enum Verdict {
         /// Over-budget samples in the window when the verdict was taken.
         over_budget: usize,
         window: usize,
+        /// The sample that tipped the verdict.
         since: SystemTime,
+        /// The first over-budget sample of this episode: detection latency is measured from
+        /// here (minus one sample window).
+        onset: SystemTime,
     },
     Unknown {
         cause: UnknownCause,
@@ -104,7 +108,7 @@ enum Phase {
     /// No settled verdict since the tracker started (or since a gap in the data).
     Settling,
     Healthy,
-    Degraded { since: SystemTime },
+    Degraded { since: SystemTime, onset: SystemTime },
 }
 
 /// Hysteresis state of one disk against one budget. Feed it every sample; ask it for a verdict
@@ -117,6 +121,8 @@ pub struct DiskHealth {
     recent: VecDeque<bool>,
     consecutive_good: usize,
     last: Option<StorageSample>,
+    /// The oldest over-budget sample still in the window.
+    first_over_at: Option<SystemTime>,
 }
 
 /// What [`DiskHealth::observe`] did with a sample.
@@ -137,6 +143,7 @@ impl DiskHealth {
             recent: VecDeque::new(),
             consecutive_good: 0,
             last: None,
+            first_over_at: None,
         }
     }
 
@@ -162,6 +169,9 @@ impl DiskHealth {
         self.last = Some(sample);
 
         let over = sample.is_over(self.budget);
+        if over && !self.recent.iter().any(|o| *o) {
+            self.first_over_at = Some(sample.at);
+        }
         self.recent.push_back(over);
         while self.recent.len() > policy.window.max(1) {
             self.recent.pop_front();
@@ -171,7 +181,10 @@ impl DiskHealth {
 
         self.phase = match self.phase {
             Phase::Settling | Phase::Healthy if over_in_window >= policy.degrade_after => {
-                Phase::Degraded { since: sample.at }
+                Phase::Degraded {
+                    since: sample.at,
+                    onset: self.first_over_at.unwrap_or(sample.at),
+                }
             }
             Phase::Settling if !over => Phase::Healthy,
             Phase::Degraded { .. } if self.consecutive_good >= policy.recover_after => {
@@ -206,11 +219,12 @@ impl DiskHealth {
                 cause: UnknownCause::Confirming,
             },
             Phase::Healthy => Verdict::Healthy { latest: last.per_op },
-            Phase::Degraded { since } => Verdict::Degraded {
+            Phase::Degraded { since, onset } => Verdict::Degraded {
                 latest: last.per_op,
                 over_budget: self.recent.iter().filter(|o| **o).count(),
                 window: self.recent.len(),
                 since,
+                onset,
             },
         }
     }
@@ -343,7 +357,7 @@ mod tests {
         }
         assert_eq!(
             disk.verdict(t(2), &p),
-            Verdict::Degraded { latest: ms(60), over_budget: 2, window: 3, since: t(2) }
+            Verdict::Degraded { latest: ms(60), over_budget: 2, window: 3, since: t(2), onset: t(1) }
         );
     }
 
