@@ -3,16 +3,35 @@
 //! hypervisors, the time), plans and readiness verdicts out.
 //!
 //! The entry points:
-//! - [`plan()`]: an intent spec, what was observed and the time → a [`Plan`] (or [`Invalid`]);
-//! - [`revert()`]: what was applied before → the plan that restores the previous values;
+//! - [`plan()`]: an intent, what was observed and the time → a [`Plan`] (or [`Invalid`]);
+//! - [`revert()`]: what was applied before → the actions that restore the previous values;
 //! - [`explain()`]: a plan → the text `plumbline explain` prints;
 //! - [`validate_intent()`] / [`validate_provider()`]: what the 1.20 schema cannot check;
 //! - [`status`]: plans to and from `WorkloadIntent.status.plan`;
+//! - [`tiers`]: what each priority tier means, in one table;
+//! - [`schedule`]: time windows, zones and DST;
 //! - [`health`]: storage verdicts, the readiness guard and noisy-neighbour choice.
 
+pub mod explain;
 pub mod health;
+pub mod invalid;
 pub mod observed;
 pub mod plan;
+pub mod planner;
+pub mod quantity;
+pub mod revert;
+pub mod schedule;
+pub mod status;
+pub mod tiers;
+pub mod validate;
 
+pub use explain::{describe, explain, explain_invalid};
+pub use invalid::{FieldError, Invalid};
 pub use observed::{BackingVm, NeighbourThrottle, Observed, ObservedDisruptionBudget, ObservedInfra, ObservedWorkload};
 pub use plan::{Action, Activity, Change, CountOrPercent, Note, Plan, Preemption, PriorityClassSpec, Setting, VmRef, WorkloadRef};
+pub use planner::{activity, disruption_budget_name, plan};
+pub use revert::{revert, Undo};
+pub use schedule::Schedule;
+pub use status::{action_to_status, actions_from_status, plan_to_status, StatusError};
+pub use tiers::{tier, TierSemantics, TIERS};
+pub use validate::{validate_intent, validate_provider, ValidIntent, ValidProvider, ValidStorage};

@@ -25,9 +25,15 @@ pub struct Plan {
     pub priority: Priority,
     /// Whether the intent applies now, why, and when that changes.
     pub activity: Activity,
-    /// Ordered actions: Kubernetes layer first (PriorityClass before the workload that uses it),
-    /// then the hypervisor layer.
+    /// What Plumbline holds while the intent is active, in order: Kubernetes layer first
+    /// (PriorityClass before the workload that uses it), then the hypervisor layer. After applying
+    /// them the operator stores exactly these in `status.plan`: it is the record of what to revert.
     pub actions: Vec<Action>,
+    /// Changes that undo earlier ones, applied before `actions`: everything when the window is
+    /// closed, or what the spec no longer asks for (hypervisor first, then Kubernetes). They are
+    /// transient: once applied they leave no record. Keep an applied action in `status.plan`
+    /// until its revert has succeeded, so that a failed revert is retried.
+    pub reverts: Vec<Action>,
     /// Decisions not to act, in plain words (e.g. "replicas already 5, above the floor of 3").
     pub notes: Vec<Note>,
 }
@@ -38,9 +44,9 @@ impl Plan {
         self.actions.iter().filter(move |a| a.layer() == layer)
     }
 
-    /// True when nothing needs changing.
+    /// True when nothing is held and nothing is undone.
     pub fn is_empty(&self) -> bool {
-        self.actions.is_empty()
+        self.actions.is_empty() && self.reverts.is_empty()
     }
 }
 
