@@ -31,6 +31,8 @@ pub enum Error {
     PodCidr { node: String, cidr: String },
     #[error("node {node} has no free pod IP in {cidr}")]
     PodIpsExhausted { node: String, cidr: String },
+    #[error("node {node} was replaced by another object of the same name")]
+    NodeReplaced { node: String },
     #[error("the pod watch ended")]
     WatchEnded,
 }

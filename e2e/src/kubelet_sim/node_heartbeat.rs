@@ -30,6 +30,10 @@ use super::{
 const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 /// As the kubelet's default; the lifecycle controller's grace period is 40 s too.
 const LEASE_DURATION_SECONDS: i32 = 40;
+/// Node status is applied under its own manager: 1.20's managedFields do not tell
+/// subresources apart, so a status apply under the registration's manager would drop the
+/// labels that manager applied to the Node (metadata is writable through /status).
+const NODE_STATUS_FIELD_MANAGER: &str = "kubelet-sim-node-status";
 /// Marks nodes that have no real kubelet, as KWOK does.
 const SIMULATED_ANNOTATION: &str = "kwok.x-k8s.io/node";
 
@@ -104,8 +108,11 @@ pub async fn run(client: Client, settings: Settings, registered: RegisteredNodes
                 Ok(()) => {
                     last_beat.insert(node.sim.name.clone(), Instant::now());
                 }
+                Err(e @ Error::NodeReplaced { .. }) => {
+                    warn!(error = %e, "re-registering");
+                    registered.write().await.remove(&node.sim.name);
+                }
                 Err(Error::Kube { source, .. }) if is_not_found(&source) => {
-                    // Someone deleted the Node: register it again on the next scan.
                     warn!(node = %node.sim.name, "node vanished; re-registering");
                     registered.write().await.remove(&node.sim.name);
                 }
@@ -183,10 +190,15 @@ async fn heartbeat(nodes: &Api<Node>, leases: &Api<Lease>, node: &RegisteredNode
         .get(name)
         .await
         .map_err(Error::kube("reading node", name))?;
+    if current.metadata.uid.as_deref() != Some(node.uid.as_str()) {
+        // Deleted and made again by someone else, or by a status apply racing a delete
+        // (1.20 lets server-side apply on /status create a bare object).
+        return Err(Error::NodeReplaced { node: name.clone() });
+    }
     let now = Time(Timestamp::now());
     let body = node_status(node, &current, &now);
     nodes
-        .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+        .patch_status(name, &PatchParams::apply(NODE_STATUS_FIELD_MANAGER).force(), &Patch::Apply(body))
         .await
         .map_err(Error::kube("posting status of node", name))?;
 

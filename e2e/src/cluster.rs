@@ -1,0 +1,103 @@
+//! Helpers for tests against the stack's Kubernetes control plane.
+
+use std::{fmt::Display, future::Future, time::Duration};
+
+use anyhow::{bail, Context};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use kube::{
+    api::{DeleteParams, ListParams, PostParams},
+    Api, Client,
+};
+
+/// Generous, since 2 shared cores also run QEMU guests and builds.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// Polls `probe` until it yields `Some`, failing after `timeout` with the last thing seen.
+pub async fn eventually<T, Fut>(
+    what: impl Display,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("nothing yet");
+    loop {
+        match probe().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last})");
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// A namespace of its own for one test, ready for pods (its `default` service account exists).
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"generateName": format!("{prefix}-"), "labels": {"plumbline.dev/e2e": "true"}},
+        }))?;
+        let created = namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating a test namespace {prefix}-*"))?;
+        let name = created.metadata.name.context("created namespace has no name")?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        eventually(format!("service account default in {name}"), DEFAULT_TIMEOUT, || async {
+            Ok(accounts.get_opt("default").await?)
+        })
+        .await?;
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
+    }
+
+    /// Best effort: the stack's `down` discards all of etcd anyway.
+    pub async fn delete(self) {
+        let namespaces: Api<Namespace> = Api::all(self.client);
+        let _ = namespaces.delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// Provider ID prefixes of nodes backed by a hypervisor VM (cloud-provider conventions).
+pub const VM_PROVIDER_PREFIXES: [&str; 2] = ["libvirt:///", "vsphere://"];
+
+pub fn is_vm_backed(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .is_some_and(|id| VM_PROVIDER_PREFIXES.iter().any(|p| id.starts_with(p)))
+}
+
+/// Every VM-backed node; fails when there are none, naming where they come from.
+pub async fn vm_backed_nodes(client: &Client) -> anyhow::Result<Vec<Node>> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let vm_nodes: Vec<Node> = nodes
+        .list(&ListParams::default())
+        .await
+        .context("listing nodes")?
+        .items
+        .into_iter()
+        .filter(is_vm_backed)
+        .collect();
+    if vm_nodes.is_empty() {
+        bail!(
+            "no VM-backed nodes: the libvirt and vcsim components list their VMs in \
+             $PLUMBLINE_STACK_DIR/nodes.d and the nodes component registers them (e2e/stack up)"
+        );
+    }
+    Ok(vm_nodes)
+}
