@@ -314,8 +314,22 @@ async fn serial_vsphere_simulator_reports_injected_disk_latency_through_query_pe
     assert_eq!(status, 200, "after re-login: {text}");
 }
 
+/// The value of the first series `query` returns, if any.
+async fn prometheus_value(http: &reqwest::Client, url: &str, query: &str) -> Option<String> {
+    let resp: serde_json::Value = http
+        .get(format!("{url}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    resp["data"]["result"][0]["value"][1].as_str().map(str::to_string)
+}
+
 #[tokio::test]
-async fn prometheus_is_ready_and_scrapes_itself() {
+async fn prometheus_is_ready_and_scrapes_itself_and_file_sd_targets() {
     let stack = stack();
     let url = stack.get("PROMETHEUS_URL").unwrap();
     let http = reqwest::Client::new();
@@ -323,16 +337,18 @@ async fn prometheus_is_ready_and_scrapes_itself() {
     assert!(ready.status().is_success(), "{url} not ready: {}", ready.status());
 
     eventually("Prometheus reports its own target up", Duration::from_secs(60), || async {
-        let resp: serde_json::Value = http
-            .get(format!("{url}/api/v1/query"))
-            .query(&[("query", r#"up{job="prometheus"}"#)])
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (resp["data"]["result"][0]["value"][1] == "1").then_some(())
+        (prometheus_value(&http, url, r#"up{job="prometheus"}"#).await.as_deref() == Some("1")).then_some(())
     })
     .await;
+
+    // The libvirt exporter is listed in the file_sd targets dir, where later targets go too.
+    let targets = std::path::Path::new(stack.get("PROMETHEUS_TARGETS_DIR").unwrap()).join("libvirt-exporter.json");
+    assert!(targets.exists(), "no {}", targets.display());
+    let domain = &stack.libvirt_domains().unwrap()[0];
+    let query = format!(r#"libvirt_domain_block_stats_write_requests_total{{job="plumbline",domain="{domain}"}}"#);
+    let writes = eventually(&format!("Prometheus has {query}"), Duration::from_secs(60), || async {
+        prometheus_value(&http, url, &query).await
+    })
+    .await;
+    println!("{query} = {writes}");
 }
