@@ -30,12 +30,17 @@ virsh_sys() { virsh -q -c "$LIBVIRT_URI_SYSTEM" "$@"; }
 libvirt_install() {
     # The machine image may carry a newer qemu-utils (backports) that Breaks bookworm's
     # qemu-system-common; align it with the archive's QEMU, the version ENVIRONMENT.md verified.
-    if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+    if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed" &&
+        dpkg-query -W -f='${Status}' qemu-utils 2>/dev/null | grep -q "install ok installed"; then
+        if [ -z "$APT_UPDATED" ]; then
+            apt-get update -qq >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get update failed; see $LOG_DIR/apt.log"
+            APT_UPDATED=1
+        fi
         local have want
-        have=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+        have=$(dpkg-query -W -f='${Version}' qemu-utils)
         want=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
-        if [ -n "$have" ] && [ "$have" != "$want" ]; then
-            log "aligning qemu-utils $have with qemu-system-x86 $want"
+        if [ "$have" != "$want" ]; then
+            log "installing qemu-system-x86 $want (aligning qemu-utils $have with it)"
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades --no-install-recommends \
                 -o DPkg::Lock::Timeout=600 "qemu-utils=$want" "qemu-system-x86=$want" >>"$LOG_DIR/apt.log" 2>&1 ||
                 die "installing qemu-system-x86 $want failed; see $LOG_DIR/apt.log"
