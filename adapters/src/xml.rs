@@ -142,6 +142,21 @@ impl Element {
         }
     }
 
+    /// Prepares an element taken from a response for sending back: whatever prefix the server
+    /// bound to XMLSchema-instance (Go's encoder uses `XMLSchema-instance:`) becomes the
+    /// `xsi:` our envelope declares, and the server's namespace declarations are dropped.
+    pub fn rebind_xsi(&mut self) {
+        self.attrs.retain(|(n, _)| !n.starts_with("xmlns"));
+        for (name, _) in &mut self.attrs {
+            if name.contains(':') && local(name) == "type" {
+                *name = "xsi:type".into();
+            }
+        }
+        for c in &mut self.children {
+            c.rebind_xsi();
+        }
+    }
+
     pub fn to_xml(&self) -> Vec<u8> {
         let mut writer = Writer::new(Vec::new());
         write(&mut writer, self);
@@ -305,6 +320,17 @@ mod tests {
         let names: Vec<_> = alloc.children.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["limit", "shares", "reservation"]);
         assert_eq!(alloc.path_text(&["limit"]), Some("100"));
+    }
+
+    #[test]
+    fn rebind_xsi_moves_any_instance_prefix_to_xsi() {
+        let xml = br#"<val xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance" XMLSchema-instance:type="ArrayOfVirtualDevice"><VirtualDevice XMLSchema-instance:type="VirtualDisk"><backing XMLSchema-instance:type="VirtualDiskFlatVer2BackingInfo"><datastore type="Datastore">ds-1</datastore></backing></VirtualDevice></val>"#;
+        let mut e = Element::parse(xml).unwrap();
+        e.rebind_xsi();
+        assert_eq!(e.attrs, vec![("xsi:type".to_string(), "ArrayOfVirtualDevice".to_string())]);
+        let backing = e.path(&["VirtualDevice", "backing"]).unwrap();
+        assert_eq!(backing.get_attr("xsi:type"), Some("VirtualDiskFlatVer2BackingInfo"));
+        assert_eq!(backing.first("datastore").unwrap().get_attr("type"), Some("Datastore"));
     }
 
     #[test]

@@ -151,6 +151,7 @@ impl Edits {
                             .ok_or_else(|| format!("no disk {disk}"))?;
                         let mut device = record.device.clone();
                         device.name = "device".into();
+                        device.rebind_xsi();
                         self.disks.push((disk.clone(), device));
                         &mut self.disks.last_mut().expect("just pushed").1
                     }
@@ -209,6 +210,7 @@ impl Edits {
 /// A full ResourceAllocationInfo to send (the simulator replaces the whole allocation).
 fn allocation(current: Option<&Element>, name: &str) -> Element {
     let mut alloc = current.cloned().unwrap_or_default();
+    alloc.rebind_xsi();
     alloc.name = name.into();
     alloc.attrs.clear();
     // Read-only on VMs; sending it is refused.

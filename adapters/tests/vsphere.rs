@@ -1,0 +1,218 @@
+//! The vSphere adapter against the stack's govmomi simulator (TLS with its own CA,
+//! user/password, per-VM latency control). Needs `e2e/stack up vcsim`.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{eventually, stack, stack_value, vsphere, vsphere_config};
+use plumbline_adapters::{
+    connect, Capability, DiskLimit, Error, HypervisorConfig, Secret, Setting, Support, TlsTrust, Tunable, VmId,
+};
+
+#[derive(Debug, serde::Deserialize)]
+struct SimVm {
+    name: String,
+    uuid: String,
+    host: String,
+}
+
+async fn simulator_vms() -> Vec<SimVm> {
+    let url = format!("{}/vms", stack_value(&stack(), "VCSIM_CONTROL_URL"));
+    let body = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    body.json().await.unwrap_or_else(|e| panic!("decoding {url}: {e}"))
+}
+
+#[tokio::test]
+async fn inventory_matches_the_simulator() {
+    let hv = connect(vsphere(&stack())).await.unwrap();
+    let vms = hv.inventory().await.unwrap();
+    let ours: BTreeMap<String, (String, String, String)> = vms
+        .iter()
+        .map(|v| (v.id.to_string(), (v.name.clone(), v.host.clone(), v.provider_id.clone())))
+        .collect();
+    let theirs: BTreeMap<String, (String, String, String)> = simulator_vms()
+        .await
+        .into_iter()
+        .map(|v| {
+            let id = VmId::new(&v.uuid).to_string();
+            let provider = format!("vsphere://{id}");
+            (id, (v.name, v.host, provider))
+        })
+        .collect();
+    assert!(theirs.len() >= 4, "the simulator serves at least 4 VMs: {theirs:?}");
+    assert_eq!(ours, theirs);
+    let hosts: std::collections::BTreeSet<_> = vms.iter().map(|v| v.host.as_str()).collect();
+    assert!(hosts.len() >= 2, "VMs spread over at least 2 hosts: {hosts:?}");
+    for vm in &vms {
+        assert!(!vm.disks.is_empty(), "{} has disks", vm.name);
+        assert!(!vm.datastores.is_empty(), "{} has datastores", vm.name);
+        for disk in &vm.disks {
+            assert!(disk.name.contains(':'), "disk named by controller and unit: {disk:?}");
+            let path = disk.path.as_deref().unwrap_or_default();
+            assert!(path.starts_with('['), "datastore path: {disk:?}");
+            assert!(vm.datastores.contains(disk.datastore.as_ref().unwrap()), "{disk:?}");
+        }
+        assert_eq!(VmId::from_provider_id(&vm.provider_id).as_ref(), Some(&vm.id));
+    }
+}
+
+#[tokio::test]
+async fn serial_injected_latency_appears_in_samples_and_disappears_when_cleared() {
+    let stack = stack();
+    let hv = connect(vsphere(&stack)).await.unwrap();
+    let vm = hv.inventory().await.unwrap().into_iter().find(|v| v.running).unwrap();
+    let (read_ms, write_ms) = (240, 410);
+    stack.set_vsphere_latency(vm.id.as_str(), read_ms, write_ms).await.unwrap();
+
+    // The simulator answers QueryPerf with the new value at once; one 20 s interval is the bound.
+    let seen = eventually("injected latency in the samples", Duration::from_secs(25), || async {
+        let samples = hv.sample_storage().await.unwrap();
+        let disk = samples.for_vm(&vm.id).next()?.clone();
+        (disk.read?.mean == Duration::from_millis(read_ms)).then_some(disk)
+    })
+    .await;
+    assert_eq!(seen.write.unwrap().mean, Duration::from_millis(write_ms));
+    assert_eq!(seen.window, Duration::from_secs(20));
+    assert_eq!(seen.disk, vm.disks[0].name);
+
+    stack.clear_vsphere_latency(vm.id.as_str()).await.unwrap();
+    let cleared = eventually("latency back to baseline", Duration::from_secs(25), || async {
+        let samples = hv.sample_storage().await.unwrap();
+        let disk = samples.for_vm(&vm.id).next()?.clone();
+        (disk.worst()? < Duration::from_millis(read_ms)).then_some(disk)
+    })
+    .await;
+    assert!(cleared.worst().unwrap() < Duration::from_millis(100), "{cleared:?}");
+}
+
+#[tokio::test]
+async fn serial_tuning_is_applied_read_back_and_reverted_by_a_fresh_instance() {
+    let stack = stack();
+    let hv = connect(vsphere(&stack)).await.unwrap();
+    let vm = hv.inventory().await.unwrap().into_iter().next().unwrap();
+    let disk = vm.disks[0].name.clone();
+    let iops = Tunable::DiskLimit {
+        disk: disk.clone(),
+        limit: DiskLimit::TotalIops,
+    };
+    let shares = Tunable::DiskShares { disk };
+    // A previous failed run may have left records; start from the VM's true originals.
+    hv.revert_all(&vm.id).await.unwrap();
+    let before = hv.tunables(&vm.id).await.unwrap();
+    assert!(before.originals.is_empty(), "{before:?}");
+
+    let wanted = [
+        Setting::new(Tunable::CpuShares, 3333),
+        Setting::new(Tunable::MemoryReservationMib, 64),
+        Setting::new(iops.clone(), 150),
+        Setting::new(shares.clone(), 500),
+    ];
+    hv.apply(&vm.id, &wanted).await.unwrap();
+    let after = hv.tunables(&vm.id).await.unwrap();
+    for s in &wanted {
+        assert_eq!(after.current(&s.tunable), Some(s.value), "{} read back", s.tunable);
+        assert_eq!(after.original(&s.tunable), before.current(&s.tunable), "{} original recorded", s.tunable);
+    }
+
+    // A second change keeps the first original.
+    hv.apply(&vm.id, &[Setting::new(iops.clone(), 75)]).await.unwrap();
+    let again = hv.tunables(&vm.id).await.unwrap();
+    assert_eq!(again.current(&iops), Some(75));
+    assert_eq!(again.original(&iops), before.current(&iops));
+
+    // The record lives on the VM: a new adapter (an operator restart) can revert.
+    hv.close().await.unwrap();
+    drop(hv);
+    let fresh = connect(vsphere(&stack)).await.unwrap();
+    assert_eq!(fresh.tunables(&vm.id).await.unwrap().originals, after.originals);
+    let restored = fresh.revert_all(&vm.id).await.unwrap();
+    assert_eq!(restored.len(), wanted.len());
+    let reverted = fresh.tunables(&vm.id).await.unwrap();
+    assert_eq!(reverted.current, before.current);
+    assert!(reverted.originals.is_empty(), "records are removed after revert: {reverted:?}");
+}
+
+#[tokio::test]
+async fn serial_terminated_session_logs_in_again() {
+    let stack = stack();
+    let hv = plumbline_adapters::vsphere::VSphereHypervisor::connect(vsphere_config(&stack))
+        .await
+        .unwrap();
+    use plumbline_adapters::Hypervisor;
+    let first_key = hv.session_key().unwrap();
+    let before = hv.inventory().await.unwrap().len();
+
+    let terminated = stack.terminate_vsphere_sessions().await.unwrap();
+    assert!(terminated >= 1, "the simulator ended our session");
+
+    assert_eq!(hv.inventory().await.unwrap().len(), before);
+    let second_key = hv.session_key().unwrap();
+    assert_ne!(first_key, second_key, "a new session was created");
+    assert!(hv.connection().is_connected());
+    hv.keepalive().await.unwrap();
+}
+
+#[tokio::test]
+async fn certificate_from_an_untrusted_ca_is_refused() {
+    let mut config = vsphere_config(&stack());
+    config.tls = TlsTrust::PublicRoots;
+    let err = connect(HypervisorConfig::VSphere(config.clone())).await.unwrap_err();
+    assert!(matches!(err, Error::Http { .. }), "{err:?}");
+    let chain = format!("{:?}", anyhow::Error::from(err));
+    assert!(chain.to_lowercase().contains("certificate"), "{chain}");
+
+    // The insecure flag exists for labs: it accepts the same server.
+    config.tls = TlsTrust::Insecure;
+    connect(HypervisorConfig::VSphere(config)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_ca_bundle_without_certificates_is_a_configuration_error() {
+    let mut config = vsphere_config(&stack());
+    config.tls = TlsTrust::CaPem(b"not a certificate".to_vec());
+    let err = connect(HypervisorConfig::VSphere(config)).await.unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn wrong_credentials_give_a_clear_error() {
+    let mut config = vsphere_config(&stack());
+    config.password = Secret::new("definitely-wrong");
+    let err = connect(HypervisorConfig::VSphere(config.clone())).await.unwrap_err();
+    let Error::Authentication { username, fault, .. } = &err else {
+        panic!("expected an authentication error, got {err:?}")
+    };
+    assert_eq!(username, &config.username);
+    assert_eq!(fault, "InvalidLogin");
+    let message = err.to_string();
+    assert!(message.contains("logging in to") && message.contains(&config.username), "{message}");
+    assert!(!message.contains("definitely-wrong"), "the password never appears: {message}");
+}
+
+#[tokio::test]
+async fn unsupported_capabilities_are_reported_not_raised() {
+    let hv = connect(vsphere(&stack())).await.unwrap();
+    let caps = hv.capabilities().await.unwrap();
+    assert!(caps.supports(Capability::StorageLatency));
+    assert!(caps.supports(Capability::DiskIopsLimit));
+    assert!(matches!(caps.support(Capability::BlkioWeight), Support::Unsupported { .. }));
+    let vm = hv.inventory().await.unwrap().remove(0);
+    let err = hv
+        .apply(&vm.id, &[Setting::new(Tunable::BlkioWeight, 500)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { capability: Capability::BlkioWeight, .. }), "{err:?}");
+    let report = hv.tunables(&vm.id).await.unwrap();
+    assert!(report.unsupported.iter().any(|(t, _)| *t == Tunable::BlkioWeight));
+}
+
+#[tokio::test]
+async fn unknown_vm_is_a_not_found_error() {
+    let hv = connect(vsphere(&stack())).await.unwrap();
+    let err = hv
+        .tunables(&VmId::new("00000000-0000-0000-0000-000000000000"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::VmNotFound { .. }), "{err:?}");
+}
