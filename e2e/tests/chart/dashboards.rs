@@ -283,7 +283,7 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
         Path::new(&operator_kubeconfig),
         &ns.name,
         &identity,
-        &["--leader-elect=true", &format!("--lease-name=dashboards-{suffix}")],
+        &["--leader-elect=true", &format!("--lease-name=dashboards-{suffix}"), &format!("--watch-namespace={}", ns.name)],
     );
     let instance = operator.metrics_url.trim_start_matches("http://").to_string();
     let scenario = Scenario {

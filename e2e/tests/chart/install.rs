@@ -250,6 +250,11 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["create", "poddisruptionbudgets.policy", "-A"],
         &["get", "secret/readable-secret"],
         &["update", &format!("lease.coordination.k8s.io/{fullname}-leader")],
+        &["create", "leases.coordination.k8s.io"],
+        &["patch", "priorityclasses.scheduling.k8s.io"],
+        &["list", "nodes"],
+        &["watch", "pods", "-A"],
+        &["watch", "hypervisorproviders.plumbline.dev"],
     ];
     let must_not: &[&[&str]] = &[
         // Secrets: only by the names in values, never listed, never elsewhere.
@@ -268,6 +273,10 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["delete", "nodes"],
         &["delete", "workloadintents.plumbline.dev", "-A"],
         &["delete", "hypervisorproviders.plumbline.dev"],
+        &["patch", "hypervisorproviders.plumbline.dev"],
+        &["delete", "priorityclasses.scheduling.k8s.io"],
+        // Node specs (and so taints) are not touched; only node status conditions.
+        &["patch", "nodes"],
         // Nothing that escalates.
         &["create", "customresourcedefinitions.apiextensions.k8s.io"],
         &["create", "clusterroles.rbac.authorization.k8s.io"],
@@ -314,7 +323,8 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &kubeconfig,
         &ns.name,
         &identity,
-        &["--leader-elect=true", &format!("--lease-name={fullname}-leader")],
+        // Other tests' intents are not this operator's business.
+        &["--leader-elect=true", &format!("--lease-name={fullname}-leader"), &format!("--watch-namespace={}", ns.name)],
     );
 
     poll("the operator to take the chart's Lease", Duration::from_secs(60), || {
