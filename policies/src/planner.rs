@@ -225,7 +225,7 @@ impl Planner<'_> {
         };
         let desired = if wanted { Some(STORAGE_READINESS_GATE.to_string()) } else { baseline };
         let decision = decide(desired, present, applied);
-        let budget = valid.storage.map(|s| crate::health::format_latency(s.latency_budget)).unwrap_or_default();
+        let budget = intent.spec.storage.as_ref().map(|s| s.latency_budget.clone()).unwrap_or_default();
         self.record(
             decision,
             |value| Change::ReadinessGate { workload: w.clone(), value },
@@ -385,6 +385,8 @@ impl Planner<'_> {
             .filter(|a| !mentioned.contains(&a.change.target_key()))
             .cloned()
             .collect();
+        // Restores were recorded in holding order; undo in the reverse.
+        self.plan.reverts.reverse();
         let undo = revert(&forgotten, self.observed, "no longer part of the plan");
         self.plan.reverts.extend(undo.actions);
         self.plan.notes.extend(undo.notes);
