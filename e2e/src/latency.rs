@@ -51,7 +51,9 @@ impl BlockCounters {
         let prefix = format!("block.{index}.");
         let mut c = Self::default();
         for (k, v) in &fields {
-            let Some(field) = k.strip_prefix(&prefix) else { continue };
+            let Some(field) = k.strip_prefix(&prefix) else {
+                continue;
+            };
             let Ok(n) = v.parse::<u64>() else { continue };
             match field {
                 "rd.reqs" => c.rd_reqs = n,
@@ -142,7 +144,14 @@ impl Stack {
         let iops = iops.to_string();
         self.virsh(
             &format!("setting total-iops-sec {iops} on domain {domain}"),
-            &["blkdeviotune", domain, GUEST_DISK, "--total-iops-sec", &iops, "--live"],
+            &[
+                "blkdeviotune",
+                domain,
+                GUEST_DISK,
+                "--total-iops-sec",
+                &iops,
+                "--live",
+            ],
         )
         .await
         .map(drop)
@@ -152,7 +161,14 @@ impl Stack {
     pub async fn clear_libvirt_latency(&self, domain: &str) -> Result<()> {
         self.virsh(
             &format!("clearing the IOPS limit on domain {domain}"),
-            &["blkdeviotune", domain, GUEST_DISK, "--total-iops-sec", "0", "--live"],
+            &[
+                "blkdeviotune",
+                domain,
+                GUEST_DISK,
+                "--total-iops-sec",
+                "0",
+                "--live",
+            ],
         )
         .await
         .map(drop)
@@ -176,9 +192,16 @@ impl Stack {
             let ops = after.ops().saturating_sub(before.ops());
             if elapsed >= window && ops >= min_ops {
                 let per_op = per_op_latency(&before, &after).ok_or_else(|| {
-                    stack_error(format!("measuring latency of {domain}"), "counters went backwards")
+                    stack_error(
+                        format!("measuring latency of {domain}"),
+                        "counters went backwards",
+                    )
                 })?;
-                return Ok(MeasuredLatency { per_op, ops, window: elapsed });
+                return Ok(MeasuredLatency {
+                    per_op,
+                    ops,
+                    window: elapsed,
+                });
             }
             if elapsed >= timeout {
                 return Err(stack_error(
@@ -193,10 +216,17 @@ impl Stack {
         self.get("VCSIM_CONTROL_URL")
     }
 
-    async fn vcsim_call(&self, what: String, req: reqwest::RequestBuilder) -> Result<serde_json::Value> {
+    async fn vcsim_call(
+        &self,
+        what: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<serde_json::Value> {
         let resp = req.send().await.map_err(|e| stack_error(what.clone(), e))?;
         let status = resp.status();
-        let body: serde_json::Value = resp.json().await.map_err(|e| stack_error(what.clone(), e))?;
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| stack_error(what.clone(), e))?;
         if !status.is_success() {
             return Err(stack_error(what, format!("{status}: {body}")));
         }
@@ -228,7 +258,10 @@ impl Stack {
     pub async fn terminate_vsphere_sessions(&self) -> Result<u64> {
         let url = format!("{}/sessions/terminate", self.vcsim_control()?);
         let body = self
-            .vcsim_call("terminating simulator sessions".into(), reqwest::Client::new().post(url))
+            .vcsim_call(
+                "terminating simulator sessions".into(),
+                reqwest::Client::new().post(url),
+            )
             .await?;
         Ok(body["terminated"].as_u64().unwrap_or(0))
     }
@@ -263,9 +296,24 @@ mod tests {
 
     #[test]
     fn per_op_latency_is_busy_time_over_operations() {
-        let before = BlockCounters { rd_reqs: 10, rd_times_ns: 1_000, wr_reqs: 10, wr_times_ns: 1_000, ..Default::default() };
-        let after = BlockCounters { rd_reqs: 15, rd_times_ns: 51_000, wr_reqs: 15, wr_times_ns: 51_000, ..Default::default() };
-        assert_eq!(per_op_latency(&before, &after), Some(Duration::from_micros(10)));
+        let before = BlockCounters {
+            rd_reqs: 10,
+            rd_times_ns: 1_000,
+            wr_reqs: 10,
+            wr_times_ns: 1_000,
+            ..Default::default()
+        };
+        let after = BlockCounters {
+            rd_reqs: 15,
+            rd_times_ns: 51_000,
+            wr_reqs: 15,
+            wr_times_ns: 51_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            per_op_latency(&before, &after),
+            Some(Duration::from_micros(10))
+        );
         assert_eq!(per_op_latency(&before, &before), None);
         assert_eq!(per_op_latency(&after, &before), None);
     }

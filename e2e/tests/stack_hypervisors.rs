@@ -21,37 +21,57 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{what} within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
+// Serial: other tests throttle guests (pl-noisy above all), which would skew the comparison.
 #[tokio::test]
-async fn every_guest_does_disk_io_and_the_noisy_one_does_most() {
+async fn serial_every_guest_does_disk_io_and_the_noisy_one_does_most() {
     let stack = stack();
     let domains = stack.libvirt_domains().unwrap();
-    assert!(domains.len() >= 4, "expected at least 4 guests, got {domains:?}");
+    assert!(
+        domains.len() >= 4,
+        "expected at least 4 guests, got {domains:?}"
+    );
 
     let mut ops = Vec::new();
     for domain in &domains {
         let before = stack.block_counters(domain).await.unwrap();
-        let after = eventually(&format!("{domain}'s reads and writes advance"), Duration::from_secs(60), || async {
-            let now = stack.block_counters(domain).await.unwrap();
-            (now.rd_reqs > before.rd_reqs && now.wr_reqs > before.wr_reqs && now.busy_ns() > before.busy_ns())
+        let after = eventually(
+            &format!("{domain}'s reads and writes advance"),
+            Duration::from_secs(60),
+            || async {
+                let now = stack.block_counters(domain).await.unwrap();
+                (now.rd_reqs > before.rd_reqs
+                    && now.wr_reqs > before.wr_reqs
+                    && now.busy_ns() > before.busy_ns())
                 .then_some(now)
-        })
+            },
+        )
         .await;
         println!("{domain}: {before:?} -> {after:?}");
         let m = stack
             .measure_latency(domain, Duration::from_secs(3), 1, Duration::from_secs(60))
             .await
             .unwrap();
-        println!("{domain}: {} ops in {:?}, {:?} per op", m.ops, m.window, m.per_op);
+        println!(
+            "{domain}: {} ops in {:?}, {:?} per op",
+            m.ops, m.window, m.per_op
+        );
         ops.push((domain.clone(), m.ops as f64 / m.window.as_secs_f64()));
     }
 
     let noisy = stack.noisy_domain().unwrap();
-    let noisy_rate = ops.iter().find(|(d, _)| d == noisy).map(|(_, r)| *r).unwrap();
+    let noisy_rate = ops
+        .iter()
+        .find(|(d, _)| d == noisy)
+        .map(|(_, r)| *r)
+        .unwrap();
     for (domain, rate) in ops.iter().filter(|(d, _)| d != noisy) {
         assert!(
             noisy_rate > 5.0 * rate,
@@ -69,7 +89,17 @@ struct ClearIopsLimit<'a> {
 impl Drop for ClearIopsLimit<'_> {
     fn drop(&mut self) {
         let _ = std::process::Command::new("virsh")
-            .args(["-q", "-c", self.uri, "blkdeviotune", self.domain, "vda", "--total-iops-sec", "0", "--live"])
+            .args([
+                "-q",
+                "-c",
+                self.uri,
+                "blkdeviotune",
+                self.domain,
+                "vda",
+                "--total-iops-sec",
+                "0",
+                "--live",
+            ])
             .status();
     }
 }
@@ -78,16 +108,23 @@ impl Drop for ClearIopsLimit<'_> {
 async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clearing_restores_it() {
     let stack = stack();
     let domain = "pl-vm2";
-    let measure = || stack.measure_latency(domain, Duration::from_secs(5), 20, Duration::from_secs(60));
+    let measure =
+        || stack.measure_latency(domain, Duration::from_secs(5), 20, Duration::from_secs(60));
 
     let baseline = measure().await.unwrap();
     println!("{domain} baseline: {baseline:?}");
 
-    let _guard = ClearIopsLimit { uri: stack.libvirt_uri().unwrap(), domain };
+    let _guard = ClearIopsLimit {
+        uri: stack.libvirt_uri().unwrap(),
+        domain,
+    };
     stack.inject_libvirt_latency(domain, 20).await.unwrap();
     // The first window after a change mixes both regimes, so poll until a window is fully throttled.
     let injected: MeasuredLatency = eventually(
-        &format!("{domain}'s per-op latency rises 10x over {:?} under a 20 IOPS limit", baseline.per_op),
+        &format!(
+            "{domain}'s per-op latency rises 10x over {:?} under a 20 IOPS limit",
+            baseline.per_op
+        ),
         Duration::from_secs(90),
         || async {
             let m = measure().await.unwrap();
@@ -99,7 +136,10 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
 
     stack.clear_libvirt_latency(domain).await.unwrap();
     let restored: MeasuredLatency = eventually(
-        &format!("{domain}'s per-op latency falls back near {:?} after clearing", baseline.per_op),
+        &format!(
+            "{domain}'s per-op latency falls back near {:?} after clearing",
+            baseline.per_op
+        ),
         Duration::from_secs(90),
         || async {
             let m = measure().await.unwrap();
@@ -135,13 +175,18 @@ struct Vim {
 impl Vim {
     fn new(stack: &Stack) -> Self {
         let ca_file = stack.get("VSPHERE_CA_FILE").unwrap();
-        let pem = std::fs::read(ca_file).unwrap_or_else(|e| panic!("reading the simulator CA {ca_file}: {e}"));
+        let pem = std::fs::read(ca_file)
+            .unwrap_or_else(|e| panic!("reading the simulator CA {ca_file}: {e}"));
         let http = reqwest::Client::builder()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
             .build()
             .unwrap();
-        Self { http, url: stack.get("VSPHERE_URL").unwrap().to_string(), cookie: None }
+        Self {
+            http,
+            url: stack.get("VSPHERE_URL").unwrap().to_string(),
+            cookie: None,
+        }
     }
 
     /// Sends one call; returns the HTTP status and the response text.
@@ -155,7 +200,10 @@ impl Vim {
         if let Some(cookie) = &self.cookie {
             req = req.header("Cookie", cookie);
         }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("calling {}: {e:?}", self.url));
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("calling {}: {e:?}", self.url));
         if let Some(set) = resp.headers().get("set-cookie") {
             let set = set.to_str().unwrap();
             self.cookie = Some(set.split(';').next().unwrap().to_string());
@@ -189,8 +237,7 @@ fn element<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     Some(&xml[after_open..end])
 }
 
-const RETRIEVE_SERVICE_CONTENT: &str =
-    r#"<RetrieveServiceContent xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this></RetrieveServiceContent>"#;
+const RETRIEVE_SERVICE_CONTENT: &str = r#"<RetrieveServiceContent xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this></RetrieveServiceContent>"#;
 
 #[tokio::test]
 async fn vsphere_simulator_answers_retrieve_service_content_over_verified_tls() {
@@ -199,10 +246,16 @@ async fn vsphere_simulator_answers_retrieve_service_content_over_verified_tls() 
     let text = vim.ok(RETRIEVE_SERVICE_CONTENT).await;
     let about = element(&text, "about").unwrap_or_else(|| panic!("no <about> in {text}"));
     assert_eq!(element(about, "apiType"), Some("VirtualCenter"), "{about}");
-    assert!(element(&text, "perfManager").is_some(), "no perfManager in {text}");
+    assert!(
+        element(&text, "perfManager").is_some(),
+        "no perfManager in {text}"
+    );
 
     // Without the stack's CA the server's certificate is not trusted.
-    let untrusting = reqwest::Client::builder().tls_built_in_root_certs(true).build().unwrap();
+    let untrusting = reqwest::Client::builder()
+        .tls_built_in_root_certs(true)
+        .build()
+        .unwrap();
     let err = untrusting
         .post(stack.get("VSPHERE_URL").unwrap())
         .body(envelope(RETRIEVE_SERVICE_CONTENT))
@@ -262,7 +315,12 @@ struct ClearSimulatorLatency(String, String);
 impl Drop for ClearSimulatorLatency {
     fn drop(&mut self) {
         let _ = std::process::Command::new("curl")
-            .args(["-sf", "-X", "DELETE", &format!("{}/latency?vm={}", self.0, self.1)])
+            .args([
+                "-sf",
+                "-X",
+                "DELETE",
+                &format!("{}/latency?vm={}", self.0, self.1),
+            ])
             .status();
     }
 }
@@ -270,14 +328,24 @@ impl Drop for ClearSimulatorLatency {
 #[tokio::test]
 async fn serial_vsphere_simulator_reports_injected_disk_latency_through_query_perf() {
     let stack = stack();
-    let nodes_file = std::path::Path::new(stack.get("PLUMBLINE_STACK_DIR").unwrap()).join("nodes.d/vsphere.json");
+    let nodes_file = std::path::Path::new(stack.get("PLUMBLINE_STACK_DIR").unwrap())
+        .join("nodes.d/vsphere.json");
     let nodes: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&nodes_file).unwrap_or_else(|e| panic!("reading {}: {e}", nodes_file.display())),
+        &std::fs::read_to_string(&nodes_file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", nodes_file.display())),
     )
     .unwrap();
     let nodes = nodes.as_array().unwrap();
-    assert!(nodes.len() >= 4, "expected at least 4 simulator VMs, got {nodes:?}");
-    let uuid = nodes[0]["providerID"].as_str().unwrap().strip_prefix("vsphere://").unwrap().to_string();
+    assert!(
+        nodes.len() >= 4,
+        "expected at least 4 simulator VMs, got {nodes:?}"
+    );
+    let uuid = nodes[0]["providerID"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("vsphere://")
+        .unwrap()
+        .to_string();
 
     let mut vim = Vim::new(&stack);
     vim.login(&stack).await;
@@ -287,22 +355,35 @@ async fn serial_vsphere_simulator_reports_injected_disk_latency_through_query_pe
             r#"<FindByUuid xmlns="urn:vim25"><_this type="SearchIndex">SearchIndex</_this><uuid>{uuid}</uuid><vmSearch>true</vmSearch></FindByUuid>"#
         ))
         .await;
-    let vm = element(&found, "returnval").unwrap_or_else(|| panic!("no VM with uuid {uuid}: {found}")).to_string();
+    let vm = element(&found, "returnval")
+        .unwrap_or_else(|| panic!("no VM with uuid {uuid}: {found}"))
+        .to_string();
     let read = disk_counter(&mut vim, "totalReadLatency").await;
     let write = disk_counter(&mut vim, "totalWriteLatency").await;
 
     let (_, text) = query_disk_latency(&mut vim, &vm, &read, &write).await;
     let baseline = latency_values(&text, &read, &write);
 
-    let _guard = ClearSimulatorLatency(stack.get("VCSIM_CONTROL_URL").unwrap().to_string(), uuid.clone());
+    let _guard = ClearSimulatorLatency(
+        stack.get("VCSIM_CONTROL_URL").unwrap().to_string(),
+        uuid.clone(),
+    );
     stack.set_vsphere_latency(&uuid, 40, 70).await.unwrap();
     let (status, text) = query_disk_latency(&mut vim, &vm, &read, &write).await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(latency_values(&text, &read, &write), (40, 70), "injected latency of {vm}");
+    assert_eq!(
+        latency_values(&text, &read, &write),
+        (40, 70),
+        "injected latency of {vm}"
+    );
 
     stack.clear_vsphere_latency(&uuid).await.unwrap();
     let (_, text) = query_disk_latency(&mut vim, &vm, &read, &write).await;
-    assert_eq!(latency_values(&text, &read, &write), baseline, "latency of {vm} after clearing");
+    assert_eq!(
+        latency_values(&text, &read, &write),
+        baseline,
+        "latency of {vm} after clearing"
+    );
 
     // Dropping every session forces clients to log in again.
     assert!(stack.terminate_vsphere_sessions().await.unwrap() >= 1);
@@ -325,7 +406,9 @@ async fn prometheus_value(http: &reqwest::Client, url: &str, query: &str) -> Opt
         .json()
         .await
         .ok()?;
-    resp["data"]["result"][0]["value"][1].as_str().map(str::to_string)
+    resp["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(str::to_string)
 }
 
 #[tokio::test]
@@ -333,22 +416,43 @@ async fn prometheus_is_ready_and_scrapes_itself_and_file_sd_targets() {
     let stack = stack();
     let url = stack.get("PROMETHEUS_URL").unwrap();
     let http = reqwest::Client::new();
-    let ready = http.get(format!("{url}/-/ready")).send().await.unwrap_or_else(|e| panic!("GET {url}/-/ready: {e}"));
-    assert!(ready.status().is_success(), "{url} not ready: {}", ready.status());
+    let ready = http
+        .get(format!("{url}/-/ready"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}/-/ready: {e}"));
+    assert!(
+        ready.status().is_success(),
+        "{url} not ready: {}",
+        ready.status()
+    );
 
-    eventually("Prometheus reports its own target up", Duration::from_secs(60), || async {
-        (prometheus_value(&http, url, r#"up{job="prometheus"}"#).await.as_deref() == Some("1")).then_some(())
-    })
+    eventually(
+        "Prometheus reports its own target up",
+        Duration::from_secs(60),
+        || async {
+            (prometheus_value(&http, url, r#"up{job="prometheus"}"#)
+                .await
+                .as_deref()
+                == Some("1"))
+            .then_some(())
+        },
+    )
     .await;
 
     // The libvirt exporter is listed in the file_sd targets dir, where later targets go too.
-    let targets = std::path::Path::new(stack.get("PROMETHEUS_TARGETS_DIR").unwrap()).join("libvirt-exporter.json");
+    let targets = std::path::Path::new(stack.get("PROMETHEUS_TARGETS_DIR").unwrap())
+        .join("libvirt-exporter.json");
     assert!(targets.exists(), "no {}", targets.display());
     let domain = &stack.libvirt_domains().unwrap()[0];
-    let query = format!(r#"libvirt_domain_block_stats_write_requests_total{{job="plumbline",domain="{domain}"}}"#);
-    let writes = eventually(&format!("Prometheus has {query}"), Duration::from_secs(60), || async {
-        prometheus_value(&http, url, &query).await
-    })
+    let query = format!(
+        r#"libvirt_domain_block_stats_write_requests_total{{job="plumbline",domain="{domain}"}}"#
+    );
+    let writes = eventually(
+        &format!("Prometheus has {query}"),
+        Duration::from_secs(60),
+        || async { prometheus_value(&http, url, &query).await },
+    )
     .await;
     println!("{query} = {writes}");
 }
