@@ -163,11 +163,34 @@ status_line() {
 }
 
 stack_test() {
+    local status=0
     stack_up
-    # Stop what we started even when tests fail, unless asked to keep it.
-    [ -n "${KEEP_STACK:-}" ] || trap stack_down EXIT
     cd "$REPO_DIR"
-    "$REPO_DIR/e2e/run-tests" "$@"
+    "$REPO_DIR/e2e/run-tests" "$@" || status=$?
+    if [ -n "${KEEP_STACK:-}" ]; then
+        log "KEEP_STACK is set: leaving the stack up"
+        return $status
+    fi
+    stack_down_verified || status=$?
+    return $status
+}
+
+# stack_down_verified: down, then check that no process the stack recorded is still alive.
+stack_down_verified() {
+    local pids=() f pid alive=()
+    for f in "$PID_DIR"/*.pid; do
+        [ -e "$f" ] && pids+=("$(basename "$f" .pid)=$(cat "$f")")
+    done
+    stack_down
+    for f in "${pids[@]}"; do
+        pid=${f#*=}
+        kill -0 "$pid" 2>/dev/null && alive+=("$f")
+    done
+    if [ ${#alive[@]} -gt 0 ]; then
+        log "down left processes running: ${alive[*]}"
+        return 1
+    fi
+    log "down check: all ${#pids[@]} recorded processes stopped"
 }
 
 stack_demo() {
