@@ -164,6 +164,8 @@ status_line() {
 
 stack_test() {
     local status=0
+    # A failed start must not leave half a stack running.
+    [ -n "${KEEP_STACK:-}" ] || trap 'stack_down >/dev/null 2>&1' EXIT
     stack_up
     cd "$REPO_DIR"
     "$REPO_DIR/e2e/run-tests" "$@" || status=$?
