@@ -205,7 +205,8 @@ pub fn operator_binary() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(repo())
-            .args(["build", "--quiet", "-p", "plumbline-operator", "--bin", "plumbline"]);
+            // All features, as e2e/run-tests builds it (the libvirt adapter is a feature).
+            .args(["build", "--quiet", "-p", "plumbline-operator", "--all-features", "--bin", "plumbline"]);
         run(cmd, None).unwrap_or_else(|e| panic!("building the operator: {e}"));
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
