@@ -191,12 +191,18 @@ k8s_up() {
     wait_until etcd 60 k8s_etcd_healthy
 
     local bin=$K8S_BIN_DIR
+    # The apiserver advertises 127.0.0.1, which Endpoints reject, so it does not manage the
+    # `kubernetes` Service's endpoints (nothing runs in-cluster here). The requestheader CA
+    # only fills the configmap the controller-manager and scheduler read at start.
     start_bg kube-apiserver "$bin/kube-apiserver" \
         --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
         --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$K8S_API_PORT" \
         --insecure-port=0 \
         --tls-cert-file="$K8S_PKI/apiserver.crt" --tls-private-key-file="$K8S_PKI/apiserver.key" \
         --client-ca-file="$K8S_PKI/ca.crt" \
+        --requestheader-client-ca-file="$K8S_PKI/ca.crt" --requestheader-allowed-names=front-proxy-client \
+        --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+        --requestheader-extra-headers-prefix=X-Remote-Extra- \
         --token-auth-file="$K8S_PKI/tokens.csv" \
         --authorization-mode=RBAC \
         --service-account-issuer=https://kubernetes.default.svc \
@@ -204,6 +210,7 @@ k8s_up() {
         --service-account-signing-key-file="$K8S_PKI/sa.key" \
         --service-cluster-ip-range=10.0.0.0/24 \
         --allow-privileged=true \
+        --endpoint-reconciler-type=none \
         --cert-dir="$K8S_DIR/apiserver-certs"
     wait_until kube-apiserver 120 k8s_apiserver_ready
 
