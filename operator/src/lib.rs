@@ -13,6 +13,7 @@ pub mod controller;
 pub mod discovery;
 mod error;
 pub mod explain;
+pub mod health;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub actions: Family<ActionLabels, Counter>,
     pub leader: Family<LeaseLabels, Gauge>,
     pub intents: Family<IntentStateLabels, Gauge>,
+    /// The storage-health loop's metrics (crate::health::metrics), in the same registry.
+    pub health: crate::health::HealthMetrics,
 }
 
 impl Metrics {
@@ -89,6 +91,7 @@ impl Metrics {
             actions: Family::default(),
             leader: Family::default(),
             intents: Family::default(),
+            health: crate::health::HealthMetrics::register(registry),
         };
         registry.register(
             "reconcile_runs",

@@ -253,7 +253,12 @@ fn start_term(base: &Base, end: TermEnd) -> Vec<(&'static str, JoinHandle<()>)> 
         base.settings.concurrency,
         base.settings.namespace.clone(),
     );
-    leader_loops(&ctx, inputs, end)
+    let mut loops = leader_loops(&ctx, inputs, end.clone());
+    loops.push(LeaderLoop {
+        name: "storage-health",
+        future: crate::health::run(ctx.clone(), Default::default(), base.settings.namespace.clone(), end).boxed(),
+    });
+    loops
         .into_iter()
         .map(|l| (l.name, tokio::spawn(l.future)))
         .collect()

@@ -1,0 +1,262 @@
+//! What the sampling loops have learnt, shared with the feedback loop: per provider its
+//! connection, inventory and capabilities; per VM disk its recent samples; and the hysteresis
+//! trackers, one per disk and latency budget.
+
+use plumbline_adapters::{BackingVm, Capabilities, Capability, DiskLatency, VmId};
+use plumbline_crds::NodeMappingStrategy;
+use plumbline_policies::health::{DiskHealth, HysteresisPolicy, LatencyBudget, StorageSample, UnknownCause, VmVerdict};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    time::{Duration, SystemTime},
+};
+
+/// How many samples per disk are kept, so a tracker created for a new budget starts with
+/// history instead of waiting several intervals.
+const KEPT_SAMPLES: usize = 8;
+
+/// One HypervisorProvider as the health loop sees it.
+#[derive(Debug, Clone)]
+pub struct ProviderView {
+    pub name: String,
+    pub interval: Duration,
+    pub mapping: NodeMappingStrategy,
+    pub mapping_label: Option<String>,
+    pub connected: bool,
+    /// Why not connected, or where to.
+    pub connection_message: String,
+    pub inventory: Vec<BackingVm>,
+    pub capabilities: Capabilities,
+    pub last_sample_at: Option<SystemTime>,
+    /// The widest window a sample of this provider covered (vSphere: 20 s).
+    pub sample_window: Duration,
+}
+
+impl ProviderView {
+    pub fn new(name: &str, interval: Duration, mapping: NodeMappingStrategy, mapping_label: Option<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            interval,
+            mapping,
+            mapping_label,
+            connected: false,
+            connection_message: "connecting".into(),
+            inventory: Vec::new(),
+            capabilities: Capabilities::default(),
+            last_sample_at: None,
+            sample_window: interval,
+        }
+    }
+
+    /// Staleness follows the slower of the loop and the hypervisor's own sample window, so
+    /// vSphere's 20 s realtime samples are not declared stale between two of them.
+    pub fn policy(&self) -> HysteresisPolicy {
+        HysteresisPolicy::for_interval(self.interval.max(self.sample_window))
+    }
+
+    pub fn can_limit_io(&self) -> bool {
+        self.capabilities.supports(Capability::DiskIopsLimit)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DiskSeries {
+    pub recent: VecDeque<StorageSample>,
+    pub latest: Option<DiskLatency>,
+}
+
+/// Where a VM lives, for lookups by id.
+#[derive(Debug, Clone)]
+pub struct VmPlace<'a> {
+    pub provider: &'a ProviderView,
+    pub vm: &'a BackingVm,
+}
+
+#[derive(Debug, Default)]
+pub struct HealthBook {
+    pub providers: BTreeMap<String, ProviderView>,
+    pub disks: BTreeMap<(VmId, String), DiskSeries>,
+    /// I/O rate per VM (all disks) over the last sample; absent when the hypervisor does not
+    /// count operations (vSphere's averaged latency counters).
+    pub iops: BTreeMap<VmId, f64>,
+    trackers: BTreeMap<(VmId, String, LatencyBudget), DiskHealth>,
+    /// The budgets each VM is judged against, registered by the feedback loop.
+    budgets: BTreeMap<VmId, BTreeSet<LatencyBudget>>,
+}
+
+impl HealthBook {
+    pub fn vm(&self, id: &VmId) -> Option<VmPlace<'_>> {
+        self.providers.values().find_map(|p| {
+            p.inventory
+                .iter()
+                .find(|vm| &vm.id == id)
+                .map(|vm| VmPlace { provider: p, vm })
+        })
+    }
+
+    pub fn all_vms(&self) -> impl Iterator<Item = VmPlace<'_>> {
+        self.providers
+            .values()
+            .flat_map(|p| p.inventory.iter().map(move |vm| VmPlace { provider: p, vm }))
+    }
+
+    /// Records one cycle's samples of a provider and feeds every tracker of those disks.
+    pub fn record_samples(&mut self, provider: &str, taken_at: SystemTime, disks: &[DiskLatency]) {
+        let Some(view) = self.providers.get_mut(provider) else { return };
+        view.last_sample_at = Some(taken_at);
+        if let Some(widest) = disks.iter().map(|d| d.window).max() {
+            view.sample_window = view.sample_window.max(widest);
+        }
+        let policy = view.policy();
+        let mut iops: BTreeMap<VmId, f64> = BTreeMap::new();
+        for d in disks {
+            let sample = StorageSample::from_read_write(d.observed_at, d.read.map(|o| o.mean), d.write.map(|o| o.mean));
+            // `None` when the hypervisor does not count operations (vSphere averages).
+            let ops: Option<u64> = [d.read, d.write].into_iter().flatten().map(|o| o.ops).sum();
+            if let (Some(ops), false) = (ops, d.window.is_zero()) {
+                *iops.entry(d.vm.clone()).or_default() += ops as f64 / d.window.as_secs_f64();
+            }
+            let series = self.disks.entry((d.vm.clone(), d.disk.clone())).or_default();
+            if series.recent.back().is_some_and(|last| last.at >= sample.at) {
+                continue;
+            }
+            series.recent.push_back(sample);
+            while series.recent.len() > KEPT_SAMPLES {
+                series.recent.pop_front();
+            }
+            series.latest = Some(d.clone());
+            for budget in self.budgets.get(&d.vm).into_iter().flatten() {
+                self.trackers
+                    .entry((d.vm.clone(), d.disk.clone(), *budget))
+                    .or_insert_with(|| DiskHealth::new(*budget))
+                    .observe(sample, &policy);
+            }
+        }
+        self.iops.extend(iops);
+    }
+
+    /// The VM's verdict against `budget` at `now`. Registers the budget on first use and
+    /// replays the kept samples into the new tracker.
+    pub fn verdict(&mut self, vm: &VmId, budget: LatencyBudget, now: SystemTime) -> VmVerdict {
+        let Some((connected, policy)) = self.vm(vm).map(|p| (p.provider.connected, p.provider.policy())) else {
+            return VmVerdict::unknown(UnknownCause::NotBacked);
+        };
+        if !connected {
+            // A lost connection is no evidence of anything: unknown at once, not after the
+            // staleness limit.
+            return VmVerdict::unknown(UnknownCause::NoSamples);
+        }
+        if self.budgets.entry(vm.clone()).or_default().insert(budget) {
+            for ((id, disk), series) in self.disks.range((vm.clone(), String::new())..) {
+                if id != vm {
+                    break;
+                }
+                let tracker = self
+                    .trackers
+                    .entry((vm.clone(), disk.clone(), budget))
+                    .or_insert_with(|| DiskHealth::new(budget));
+                for s in &series.recent {
+                    tracker.observe(*s, &policy);
+                }
+            }
+        }
+        let verdicts: Vec<(&str, _)> = self
+            .trackers
+            .range((vm.clone(), String::new(), LatencyBudget(Duration::ZERO))..)
+            .take_while(|((id, _, _), _)| id == vm)
+            .filter(|((_, _, b), _)| *b == budget)
+            .map(|((_, disk, _), t)| (disk.as_str(), t.verdict(now, &policy)))
+            .collect();
+        VmVerdict::worst_of(verdicts)
+    }
+
+    /// Forgets budgets (and their trackers) nobody asked for in the last feedback pass, and
+    /// disks of VMs that left the inventory.
+    pub fn retain_budgets(&mut self, wanted: &BTreeMap<VmId, BTreeSet<LatencyBudget>>) {
+        self.budgets.retain(|vm, budgets| {
+            budgets.retain(|b| wanted.get(vm).is_some_and(|w| w.contains(b)));
+            !budgets.is_empty()
+        });
+        let budgets = &self.budgets;
+        self.trackers
+            .retain(|(vm, _, b), _| budgets.get(vm).is_some_and(|set| set.contains(b)));
+        let known: BTreeSet<VmId> = self.all_vms().map(|p| p.vm.id.clone()).collect();
+        self.disks.retain(|(vm, _), _| known.contains(vm));
+        self.iops.retain(|vm, _| known.contains(vm));
+    }
+
+    /// The newest sample of the VM's slowest disk, for status and messages.
+    pub fn latest_latency(&self, vm: &VmId) -> Option<(Duration, SystemTime)> {
+        self.disks
+            .range((vm.clone(), String::new())..)
+            .take_while(|((id, _), _)| id == vm)
+            .filter_map(|(_, s)| s.recent.back())
+            .filter_map(|s| s.per_op.map(|l| (l, s.at)))
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plumbline_adapters::OpLatency;
+    use plumbline_policies::health::HealthState;
+    use std::time::UNIX_EPOCH;
+
+    fn vm(id: &str) -> BackingVm {
+        BackingVm {
+            id: VmId::new(id),
+            name: format!("vm-{id}"),
+            provider_id: format!("libvirt:///{id}"),
+            host: "h".into(),
+            datastores: vec![],
+            disks: vec![],
+            running: true,
+        }
+    }
+
+    fn sample(id: &str, secs: u64, ms: u64, ops: u64) -> DiskLatency {
+        let op = OpLatency { mean: Duration::from_millis(ms), ops: Some(ops) };
+        DiskLatency {
+            vm: VmId::new(id),
+            disk: "vda".into(),
+            read: Some(op),
+            write: Some(op),
+            flush: None,
+            window: Duration::from_secs(1),
+            observed_at: UNIX_EPOCH + Duration::from_secs(secs),
+        }
+    }
+
+    fn book() -> HealthBook {
+        let mut b = HealthBook::default();
+        let mut p = ProviderView::new("kvm", Duration::from_secs(1), NodeMappingStrategy::ProviderId, None);
+        p.connected = true;
+        p.inventory = vec![vm("a")];
+        b.providers.insert("kvm".into(), p);
+        b
+    }
+
+    #[test]
+    fn a_new_budget_replays_history() {
+        let mut b = book();
+        b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 1, 50, 10)]);
+        b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 2, 50, 10)]);
+        let v = b.verdict(&VmId::new("a"), LatencyBudget::from_millis(20), UNIX_EPOCH + Duration::from_secs(2));
+        assert_eq!(v.state(), HealthState::Degraded);
+        assert_eq!(b.iops[&VmId::new("a")], 20.0);
+        let v = b.verdict(&VmId::new("a"), LatencyBudget::from_millis(100), UNIX_EPOCH + Duration::from_secs(2));
+        assert_eq!(v.state(), HealthState::Healthy);
+    }
+
+    #[test]
+    fn disconnected_provider_is_unknown_at_once() {
+        let mut b = book();
+        b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 1, 50, 10)]);
+        b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 2, 50, 10)]);
+        b.providers.get_mut("kvm").unwrap().connected = false;
+        let v = b.verdict(&VmId::new("a"), LatencyBudget::from_millis(20), UNIX_EPOCH + Duration::from_secs(2));
+        assert_eq!(v.state(), HealthState::Unknown);
+        let v = b.verdict(&VmId::new("zz"), LatencyBudget::from_millis(20), UNIX_EPOCH);
+        assert_eq!(v.state(), HealthState::Unknown);
+    }
+}

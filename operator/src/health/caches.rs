@@ -1,0 +1,172 @@
+//! The caches the health loop reads: pods pruned to what matters (the main memory cost at
+//! scale), Nodes, and HypervisorProviders.
+
+use futures::{future::BoxFuture, FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
+use kube::{
+    runtime::{
+        reflector::{self, Store},
+        watcher, WatchStreamExt,
+    },
+    Api, Client, ResourceExt,
+};
+use plumbline_crds::HypervisorProvider;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Keeps only metadata (without managedFields), nodeName, readinessGates and conditions.
+pub fn prune_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    let spec = pod.spec.take().unwrap_or_default();
+    pod.spec = Some(PodSpec {
+        node_name: spec.node_name,
+        readiness_gates: spec.readiness_gates,
+        ..PodSpec::default()
+    });
+    let status = pod.status.take().unwrap_or_default();
+    pod.status = Some(PodStatus {
+        conditions: status.conditions,
+        ..PodStatus::default()
+    });
+}
+
+/// Keeps metadata (without managedFields), the providerID and the conditions.
+pub fn prune_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
+pub struct Caches {
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
+    pub providers: Store<HypervisorProvider>,
+}
+
+/// Starts the watches. The returned future drives them and wakes `changed` on every event,
+/// so new pods get their condition promptly.
+pub fn start(client: &Client, namespace: Option<&str>, changed: Arc<Notify>) -> (Caches, BoxFuture<'static, ()>) {
+    let pods_api: Api<Pod> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (pods, pods_writer) = reflector::store();
+    let (nodes, nodes_writer) = reflector::store();
+    let (providers, providers_writer) = reflector::store();
+    let pod_watch = watcher(pods_api, watcher::Config::default())
+        .default_backoff()
+        .modify(prune_pod)
+        .reflect(pods_writer)
+        .touched_objects()
+        .filter_map(|r| futures::future::ready(r.ok()))
+        .for_each({
+            let changed = changed.clone();
+            move |_| {
+                changed.notify_one();
+                futures::future::ready(())
+            }
+        });
+    let node_watch = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(prune_node)
+        .reflect(nodes_writer)
+        .touched_objects()
+        .filter_map(|r| futures::future::ready(r.ok()))
+        .for_each({
+            let changed = changed.clone();
+            move |_| {
+                changed.notify_one();
+                futures::future::ready(())
+            }
+        });
+    let provider_watch = watcher(Api::<HypervisorProvider>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(providers_writer)
+        .touched_objects()
+        .filter_map(|r| futures::future::ready(r.ok()))
+        .for_each(move |_| {
+            changed.notify_one();
+            futures::future::ready(())
+        });
+    let drive = async move {
+        futures::join!(pod_watch, node_watch, provider_watch);
+    }
+    .boxed();
+    (Caches { pods, nodes, providers }, drive)
+}
+
+/// The Deployment or StatefulSet a pod belongs to, from its owner: a StatefulSet directly, a
+/// Deployment through its ReplicaSet named `<deployment>-<pod-template-hash>`.
+pub fn owning_workload(pod: &Pod) -> Option<(plumbline_crds::TargetKind, String)> {
+    let owner = pod.owner_references().iter().find(|o| o.controller == Some(true))?;
+    match owner.kind.as_str() {
+        "StatefulSet" => Some((plumbline_crds::TargetKind::StatefulSet, owner.name.clone())),
+        "ReplicaSet" => {
+            let hash = pod.labels().get("pod-template-hash")?;
+            let name = owner.name.strip_suffix(&format!("-{hash}"))?;
+            Some((plumbline_crds::TargetKind::Deployment, name.to_string()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(owner_kind: &str, owner: &str, hash: Option<&str>) -> Pod {
+        let mut labels = serde_json::Map::new();
+        if let Some(h) = hash {
+            labels.insert("pod-template-hash".into(), json!(h));
+        }
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "p", "namespace": "ns", "labels": labels,
+                "managedFields": [{"manager": "x"}],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner_kind, "name": owner, "uid": "u", "controller": true}]
+            },
+            "spec": {
+                "nodeName": "n1",
+                "readinessGates": [{"conditionType": "plumbline.dev/storage-healthy"}],
+                "containers": [{"name": "app", "image": "i", "env": [{"name": "BIG", "value": "x"}]}]
+            },
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "podIP": "10.0.0.1"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pruning_keeps_only_what_the_graph_needs() {
+        let mut p = pod("ReplicaSet", "payments-5d4f", Some("5d4f"));
+        prune_pod(&mut p);
+        assert!(p.metadata.managed_fields.is_none());
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.readiness_gates.as_ref().unwrap().len(), 1);
+        assert!(spec.containers.is_empty());
+        let status = p.status.as_ref().unwrap();
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        assert!(status.phase.is_none() && status.pod_ip.is_none());
+        assert_eq!(p.labels().get("pod-template-hash").map(String::as_str), Some("5d4f"));
+    }
+
+    #[test]
+    fn owners_resolve_to_the_workload() {
+        use plumbline_crds::TargetKind;
+        assert_eq!(
+            owning_workload(&pod("ReplicaSet", "payments-5d4f", Some("5d4f"))),
+            Some((TargetKind::Deployment, "payments".into()))
+        );
+        assert_eq!(
+            owning_workload(&pod("StatefulSet", "db", None)),
+            Some((TargetKind::StatefulSet, "db".into()))
+        );
+        assert_eq!(owning_workload(&pod("ReplicaSet", "payments-5d4f", None)), None);
+        assert_eq!(owning_workload(&pod("Job", "j", None)), None);
+    }
+}

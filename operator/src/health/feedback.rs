@@ -1,0 +1,534 @@
+//! One feedback pass: verdicts per VM and budget, readiness per pod through the guard, the pod
+//! and node conditions, the intent's backing map and guard report, metrics, and the
+//! noisy-neighbour decisions (carried out by [`super::throttle`]).
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    api::{Patch, PatchParams},
+    Api, ResourceExt,
+};
+use plumbline_crds::{
+    names::{NODE_STORAGE_CONDITION, STORAGE_READINESS_GATE},
+    WorkloadIntent,
+};
+use plumbline_policies::health::{
+    format_latency, guard, node_condition, plan_neighbour_throttles, pod_readiness, GuardCandidate, HealthState,
+    LatencyBudget, NeighbourCandidate, ReadinessVerdict, Tier, Verdict, Victim, VmVerdict,
+};
+use serde_json::{json, Value};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    book::HealthBook,
+    caches::Caches,
+    graph::{self, IntentView, VmKey},
+    metrics::{BackingLabels, DiskLabels, PodLabels, TransitionLabels, VerdictLabels, VmLabels},
+    throttle::Throttles,
+    HealthSettings, HEALTH_FIELD_MANAGER,
+};
+use crate::context::Context;
+
+/// Messages carry the latest latency; refreshing them is worth a write this often, no more.
+const MESSAGE_REFRESH: Duration = Duration::from_secs(30);
+
+/// What a pass remembers for the next one.
+#[derive(Default)]
+pub struct Feedback {
+    pod_written: HashMap<(String, String), Instant>,
+    node_written: HashMap<String, Instant>,
+    /// When each VM turned healthy against its strictest budget (for releasing throttles).
+    healthy_since: HashMap<(plumbline_adapters::VmId, LatencyBudget), SystemTime>,
+    intent_status: HashMap<(String, String), (Value, Instant)>,
+    series: Series,
+    pub throttles: Throttles,
+}
+
+/// Label sets written last pass, so series of pods and VMs that went away are removed.
+#[derive(Default)]
+struct Series {
+    backing: HashSet<BackingLabels>,
+    pods: HashSet<PodLabels>,
+    verdicts: HashSet<VerdictLabels>,
+    disks: HashSet<DiskLabels>,
+    iops: HashSet<VmLabels>,
+}
+
+struct PodWrite {
+    namespace: String,
+    pod: String,
+    intent: String,
+    verdict: ReadinessVerdict,
+    transition: bool,
+    detection: Option<Duration>,
+}
+
+struct NodeWrite {
+    node: String,
+    body: Value,
+}
+
+fn condition_of<'a>(pod: &'a Pod, type_: &str) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+}
+
+fn node_condition_of<'a>(node: &'a Node, type_: &str) -> Option<&'a k8s_openapi::api::core::v1::NodeCondition> {
+    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+}
+
+fn status_word(ready: bool) -> &'static str {
+    if ready {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+fn verdict_word(state: HealthState) -> &'static str {
+    match state {
+        HealthState::Healthy => "Healthy",
+        HealthState::Degraded => "Degraded",
+        HealthState::Unknown => "Unknown",
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Feedback {
+    /// Computes and writes everything for one pass.
+    pub async fn pass(&mut self, ctx: &Arc<Context>, caches: &Caches, book: &Arc<Mutex<HealthBook>>, settings: &HealthSettings) {
+        let now = SystemTime::now();
+        let intents: Vec<Arc<WorkloadIntent>> = ctx.intents.state();
+        let mut pod_writes = Vec::new();
+        let mut node_writes = Vec::new();
+        let mut status_writes = Vec::new();
+        let actions;
+        let views;
+        {
+            let mut b = book.lock().expect("health book");
+            views = graph::build(caches, &b, ctx.clock.now(), &intents);
+            let mut wanted: BTreeMap<plumbline_adapters::VmId, BTreeSet<LatencyBudget>> = BTreeMap::new();
+            // The strictest budget each VM serves, for node conditions and the VM verdict metric.
+            let mut strictest: BTreeMap<plumbline_adapters::VmId, LatencyBudget> = BTreeMap::new();
+            let mut protected_by: BTreeMap<plumbline_adapters::VmId, Tier> = BTreeMap::new();
+            for view in &views {
+                for p in &view.pods {
+                    let Some(vm) = &p.vm else { continue };
+                    let tier = protected_by.entry(vm.id.clone()).or_insert(view.tier);
+                    *tier = (*tier).max(view.tier);
+                    if let Some(s) = view.storage {
+                        wanted.entry(vm.id.clone()).or_default().insert(s.budget);
+                        let e = strictest.entry(vm.id.clone()).or_insert(s.budget);
+                        *e = (*e).min(s.budget);
+                    }
+                }
+            }
+            let all_vms: Vec<VmKey> = b
+                .all_vms()
+                .map(|p| VmKey { id: p.vm.id.clone(), name: p.vm.name.clone(), provider: p.provider.name.clone() })
+                .collect();
+            for vm in &all_vms {
+                let budget = *strictest.get(&vm.id).unwrap_or(&settings.default_node_budget);
+                wanted.entry(vm.id.clone()).or_default().insert(budget);
+            }
+
+            let mut victims: BTreeMap<VmKey, Victim<VmKey>> = BTreeMap::new();
+            for view in &views {
+                let Some(storage) = view.storage else { continue };
+                self.intent_pass(view, storage, &mut b, now, settings, &mut pod_writes, &mut status_writes, &mut victims);
+            }
+
+            // Node conditions.
+            for node in caches.nodes.state() {
+                let Some(vm) = graph::vm_for_node(&b, &node) else { continue };
+                let budget = *strictest.get(&vm.id).unwrap_or(&settings.default_node_budget);
+                let verdict = b.verdict(&vm.id, budget, now);
+                let c = node_condition(&vm.name, &verdict, budget);
+                let current = node_condition_of(&node, NODE_STORAGE_CONDITION);
+                let name = node.name_any();
+                let differs = current.is_none_or(|cur| cur.status != c.status || cur.reason.as_deref() != Some(c.reason));
+                let stale_message = current.is_some_and(|cur| cur.message.as_deref() != Some(c.message.as_str()))
+                    && self.node_written.get(&name).is_none_or(|at| at.elapsed() >= MESSAGE_REFRESH);
+                if differs || stale_message {
+                    let transition = match current {
+                        Some(cur) if cur.status == c.status => cur.last_transition_time.as_ref().map(|t| t.0.to_string()),
+                        _ => None,
+                    }
+                    .unwrap_or_else(|| rfc3339(now));
+                    node_writes.push(NodeWrite {
+                        node: name,
+                        body: json!({
+                            "type": NODE_STORAGE_CONDITION,
+                            "status": c.status,
+                            "reason": c.reason,
+                            "message": c.message,
+                            "lastHeartbeatTime": rfc3339(now),
+                            "lastTransitionTime": transition,
+                        }),
+                    });
+                }
+            }
+
+            // Metrics per VM and disk.
+            let mut series = Series::default();
+            for vm in &all_vms {
+                let budget = *strictest.get(&vm.id).unwrap_or(&settings.default_node_budget);
+                let state = b.verdict(&vm.id, budget, now).state();
+                for s in [HealthState::Healthy, HealthState::Degraded, HealthState::Unknown] {
+                    let labels = VerdictLabels { provider: vm.provider.clone(), vm: vm.name.clone(), state: s.as_str().into() };
+                    ctx.metrics.health.vm_verdict.get_or_create(&labels).set((s == state) as i64);
+                    series.verdicts.insert(labels);
+                }
+                if let Some(iops) = b.iops.get(&vm.id) {
+                    let labels = VmLabels { provider: vm.provider.clone(), vm: vm.name.clone() };
+                    ctx.metrics.health.vm_iops.get_or_create(&labels).set(*iops);
+                    series.iops.insert(labels);
+                }
+                for ((id, disk), s) in &b.disks {
+                    if id != &vm.id {
+                        continue;
+                    }
+                    if let Some(latest) = s.recent.back() {
+                        let labels = DiskLabels { provider: vm.provider.clone(), vm: vm.name.clone(), disk: disk.clone() };
+                        let secs = latest.per_op.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                        ctx.metrics.health.disk_latency.get_or_create(&labels).set(secs);
+                        series.disks.insert(labels);
+                    }
+                }
+            }
+            for view in &views {
+                for p in &view.pods {
+                    let Some(vm) = &p.vm else { continue };
+                    let Some(place) = b.vm(&vm.id) else { continue };
+                    let labels = BackingLabels {
+                        provider: vm.provider.clone(),
+                        host: place.vm.host.clone(),
+                        vm: vm.name.clone(),
+                        node: p.node.clone().unwrap_or_default(),
+                        namespace: view.namespace.clone(),
+                        pod: p.name.clone(),
+                        intent: view.name.clone(),
+                    };
+                    ctx.metrics.health.backing_info.get_or_create(&labels).set(1);
+                    series.backing.insert(labels);
+                }
+            }
+            for w in &pod_writes {
+                let labels = PodLabels { namespace: w.namespace.clone(), pod: w.pod.clone(), intent: w.intent.clone() };
+                series.pods.insert(labels);
+            }
+            for view in &views {
+                if view.storage.is_none() {
+                    continue;
+                }
+                for p in &view.pods {
+                    let ready = condition_of(&p.pod, STORAGE_READINESS_GATE).map(|c| c.status == "True");
+                    let labels = PodLabels { namespace: view.namespace.clone(), pod: p.name.clone(), intent: view.name.clone() };
+                    let written = pod_writes.iter().find(|w| w.namespace == view.namespace && w.pod == p.name).map(|w| w.verdict.ready);
+                    if let Some(ready) = written.or(ready) {
+                        ctx.metrics.health.pod_storage_healthy.get_or_create(&labels).set(ready as i64);
+                        series.pods.insert(labels);
+                    }
+                }
+            }
+            self.replace_series(ctx, series);
+
+            // Noisy neighbours.
+            let candidates: Vec<NeighbourCandidate<VmKey>> = b
+                .all_vms()
+                .map(|p| NeighbourCandidate {
+                    vm: VmKey { id: p.vm.id.clone(), name: p.vm.name.clone(), provider: p.provider.name.clone() },
+                    host: Some(p.vm.host.clone()),
+                    datastores: p.vm.datastores.iter().cloned().collect(),
+                    iops: b.iops.get(&p.vm.id).copied().unwrap_or(0.0),
+                    protected_by: protected_by.get(&p.vm.id).copied(),
+                    can_limit_io: p.provider.can_limit_io() && p.vm.running,
+                })
+                .collect();
+            let victims: Vec<Victim<VmKey>> = victims.into_values().collect();
+            actions = plan_neighbour_throttles(now, &victims, &candidates, &self.throttles.state, &settings.ladder);
+            b.retain_budgets(&wanted);
+        }
+
+        for w in pod_writes {
+            self.write_pod(ctx, w, now).await;
+        }
+        for w in node_writes {
+            self.write_node(ctx, w).await;
+        }
+        for (key, wi, body) in status_writes {
+            self.write_intent_status(ctx, key, &wi, body).await;
+        }
+        if !actions.is_empty() {
+            self.throttles.carry_out(ctx, book, &views, actions, now).await;
+            self.invalidate_intent_status();
+        }
+        self.throttles.recover_leftovers(ctx, book).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn intent_pass(
+        &mut self,
+        view: &IntentView,
+        storage: graph::StorageView,
+        b: &mut HealthBook,
+        now: SystemTime,
+        settings: &HealthSettings,
+        pod_writes: &mut Vec<PodWrite>,
+        status_writes: &mut Vec<((String, String), Arc<WorkloadIntent>, Value)>,
+        victims: &mut BTreeMap<VmKey, Victim<VmKey>>,
+    ) {
+        let mut verdicts: Vec<(VmVerdict, ReadinessVerdict)> = Vec::new();
+        for p in &view.pods {
+            let vm_verdict = match &p.vm {
+                Some(vm) => b.verdict(&vm.id, storage.budget, now),
+                None => VmVerdict::unknown(plumbline_policies::health::UnknownCause::NotBacked),
+            };
+            let readiness = pod_readiness(p.vm.as_ref().map(|v| v.name.as_str()), &vm_verdict, storage.budget, settings.unknown);
+            verdicts.push((vm_verdict, readiness));
+        }
+        let candidates = view
+            .pods
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, (_, r))| !r.ready)
+            .map(|(p, (_, r))| GuardCandidate {
+                pod: p.name.clone(),
+                severity: r.severity,
+                currently_unready: condition_of(&p.pod, STORAGE_READINESS_GATE).is_some_and(|c| c.status == "False"),
+            })
+            .collect();
+        let decision = guard(view.pods.len(), storage.limit, candidates);
+        let held: HashSet<&String> = decision.held_back.iter().collect();
+
+        let mut backing = Vec::new();
+        for (p, (vm_verdict, readiness)) in view.pods.iter().zip(verdicts) {
+            let readiness = if held.contains(&p.name) {
+                readiness.held_by_guard(decision.allowed, decision.total)
+            } else {
+                readiness
+            };
+            let latest = p.vm.as_ref().and_then(|vm| b.latest_latency(&vm.id));
+            let mut entry = json!({ "pod": p.name, "verdict": verdict_word(vm_verdict.state()) });
+            if let Some(n) = &p.node {
+                entry["node"] = json!(n);
+            }
+            if let Some(vm) = &p.vm {
+                entry["vm"] = json!(vm.name);
+                entry["provider"] = json!(vm.provider);
+            }
+            if let Some((latency, at)) = latest {
+                entry["latency"] = json!(format_latency(latency));
+                entry["sampledAt"] = json!(rfc3339(at));
+            }
+            backing.push(entry);
+
+            // Victims for the noisy-neighbour logic: merged per VM, worst state and highest tier.
+            if let Some(vm) = &p.vm {
+                let state = vm_verdict.state();
+                let key = (vm.id.clone(), storage.budget);
+                if state == HealthState::Healthy {
+                    self.healthy_since.entry(key).or_insert(now);
+                } else {
+                    self.healthy_since.remove(&key);
+                }
+                let healthy_for = self
+                    .healthy_since
+                    .get(&(vm.id.clone(), storage.budget))
+                    .and_then(|t| now.duration_since(*t).ok())
+                    .unwrap_or_default();
+                if view.may_throttle {
+                    if let Some(place) = b.vm(&vm.id) {
+                        let v = victims.entry(vm.clone()).or_insert_with(|| Victim {
+                            vm: vm.clone(),
+                            tier: view.tier,
+                            intent: view.label(),
+                            state,
+                            healthy_for,
+                            active: view.active,
+                            host: Some(place.vm.host.clone()),
+                            datastores: place.vm.datastores.iter().cloned().collect(),
+                        });
+                        v.state = v.state.max(state);
+                        v.tier = v.tier.max(view.tier);
+                        v.active |= view.active;
+                        v.healthy_for = v.healthy_for.min(healthy_for);
+                    }
+                }
+            }
+
+            if !storage.gate {
+                continue;
+            }
+            let current = condition_of(&p.pod, STORAGE_READINESS_GATE);
+            let want = status_word(readiness.ready);
+            let differs = current.is_none_or(|c| c.status != want || c.reason.as_deref() != Some(readiness.reason));
+            let key = (view.namespace.clone(), p.name.clone());
+            let stale_message = current.is_some_and(|c| c.message.as_deref() != Some(readiness.message.as_str()))
+                && self.pod_written.get(&key).is_none_or(|at| at.elapsed() >= MESSAGE_REFRESH);
+            if differs || stale_message {
+                let transition = current.is_some_and(|c| c.status != want);
+                let detection = match vm_verdict.verdict {
+                    Verdict::Degraded { onset, .. } if !readiness.ready && (transition || current.is_none()) => {
+                        let window = p
+                            .vm
+                            .as_ref()
+                            .and_then(|vm| b.vm(&vm.id))
+                            .map(|place| place.provider.interval)
+                            .unwrap_or_default();
+                        now.duration_since(onset).ok().map(|d| d + window)
+                    }
+                    _ => None,
+                };
+                pod_writes.push(PodWrite {
+                    namespace: view.namespace.clone(),
+                    pod: p.name.clone(),
+                    intent: view.name.clone(),
+                    verdict: readiness,
+                    transition,
+                    detection,
+                });
+            }
+        }
+
+        let guard_report = json!({
+            "allowedUnready": decision.allowed,
+            "markedUnready": decision.marked,
+            "heldReady": decision.held_back,
+        });
+        let body = json!({ "backing": backing, "guard": guard_report });
+        let key = (view.namespace.clone(), view.name.clone());
+        // The shape without figures decides whether to write now; figures refresh slowly, so
+        // status churn does not wake the intent controller every second.
+        let shape = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(list) = v.get_mut("backing").and_then(Value::as_array_mut) {
+                for e in list {
+                    if let Some(o) = e.as_object_mut() {
+                        o.remove("latency");
+                        o.remove("sampledAt");
+                    }
+                }
+            }
+            v
+        };
+        let due = match self.intent_status.get(&key) {
+            None => true,
+            Some((prev, at)) => shape(prev) != shape(&body) || (prev != &body && at.elapsed() >= MESSAGE_REFRESH),
+        };
+        if due {
+            status_writes.push((key, view.intent.clone(), body));
+        }
+    }
+
+    async fn write_pod(&mut self, ctx: &Context, w: PodWrite, now: SystemTime) {
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "status": {
+                "conditions": [{
+                    "type": STORAGE_READINESS_GATE,
+                    "status": status_word(w.verdict.ready),
+                    "reason": w.verdict.reason,
+                    "message": w.verdict.message,
+                    "lastTransitionTime": rfc3339(now),
+                }]
+            }
+        });
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.namespace);
+        match api
+            .patch_status(&w.pod, &PatchParams::apply(HEALTH_FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => {
+                self.pod_written.insert((w.namespace.clone(), w.pod.clone()), Instant::now());
+                if w.transition {
+                    ctx.metrics
+                        .health
+                        .readiness_transitions
+                        .get_or_create(&TransitionLabels {
+                            namespace: w.namespace.clone(),
+                            intent: w.intent.clone(),
+                            to: status_word(w.verdict.ready).into(),
+                        })
+                        .inc();
+                    info!(pod = %format!("{}/{}", w.namespace, w.pod), ready = w.verdict.ready, reason = w.verdict.reason, message = %w.verdict.message, "storage readiness changed");
+                }
+                if let Some(d) = w.detection {
+                    ctx.metrics.health.detection_latency.observe(d.as_secs_f64());
+                }
+            }
+            Err(e) => warn!(pod = %format!("{}/{}", w.namespace, w.pod), error = %e, "writing the storage readiness condition failed"),
+        }
+    }
+
+    async fn write_node(&mut self, ctx: &Context, w: NodeWrite) {
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "status": { "conditions": [w.body] }
+        });
+        match Api::<Node>::all(ctx.client.clone())
+            .patch_status(&w.node, &PatchParams::apply(HEALTH_FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => {
+                self.node_written.insert(w.node.clone(), Instant::now());
+                debug!(node = %w.node, "node storage condition written");
+            }
+            Err(e) => warn!(node = %w.node, error = %e, "writing the node storage condition failed"),
+        }
+    }
+
+    async fn write_intent_status(&mut self, ctx: &Context, key: (String, String), wi: &WorkloadIntent, mut body: Value) {
+        let throttles = self.throttles.status_for(&wi.namespace().unwrap_or_default(), &wi.name_any());
+        if !throttles.is_empty() {
+            body["neighbourThrottles"] = json!(throttles);
+        }
+        let patch = json!({
+            "apiVersion": "plumbline.dev/v1alpha1",
+            "kind": "WorkloadIntent",
+            "status": body.clone(),
+        });
+        match Api::<WorkloadIntent>::namespaced(ctx.client.clone(), &key.0)
+            .patch_status(&key.1, &PatchParams::apply(HEALTH_FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.intent_status.insert(key, (body, Instant::now()));
+            }
+            Err(e) => warn!(intent = %format!("{}/{}", key.0, key.1), error = %e, "writing backing map and guard to status failed"),
+        }
+    }
+
+    /// Forces the next pass to rewrite every intent's status (after a throttle change).
+    pub fn invalidate_intent_status(&mut self) {
+        self.intent_status.clear();
+    }
+
+    fn replace_series(&mut self, ctx: &Context, new: Series) {
+        let m = &ctx.metrics.health;
+        for l in self.series.backing.difference(&new.backing) {
+            m.backing_info.remove(l);
+        }
+        for l in self.series.pods.difference(&new.pods) {
+            m.pod_storage_healthy.remove(l);
+        }
+        for l in self.series.verdicts.difference(&new.verdicts) {
+            m.vm_verdict.remove(l);
+        }
+        for l in self.series.disks.difference(&new.disks) {
+            m.disk_latency.remove(l);
+        }
+        for l in self.series.iops.difference(&new.iops) {
+            m.vm_iops.remove(l);
+        }
+        self.series = new;
+    }
+}

@@ -1,0 +1,163 @@
+//! The live graph, rebuilt from the caches each pass: Pod → Node → VM → disks → host and
+//! datastores, and which intent covers which pod.
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{runtime::reflector::ObjectRef, ResourceExt};
+use plumbline_adapters::VmId;
+use plumbline_crds::{NodeMappingStrategy, WorkloadIntent};
+use plumbline_policies::{
+    health::{GuardLimit, LatencyBudget, Tier},
+    CountOrPercent,
+};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::Arc,
+};
+
+use super::{
+    book::HealthBook,
+    caches::{owning_workload, Caches},
+};
+
+/// A VM as the noisy-neighbour logic names it: ordered by identity, shown by name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmKey {
+    pub id: VmId,
+    pub name: String,
+    pub provider: String,
+}
+
+impl fmt::Display for VmKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// An intent and what the health loop needs from its spec.
+#[derive(Debug, Clone)]
+pub struct IntentView {
+    pub intent: Arc<WorkloadIntent>,
+    pub namespace: String,
+    pub name: String,
+    pub tier: Tier,
+    /// `None` without a valid `storage` section.
+    pub storage: Option<StorageView>,
+    /// Inside its window, not being deleted.
+    pub active: bool,
+    /// Allowed and entitled to throttle noisy neighbours.
+    pub may_throttle: bool,
+    pub pods: Vec<PodView>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StorageView {
+    pub budget: LatencyBudget,
+    pub gate: bool,
+    pub limit: GuardLimit,
+}
+
+/// One pod and what backs it.
+#[derive(Debug, Clone)]
+pub struct PodView {
+    pub pod: Arc<Pod>,
+    pub name: String,
+    pub node: Option<String>,
+    pub vm: Option<VmKey>,
+}
+
+impl IntentView {
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The VM backing a node, by the mapping of the provider that knows it.
+pub fn vm_for_node(book: &HealthBook, node: &Node) -> Option<VmKey> {
+    let provider_vm = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .and_then(VmId::from_provider_id);
+    book.providers.values().find_map(|p| {
+        let found = match p.mapping {
+            NodeMappingStrategy::ProviderId => provider_vm.as_ref().and_then(|id| p.inventory.iter().find(|vm| &vm.id == id)),
+            NodeMappingStrategy::NodeName => p.inventory.iter().find(|vm| vm.name == node.name_any()),
+            NodeMappingStrategy::Label => {
+                let value = p.mapping_label.as_ref().and_then(|l| node.labels().get(l))?;
+                p.inventory.iter().find(|vm| &vm.name == value)
+            }
+        }?;
+        Some(VmKey {
+            id: found.id.clone(),
+            name: found.name.clone(),
+            provider: p.name.clone(),
+        })
+    })
+}
+
+fn guard_limit(c: CountOrPercent) -> GuardLimit {
+    match c {
+        CountOrPercent::Count(n) => GuardLimit::Count(n),
+        CountOrPercent::Percent(p) => GuardLimit::Percent(p),
+    }
+}
+
+/// Every intent with its pods and their backing VMs.
+pub fn build(caches: &Caches, book: &HealthBook, schedule_now: chrono::DateTime<chrono::Utc>, intents: &[Arc<WorkloadIntent>]) -> Vec<IntentView> {
+    let node_vms: BTreeMap<String, Option<VmKey>> = caches
+        .nodes
+        .state()
+        .iter()
+        .map(|n| (n.name_any(), vm_for_node(book, n)))
+        .collect();
+    let pods = caches.pods.state();
+    let mut views = Vec::new();
+    for wi in intents {
+        let Ok(valid) = plumbline_policies::validate_intent(&wi.spec) else { continue };
+        let namespace = wi.namespace().unwrap_or_default();
+        let deleting = wi.metadata.deletion_timestamp.is_some();
+        let active = !deleting && plumbline_policies::activity(valid.schedule.as_ref(), schedule_now).active;
+        let tier = Tier::from(wi.spec.priority);
+        let may_throttle = plumbline_policies::tier(wi.spec.priority).may_throttle_neighbours
+            && wi.spec.infrastructure.as_ref().is_some_and(|i| i.throttle_noisy_neighbours);
+        let target = (wi.spec.target.kind, wi.spec.target.name.clone());
+        let mut members: Vec<PodView> = pods
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| owning_workload(p).as_ref() == Some(&target))
+            .map(|p| {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                let vm = node.as_ref().and_then(|n| node_vms.get(n).cloned().flatten());
+                PodView {
+                    name: p.name_any(),
+                    pod: p.clone(),
+                    node,
+                    vm,
+                }
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        views.push(IntentView {
+            namespace,
+            name: wi.name_any(),
+            tier,
+            storage: valid.storage.map(|s| StorageView {
+                budget: LatencyBudget(s.latency_budget),
+                gate: s.readiness_gate,
+                limit: guard_limit(s.max_unready),
+            }),
+            active,
+            may_throttle,
+            pods: members,
+            intent: wi.clone(),
+        });
+    }
+    views
+}
+
+/// The node a name refers to, from the cache.
+pub fn node(caches: &Caches, name: &str) -> Option<Arc<Node>> {
+    caches.nodes.get(&ObjectRef::new(name))
+}

@@ -1,0 +1,209 @@
+//! Storage-health metrics. Names and labels are what the Grafana dashboards query
+//! (`charts/generate-dashboards`): change both together.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::{Registry, Unit},
+};
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiskLabels {
+    pub provider: String,
+    pub vm: String,
+    pub disk: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VmLabels {
+    pub provider: String,
+    pub vm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub provider: String,
+    pub vm: String,
+    /// healthy, degraded or unknown; the series of the current state is 1, the others 0.
+    pub state: String,
+}
+
+/// Joins the layers: one series per pod with the node, VM and host under it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackingLabels {
+    pub provider: String,
+    pub host: String,
+    pub vm: String,
+    pub node: String,
+    pub namespace: String,
+    pub pod: String,
+    pub intent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub intent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub namespace: String,
+    pub intent: String,
+    /// The new status of the pod condition: "True" or "False".
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+fn sample_histogram() -> Histogram {
+    // 1 ms … ~16 s: one bulk stats call, or one SOAP round trip.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+fn detection_histogram() -> Histogram {
+    // 0.25 s … ~2 min around the 3 s target.
+    Histogram::new(exponential_buckets(0.25, 1.5, 16))
+}
+
+#[derive(Clone)]
+pub struct HealthMetrics {
+    pub disk_latency: Family<DiskLabels, Gauge<f64, AtomicU64>>,
+    pub vm_iops: Family<VmLabels, Gauge<f64, AtomicU64>>,
+    pub vm_verdict: Family<VerdictLabels, Gauge>,
+    pub backing_info: Family<BackingLabels, Gauge>,
+    pub pod_storage_healthy: Family<PodLabels, Gauge>,
+    pub readiness_transitions: Family<TransitionLabels, Counter>,
+    pub provider_connected: Family<ProviderLabels, Gauge>,
+    pub sample_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+    pub detection_latency: Histogram,
+}
+
+impl HealthMetrics {
+    /// Registers into the operator's registry (prefixed `plumbline`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            disk_latency: Family::default(),
+            vm_iops: Family::default(),
+            vm_verdict: Family::default(),
+            backing_info: Family::default(),
+            pod_storage_healthy: Family::default(),
+            readiness_transitions: Family::default(),
+            provider_connected: Family::default(),
+            sample_duration: Family::new_with_constructor(sample_histogram),
+            detection_latency: detection_histogram(),
+        };
+        registry.register_with_unit(
+            "vm_storage_latency",
+            "Per-operation storage latency (slower of reads and writes) of each VM disk over the last sample",
+            Unit::Seconds,
+            m.disk_latency.clone(),
+        );
+        registry.register(
+            "vm_storage_iops",
+            "Storage operations per second of each VM, all disks, over the last sample",
+            m.vm_iops.clone(),
+        );
+        registry.register(
+            "vm_verdict",
+            "Storage verdict of each VM against the strictest budget it serves: 1 for the current state",
+            m.vm_verdict.clone(),
+        );
+        registry.register(
+            "backing_info",
+            "Which provider, host, VM and node back each pod covered by an intent (value 1)",
+            m.backing_info.clone(),
+        );
+        registry.register(
+            "pod_storage_healthy",
+            "The plumbline.dev/storage-healthy condition of each pod: 1 True, 0 False",
+            m.pod_storage_healthy.clone(),
+        );
+        registry.register(
+            "readiness_transitions",
+            "Changes of the plumbline.dev/storage-healthy pod condition, by intent and new status",
+            m.readiness_transitions.clone(),
+        );
+        registry.register(
+            "provider_connected",
+            "1 while the hypervisor provider's adapter is connected",
+            m.provider_connected.clone(),
+        );
+        registry.register_with_unit(
+            "sample_duration",
+            "Time one sampling cycle (bulk storage stats) took, per provider",
+            Unit::Seconds,
+            m.sample_duration.clone(),
+        );
+        registry.register_with_unit(
+            "detection_latency",
+            "From the first over-budget sample window to the pod condition turning False",
+            Unit::Seconds,
+            m.detection_latency.clone(),
+        );
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_dashboards() {
+        let mut registry = Registry::with_prefix("plumbline");
+        let m = HealthMetrics::register(&mut registry);
+        let disk = DiskLabels { provider: "kvm".into(), vm: "pl-vm1".into(), disk: "vda".into() };
+        m.disk_latency.get_or_create(&disk).set(0.012);
+        let vm = VmLabels { provider: "kvm".into(), vm: "pl-vm1".into() };
+        m.vm_iops.get_or_create(&vm).set(120.0);
+        m.vm_verdict
+            .get_or_create(&VerdictLabels { provider: "kvm".into(), vm: "pl-vm1".into(), state: "degraded".into() })
+            .set(1);
+        m.backing_info
+            .get_or_create(&BackingLabels {
+                provider: "kvm".into(),
+                host: "h".into(),
+                vm: "pl-vm1".into(),
+                node: "n".into(),
+                namespace: "ns".into(),
+                pod: "p".into(),
+                intent: "i".into(),
+            })
+            .set(1);
+        m.pod_storage_healthy
+            .get_or_create(&PodLabels { namespace: "ns".into(), pod: "p".into(), intent: "i".into() })
+            .set(0);
+        m.readiness_transitions
+            .get_or_create(&TransitionLabels { namespace: "ns".into(), intent: "i".into(), to: "False".into() })
+            .inc();
+        m.provider_connected.get_or_create(&ProviderLabels { provider: "kvm".into() }).set(1);
+        m.sample_duration.get_or_create(&ProviderLabels { provider: "kvm".into() }).observe(0.004);
+        m.detection_latency.observe(2.5);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for name in [
+            "plumbline_vm_storage_latency_seconds{provider=\"kvm\",vm=\"pl-vm1\",disk=\"vda\"} 0.012",
+            "plumbline_vm_storage_iops{provider=\"kvm\",vm=\"pl-vm1\"} 120.0",
+            "plumbline_vm_verdict{provider=\"kvm\",vm=\"pl-vm1\",state=\"degraded\"} 1",
+            "plumbline_backing_info{",
+            "plumbline_pod_storage_healthy{namespace=\"ns\",pod=\"p\",intent=\"i\"} 0",
+            "plumbline_readiness_transitions_total{namespace=\"ns\",intent=\"i\",to=\"False\"} 1",
+            "plumbline_provider_connected{provider=\"kvm\"} 1",
+            "plumbline_sample_duration_seconds_count{provider=\"kvm\"} 1",
+            "plumbline_detection_latency_seconds_count 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Cross-layer storage health: hypervisor storage latency fed back into pod readiness, node
+//! conditions, and noisy-neighbour throttling. The decisions are `plumbline_policies::health`;
+//! this module observes and writes.
+//!
+//! - [`caches`]: pruned pod cache, Nodes, HypervisorProviders;
+//! - [`providers`]: one sampling loop per provider (adapter, inventory, samples, status);
+//! - [`book`]: what the samplers learnt, with the hysteresis trackers;
+//! - [`graph`]: Pod → Node → VM → host/datastore, rebuilt each pass;
+//! - [`feedback`]: verdicts, guard, pod/node conditions, intent status, metrics;
+//! - [`throttle`]: noisy-neighbour I/O limits through the adapters.
+//!
+//! Everything here runs inside a leadership term (see `crate::run`).
+
+pub mod book;
+pub mod caches;
+pub mod feedback;
+pub mod graph;
+pub mod metrics;
+pub mod providers;
+pub mod throttle;
+
+pub use metrics::HealthMetrics;
+
+use plumbline_policies::health::{LatencyBudget, ThrottleLadder, UnknownReadiness};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::Notify;
+use tracing::info;
+
+use crate::{context::Context, run::TermEnd};
+
+/// The field manager of everything the health loop writes (pod and node conditions, the
+/// intent's `backing`/`guard`/`neighbourThrottles`, provider status). Separate from the
+/// controller's, so neither apply removes the other's fields.
+pub const HEALTH_FIELD_MANAGER: &str = "plumbline-health";
+
+/// How the health loop behaves; the defaults are documented in docs/health.md.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// What an unknown verdict does to the pod condition (default: fail open).
+    pub unknown: UnknownReadiness,
+    /// Budget for node conditions of nodes running no pod of a storage intent.
+    pub default_node_budget: LatencyBudget,
+    pub ladder: ThrottleLadder,
+    /// A pass runs at least this often even without news (staleness turns into unknown).
+    pub resync: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            unknown: UnknownReadiness::FailOpen,
+            default_node_budget: LatencyBudget::from_millis(100),
+            ladder: ThrottleLadder::default(),
+            resync: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs the health loop until the term ends.
+pub async fn run(ctx: Arc<Context>, settings: HealthSettings, namespace: Option<String>, end: TermEnd) {
+    let changed = Arc::new(Notify::new());
+    let (caches, drive) = caches::start(&ctx.client, namespace.as_deref(), changed.clone());
+    let watches = tokio::spawn(drive);
+    let book = Arc::new(Mutex::new(book::HealthBook::default()));
+    let mut samplers = providers::Samplers::default();
+    let mut feedback = feedback::Feedback::default();
+    info!(unknown = settings.unknown.as_str(), "storage-health loop starts");
+    let ended = end.clone().wait();
+    tokio::pin!(ended);
+    loop {
+        tokio::select! {
+            _ = &mut ended => break,
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(settings.resync) => {}
+        }
+        if end.has_ended() {
+            break;
+        }
+        samplers.sync(&ctx, &caches.providers.state(), &book, &changed);
+        feedback.pass(&ctx, &caches, &book, &settings).await;
+    }
+    samplers.stop_all();
+    watches.abort();
+    info!("storage-health loop stopped");
+}
