@@ -8,6 +8,9 @@
 //! unknown time zone, …) is checked by `plumbline-policies` and reported in status with the
 //! field path.
 
+// kube-derive repeats `type_` across printcolumn attributes, which this lint mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod conditions;
 pub mod generate;
 pub mod intent;
