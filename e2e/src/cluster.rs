@@ -53,11 +53,16 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating a test namespace {prefix}-*"))?;
-        let name = created.metadata.name.context("created namespace has no name")?;
+        let name = created
+            .metadata
+            .name
+            .context("created namespace has no name")?;
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        eventually(format!("service account default in {name}"), DEFAULT_TIMEOUT, || async {
-            Ok(accounts.get_opt("default").await?)
-        })
+        eventually(
+            format!("service account default in {name}"),
+            DEFAULT_TIMEOUT,
+            || async { Ok(accounts.get_opt("default").await?) },
+        )
         .await?;
         Ok(Self {
             name,
@@ -68,7 +73,9 @@ impl TestNamespace {
     /// Best effort: the stack's `down` discards all of etcd anyway.
     pub async fn delete(self) {
         let namespaces: Api<Namespace> = Api::all(self.client);
-        let _ = namespaces.delete(&self.name, &DeleteParams::default()).await;
+        let _ = namespaces
+            .delete(&self.name, &DeleteParams::default())
+            .await;
     }
 }
 

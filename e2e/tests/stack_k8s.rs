@@ -14,7 +14,10 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+        PostParams,
+    },
     Api, Client, ResourceExt,
 };
 use plumbline_e2e::{
@@ -68,25 +71,36 @@ async fn apiserver_serves_a_crd_with_custom_resources_and_status() -> anyhow::Re
             }],
         },
     });
-    crds.patch(crd_name, &PatchParams::apply("plumbline-e2e").force(), &Patch::Apply(crd))
-        .await
-        .context("applying the StackProbe CRD")?;
-    eventually("the StackProbe CRD to be Established", DEFAULT_TIMEOUT, || async {
-        let crd = crds.get(crd_name).await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        Ok(established.then_some(()))
-    })
+    crds.patch(
+        crd_name,
+        &PatchParams::apply("plumbline-e2e").force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .context("applying the StackProbe CRD")?;
+    eventually(
+        "the StackProbe CRD to be Established",
+        DEFAULT_TIMEOUT,
+        || async {
+            let crd = crds.get(crd_name).await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            Ok(established.then_some(()))
+        },
+    )
     .await?;
 
     let ns = TestNamespace::create(&client, "crd").await?;
     let gvk = GroupVersionKind::gvk("e2e.plumbline.dev", "v1", "StackProbe");
-    let probes: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns.name, &ApiResource::from_gvk_with_plural(&gvk, "stackprobes"));
+    let probes: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ApiResource::from_gvk_with_plural(&gvk, "stackprobes"),
+    );
     let probe = json!({
         "apiVersion": "e2e.plumbline.dev/v1", "kind": "StackProbe",
         "metadata": {"name": "probe"}, "spec": {"message": "hello"},
@@ -95,7 +109,11 @@ async fn apiserver_serves_a_crd_with_custom_resources_and_status() -> anyhow::Re
     eventually("creating a StackProbe", DEFAULT_TIMEOUT, || async {
         Ok(Some(
             probes
-                .patch("probe", &PatchParams::apply("plumbline-e2e").force(), &Patch::Apply(probe.clone()))
+                .patch(
+                    "probe",
+                    &PatchParams::apply("plumbline-e2e").force(),
+                    &Patch::Apply(probe.clone()),
+                )
                 .await?,
         ))
     })
@@ -105,10 +123,17 @@ async fn apiserver_serves_a_crd_with_custom_resources_and_status() -> anyhow::Re
         "metadata": {"name": "probe"}, "status": {"echoed": "hello"},
     });
     probes
-        .patch_status("probe", &PatchParams::apply("plumbline-e2e-status").force(), &Patch::Apply(status))
+        .patch_status(
+            "probe",
+            &PatchParams::apply("plumbline-e2e-status").force(),
+            &Patch::Apply(status),
+        )
         .await
         .context("server-side applying StackProbe status")?;
-    let got = probes.get("probe").await.context("reading the StackProbe back")?;
+    let got = probes
+        .get("probe")
+        .await
+        .context("reading the StackProbe back")?;
     assert_eq!(got.data["spec"]["message"], "hello");
     assert_eq!(got.data["status"]["echoed"], "hello");
     let managers: BTreeSet<_> = got
@@ -116,7 +141,10 @@ async fn apiserver_serves_a_crd_with_custom_resources_and_status() -> anyhow::Re
         .iter()
         .filter_map(|m| m.manager.clone())
         .collect();
-    assert!(managers.contains("plumbline-e2e") && managers.contains("plumbline-e2e-status"), "{managers:?}");
+    assert!(
+        managers.contains("plumbline-e2e") && managers.contains("plumbline-e2e-status"),
+        "{managers:?}"
+    );
     ns.delete().await;
     Ok(())
 }
@@ -126,43 +154,75 @@ async fn vm_backed_nodes_are_registered_ready_and_heartbeating() -> anyhow::Resu
     let stack = Stack::load()?;
     let client = stack.admin_client().await?;
     let listed = read_nodes_dir(&stack.nodes_dir())?;
-    ensure!(!listed.is_empty(), "no VMs listed in {}", stack.nodes_dir().display());
+    ensure!(
+        !listed.is_empty(),
+        "no VMs listed in {}",
+        stack.nodes_dir().display()
+    );
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     for vm in &listed {
-        let node = eventually(format!("node {} to be Ready and untainted", vm.name), DEFAULT_TIMEOUT, || async {
-            let Some(node) = nodes.get_opt(&vm.name).await? else { return Ok(None) };
-            let ready = node
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            let tainted = node
-                .spec
-                .as_ref()
-                .and_then(|s| s.taints.as_ref())
-                .is_some_and(|ts| ts.iter().any(|t| t.key.starts_with("node.kubernetes.io/")));
-            Ok((ready && !tainted).then_some(node))
-        })
+        let node = eventually(
+            format!("node {} to be Ready and untainted", vm.name),
+            DEFAULT_TIMEOUT,
+            || async {
+                let Some(node) = nodes.get_opt(&vm.name).await? else {
+                    return Ok(None);
+                };
+                let ready = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let tainted = node
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|ts| ts.iter().any(|t| t.key.starts_with("node.kubernetes.io/")));
+                Ok((ready && !tainted).then_some(node))
+            },
+        )
         .await?;
         let spec = node.spec.clone().unwrap_or_default();
         assert_eq!(spec.provider_id.as_deref(), Some(vm.provider_id.as_str()));
-        assert!(is_vm_backed(&node), "{} has providerID {:?}", vm.name, spec.provider_id);
+        assert!(
+            is_vm_backed(&node),
+            "{} has providerID {:?}",
+            vm.name,
+            spec.provider_id
+        );
         assert!(spec.pod_cidr.is_some(), "{} has no podCIDR", vm.name);
         let allocatable = node.status.and_then(|s| s.allocatable).unwrap_or_default();
-        assert!(allocatable.contains_key("cpu") && allocatable.contains_key("pods"), "{allocatable:?}");
+        assert!(
+            allocatable.contains_key("cpu") && allocatable.contains_key("pods"),
+            "{allocatable:?}"
+        );
         for (k, v) in &vm.labels {
-            assert_eq!(node.metadata.labels.as_ref().and_then(|l| l.get(k)), Some(v), "label {k} on {}", vm.name);
+            assert_eq!(
+                node.metadata.labels.as_ref().and_then(|l| l.get(k)),
+                Some(v),
+                "label {k} on {}",
+                vm.name
+            );
         }
     }
     // Heartbeats: one node's Lease is renewed again while we watch.
     let name = &listed[0].name;
-    let first = leases.get(name).await.context("reading the node lease")?.spec.and_then(|s| s.renew_time);
+    let first = leases
+        .get(name)
+        .await
+        .context("reading the node lease")?
+        .spec
+        .and_then(|s| s.renew_time);
     ensure!(first.is_some(), "lease of {name} has no renewTime");
-    eventually(format!("the lease of {name} to be renewed"), DEFAULT_TIMEOUT, || async {
-        let now = leases.get(name).await?.spec.and_then(|s| s.renew_time);
-        Ok((now > first).then_some(()))
-    })
+    eventually(
+        format!("the lease of {name} to be renewed"),
+        DEFAULT_TIMEOUT,
+        || async {
+            let now = leases.get(name).await?.spec.and_then(|s| s.renew_time);
+            Ok((now > first).then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }
@@ -173,7 +233,8 @@ async fn deployment_applied_with_kubectl_runs_ready_on_vm_backed_nodes() -> anyh
     let client = stack.admin_client().await?;
     vm_backed_nodes(&client).await?;
     let ns = TestNamespace::create(&client, "deploy").await?;
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/test/web-deployment.yaml");
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/test/web-deployment.yaml");
     let out = tokio::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(stack.get("KUBECONFIG")?)
@@ -182,30 +243,62 @@ async fn deployment_applied_with_kubectl_runs_ready_on_vm_backed_nodes() -> anyh
         .output()
         .await
         .context("running kubectl apply")?;
-    ensure!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    eventually("e2e-web to have 4 available replicas", DEFAULT_TIMEOUT, || async {
-        let d = deployments.get("e2e-web").await?;
-        let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
-        Ok((available == 4).then_some(()))
-    })
+    eventually(
+        "e2e-web to have 4 available replicas",
+        DEFAULT_TIMEOUT,
+        || async {
+            let d = deployments.get("e2e-web").await?;
+            let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+            Ok((available == 4).then_some(()))
+        },
+    )
     .await?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let nodes: Api<Node> = Api::all(client.clone());
-    let list = pods.list(&ListParams::default().labels("app=e2e-web")).await?;
+    let list = pods
+        .list(&ListParams::default().labels("app=e2e-web"))
+        .await?;
     assert_eq!(list.items.len(), 4);
     for pod in &list.items {
-        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).context("pod not bound")?;
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .context("pod not bound")?;
         let node = nodes.get(&node_name).await?;
-        assert!(is_vm_backed(&node), "{} runs on {node_name}, which is not VM-backed", pod.name_any());
-        assert_eq!(condition_status(pod, "Ready").as_deref(), Some("True"), "{}", pod.name_any());
-        assert_eq!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+        assert!(
+            is_vm_backed(&node),
+            "{} runs on {node_name}, which is not VM-backed",
+            pod.name_any()
+        );
+        assert_eq!(
+            condition_status(pod, "Ready").as_deref(),
+            Some("True"),
+            "{}",
+            pod.name_any()
+        );
+        assert_eq!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Running")
+        );
         let ip = pod_ip(pod).context("pod has no IP")?;
-        let cidr = node.spec.and_then(|s| s.pod_cidr).context("node has no podCIDR")?;
+        let cidr = node
+            .spec
+            .and_then(|s| s.pod_cidr)
+            .context("node has no podCIDR")?;
         let net = cidr.trim_end_matches("0/24");
-        assert!(ip.starts_with(net), "pod IP {ip} is outside {node_name}'s podCIDR {cidr}");
+        assert!(
+            ip.starts_with(net),
+            "pod IP {ip} is outside {node_name}'s podCIDR {cidr}"
+        );
     }
     ns.delete().await;
     Ok(())
@@ -227,7 +320,10 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
         "metadata": {"name": "gated"},
         "spec": {"selector": {"app": "gated"}, "ports": [{"port": 80, "targetPort": 80}]},
     }))?;
-    services.create(&PostParams::default(), &service).await.context("creating Service gated")?;
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .context("creating Service gated")?;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "gated-0", "labels": {"app": "gated"}},
@@ -236,7 +332,9 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
             "containers": [{"name": "app", "image": "nginx:1.25", "ports": [{"containerPort": 80}]}],
         },
     }))?;
-    pods.create(&PostParams::default(), &pod).await.context("creating pod gated-0")?;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .context("creating pod gated-0")?;
 
     let endpoints: Api<Endpoints> = Api::namespaced(admin.clone(), &ns.name);
     // (ready addresses, not-ready addresses) of the Service.
@@ -247,8 +345,20 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
         let mut ready = vec![];
         let mut not_ready = vec![];
         for subset in ep.subsets.unwrap_or_default() {
-            ready.extend(subset.addresses.unwrap_or_default().into_iter().map(|a| a.ip));
-            not_ready.extend(subset.not_ready_addresses.unwrap_or_default().into_iter().map(|a| a.ip));
+            ready.extend(
+                subset
+                    .addresses
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.ip),
+            );
+            not_ready.extend(
+                subset
+                    .not_ready_addresses
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.ip),
+            );
         }
         Ok((ready, not_ready))
     };
@@ -268,37 +378,65 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
         Ok(pod_ip(&pod).filter(|_| running))
     })
     .await?;
-    assert_eq!(condition_status(&pods.get("gated-0").await?, "Ready").as_deref(), Some("False"));
+    assert_eq!(
+        condition_status(&pods.get("gated-0").await?, "Ready").as_deref(),
+        Some("False")
+    );
 
     operator_pods
         .patch_status("gated-0", &gate_writer, &Patch::Apply(gate("False")))
         .await
         .context("setting the readiness gate False as the operator")?;
-    eventually("gated-0 to be listed as not ready in Endpoints", DEFAULT_TIMEOUT, || async {
-        let (ready, not_ready) = addresses().await?;
-        ensure!(!ready.contains(&ip), "pod {ip} with a False gate is a ready endpoint: {ready:?}");
-        Ok(not_ready.contains(&ip).then_some(()))
-    })
+    eventually(
+        "gated-0 to be listed as not ready in Endpoints",
+        DEFAULT_TIMEOUT,
+        || async {
+            let (ready, not_ready) = addresses().await?;
+            ensure!(
+                !ready.contains(&ip),
+                "pod {ip} with a False gate is a ready endpoint: {ready:?}"
+            );
+            Ok(not_ready.contains(&ip).then_some(()))
+        },
+    )
     .await?;
     let pod = pods.get("gated-0").await?;
     assert_eq!(condition_status(&pod, "Ready").as_deref(), Some("False"));
-    assert_eq!(condition_status(&pod, "ContainersReady").as_deref(), Some("True"));
+    assert_eq!(
+        condition_status(&pod, "ContainersReady").as_deref(),
+        Some("True")
+    );
     // kubelet-sim's status writes must leave the gate condition alone.
-    assert_eq!(condition_status(&pod, STORAGE_GATE).as_deref(), Some("False"));
+    assert_eq!(
+        condition_status(&pod, STORAGE_GATE).as_deref(),
+        Some("False")
+    );
 
     operator_pods
         .patch_status("gated-0", &gate_writer, &Patch::Apply(gate("True")))
         .await
         .context("setting the readiness gate True as the operator")?;
-    eventually("gated-0 to become Ready and a ready endpoint", DEFAULT_TIMEOUT, || async {
-        let ready_now = condition_status(&pods.get("gated-0").await?, "Ready").as_deref() == Some("True");
-        let (ready, not_ready) = addresses().await?;
-        Ok((ready_now && ready.contains(&ip) && !not_ready.contains(&ip)).then_some(()))
-    })
+    eventually(
+        "gated-0 to become Ready and a ready endpoint",
+        DEFAULT_TIMEOUT,
+        || async {
+            let ready_now =
+                condition_status(&pods.get("gated-0").await?, "Ready").as_deref() == Some("True");
+            let (ready, not_ready) = addresses().await?;
+            Ok((ready_now && ready.contains(&ip) && !not_ready.contains(&ip)).then_some(()))
+        },
+    )
     .await?;
     let pod = pods.get("gated-0").await?;
-    let managers: BTreeSet<_> = pod.managed_fields().iter().filter_map(|m| m.manager.clone()).collect();
-    assert!(managers.contains("plumbline-e2e-gate") && managers.contains("kubelet-sim"), "{managers:?}");
+    let managers: BTreeSet<_> = pod
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.contains("plumbline-e2e-gate") && managers.contains("kubelet-sim"),
+        "{managers:?}"
+    );
     ns.delete().await;
     Ok(())
 }
@@ -344,15 +482,23 @@ async fn operator_identity_is_limited_to_its_role() -> anyhow::Result<()> {
         .await
         .context("the operator identity listing nodes")?;
     // Not granted: anything outside the ClusterRole.
-    let configmaps = Api::<ConfigMap>::all(operator.clone()).list(&ListParams::default()).await;
-    let secrets = Api::<Secret>::all(operator.clone()).list(&ListParams::default()).await;
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"generateName": "denied-"}}))?;
+    let configmaps = Api::<ConfigMap>::all(operator.clone())
+        .list(&ListParams::default())
+        .await;
+    let secrets = Api::<Secret>::all(operator.clone())
+        .list(&ListParams::default())
+        .await;
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"generateName": "denied-"}}))?;
     let new_namespace = Api::<Namespace>::all(operator.clone())
         .create(&PostParams::default(), &namespace)
         .await;
     for (what, forbidden) in [
         ("listing configmaps", is_forbidden(&configmaps)),
-        ("listing secrets (only get is granted)", is_forbidden(&secrets)),
+        (
+            "listing secrets (only get is granted)",
+            is_forbidden(&secrets),
+        ),
         ("creating a namespace", is_forbidden(&new_namespace)),
     ] {
         if !forbidden {

@@ -40,7 +40,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn kube(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+    pub fn kube(
+        action: &'static str,
+        object: impl Into<String>,
+    ) -> impl FnOnce(kube::Error) -> Self {
         let object = object.into();
         move |source| Error::Kube {
             action,

@@ -110,6 +110,8 @@ mod tests {
     #[test]
     fn missing_dir_means_no_nodes() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read_nodes_dir(&dir.path().join("nodes.d")).unwrap().is_empty());
+        assert!(read_nodes_dir(&dir.path().join("nodes.d"))
+            .unwrap()
+            .is_empty());
     }
 }

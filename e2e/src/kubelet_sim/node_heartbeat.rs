@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::{
+    error::is_not_found,
     inventory::{read_nodes_dir, SimNode},
     pod_ips::PodCidr,
-    error::is_not_found,
     Error, RegisteredNodes, Result, Settings, FIELD_MANAGER,
 };
 
@@ -60,7 +60,11 @@ pub async fn run(client: Client, settings: Settings, registered: RegisteredNodes
             }
         };
         for sim in &wanted {
-            let known = registered.read().await.get(&sim.name).map(|n| &n.sim == sim);
+            let known = registered
+                .read()
+                .await
+                .get(&sim.name)
+                .map(|n| &n.sim == sim);
             if known == Some(true) {
                 continue;
             }
@@ -155,7 +159,11 @@ async fn register(nodes: &Api<Node>, sim: &SimNode) -> Result<RegisteredNode> {
         },
     });
     let node = nodes
-        .patch(&sim.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+        .patch(
+            &sim.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
         .await
         .map_err(Error::kube("registering node", &sim.name))?;
     Ok(RegisteredNode {
@@ -198,7 +206,11 @@ async fn heartbeat(nodes: &Api<Node>, leases: &Api<Lease>, node: &RegisteredNode
     let now = Time(Timestamp::now());
     let body = node_status(node, &current, &now);
     nodes
-        .patch_status(name, &PatchParams::apply(NODE_STATUS_FIELD_MANAGER).force(), &Patch::Apply(body))
+        .patch_status(
+            name,
+            &PatchParams::apply(NODE_STATUS_FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
         .await
         .map_err(Error::kube("posting status of node", name))?;
 
@@ -218,7 +230,11 @@ async fn heartbeat(nodes: &Api<Node>, leases: &Api<Lease>, node: &RegisteredNode
         },
     });
     leases
-        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(lease))
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(lease),
+        )
         .await
         .map_err(Error::kube("renewing lease of node", name))?;
     Ok(())
@@ -231,10 +247,30 @@ fn node_status(node: &RegisteredNode, current: &Node, now: &Time) -> Value {
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
     let conditions: Vec<Value> = [
-        ("Ready", "True", "KubeletReady", "kubelet-sim is posting ready status"),
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        (
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet-sim is posting ready status",
+        ),
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        (
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        (
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
     ]
     .into_iter()
     .map(|(type_, status, reason, message)| {

@@ -89,7 +89,10 @@ impl PodIpPool {
         if let Some(host) = self.by_pod.get(pod_uid) {
             return Ok(self.cidr.host(*host));
         }
-        let host = match reported.filter(|ip| self.cidr.contains(*ip)).map(|ip| ip.octets()[3]) {
+        let host = match reported
+            .filter(|ip| self.cidr.contains(*ip))
+            .map(|ip| ip.octets()[3])
+        {
             Some(host) if !self.used.contains(&host) => host,
             _ => (FIRST_POD_HOST..=LAST_POD_HOST)
                 .find(|h| !self.used.contains(h))
@@ -130,7 +133,9 @@ mod tests {
         let a = pool.ip_for("a", None).unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 244, 1, 2));
         assert_eq!(pool.ip_for("a", None).unwrap(), a);
-        let b = pool.ip_for("b", Some(Ipv4Addr::new(10, 244, 1, 9))).unwrap();
+        let b = pool
+            .ip_for("b", Some(Ipv4Addr::new(10, 244, 1, 9)))
+            .unwrap();
         assert_eq!(b, Ipv4Addr::new(10, 244, 1, 9));
         // A reported IP outside the node's range or already taken is not trusted.
         let c = pool.ip_for("c", Some(a)).unwrap();
@@ -145,6 +150,9 @@ mod tests {
         for i in 0..253 {
             pool.ip_for(&i.to_string(), None).unwrap();
         }
-        assert!(matches!(pool.ip_for("x", None), Err(Error::PodIpsExhausted { .. })));
+        assert!(matches!(
+            pool.ip_for("x", None),
+            Err(Error::PodIpsExhausted { .. })
+        ));
     }
 }

@@ -76,7 +76,8 @@ impl PodLoop {
         let Some(node) = self.nodes.read().await.get(&node_name).cloned() else {
             return Ok(());
         };
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let uid = pod.uid().unwrap_or_default();
         if pod.metadata.deletion_timestamp.is_some() {
             let params = DeleteParams {
@@ -90,7 +91,8 @@ impl PodLoop {
             match api.delete(&pod.name_any(), &params).await {
                 Ok(_) => info!(pod = %pod_key(pod), "pod terminated"),
                 // Gone already, or replaced by a new pod of the same name.
-                Err(e) if is_not_found(&e) || matches!(&e, kube::Error::Api(s) if s.code == 409) => {}
+                Err(e)
+                    if is_not_found(&e) || matches!(&e, kube::Error::Api(s) if s.code == 409) => {}
                 Err(source) => return Err(Error::kube("deleting pod", pod_key(pod))(source)),
             }
             return Ok(());

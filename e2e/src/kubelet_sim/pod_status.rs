@@ -104,7 +104,10 @@ pub fn is_current(pod: &Pod, placement: PodPlacement) -> bool {
             && reported.iter().zip(&names).all(|(s, name)| {
                 s.name == *name
                     && s.ready
-                    && s.state.as_ref().and_then(|st| st.running.as_ref()).is_some()
+                    && s.state
+                        .as_ref()
+                        .and_then(|st| st.running.as_ref())
+                        .is_some()
             })
     };
     status.phase.as_deref() == Some(RUNNING)
@@ -129,7 +132,9 @@ pub fn status_patch(pod: &Pod, placement: PodPlacement, now: &Time) -> Value {
             .and_then(|c| c.last_transition_time.clone())
             .unwrap_or_else(|| now.clone())
     };
-    let started = status.and_then(|s| s.start_time.clone()).unwrap_or_else(|| now.clone());
+    let started = status
+        .and_then(|s| s.start_time.clone())
+        .unwrap_or_else(|| now.clone());
 
     let verdict = readiness(pod);
     let mut ready = json!({
@@ -236,7 +241,13 @@ mod tests {
         assert_eq!(false_gate.why_not.unwrap().0, "ReadinessGatesNotReady");
         assert!(readiness(&pod(&[GATE], &[(GATE, "True")])).ready);
         // Every gate must be True, not just one.
-        assert!(!readiness(&pod(&[GATE, "other"], &[(GATE, "True"), ("other", "Unknown")])).ready);
+        assert!(
+            !readiness(&pod(
+                &[GATE, "other"],
+                &[(GATE, "True"), ("other", "Unknown")]
+            ))
+            .ready
+        );
     }
 
     #[test]
