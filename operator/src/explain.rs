@@ -1,2 +1,118 @@
-use crate::{cli::ExplainArgs, clock::Clock, Result};
-pub async fn explain(_client: kube::Client, _args: &ExplainArgs, _clock: &dyn Clock) -> Result<String> { Ok(String::new()) }
+//! `plumbline explain`: the plan for an intent, per layer with reasons, computed exactly as the
+//! controller computes it, against the live cluster. Reads only; changes nothing.
+
+use kube::{Api, Client, ResourceExt};
+use plumbline_crds::WorkloadIntent;
+use plumbline_policies::{self as policies, Plan};
+use std::io::Read;
+
+use crate::{
+    cli::{ExplainArgs, ExplainOutput},
+    clock::Clock,
+    controller::{list_intents, observe, plan_for},
+    discovery::ServedApis,
+    Error, Result,
+};
+
+/// What `explain` found: a plan, or why there is none.
+#[derive(Debug)]
+pub enum Explanation {
+    Plan(Plan),
+    Invalid(policies::Invalid),
+    Conflict { with: String },
+}
+
+impl Explanation {
+    pub fn render(&self, wi: &WorkloadIntent, output: ExplainOutput) -> Result<String> {
+        let header = format!(
+            "WorkloadIntent {}/{}\n",
+            wi.namespace().unwrap_or_default(),
+            wi.name_any()
+        );
+        match (self, output) {
+            (Explanation::Plan(plan), ExplainOutput::Text) => Ok(format!("{header}{}", policies::explain(plan))),
+            (Explanation::Plan(plan), ExplainOutput::Yaml) => serde_yaml::to_string(&policies::plan_to_status(plan))
+                .map_err(|source| Error::Yaml { what: "the plan".into(), source }),
+            (Explanation::Plan(plan), ExplainOutput::Json) => serde_json::to_string_pretty(&policies::plan_to_status(plan))
+                .map(|s| s + "\n")
+                .map_err(|source| Error::Json { what: "encoding the plan".into(), source }),
+            (Explanation::Invalid(invalid), _) => Ok(format!("{header}{}", policies::explain_invalid(invalid))),
+            (Explanation::Conflict { with }, _) => Ok(format!(
+                "{header}Nothing would be applied (ConflictingIntent): {:?} {} is already governed by WorkloadIntent {with}\n",
+                wi.spec.target.kind, wi.spec.target.name
+            )),
+        }
+    }
+}
+
+/// Plans `wi` against the live cluster at the clock's time.
+pub async fn explain_intent(client: &Client, wi: &WorkloadIntent, clock: &dyn Clock) -> Result<Explanation> {
+    let apis = ServedApis::discover(client).await?;
+    let namespace = wi.namespace().unwrap_or_default();
+    let mut intents = list_intents(client, &namespace).await?;
+    // A manifest not yet applied competes with what is in the cluster as if it were the newest.
+    if !intents.iter().any(|i| i.name_any() == wi.name_any()) {
+        intents.push(wi.clone());
+    }
+    let observed = observe(client, &apis, wi, &intents).await?;
+    if let Some(with) = observed.conflicting {
+        return Ok(Explanation::Conflict { with });
+    }
+    Ok(match plan_for(wi, &observed, clock.now()) {
+        Ok(plan) => Explanation::Plan(plan),
+        Err(invalid) => Explanation::Invalid(invalid),
+    })
+}
+
+/// Loads the intent named by the arguments: from a manifest (status taken from the cluster if
+/// the intent exists there, so the plan knows what was applied) or from the cluster.
+pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<WorkloadIntent> {
+    let default_ns = client.default_namespace().to_string();
+    if let Some(path) = &args.file {
+        let text = if path.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|source| Error::ReadFile { path: "stdin".into(), source })?;
+            s
+        } else {
+            std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+                path: path.display().to_string(),
+                source,
+            })?
+        };
+        let mut wi: WorkloadIntent = serde_yaml::from_str(&text).map_err(|source| Error::Yaml {
+            what: format!("{} as a WorkloadIntent", path.display()),
+            source,
+        })?;
+        let namespace = args.namespace.clone().or_else(|| wi.namespace()).unwrap_or(default_ns);
+        wi.metadata.namespace = Some(namespace.clone());
+        if let Some(live) = Api::<WorkloadIntent>::namespaced(client.clone(), &namespace)
+            .get_opt(&wi.name_any())
+            .await
+            .map_err(|source| Error::kube(format!("reading WorkloadIntent {namespace}/{}", wi.name_any()), source))?
+        {
+            wi.status = live.status;
+            wi.metadata.creation_timestamp = live.metadata.creation_timestamp;
+            wi.metadata.uid = live.metadata.uid;
+        }
+        return Ok(wi);
+    }
+    let reference = args.intent.as_deref().unwrap_or_default();
+    let name = match reference.split_once('/') {
+        Some((kind, name)) if ["wi", "workloadintent", "workloadintents", "workloadintent.plumbline.dev"].contains(&kind.to_ascii_lowercase().as_str()) => name,
+        Some((kind, _)) => return Err(Error::Usage(format!("explain takes a WorkloadIntent (wi/NAME), not {kind}"))),
+        None => reference,
+    };
+    let namespace = args.namespace.clone().unwrap_or(default_ns);
+    Api::<WorkloadIntent>::namespaced(client.clone(), &namespace)
+        .get(name)
+        .await
+        .map_err(|source| Error::kube(format!("reading WorkloadIntent {namespace}/{name}"), source))
+}
+
+/// The `explain` command: load, plan, render.
+pub async fn explain(client: Client, args: &ExplainArgs, clock: &dyn Clock) -> Result<String> {
+    let wi = load_intent(&client, args).await?;
+    explain_intent(&client, &wi, clock).await?.render(&wi, args.output)
+}

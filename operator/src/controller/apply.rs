@@ -135,13 +135,14 @@ pub async fn hand_back(ctx: &Context, target: &WorkloadRef, field: WorkloadField
 
 /// The tier's PriorityClass. Shared by every intent of the tier, so it is never deleted on
 /// revert; its `value` is immutable, so a class of the same name with another value fails here.
-pub async fn apply_priority_class(ctx: &Context, name: &str, value: i32, description: &str) -> Result<()> {
+pub async fn apply_priority_class(ctx: &Context, name: &str, value: i32, preemption: &str, description: &str) -> Result<()> {
     let body = json!({
         "apiVersion": "scheduling.k8s.io/v1",
         "kind": "PriorityClass",
         "metadata": { "name": name, "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE } },
         "value": value,
         "globalDefault": false,
+        "preemptionPolicy": preemption,
         "description": description,
     });
     Api::<PriorityClass>::all(ctx.client.clone())

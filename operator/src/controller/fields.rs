@@ -87,7 +87,7 @@ impl WorkloadField {
 }
 
 /// What a field was before Plumbline set it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Previous {
     /// The value; absent if the field was unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

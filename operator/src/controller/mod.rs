@@ -1,15 +1,16 @@
 //! The WorkloadIntent controller: watches intents and the Deployments/StatefulSets they
 //! target, and reconciles each intent into the Kubernetes half of its plan.
 
-mod apply;
+pub mod apply;
 mod conditions;
+mod execute;
 pub mod fields;
-mod observe;
+pub mod observe;
 mod reconcile;
 mod revert;
 mod status;
 
-pub use observe::{observe, Observed};
+pub use observe::{conflicting_intent, list_intents, observe, Observed, ObservedWorkload};
 pub use reconcile::{plan_for, reconcile, CONTROLLER};
 
 use futures::{stream::BoxStream, StreamExt};

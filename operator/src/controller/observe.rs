@@ -8,6 +8,13 @@ use kube::{
 use plumbline_crds::{names::INTENT_LABEL, WorkloadIntent};
 use serde_json::Value;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use plumbline_crds::names::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use plumbline_policies::{CountOrPercent, ObservedDisruptionBudget};
+use std::collections::BTreeMap;
+
+use crate::discovery::ServedApis;
+
 use super::{
     apply::WorkloadRef,
     fields::{self, Baseline, Previous, WorkloadField},
@@ -26,6 +33,8 @@ pub struct ObservedWorkload {
     pub selector: Option<Value>,
     /// The intent currently holding the workload's fields, if any.
     pub holder: Option<String>,
+    /// PodDisruptionBudgets in the namespace whose selector covers the workload's pods.
+    pub disruption_budgets: Vec<ObservedDisruptionBudget>,
 }
 
 impl ObservedWorkload {
@@ -71,16 +80,25 @@ pub struct Observed {
     pub conflicting: Option<String>,
 }
 
-/// Reads the target. `intents` is every intent the caller knows of (the controller's cache,
-/// or a fresh list for `explain`).
-pub async fn observe(client: &kube::Client, wi: &WorkloadIntent, intents: &[WorkloadIntent]) -> Result<Observed> {
+/// Reads the target and the disruption budgets covering it. `intents` is every intent the
+/// caller knows of (the controller's cache, or a fresh list for `explain`).
+pub async fn observe(client: &kube::Client, apis: &ServedApis, wi: &WorkloadIntent, intents: &[WorkloadIntent]) -> Result<Observed> {
     let target = WorkloadRef::of(wi);
     let object = target
         .api(client)
         .get_opt(&target.name)
         .await
         .map_err(|source| Error::kube(format!("reading {target}"), source))?;
+    let budgets = match &object {
+        Some(_) => list_pdbs(client, apis, &target.namespace).await?,
+        None => Vec::new(),
+    };
     let workload = object.map(|object| {
+        let pod_labels: BTreeMap<String, String> = object
+            .data
+            .pointer("/spec/template/metadata/labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
         let baseline = Baseline::from_annotation(&object);
         let without_plumbline = WorkloadField::ALL
             .into_iter()
@@ -89,6 +107,7 @@ pub async fn observe(client: &kube::Client, wi: &WorkloadIntent, intents: &[Work
         ObservedWorkload {
             selector: object.data.get("spec").and_then(|s| s.get("selector")).cloned(),
             holder: fields::holder(&object).map(str::to_string),
+            disruption_budgets: budgets.iter().filter_map(|pdb| covering_budget(pdb, &pod_labels)).collect(),
             target: target.clone(),
             without_plumbline,
             object,
@@ -135,4 +154,43 @@ pub async fn list_intents(client: &kube::Client, namespace: &str) -> Result<Vec<
 /// Label selector matching PodDisruptionBudgets made for `wi`.
 pub fn own_pdb_selector(wi: &WorkloadIntent) -> String {
     format!("{INTENT_LABEL}={}", wi.name_any())
+}
+
+async fn list_pdbs(client: &kube::Client, apis: &ServedApis, namespace: &str) -> Result<Vec<DynamicObject>> {
+    Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &apis.pdb)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|source| Error::kube(format!("listing PodDisruptionBudgets in {namespace}"), source))
+}
+
+/// The budget as the planner sees it, if its selector selects pods with `pod_labels`. Only
+/// `matchLabels` is evaluated; a budget with `matchExpressions` is counted as covering when its
+/// labels match, which errs on the side of not adding a second budget.
+fn covering_budget(pdb: &DynamicObject, pod_labels: &BTreeMap<String, String>) -> Option<ObservedDisruptionBudget> {
+    let selector = pdb.data.pointer("/spec/selector")?;
+    let match_labels: BTreeMap<String, String> = selector
+        .get("matchLabels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    let has_expressions = selector.get("matchExpressions").and_then(Value::as_array).is_some_and(|e| !e.is_empty());
+    if match_labels.is_empty() && !has_expressions {
+        return None;
+    }
+    if !match_labels.iter().all(|(k, v)| pod_labels.get(k) == Some(v)) {
+        return None;
+    }
+    let min_available = pdb
+        .data
+        .pointer("/spec/minAvailable")
+        .and_then(|v| serde_json::from_value::<IntOrString>(v.clone()).ok())
+        .and_then(|v| match v {
+            IntOrString::Int(n) => u32::try_from(n).ok().map(CountOrPercent::Count),
+            IntOrString::String(s) => s.strip_suffix('%')?.parse().ok().map(CountOrPercent::Percent),
+        });
+    Some(ObservedDisruptionBudget {
+        name: pdb.name_any(),
+        managed_by_plumbline: pdb.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE),
+        min_available,
+    })
 }

@@ -186,3 +186,81 @@ pub fn at(rfc3339: &str) -> DateTime<Utc> {
 pub fn manual_clock(rfc3339: &str) -> Arc<ManualClock> {
     Arc::new(ManualClock::new(at(rfc3339)))
 }
+
+/// The condition `type_` of the intent's status, if set.
+pub fn condition(wi: &WorkloadIntent, type_: &str) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    wi.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).cloned()
+}
+
+/// True when the condition has this status and reason.
+pub fn has_condition(wi: &WorkloadIntent, type_: &str, status: &str, reason: &str) -> bool {
+    condition(wi, type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
+impl Cluster {
+    /// Polls the intent until `check` accepts it; returns it.
+    pub async fn intent_until(&self, name: &str, what: &str, check: impl Fn(&WorkloadIntent) -> bool) -> Result<WorkloadIntent> {
+        let api = self.intents();
+        let last = std::sync::Mutex::new(None);
+        let result = eventually(what, || {
+            let api = api.clone();
+            let check = &check;
+            let last = &last;
+            async move {
+                let wi = api.get(name).await.ok()?;
+                let ok = check(&wi);
+                *last.lock().unwrap() = Some(wi.clone());
+                ok.then_some(wi)
+            }
+        })
+        .await;
+        result.map_err(|e| {
+            let status = last.lock().unwrap().as_ref().and_then(|w| w.status.clone());
+            e.context(format!("last status of {name}: {status:#?}"))
+        })
+    }
+
+    /// Polls the Deployment until `check` accepts it; returns it.
+    pub async fn deployment_until(&self, name: &str, what: &str, check: impl Fn(&Deployment) -> bool) -> Result<Deployment> {
+        let api = self.deployments();
+        eventually(what, || {
+            let api = api.clone();
+            let check = &check;
+            async move {
+                let d = api.get(name).await.ok()?;
+                check(&d).then_some(d)
+            }
+        })
+        .await
+    }
+
+    /// The PodDisruptionBudget API the server offers (policy/v1beta1 on 1.20).
+    pub async fn pdbs(&self) -> Result<Api<kube::api::DynamicObject>> {
+        let apis = plumbline_operator::discovery::ServedApis::discover(&self.admin).await?;
+        Ok(Api::namespaced_with(self.admin.clone(), &self.namespace, &apis.pdb))
+    }
+}
+
+pub fn replicas(d: &Deployment) -> Option<i32> {
+    d.spec.replicas
+}
+
+pub fn priority_class_name(d: &Deployment) -> Option<String> {
+    d.spec.template.spec.as_ref()?.priority_class_name.clone()
+}
+
+/// Field managers that own `path` (e.g. `["spec", "replicas"]`) on the object.
+pub fn owners(meta: &kube::api::ObjectMeta, path: &[&str]) -> Vec<String> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| {
+            let mut v = entry.fields_v1.as_ref().map(|f| &f.0);
+            for key in path {
+                v = v.and_then(|v| v.get(format!("f:{key}")));
+            }
+            v.is_some()
+        })
+        .filter_map(|entry| entry.manager.clone())
+        .collect()
+}

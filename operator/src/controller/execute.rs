@@ -1,0 +1,322 @@
+//! Carrying out the Kubernetes actions of a plan, in order, and recording how far each got.
+//!
+//! Actions on the workload's own fields are not applied one by one: together they form the
+//! single apply configuration Plumbline holds on the workload (see `apply`). A change whose
+//! desired value is what the field was before Plumbline is a revert: the field is handed back
+//! to its previous owner and released. Fields Plumbline does not own are never touched, even
+//! if a plan says to revert them (someone else changed them since, and their value stands).
+
+use kube::ResourceExt;
+use plumbline_crds::{names::FIELD_MANAGER, ActionState, Layer, WorkloadIntent};
+use plumbline_policies::{Change, CountOrPercent, Plan};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use super::{
+    apply,
+    fields::{self, Baseline, WorkloadField},
+    observe::ObservedWorkload,
+};
+use crate::{
+    context::Context,
+    metrics::{ActionResult, Layer as MetricLayer},
+    Error, Result,
+};
+
+/// How far one action of the plan got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: ActionState,
+    pub message: Option<String>,
+}
+
+impl Outcome {
+    fn pending(message: impl Into<String>) -> Self {
+        Self {
+            state: ActionState::Pending,
+            message: Some(message.into()),
+        }
+    }
+    fn applied() -> Self {
+        Self {
+            state: ActionState::Applied,
+            message: None,
+        }
+    }
+    fn failed(error: &Error) -> Self {
+        Self {
+            state: ActionState::Failed,
+            message: Some(error.to_string()),
+        }
+    }
+}
+
+/// The outcome of every revert and every action (same order as `plan.reverts` and
+/// `plan.actions`) and the first error, if any.
+#[derive(Debug)]
+pub struct Execution {
+    pub reverts: Vec<Outcome>,
+    pub actions: Vec<Outcome>,
+    pub error: Option<Error>,
+    /// Whether anything on the cluster changed: something applied, handed back or deleted.
+    pub changed: bool,
+}
+
+impl Execution {
+    pub fn all_applied(&self) -> bool {
+        self.reverts.iter().chain(&self.actions).all(|o| o.state == ActionState::Applied)
+    }
+}
+
+fn metric_action(change: &Change) -> &'static str {
+    match change {
+        Change::PriorityClass { .. } => "priority_class",
+        Change::PriorityClassName { .. } => "priority_class_name",
+        Change::Replicas { .. } => "replica_floor",
+        Change::PodDisruptionBudget { .. } => "pod_disruption_budget",
+        Change::ReadinessGate { .. } => "readiness_gate",
+        Change::CpuShares { .. } => "cpu_shares",
+        Change::DiskIopsLimit { .. } => "disk_iops_limit",
+    }
+}
+
+fn min_available_json(v: CountOrPercent) -> Value {
+    match v {
+        CountOrPercent::Count(n) => json!(n),
+        CountOrPercent::Percent(p) => json!(format!("{p}%")),
+    }
+}
+
+/// The workload field a change holds, with the value Plumbline applies for it.
+fn held_field(change: &Change, workload: &ObservedWorkload) -> Option<(WorkloadField, Value)> {
+    match change {
+        Change::Replicas { value, .. } => Some((WorkloadField::Replicas, json!(value.desired?))),
+        Change::PriorityClassName { value, .. } => Some((WorkloadField::PriorityClassName, json!(value.desired.clone()?))),
+        Change::ReadinessGate { value, .. } => {
+            let gate = value.desired.clone()?;
+            // The list is atomic: keep the gates other owners set and add ours.
+            let mut gates = workload.readiness_gates();
+            if !gates.contains(&gate) {
+                gates.push(gate);
+            }
+            Some((
+                WorkloadField::ReadinessGates,
+                Value::Array(gates.into_iter().map(|g| json!({"conditionType": g})).collect()),
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn is_workload_field(change: &Change) -> bool {
+    matches!(change, Change::Replicas { .. } | Change::PriorityClassName { .. } | Change::ReadinessGate { .. })
+}
+
+/// Where a step of the plan is: `plan.reverts[i]` or `plan.actions[i]`.
+#[derive(Clone, Copy)]
+enum Step {
+    Revert(usize),
+    Action(usize),
+}
+
+struct Book<'a> {
+    ctx: &'a Context,
+    plan: &'a Plan,
+    reverts: Vec<Option<Outcome>>,
+    actions: Vec<Option<Outcome>>,
+    error: Option<Error>,
+    changed: bool,
+}
+
+impl Book<'_> {
+    fn change(&self, step: Step) -> &Change {
+        match step {
+            Step::Revert(i) => &self.plan.reverts[i].change,
+            Step::Action(i) => &self.plan.actions[i].change,
+        }
+    }
+
+    fn set(&mut self, step: Step, outcome: Outcome) {
+        match step {
+            Step::Revert(i) => self.reverts[i] = Some(outcome),
+            Step::Action(i) => self.actions[i] = Some(outcome),
+        }
+    }
+
+    /// Records the result of `steps` (one API call); false if it failed.
+    fn record(&mut self, steps: &[Step], result: Result<bool>) -> bool {
+        for &step in steps {
+            let change = self.change(step).clone();
+            let layer = match change.layer() {
+                Layer::Kubernetes => MetricLayer::kubernetes,
+                Layer::Hypervisor => MetricLayer::hypervisor,
+            };
+            let kind = match (&result, step) {
+                (Err(_), _) => ActionResult::failed,
+                (Ok(_), Step::Revert(_)) => ActionResult::reverted,
+                (Ok(_), Step::Action(_)) => ActionResult::applied,
+            };
+            self.ctx.metrics.action(layer, metric_action(&change), kind);
+        }
+        match result {
+            Ok(did) => {
+                self.changed |= did;
+                for &step in steps {
+                    self.set(step, Outcome::applied());
+                }
+                true
+            }
+            Err(e) => {
+                for &step in steps {
+                    self.set(step, Outcome::failed(&e));
+                }
+                self.error = Some(e);
+                false
+            }
+        }
+    }
+}
+
+/// Executes the Kubernetes layer of `plan` for `wi`: budget deletions, the shared
+/// PriorityClass, the workload's fields (reverts and holds in one apply), then the budget.
+/// Stops at the first failure; later steps stay Pending, so nothing depends on a step that did
+/// not happen. Hypervisor steps are left Pending for the storage-health loop.
+pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: Option<&ObservedWorkload>) -> Execution {
+    let mut book = Book {
+        ctx,
+        plan,
+        reverts: vec![None; plan.reverts.len()],
+        actions: vec![None; plan.actions.len()],
+        error: None,
+        changed: false,
+    };
+    let me = wi.name_any();
+    let steps: Vec<Step> = (0..plan.reverts.len())
+        .map(Step::Revert)
+        .chain((0..plan.actions.len()).map(Step::Action))
+        .collect();
+
+    'run: {
+        // 1. Budgets to delete or restore.
+        for &step in &steps {
+            let Step::Revert(_) = step else { continue };
+            if let Change::PodDisruptionBudget { name, value, .. } = book.change(step).clone() {
+                let result = pdb(ctx, wi, &name, value.desired, workload).await;
+                if !book.record(&[step], result) {
+                    break 'run;
+                }
+            }
+        }
+        // 2. Shared PriorityClasses, before any workload refers to them.
+        for &step in &steps {
+            if let Change::PriorityClass { name, class } = book.change(step).clone() {
+                let result = apply::apply_priority_class(ctx, &name, class.value, class.preemption.as_str(), &class.description)
+                    .await
+                    .map(|()| false);
+                if !book.record(&[step], result) {
+                    break 'run;
+                }
+            }
+        }
+        // 3. The workload's fields, as one apply configuration.
+        let field_steps: Vec<Step> = steps.iter().copied().filter(|s| is_workload_field(book.change(*s))).collect();
+        if let Some(workload) = workload {
+            let hold: BTreeMap<WorkloadField, Value> = steps
+                .iter()
+                .filter(|s| matches!(s, Step::Action(_)))
+                .filter_map(|s| held_field(book.change(*s), workload))
+                .collect();
+            let live = &workload.object;
+            let held_by_me = fields::holder(live) == Some(me.as_str()) && fields::has_plumbline_fields(live);
+            let result = if !hold.is_empty() || held_by_me {
+                sync_workload(ctx, workload, &hold, held_by_me, &me).await
+            } else {
+                Ok(false)
+            };
+            if !book.record(&field_steps, result) {
+                break 'run;
+            }
+        } else {
+            // The workload is gone, and its fields with it.
+            book.record(&field_steps, Ok(false));
+        }
+        // 4. The budget to hold.
+        for &step in &steps {
+            let Step::Action(_) = step else { continue };
+            if let Change::PodDisruptionBudget { name, value, selector, .. } = book.change(step).clone() {
+                let result = match value.desired {
+                    Some(min) => apply::apply_pdb(ctx, wi, &name, &json!({ "matchLabels": selector }), &min_available_json(min))
+                        .await
+                        .map(|()| value.desired != value.previous),
+                    None => pdb(ctx, wi, &name, None, workload).await,
+                };
+                if !book.record(&[step], result) {
+                    break 'run;
+                }
+            }
+        }
+    }
+
+    let finish = |outcomes: Vec<Option<Outcome>>, actions: &[plumbline_policies::Action]| -> Vec<Outcome> {
+        actions
+            .iter()
+            .zip(outcomes)
+            .map(|(action, outcome)| {
+                outcome.unwrap_or_else(|| match action.layer() {
+                    Layer::Kubernetes => Outcome::pending("not applied: an earlier step failed"),
+                    Layer::Hypervisor => Outcome::pending("hypervisor actions are carried out by the storage-health loop"),
+                })
+            })
+            .collect()
+    };
+    Execution {
+        reverts: finish(book.reverts, &plan.reverts),
+        actions: finish(book.actions, &plan.actions),
+        error: book.error,
+        changed: book.changed,
+    }
+}
+
+/// Deletes the intent's budget (`desired: None`) or sets its minAvailable back.
+async fn pdb(ctx: &Context, wi: &WorkloadIntent, name: &str, desired: Option<CountOrPercent>, workload: Option<&ObservedWorkload>) -> Result<bool> {
+    match (desired, workload.and_then(|w| w.selector.clone())) {
+        (Some(min), Some(selector)) => apply::apply_pdb(ctx, wi, name, &selector, &min_available_json(min)).await.map(|()| true),
+        _ => apply::delete_pdb(ctx, wi, name).await,
+    }
+}
+
+/// Makes Plumbline hold exactly `hold` on the workload: fields it owns but should no longer
+/// hold are handed back to their previous owners first, then one apply sets the rest (or,
+/// with nothing to hold, releases everything). Returns whether anything changed hands.
+async fn sync_workload(
+    ctx: &Context,
+    workload: &ObservedWorkload,
+    hold: &BTreeMap<WorkloadField, Value>,
+    held_by_me: bool,
+    me: &str,
+) -> Result<bool> {
+    let live = &workload.object;
+    let mut changed = false;
+    if held_by_me {
+        let recorded = Baseline::from_annotation(live);
+        for (field, previous) in &recorded.0 {
+            if hold.contains_key(field) || !fields::owned_by(live, *field, FIELD_MANAGER) {
+                continue;
+            }
+            if let (Some(value), Some(manager)) = (&previous.value, &previous.manager) {
+                apply::hand_back(ctx, &workload.target, *field, value.clone(), manager).await?;
+            }
+            changed = true;
+        }
+    }
+    let baseline = Baseline(
+        hold.keys()
+            .map(|f| (*f, workload.without_plumbline.get(f).cloned().unwrap_or_default()))
+            .collect(),
+    );
+    let already = hold.iter().all(|(f, v)| f.get(live) == Some(v) && fields::owned_by(live, *f, FIELD_MANAGER));
+    changed |= !already;
+    let holder = (!hold.is_empty()).then_some(me);
+    apply::apply_workload(ctx, &workload.target, hold, &baseline, holder).await?;
+    Ok(changed)
+}
