@@ -87,15 +87,14 @@ type inventoryVM struct {
 }
 
 // perfManager replaces the simulator's canned virtual-disk latency with the table's values.
+// It embeds the simulator's object by value: the simulator finds an object's mo type by
+// walking first fields (FindByUuid, PropertyCollector), which a pointer would break.
 type perfManager struct {
-	*simulator.PerformanceManager
+	simulator.PerformanceManager
 	latency  *latencyTable
 	readKey  int32
 	writeKey int32
 }
-
-// Get lets the PropertyCollector see the wrapped managed object (perfCounter etc.).
-func (p *perfManager) Get() mo.Reference { return p.PerformanceManager }
 
 func (p *perfManager) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) soap.HasFault {
 	res := p.PerformanceManager.QueryPerf(ctx, req)
@@ -356,7 +355,7 @@ func main() {
 	si := simulator.Map.Get(vim25.ServiceInstance).(*simulator.ServiceInstance)
 	pm := simulator.Map.Get(*si.Content.PerfManager).(*simulator.PerformanceManager)
 	simulator.Map.Put(&perfManager{
-		PerformanceManager: pm,
+		PerformanceManager: *pm,
 		latency:            latency,
 		readKey:            counterKey(pm, "virtualDisk", "totalReadLatency"),
 		writeKey:           counterKey(pm, "virtualDisk", "totalWriteLatency"),
