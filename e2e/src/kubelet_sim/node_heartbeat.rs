@@ -14,7 +14,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
     Api, Client,
 };
 use serde_json::{json, Value};
@@ -132,6 +132,27 @@ async fn register(nodes: &Api<Node>, sim: &SimNode) -> Result<RegisteredNode> {
         .get_opt(&sim.name)
         .await
         .map_err(Error::kube("reading node", &sim.name))?;
+    let existing = match existing {
+        Some(node) if provider_id_of(&node).is_some_and(|id| id != sim.provider_id) => {
+            // spec.providerID is immutable: a VM recreated under the same name (new UUID)
+            // needs a new Node, as a cloud node controller would replace it.
+            info!(node = %sim.name, provider_id = %sim.provider_id, "VM changed; replacing its node");
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: node.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match nodes.delete(&sim.name, &params).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => return Err(Error::kube("replacing node", &sim.name)(source)),
+            }
+            None
+        }
+        other => other,
+    };
     let pod_cidr = match existing.and_then(|n| n.spec?.pod_cidr) {
         Some(cidr) => PodCidr::parse(&sim.name, &cidr)?,
         None => free_pod_cidr(nodes).await?,
@@ -171,6 +192,10 @@ async fn register(nodes: &Api<Node>, sim: &SimNode) -> Result<RegisteredNode> {
         uid: node.metadata.uid.unwrap_or_default(),
         pod_cidr,
     })
+}
+
+fn provider_id_of(node: &Node) -> Option<&str> {
+    node.spec.as_ref()?.provider_id.as_deref()
 }
 
 async fn free_pod_cidr(nodes: &Api<Node>) -> Result<PodCidr> {
