@@ -6,6 +6,8 @@ NODES_DIR=$STATE_DIR/nodes.d
 NODES_SIM_BIN=$STATE_DIR/bin/kubelet-sim
 
 nodes_install() {
+    # `up` on a running stack stays a no-op: no rebuild under a running kubelet-sim.
+    is_running kubelet-sim && return 0
     command -v cargo >/dev/null || { [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"; }
     command -v cargo >/dev/null || die "nodes: cargo is needed to build kubelet-sim (install rustup)"
     log "building kubelet-sim"
