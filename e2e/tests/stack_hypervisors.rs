@@ -349,15 +349,25 @@ async fn serial_vsphere_simulator_reports_injected_disk_latency_through_query_pe
 
     let mut vim = Vim::new(&stack);
     vim.login(&stack).await;
-    // Find the VM the way an adapter does: by the BIOS uuid in the Node's providerID.
-    let found = vim
-        .ok(&format!(
-            r#"<FindByUuid xmlns="urn:vim25"><_this type="SearchIndex">SearchIndex</_this><uuid>{uuid}</uuid><vmSearch>true</vmSearch></FindByUuid>"#
-        ))
-        .await;
-    let vm = element(&found, "returnval")
-        .unwrap_or_else(|| panic!("no VM with uuid {uuid}: {found}"))
-        .to_string();
+    // Find VMs the way an adapter does: by the BIOS uuid in the Node's providerID.
+    let mut morefs = Vec::new();
+    for node in nodes {
+        let uuid = node["providerID"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("vsphere://")
+            .unwrap();
+        let found = vim
+            .ok(&format!(
+                r#"<FindByUuid xmlns="urn:vim25"><_this type="SearchIndex">SearchIndex</_this><uuid>{uuid}</uuid><vmSearch>true</vmSearch></FindByUuid>"#
+            ))
+            .await;
+        let moref = element(&found, "returnval")
+            .unwrap_or_else(|| panic!("no VM with uuid {uuid} (node {}): {found}", node["name"]))
+            .to_string();
+        morefs.push(moref);
+    }
+    let vm = morefs[0].clone();
     let read = disk_counter(&mut vim, "totalReadLatency").await;
     let write = disk_counter(&mut vim, "totalWriteLatency").await;
 
