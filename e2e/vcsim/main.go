@@ -13,7 +13,7 @@
 //	DELETE /latency?vm=<name|dns-name|uuid>   back to the baseline
 //	POST   /sessions/terminate           ends every SOAP session (clients must re-login)
 //
-// QueryPerf only returns samples when the query sets maxSample (the simulator's rule).
+// QueryPerf: an unset maxSample returns up to 180 samples (the simulator alone returns none).
 package main
 
 import (
@@ -97,6 +97,13 @@ type perfManager struct {
 }
 
 func (p *perfManager) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) soap.HasFault {
+	// vCenter treats an unset maxSample as "no limit"; the simulator as zero samples.
+	// Cap at the 180 samples (one hour of 20 s samples) vCenter keeps in real time.
+	for i := range req.QuerySpec {
+		if req.QuerySpec[i].MaxSample <= 0 {
+			req.QuerySpec[i].MaxSample = 180
+		}
+	}
 	res := p.PerformanceManager.QueryPerf(ctx, req)
 	body, ok := res.(*methods.QueryPerfBody)
 	if !ok || body.Res == nil {

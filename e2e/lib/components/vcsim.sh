@@ -73,9 +73,11 @@ vcsim_up() {
     env_set VCSIM_CONTROL_URL "http://$VCSIM_CONTROL_ADDR"
 }
 
+# Keeps the CA and password, so restarting just this component does not invalidate what
+# clients already read from the env file; a full `down` removes the whole state dir.
 vcsim_down() {
     stop_pid vcsim
-    rm -rf "$VCSIM_STATE" "$STATE_DIR/nodes.d/vsphere.json"
+    rm -f "$STATE_DIR/nodes.d/vsphere.json"
 }
 
 vcsim_status() { status_line vcsim; }
