@@ -9,7 +9,8 @@ use super::{
 use crate::xml::{Element, MoRef};
 use crate::{BackingVm, Error, Result, VmDisk, VmId};
 
-const VM_PATHS: [&str; 9] = [
+/// Everything inventory, tunables and reconfiguration need.
+pub const VM_PATHS: &[&str] = &[
     "name",
     "config.uuid",
     "config.hardware.device",
@@ -20,6 +21,9 @@ const VM_PATHS: [&str; 9] = [
     "runtime.powerState",
     "datastore",
 ];
+
+/// What a sampling cycle needs: identity, power state and the disks' instance names.
+pub const SAMPLING_PATHS: &[&str] = &["config.uuid", "config.hardware.device", "runtime.powerState"];
 
 /// What the adapter knows about one VM, straight from the server.
 #[derive(Debug, Clone)]
@@ -125,10 +129,8 @@ pub async fn retrieve(session: &Session, action: &str, spec_set: Element) -> Res
         .child(Element::new("options"));
     let mut body = session.invoke(action, request).await?;
     let mut contents = Vec::new();
-    loop {
-        let Some(returnval) = body.first("returnval") else {
-            break; // nothing matched
-        };
+    // No returnval means nothing matched.
+    while let Some(returnval) = body.first("returnval") {
         object_contents(returnval, &mut contents);
         let Some(token) = returnval.path_text(&["token"]).map(str::to_string) else {
             break;
@@ -170,8 +172,9 @@ fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Option<VmRecord>
     })
 }
 
-/// Every VM, with host and datastore names resolved, in one retrieval.
-pub async fn all_vms(session: &Session) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
+/// Every VM (with the properties in `paths`) and the names of hosts and datastores, in one
+/// retrieval.
+pub async fn all_vms(session: &Session, paths: &[&str]) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
     let s = &session.services;
     let view = session
         .invoke(
@@ -194,7 +197,7 @@ pub async fn all_vms(session: &Session) -> Result<(Vec<VmRecord>, HashMap<MoRef,
             message: "no view in CreateContainerView response".into(),
         })?;
     let spec = Element::new("specSet")
-        .child(prop_set("VirtualMachine", &VM_PATHS))
+        .child(prop_set("VirtualMachine", paths))
         .child(prop_set("HostSystem", &["name"]))
         .child(prop_set("Datastore", &["name"]))
         .child(
@@ -235,7 +238,7 @@ pub async fn all_vms(session: &Session) -> Result<(Vec<VmRecord>, HashMap<MoRef,
 /// One VM's current properties, read fresh (for read-back after a change).
 pub async fn one_vm(session: &Session, vm: &MoRef) -> Result<Option<VmRecord>> {
     let spec = Element::new("specSet")
-        .child(prop_set("VirtualMachine", &VM_PATHS))
+        .child(prop_set("VirtualMachine", VM_PATHS))
         .child(Element::new("objectSet").child(Element::moref("obj", vm)));
     let contents = retrieve(session, "reading a VM's configuration", spec).await?;
     Ok(contents

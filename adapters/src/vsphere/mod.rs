@@ -92,8 +92,8 @@ impl VSphereHypervisor {
         self.inner.max_query_metrics
     }
 
-    async fn all_vms(&self) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
-        let (vms, names) = inventory::all_vms(&self.inner.session).await?;
+    async fn all_vms(&self, paths: &[&str]) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
+        let (vms, names) = inventory::all_vms(&self.inner.session, paths).await?;
         let mut morefs = self.inner.morefs.lock().expect("moref cache lock");
         morefs.clear();
         morefs.extend(vms.iter().map(|v| (v.id.clone(), v.moref.clone())));
@@ -110,7 +110,7 @@ impl VSphereHypervisor {
                 }
             }
         }
-        let (vms, _) = self.all_vms().await?;
+        let (vms, _) = self.all_vms(inventory::VM_PATHS).await?;
         vms.into_iter().find(|r| &r.id == vm).ok_or_else(|| Error::VmNotFound {
             vm: vm.clone(),
             endpoint: self.inner.endpoint.url.clone(),
@@ -180,13 +180,13 @@ impl Hypervisor for VSphereHypervisor {
 
     #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
     async fn inventory(&self) -> Result<Vec<BackingVm>> {
-        let (vms, names) = self.all_vms().await?;
+        let (vms, names) = self.all_vms(inventory::VM_PATHS).await?;
         Ok(vms.iter().map(|v| inventory::backing_vm(v, &names)).collect())
     }
 
     #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
     async fn sample_storage(&self) -> Result<StorageSamples> {
-        let (vms, _) = self.all_vms().await?;
+        let (vms, _) = self.all_vms(inventory::SAMPLING_PATHS).await?;
         let refs: Vec<&VmRecord> = vms.iter().collect();
         let by_moref: HashMap<MoRef, &VmRecord> = vms.iter().map(|v| (v.moref.clone(), v)).collect();
         let mut samples = StorageSamples {
