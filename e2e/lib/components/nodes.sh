@@ -5,14 +5,32 @@
 NODES_DIR=$STATE_DIR/nodes.d
 NODES_SIM_BIN=$STATE_DIR/bin/kubelet-sim
 
+# The binary is cached by a hash of its sources, so a warm `up` never waits for cargo
+# (whose target dir and lock are shared with every other build on the machine).
+nodes_sim_cached() {
+    local hash
+    hash=$(cd "$REPO_DIR" &&
+        find e2e/src/kubelet_sim e2e/src/bin/kubelet-sim.rs e2e/src/lib.rs e2e/Cargo.toml -type f | sort |
+        xargs sha256sum | sha256sum | cut -c1-12)
+    echo "$PLUMBLINE_CACHE_DIR/kubelet-sim-$hash/kubelet-sim"
+}
+
 nodes_install() {
     # `up` on a running stack stays a no-op: no rebuild under a running kubelet-sim.
     is_running kubelet-sim && return 0
+    local cached
+    cached=$(nodes_sim_cached)
+    [ -x "$cached" ] && return 0
     command -v cargo >/dev/null || { [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"; }
     command -v cargo >/dev/null || die "nodes: cargo is needed to build kubelet-sim (install rustup)"
     log "building kubelet-sim"
     (cd "$REPO_DIR" && cargo build -p plumbline-e2e --bin kubelet-sim) >>"$LOG_DIR/kubelet-sim-build.log" 2>&1 ||
         die "nodes: building kubelet-sim failed; see $LOG_DIR/kubelet-sim-build.log"
+    # Only the newest build is kept.
+    rm -rf "$PLUMBLINE_CACHE_DIR"/kubelet-sim-*
+    mkdir -p "$(dirname "$cached")"
+    strip -o "$cached.tmp" "${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/kubelet-sim"
+    mv "$cached.tmp" "$cached"
 }
 
 # A Ready node without the not-ready taint is one the scheduler will use.
@@ -27,8 +45,10 @@ nodes_up() {
     k8s_apiserver_ready || die "nodes: the apiserver is not up; start it with 'e2e/stack up k8s'"
     mkdir -p "$NODES_DIR" "$(dirname "$NODES_SIM_BIN")"
     if ! is_running kubelet-sim; then
-        # A private copy, so a rebuild in the shared target dir does not swap it underneath.
-        cp "${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/kubelet-sim" "$NODES_SIM_BIN"
+        local cached
+        cached=$(nodes_sim_cached)
+        [ -x "$cached" ] || die "nodes: kubelet-sim is not built; run 'e2e/stack install nodes'"
+        cp "$cached" "$NODES_SIM_BIN"
     fi
     start_bg kubelet-sim "$NODES_SIM_BIN" --kubeconfig "$K8S_DIR/kubelet-sim.kubeconfig" --nodes-dir "$NODES_DIR"
     local names node
