@@ -46,6 +46,9 @@ pub struct Feedback {
     intent_status: HashMap<(String, String), (Value, Instant)>,
     series: Series,
     pub throttles: Throttles,
+    /// Scoped to a namespace: only nodes running pods of its intents get a condition, so
+    /// operators scoped to different namespaces (tests, tenants) never fight over a node.
+    scoped: bool,
 }
 
 /// Label sets written last pass, so series of pods and VMs that went away are removed.
@@ -101,6 +104,13 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Feedback {
+    pub fn new(scoped: bool) -> Self {
+        Self {
+            scoped,
+            ..Self::default()
+        }
+    }
+
     /// Computes and writes everything for one pass.
     pub async fn pass(&mut self, ctx: &Arc<Context>, caches: &Caches, book: &Arc<Mutex<HealthBook>>, settings: &HealthSettings) {
         let now = SystemTime::now();
@@ -145,7 +155,11 @@ impl Feedback {
             }
 
             // Node conditions.
+            let nodes_with_pods: HashSet<&str> = views.iter().flat_map(|v| v.pods.iter()).filter_map(|p| p.node.as_deref()).collect();
             for node in caches.nodes.state() {
+                if self.scoped && !nodes_with_pods.contains(node.name_any().as_str()) {
+                    continue;
+                }
                 let Some(vm) = graph::vm_for_node(&b, &node) else { continue };
                 let budget = *strictest.get(&vm.id).unwrap_or(&settings.default_node_budget);
                 let verdict = b.verdict(&vm.id, budget, now);

@@ -66,7 +66,7 @@ pub async fn run(ctx: Arc<Context>, settings: HealthSettings, namespace: Option<
     let watches = tokio::spawn(drive);
     let book = Arc::new(Mutex::new(book::HealthBook::default()));
     let mut samplers = providers::Samplers::default();
-    let mut feedback = feedback::Feedback::default();
+    let mut feedback = feedback::Feedback::new(namespace.is_some());
     info!(unknown = settings.unknown.as_str(), "storage-health loop starts");
     let ended = end.clone().wait();
     tokio::pin!(ended);

@@ -1,0 +1,202 @@
+//! Helpers shared by the storage-health tests: providers, pinned workloads, conditions, and
+//! the guests' I/O limits as virsh reports them.
+
+#![allow(dead_code)]
+
+use anyhow::{bail, Context as _, Result};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    Api, Client, ResourceExt,
+};
+use plumbline_crds::{HypervisorProvider, WorkloadIntent};
+use serde_json::json;
+use std::time::Duration;
+use tokio::process::Command;
+
+pub const GATE: &str = "plumbline.dev/storage-healthy";
+pub const NODE_CONDITION: &str = "StorageLatencyHigh";
+
+/// Creates (or replaces) a cluster-scoped HypervisorProvider.
+pub async fn apply_provider(admin: &Client, name: &str, spec: serde_json::Value) -> Result<HypervisorProvider> {
+    let body = json!({
+        "apiVersion": "plumbline.dev/v1alpha1",
+        "kind": "HypervisorProvider",
+        "metadata": {"name": name},
+        "spec": spec,
+    });
+    Api::<HypervisorProvider>::all(admin.clone())
+        .patch(name, &PatchParams::apply("e2e-user").force(), &Patch::Apply(&body))
+        .await
+        .with_context(|| format!("applying HypervisorProvider {name}"))
+}
+
+pub async fn delete_provider(admin: &Client, name: &str) {
+    let _ = Api::<HypervisorProvider>::all(admin.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+/// A Deployment whose pods are all bound to `node` (no scheduler involved), so the test
+/// knows which VM backs them.
+pub async fn deploy_pinned(admin: &Client, namespace: &str, name: &str, replicas: i32, node: &str) -> Result<()> {
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeName": node,
+                    "automountServiceAccountToken": false,
+                    "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
+                }
+            }
+        }
+    });
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), namespace)
+        .patch(name, &PatchParams::apply("e2e-owner"), &Patch::Apply(&body))
+        .await
+        .with_context(|| format!("creating Deployment {name}"))?;
+    Ok(())
+}
+
+/// The workload's live pods (not being deleted).
+pub async fn pods(admin: &Client, namespace: &str, app: &str) -> Result<Vec<Pod>> {
+    let list = Api::<Pod>::namespaced(admin.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .with_context(|| format!("listing pods of {app}"))?;
+    Ok(list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect())
+}
+
+/// (status, reason, message) of the pod's storage condition.
+pub fn storage_condition(pod: &Pod) -> Option<(String, String, String)> {
+    let c = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == GATE)?;
+    Some((c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
+}
+
+pub fn has_gate(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| g.iter().any(|g| g.condition_type == GATE))
+}
+
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// (status, reason, message) of the node's StorageLatencyHigh condition.
+pub async fn node_condition(admin: &Client, node: &str) -> Result<Option<(String, String, String)>> {
+    let n = Api::<Node>::all(admin.clone()).get(node).await.with_context(|| format!("reading Node {node}"))?;
+    Ok(n.status
+        .and_then(|s| s.conditions)
+        .and_then(|c| c.into_iter().find(|c| c.type_ == NODE_CONDITION))
+        .map(|c| (c.status, c.reason.unwrap_or_default(), c.message.unwrap_or_default())))
+}
+
+pub async fn intent_status(admin: &Client, namespace: &str, name: &str) -> Result<serde_json::Value> {
+    let wi = Api::<WorkloadIntent>::namespaced(admin.clone(), namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("reading WorkloadIntent {namespace}/{name}"))?;
+    Ok(serde_json::to_value(wi.status)?)
+}
+
+/// Event reasons recorded on the intent.
+pub async fn intent_event_reasons(admin: &Client, namespace: &str, name: &str) -> Result<Vec<(String, String)>> {
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .context("listing Events")?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect())
+}
+
+/// The disk's `total_iops_sec` as virsh reports it (0 = unlimited).
+pub async fn total_iops_limit(uri: &str, domain: &str) -> Result<u64> {
+    let out = Command::new("virsh")
+        .args(["-q", "-c", uri, "blkdeviotune", domain, "vda"])
+        .output()
+        .await
+        .context("running virsh blkdeviotune")?;
+    if !out.status.success() {
+        bail!("virsh blkdeviotune {domain} vda: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "total_iops_sec")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .with_context(|| format!("no total_iops_sec in:\n{text}"))
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, failing after `timeout` with `what` and
+/// the last observation.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, String>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match check().await? {
+            Ok(v) => return Ok(v),
+            Err(seen) => last = seen,
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Stops the stack's libvirtd by its recorded pid and waits until it has exited.
+pub async fn stop_libvirtd(stack: &plumbline_e2e::Stack) -> Result<()> {
+    let pid_file = std::path::Path::new(stack.get("PLUMBLINE_STACK_DIR")?).join("pids/libvirtd.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("the stack records libvirtd's pid in {}", pid_file.display()))?
+        .trim()
+        .to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().await?;
+    if !status.success() {
+        bail!("kill -TERM {pid} failed");
+    }
+    eventually("libvirtd to exit", Duration::from_secs(30), || {
+        let pid = pid.clone();
+        async move {
+            let alive = Command::new("kill").args(["-0", &pid]).status().await?.success();
+            Ok(if alive { Err("still running".to_string()) } else { Ok(()) })
+        }
+    })
+    .await
+}
+
+/// Starts libvirtd again the way the stack does (idempotent).
+pub async fn start_libvirtd() -> Result<()> {
+    let out = Command::new(plumbline_e2e::Stack::script()).args(["up", "libvirt"]).output().await?;
+    if !out.status.success() {
+        bail!("e2e/stack up libvirt: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A short summary of the workload's storage conditions, for failure messages.
+pub fn summary(pods: &[Pod]) -> String {
+    pods.iter()
+        .map(|p| format!("{}: {:?} gate={}", p.name_any(), storage_condition(p), has_gate(p)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
