@@ -13,7 +13,9 @@ trap 'rm -rf "$work"' EXIT
 # The meta-package names the current cloud kernel; download it without installing it.
 kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
 [ -n "$kpkg" ] || { echo "build-image: no linux-image-cloud-amd64 dependency found" >&2; exit 1; }
-(cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$kpkg" >/dev/null)
+download() { (cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$kpkg" >/dev/null); }
+# Package lists older than the archive name a kernel that is gone: refresh once and retry.
+download || { apt-get update -qq && download; }
 dpkg-deb -x "$work"/"$kpkg"_*.deb "$work/kernel"
 
 root=$work/initramfs

@@ -33,7 +33,8 @@ prometheus_up() {
 
     start_bg libvirt-exporter /usr/bin/prometheus-libvirt-exporter \
         --web.listen-address="$LIBVIRT_EXPORTER_LISTEN" --libvirt.uri=qemu:///system
-    wait_until libvirt-exporter 30 curl -sf "http://$LIBVIRT_EXPORTER_LISTEN/metrics"
+    # Any HTTP answer will do: scrapes fail (and show as such) while libvirt is not up.
+    wait_until libvirt-exporter 30 curl -s -o /dev/null "http://$LIBVIRT_EXPORTER_LISTEN/metrics"
     printf '[{"targets": ["%s"], "labels": {"component": "libvirt-exporter"}}]\n' "$LIBVIRT_EXPORTER_LISTEN" \
         >"$PROMETHEUS_STATE/targets/libvirt-exporter.json"
 
