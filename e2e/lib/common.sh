@@ -47,6 +47,9 @@ start_bg() {
     fi
     setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$PID_DIR/$name.pid"
+    # setsid made it a process-group leader: stop_pid signals the whole group, so children
+    # it spawned (e.g. a build's compilers) stop with it.
+    touch "$PID_DIR/$name.group"
 }
 
 # record_pid NAME PID: for daemons that fork and write their own pidfile.
@@ -55,19 +58,22 @@ record_pid() { echo "$2" >"$PID_DIR/$1.pid"; }
 # stop_pid NAME: TERM the recorded pid, wait, then KILL. Removes the record.
 stop_pid() {
     local name=$1 pid i
+    local target
     pid=$(pid_of "$name")
+    target=$pid
+    [ -e "$PID_DIR/$name.group" ] && target=-$pid
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
+        kill -TERM -- "$target" 2>/dev/null || true
         for i in $(seq 1 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.2
         done
         if kill -0 "$pid" 2>/dev/null; then
             log "$name (pid $pid) ignored TERM; killing"
-            kill -KILL "$pid" 2>/dev/null || true
+            kill -KILL -- "$target" 2>/dev/null || true
         fi
     fi
-    rm -f "$PID_DIR/$name.pid"
+    rm -f "$PID_DIR/$name.pid" "$PID_DIR/$name.group"
 }
 
 # wait_until NAME TIMEOUT_S CMD...: poll CMD until it succeeds; on timeout fail naming
@@ -190,6 +196,10 @@ stack_down_verified() {
     done
     if [ ${#alive[@]} -gt 0 ]; then
         log "down left processes running: ${alive[*]}"
+        return 1
+    fi
+    if ss -Hltn | grep -qE '127\.0\.0\.1:(6443|23790|23800|8989|8990|9090) '; then
+        log "down left a stack port listening: $(ss -Hltn | grep -E '127\.0\.0\.1:(6443|23790|23800|8989|8990|9090) ' | tr -s ' ' | tr '\n' ';')"
         return 1
     fi
     log "down check: all ${#pids[@]} recorded processes stopped"
