@@ -74,6 +74,11 @@ pub struct ExplainArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = ExplainOutput::Text)]
     pub output: ExplainOutput,
+
+    /// Plan as of this instant (RFC 3339, e.g. 2026-11-23T09:00:00Z) instead of now, to preview
+    /// what a schedule window will do.
+    #[arg(long)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

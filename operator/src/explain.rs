@@ -114,5 +114,9 @@ pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<Workload
 /// The `explain` command: load, plan, render.
 pub async fn explain(client: Client, args: &ExplainArgs, clock: &dyn Clock) -> Result<String> {
     let wi = load_intent(&client, args).await?;
-    explain_intent(&client, &wi, clock).await?.render(&wi, args.output)
+    match args.at {
+        Some(at) => explain_intent(&client, &wi, &crate::clock::ManualClock::new(at)).await?,
+        None => explain_intent(&client, &wi, clock).await?,
+    }
+    .render(&wi, args.output)
 }

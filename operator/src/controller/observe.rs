@@ -121,9 +121,12 @@ pub async fn observe(client: &kube::Client, apis: &ServedApis, wi: &WorkloadInte
 /// holds it if that one still exists, else the oldest (then alphabetically first) intent.
 pub fn conflicting_intent(wi: &WorkloadIntent, holder: Option<&str>, intents: &[WorkloadIntent]) -> Option<String> {
     let me = wi.name_any();
+    // An intent on its way out only keeps its claim while it still holds the workload (its
+    // revert is not done yet); after that the next intent may take over at once.
     let rivals: Vec<&WorkloadIntent> = intents
         .iter()
         .filter(|other| other.namespace() == wi.namespace() && other.spec.target == wi.spec.target)
+        .filter(|other| other.metadata.deletion_timestamp.is_none() || holder == Some(other.name_any().as_str()))
         .collect();
     if let Some(holder) = holder {
         if rivals.iter().any(|r| r.name_any() == holder) {
@@ -132,7 +135,8 @@ pub fn conflicting_intent(wi: &WorkloadIntent, holder: Option<&str>, intents: &[
     }
     let first = rivals
         .iter()
-        .chain(std::iter::once(&wi))
+        .copied()
+        .chain(std::iter::once(wi))
         .min_by_key(|r| (r.creation_timestamp().map(|t| t.0), r.name_any()))?;
     (first.name_any() != me).then(|| first.name_any())
 }

@@ -496,6 +496,12 @@ async fn cleanup(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     }
     // Whatever is still recorded as ours (e.g. changed by hand since) is released too.
     let reverted = revert::revert(ctx, wi).await?;
+    // An intent waiting for this workload (a conflict) may take over now.
+    for rival in intents.iter().filter(|other| {
+        other.namespace() == wi.namespace() && other.spec.target == wi.spec.target && other.name_any() != wi.name_any()
+    }) {
+        let _ = ctx.reconcile.send(ObjectRef::from_obj(rival));
+    }
     info!(fields = ?reverted.fields, pdbs = ?reverted.pdbs, "intent deleted: changes reverted");
     ctx.publish(
         wi,

@@ -141,9 +141,18 @@ pub async fn install_crds(admin: &Client) -> Result<()> {
     let api = Api::<CustomResourceDefinition>::all(admin.clone());
     for (_, crd) in plumbline_crds::generate::crds() {
         let name = crd.name_any();
-        api.patch(&name, &PatchParams::apply("plumbline-tests").force(), &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("installing CRD {name}"))?;
+        // Other test processes may install them at the same moment; retry a conflict.
+        let mut attempt = 0;
+        loop {
+            match api.patch(&name, &PatchParams::apply("plumbline-tests").force(), &Patch::Apply(&crd)).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(s)) if s.code == 409 && attempt < 10 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("installing CRD {name}"))),
+            }
+        }
         eventually(&format!("CRD {name} established"), || {
             let api = api.clone();
             let name = name.clone();
