@@ -239,7 +239,7 @@ async fn unreachable_daemon_is_a_clear_connect_error() {
     .unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, Error::Libvirt { .. }), "{err:?}");
-    assert!(message.starts_with("connecting on the daemon via qemu+tcp://127.0.0.1:1/system"), "{message}");
+    assert!(message.starts_with("opening a connection on the libvirt daemon via qemu+tcp://127.0.0.1:1/system"), "{message}");
 }
 
 /// Stops the stack's libvirtd by its recorded pid and waits until it has exited.

@@ -74,7 +74,7 @@ impl LibvirtHypervisor {
                 endpoint: config.uri.clone(),
                 source,
             })?
-            .map_err(libvirt_err("connecting", "the daemon", &config.uri))?;
+            .map_err(libvirt_err("opening a connection", "the libvirt daemon", &config.uri))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoint: Endpoint {
@@ -164,7 +164,7 @@ fn lookup(conn: &Connect, uri: &str, vm: &VmId) -> Result<Domain> {
                 endpoint: uri.to_string(),
             }
         } else {
-            libvirt_err("looking up the domain", vm.to_string(), uri)(e)
+            libvirt_err("looking up", format!("domain {vm}"), uri)(e)
         }
     })
 }
@@ -174,7 +174,7 @@ fn disk_names(dom: &Domain, uri: &str, target: &str) -> Result<Vec<String>> {
         .xml_desc(0)
         .map_err(libvirt_err("reading the domain XML", target, uri))?;
     let disks = domain_xml::disks(&xml).map_err(|source| Error::XmlRead {
-        what: format!("domain XML of {target}"),
+        what: format!("XML of {target}"),
         source,
     })?;
     Ok(disks.into_iter().map(|d| d.name).collect())
@@ -288,7 +288,7 @@ fn probe(conn: &Connect, uri: &str) -> Result<Capabilities> {
         .map_err(libvirt_err("listing running domains", "the host", uri))?;
     let probe_with = domains.iter().find_map(|d| {
         let name = d.name().ok()?;
-        let disk = disk_names(d, uri, &name).ok()?.into_iter().next()?;
+        let disk = disk_names(d, uri, &format!("domain {name}")).ok()?.into_iter().next()?;
         Some((d, name, disk))
     });
     let Some((dom, name, disk)) = probe_with else {
@@ -359,10 +359,11 @@ impl Hypervisor for LibvirtHypervisor {
                 let mut vms = Vec::with_capacity(domains.len());
                 for d in &domains {
                     let name = d.name().map_err(libvirt_err("reading a domain name", "a domain", uri))?;
-                    let uuid = d.uuid_string().map_err(libvirt_err("reading the UUID", name.as_str(), uri))?;
-                    let xml = d.xml_desc(0).map_err(libvirt_err("reading the domain XML", name.as_str(), uri))?;
+                    let target = format!("domain {name}");
+                    let uuid = d.uuid_string().map_err(libvirt_err("reading the UUID", target.as_str(), uri))?;
+                    let xml = d.xml_desc(0).map_err(libvirt_err("reading the domain XML", target.as_str(), uri))?;
                     let disks = domain_xml::disks(&xml).map_err(|source| Error::XmlRead {
-                        what: format!("domain XML of {name}"),
+                        what: format!("XML of {target}"),
                         source,
                     })?;
                     let datastores: BTreeSet<String> = disks.iter().filter_map(|d| d.datastore.clone()).collect();
@@ -417,7 +418,7 @@ impl Hypervisor for LibvirtHypervisor {
         let (report, _) = self
             .run("reading tunables", vm.to_string(), move |conn, uri| {
                 let dom = lookup(conn, uri, &vm)?;
-                let target = dom.name().unwrap_or_else(|_| vm.to_string());
+                let target = format!("domain {}", dom.name().unwrap_or_else(|_| vm.to_string()));
                 let mut wanted = vec![Tunable::CpuShares, Tunable::BlkioWeight];
                 for disk in disk_names(&dom, uri, &target)? {
                     wanted.extend(DiskLimit::ALL.map(|limit| Tunable::DiskLimit {
@@ -453,7 +454,7 @@ impl Hypervisor for LibvirtHypervisor {
         let settings = settings.to_vec();
         self.run("applying tunables", vm.to_string(), move |conn, uri| {
             let dom = lookup(conn, uri, &vm)?;
-            let target = dom.name().unwrap_or_else(|_| vm.to_string());
+            let target = format!("domain {}", dom.name().unwrap_or_else(|_| vm.to_string()));
             let mut originals = read_originals(&dom, uri, &target)?;
             let before = originals.len();
             for s in &settings {
@@ -479,7 +480,7 @@ impl Hypervisor for LibvirtHypervisor {
         let (restored, _) = self
             .run("reverting tunables", vm.to_string(), move |conn, uri| {
                 let dom = lookup(conn, uri, &vm)?;
-                let target = dom.name().unwrap_or_else(|_| vm.to_string());
+                let target = format!("domain {}", dom.name().unwrap_or_else(|_| vm.to_string()));
                 let originals = read_originals(&dom, uri, &target)?;
                 let (restore, keep): (Vec<Setting>, Vec<Setting>) =
                     originals.into_iter().partition(|o| tunables.contains(&o.tunable));
