@@ -466,3 +466,86 @@ async fn prometheus_is_ready_and_scrapes_itself_and_file_sd_targets() {
     .await;
     println!("{query} = {writes}");
 }
+
+fn stack_script(args: &[&str]) {
+    let script = Stack::script();
+    let out = std::process::Command::new(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `total_iops_sec` libvirt reports for the guest's disk.
+async fn iops_limit(stack: &Stack, domain: &str) -> u64 {
+    let out = tokio::process::Command::new("virsh")
+        .args([
+            "-q",
+            "-c",
+            stack.libvirt_uri().unwrap(),
+            "blkdeviotune",
+            domain,
+            "vda",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("total_iops_sec")?
+                .trim()
+                .strip_prefix(':')
+        })
+        .unwrap_or_else(|| panic!("no total_iops_sec for {domain}: {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serial_stack_script_injects_and_clears_latency_on_both_hypervisors() {
+    let stack = stack();
+    let _guard = ClearIopsLimit {
+        uri: stack.libvirt_uri().unwrap(),
+        domain: "pl-vm3",
+    };
+    // `vm3` is short for the domain pl-vm3.
+    stack_script(&["inject-latency", "vm3", "--iops", "35"]);
+    assert_eq!(iops_limit(&stack, "pl-vm3").await, 35);
+    stack_script(&["clear-latency", "vm3"]);
+    assert_eq!(iops_limit(&stack, "pl-vm3").await, 0);
+
+    let control = stack.get("VCSIM_CONTROL_URL").unwrap();
+    let _guard = ClearSimulatorLatency(control.to_string(), "dc0-h0-vm1".to_string());
+    let latency = || async {
+        let all: serde_json::Value = reqwest::get(format!("{control}/latency"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all["DC0_H0_VM1"].clone()
+    };
+    let baseline = latency().await;
+    stack_script(&[
+        "inject-latency",
+        "dc0-h0-vm1",
+        "--read-ms",
+        "30",
+        "--write-ms",
+        "60",
+    ]);
+    assert_eq!(
+        latency().await,
+        serde_json::json!({"read_ms": 30, "write_ms": 60})
+    );
+    stack_script(&["clear-latency", "--vsphere", "DC0_H0_VM1"]);
+    assert_eq!(latency().await, baseline);
+}
