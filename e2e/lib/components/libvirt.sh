@@ -214,11 +214,16 @@ libvirt_write_nodes() {
 libvirt_down() {
     local name
     if virsh_sys version >/dev/null 2>&1; then
+        # In parallel: each TCG guest takes about 2 s to go. Wait for these pids only: the
+        # shell may have other children (`stack test` starts and stops the stack in one shell).
+        local destroying=() pid
         for name in "${LIBVIRT_DOMAINS[@]}"; do
             if virsh_sys domstate "$name" >/dev/null 2>&1; then
-                virsh_sys destroy "$name" >/dev/null 2>&1 || log "destroying domain $name failed"
+                (virsh_sys destroy "$name" >/dev/null 2>&1 || log "destroying domain $name failed") &
+                destroying+=($!)
             fi
         done
+        for pid in "${destroying[@]}"; do wait "$pid" || true; done
     fi
     stop_pid libvirtd
     stop_pid virtlogd
