@@ -312,12 +312,15 @@ impl Planner<'_> {
                 });
                 continue;
             }
+            // Unknown current shares (a failed read) are taken to be what Plumbline set, so the
+            // recorded original is not lost.
+            let current = vm.cpu_shares.or_else(|| applied.as_ref().and_then(|a| a.desired));
             let baseline = match &applied {
-                Some(a) if a.desired == vm.cpu_shares => a.previous,
-                _ => vm.cpu_shares,
+                Some(a) if a.desired == current => a.previous,
+                _ => current,
             };
             let desired = wanted.or(baseline);
-            let decision = decide(desired, vm.cpu_shares, applied);
+            let decision = decide(desired, current, applied);
             let already = match (infra_spec.protect_backing_vms, tier.protected_cpu_shares) {
                 (false, _) => format!("infrastructure.protectBackingVms is off: VM {} keeps its CPU shares", vm.vm),
                 (true, None) => format!("tier {} does not protect VMs: VM {} keeps its CPU shares", tier.priority, vm.vm),

@@ -498,3 +498,14 @@ proptest! {
         prop_assert_eq!(layers, sorted);
     }
 }
+
+#[test]
+fn unknown_cpu_shares_keep_the_recorded_original() {
+    let wi = intent(critical_spec());
+    let mut o = observed();
+    reconcile(&wi, &mut o, monday_morning());
+    o.infra.backing_vms[0].cpu_shares = None; // the adapter could not read them this time
+    let p = plan(&wi, &o, monday_morning()).unwrap();
+    assert!(p.actions.iter().any(|a| a.change == Change::CpuShares { vm: vm("worker-1"), value: Setting::new(Some(4096), Some(1024)) }));
+    assert!(p.reverts.is_empty());
+}
