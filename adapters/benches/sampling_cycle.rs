@@ -48,20 +48,34 @@ impl Figures {
 }
 
 async fn bench(config: HypervisorConfig, cycles: usize) -> Figures {
-    let hv = connect(config).await.unwrap_or_else(|e| panic!("connecting: {e}"));
+    let hv = connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("connecting: {e}"));
     let mut last = None;
     for _ in 0..2 {
-        last = Some(hv.sample_storage().await.unwrap_or_else(|e| panic!("warm-up cycle: {e}")));
+        last = Some(
+            hv.sample_storage()
+                .await
+                .unwrap_or_else(|e| panic!("warm-up cycle: {e}")),
+        );
     }
     let mut times = Vec::with_capacity(cycles);
     for _ in 0..cycles {
         let start = Instant::now();
-        let samples = hv.sample_storage().await.unwrap_or_else(|e| panic!("sampling: {e}"));
+        let samples = hv
+            .sample_storage()
+            .await
+            .unwrap_or_else(|e| panic!("sampling: {e}"));
         times.push(start.elapsed());
         last = Some(samples);
     }
     let samples = last.expect("at least one cycle ran");
-    let mut vms: Vec<_> = samples.disks.iter().map(|d| &d.vm).chain(samples.not_ready.iter().map(|u| &u.vm)).collect();
+    let mut vms: Vec<_> = samples
+        .disks
+        .iter()
+        .map(|d| &d.vm)
+        .chain(samples.not_ready.iter().map(|u| &u.vm))
+        .collect();
     vms.sort();
     vms.dedup();
     let figures = Figures {
@@ -85,7 +99,9 @@ async fn main() {
 
     #[cfg(feature = "libvirt")]
     bench(
-        HypervisorConfig::Libvirt(plumbline_adapters::LibvirtConfig { uri: get("LIBVIRT_URI") }),
+        HypervisorConfig::Libvirt(plumbline_adapters::LibvirtConfig {
+            uri: get("LIBVIRT_URI"),
+        }),
         cycles,
     )
     .await

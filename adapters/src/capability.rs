@@ -51,9 +51,13 @@ pub enum Support {
     Supported,
     /// Not available here; `reason` is what the hypervisor said (e.g. a cgroup controller is
     /// not mounted) or why the concept does not exist on this hypervisor.
-    Unsupported { reason: String },
+    Unsupported {
+        reason: String,
+    },
     /// Could not be probed yet (e.g. no running VM to probe with); probed again later.
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
 }
 
 /// Support for every [`Capability`] on one endpoint.
@@ -68,9 +72,12 @@ impl Capabilities {
     }
 
     pub fn support(&self, capability: Capability) -> Support {
-        self.entries.get(&capability).cloned().unwrap_or(Support::Unknown {
-            reason: "not probed".into(),
-        })
+        self.entries
+            .get(&capability)
+            .cloned()
+            .unwrap_or(Support::Unknown {
+                reason: "not probed".into(),
+            })
     }
 
     pub fn supports(&self, capability: Capability) -> bool {

@@ -79,7 +79,9 @@ pub enum HypervisorConfig {
 pub async fn connect(config: HypervisorConfig) -> Result<Arc<dyn Hypervisor>> {
     match config {
         #[cfg(feature = "libvirt")]
-        HypervisorConfig::Libvirt(c) => Ok(Arc::new(crate::libvirt::LibvirtHypervisor::connect(c).await?)),
+        HypervisorConfig::Libvirt(c) => Ok(Arc::new(
+            crate::libvirt::LibvirtHypervisor::connect(c).await?,
+        )),
         #[cfg(not(feature = "libvirt"))]
         HypervisorConfig::Libvirt(c) => Err(crate::Error::Config {
             message: format!(
@@ -87,7 +89,9 @@ pub async fn connect(config: HypervisorConfig) -> Result<Arc<dyn Hypervisor>> {
                 c.uri
             ),
         }),
-        HypervisorConfig::VSphere(c) => Ok(Arc::new(crate::vsphere::VSphereHypervisor::connect(c).await?)),
+        HypervisorConfig::VSphere(c) => Ok(Arc::new(
+            crate::vsphere::VSphereHypervisor::connect(c).await?,
+        )),
     }
 }
 

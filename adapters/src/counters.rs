@@ -129,7 +129,12 @@ impl CounterHistory {
     }
 }
 
-type Window = (Option<OpLatency>, Option<OpLatency>, Option<OpLatency>, Duration);
+type Window = (
+    Option<OpLatency>,
+    Option<OpLatency>,
+    Option<OpLatency>,
+    Duration,
+);
 
 fn window(prev: &Reading, cur: &DiskCounters, at: Instant) -> Option<Window> {
     let read = op_latency(prev.counters.read, cur.read).ok()?;
@@ -168,12 +173,20 @@ mod tests {
     fn latency_is_delta_times_over_delta_reqs() {
         let mut h = CounterHistory::default();
         let t0 = Instant::now();
-        let (l, u) = h.observe(vec![reading(1, (100, 4_000_000), (10, 1_000_000))], t0, SystemTime::now());
+        let (l, u) = h.observe(
+            vec![reading(1, (100, 4_000_000), (10, 1_000_000))],
+            t0,
+            SystemTime::now(),
+        );
         assert!(l.is_empty());
         assert_eq!(u[0].reason, NotReady::Baseline);
 
         let t1 = t0 + Duration::from_secs(5);
-        let (l, u) = h.observe(vec![reading(1, (300, 24_000_000), (10, 1_000_000))], t1, SystemTime::now());
+        let (l, u) = h.observe(
+            vec![reading(1, (300, 24_000_000), (10, 1_000_000))],
+            t1,
+            SystemTime::now(),
+        );
         assert!(u.is_empty());
         let d = &l[0];
         assert_eq!(d.read.unwrap().mean, Duration::from_micros(100));
@@ -186,12 +199,24 @@ mod tests {
     fn counters_going_backwards_are_a_reset_not_a_huge_latency() {
         let mut h = CounterHistory::default();
         let t0 = Instant::now();
-        h.observe(vec![reading(1, (1000, 9_000_000), (5, 5))], t0, SystemTime::now());
-        let (l, u) = h.observe(vec![reading(1, (10, 90_000), (5, 5))], t0 + Duration::from_secs(1), SystemTime::now());
+        h.observe(
+            vec![reading(1, (1000, 9_000_000), (5, 5))],
+            t0,
+            SystemTime::now(),
+        );
+        let (l, u) = h.observe(
+            vec![reading(1, (10, 90_000), (5, 5))],
+            t0 + Duration::from_secs(1),
+            SystemTime::now(),
+        );
         assert!(l.is_empty());
         assert_eq!(u[0].reason, NotReady::CounterReset);
         // The reset reading is the new baseline.
-        let (l, _) = h.observe(vec![reading(1, (20, 190_000), (5, 5))], t0 + Duration::from_secs(2), SystemTime::now());
+        let (l, _) = h.observe(
+            vec![reading(1, (20, 190_000), (5, 5))],
+            t0 + Duration::from_secs(2),
+            SystemTime::now(),
+        );
         assert_eq!(l[0].read.unwrap().mean, Duration::from_micros(10));
     }
 
@@ -200,7 +225,11 @@ mod tests {
         let mut h = CounterHistory::default();
         let t0 = Instant::now();
         h.observe(vec![reading(1, (10, 100), (0, 0))], t0, SystemTime::now());
-        let (l, u) = h.observe(vec![reading(2, (5000, 9_999_999), (0, 0))], t0, SystemTime::now());
+        let (l, u) = h.observe(
+            vec![reading(2, (5000, 9_999_999), (0, 0))],
+            t0,
+            SystemTime::now(),
+        );
         assert!(l.is_empty());
         assert_eq!(u[0].reason, NotReady::CounterReset);
     }
@@ -208,7 +237,16 @@ mod tests {
     #[test]
     fn time_without_requests_is_treated_as_a_reset() {
         assert_eq!(
-            op_latency(OpCounters { reqs: 5, times_ns: 10 }, OpCounters { reqs: 5, times_ns: 20 }),
+            op_latency(
+                OpCounters {
+                    reqs: 5,
+                    times_ns: 10
+                },
+                OpCounters {
+                    reqs: 5,
+                    times_ns: 20
+                }
+            ),
             Err(Reset)
         );
     }

@@ -5,7 +5,9 @@ use std::{fmt, time::SystemTime};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{BackingVm, Capabilities, Result, Setting, StorageSamples, Tunable, TunableReport, VmId};
+use crate::{
+    BackingVm, Capabilities, Result, Setting, StorageSamples, Tunable, TunableReport, VmId,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum HypervisorKind {
@@ -38,7 +40,9 @@ impl fmt::Display for Endpoint {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConnectionState {
-    Connected { since: SystemTime },
+    Connected {
+        since: SystemTime,
+    },
     /// Lost or never established; calls fail fast with [`crate::Error::Disconnected`] until
     /// a reconnect attempt (made by the next call once `retry_at` has passed) succeeds.
     Disconnected {

@@ -214,7 +214,9 @@ impl Element {
 }
 
 fn top(stack: &mut [Element]) -> &mut Element {
-    stack.last_mut().expect("the document element is never popped before Eof")
+    stack
+        .last_mut()
+        .expect("the document element is never popped before Eof")
 }
 
 fn malformed(what: &str) -> quick_xml::Error {
@@ -297,7 +299,10 @@ mod tests {
 
         let again = Element::parse(&root.to_xml()).unwrap();
         assert_eq!(again.path_text(&["Body", "name"]), Some("a & b <c>"));
-        assert_eq!(again.path(&["Body", "val"]).unwrap().as_moref(), val.as_moref());
+        assert_eq!(
+            again.path(&["Body", "val"]).unwrap().as_moref(),
+            val.as_moref()
+        );
     }
 
     #[test]
@@ -327,10 +332,19 @@ mod tests {
         let xml = br#"<val xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance" XMLSchema-instance:type="ArrayOfVirtualDevice"><VirtualDevice XMLSchema-instance:type="VirtualDisk"><backing XMLSchema-instance:type="VirtualDiskFlatVer2BackingInfo"><datastore type="Datastore">ds-1</datastore></backing></VirtualDevice></val>"#;
         let mut e = Element::parse(xml).unwrap();
         e.rebind_xsi();
-        assert_eq!(e.attrs, vec![("xsi:type".to_string(), "ArrayOfVirtualDevice".to_string())]);
+        assert_eq!(
+            e.attrs,
+            vec![("xsi:type".to_string(), "ArrayOfVirtualDevice".to_string())]
+        );
         let backing = e.path(&["VirtualDevice", "backing"]).unwrap();
-        assert_eq!(backing.get_attr("xsi:type"), Some("VirtualDiskFlatVer2BackingInfo"));
-        assert_eq!(backing.first("datastore").unwrap().get_attr("type"), Some("Datastore"));
+        assert_eq!(
+            backing.get_attr("xsi:type"),
+            Some("VirtualDiskFlatVer2BackingInfo")
+        );
+        assert_eq!(
+            backing.first("datastore").unwrap().get_attr("type"),
+            Some("Datastore")
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub fn stack_value(stack: &Stack, key: &str) -> String {
 
 pub fn vsphere_config(stack: &Stack) -> VSphereConfig {
     let ca_file = stack_value(stack, "VSPHERE_CA_FILE");
-    let ca = std::fs::read(&ca_file).unwrap_or_else(|e| panic!("reading the simulator CA {ca_file}: {e}"));
+    let ca = std::fs::read(&ca_file)
+        .unwrap_or_else(|e| panic!("reading the simulator CA {ca_file}: {e}"));
     VSphereConfig {
         url: stack_value(stack, "VSPHERE_URL"),
         username: stack_value(stack, "VSPHERE_USERNAME"),
@@ -41,7 +42,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{what} within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

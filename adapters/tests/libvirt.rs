@@ -16,14 +16,26 @@ use tokio::process::Command;
 
 fn libvirt(stack: &Stack) -> HypervisorConfig {
     HypervisorConfig::Libvirt(LibvirtConfig {
-        uri: stack.libvirt_uri().unwrap_or_else(|e| panic!("{e}")).to_string(),
+        uri: stack
+            .libvirt_uri()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string(),
     })
 }
 
 async fn virsh(stack: &Stack, args: &[&str]) -> String {
     let uri = stack.libvirt_uri().unwrap();
-    let out = Command::new("virsh").args(["-q", "-c", uri]).args(args).output().await.unwrap();
-    assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("virsh")
+        .args(["-q", "-c", uri])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -35,7 +47,10 @@ async fn uuid_of(stack: &Stack, domain: &str) -> VmId {
 fn per_op(d: &DiskLatency) -> Option<(Duration, u64)> {
     let ops: Vec<_> = [d.read, d.write].into_iter().flatten().collect();
     let n: u64 = ops.iter().map(|o| o.ops.unwrap_or(0)).sum();
-    let total: u128 = ops.iter().map(|o| o.mean.as_nanos() * u128::from(o.ops.unwrap_or(0))).sum();
+    let total: u128 = ops
+        .iter()
+        .map(|o| o.mean.as_nanos() * u128::from(o.ops.unwrap_or(0)))
+        .sum();
     (n > 0).then(|| (Duration::from_nanos((total / u128::from(n)) as u64), n))
 }
 
@@ -49,16 +64,23 @@ async fn inventory_matches_virsh() {
     let hv = connect(libvirt(&stack)).await.unwrap();
     let vms = hv.inventory().await.unwrap();
     let host = virsh(&stack, &["hostname"]).await;
-    let ours: BTreeMap<&str, &plumbline_adapters::BackingVm> = vms.iter().map(|v| (v.name.as_str(), v)).collect();
+    let ours: BTreeMap<&str, &plumbline_adapters::BackingVm> =
+        vms.iter().map(|v| (v.name.as_str(), v)).collect();
     let listed = virsh(&stack, &["list", "--all", "--name"]).await;
-    let theirs: Vec<&str> = listed.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let theirs: Vec<&str> = listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     assert_eq!(ours.keys().copied().collect::<Vec<_>>(), {
         let mut t = theirs.clone();
         t.sort();
         t
     });
     for domain in stack.libvirt_domains().unwrap() {
-        let vm = ours.get(domain.as_str()).unwrap_or_else(|| panic!("{domain} in the inventory"));
+        let vm = ours
+            .get(domain.as_str())
+            .unwrap_or_else(|| panic!("{domain} in the inventory"));
         let uuid = uuid_of(&stack, &domain).await;
         assert_eq!(vm.id, uuid);
         assert_eq!(vm.provider_id, format!("libvirt:///{uuid}"));
@@ -88,17 +110,30 @@ async fn samples_report_every_guest_disk_after_a_baseline() {
     let stack = stack();
     let hv = connect(libvirt(&stack)).await.unwrap();
     let first = hv.sample_storage().await.unwrap();
-    assert!(first.disks.is_empty(), "the first cycle only records a baseline");
-    assert!(first.not_ready.iter().all(|u| u.reason == NotReady::Baseline));
+    assert!(
+        first.disks.is_empty(),
+        "the first cycle only records a baseline"
+    );
+    assert!(first
+        .not_ready
+        .iter()
+        .all(|u| u.reason == NotReady::Baseline));
     for domain in stack.libvirt_domains().unwrap() {
         let id = uuid_of(&stack, &domain).await;
-        let d = eventually(&format!("{domain}'s vda has a latency window"), Duration::from_secs(30), || async {
-            let s = hv.sample_storage().await.unwrap();
-            vda(&s, &id).filter(|d| per_op(d).is_some()).cloned()
-        })
+        let d = eventually(
+            &format!("{domain}'s vda has a latency window"),
+            Duration::from_secs(30),
+            || async {
+                let s = hv.sample_storage().await.unwrap();
+                vda(&s, &id).filter(|d| per_op(d).is_some()).cloned()
+            },
+        )
         .await;
         let (latency, _) = per_op(&d).unwrap();
-        assert!(latency > Duration::ZERO && latency < Duration::from_secs(1), "{domain}: {latency:?}");
+        assert!(
+            latency > Duration::ZERO && latency < Duration::from_secs(1),
+            "{domain}: {latency:?}"
+        );
     }
 }
 
@@ -115,10 +150,16 @@ async fn serial_injected_latency_appears_at_the_right_magnitude_and_clears() {
     let result = async {
         // Let the throttle take hold, then measure one window with the adapter and, over the
         // same window, independently with `virsh domstats`.
-        eventually("the limit shows in the samples", Duration::from_secs(60), || async {
-            let s = hv.sample_storage().await.unwrap();
-            vda(&s, &id).and_then(per_op).filter(|(l, _)| *l >= Duration::from_millis(5))
-        })
+        eventually(
+            "the limit shows in the samples",
+            Duration::from_secs(60),
+            || async {
+                let s = hv.sample_storage().await.unwrap();
+                vda(&s, &id)
+                    .and_then(per_op)
+                    .filter(|(l, _)| *l >= Duration::from_millis(5))
+            },
+        )
         .await;
         hv.sample_storage().await.unwrap();
         let independent = stack
@@ -137,14 +178,27 @@ async fn serial_injected_latency_appears_at_the_right_magnitude_and_clears() {
         "{ours:?} per op over {ops} ops with a {iops} IOPS limit"
     );
     let ratio = ours.as_secs_f64() / independent.per_op.as_secs_f64();
-    assert!((0.5..=2.0).contains(&ratio), "adapter {ours:?} vs virsh {:?}", independent.per_op);
+    assert!(
+        (0.5..=2.0).contains(&ratio),
+        "adapter {ours:?} vs virsh {:?}",
+        independent.per_op
+    );
 
-    let cleared = eventually("latency back to normal", Duration::from_secs(60), || async {
-        let s = hv.sample_storage().await.unwrap();
-        vda(&s, &id).and_then(per_op).filter(|(l, _)| *l < Duration::from_millis(5))
-    })
+    let cleared = eventually(
+        "latency back to normal",
+        Duration::from_secs(60),
+        || async {
+            let s = hv.sample_storage().await.unwrap();
+            vda(&s, &id)
+                .and_then(per_op)
+                .filter(|(l, _)| *l < Duration::from_millis(5))
+        },
+    )
     .await;
-    assert!(cleared.0 < ours / 2, "{cleared:?} after clearing, {ours:?} under the limit");
+    assert!(
+        cleared.0 < ours / 2,
+        "{cleared:?} after clearing, {ours:?} under the limit"
+    );
 }
 
 #[tokio::test]
@@ -165,35 +219,69 @@ async fn serial_tuning_is_applied_read_back_and_reverted_by_a_fresh_instance() {
         disk: "vda".into(),
         limit: DiskLimit::TotalBytesPerSec,
     };
-    let wanted = [Setting::new(iops.clone(), 400), Setting::new(bytes.clone(), 50_000_000)];
+    let wanted = [
+        Setting::new(iops.clone(), 400),
+        Setting::new(bytes.clone(), 50_000_000),
+    ];
     hv.apply(&id, &wanted).await.unwrap();
 
     let after = hv.tunables(&id).await.unwrap();
     for s in &wanted {
-        assert_eq!(after.current(&s.tunable), Some(s.value), "{} read back", s.tunable);
-        assert_eq!(after.original(&s.tunable), before.current(&s.tunable), "{} original", s.tunable);
+        assert_eq!(
+            after.current(&s.tunable),
+            Some(s.value),
+            "{} read back",
+            s.tunable
+        );
+        assert_eq!(
+            after.original(&s.tunable),
+            before.current(&s.tunable),
+            "{} original",
+            s.tunable
+        );
     }
     // libvirt itself agrees, and the record sits in the domain's metadata.
     let tune = virsh(&stack, &["blkdeviotune", domain, "vda"]).await;
-    assert!(tune.contains("total_iops_sec") && tune.contains("400"), "{tune}");
+    assert!(
+        tune.contains("total_iops_sec") && tune.contains("400"),
+        "{tune}"
+    );
     let xml = virsh(&stack, &["dumpxml", domain]).await;
-    assert!(xml.contains("plumbline.dev/xmlns/libvirt-originals") && xml.contains("disk.vda.total_iops_sec"), "{xml}");
+    assert!(
+        xml.contains("plumbline.dev/xmlns/libvirt-originals")
+            && xml.contains("disk.vda.total_iops_sec"),
+        "{xml}"
+    );
 
     // A later change keeps the first original.
-    hv.apply(&id, &[Setting::new(iops.clone(), 300)]).await.unwrap();
-    assert_eq!(hv.tunables(&id).await.unwrap().original(&iops), before.current(&iops));
+    hv.apply(&id, &[Setting::new(iops.clone(), 300)])
+        .await
+        .unwrap();
+    assert_eq!(
+        hv.tunables(&id).await.unwrap().original(&iops),
+        before.current(&iops)
+    );
 
     hv.close().await.unwrap();
     drop(hv);
     let fresh = connect(libvirt(&stack)).await.unwrap();
-    assert_eq!(fresh.tunables(&id).await.unwrap().originals, after.originals);
-    let restored = fresh.revert(&id, &[iops.clone(), bytes.clone()]).await.unwrap();
+    assert_eq!(
+        fresh.tunables(&id).await.unwrap().originals,
+        after.originals
+    );
+    let restored = fresh
+        .revert(&id, &[iops.clone(), bytes.clone()])
+        .await
+        .unwrap();
     assert_eq!(restored.len(), 2);
     let reverted = fresh.tunables(&id).await.unwrap();
     assert_eq!(reverted.current, before.current);
     assert!(reverted.originals.is_empty(), "{reverted:?}");
     let xml = virsh(&stack, &["dumpxml", domain]).await;
-    assert!(!xml.contains("libvirt-originals"), "the record is removed after revert");
+    assert!(
+        !xml.contains("libvirt-originals"),
+        "the record is removed after revert"
+    );
 }
 
 #[tokio::test]
@@ -210,23 +298,52 @@ async fn unsupported_capabilities_are_reported_not_raised() {
         };
         assert!(reason.contains("cgroup"), "{c}: {reason}");
     }
-    assert!(matches!(caps.support(Capability::MemoryReservation), Support::Unsupported { .. }));
+    assert!(matches!(
+        caps.support(Capability::MemoryReservation),
+        Support::Unsupported { .. }
+    ));
     // Asking again is cheap and still not an error; sampling is unaffected.
     assert_eq!(hv.capabilities().await.unwrap(), caps);
     hv.sample_storage().await.unwrap();
 
     let id = uuid_of(&stack, "pl-vm1").await;
     let report = hv.tunables(&id).await.unwrap();
-    assert!(report.unsupported.iter().any(|(t, _)| *t == Tunable::CpuShares), "{report:?}");
-    assert!(report.current(&Tunable::DiskLimit { disk: "vda".into(), limit: DiskLimit::TotalIops }).is_some());
-    let err = hv.apply(&id, &[Setting::new(Tunable::CpuShares, 2048)]).await.unwrap_err();
-    assert!(matches!(err, Error::Unsupported { capability: Capability::CpuShares, .. }), "{err:?}");
+    assert!(
+        report
+            .unsupported
+            .iter()
+            .any(|(t, _)| *t == Tunable::CpuShares),
+        "{report:?}"
+    );
+    assert!(report
+        .current(&Tunable::DiskLimit {
+            disk: "vda".into(),
+            limit: DiskLimit::TotalIops
+        })
+        .is_some());
+    let err = hv
+        .apply(&id, &[Setting::new(Tunable::CpuShares, 2048)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                capability: Capability::CpuShares,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn unknown_domain_is_a_not_found_error() {
     let hv = connect(libvirt(&stack())).await.unwrap();
-    let err = hv.tunables(&VmId::new("00000000-0000-4000-a000-000000000000")).await.unwrap_err();
+    let err = hv
+        .tunables(&VmId::new("00000000-0000-4000-a000-000000000000"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::VmNotFound { .. }), "{err:?}");
 }
 
@@ -239,20 +356,40 @@ async fn unreachable_daemon_is_a_clear_connect_error() {
     .unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, Error::Libvirt { .. }), "{err:?}");
-    assert!(message.starts_with("opening a connection on the libvirt daemon via qemu+tcp://127.0.0.1:1/system"), "{message}");
+    assert!(
+        message.starts_with(
+            "opening a connection on the libvirt daemon via qemu+tcp://127.0.0.1:1/system"
+        ),
+        "{message}"
+    );
 }
 
 /// Stops the stack's libvirtd by its recorded pid and waits until it has exited.
 async fn stop_libvirtd(stack: &Stack) {
-    let pid_file = std::path::Path::new(&stack.get("PLUMBLINE_STACK_DIR").unwrap().to_string()).join("pids/libvirtd.pid");
+    let pid_file = std::path::Path::new(&stack.get("PLUMBLINE_STACK_DIR").unwrap().to_string())
+        .join("pids/libvirtd.pid");
     let pid = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| panic!("the stack records libvirtd's pid in {}: {e}", pid_file.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "the stack records libvirtd's pid in {}: {e}",
+                pid_file.display()
+            )
+        })
         .trim()
         .to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert!(status.success(), "kill -TERM {pid}");
     eventually("libvirtd exits", Duration::from_secs(30), || async {
-        let alive = Command::new("kill").args(["-0", &pid]).status().await.unwrap().success();
+        let alive = Command::new("kill")
+            .args(["-0", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success();
         (!alive).then_some(())
     })
     .await;
@@ -261,8 +398,16 @@ async fn stop_libvirtd(stack: &Stack) {
 /// Starts libvirtd again the way the stack does (`e2e/stack up libvirt` is idempotent and
 /// only starts what is not running).
 async fn start_libvirtd() {
-    let out = Command::new(Stack::script()).args(["up", "libvirt"]).output().await.unwrap();
-    assert!(out.status.success(), "e2e/stack up libvirt: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(Stack::script())
+        .args(["up", "libvirt"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "e2e/stack up libvirt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -275,9 +420,11 @@ async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes()
 
     stop_libvirtd(&stack).await;
     let outage = async {
-        let err = eventually("the adapter reports the daemon gone", Duration::from_secs(30), || async {
-            hv.sample_storage().await.err()
-        })
+        let err = eventually(
+            "the adapter reports the daemon gone",
+            Duration::from_secs(30),
+            || async { hv.sample_storage().await.err() },
+        )
         .await;
         assert!(err.is_disconnected(), "{err:?}");
         assert!(!hv.connection().is_connected(), "{:?}", hv.connection());
@@ -290,16 +437,28 @@ async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes()
     start_libvirtd().await;
     let () = outage;
 
-    let first = eventually("sampling resumes after the restart", Duration::from_secs(90), || async {
-        hv.sample_storage().await.ok()
-    })
+    let first = eventually(
+        "sampling resumes after the restart",
+        Duration::from_secs(90),
+        || async { hv.sample_storage().await.ok() },
+    )
     .await;
     assert!(hv.connection().is_connected());
-    assert!(first.disks.is_empty(), "no window spans the reconnect: {first:?}");
-    assert!(first.not_ready.iter().all(|u| u.reason == NotReady::Baseline));
-    eventually("fresh latency after the restart", Duration::from_secs(30), || async {
-        let s = hv.sample_storage().await.unwrap();
-        vda(&s, &id).and_then(per_op)
-    })
+    assert!(
+        first.disks.is_empty(),
+        "no window spans the reconnect: {first:?}"
+    );
+    assert!(first
+        .not_ready
+        .iter()
+        .all(|u| u.reason == NotReady::Baseline));
+    eventually(
+        "fresh latency after the restart",
+        Duration::from_secs(30),
+        || async {
+            let s = hv.sample_storage().await.unwrap();
+            vda(&s, &id).and_then(per_op)
+        },
+    )
     .await;
 }

@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use common::{eventually, stack, stack_value, vsphere, vsphere_config};
 use plumbline_adapters::{
-    connect, Capability, DiskLimit, Error, HypervisorConfig, Secret, Setting, Support, TlsTrust, Tunable, VmId,
+    connect, Capability, DiskLimit, Error, HypervisorConfig, Secret, Setting, Support, TlsTrust,
+    Tunable, VmId,
 };
 
 #[derive(Debug, serde::Deserialize)]
@@ -19,8 +20,12 @@ struct SimVm {
 
 async fn simulator_vms() -> Vec<SimVm> {
     let url = format!("{}/vms", stack_value(&stack(), "VCSIM_CONTROL_URL"));
-    let body = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    body.json().await.unwrap_or_else(|e| panic!("decoding {url}: {e}"))
+    let body = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    body.json()
+        .await
+        .unwrap_or_else(|e| panic!("decoding {url}: {e}"))
 }
 
 #[tokio::test]
@@ -29,7 +34,12 @@ async fn inventory_matches_the_simulator() {
     let vms = hv.inventory().await.unwrap();
     let ours: BTreeMap<String, (String, String, String)> = vms
         .iter()
-        .map(|v| (v.id.to_string(), (v.name.clone(), v.host.clone(), v.provider_id.clone())))
+        .map(|v| {
+            (
+                v.id.to_string(),
+                (v.name.clone(), v.host.clone(), v.provider_id.clone()),
+            )
+        })
         .collect();
     let theirs: BTreeMap<String, (String, String, String)> = simulator_vms()
         .await
@@ -40,20 +50,35 @@ async fn inventory_matches_the_simulator() {
             (id, (v.name, v.host, provider))
         })
         .collect();
-    assert!(theirs.len() >= 4, "the simulator serves at least 4 VMs: {theirs:?}");
+    assert!(
+        theirs.len() >= 4,
+        "the simulator serves at least 4 VMs: {theirs:?}"
+    );
     assert_eq!(ours, theirs);
     let hosts: std::collections::BTreeSet<_> = vms.iter().map(|v| v.host.as_str()).collect();
-    assert!(hosts.len() >= 2, "VMs spread over at least 2 hosts: {hosts:?}");
+    assert!(
+        hosts.len() >= 2,
+        "VMs spread over at least 2 hosts: {hosts:?}"
+    );
     for vm in &vms {
         assert!(!vm.disks.is_empty(), "{} has disks", vm.name);
         assert!(!vm.datastores.is_empty(), "{} has datastores", vm.name);
         for disk in &vm.disks {
-            assert!(disk.name.contains(':'), "disk named by controller and unit: {disk:?}");
+            assert!(
+                disk.name.contains(':'),
+                "disk named by controller and unit: {disk:?}"
+            );
             let path = disk.path.as_deref().unwrap_or_default();
             assert!(path.starts_with('['), "datastore path: {disk:?}");
-            assert!(vm.datastores.contains(disk.datastore.as_ref().unwrap()), "{disk:?}");
+            assert!(
+                vm.datastores.contains(disk.datastore.as_ref().unwrap()),
+                "{disk:?}"
+            );
         }
-        assert_eq!(VmId::from_provider_id(&vm.provider_id).as_ref(), Some(&vm.id));
+        assert_eq!(
+            VmId::from_provider_id(&vm.provider_id).as_ref(),
+            Some(&vm.id)
+        );
     }
 }
 
@@ -61,29 +86,49 @@ async fn inventory_matches_the_simulator() {
 async fn serial_injected_latency_appears_in_samples_and_disappears_when_cleared() {
     let stack = stack();
     let hv = connect(vsphere(&stack)).await.unwrap();
-    let vm = hv.inventory().await.unwrap().into_iter().find(|v| v.running).unwrap();
+    let vm = hv
+        .inventory()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.running)
+        .unwrap();
     let (read_ms, write_ms) = (240, 410);
-    stack.set_vsphere_latency(vm.id.as_str(), read_ms, write_ms).await.unwrap();
+    stack
+        .set_vsphere_latency(vm.id.as_str(), read_ms, write_ms)
+        .await
+        .unwrap();
 
     // The simulator answers QueryPerf with the new value at once; one 20 s interval is the bound.
-    let seen = eventually("injected latency in the samples", Duration::from_secs(25), || async {
-        let samples = hv.sample_storage().await.unwrap();
-        let disk = samples.for_vm(&vm.id).next()?.clone();
-        (disk.read?.mean == Duration::from_millis(read_ms)).then_some(disk)
-    })
+    let seen = eventually(
+        "injected latency in the samples",
+        Duration::from_secs(25),
+        || async {
+            let samples = hv.sample_storage().await.unwrap();
+            let disk = samples.for_vm(&vm.id).next()?.clone();
+            (disk.read?.mean == Duration::from_millis(read_ms)).then_some(disk)
+        },
+    )
     .await;
     assert_eq!(seen.write.unwrap().mean, Duration::from_millis(write_ms));
     assert_eq!(seen.window, Duration::from_secs(20));
     assert_eq!(seen.disk, vm.disks[0].name);
 
     stack.clear_vsphere_latency(vm.id.as_str()).await.unwrap();
-    let cleared = eventually("latency back to baseline", Duration::from_secs(25), || async {
-        let samples = hv.sample_storage().await.unwrap();
-        let disk = samples.for_vm(&vm.id).next()?.clone();
-        (disk.worst()? < Duration::from_millis(read_ms)).then_some(disk)
-    })
+    let cleared = eventually(
+        "latency back to baseline",
+        Duration::from_secs(25),
+        || async {
+            let samples = hv.sample_storage().await.unwrap();
+            let disk = samples.for_vm(&vm.id).next()?.clone();
+            (disk.worst()? < Duration::from_millis(read_ms)).then_some(disk)
+        },
+    )
     .await;
-    assert!(cleared.worst().unwrap() < Duration::from_millis(100), "{cleared:?}");
+    assert!(
+        cleared.worst().unwrap() < Duration::from_millis(100),
+        "{cleared:?}"
+    );
 }
 
 #[tokio::test]
@@ -111,12 +156,24 @@ async fn serial_tuning_is_applied_read_back_and_reverted_by_a_fresh_instance() {
     hv.apply(&vm.id, &wanted).await.unwrap();
     let after = hv.tunables(&vm.id).await.unwrap();
     for s in &wanted {
-        assert_eq!(after.current(&s.tunable), Some(s.value), "{} read back", s.tunable);
-        assert_eq!(after.original(&s.tunable), before.current(&s.tunable), "{} original recorded", s.tunable);
+        assert_eq!(
+            after.current(&s.tunable),
+            Some(s.value),
+            "{} read back",
+            s.tunable
+        );
+        assert_eq!(
+            after.original(&s.tunable),
+            before.current(&s.tunable),
+            "{} original recorded",
+            s.tunable
+        );
     }
 
     // A second change keeps the first original.
-    hv.apply(&vm.id, &[Setting::new(iops.clone(), 75)]).await.unwrap();
+    hv.apply(&vm.id, &[Setting::new(iops.clone(), 75)])
+        .await
+        .unwrap();
     let again = hv.tunables(&vm.id).await.unwrap();
     assert_eq!(again.current(&iops), Some(75));
     assert_eq!(again.original(&iops), before.current(&iops));
@@ -125,12 +182,18 @@ async fn serial_tuning_is_applied_read_back_and_reverted_by_a_fresh_instance() {
     hv.close().await.unwrap();
     drop(hv);
     let fresh = connect(vsphere(&stack)).await.unwrap();
-    assert_eq!(fresh.tunables(&vm.id).await.unwrap().originals, after.originals);
+    assert_eq!(
+        fresh.tunables(&vm.id).await.unwrap().originals,
+        after.originals
+    );
     let restored = fresh.revert_all(&vm.id).await.unwrap();
     assert_eq!(restored.len(), wanted.len());
     let reverted = fresh.tunables(&vm.id).await.unwrap();
     assert_eq!(reverted.current, before.current);
-    assert!(reverted.originals.is_empty(), "records are removed after revert: {reverted:?}");
+    assert!(
+        reverted.originals.is_empty(),
+        "records are removed after revert: {reverted:?}"
+    );
 }
 
 #[tokio::test]
@@ -157,7 +220,9 @@ async fn serial_terminated_session_logs_in_again() {
 async fn certificate_from_an_untrusted_ca_is_refused() {
     let mut config = vsphere_config(&stack());
     config.tls = TlsTrust::PublicRoots;
-    let err = connect(HypervisorConfig::VSphere(config.clone())).await.unwrap_err();
+    let err = connect(HypervisorConfig::VSphere(config.clone()))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Http { .. }), "{err:?}");
     let chain = format!("{:?}", anyhow::Error::from(err));
     assert!(chain.to_lowercase().contains("certificate"), "{chain}");
@@ -171,7 +236,9 @@ async fn certificate_from_an_untrusted_ca_is_refused() {
 async fn a_ca_bundle_without_certificates_is_a_configuration_error() {
     let mut config = vsphere_config(&stack());
     config.tls = TlsTrust::CaPem(b"not a certificate".to_vec());
-    let err = connect(HypervisorConfig::VSphere(config)).await.unwrap_err();
+    let err = connect(HypervisorConfig::VSphere(config))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
 }
 
@@ -179,15 +246,26 @@ async fn a_ca_bundle_without_certificates_is_a_configuration_error() {
 async fn wrong_credentials_give_a_clear_error() {
     let mut config = vsphere_config(&stack());
     config.password = Secret::new("definitely-wrong");
-    let err = connect(HypervisorConfig::VSphere(config.clone())).await.unwrap_err();
-    let Error::Authentication { username, fault, .. } = &err else {
+    let err = connect(HypervisorConfig::VSphere(config.clone()))
+        .await
+        .unwrap_err();
+    let Error::Authentication {
+        username, fault, ..
+    } = &err
+    else {
         panic!("expected an authentication error, got {err:?}")
     };
     assert_eq!(username, &config.username);
     assert_eq!(fault, "InvalidLogin");
     let message = err.to_string();
-    assert!(message.contains("logging in to") && message.contains(&config.username), "{message}");
-    assert!(!message.contains("definitely-wrong"), "the password never appears: {message}");
+    assert!(
+        message.contains("logging in to") && message.contains(&config.username),
+        "{message}"
+    );
+    assert!(
+        !message.contains("definitely-wrong"),
+        "the password never appears: {message}"
+    );
 }
 
 #[tokio::test]
@@ -196,15 +274,30 @@ async fn unsupported_capabilities_are_reported_not_raised() {
     let caps = hv.capabilities().await.unwrap();
     assert!(caps.supports(Capability::StorageLatency));
     assert!(caps.supports(Capability::DiskIopsLimit));
-    assert!(matches!(caps.support(Capability::BlkioWeight), Support::Unsupported { .. }));
+    assert!(matches!(
+        caps.support(Capability::BlkioWeight),
+        Support::Unsupported { .. }
+    ));
     let vm = hv.inventory().await.unwrap().remove(0);
     let err = hv
         .apply(&vm.id, &[Setting::new(Tunable::BlkioWeight, 500)])
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Unsupported { capability: Capability::BlkioWeight, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                capability: Capability::BlkioWeight,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let report = hv.tunables(&vm.id).await.unwrap();
-    assert!(report.unsupported.iter().any(|(t, _)| *t == Tunable::BlkioWeight));
+    assert!(report
+        .unsupported
+        .iter()
+        .any(|(t, _)| *t == Tunable::BlkioWeight));
 }
 
 #[tokio::test]

@@ -34,7 +34,9 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("uri", &self.uri).finish_non_exhaustive()
+        f.debug_struct("Connection")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +75,11 @@ impl Connection {
     }
 
     pub fn state(&self) -> ConnectionState {
-        self.slot.lock().expect("libvirt connection lock").state.clone()
+        self.slot
+            .lock()
+            .expect("libvirt connection lock")
+            .state
+            .clone()
     }
 
     /// The live connection and its epoch; reconnects when the previous one was lost and the
@@ -86,7 +92,10 @@ impl Connection {
             }
             let epoch = slot.epoch;
             drop(slot);
-            self.lost(epoch, "the connection was closed (daemon restarted or unreachable)");
+            self.lost(
+                epoch,
+                "the connection was closed (daemon restarted or unreachable)",
+            );
             slot = self.slot.lock().expect("libvirt connection lock");
         }
         let now = Instant::now();
@@ -128,7 +137,10 @@ impl Connection {
             ConnectionState::Disconnected { reason, .. } => reason.clone(),
             ConnectionState::Connected { .. } => "not connected".into(),
         };
-        format!("{reason}; next attempt in {:?}", slot.retry_at.saturating_duration_since(now))
+        format!(
+            "{reason}; next attempt in {:?}",
+            slot.retry_at.saturating_duration_since(now)
+        )
     }
 
     /// Marks the connection of `epoch` as lost (a later epoch is left alone).

@@ -25,9 +25,17 @@ pub fn disks(domain_xml: &str) -> Result<Vec<VmDisk>, quick_xml::Error> {
                 .or_else(|| {
                     let file = source?.get_attr("file")?;
                     let (dir, _) = file.rsplit_once('/')?;
-                    Some(if dir.is_empty() { "/".to_string() } else { dir.to_string() })
+                    Some(if dir.is_empty() {
+                        "/".to_string()
+                    } else {
+                        dir.to_string()
+                    })
                 });
-            Some(VmDisk { name, path, datastore })
+            Some(VmDisk {
+                name,
+                path,
+                datastore,
+            })
         })
         .collect())
 }
@@ -47,8 +55,14 @@ mod tests {
         let d = disks(xml).unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].name, "vda");
-        assert_eq!(d[0].path.as_deref(), Some("/var/tmp/plumbline-stack/libvirt/pl-vm1.qcow2"));
-        assert_eq!(d[0].datastore.as_deref(), Some("/var/tmp/plumbline-stack/libvirt"));
+        assert_eq!(
+            d[0].path.as_deref(),
+            Some("/var/tmp/plumbline-stack/libvirt/pl-vm1.qcow2")
+        );
+        assert_eq!(
+            d[0].datastore.as_deref(),
+            Some("/var/tmp/plumbline-stack/libvirt")
+        );
         assert_eq!(d[1].name, "vdb");
         assert_eq!(d[1].datastore.as_deref(), Some("default"));
     }

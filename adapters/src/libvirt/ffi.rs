@@ -73,7 +73,9 @@ unsafe fn copy_params(params: *const sys::virTypedParameter, n: c_int) -> Params
     let mut out = Vec::with_capacity(n.max(0) as usize);
     for i in 0..n.max(0) as usize {
         let p = &*params.add(i);
-        let name = CStr::from_ptr(p.field.as_ptr()).to_string_lossy().into_owned();
+        let name = CStr::from_ptr(p.field.as_ptr())
+            .to_string_lossy()
+            .into_owned();
         let value = match p.type_ as u32 {
             sys::VIR_TYPED_PARAM_INT => Param::Int(p.value.i),
             sys::VIR_TYPED_PARAM_UINT => Param::UInt(p.value.ui),
@@ -92,7 +94,11 @@ unsafe fn copy_params(params: *const sys::virTypedParameter, n: c_int) -> Params
 }
 
 /// `virConnectGetAllDomainStats`: one call for every domain's stats.
-pub fn all_domain_stats(conn: &Connect, stats: u32, flags: u32) -> Result<Vec<DomainStats>, VirtError> {
+pub fn all_domain_stats(
+    conn: &Connect,
+    stats: u32,
+    flags: u32,
+) -> Result<Vec<DomainStats>, VirtError> {
     let mut records: *mut sys::virDomainStatsRecordPtr = ptr::null_mut();
     // Safety: conn is a live connection; libvirt allocates `records` (NULL-terminated) and we
     // free it with virDomainStatsRecordListFree after copying.
@@ -108,7 +114,9 @@ pub fn all_domain_stats(conn: &Connect, stats: u32, flags: u32) -> Result<Vec<Do
             let dom = (*record).dom;
             let mut uuid_buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
             let uuid = if sys::virDomainGetUUIDString(dom, uuid_buf.as_mut_ptr()) == 0 {
-                CStr::from_ptr(uuid_buf.as_ptr()).to_string_lossy().into_owned()
+                CStr::from_ptr(uuid_buf.as_ptr())
+                    .to_string_lossy()
+                    .into_owned()
             } else {
                 String::new()
             };
@@ -140,7 +148,8 @@ fn get_params(
         return Ok(Vec::new());
     }
     // Safety: a zeroed virTypedParameter is a valid "empty" parameter (no string owned).
-    let mut params: Vec<sys::virTypedParameter> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut params: Vec<sys::virTypedParameter> =
+        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
     if fill(params.as_mut_ptr(), &mut n) < 0 {
         return Err(last_error());
     }
@@ -164,8 +173,12 @@ fn with_params(
         // Safety: params/n/max describe a list owned by libvirt, grown by these calls.
         let rc = unsafe {
             match *value {
-                Param::ULLong(v) => sys::virTypedParamsAddULLong(&mut params, &mut n, &mut max, name.as_ptr(), v),
-                Param::UInt(v) => sys::virTypedParamsAddUInt(&mut params, &mut n, &mut max, name.as_ptr(), v),
+                Param::ULLong(v) => {
+                    sys::virTypedParamsAddULLong(&mut params, &mut n, &mut max, name.as_ptr(), v)
+                }
+                Param::UInt(v) => {
+                    sys::virTypedParamsAddUInt(&mut params, &mut n, &mut max, name.as_ptr(), v)
+                }
                 _ => -1,
             }
         };
@@ -186,14 +199,24 @@ pub fn block_io_tune(dom: &Domain, disk: &str, flags: u32) -> Result<Params, Vir
     let disk = c_string(disk)?;
     // Safety: dom is live; disk outlives both calls; buffers are sized by libvirt's count.
     get_params(
-        |n| unsafe { sys::virDomainGetBlockIoTune(dom.as_ptr(), disk.as_ptr(), ptr::null_mut(), n, flags) },
+        |n| unsafe {
+            sys::virDomainGetBlockIoTune(dom.as_ptr(), disk.as_ptr(), ptr::null_mut(), n, flags)
+        },
         |p, n| unsafe { sys::virDomainGetBlockIoTune(dom.as_ptr(), disk.as_ptr(), p, n, flags) },
     )
 }
 
-pub fn set_block_io_tune(dom: &Domain, disk: &str, values: &[(&str, u64)], flags: u32) -> Result<(), VirtError> {
+pub fn set_block_io_tune(
+    dom: &Domain,
+    disk: &str,
+    values: &[(&str, u64)],
+    flags: u32,
+) -> Result<(), VirtError> {
     let disk = c_string(disk)?;
-    let values: Vec<(&str, Param)> = values.iter().map(|(k, v)| (*k, Param::ULLong(*v))).collect();
+    let values: Vec<(&str, Param)> = values
+        .iter()
+        .map(|(k, v)| (*k, Param::ULLong(*v)))
+        .collect();
     with_params(&values, |p, n| unsafe {
         sys::virDomainSetBlockIoTune(dom.as_ptr(), disk.as_ptr(), p, n, flags)
     })

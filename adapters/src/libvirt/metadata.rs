@@ -55,6 +55,9 @@ mod tests {
         let prefixed = format!(
             "<plumbline:originals xmlns:plumbline=\"{NAMESPACE}\"><plumbline:original tunable=\"cpu_shares\" value=\"7\"/><plumbline:original tunable=\"bogus\" value=\"1\"/></plumbline:originals>"
         );
-        assert_eq!(from_xml(&prefixed).unwrap(), vec![Setting::new(Tunable::CpuShares, 7)]);
+        assert_eq!(
+            from_xml(&prefixed).unwrap(),
+            vec![Setting::new(Tunable::CpuShares, 7)]
+        );
     }
 }

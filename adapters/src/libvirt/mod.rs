@@ -18,8 +18,9 @@ use virt_sys as sys;
 
 use self::connection::Connection;
 use crate::{
-    BackingVm, Capabilities, Capability, ConnectionState, CounterHistory, DiskLimit, Endpoint, Error, Hypervisor,
-    HypervisorKind, LibvirtConfig, Result, Setting, StorageSamples, Support, Tunable, TunableReport, VmId,
+    BackingVm, Capabilities, Capability, ConnectionState, CounterHistory, DiskLimit, Endpoint,
+    Error, Hypervisor, HypervisorKind, LibvirtConfig, Result, Setting, StorageSamples, Support,
+    Tunable, TunableReport, VmId,
 };
 
 /// How long one libvirt call may take before the cycle gives up on it. Bulk stats use the
@@ -49,7 +50,11 @@ pub struct LibvirtHypervisor {
     inner: Arc<Inner>,
 }
 
-fn libvirt_err(action: &'static str, target: impl Into<String>, uri: &str) -> impl FnOnce(virt::error::Error) -> Error {
+fn libvirt_err(
+    action: &'static str,
+    target: impl Into<String>,
+    uri: &str,
+) -> impl FnOnce(virt::error::Error) -> Error {
     let target = target.into();
     let uri = uri.to_string();
     move |source| Error::Libvirt {
@@ -74,7 +79,11 @@ impl LibvirtHypervisor {
                 endpoint: config.uri.clone(),
                 source,
             })?
-            .map_err(libvirt_err("opening a connection", "the libvirt daemon", &config.uri))?;
+            .map_err(libvirt_err(
+                "opening a connection",
+                "the libvirt daemon",
+                &config.uri,
+            ))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoint: Endpoint {
@@ -103,14 +112,18 @@ impl LibvirtHypervisor {
         let inner = self.inner.clone();
         let task = tokio::task::spawn_blocking(move || {
             let uri = inner.endpoint.url.clone();
-            let (conn, epoch) = inner.connection.get().map_err(|reason| Error::Disconnected {
-                endpoint: uri.clone(),
-                reason,
-            })?;
+            let (conn, epoch) = inner
+                .connection
+                .get()
+                .map_err(|reason| Error::Disconnected {
+                    endpoint: uri.clone(),
+                    reason,
+                })?;
             match f(&conn, &uri) {
                 Ok(v) => Ok((v, epoch)),
                 Err(Error::Libvirt { source, .. })
-                    if [sys::VIR_ERR_NO_CONNECT, sys::VIR_ERR_INVALID_CONN].contains(&code(&source))
+                    if [sys::VIR_ERR_NO_CONNECT, sys::VIR_ERR_INVALID_CONN]
+                        .contains(&code(&source))
                         || !conn.is_alive().unwrap_or(false) =>
                 {
                     inner.connection.lost(epoch, &source.to_string());
@@ -181,7 +194,11 @@ fn disk_names(dom: &Domain, uri: &str, target: &str) -> Result<Vec<String>> {
 }
 
 fn read_originals(dom: &Domain, uri: &str, target: &str) -> Result<Vec<Setting>> {
-    match dom.metadata(sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(metadata::NAMESPACE), AFFECT_CURRENT) {
+    match dom.metadata(
+        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        Some(metadata::NAMESPACE),
+        AFFECT_CURRENT,
+    ) {
         Ok(xml) => metadata::from_xml(&xml).map_err(|source| Error::XmlRead {
             what: format!("Plumbline metadata of {target}"),
             source,
@@ -197,7 +214,13 @@ fn write_originals(dom: &Domain, uri: &str, target: &str, originals: &[Setting])
         dom.set_metadata(kind, None, None, Some(metadata::NAMESPACE), AFFECT_CURRENT)
     } else {
         let xml = metadata::to_xml(originals);
-        dom.set_metadata(kind, Some(&xml), Some(metadata::PREFIX), Some(metadata::NAMESPACE), AFFECT_CURRENT)
+        dom.set_metadata(
+            kind,
+            Some(&xml),
+            Some(metadata::PREFIX),
+            Some(metadata::NAMESPACE),
+            AFFECT_CURRENT,
+        )
     };
     result.map_err(libvirt_err("recording originals", target, uri))
 }
@@ -211,8 +234,11 @@ fn read_tunable(dom: &Domain, uri: &str, target: &str, t: &Tunable) -> Result<u6
     };
     match t {
         Tunable::DiskLimit { disk, limit } => {
-            let params = ffi::block_io_tune(dom, disk, AFFECT_CURRENT)
-                .map_err(libvirt_err("reading block I/O limits", format!("{target} disk {disk}"), uri))?;
+            let params = ffi::block_io_tune(dom, disk, AFFECT_CURRENT).map_err(libvirt_err(
+                "reading block I/O limits",
+                format!("{target} disk {disk}"),
+                uri,
+            ))?;
             params
                 .iter()
                 .find(|(k, _)| k == limit.key())
@@ -244,15 +270,21 @@ fn write_tunables(dom: &Domain, uri: &str, target: &str, settings: &[Setting]) -
     let mut per_disk: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for s in settings {
         match &s.tunable {
-            Tunable::DiskLimit { disk, limit } => per_disk.entry(disk).or_default().push((limit.key(), s.value)),
+            Tunable::DiskLimit { disk, limit } => per_disk
+                .entry(disk)
+                .or_default()
+                .push((limit.key(), s.value)),
             Tunable::CpuShares => ffi::set_cpu_shares(dom, s.value, AFFECT_CURRENT)
                 .map_err(libvirt_err("setting cpu_shares", target, uri))?,
             Tunable::BlkioWeight => {
                 let weight = u32::try_from(s.value).map_err(|_| Error::Config {
                     message: format!("blkio weight {} for {target} is out of range", s.value),
                 })?;
-                ffi::set_blkio_weight(dom, weight, AFFECT_CURRENT)
-                    .map_err(libvirt_err("setting blkio weight", target, uri))?
+                ffi::set_blkio_weight(dom, weight, AFFECT_CURRENT).map_err(libvirt_err(
+                    "setting blkio weight",
+                    target,
+                    uri,
+                ))?
             }
             other => {
                 return Err(Error::Unsupported {
@@ -264,8 +296,11 @@ fn write_tunables(dom: &Domain, uri: &str, target: &str, settings: &[Setting]) -
         }
     }
     for (disk, values) in per_disk {
-        ffi::set_block_io_tune(dom, disk, &values, AFFECT_CURRENT)
-            .map_err(libvirt_err("setting block I/O limits", format!("{target} disk {disk}"), uri))?;
+        ffi::set_block_io_tune(dom, disk, &values, AFFECT_CURRENT).map_err(libvirt_err(
+            "setting block I/O limits",
+            format!("{target} disk {disk}"),
+            uri,
+        ))?;
     }
     Ok(())
 }
@@ -276,26 +311,45 @@ fn probe(conn: &Connect, uri: &str) -> Result<Capabilities> {
     caps.set(Capability::StorageLatency, Support::Supported);
     caps.set(Capability::FlushLatency, Support::Supported);
     for (c, what) in [
-        (Capability::DiskShares, "libvirt has no per-disk shares; use blkio weight"),
+        (
+            Capability::DiskShares,
+            "libvirt has no per-disk shares; use blkio weight",
+        ),
         (Capability::CpuReservation, "libvirt has no CPU reservation"),
         (Capability::MemoryShares, "libvirt has no memory shares"),
-        (Capability::MemoryReservation, "libvirt has no memory reservation"),
+        (
+            Capability::MemoryReservation,
+            "libvirt has no memory reservation",
+        ),
     ] {
-        caps.set(c, Support::Unsupported { reason: what.into() });
+        caps.set(
+            c,
+            Support::Unsupported {
+                reason: what.into(),
+            },
+        );
     }
     let domains = conn
         .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         .map_err(libvirt_err("listing running domains", "the host", uri))?;
     let probe_with = domains.iter().find_map(|d| {
         let name = d.name().ok()?;
-        let disk = disk_names(d, uri, &format!("domain {name}")).ok()?.into_iter().next()?;
+        let disk = disk_names(d, uri, &format!("domain {name}"))
+            .ok()?
+            .into_iter()
+            .next()?;
         Some((d, name, disk))
     });
     let Some((dom, name, disk)) = probe_with else {
         let unknown = Support::Unknown {
             reason: "no running domain with a disk to probe".into(),
         };
-        for c in [Capability::DiskIopsLimit, Capability::DiskBytesLimit, Capability::CpuShares, Capability::BlkioWeight] {
+        for c in [
+            Capability::DiskIopsLimit,
+            Capability::DiskBytesLimit,
+            Capability::CpuShares,
+            Capability::BlkioWeight,
+        ] {
             caps.set(c, unknown.clone());
         }
         return Ok(caps);
@@ -310,11 +364,20 @@ fn probe(conn: &Connect, uri: &str) -> Result<Capabilities> {
             reason: e.message().to_string(),
         },
     };
-    let iotune = verdict(ffi::block_io_tune(dom, &disk, AFFECT_CURRENT), "total_iops_sec");
+    let iotune = verdict(
+        ffi::block_io_tune(dom, &disk, AFFECT_CURRENT),
+        "total_iops_sec",
+    );
     caps.set(Capability::DiskIopsLimit, iotune.clone());
     caps.set(Capability::DiskBytesLimit, iotune);
-    caps.set(Capability::CpuShares, verdict(ffi::scheduler_parameters(dom, AFFECT_CURRENT), "cpu_shares"));
-    caps.set(Capability::BlkioWeight, verdict(ffi::blkio_parameters(dom, AFFECT_CURRENT), "weight"));
+    caps.set(
+        Capability::CpuShares,
+        verdict(ffi::scheduler_parameters(dom, AFFECT_CURRENT), "cpu_shares"),
+    );
+    caps.set(
+        Capability::BlkioWeight,
+        verdict(ffi::blkio_parameters(dom, AFFECT_CURRENT), "weight"),
+    );
     if !conn.is_alive().unwrap_or(false) {
         // A probe that failed because the daemon went away says nothing about the host.
         return Err(Error::Disconnected {
@@ -336,14 +399,24 @@ impl Hypervisor for LibvirtHypervisor {
     }
 
     async fn capabilities(&self) -> Result<Capabilities> {
-        let cached = self.inner.capabilities.lock().expect("capabilities lock").clone();
+        let cached = self
+            .inner
+            .capabilities
+            .lock()
+            .expect("capabilities lock")
+            .clone();
         if let Some((epoch, caps)) = cached {
             // Re-probed after a reconnect: the daemon (and its cgroup setup) may have changed.
-            if epoch == self.inner.connection.epoch() && !caps.incomplete() && self.connection().is_connected() {
+            if epoch == self.inner.connection.epoch()
+                && !caps.incomplete()
+                && self.connection().is_connected()
+            {
                 return Ok(caps);
             }
         }
-        let (caps, epoch) = self.run("probing capabilities", "the host".into(), probe).await?;
+        let (caps, epoch) = self
+            .run("probing capabilities", "the host".into(), probe)
+            .await?;
         *self.inner.capabilities.lock().expect("capabilities lock") = Some((epoch, caps.clone()));
         Ok(caps)
     }
@@ -352,21 +425,38 @@ impl Hypervisor for LibvirtHypervisor {
     async fn inventory(&self) -> Result<Vec<BackingVm>> {
         let (vms, _) = self
             .run("listing domains", "the host".into(), |conn, uri| {
-                let host = conn.hostname().map_err(libvirt_err("reading the hostname", "the host", uri))?;
-                let domains = conn
-                    .list_all_domains(0)
-                    .map_err(libvirt_err("listing domains", "the host", uri))?;
+                let host = conn.hostname().map_err(libvirt_err(
+                    "reading the hostname",
+                    "the host",
+                    uri,
+                ))?;
+                let domains = conn.list_all_domains(0).map_err(libvirt_err(
+                    "listing domains",
+                    "the host",
+                    uri,
+                ))?;
                 let mut vms = Vec::with_capacity(domains.len());
                 for d in &domains {
-                    let name = d.name().map_err(libvirt_err("reading a domain name", "a domain", uri))?;
+                    let name =
+                        d.name()
+                            .map_err(libvirt_err("reading a domain name", "a domain", uri))?;
                     let target = format!("domain {name}");
-                    let uuid = d.uuid_string().map_err(libvirt_err("reading the UUID", target.as_str(), uri))?;
-                    let xml = d.xml_desc(0).map_err(libvirt_err("reading the domain XML", target.as_str(), uri))?;
+                    let uuid = d.uuid_string().map_err(libvirt_err(
+                        "reading the UUID",
+                        target.as_str(),
+                        uri,
+                    ))?;
+                    let xml = d.xml_desc(0).map_err(libvirt_err(
+                        "reading the domain XML",
+                        target.as_str(),
+                        uri,
+                    ))?;
                     let disks = domain_xml::disks(&xml).map_err(|source| Error::XmlRead {
                         what: format!("XML of {target}"),
                         source,
                     })?;
-                    let datastores: BTreeSet<String> = disks.iter().filter_map(|d| d.datastore.clone()).collect();
+                    let datastores: BTreeSet<String> =
+                        disks.iter().filter_map(|d| d.datastore.clone()).collect();
                     let id = VmId::new(&uuid);
                     vms.push(BackingVm {
                         provider_id: format!("libvirt:///{id}"),
@@ -387,15 +477,24 @@ impl Hypervisor for LibvirtHypervisor {
     #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
     async fn sample_storage(&self) -> Result<StorageSamples> {
         let ((records, at, observed_at), epoch) = self
-            .run("sampling block stats", "all running domains".into(), |conn, uri| {
-                let records = ffi::all_domain_stats(
-                    conn,
-                    sys::VIR_DOMAIN_STATS_BLOCK,
-                    sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
-                )
-                .map_err(libvirt_err("sampling block stats", "all running domains", uri))?;
-                Ok((records, Instant::now(), SystemTime::now()))
-            })
+            .run(
+                "sampling block stats",
+                "all running domains".into(),
+                |conn, uri| {
+                    let records = ffi::all_domain_stats(
+                        conn,
+                        sys::VIR_DOMAIN_STATS_BLOCK,
+                        sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+                            | sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+                    )
+                    .map_err(libvirt_err(
+                        "sampling block stats",
+                        "all running domains",
+                        uri,
+                    ))?;
+                    Ok((records, Instant::now(), SystemTime::now()))
+                },
+            )
             .await?;
         let readings = stats::disk_readings(&records);
         let mut sampling = self.inner.sampling.lock().expect("sampling lock");
@@ -482,8 +581,9 @@ impl Hypervisor for LibvirtHypervisor {
                 let dom = lookup(conn, uri, &vm)?;
                 let target = format!("domain {}", dom.name().unwrap_or_else(|_| vm.to_string()));
                 let originals = read_originals(&dom, uri, &target)?;
-                let (restore, keep): (Vec<Setting>, Vec<Setting>) =
-                    originals.into_iter().partition(|o| tunables.contains(&o.tunable));
+                let (restore, keep): (Vec<Setting>, Vec<Setting>) = originals
+                    .into_iter()
+                    .partition(|o| tunables.contains(&o.tunable));
                 if restore.is_empty() {
                     return Ok(restore);
                 }

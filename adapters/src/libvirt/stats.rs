@@ -11,20 +11,31 @@ pub fn disk_readings(records: &[DomainStats]) -> Vec<DiskReading> {
 }
 
 fn domain_readings(record: &DomainStats) -> Vec<DiskReading> {
-    let params: HashMap<&str, &Param> = record.params.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let count = params.get("block.count").and_then(|p| p.as_u64()).unwrap_or(0);
+    let params: HashMap<&str, &Param> =
+        record.params.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let count = params
+        .get("block.count")
+        .and_then(|p| p.as_u64())
+        .unwrap_or(0);
     let vm = VmId::new(&record.uuid);
     let generation = u64::from(record.id.unwrap_or(0));
     (0..count)
         .filter_map(|i| {
-            let get = |field: &str| params.get(format!("block.{i}.{field}").as_str()).and_then(|p| p.as_u64());
+            let get = |field: &str| {
+                params
+                    .get(format!("block.{i}.{field}").as_str())
+                    .and_then(|p| p.as_u64())
+            };
             let op = |kind: &str| {
                 Some(OpCounters {
                     reqs: get(&format!("{kind}.reqs"))?,
                     times_ns: get(&format!("{kind}.times"))?,
                 })
             };
-            let name = params.get(format!("block.{i}.name").as_str())?.as_str()?.to_string();
+            let name = params
+                .get(format!("block.{i}.name").as_str())?
+                .as_str()?
+                .to_string();
             Some(DiskReading {
                 vm: vm.clone(),
                 disk: name,
@@ -47,7 +58,10 @@ mod tests {
         DomainStats {
             uuid: "AB6F0C2E-0000-4000-A000-000000000001".into(),
             id: Some(7),
-            params: params.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            params: params
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
         }
     }
 
@@ -73,8 +87,20 @@ mod tests {
         assert_eq!(vda.disk, "vda");
         assert_eq!(vda.vm.as_str(), "ab6f0c2e-0000-4000-a000-000000000001");
         assert_eq!(vda.generation, 7);
-        assert_eq!(vda.counters.write, OpCounters { reqs: 20, times_ns: 4000 });
-        assert_eq!(vda.counters.flush, Some(OpCounters { reqs: 1, times_ns: 50 }));
+        assert_eq!(
+            vda.counters.write,
+            OpCounters {
+                reqs: 20,
+                times_ns: 4000
+            }
+        );
+        assert_eq!(
+            vda.counters.flush,
+            Some(OpCounters {
+                reqs: 1,
+                times_ns: 50
+            })
+        );
     }
 
     #[test]

@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{
-    session::Session,
-};
+use super::session::Session;
 use crate::xml::{Element, MoRef};
 use crate::{BackingVm, Error, Result, VmDisk, VmId};
 
@@ -23,7 +21,11 @@ pub const VM_PATHS: &[&str] = &[
 ];
 
 /// What a sampling cycle needs: identity, power state and the disks' instance names.
-pub const SAMPLING_PATHS: &[&str] = &["config.uuid", "config.hardware.device", "runtime.powerState"];
+pub const SAMPLING_PATHS: &[&str] = &[
+    "config.uuid",
+    "config.hardware.device",
+    "runtime.powerState",
+];
 
 /// What the adapter knows about one VM, straight from the server.
 #[derive(Debug, Clone)]
@@ -85,14 +87,19 @@ pub fn disks_of(devices: &Element) -> Vec<DiskRecord> {
         .filter_map(|d| {
             let key = d.path_i64(&["key"])?;
             let unit = d.path_i64(&["unitNumber"]).unwrap_or(0);
-            let name = match d.path_i64(&["controllerKey"]).and_then(|k| controllers.get(&k)) {
+            let name = match d
+                .path_i64(&["controllerKey"])
+                .and_then(|k| controllers.get(&k))
+            {
                 Some((prefix, bus)) => format!("{prefix}{bus}:{unit}"),
                 None => format!("disk-{key}"),
             };
             Some(DiskRecord {
                 name,
                 file: d.path_text(&["backing", "fileName"]).map(str::to_string),
-                datastore: d.path(&["backing", "datastore"]).and_then(Element::as_moref),
+                datastore: d
+                    .path(&["backing", "datastore"])
+                    .and_then(Element::as_moref),
                 device: (*d).clone(),
             })
         })
@@ -124,7 +131,10 @@ fn prop_set(kind: &str, paths: &[&str]) -> Element {
 /// Runs RetrievePropertiesEx (and its continuations) for one filter spec.
 pub async fn retrieve(session: &Session, action: &str, spec_set: Element) -> Result<Contents> {
     let request = Element::new("RetrievePropertiesEx")
-        .child(Element::moref("_this", &session.services.property_collector))
+        .child(Element::moref(
+            "_this",
+            &session.services.property_collector,
+        ))
         .child(spec_set)
         .child(Element::new("options"));
     let mut body = session.invoke(action, request).await?;
@@ -136,7 +146,10 @@ pub async fn retrieve(session: &Session, action: &str, spec_set: Element) -> Res
             break;
         };
         let more = Element::new("ContinueRetrievePropertiesEx")
-            .child(Element::moref("_this", &session.services.property_collector))
+            .child(Element::moref(
+                "_this",
+                &session.services.property_collector,
+            ))
             .child(Element::text("token", token));
         body = session.invoke(action, more).await?;
     }
@@ -151,7 +164,12 @@ fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Option<VmRecord>
         .map(|v| {
             v.children
                 .iter()
-                .filter_map(|o| Some((o.path_text(&["key"])?.to_string(), o.path_text(&["value"]).unwrap_or("").to_string())))
+                .filter_map(|o| {
+                    Some((
+                        o.path_text(&["key"])?.to_string(),
+                        o.path_text(&["value"]).unwrap_or("").to_string(),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -164,7 +182,10 @@ fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Option<VmRecord>
             .map(|v| v.children.iter().filter_map(Element::as_moref).collect())
             .unwrap_or_default(),
         powered_on: text("runtime.powerState").as_deref() == Some("poweredOn"),
-        disks: props.get("config.hardware.device").map(disks_of).unwrap_or_default(),
+        disks: props
+            .get("config.hardware.device")
+            .map(disks_of)
+            .unwrap_or_default(),
         extra_config,
         cpu_allocation: props.get("config.cpuAllocation").cloned(),
         memory_allocation: props.get("config.memoryAllocation").cloned(),
@@ -174,7 +195,10 @@ fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Option<VmRecord>
 
 /// Every VM (with the properties in `paths`) and the names of hosts and datastores, in one
 /// retrieval.
-pub async fn all_vms(session: &Session, paths: &[&str]) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
+pub async fn all_vms(
+    session: &Session,
+    paths: &[&str],
+) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
     let s = &session.services;
     let view = session
         .invoke(
@@ -216,7 +240,10 @@ pub async fn all_vms(session: &Session, paths: &[&str]) -> Result<(Vec<VmRecord>
     let contents = retrieve(session, "retrieving the inventory", spec).await;
     // The view is per session and only needed for this retrieval.
     let destroyed = session
-        .invoke("destroying the inventory view", Element::new("DestroyView").child(Element::moref("_this", &view)))
+        .invoke(
+            "destroying the inventory view",
+            Element::new("DestroyView").child(Element::moref("_this", &view)),
+        )
         .await;
     if let Err(e) = destroyed {
         tracing::debug!(error = %e, "could not destroy the inventory view; it dies with the session");
@@ -284,8 +311,17 @@ mod tests {
         let disks = disks_of(&Element::parse(xml).unwrap());
         let names: Vec<_> = disks.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["scsi0:0", "ide1:1"]);
-        assert_eq!(disks[0].file.as_deref(), Some("[LocalDS_0] DC0_H0_VM0/disk1.vmdk"));
-        assert_eq!(disks[0].datastore, Some(MoRef::new("Datastore", "datastore-52")));
-        assert_eq!(disks[0].io_allocation().unwrap().path_i64(&["limit"]), Some(-1));
+        assert_eq!(
+            disks[0].file.as_deref(),
+            Some("[LocalDS_0] DC0_H0_VM0/disk1.vmdk")
+        );
+        assert_eq!(
+            disks[0].datastore,
+            Some(MoRef::new("Datastore", "datastore-52"))
+        );
+        assert_eq!(
+            disks[0].io_allocation().unwrap().path_i64(&["limit"]),
+            Some(-1)
+        );
     }
 }

@@ -7,7 +7,6 @@ mod soap;
 mod task;
 mod tuning;
 
-
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
@@ -24,8 +23,9 @@ use self::{
 };
 use crate::xml::{Element, MoRef};
 use crate::{
-    BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error, Hypervisor, HypervisorKind, Result,
-    Setting, StorageSamples, Support, Tunable, TunableReport, VSphereConfig, VmId,
+    BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error, Hypervisor,
+    HypervisorKind, Result, Setting, StorageSamples, Support, Tunable, TunableReport,
+    VSphereConfig, VmId,
 };
 
 /// How long one SOAP call may take.
@@ -77,9 +77,15 @@ impl VSphereHypervisor {
     /// Ends another session on this server (`SessionManager.TerminateSession`).
     pub async fn terminate_session(&self, session_key: &str) -> Result<()> {
         let request = Element::new("TerminateSession")
-            .child(Element::moref("_this", &self.inner.session.services.session_manager))
+            .child(Element::moref(
+                "_this",
+                &self.inner.session.services.session_manager,
+            ))
             .child(Element::text("sessionId", session_key));
-        self.inner.session.invoke("terminating a session", request).await?;
+        self.inner
+            .session
+            .invoke("terminating a session", request)
+            .await?;
         Ok(())
     }
 
@@ -102,7 +108,13 @@ impl VSphereHypervisor {
 
     /// The VM's current configuration, read fresh.
     async fn vm(&self, vm: &VmId) -> Result<VmRecord> {
-        let cached = self.inner.morefs.lock().expect("moref cache lock").get(vm).cloned();
+        let cached = self
+            .inner
+            .morefs
+            .lock()
+            .expect("moref cache lock")
+            .get(vm)
+            .cloned();
         if let Some(moref) = cached {
             if let Some(record) = inventory::one_vm(&self.inner.session, &moref).await? {
                 if &record.id == vm {
@@ -111,10 +123,12 @@ impl VSphereHypervisor {
             }
         }
         let (vms, _) = self.all_vms(inventory::VM_PATHS).await?;
-        vms.into_iter().find(|r| &r.id == vm).ok_or_else(|| Error::VmNotFound {
-            vm: vm.clone(),
-            endpoint: self.inner.endpoint.url.clone(),
-        })
+        vms.into_iter()
+            .find(|r| &r.id == vm)
+            .ok_or_else(|| Error::VmNotFound {
+                vm: vm.clone(),
+                endpoint: self.inner.endpoint.url.clone(),
+            })
     }
 
     fn unsupported(&self, t: &Tunable, reason: &str) -> Error {
@@ -129,7 +143,13 @@ impl VSphereHypervisor {
         let request = Element::new("ReconfigVM_Task")
             .child(Element::moref("_this", &vm.moref))
             .child(edits.into_spec());
-        task::run(&self.inner.session, action, &tuning::target(&vm.id, &vm.name), request).await
+        task::run(
+            &self.inner.session,
+            action,
+            &tuning::target(&vm.id, &vm.name),
+            request,
+        )
+        .await
     }
 }
 
@@ -170,7 +190,9 @@ impl Hypervisor for VSphereHypervisor {
             Capability::BlkioWeight,
         ] {
             let support = match tuning::capability_reason(c) {
-                Some(reason) => Support::Unsupported { reason: reason.into() },
+                Some(reason) => Support::Unsupported {
+                    reason: reason.into(),
+                },
                 None => Support::Supported,
             };
             caps.set(c, support);
@@ -181,14 +203,18 @@ impl Hypervisor for VSphereHypervisor {
     #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
     async fn inventory(&self) -> Result<Vec<BackingVm>> {
         let (vms, names) = self.all_vms(inventory::VM_PATHS).await?;
-        Ok(vms.iter().map(|v| inventory::backing_vm(v, &names)).collect())
+        Ok(vms
+            .iter()
+            .map(|v| inventory::backing_vm(v, &names))
+            .collect())
     }
 
     #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
     async fn sample_storage(&self) -> Result<StorageSamples> {
         let (vms, _) = self.all_vms(inventory::SAMPLING_PATHS).await?;
         let refs: Vec<&VmRecord> = vms.iter().collect();
-        let by_moref: HashMap<MoRef, &VmRecord> = vms.iter().map(|v| (v.moref.clone(), v)).collect();
+        let by_moref: HashMap<MoRef, &VmRecord> =
+            vms.iter().map(|v| (v.moref.clone(), v)).collect();
         let mut samples = StorageSamples {
             taken_at: SystemTime::now(),
             disks: Vec::new(),
@@ -196,7 +222,8 @@ impl Hypervisor for VSphereHypervisor {
         };
         for batch in perf::batches(&refs, self.inner.counters, self.inner.max_query_metrics) {
             let response = perf::query(&self.inner.session, batch).await?;
-            let (disks, unready) = perf::latencies(&response, self.inner.counters, &by_moref, SystemTime::now());
+            let (disks, unready) =
+                perf::latencies(&response, self.inner.counters, &by_moref, SystemTime::now());
             samples.disks.extend(disks);
             samples.not_ready.extend(unready);
         }
@@ -216,7 +243,10 @@ impl Hypervisor for VSphereHypervisor {
             .into_iter()
             .filter_map(|(t, raw)| Some(Setting::new(t, raw.value()?)))
             .collect();
-        let unsupported = vec![(Tunable::BlkioWeight, "vSphere has no whole-VM blkio weight".to_string())];
+        let unsupported = vec![(
+            Tunable::BlkioWeight,
+            "vSphere has no whole-VM blkio weight".to_string(),
+        )];
         Ok(TunableReport {
             current,
             originals,
@@ -236,11 +266,12 @@ impl Hypervisor for VSphereHypervisor {
         let recorded: HashMap<Tunable, Raw> = tuning::recorded(&record).into_iter().collect();
         let mut edits = Edits::default();
         for s in settings {
-            let current = tuning::current(&record, &s.tunable).ok_or_else(|| Error::DiskNotFound {
-                vm: vm.clone(),
-                disk: s.tunable.disk().unwrap_or_default().to_string(),
-                endpoint: self.inner.endpoint.url.clone(),
-            })?;
+            let current =
+                tuning::current(&record, &s.tunable).ok_or_else(|| Error::DiskNotFound {
+                    vm: vm.clone(),
+                    disk: s.tunable.disk().unwrap_or_default().to_string(),
+                    endpoint: self.inner.endpoint.url.clone(),
+                })?;
             // The record and the change travel in one reconfiguration: either both land or
             // neither does.
             if !recorded.contains_key(&s.tunable) {
@@ -277,7 +308,8 @@ impl Hypervisor for VSphereHypervisor {
         if edits.is_empty() {
             return Ok(restored);
         }
-        self.reconfigure(&record, "reverting tunables", edits).await?;
+        self.reconfigure(&record, "reverting tunables", edits)
+            .await?;
         Ok(restored)
     }
 

@@ -53,7 +53,9 @@ pub async fn resolve_counters(session: &Session) -> Result<LatencyCounters> {
                 .child(Element::text("type", "PerformanceManager"))
                 .child(Element::text("pathSet", "perfCounter")),
         )
-        .child(Element::new("objectSet").child(Element::moref("obj", &session.services.perf_manager)));
+        .child(
+            Element::new("objectSet").child(Element::moref("obj", &session.services.perf_manager)),
+        );
     let contents = inventory::retrieve(session, "resolving performance counters", spec).await?;
     let ids = contents
         .iter()
@@ -97,10 +99,17 @@ pub async fn max_query_metrics(session: &Session) -> usize {
 
 /// One QuerySpec per VM, grouped into batches that each stay within `max_metrics`
 /// (a VM with more metrics than the limit gets a batch of its own).
-pub fn batches(vms: &[&VmRecord], counters: LatencyCounters, max_metrics: usize) -> Vec<Vec<Element>> {
+pub fn batches(
+    vms: &[&VmRecord],
+    counters: LatencyCounters,
+    max_metrics: usize,
+) -> Vec<Vec<Element>> {
     let mut out: Vec<Vec<Element>> = Vec::new();
     let mut in_batch = 0usize;
-    for vm in vms.iter().filter(|vm| vm.powered_on && !vm.disks.is_empty()) {
+    for vm in vms
+        .iter()
+        .filter(|vm| vm.powered_on && !vm.disks.is_empty())
+    {
         let metric_ids: Vec<Element> = vm
             .disks
             .iter()
@@ -145,7 +154,11 @@ pub fn latencies(
     let mut disks = Vec::new();
     let mut unready = Vec::new();
     for metric in response.all("returnval") {
-        let Some(vm) = metric.first("entity").and_then(Element::as_moref).and_then(|m| vms.get(&m)) else {
+        let Some(vm) = metric
+            .first("entity")
+            .and_then(Element::as_moref)
+            .and_then(|m| vms.get(&m))
+        else {
             continue;
         };
         // maxSample=1: the newest sample is the last one.
@@ -238,7 +251,10 @@ mod tests {
         }
     }
 
-    const COUNTERS: LatencyCounters = LatencyCounters { read: 131, write: 132 };
+    const COUNTERS: LatencyCounters = LatencyCounters {
+        read: 131,
+        write: 132,
+    };
 
     #[test]
     fn batches_never_exceed_max_query_metrics() {
@@ -267,7 +283,8 @@ mod tests {
     fn latest_sample_becomes_per_disk_latency_and_stale_or_missing_data_is_not_ready() {
         let record = vm(1, 2);
         let vms: HashMap<MoRef, &VmRecord> = [(record.moref.clone(), &record)].into();
-        let now = SystemTime::from(chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:10Z").unwrap());
+        let now =
+            SystemTime::from(chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:10Z").unwrap());
         let response = |ts: &str| {
             Element::parse(format!(r#"<QueryPerfResponse xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><returnval xsi:type="PerfEntityMetric">
 <entity type="VirtualMachine">vm-1</entity><sampleInfo><timestamp>{ts}</timestamp><interval>20</interval></sampleInfo>

@@ -5,9 +5,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{
-    soap::{Fault, Outcome, SoapClient},
-};
+use super::soap::{Fault, Outcome, SoapClient};
 use crate::xml::{Element, MoRef};
 use crate::{ConnectionState, Error, Result, Secret, VSphereConfig};
 
@@ -57,9 +55,15 @@ impl Session {
     /// Reads the service content and logs in.
     pub async fn open(config: &VSphereConfig, timeout: Duration) -> Result<Self> {
         let soap = SoapClient::new(&config.url, &config.tls, timeout)?;
-        let request = Element::new("RetrieveServiceContent")
-            .child(Element::moref("_this", &MoRef::new("ServiceInstance", "ServiceInstance")));
-        let content = match soap.call("reading the service content", request, None).await?.0 {
+        let request = Element::new("RetrieveServiceContent").child(Element::moref(
+            "_this",
+            &MoRef::new("ServiceInstance", "ServiceInstance"),
+        ));
+        let content = match soap
+            .call("reading the service content", request, None)
+            .await?
+            .0
+        {
             Outcome::Body(b) => b,
             Outcome::Fault(f) => return Err(fault_error(&soap, "reading the service content", f)),
         };
@@ -97,16 +101,23 @@ impl Session {
 
     pub fn state(&self) -> ConnectionState {
         let current = self.current.lock().expect("session state lock");
-        current.state.clone().unwrap_or(ConnectionState::Disconnected {
-            since: SystemTime::now(),
-            reason: "not logged in".into(),
-            retry_at: SystemTime::now(),
-        })
+        current
+            .state
+            .clone()
+            .unwrap_or(ConnectionState::Disconnected {
+                since: SystemTime::now(),
+                reason: "not logged in".into(),
+                retry_at: SystemTime::now(),
+            })
     }
 
     /// The server-side key of the current session (what `TerminateSession` takes).
     pub fn session_key(&self) -> Option<String> {
-        self.current.lock().expect("session state lock").session_key.clone()
+        self.current
+            .lock()
+            .expect("session state lock")
+            .session_key
+            .clone()
     }
 
     fn set_state(&self, state: ConnectionState) {
@@ -183,7 +194,11 @@ impl Session {
                 self.login(generation).await?;
                 continue;
             }
-            let outcome = match self.soap.call(action, request.clone(), cookie.as_deref()).await {
+            let outcome = match self
+                .soap
+                .call(action, request.clone(), cookie.as_deref())
+                .await
+            {
                 Ok((outcome, _)) => outcome,
                 Err(e) => {
                     if e.is_disconnected() {
@@ -245,10 +260,19 @@ impl Session {
     }
 
     pub async fn logout(&self) -> Result<()> {
-        let cookie = self.current.lock().expect("session state lock").cookie.take();
+        let cookie = self
+            .current
+            .lock()
+            .expect("session state lock")
+            .cookie
+            .take();
         let Some(cookie) = cookie else { return Ok(()) };
-        let request = Element::new("Logout").child(Element::moref("_this", &self.services.session_manager));
-        let (outcome, _) = self.soap.call("logging out", request, Some(&cookie)).await?;
+        let request =
+            Element::new("Logout").child(Element::moref("_this", &self.services.session_manager));
+        let (outcome, _) = self
+            .soap
+            .call("logging out", request, Some(&cookie))
+            .await?;
         self.mark_lost("logged out");
         match outcome {
             Outcome::Body(_) => Ok(()),

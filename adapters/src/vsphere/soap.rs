@@ -34,7 +34,9 @@ pub struct SoapClient {
 
 impl std::fmt::Debug for SoapClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SoapClient").field("url", &self.url).finish()
+        f.debug_struct("SoapClient")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -59,7 +61,9 @@ impl SoapClient {
                 }
                 certs
                     .into_iter()
-                    .fold(builder.tls_built_in_root_certs(false), |b, c| b.add_root_certificate(c))
+                    .fold(builder.tls_built_in_root_certs(false), |b, c| {
+                        b.add_root_certificate(c)
+                    })
             }
             TlsTrust::Insecure => {
                 tracing::warn!(%url, "TLS certificate verification is disabled for this vSphere endpoint");
@@ -148,7 +152,10 @@ pub fn parse_response(bytes: &[u8]) -> std::result::Result<Outcome, String> {
 }
 
 fn fault_of(fault: &Element) -> Fault {
-    let message = fault.path_text(&["faultstring"]).unwrap_or_default().to_string();
+    let message = fault
+        .path_text(&["faultstring"])
+        .unwrap_or_default()
+        .to_string();
     // vim25 puts the typed fault in <detail>: <NotAuthenticatedFault xsi:type="NotAuthenticated">.
     let kind = fault
         .first("detail")
@@ -225,8 +232,20 @@ mod tests {
     }
 
     #[test]
+    fn task_error_becomes_fault_kind_and_message() {
+        let info = Element::parse(
+            br#"<error xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><fault xsi:type="InvalidDeviceSpec"><deviceIndex>0</deviceIndex></fault><localizedMessage>Invalid configuration for device '0'.</localizedMessage></error>"#,
+        )
+        .unwrap();
+        let f = localized_fault(&info);
+        assert_eq!(f.kind, "InvalidDeviceSpec");
+        assert_eq!(f.message, "Invalid configuration for device '0'.");
+    }
+
+    #[test]
     fn session_cookie_is_taken_from_set_cookie() {
-        let h = HeaderValue::from_static("vmware_soap_session=\"abc123\"; Path=/; HttpOnly; Secure;");
+        let h =
+            HeaderValue::from_static("vmware_soap_session=\"abc123\"; Path=/; HttpOnly; Secure;");
         assert_eq!(session_cookie(&h).as_deref(), Some("abc123"));
         assert_eq!(session_cookie(&HeaderValue::from_static("other=1")), None);
     }

@@ -2,11 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{
-    inventory,
-    session::Session,
-    soap::localized_fault,
-};
+use super::{inventory, session::Session, soap::localized_fault};
 use crate::xml::{Element, MoRef};
 use crate::{Error, Result};
 
@@ -38,8 +34,14 @@ async fn wait(session: &Session, action: &str, target: &str, task: &MoRef) -> Re
             )
             .child(Element::new("objectSet").child(Element::moref("obj", task)));
         let contents = inventory::retrieve(session, "waiting for a task", spec).await?;
-        let info = contents.iter().find_map(|(_, props)| props.get("info")).cloned();
-        let state = info.as_ref().and_then(|i| i.path_text(&["state"])).unwrap_or("");
+        let info = contents
+            .iter()
+            .find_map(|(_, props)| props.get("info"))
+            .cloned();
+        let state = info
+            .as_ref()
+            .and_then(|i| i.path_text(&["state"]))
+            .unwrap_or("");
         match state {
             "success" => return Ok(()),
             "error" => {

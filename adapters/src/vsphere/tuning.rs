@@ -71,7 +71,10 @@ fn place<'a>(vm: &'a VmRecord, t: &Tunable) -> Option<Place<'a>> {
 }
 
 fn disk_alloc<'a>(vm: &'a VmRecord, disk: &str) -> Option<Option<&'a Element>> {
-    vm.disks.iter().find(|d| d.name == disk).map(|d| d.io_allocation())
+    vm.disks
+        .iter()
+        .find(|d| d.name == disk)
+        .map(|d| d.io_allocation())
 }
 
 /// The current raw value; `None` when the VM has no such disk. An absent allocation reads
@@ -94,7 +97,9 @@ pub fn current(vm: &VmRecord, t: &Tunable) -> Option<Raw> {
 /// The raw form of a requested domain value.
 pub fn raw_for(t: &Tunable, value: u64) -> Raw {
     match t {
-        Tunable::CpuShares | Tunable::MemoryShares | Tunable::DiskShares { .. } => Raw(format!("custom:{value}")),
+        Tunable::CpuShares | Tunable::MemoryShares | Tunable::DiskShares { .. } => {
+            Raw(format!("custom:{value}"))
+        }
         Tunable::DiskLimit { .. } if value == 0 => Raw("-1".into()),
         _ => Raw(value.to_string()),
     }
@@ -135,9 +140,9 @@ impl Edits {
                 edit_allocation(alloc, t, raw);
             }
             Tunable::MemoryShares | Tunable::MemoryReservationMib => {
-                let alloc = self
-                    .memory_allocation
-                    .get_or_insert_with(|| allocation(vm.memory_allocation.as_ref(), "memoryAllocation"));
+                let alloc = self.memory_allocation.get_or_insert_with(|| {
+                    allocation(vm.memory_allocation.as_ref(), "memoryAllocation")
+                });
                 edit_allocation(alloc, t, raw);
             }
             Tunable::DiskLimit { disk, .. } | Tunable::DiskShares { disk } => {
@@ -159,7 +164,9 @@ impl Edits {
                 if device.first("storageIOAllocation").is_none() {
                     device.children.push(Element::new("storageIOAllocation"));
                 }
-                let io = device.first_mut("storageIOAllocation").expect("just ensured");
+                let io = device
+                    .first_mut("storageIOAllocation")
+                    .expect("just ensured");
                 // StorageIOAllocationInfo order: limit, shares, reservation.
                 match t {
                     Tunable::DiskShares { .. } => set_shares(io, raw, 1),
@@ -250,7 +257,9 @@ pub fn tunables_of(vm: &VmRecord) -> Vec<Tunable> {
             disk: d.name.clone(),
             limit: DiskLimit::TotalIops,
         });
-        all.push(Tunable::DiskShares { disk: d.name.clone() });
+        all.push(Tunable::DiskShares {
+            disk: d.name.clone(),
+        });
     }
     all
 }
@@ -286,7 +295,10 @@ mod tests {
             datastores: vec![],
             powered_on: true,
             disks: disks_of(&devices),
-            extra_config: HashMap::from([(record_key(&Tunable::CpuShares), "normal:2000".to_string())]),
+            extra_config: HashMap::from([(
+                record_key(&Tunable::CpuShares),
+                "normal:2000".to_string(),
+            )]),
             cpu_allocation: Some(cpu),
             memory_allocation: None,
         }
@@ -295,19 +307,37 @@ mod tests {
     #[test]
     fn current_values_read_from_allocations_with_vsphere_defaults() {
         let vm = record();
-        assert_eq!(current(&vm, &Tunable::CpuShares), Some(Raw("normal:2000".into())));
+        assert_eq!(
+            current(&vm, &Tunable::CpuShares),
+            Some(Raw("normal:2000".into()))
+        );
         let iops = Tunable::DiskLimit {
             disk: "scsi0:0".into(),
             limit: DiskLimit::TotalIops,
         };
-        assert_eq!(current(&vm, &iops).unwrap().value(), Some(0), "-1 (unlimited) is 0");
-        assert_eq!(current(&vm, &Tunable::MemoryReservationMib), Some(Raw("0".into())));
         assert_eq!(
-            current(&vm, &Tunable::DiskShares { disk: "scsi9:9".into() }),
+            current(&vm, &iops).unwrap().value(),
+            Some(0),
+            "-1 (unlimited) is 0"
+        );
+        assert_eq!(
+            current(&vm, &Tunable::MemoryReservationMib),
+            Some(Raw("0".into()))
+        );
+        assert_eq!(
+            current(
+                &vm,
+                &Tunable::DiskShares {
+                    disk: "scsi9:9".into()
+                }
+            ),
             None,
             "unknown disk"
         );
-        assert_eq!(recorded(&vm), vec![(Tunable::CpuShares, Raw("normal:2000".into()))]);
+        assert_eq!(
+            recorded(&vm),
+            vec![(Tunable::CpuShares, Raw("normal:2000".into()))]
+        );
     }
 
     #[test]
@@ -319,7 +349,13 @@ mod tests {
             limit: DiskLimit::TotalIops,
         };
         edits.set(&vm, &iops, &raw_for(&iops, 200)).unwrap();
-        edits.set(&vm, &Tunable::CpuShares, &raw_for(&Tunable::CpuShares, 4000)).unwrap();
+        edits
+            .set(
+                &vm,
+                &Tunable::CpuShares,
+                &raw_for(&Tunable::CpuShares, 4000),
+            )
+            .unwrap();
         edits.record(&iops, Some(&Raw("-1".into())));
         let spec = edits.into_spec();
         let names: Vec<_> = spec.children.iter().map(|c| c.local_name()).collect();
@@ -327,7 +363,10 @@ mod tests {
         let device = spec.path(&["deviceChange", "device"]).unwrap();
         assert_eq!(device.type_name(), Some("VirtualDisk"));
         assert_eq!(device.path_i64(&["key"]), Some(2000));
-        assert_eq!(device.path_i64(&["storageIOAllocation", "limit"]), Some(200));
+        assert_eq!(
+            device.path_i64(&["storageIOAllocation", "limit"]),
+            Some(200)
+        );
         let cpu = spec.first("cpuAllocation").unwrap();
         assert!(cpu.first("overheadLimit").is_none());
         assert_eq!(cpu.path_text(&["shares", "level"]), Some("custom"));
@@ -343,7 +382,9 @@ mod tests {
     fn restoring_a_normal_level_restores_the_level_not_a_custom_count() {
         let vm = record();
         let mut edits = Edits::default();
-        edits.set(&vm, &Tunable::CpuShares, &Raw("normal:2000".into())).unwrap();
+        edits
+            .set(&vm, &Tunable::CpuShares, &Raw("normal:2000".into()))
+            .unwrap();
         let cpu = edits.cpu_allocation.unwrap();
         assert_eq!(cpu.path_text(&["shares", "level"]), Some("normal"));
     }
