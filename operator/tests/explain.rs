@@ -87,6 +87,9 @@ async fn explain_prints_the_plan_that_is_then_applied_and_changes_nothing() -> R
         a.message = None;
         a
     };
+    let d = cluster.deployments().get("orders").await?;
+    let gates = d.spec.template.spec.and_then(|s| s.readiness_gates).unwrap_or_default();
+    assert_eq!(gates.iter().map(|g| g.condition_type.as_str()).collect::<Vec<_>>(), vec!["plumbline.dev/storage-healthy"]);
     let in_status: Vec<_> = applied.status.unwrap().plan.into_iter().map(strip).collect();
     let explained: Vec<_> = policies::plan_to_status(&plan).into_iter().map(strip).collect();
     assert_eq!(in_status, explained, "status.plan differs from what explain printed");

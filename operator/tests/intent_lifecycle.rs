@@ -347,3 +347,69 @@ async fn a_missing_target_or_an_invalid_window_is_degraded_with_the_problem_name
     cluster.cleanup().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_statefulset_with_its_own_readiness_gate_gets_ours_added_and_back_to_only_its_own() -> Result<()> {
+    let cluster = Cluster::connect("statefulset").await?;
+    let body = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": cluster.namespace},
+        "spec": {
+            "replicas": 1,
+            "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "readinessGates": [{"conditionType": "example.com/warmed-up"}],
+                    "containers": [{"name": "db", "image": "registry.invalid/db:1"}]
+                }
+            }
+        }
+    });
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(cluster.admin.clone(), &cluster.namespace);
+    sets.patch("db", &PatchParams::apply("e2e-owner"), &Patch::Apply(&body)).await?;
+    let operator = cluster.start_operator(manual_clock("2026-11-23T09:00:00Z")).await?;
+    cluster
+        .apply_intent(
+            "db",
+            json!({
+                "target": {"kind": "StatefulSet", "name": "db"},
+                "priority": "high",
+                "availability": {"replicaFloor": 2},
+                "storage": {"latencyBudget": "15ms", "readinessGate": true}
+            }),
+        )
+        .await?;
+    let gates = |s: &k8s_openapi::api::apps::v1::StatefulSet| -> Vec<String> {
+        s.spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.readiness_gates.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| g.condition_type)
+            .collect()
+    };
+    common::eventually("both gates and the floor on the StatefulSet", || async {
+        let s = sets.get("db").await.ok()?;
+        (gates(&s) == ["example.com/warmed-up", "plumbline.dev/storage-healthy"] && s.spec.replicas == Some(2)).then_some(())
+    })
+    .await?;
+    cluster
+        .intent_until("db", "Ready", |wi| has_condition(wi, "Ready", "True", "Applied"))
+        .await?;
+
+    cluster.delete_intent("db").await?;
+    common::eventually("the intent to be gone", || async { cluster.intents().get_opt("db").await.ok()?.is_none().then_some(()) }).await?;
+    let s = sets.get("db").await?;
+    assert_eq!(gates(&s), ["example.com/warmed-up"], "only the owner's gate is left");
+    assert_eq!(s.spec.replicas, Some(1));
+    assert_eq!(owners(&s.metadata, &["spec", "template", "spec", "readinessGates"]), vec!["e2e-owner"]);
+
+    operator.stop().await;
+    cluster.cleanup().await;
+    Ok(())
+}

@@ -62,12 +62,6 @@ pub struct Execution {
     pub changed: bool,
 }
 
-impl Execution {
-    pub fn all_applied(&self) -> bool {
-        self.reverts.iter().chain(&self.actions).all(|o| o.state == ActionState::Applied)
-    }
-}
-
 fn metric_action(change: &Change) -> &'static str {
     match change {
         Change::PriorityClass { .. } => "priority_class",

@@ -151,14 +151,40 @@ pub async fn run(ctx: Arc<Context>, inputs: TermInputs, end: TermEnd) {
             rx.recv().await.map(|r| (r, rx))
         }))
         .graceful_shutdown_on(end.wait())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, action)) => debug!(intent = %obj, ?action, "reconciled"),
-                Err(e) => debug!(error = %e, "reconcile failed"),
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            count_intents(&ctx);
+            async move {
+                match result {
+                    Ok((obj, action)) => debug!(intent = %obj, ?action, "reconciled"),
+                    Err(e) => debug!(error = %e, "reconcile failed"),
+                }
             }
         })
         .await;
+}
+
+/// Updates the `plumbline_intents{state}` gauge from the intent cache: degraded, else active
+/// or inactive per the Active condition.
+fn count_intents(ctx: &Context) {
+    let (mut active, mut inactive, mut degraded) = (0, 0, 0);
+    for wi in ctx.intents.state() {
+        let conditions = wi.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+        let is = |t: &str| conditions.iter().any(|c| c.type_ == t && c.status == "True");
+        if is(plumbline_crds::conditions::intent::DEGRADED) {
+            degraded += 1;
+        } else if is(plumbline_crds::conditions::intent::ACTIVE) {
+            active += 1;
+        } else {
+            inactive += 1;
+        }
+    }
+    for (state, n) in [("active", active), ("inactive", inactive), ("degraded", degraded)] {
+        ctx.metrics
+            .intents
+            .get_or_create(&crate::metrics::IntentStateLabels { state: state.to_string() })
+            .set(n);
+    }
 }
 
 /// Counts the failure and retries with a backoff that doubles with each consecutive failure

@@ -21,12 +21,6 @@ pub struct Reverted {
     pub pdbs: Vec<String>,
 }
 
-impl Reverted {
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty() && self.pdbs.is_empty()
-    }
-}
-
 /// Reverts everything `wi` holds. Idempotent; a workload held by another intent is left alone.
 pub async fn revert(ctx: &Context, wi: &WorkloadIntent) -> Result<Reverted> {
     let mut reverted = Reverted::default();
