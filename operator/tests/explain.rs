@@ -111,7 +111,6 @@ async fn explain_prints_the_plan_that_is_then_applied_and_changes_nothing() -> R
         assert!(plugin_text.contains(&action.reason), "kubectl plumbline lacks {:?}:\n{plugin_text}", action.reason);
     }
 
-    operator.stop().await;
-    cluster.cleanup().await;
+    cluster.finish(operator).await?;
     Ok(())
 }

@@ -96,8 +96,7 @@ async fn an_intent_gives_its_workload_the_tier_priority_a_replica_floor_and_a_bu
     assert!(metrics.contains("plumbline_reconcile_duration_seconds_bucket"), "{metrics}");
     assert_eq!(reqwest_get(&format!("http://{}/readyz", operator.http_addr)).await?, "ready");
 
-    operator.stop().await;
-    cluster.cleanup().await;
+    cluster.finish(operator).await?;
     Ok(())
 }
 
@@ -197,8 +196,7 @@ async fn outside_the_window_changes_are_reverted_and_inside_they_are_reapplied()
     assert_eq!(floor.previous.as_deref(), Some("2"));
     cluster.pdbs().await?.get("checkout-plumbline").await?;
 
-    operator.stop().await;
-    cluster.cleanup().await;
+    cluster.finish(operator).await?;
     Ok(())
 }
 
@@ -251,8 +249,7 @@ async fn deleting_an_intent_reverts_everything_and_leaves_other_managers_fields_
     assert_eq!(image.as_deref(), Some("registry.invalid/app:2"), "another manager's change stays");
     assert!(cluster.pdbs().await?.get_opt("ledger-plumbline").await?.is_none(), "budget deleted");
 
-    operator.stop().await;
-    cluster.cleanup().await;
+    cluster.finish(operator).await?;
     Ok(())
 }
 
@@ -293,8 +290,7 @@ async fn a_second_intent_on_the_same_workload_is_degraded_and_applies_nothing() 
     let floor = second.status.unwrap().plan.into_iter().find(|a| a.kind == ActionKind::ReplicaFloor).unwrap();
     assert_eq!(floor.previous.as_deref(), Some("1"), "the original value, not the first intent's");
 
-    operator.stop().await;
-    cluster.cleanup().await;
+    cluster.finish(operator).await?;
     Ok(())
 }
 
@@ -343,8 +339,7 @@ async fn a_missing_target_or_an_invalid_window_is_degraded_with_the_problem_name
     let text = format!("{rejected:#}");
     assert!(text.contains("spec.priority") && text.contains("critical"), "{text}");
 
-    operator.stop().await;
-    cluster.cleanup().await;
+    cluster.finish(operator).await?;
     Ok(())
 }
 
@@ -409,7 +404,6 @@ async fn a_statefulset_with_its_own_readiness_gate_gets_ours_added_and_back_to_o
     assert_eq!(s.spec.replicas, Some(1));
     assert_eq!(owners(&s.metadata, &["spec", "template", "spec", "readinessGates"]), vec!["e2e-owner"]);
 
-    operator.stop().await;
-    cluster.cleanup().await;
+    cluster.finish(operator).await?;
     Ok(())
 }

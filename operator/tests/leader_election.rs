@@ -86,9 +86,8 @@ async fn only_the_lease_holder_reconciles_and_the_standby_takes_over() -> Result
     let held = lease_api.get("plumbline-operator").await?;
     assert_ne!(held.spec.as_ref().and_then(|s| s.holder_identity.clone()), leader_name, "the Lease moved to the standby");
 
-    standby.stop().await;
     assert!(!violated.load(Ordering::SeqCst), "both replicas led at the same time");
-    cluster.cleanup().await;
+    cluster.finish(standby).await?;
     Ok(())
 }
 

@@ -127,8 +127,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// Removes the namespace; the operator must be stopped first or its finalizers will be
-    /// processed by nobody (the namespace then stays Terminating, which is harmless).
+    /// Deletes the test's intents while `operator` still runs (so their finalizers complete),
+    /// stops it, and removes the namespace.
+    pub async fn finish(self, operator: Operator) -> Result<()> {
+        let intents = self.intents();
+        for wi in intents.list(&Default::default()).await?.items {
+            let _ = intents.delete(&wi.name_any(), &DeleteParams::default()).await;
+        }
+        eventually("the test's intents to be finalized", || {
+            let intents = intents.clone();
+            async move { intents.list(&Default::default()).await.ok()?.items.is_empty().then_some(()) }
+        })
+        .await?;
+        operator.stop().await;
+        self.cleanup().await;
+        Ok(())
+    }
+
+    /// Removes the namespace.
     pub async fn cleanup(self) {
         let _ = Api::<Namespace>::all(self.admin.clone())
             .delete(&self.namespace, &DeleteParams::default())
