@@ -309,3 +309,12 @@ async fn unknown_vm_is_a_not_found_error() {
         .unwrap_err();
     assert!(matches!(err, Error::VmNotFound { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn unreachable_endpoint_is_reported_as_disconnected() {
+    let mut config = vsphere_config(&stack());
+    config.url = "https://127.0.0.1:1/sdk".into();
+    let err = connect(HypervisorConfig::VSphere(config)).await.unwrap_err();
+    assert!(err.is_disconnected(), "{err:?}");
+    assert!(err.to_string().contains("https://127.0.0.1:1/sdk"), "{err}");
+}
