@@ -275,3 +275,33 @@ async fn providers_need_exactly_one_hypervisor_kind() -> Result<()> {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_examples_are_accepted() -> Result<()> {
+    let client = client_with_crds().await?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).context("listing crds/examples")? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        let mut obj: DynamicObject =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let api = match obj.types.as_ref().map(|t| t.kind.as_str()) {
+            Some("WorkloadIntent") => {
+                // The examples' namespace need not exist for a dry run in default.
+                obj.metadata.namespace = None;
+                serde_yaml::from_str::<WorkloadIntent>(&text).with_context(|| format!("typed {}", path.display()))?;
+                intents(&client)
+            }
+            Some("HypervisorProvider") => {
+                serde_yaml::from_str::<HypervisorProvider>(&text).with_context(|| format!("typed {}", path.display()))?;
+                providers(&client)
+            }
+            other => bail!("{}: unexpected kind {other:?}", path.display()),
+        };
+        dry_run_create(&api, &obj).await?.map_err(anyhow::Error::msg).with_context(|| format!("{} rejected", path.display()))?;
+        seen += 1;
+    }
+    assert!(seen >= 4, "expected the four examples, found {seen}");
+    Ok(())
+}
