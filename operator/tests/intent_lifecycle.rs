@@ -407,3 +407,46 @@ async fn a_statefulset_with_its_own_readiness_gate_gets_ours_added_and_back_to_o
     cluster.finish(operator).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_replica_count_someone_else_raised_is_left_alone_while_active_and_after_delete() -> Result<()> {
+    let cluster = Cluster::connect("scale").await?;
+    cluster.create_deployment("api", 1).await?;
+    let operator = cluster.start_operator(manual_clock("2026-11-23T09:00:00Z")).await?;
+    cluster
+        .apply_intent("api", json!({"target": {"kind": "Deployment", "name": "api"}, "priority": "standard", "availability": {"replicaFloor": 3}}))
+        .await?;
+    cluster.deployment_until("api", "the floor", |d| replicas(d) == Some(3)).await?;
+    cluster
+        .intent_until("api", "Ready", |wi| has_condition(wi, "Ready", "True", "Applied"))
+        .await?;
+
+    // Someone scales up past the floor (an update, as `kubectl scale`/`edit` would).
+    cluster
+        .deployments()
+        .patch(
+            "api",
+            &PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() },
+            &Patch::Merge(json!({"spec": {"replicas": 6}})),
+        )
+        .await?;
+    let wi = cluster
+        .intent_until("api", "the floor dropped from the plan", |wi| {
+            has_condition(wi, "Ready", "True", "Applied")
+                && wi.status.as_ref().is_some_and(|s| !s.plan.iter().any(|a| a.kind == ActionKind::ReplicaFloor))
+        })
+        .await?;
+    assert!(wi.status.unwrap().plan.iter().any(|a| a.kind == ActionKind::PriorityClassName));
+    let d = cluster.deployments().get("api").await?;
+    assert_eq!(replicas(&d), Some(6), "Plumbline does not fight a higher count");
+    assert_eq!(owners(&d.metadata, &["spec", "replicas"]), vec!["kubectl-edit"]);
+
+    cluster.delete_intent("api").await?;
+    common::eventually("the intent to be gone", || async { cluster.intents().get_opt("api").await.ok()?.is_none().then_some(()) }).await?;
+    let d = cluster.deployments().get("api").await?;
+    assert_eq!(replicas(&d), Some(6), "the revert leaves someone else's value");
+    assert_eq!(priority_class_name(&d), None);
+
+    cluster.finish(operator).await?;
+    Ok(())
+}

@@ -239,9 +239,16 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
             let Step::Action(_) = step else { continue };
             if let Change::PodDisruptionBudget { name, value, selector, .. } = book.change(step).clone() {
                 let result = match value.desired {
-                    Some(min) => apply::apply_pdb(ctx, wi, &name, &json!({ "matchLabels": selector }), &min_available_json(min))
-                        .await
-                        .map(|()| value.desired != value.previous),
+                    Some(min) => {
+                        let unchanged = workload.is_some_and(|w| {
+                            w.disruption_budgets
+                                .iter()
+                                .any(|b| b.managed_by_plumbline && b.name == name && b.min_available == Some(min))
+                        });
+                        apply::apply_pdb(ctx, wi, &name, &json!({ "matchLabels": selector }), &min_available_json(min))
+                            .await
+                            .map(|()| !unchanged)
+                    }
                     None => pdb(ctx, wi, &name, None, workload).await,
                 };
                 if !book.record(&[step], result) {
