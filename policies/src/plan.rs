@@ -129,7 +129,9 @@ pub enum Change {
     /// Kubernetes: a readiness gate in the workload's pod template; `value` is the gate's condition
     /// type when present (`plumbline.dev/storage-healthy`), `None` when absent.
     ReadinessGate { workload: WorkloadRef, value: Setting<String> },
-    /// Hypervisor: a VM's CPU shares (protecting the VMs that back the workload).
+    /// Hypervisor: a VM's CPU shares (protecting the VMs that back the workload). `desired: None`
+    /// (a revert of shares that could not be read before) means: restore the original the
+    /// adapter recorded on the VM.
     CpuShares { vm: VmRef, value: Setting<u64> },
     /// Hypervisor: a VM disk's total IOPS limit (noisy-neighbour throttle); `None` is unlimited.
     DiskIopsLimit { vm: VmRef, disk: String, value: Setting<u64> },
