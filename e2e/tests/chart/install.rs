@@ -387,7 +387,33 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     );
     assert!(metrics.contains("plumbline_reconcile_runs_total"), "{metrics}");
     drop(operator);
+
+    // Upgrade to one replica: leader election and its Lease grant go, the strategy becomes
+    // Recreate so two operators never overlap.
+    let upgraded = run(
+        cluster.helm(["upgrade", &release, chart.to_str().unwrap(), "-n", &ns.name, "--reuse-values", "--set", "replicas=1"]),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
+    assert!(upgraded.contains("STATUS: deployed"), "{upgraded}");
+    let deployment = cluster.kubectl_json(&["get", "-n", &ns.name, "deployment", &fullname]);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--leader-elect=false"), "{args}");
+    assert!(!can_i(&kubeconfig, &["update", &format!("lease.coordination.k8s.io/{fullname}-leader")]));
+    assert!(can_i(&kubeconfig, &["get", "secret/readable-secret"]), "the named Secret stays readable");
+
+    // Uninstall removes what the chart made and leaves the CRDs (Helm never deletes crds/).
     drop(uninstall);
+    let leftovers = cluster.kubectl_ok(
+        &["get", "clusterrole,clusterrolebinding,hypervisorprovider", "-o", "name", "--ignore-not-found"],
+        None,
+    );
+    assert!(
+        !leftovers.contains(&format!("/{fullname}")) && !leftovers.contains(&format!("/{provider}")),
+        "left after helm uninstall:\n{leftovers}"
+    );
+    cluster.kubectl_ok(&["get", "crd", "workloadintents.plumbline.dev", "hypervisorproviders.plumbline.dev"], None);
 }
 
 /// `helm uninstall` at the end, even when an assertion failed.

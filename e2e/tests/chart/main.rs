@@ -4,4 +4,5 @@
 mod dashboards;
 mod install;
 mod lint;
+mod metrics;
 mod support;

@@ -168,6 +168,24 @@ pub struct Namespace<'a> {
 
 impl Drop for Namespace<'_> {
     fn drop(&mut self) {
+        // A test that failed before deleting its intents leaves them with the revert finalizer
+        // and no operator to run it; the namespace would never go. Its objects go with it.
+        if let Ok(names) = run(self.cluster.kubectl(["get", "workloadintents", "-n", &self.name, "-o", "name"]), None) {
+            for name in names.lines().filter(|l| !l.is_empty()) {
+                let _ = run(
+                    self.cluster.kubectl([
+                        "patch",
+                        "-n",
+                        &self.name,
+                        name,
+                        "--type=merge",
+                        "-p",
+                        r#"{"metadata":{"finalizers":null}}"#,
+                    ]),
+                    None,
+                );
+            }
+        }
         let _ = run(
             self.cluster
                 .kubectl(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]),
