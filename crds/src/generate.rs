@@ -12,7 +12,10 @@ pub const REGENERATE: &str = "cargo run -p plumbline-operator --bin crdgen -- cr
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("workloadintents.plumbline.dev.yaml", WorkloadIntent::crd()),
-        ("hypervisorproviders.plumbline.dev.yaml", HypervisorProvider::crd()),
+        (
+            "hypervisorproviders.plumbline.dev.yaml",
+            HypervisorProvider::crd(),
+        ),
     ]
 }
 

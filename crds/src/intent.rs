@@ -23,13 +23,42 @@ use crate::{plan::PlannedAction, schema};
     status = "WorkloadIntentStatus",
     derive = "PartialEq",
     doc = "What matters about one workload; Plumbline turns it into coordinated, reversible changes on Kubernetes and on the hypervisors beneath it.",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.name", description = "The Deployment or StatefulSet"),
-    printcolumn(name = "Kind", type_ = "string", json_path = ".spec.target.kind", priority = "1"),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target.name",
+        description = "The Deployment or StatefulSet"
+    ),
+    printcolumn(
+        name = "Kind",
+        type_ = "string",
+        json_path = ".spec.target.kind",
+        priority = "1"
+    ),
     printcolumn(name = "Priority", type_ = "string", json_path = ".spec.priority"),
-    printcolumn(name = "Active", type_ = "string", json_path = ".status.conditions[?(@.type==\"Active\")].status", description = "Inside a schedule window now"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "The plan is fully applied"),
-    printcolumn(name = "Degraded", type_ = "string", json_path = ".status.conditions[?(@.type==\"Degraded\")].reason", description = "Why the intent is degraded (AsExpected if it is not)"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Active",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Active\")].status",
+        description = "Inside a schedule window now"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "The plan is fully applied"
+    ),
+    printcolumn(
+        name = "Degraded",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].reason",
+        description = "Why the intent is degraded (AsExpected if it is not)"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadIntentSpec {
@@ -71,14 +100,18 @@ pub struct WorkloadTarget {
 }
 
 /// The kinds of workload an intent can target.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum TargetKind {
     Deployment,
     StatefulSet,
 }
 
 /// Business priority tiers, most important first.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Priority {
     Critical,
@@ -89,7 +122,12 @@ pub enum Priority {
 
 impl Priority {
     /// Every tier, most important first.
-    pub const ALL: [Priority; 4] = [Priority::Critical, Priority::High, Priority::Standard, Priority::BestEffort];
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Standard,
+        Priority::BestEffort,
+    ];
 
     /// The name users write (`best-effort`).
     pub fn as_str(self) -> &'static str {
@@ -109,7 +147,9 @@ impl std::fmt::Display for Priority {
 }
 
 /// Days of the week, as written in a window.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum Weekday {
     Mon,
     Tue,

@@ -20,13 +20,13 @@ pub mod provider;
 mod schema;
 
 pub use intent::{
-    Availability, BackingPod, GuardReport, Infrastructure, Priority, Storage, TargetKind, TimeWindow, Weekday,
-    WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
+    Availability, BackingPod, GuardReport, Infrastructure, Priority, Storage, TargetKind,
+    TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};
 pub use provider::{
-    HypervisorProvider, HypervisorProviderSpec, HypervisorProviderStatus, LibvirtConnection, NodeMapping,
-    NodeMappingStrategy, SecretRef, VsphereConnection, Connection,
+    Connection, HypervisorProvider, HypervisorProviderSpec, HypervisorProviderStatus,
+    LibvirtConnection, NodeMapping, NodeMappingStrategy, SecretRef, VsphereConnection,
 };
 
 /// The API group of every Plumbline resource.

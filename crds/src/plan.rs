@@ -9,14 +9,18 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where an action takes effect.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum Layer {
     Kubernetes,
     Hypervisor,
 }
 
 /// What an action changes.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum ActionKind {
     /// Ensure the tier's PriorityClass exists (shared by all intents of the tier).
     PriorityClass,
@@ -49,7 +53,9 @@ pub enum ActionState {
 }
 
 /// The object (and part of it) an action changes.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct PlannedTarget {
     /// Kind of object: Deployment, StatefulSet, PriorityClass, PodDisruptionBudget, VirtualMachine.

@@ -18,12 +18,34 @@ use crate::schema;
     status = "HypervisorProviderStatus",
     derive = "PartialEq",
     doc = "How Plumbline reaches one hypervisor (libvirt or vSphere) and maps its VMs to Nodes.",
-    printcolumn(name = "Libvirt", type_ = "string", json_path = ".spec.libvirt.uri", description = "libvirt connection URI"),
-    printcolumn(name = "vSphere", type_ = "string", json_path = ".spec.vsphere.server", description = "vCenter/ESXi server"),
-    printcolumn(name = "Connected", type_ = "string", json_path = ".status.conditions[?(@.type==\"Connected\")].status"),
+    printcolumn(
+        name = "Libvirt",
+        type_ = "string",
+        json_path = ".spec.libvirt.uri",
+        description = "libvirt connection URI"
+    ),
+    printcolumn(
+        name = "vSphere",
+        type_ = "string",
+        json_path = ".spec.vsphere.server",
+        description = "vCenter/ESXi server"
+    ),
+    printcolumn(
+        name = "Connected",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Connected\")].status"
+    ),
     printcolumn(name = "VMs", type_ = "integer", json_path = ".status.vmCount"),
-    printcolumn(name = "Last Sample", type_ = "date", json_path = ".status.lastSampleTime"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Last Sample",
+        type_ = "date",
+        json_path = ".status.lastSampleTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("oneOf" = [{ "required": ["libvirt"] }, { "required": ["vsphere"] }]))]

@@ -22,10 +22,18 @@ async fn client_with_crds() -> Result<Client> {
     let client = stack.admin_client().await?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (file, crd) in generate::crds() {
-        let name = crd.metadata.name.clone().context("generated CRD has a name")?;
-        crds.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("applying {file} to the 1.20 apiserver"))?;
+        let name = crd
+            .metadata
+            .name
+            .clone()
+            .context("generated CRD has a name")?;
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying {file} to the 1.20 apiserver"))?;
         wait_established(&crds, &name).await?;
     }
     Ok(client)
@@ -36,10 +44,19 @@ async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) -> R
     for _ in 0..120 {
         let crd = crds.get(name).await?;
         let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
-        if let Some(c) = conditions.iter().find(|c| c.type_ == "NonStructuralSchema" && c.status == "True") {
-            bail!("CRD {name} is not structural: {}", c.message.clone().unwrap_or_default());
+        if let Some(c) = conditions
+            .iter()
+            .find(|c| c.type_ == "NonStructuralSchema" && c.status == "True")
+        {
+            bail!(
+                "CRD {name} is not structural: {}",
+                c.message.clone().unwrap_or_default()
+            );
         }
-        if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+        if conditions
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+        {
             return Ok(());
         }
         last = format!("{conditions:?}");
@@ -49,11 +66,18 @@ async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) -> R
 }
 
 fn intents(client: &Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), "default", &ApiResource::erase::<WorkloadIntent>(&()))
+    Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::erase::<WorkloadIntent>(&()),
+    )
 }
 
 fn providers(client: &Client) -> Api<DynamicObject> {
-    Api::all_with(client.clone(), &ApiResource::erase::<HypervisorProvider>(&()))
+    Api::all_with(
+        client.clone(),
+        &ApiResource::erase::<HypervisorProvider>(&()),
+    )
 }
 
 fn object(kind: &str, name: &str, spec: Value) -> Result<DynamicObject> {
@@ -66,8 +90,14 @@ fn object(kind: &str, name: &str, spec: Value) -> Result<DynamicObject> {
 }
 
 /// Server-side dry-run create; the apiserver's message when rejected.
-async fn dry_run_create(api: &Api<DynamicObject>, obj: &DynamicObject) -> Result<Result<DynamicObject, String>> {
-    let params = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
+async fn dry_run_create(
+    api: &Api<DynamicObject>,
+    obj: &DynamicObject,
+) -> Result<Result<DynamicObject, String>> {
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
     match api.create(&params, obj).await {
         Ok(created) => Ok(Ok(created)),
         Err(kube::Error::Api(status)) if status.code == 422 => Ok(Err(status.message.clone())),
@@ -108,10 +138,13 @@ fn intent_with(pointer: &str, value: Option<Value>) -> Value {
 #[tokio::test]
 async fn a_valid_intent_is_accepted_and_kept_as_written() -> Result<()> {
     let client = client_with_crds().await?;
-    let created = dry_run_create(&intents(&client), &object("WorkloadIntent", "payments-critical", valid_intent_spec())?)
-        .await?
-        .map_err(anyhow::Error::msg)
-        .context("the example intent must be accepted")?;
+    let created = dry_run_create(
+        &intents(&client),
+        &object("WorkloadIntent", "payments-critical", valid_intent_spec())?,
+    )
+    .await?
+    .map_err(anyhow::Error::msg)
+    .context("the example intent must be accepted")?;
     assert_eq!(created.data["spec"], valid_intent_spec());
     // The typed API reads what the server stored.
     let typed: WorkloadIntent = serde_json::from_value(serde_json::to_value(&created)?)?;
@@ -128,7 +161,11 @@ async fn what_the_schema_cannot_check_passes_admission() -> Result<()> {
         "/schedule/0",
         Some(json!({ "start": "20:00", "end": "08:00", "timeZone": "Mars/Base" })),
     );
-    let result = dry_run_create(&intents(&client), &object("WorkloadIntent", "overnight", spec)?).await?;
+    let result = dry_run_create(
+        &intents(&client),
+        &object("WorkloadIntent", "overnight", spec)?,
+    )
+    .await?;
     assert!(result.is_ok(), "{result:?}");
     Ok(())
 }
@@ -202,7 +239,12 @@ async fn invalid_intents_are_rejected_with_readable_messages() -> Result<()> {
     let api = intents(&client);
     let mut failures = Vec::new();
     for (i, (what, spec, expected)) in cases.iter().enumerate() {
-        match dry_run_create(&api, &object("WorkloadIntent", &format!("bad-{i}"), spec.clone())?).await? {
+        match dry_run_create(
+            &api,
+            &object("WorkloadIntent", &format!("bad-{i}"), spec.clone())?,
+        )
+        .await?
+        {
             Ok(_) => failures.push(format!("{what}: accepted")),
             Err(message) => {
                 for e in *expected {
@@ -225,10 +267,20 @@ async fn providers_need_exactly_one_hypervisor_kind() -> Result<()> {
     let api = providers(&client);
 
     for (what, spec) in [
-        ("libvirt", json!({ "libvirt": libvirt, "sampleInterval": "1s" })),
-        ("vsphere", json!({ "vsphere": vsphere, "nodeMapping": { "by": "label", "label": "plumbline.dev/vm" } })),
+        (
+            "libvirt",
+            json!({ "libvirt": libvirt, "sampleInterval": "1s" }),
+        ),
+        (
+            "vsphere",
+            json!({ "vsphere": vsphere, "nodeMapping": { "by": "label", "label": "plumbline.dev/vm" } }),
+        ),
     ] {
-        let result = dry_run_create(&api, &object("HypervisorProvider", &format!("ok-{what}"), spec)?).await?;
+        let result = dry_run_create(
+            &api,
+            &object("HypervisorProvider", &format!("ok-{what}"), spec)?,
+        )
+        .await?;
         assert!(result.is_ok(), "{what}: {result:?}");
     }
 
@@ -236,12 +288,17 @@ async fn providers_need_exactly_one_hypervisor_kind() -> Result<()> {
         (
             "both kinds",
             json!({ "libvirt": libvirt, "vsphere": vsphere }),
-            &[r#""spec" must validate one and only one schema (oneOf). Found 2 valid alternatives"#],
+            &[
+                r#""spec" must validate one and only one schema (oneOf). Found 2 valid alternatives"#,
+            ],
         ),
         (
             "neither kind",
             json!({ "sampleInterval": "1s" }),
-            &["must validate one and only one schema (oneOf). Found none valid", "spec.libvirt: Required value"],
+            &[
+                "must validate one and only one schema (oneOf). Found none valid",
+                "spec.libvirt: Required value",
+            ],
         ),
         (
             "vsphere without credentials",
@@ -251,17 +308,26 @@ async fn providers_need_exactly_one_hypervisor_kind() -> Result<()> {
         (
             "malformed interval",
             json!({ "libvirt": libvirt, "sampleInterval": "1.5s" }),
-            &[r#"spec.sampleInterval: Invalid value: "1.5s": spec.sampleInterval in body should match '^[0-9]+(ms|s|m)$'"#],
+            &[
+                r#"spec.sampleInterval: Invalid value: "1.5s": spec.sampleInterval in body should match '^[0-9]+(ms|s|m)$'"#,
+            ],
         ),
         (
             "unknown node mapping",
             json!({ "libvirt": libvirt, "nodeMapping": { "by": "ip" } }),
-            &[r#"spec.nodeMapping.by: Unsupported value: "ip": supported values: "providerID", "nodeName", "label""#],
+            &[
+                r#"spec.nodeMapping.by: Unsupported value: "ip": supported values: "providerID", "nodeName", "label""#,
+            ],
         ),
     ];
     let mut failures = Vec::new();
     for (i, (what, spec, expected)) in cases.iter().enumerate() {
-        match dry_run_create(&api, &object("HypervisorProvider", &format!("bad-{i}"), spec.clone())?).await? {
+        match dry_run_create(
+            &api,
+            &object("HypervisorProvider", &format!("bad-{i}"), spec.clone())?,
+        )
+        .await?
+        {
             Ok(_) => failures.push(format!("{what}: accepted")),
             Err(message) => {
                 for e in *expected {
@@ -290,16 +356,21 @@ async fn the_examples_are_accepted() -> Result<()> {
             Some("WorkloadIntent") => {
                 // The examples' namespace need not exist for a dry run in default.
                 obj.metadata.namespace = None;
-                serde_yaml::from_str::<WorkloadIntent>(&text).with_context(|| format!("typed {}", path.display()))?;
+                serde_yaml::from_str::<WorkloadIntent>(&text)
+                    .with_context(|| format!("typed {}", path.display()))?;
                 intents(&client)
             }
             Some("HypervisorProvider") => {
-                serde_yaml::from_str::<HypervisorProvider>(&text).with_context(|| format!("typed {}", path.display()))?;
+                serde_yaml::from_str::<HypervisorProvider>(&text)
+                    .with_context(|| format!("typed {}", path.display()))?;
                 providers(&client)
             }
             other => bail!("{}: unexpected kind {other:?}", path.display()),
         };
-        dry_run_create(&api, &obj).await?.map_err(anyhow::Error::msg).with_context(|| format!("{} rejected", path.display()))?;
+        dry_run_create(&api, &obj)
+            .await?
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{} rejected", path.display()))?;
         seen += 1;
     }
     assert!(seen >= 4, "expected the four examples, found {seen}");

@@ -16,10 +16,21 @@ pub fn explain(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Plan for {} (tier {})", plan.workload, plan.priority);
     let a = &plan.activity;
-    let _ = write!(out, "Active: {} ({}): {}", if a.active { "yes" } else { "no" }, a.reason, a.message);
+    let _ = write!(
+        out,
+        "Active: {} ({}): {}",
+        if a.active { "yes" } else { "no" },
+        a.reason,
+        a.message
+    );
     match a.next_transition {
         Some(t) => {
-            let _ = writeln!(out, "; {} at {}", if a.active { "closes" } else { "opens" }, t.format("%Y-%m-%d %H:%M UTC"));
+            let _ = writeln!(
+                out,
+                "; {} at {}",
+                if a.active { "closes" } else { "opens" },
+                t.format("%Y-%m-%d %H:%M UTC")
+            );
         }
         None => out.push('\n'),
     }
@@ -63,27 +74,47 @@ pub fn describe(change: &Change) -> String {
             class.value,
             class.preemption.as_str()
         ),
-        Change::PriorityClassName { value, .. } => format!("{target} priorityClassName: {}", arrow(value, "unset")),
-        Change::Replicas { value, .. } => format!("{target} replicas: {}", arrow(value, "unset (1)")),
-        Change::PodDisruptionBudget { selector, value, .. } => match (&value.previous, &value.desired) {
+        Change::PriorityClassName { value, .. } => {
+            format!("{target} priorityClassName: {}", arrow(value, "unset"))
+        }
+        Change::Replicas { value, .. } => {
+            format!("{target} replicas: {}", arrow(value, "unset (1)"))
+        }
+        Change::PodDisruptionBudget {
+            selector, value, ..
+        } => match (&value.previous, &value.desired) {
             (None, Some(m)) => format!(
                 "create {target} minAvailable {m}, selecting {}",
-                selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+                selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
             (Some(m), None) => format!("delete {target} (minAvailable {m})"),
             _ => format!("{target} minAvailable: {}", arrow(value, "none")),
         },
         Change::ReadinessGate { value, .. } => match (&value.previous, &value.desired) {
             (_, Some(g)) => format!("add readiness gate {g} to the pod template of {target}"),
-            (Some(g), None) => format!("remove readiness gate {g} from the pod template of {target}"),
+            (Some(g), None) => {
+                format!("remove readiness gate {g} from the pod template of {target}")
+            }
             (None, None) => format!("leave the readiness gates of {target}"),
         },
-        Change::CpuShares { value, .. } => format!("{target} CPU shares: {}", arrow(value, "original")),
-        Change::DiskIopsLimit { value, .. } => format!("{target} IOPS limit: {}", arrow(value, "unlimited")),
+        Change::CpuShares { value, .. } => {
+            format!("{target} CPU shares: {}", arrow(value, "original"))
+        }
+        Change::DiskIopsLimit { value, .. } => {
+            format!("{target} IOPS limit: {}", arrow(value, "unlimited"))
+        }
     }
 }
 
 fn arrow<T: ToString>(s: &Setting<T>, absent: &str) -> String {
-    let show = |v: &Option<T>| v.as_ref().map(ToString::to_string).unwrap_or_else(|| absent.to_string());
+    let show = |v: &Option<T>| {
+        v.as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| absent.to_string())
+    };
     format!("{} -> {}", show(&s.previous), show(&s.desired))
 }

@@ -14,7 +14,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -48,11 +51,17 @@ impl Invalid {
     pub fn field_errors(&self) -> Vec<FieldError> {
         match self {
             Invalid::Spec(errors) => errors.clone(),
-            Invalid::TargetNotFound(w) => vec![FieldError::new("spec.target", format!("{w} not found"))],
+            Invalid::TargetNotFound(w) => {
+                vec![FieldError::new("spec.target", format!("{w} not found"))]
+            }
         }
     }
 }
 
 fn join(errors: &[FieldError]) -> String {
-    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -89,7 +89,10 @@ impl Action {
     /// The action that undoes this one: same target, desired and previous swapped.
     /// `None` for changes that are never reverted (the shared per-tier PriorityClass).
     pub fn reverted(&self, reason: impl Into<String>) -> Option<Action> {
-        self.change.reverted().map(|change| Action { change, reason: reason.into() })
+        self.change.reverted().map(|change| Action {
+            change,
+            reason: reason.into(),
+        })
     }
 }
 
@@ -107,7 +110,10 @@ impl<T> Setting<T> {
 
     /// The setting that undoes this one.
     pub fn swapped(self) -> Self {
-        Self { desired: self.previous, previous: self.desired }
+        Self {
+            desired: self.previous,
+            previous: self.desired,
+        }
     }
 }
 
@@ -118,23 +124,44 @@ pub enum Change {
     /// Kubernetes: ensure the tier's PriorityClass exists (cluster-scoped, shared by every intent
     /// of the tier, labelled managed-by plumbline). Never reverted: other intents may use it, and
     /// an unused PriorityClass changes nothing.
-    PriorityClass { name: String, class: PriorityClassSpec },
+    PriorityClass {
+        name: String,
+        class: PriorityClassSpec,
+    },
     /// Kubernetes: the workload's `spec.template.spec.priorityClassName`.
-    PriorityClassName { workload: WorkloadRef, value: Setting<String> },
+    PriorityClassName {
+        workload: WorkloadRef,
+        value: Setting<String>,
+    },
     /// Kubernetes: the workload's `spec.replicas`, raised to the intent's replica floor.
-    Replicas { workload: WorkloadRef, value: Setting<i32> },
+    Replicas {
+        workload: WorkloadRef,
+        value: Setting<i32>,
+    },
     /// Kubernetes: a PodDisruptionBudget Plumbline owns, selecting the workload's pods.
     /// `value` is its `minAvailable`; `desired: None` deletes it.
-    PodDisruptionBudget { namespace: String, name: String, selector: BTreeMap<String, String>, value: Setting<CountOrPercent> },
+    PodDisruptionBudget {
+        namespace: String,
+        name: String,
+        selector: BTreeMap<String, String>,
+        value: Setting<CountOrPercent>,
+    },
     /// Kubernetes: a readiness gate in the workload's pod template; `value` is the gate's condition
     /// type when present (`plumbline.dev/storage-healthy`), `None` when absent.
-    ReadinessGate { workload: WorkloadRef, value: Setting<String> },
+    ReadinessGate {
+        workload: WorkloadRef,
+        value: Setting<String>,
+    },
     /// Hypervisor: a VM's CPU shares (protecting the VMs that back the workload). `desired: None`
     /// (a revert of shares that could not be read before) means: restore the original the
     /// adapter recorded on the VM.
     CpuShares { vm: VmRef, value: Setting<u64> },
     /// Hypervisor: a VM disk's total IOPS limit (noisy-neighbour throttle); `None` is unlimited.
-    DiskIopsLimit { vm: VmRef, disk: String, value: Setting<u64> },
+    DiskIopsLimit {
+        vm: VmRef,
+        disk: String,
+        value: Setting<u64>,
+    },
 }
 
 impl Change {
@@ -165,14 +192,38 @@ impl Change {
     pub fn reverted(&self) -> Option<Change> {
         Some(match self.clone() {
             Change::PriorityClass { .. } => return None,
-            Change::PriorityClassName { workload, value } => Change::PriorityClassName { workload, value: value.swapped() },
-            Change::Replicas { workload, value } => Change::Replicas { workload, value: value.swapped() },
-            Change::PodDisruptionBudget { namespace, name, selector, value } => {
-                Change::PodDisruptionBudget { namespace, name, selector, value: value.swapped() }
-            }
-            Change::ReadinessGate { workload, value } => Change::ReadinessGate { workload, value: value.swapped() },
-            Change::CpuShares { vm, value } => Change::CpuShares { vm, value: value.swapped() },
-            Change::DiskIopsLimit { vm, disk, value } => Change::DiskIopsLimit { vm, disk, value: value.swapped() },
+            Change::PriorityClassName { workload, value } => Change::PriorityClassName {
+                workload,
+                value: value.swapped(),
+            },
+            Change::Replicas { workload, value } => Change::Replicas {
+                workload,
+                value: value.swapped(),
+            },
+            Change::PodDisruptionBudget {
+                namespace,
+                name,
+                selector,
+                value,
+            } => Change::PodDisruptionBudget {
+                namespace,
+                name,
+                selector,
+                value: value.swapped(),
+            },
+            Change::ReadinessGate { workload, value } => Change::ReadinessGate {
+                workload,
+                value: value.swapped(),
+            },
+            Change::CpuShares { vm, value } => Change::CpuShares {
+                vm,
+                value: value.swapped(),
+            },
+            Change::DiskIopsLimit { vm, disk, value } => Change::DiskIopsLimit {
+                vm,
+                disk,
+                value: value.swapped(),
+            },
         })
     }
 
@@ -188,7 +239,9 @@ impl Change {
             Change::PriorityClassName { workload, .. }
             | Change::Replicas { workload, .. }
             | Change::ReadinessGate { workload, .. } => workload.to_string(),
-            Change::PodDisruptionBudget { namespace, name, .. } => format!("{namespace}/{name}"),
+            Change::PodDisruptionBudget {
+                namespace, name, ..
+            } => format!("{namespace}/{name}"),
             Change::CpuShares { vm, .. } => vm.to_string(),
             Change::DiskIopsLimit { vm, disk, .. } => format!("{vm}/{disk}"),
         };

@@ -7,11 +7,7 @@
 //! it and no longer needs to.
 
 use chrono::{DateTime, Utc};
-use plumbline_crds::{
-    conditions::reason,
-    names::STORAGE_READINESS_GATE,
-    Layer, WorkloadIntent,
-};
+use plumbline_crds::{conditions::reason, names::STORAGE_READINESS_GATE, Layer, WorkloadIntent};
 
 use crate::{
     invalid::Invalid,
@@ -28,12 +24,20 @@ use crate::{
 ///
 /// Errors when the spec is invalid beyond its schema, or when the target does not exist; then
 /// nothing at all should be applied.
-pub fn plan(intent: &WorkloadIntent, observed: &Observed, now: DateTime<Utc>) -> Result<Plan, Invalid> {
+pub fn plan(
+    intent: &WorkloadIntent,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) -> Result<Plan, Invalid> {
     let spec = &intent.spec;
     let valid = validate_intent(spec)?;
     let target = WorkloadRef {
         kind: spec.target.kind,
-        namespace: intent.metadata.namespace.clone().unwrap_or_else(|| "default".to_string()),
+        namespace: intent
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
         name: spec.target.name.clone(),
     };
     let workload = observed
@@ -58,7 +62,11 @@ pub fn plan(intent: &WorkloadIntent, observed: &Observed, now: DateTime<Utc>) ->
         return Ok(plan);
     }
 
-    let mut planner = Planner { observed, plan, visited: Vec::new() };
+    let mut planner = Planner {
+        observed,
+        plan,
+        visited: Vec::new(),
+    };
     planner.kubernetes(intent, &valid, workload);
     planner.hypervisor(intent, workload);
     planner.revert_the_rest();
@@ -88,7 +96,12 @@ pub fn activity(schedule: Option<&Schedule>, now: DateTime<Utc>) -> Activity {
             reason: reason::WINDOW_CLOSED,
             message: format!(
                 "outside every window ({})",
-                schedule.windows().iter().map(|w| w.describe()).collect::<Vec<_>>().join("; ")
+                schedule
+                    .windows()
+                    .iter()
+                    .map(|w| w.describe())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
             next_transition,
         },
@@ -107,7 +120,11 @@ pub(crate) enum Decision<T> {
 }
 
 /// The single rule behind every target; see the module documentation.
-pub(crate) fn decide<T: PartialEq + Clone>(desired: Option<T>, observed: Option<T>, applied: Option<Setting<T>>) -> Decision<T> {
+pub(crate) fn decide<T: PartialEq + Clone>(
+    desired: Option<T>,
+    observed: Option<T>,
+    applied: Option<Setting<T>>,
+) -> Decision<T> {
     let ours_still_there = applied.as_ref().is_some_and(|a| a.desired == observed);
     let baseline = match applied {
         Some(a) if ours_still_there => a.previous,
@@ -131,7 +148,11 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn applied(&self, probe: &Change) -> Option<&Change> {
-        self.observed.applied.iter().map(|a| &a.change).find(|c| c.same_target(probe))
+        self.observed
+            .applied
+            .iter()
+            .map(|a| &a.change)
+            .find(|c| c.same_target(probe))
     }
 
     /// Records a decision as a held action, a restore, or a note.
@@ -142,47 +163,83 @@ impl Planner<'_> {
         reason: String,
         already: String,
     ) {
-        self.visited.push(change(Setting::new(None, None)).target_key());
+        self.visited
+            .push(change(Setting::new(None, None)).target_key());
         match decision {
-            Decision::Hold(s) => self.plan.actions.push(Action { change: change(s), reason }),
+            Decision::Hold(s) => self.plan.actions.push(Action {
+                change: change(s),
+                reason,
+            }),
             Decision::Restore(s) => self.plan.reverts.push(Action {
                 change: change(s),
-                reason: "no longer asked for by the intent: restoring the value from before Plumbline".to_string(),
+                reason:
+                    "no longer asked for by the intent: restoring the value from before Plumbline"
+                        .to_string(),
             }),
             Decision::Nothing if already.is_empty() => {}
             Decision::Nothing => {
                 let layer = change(Setting::new(None, None)).layer();
-                self.plan.notes.push(Note { layer, text: already });
+                self.plan.notes.push(Note {
+                    layer,
+                    text: already,
+                });
             }
         }
     }
 
-    fn kubernetes(&mut self, intent: &WorkloadIntent, valid: &ValidIntent, workload: &ObservedWorkload) {
+    fn kubernetes(
+        &mut self,
+        intent: &WorkloadIntent,
+        valid: &ValidIntent,
+        workload: &ObservedWorkload,
+    ) {
         let tier = tier(intent.spec.priority);
         let w = &workload.workload;
         let class_name = tier.priority_class_name();
 
         self.plan.actions.push(Action {
-            change: Change::PriorityClass { name: class_name.clone(), class: tier.priority_class() },
-            reason: format!("tier {} is PriorityClass {} (value {})", tier.priority, class_name, tier.priority_value),
+            change: Change::PriorityClass {
+                name: class_name.clone(),
+                class: tier.priority_class(),
+            },
+            reason: format!(
+                "tier {} is PriorityClass {} (value {})",
+                tier.priority, class_name, tier.priority_value
+            ),
         });
 
-        let probe = Change::PriorityClassName { workload: w.clone(), value: Setting::new(None, None) };
+        let probe = Change::PriorityClassName {
+            workload: w.clone(),
+            value: Setting::new(None, None),
+        };
         let applied = match self.applied(&probe) {
             Some(Change::PriorityClassName { value, .. }) => Some(value.clone()),
             _ => None,
         };
-        let decision = decide(Some(class_name.clone()), workload.priority_class_name.clone(), applied);
+        let decision = decide(
+            Some(class_name.clone()),
+            workload.priority_class_name.clone(),
+            applied,
+        );
         self.record(
             decision,
-            |value| Change::PriorityClassName { workload: w.clone(), value },
-            format!("pods of a {} workload are scheduled with {class_name}", tier.priority),
+            |value| Change::PriorityClassName {
+                workload: w.clone(),
+                value,
+            },
+            format!(
+                "pods of a {} workload are scheduled with {class_name}",
+                tier.priority
+            ),
             format!("{w} already uses PriorityClass {class_name}"),
         );
 
         self.disruption_budget(valid, workload);
 
-        let probe = Change::Replicas { workload: w.clone(), value: Setting::new(None, None) };
+        let probe = Change::Replicas {
+            workload: w.clone(),
+            value: Setting::new(None, None),
+        };
         let applied = match self.applied(&probe) {
             Some(Change::Replicas { value, .. }) => Some(value.clone()),
             _ => None,
@@ -195,20 +252,41 @@ impl Planner<'_> {
             // Unset replicas means 1 to Kubernetes.
             Some(floor) if baseline.unwrap_or(1) < floor => (
                 Some(floor),
-                format!("replica floor {floor} while active (was {})", show(baseline.map(|r| r.to_string()), "unset = 1")),
+                format!(
+                    "replica floor {floor} while active (was {})",
+                    show(baseline.map(|r| r.to_string()), "unset = 1")
+                ),
                 String::new(),
             ),
             Some(floor) => (
                 baseline,
                 String::new(),
-                format!("{w} runs {} replicas, at or above the floor of {floor}", baseline.unwrap_or(1)),
+                format!(
+                    "{w} runs {} replicas, at or above the floor of {floor}",
+                    baseline.unwrap_or(1)
+                ),
             ),
-            None => (baseline, String::new(), format!("no replica floor asked for {w}")),
+            None => (
+                baseline,
+                String::new(),
+                format!("no replica floor asked for {w}"),
+            ),
         };
         let decision = decide(desired, workload.replicas, applied);
-        self.record(decision, |value| Change::Replicas { workload: w.clone(), value }, why, already);
+        self.record(
+            decision,
+            |value| Change::Replicas {
+                workload: w.clone(),
+                value,
+            },
+            why,
+            already,
+        );
 
-        let probe = Change::ReadinessGate { workload: w.clone(), value: Setting::new(None, None) };
+        let probe = Change::ReadinessGate {
+            workload: w.clone(),
+            value: Setting::new(None, None),
+        };
         let applied = match self.applied(&probe) {
             Some(Change::ReadinessGate { value, .. }) => Some(value.clone()),
             _ => None,
@@ -223,9 +301,18 @@ impl Planner<'_> {
             Some(a) if a.desired == present => a.previous.clone(),
             _ => present.clone(),
         };
-        let desired = if wanted { Some(STORAGE_READINESS_GATE.to_string()) } else { baseline };
+        let desired = if wanted {
+            Some(STORAGE_READINESS_GATE.to_string())
+        } else {
+            baseline
+        };
         let decision = decide(desired, present, applied);
-        let budget = intent.spec.storage.as_ref().map(|s| s.latency_budget.clone()).unwrap_or_default();
+        let budget = intent
+            .spec
+            .storage
+            .as_ref()
+            .map(|s| s.latency_budget.clone())
+            .unwrap_or_default();
         self.record(
             decision,
             |value| Change::ReadinessGate { workload: w.clone(), value },
@@ -247,7 +334,10 @@ impl Planner<'_> {
             .filter(|b| !b.managed_by_plumbline)
             .map(|b| b.name.as_str())
             .collect();
-        let ours = workload.disruption_budgets.iter().find(|b| b.managed_by_plumbline && b.name == name);
+        let ours = workload
+            .disruption_budgets
+            .iter()
+            .find(|b| b.managed_by_plumbline && b.name == name);
         let probe = Change::PodDisruptionBudget {
             namespace: w.namespace.clone(),
             name: name.clone(),
@@ -271,8 +361,16 @@ impl Planner<'_> {
                 });
                 (None, Some(String::new()))
             }
-            Some(m) => (Some(m), Some(format!("PodDisruptionBudget {name} already has minAvailable {m}"))),
-            None => (None, Some("no availability.minAvailable: no PodDisruptionBudget".to_string())),
+            Some(m) => (
+                Some(m),
+                Some(format!(
+                    "PodDisruptionBudget {name} already has minAvailable {m}"
+                )),
+            ),
+            None => (
+                None,
+                Some("no availability.minAvailable: no PodDisruptionBudget".to_string()),
+            ),
         };
         let decision = decide(desired, current, applied);
         let selector = workload.selector.clone();
@@ -299,22 +397,34 @@ impl Planner<'_> {
         let infra = &self.observed.infra;
 
         for vm in &infra.backing_vms {
-            let probe = Change::CpuShares { vm: vm.vm.clone(), value: Setting::new(None, None) };
+            let probe = Change::CpuShares {
+                vm: vm.vm.clone(),
+                value: Setting::new(None, None),
+            };
             let applied = match self.applied(&probe) {
                 Some(Change::CpuShares { value, .. }) => Some(value.clone()),
                 _ => None,
             };
-            let wanted = if infra_spec.protect_backing_vms { tier.protected_cpu_shares } else { None };
+            let wanted = if infra_spec.protect_backing_vms {
+                tier.protected_cpu_shares
+            } else {
+                None
+            };
             if wanted.is_some() && !vm.cpu_shares_supported {
                 self.plan.notes.push(Note {
                     layer: Layer::Hypervisor,
-                    text: format!("VM {} cannot set CPU shares on its hypervisor: not protected", vm.vm),
+                    text: format!(
+                        "VM {} cannot set CPU shares on its hypervisor: not protected",
+                        vm.vm
+                    ),
                 });
                 continue;
             }
             // Unknown current shares (a failed read) are taken to be what Plumbline set, so the
             // recorded original is not lost.
-            let current = vm.cpu_shares.or_else(|| applied.as_ref().and_then(|a| a.desired));
+            let current = vm
+                .cpu_shares
+                .or_else(|| applied.as_ref().and_then(|a| a.desired));
             let baseline = match &applied {
                 Some(a) if a.desired == current => a.previous,
                 _ => current,
@@ -322,8 +432,14 @@ impl Planner<'_> {
             let desired = wanted.or(baseline);
             let decision = decide(desired, current, applied);
             let already = match (infra_spec.protect_backing_vms, tier.protected_cpu_shares) {
-                (false, _) => format!("infrastructure.protectBackingVms is off: VM {} keeps its CPU shares", vm.vm),
-                (true, None) => format!("tier {} does not protect VMs: VM {} keeps its CPU shares", tier.priority, vm.vm),
+                (false, _) => format!(
+                    "infrastructure.protectBackingVms is off: VM {} keeps its CPU shares",
+                    vm.vm
+                ),
+                (true, None) => format!(
+                    "tier {} does not protect VMs: VM {} keeps its CPU shares",
+                    tier.priority, vm.vm
+                ),
                 (true, Some(s)) => format!("VM {} already has {s} CPU shares", vm.vm),
             };
             let vm_ref = vm.vm.clone();
@@ -361,7 +477,10 @@ impl Planner<'_> {
                 disk: t.disk.clone(),
                 value: Setting::new(t.limit_iops, t.previous_iops),
             };
-            let action = Action { change, reason: t.reason.clone() };
+            let action = Action {
+                change,
+                reason: t.reason.clone(),
+            };
             if t.limit_iops.is_some() {
                 self.plan.actions.push(action);
             } else {

@@ -11,7 +11,11 @@ use crate::plan::CountOrPercent;
 /// Minutes since midnight of `HH:MM`; `24:00` (1440) only when `allow_end_of_day`.
 pub fn parse_clock(text: &str, allow_end_of_day: bool) -> Result<u32, String> {
     let bad = || {
-        let range = if allow_end_of_day { "00:00-24:00" } else { "00:00-23:59" };
+        let range = if allow_end_of_day {
+            "00:00-24:00"
+        } else {
+            "00:00-23:59"
+        };
         format!("{text:?} is not a time of day HH:MM ({range})")
     };
     let (h, m) = text.split_once(':').ok_or_else(bad)?;
@@ -36,7 +40,9 @@ pub fn parse_latency(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text, &[("us", 1e-6), ("ms", 1e-3), ("s", 1.0)])
         .ok_or_else(|| format!("{text:?} is not a latency such as 20ms, 500us or 1.5s"))?;
     if d.is_zero() {
-        return Err(format!("{text:?} is zero; a latency budget must be positive"));
+        return Err(format!(
+            "{text:?} is zero; a latency budget must be positive"
+        ));
     }
     Ok(d)
 }
@@ -73,13 +79,14 @@ fn parse_duration(text: &str, units: &[(&str, f64)]) -> Option<Duration> {
 /// A count (`2`) or a percentage (`"50%"`, 0-100).
 pub fn parse_count_or_percent(value: &IntOrString) -> Result<CountOrPercent, String> {
     match value {
-        IntOrString::Int(n) => u32::try_from(*n)
-            .map(CountOrPercent::Count)
-            .map_err(|_| format!("{n} is negative; use a count such as 2 or a percentage such as \"50%\"")),
+        IntOrString::Int(n) => u32::try_from(*n).map(CountOrPercent::Count).map_err(|_| {
+            format!("{n} is negative; use a count such as 2 or a percentage such as \"50%\"")
+        }),
         IntOrString::String(s) => {
             let bad = || format!("{s:?} is not a count such as 2 or a percentage such as \"50%\"");
             let digits = s.strip_suffix('%').ok_or_else(bad)?;
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 3 {
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 3
+            {
                 return Err(bad());
             }
             let p: u32 = digits.parse().map_err(|_| bad())?;
@@ -120,7 +127,9 @@ mod tests {
         assert_eq!(parse_clock("08:30", false), Ok(510));
         assert_eq!(parse_clock("23:59", false), Ok(1439));
         assert_eq!(parse_clock("24:00", true), Ok(1440));
-        for bad in ["24:00", "8:00", "08:60", "25:00", "0800", "08:00:00", "", "ab:cd", "-1:00", "+8:00"] {
+        for bad in [
+            "24:00", "8:00", "08:60", "25:00", "0800", "08:00:00", "", "ab:cd", "-1:00", "+8:00",
+        ] {
             assert!(parse_clock(bad, false).is_err(), "{bad:?} accepted");
         }
         assert!(parse_clock("24:01", true).is_err());
@@ -131,7 +140,9 @@ mod tests {
         assert_eq!(parse_latency("20ms"), Ok(Duration::from_millis(20)));
         assert_eq!(parse_latency("500us"), Ok(Duration::from_micros(500)));
         assert_eq!(parse_latency("1.5s"), Ok(Duration::from_millis(1500)));
-        for bad in ["20", "ms", "20 ms", "-1ms", "1.ms", ".5s", "1..5s", "20mss", "0ms", "20m"] {
+        for bad in [
+            "20", "ms", "20 ms", "-1ms", "1.ms", ".5s", "1..5s", "20mss", "0ms", "20m",
+        ] {
             assert!(parse_latency(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -148,11 +159,23 @@ mod tests {
 
     #[test]
     fn counts_and_percentages() {
-        assert_eq!(parse_count_or_percent(&IntOrString::Int(2)), Ok(CountOrPercent::Count(2)));
-        assert_eq!(parse_count_or_percent(&IntOrString::String("50%".into())), Ok(CountOrPercent::Percent(50)));
-        assert_eq!(parse_count_or_percent(&IntOrString::String("100%".into())), Ok(CountOrPercent::Percent(100)));
+        assert_eq!(
+            parse_count_or_percent(&IntOrString::Int(2)),
+            Ok(CountOrPercent::Count(2))
+        );
+        assert_eq!(
+            parse_count_or_percent(&IntOrString::String("50%".into())),
+            Ok(CountOrPercent::Percent(50))
+        );
+        assert_eq!(
+            parse_count_or_percent(&IntOrString::String("100%".into())),
+            Ok(CountOrPercent::Percent(100))
+        );
         for bad in ["101%", "50", "%", "5 0%", "-5%", "1000%"] {
-            assert!(parse_count_or_percent(&IntOrString::String(bad.into())).is_err(), "{bad:?} accepted");
+            assert!(
+                parse_count_or_percent(&IntOrString::String(bad.into())).is_err(),
+                "{bad:?} accepted"
+            );
         }
         assert!(parse_count_or_percent(&IntOrString::Int(-1)).is_err());
     }

@@ -66,7 +66,8 @@ enum Ours {
 }
 
 fn still_ours(change: &Change, observed: &Observed) -> Ours {
-    let workload = |w: &crate::plan::WorkloadRef| observed.workload.as_ref().filter(|o| &o.workload == w);
+    let workload =
+        |w: &crate::plan::WorkloadRef| observed.workload.as_ref().filter(|o| &o.workload == w);
     let compare = |now: Option<String>, ours: &Option<String>| {
         if &now == ours {
             Ours::Yes
@@ -82,12 +83,18 @@ fn still_ours(change: &Change, observed: &Observed) -> Ours {
         },
         Change::Replicas { workload: w, value } => match workload(w) {
             None => Ours::Gone,
-            Some(o) => compare(o.replicas.map(|r| r.to_string()), &value.desired.map(|r| r.to_string())),
+            Some(o) => compare(
+                o.replicas.map(|r| r.to_string()),
+                &value.desired.map(|r| r.to_string()),
+            ),
         },
         Change::ReadinessGate { workload: w, value } => match workload(w) {
             None => Ours::Gone,
             Some(o) => {
-                let present = o.readiness_gates.iter().any(|g| g == STORAGE_READINESS_GATE);
+                let present = o
+                    .readiness_gates
+                    .iter()
+                    .any(|g| g == STORAGE_READINESS_GATE);
                 match (present, value.desired.is_some()) {
                     (true, true) | (false, false) => Ours::Yes,
                     (false, true) => Ours::No("without the gate".to_string()),
@@ -96,20 +103,28 @@ fn still_ours(change: &Change, observed: &Observed) -> Ours {
             }
         },
         Change::PodDisruptionBudget { name, value, .. } => {
-            match observed
-                .workload
-                .as_ref()
-                .and_then(|o| o.disruption_budgets.iter().find(|b| b.managed_by_plumbline && &b.name == name))
-            {
+            match observed.workload.as_ref().and_then(|o| {
+                o.disruption_budgets
+                    .iter()
+                    .find(|b| b.managed_by_plumbline && &b.name == name)
+            }) {
                 // Our PDB outlives the workload; delete it whenever it is unobserved.
                 None => Ours::Unknown,
-                Some(b) => compare(b.min_available.map(|m| m.to_string()), &value.desired.map(|m| m.to_string())),
+                Some(b) => compare(
+                    b.min_available.map(|m| m.to_string()),
+                    &value.desired.map(|m| m.to_string()),
+                ),
             }
         }
-        Change::CpuShares { vm, value } => match observed.infra.backing_vms.iter().find(|b| &b.vm == vm) {
-            Some(b) if b.cpu_shares.is_some() => compare(b.cpu_shares.map(|s| s.to_string()), &value.desired.map(|s| s.to_string())),
-            _ => Ours::Unknown,
-        },
+        Change::CpuShares { vm, value } => {
+            match observed.infra.backing_vms.iter().find(|b| &b.vm == vm) {
+                Some(b) if b.cpu_shares.is_some() => compare(
+                    b.cpu_shares.map(|s| s.to_string()),
+                    &value.desired.map(|s| s.to_string()),
+                ),
+                _ => Ours::Unknown,
+            }
+        }
         Change::DiskIopsLimit { .. } => Ours::Unknown,
     }
 }
@@ -131,12 +146,13 @@ pub(crate) fn describe_field(change: &Change) -> &'static str {
 pub(crate) fn describe_target(change: &Change) -> String {
     match change {
         Change::PriorityClass { name, .. } => format!("PriorityClass {name}"),
-        Change::PriorityClassName { workload, .. } | Change::Replicas { workload, .. } | Change::ReadinessGate { workload, .. } => {
-            workload.to_string()
-        }
-        Change::PodDisruptionBudget { namespace, name, .. } => format!("PodDisruptionBudget {namespace}/{name}"),
+        Change::PriorityClassName { workload, .. }
+        | Change::Replicas { workload, .. }
+        | Change::ReadinessGate { workload, .. } => workload.to_string(),
+        Change::PodDisruptionBudget {
+            namespace, name, ..
+        } => format!("PodDisruptionBudget {namespace}/{name}"),
         Change::CpuShares { vm, .. } => format!("VM {vm}"),
         Change::DiskIopsLimit { vm, disk, .. } => format!("VM {vm} disk {disk}"),
     }
 }
-

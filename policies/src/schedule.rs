@@ -14,7 +14,10 @@
 
 use std::{collections::BTreeSet, str::FromStr};
 
-use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, Offset, TimeZone, Timelike, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, Offset, TimeZone, Timelike,
+    Utc, Weekday,
+};
 use chrono_tz::Tz;
 use plumbline_crds::TimeWindow;
 
@@ -60,12 +63,19 @@ impl Schedule {
     pub fn parse(windows: &[TimeWindow], path: &str) -> Result<Schedule, Vec<FieldError>> {
         let mut errors = Vec::new();
         if windows.is_empty() {
-            errors.push(FieldError::new(path, "is empty; leave schedule out for an always-active intent"));
+            errors.push(FieldError::new(
+                path,
+                "is empty; leave schedule out for an always-active intent",
+            ));
         }
         let parsed: Vec<Window> = windows
             .iter()
             .enumerate()
-            .filter_map(|(i, w)| Window::parse(w, &format!("{path}[{i}]")).map_err(|e| errors.extend(e)).ok())
+            .filter_map(|(i, w)| {
+                Window::parse(w, &format!("{path}[{i}]"))
+                    .map_err(|e| errors.extend(e))
+                    .ok()
+            })
             .collect();
         if errors.is_empty() {
             Ok(Schedule { windows: parsed })
@@ -100,7 +110,11 @@ impl Schedule {
         for w in &self.windows {
             candidates.extend(w.boundaries_near(at));
         }
-        let zones: BTreeSet<String> = self.windows.iter().map(|w| w.zone.name().to_string()).collect();
+        let zones: BTreeSet<String> = self
+            .windows
+            .iter()
+            .map(|w| w.zone.name().to_string())
+            .collect();
         for zone in zones {
             let zone = Tz::from_str(&zone).expect("zone names come from parsed zones");
             candidates.extend(offset_changes(zone, at, horizon));
@@ -115,8 +129,10 @@ impl Schedule {
 impl Window {
     fn parse(w: &TimeWindow, path: &str) -> Result<Window, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let start = parse_clock(&w.start, false).map_err(|e| errors.push(FieldError::new(format!("{path}.start"), e)));
-        let end = parse_clock(&w.end, true).map_err(|e| errors.push(FieldError::new(format!("{path}.end"), e)));
+        let start = parse_clock(&w.start, false)
+            .map_err(|e| errors.push(FieldError::new(format!("{path}.start"), e)));
+        let end = parse_clock(&w.end, true)
+            .map_err(|e| errors.push(FieldError::new(format!("{path}.end"), e)));
         if let (Ok(s), Ok(e)) = (start, end) {
             if e <= s {
                 errors.push(FieldError::new(
@@ -132,7 +148,10 @@ impl Window {
         let zone = Tz::from_str(&w.time_zone).map_err(|_| {
             errors.push(FieldError::new(
                 format!("{path}.timeZone"),
-                format!("unknown time zone {:?} (use an IANA name such as Europe/Berlin or UTC)", w.time_zone),
+                format!(
+                    "unknown time zone {:?} (use an IANA name such as Europe/Berlin or UTC)",
+                    w.time_zone
+                ),
             ))
         });
         let mut days = BTreeSet::new();
@@ -145,13 +164,21 @@ impl Window {
             Some(list) => {
                 for d in list {
                     if !days.insert(WeekdayOrd::from(*d)) {
-                        errors.push(FieldError::new(format!("{path}.days"), format!("{d:?} is listed twice")));
+                        errors.push(FieldError::new(
+                            format!("{path}.days"),
+                            format!("{d:?} is listed twice"),
+                        ));
                     }
                 }
             }
         }
         match (start, end, zone) {
-            (Ok(start), Ok(end), Ok(zone)) if errors.is_empty() => Ok(Window { days, start, end, zone }),
+            (Ok(start), Ok(end), Ok(zone)) if errors.is_empty() => Ok(Window {
+                days,
+                start,
+                end,
+                zone,
+            }),
             _ => Err(errors),
         }
     }
@@ -160,7 +187,9 @@ impl Window {
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
         let local = at.with_timezone(&self.zone);
         let second = local.num_seconds_from_midnight();
-        self.days.contains(&WeekdayOrd::of(local.weekday())) && self.start * 60 <= second && second < self.end * 60
+        self.days.contains(&WeekdayOrd::of(local.weekday()))
+            && self.start * 60 <= second
+            && second < self.end * 60
     }
 
     /// Every instant at which the wall clock shows one of the window's boundaries on one of its
@@ -175,7 +204,11 @@ impl Window {
                 continue;
             }
             for minute in [self.start, self.end] {
-                let (date, minute) = if minute == FULL_DAY_OF_MINUTES { (date + Duration::days(1), 0) } else { (date, minute) };
+                let (date, minute) = if minute == FULL_DAY_OF_MINUTES {
+                    (date + Duration::days(1), 0)
+                } else {
+                    (date, minute)
+                };
                 out.extend(instants_of(self.zone, date, minute));
             }
         }
@@ -184,7 +217,13 @@ impl Window {
 
     /// E.g. `Mon-Fri 08:00-20:00 Europe/Berlin`.
     pub fn describe(&self) -> String {
-        format!("{} {}-{} {}", describe_days(&self.days), format_clock(self.start), format_clock(self.end), self.zone.name())
+        format!(
+            "{} {}-{} {}",
+            describe_days(&self.days),
+            format_clock(self.start),
+            format_clock(self.end),
+            self.zone.name()
+        )
     }
 }
 
@@ -217,8 +256,15 @@ fn describe_days(days: &BTreeSet<WeekdayOrd>) -> String {
     }
     runs.iter()
         .map(|(a, b)| {
-            let (a, b) = (WeekdayOrd::NAMES[*a as usize], WeekdayOrd::NAMES[*b as usize]);
-            if a == b { a.to_string() } else { format!("{a}-{b}") }
+            let (a, b) = (
+                WeekdayOrd::NAMES[*a as usize],
+                WeekdayOrd::NAMES[*b as usize],
+            );
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -246,7 +292,11 @@ fn offset_changes(zone: Tz, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateT
             let (mut lo, mut hi) = (t, next);
             while hi - lo > Duration::seconds(1) {
                 let mid = lo + (hi - lo) / 2;
-                if offset_at(mid) == offset_at(lo) { lo = mid } else { hi = mid }
+                if offset_at(mid) == offset_at(lo) {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
             }
             out.push(hi.with_nanosecond(0).unwrap_or(hi));
         }

@@ -24,20 +24,50 @@ pub struct StatusError {
 /// The held actions of a plan as `status.plan`, all `Pending`; the operator updates `state`
 /// (and `message`) as it applies them.
 pub fn plan_to_status(plan: &Plan) -> Vec<PlannedAction> {
-    plan.actions.iter().map(|a| action_to_status(a, ActionState::Pending, None)).collect()
+    plan.actions
+        .iter()
+        .map(|a| action_to_status(a, ActionState::Pending, None))
+        .collect()
 }
 
 /// One action as a `status.plan` entry.
-pub fn action_to_status(action: &Action, state: ActionState, message: Option<String>) -> PlannedAction {
+pub fn action_to_status(
+    action: &Action,
+    state: ActionState,
+    message: Option<String>,
+) -> PlannedAction {
     let (target, desired, previous) = match &action.change {
         Change::PriorityClass { name, class } => (
-            PlannedTarget { kind: "PriorityClass".into(), namespace: None, name: name.clone(), provider: None, disk: None },
-            Some(format!("value {} ({})", class.value, class.preemption.as_str())),
+            PlannedTarget {
+                kind: "PriorityClass".into(),
+                namespace: None,
+                name: name.clone(),
+                provider: None,
+                disk: None,
+            },
+            Some(format!(
+                "value {} ({})",
+                class.value,
+                class.preemption.as_str()
+            )),
             None,
         ),
-        Change::PriorityClassName { workload, value } => (workload_target(workload), value.desired.clone(), value.previous.clone()),
-        Change::Replicas { workload, value } => (workload_target(workload), text(&value.desired), text(&value.previous)),
-        Change::PodDisruptionBudget { namespace, name, value, .. } => (
+        Change::PriorityClassName { workload, value } => (
+            workload_target(workload),
+            value.desired.clone(),
+            value.previous.clone(),
+        ),
+        Change::Replicas { workload, value } => (
+            workload_target(workload),
+            text(&value.desired),
+            text(&value.previous),
+        ),
+        Change::PodDisruptionBudget {
+            namespace,
+            name,
+            value,
+            ..
+        } => (
             PlannedTarget {
                 kind: "PodDisruptionBudget".into(),
                 namespace: Some(namespace.clone()),
@@ -48,9 +78,21 @@ pub fn action_to_status(action: &Action, state: ActionState, message: Option<Str
             text(&value.desired),
             text(&value.previous),
         ),
-        Change::ReadinessGate { workload, value } => (workload_target(workload), value.desired.clone(), value.previous.clone()),
-        Change::CpuShares { vm, value } => (vm_target(vm, None), text(&value.desired), text(&value.previous)),
-        Change::DiskIopsLimit { vm, disk, value } => (vm_target(vm, Some(disk)), text(&value.desired), text(&value.previous)),
+        Change::ReadinessGate { workload, value } => (
+            workload_target(workload),
+            value.desired.clone(),
+            value.previous.clone(),
+        ),
+        Change::CpuShares { vm, value } => (
+            vm_target(vm, None),
+            text(&value.desired),
+            text(&value.previous),
+        ),
+        Change::DiskIopsLimit { vm, disk, value } => (
+            vm_target(vm, Some(disk)),
+            text(&value.desired),
+            text(&value.previous),
+        ),
     };
     PlannedAction {
         layer: action.layer(),
@@ -68,7 +110,11 @@ pub fn action_to_status(action: &Action, state: ActionState, message: Option<Str
 /// never took effect (`Failed`, `Unsupported`) are still returned: their previous values are
 /// still the originals.
 pub fn actions_from_status(entries: &[PlannedAction]) -> Result<Vec<Action>, StatusError> {
-    entries.iter().enumerate().map(|(i, e)| action_from_status(i, e)).collect()
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| action_from_status(i, e))
+        .collect()
 }
 
 fn action_from_status(index: usize, e: &PlannedAction) -> Result<Action, StatusError> {
@@ -82,49 +128,109 @@ fn action_from_status(index: usize, e: &PlannedAction) -> Result<Action, StatusE
         let kind = match e.target.kind.as_str() {
             "Deployment" => TargetKind::Deployment,
             "StatefulSet" => TargetKind::StatefulSet,
-            other => return Err(fail(format!("target kind {other:?} is not Deployment or StatefulSet"))),
+            other => {
+                return Err(fail(format!(
+                    "target kind {other:?} is not Deployment or StatefulSet"
+                )))
+            }
         };
-        let namespace = e.target.namespace.clone().ok_or_else(|| fail("target has no namespace".into()))?;
-        Ok(WorkloadRef { kind, namespace, name: e.target.name.clone() })
+        let namespace = e
+            .target
+            .namespace
+            .clone()
+            .ok_or_else(|| fail("target has no namespace".into()))?;
+        Ok(WorkloadRef {
+            kind,
+            namespace,
+            name: e.target.name.clone(),
+        })
     };
     let vm = || -> Result<VmRef, StatusError> {
-        let provider = e.target.provider.clone().ok_or_else(|| fail("VM target has no provider".into()))?;
-        Ok(VmRef { provider, name: e.target.name.clone() })
+        let provider = e
+            .target
+            .provider
+            .clone()
+            .ok_or_else(|| fail("VM target has no provider".into()))?;
+        Ok(VmRef {
+            provider,
+            name: e.target.name.clone(),
+        })
     };
     let strings = || Setting::new(e.desired.clone(), e.previous.clone());
     let change = match e.kind {
         ActionKind::PriorityClass => {
-            let tier = tier_of_priority_class(&e.target.name)
-                .ok_or_else(|| fail(format!("{:?} is not a Plumbline tier PriorityClass", e.target.name)))?;
-            Change::PriorityClass { name: e.target.name.clone(), class: tier.priority_class() }
+            let tier = tier_of_priority_class(&e.target.name).ok_or_else(|| {
+                fail(format!(
+                    "{:?} is not a Plumbline tier PriorityClass",
+                    e.target.name
+                ))
+            })?;
+            Change::PriorityClass {
+                name: e.target.name.clone(),
+                class: tier.priority_class(),
+            }
         }
-        ActionKind::PriorityClassName => Change::PriorityClassName { workload: workload()?, value: strings() },
-        ActionKind::ReplicaFloor => Change::Replicas { workload: workload()?, value: parsed(e, |s| s.parse::<i32>().map_err(|e| e.to_string())).map_err(fail)? },
+        ActionKind::PriorityClassName => Change::PriorityClassName {
+            workload: workload()?,
+            value: strings(),
+        },
+        ActionKind::ReplicaFloor => Change::Replicas {
+            workload: workload()?,
+            value: parsed(e, |s| s.parse::<i32>().map_err(|e| e.to_string())).map_err(fail)?,
+        },
         ActionKind::PodDisruptionBudget => Change::PodDisruptionBudget {
-            namespace: e.target.namespace.clone().ok_or_else(|| fail("target has no namespace".into()))?,
+            namespace: e
+                .target
+                .namespace
+                .clone()
+                .ok_or_else(|| fail("target has no namespace".into()))?,
             name: e.target.name.clone(),
             selector: Default::default(),
             value: parsed(e, CountOrPercent::parse).map_err(fail)?,
         },
-        ActionKind::ReadinessGate => Change::ReadinessGate { workload: workload()?, value: strings() },
-        ActionKind::CpuShares => Change::CpuShares { vm: vm()?, value: parsed(e, |s| s.parse::<u64>().map_err(|e| e.to_string())).map_err(fail)? },
+        ActionKind::ReadinessGate => Change::ReadinessGate {
+            workload: workload()?,
+            value: strings(),
+        },
+        ActionKind::CpuShares => Change::CpuShares {
+            vm: vm()?,
+            value: parsed(e, |s| s.parse::<u64>().map_err(|e| e.to_string())).map_err(fail)?,
+        },
         ActionKind::DiskIopsLimit => Change::DiskIopsLimit {
             vm: vm()?,
-            disk: e.target.disk.clone().ok_or_else(|| fail("disk target has no disk".into()))?,
+            disk: e
+                .target
+                .disk
+                .clone()
+                .ok_or_else(|| fail("disk target has no disk".into()))?,
             value: parsed(e, |s| s.parse::<u64>().map_err(|e| e.to_string())).map_err(fail)?,
         },
     };
     if change.layer() != e.layer {
-        return Err(fail(format!("layer {:?} does not match kind {:?}", e.layer, e.kind)));
+        return Err(fail(format!(
+            "layer {:?} does not match kind {:?}",
+            e.layer, e.kind
+        )));
     }
-    Ok(Action { change, reason: e.reason.clone() })
+    Ok(Action {
+        change,
+        reason: e.reason.clone(),
+    })
 }
 
-fn parsed<T>(e: &PlannedAction, parse: impl Fn(&str) -> Result<T, String>) -> Result<Setting<T>, String> {
+fn parsed<T>(
+    e: &PlannedAction,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Setting<T>, String> {
     let one = |v: &Option<String>, which: &str| -> Result<Option<T>, String> {
-        v.as_deref().map(|s| parse(s).map_err(|p| format!("{which} {s:?}: {p}"))).transpose()
+        v.as_deref()
+            .map(|s| parse(s).map_err(|p| format!("{which} {s:?}: {p}")))
+            .transpose()
     };
-    Ok(Setting::new(one(&e.desired, "desired")?, one(&e.previous, "previous")?))
+    Ok(Setting::new(
+        one(&e.desired, "desired")?,
+        one(&e.previous, "previous")?,
+    ))
 }
 
 fn text<T: ToString>(v: &Option<T>) -> Option<String> {
@@ -150,4 +256,3 @@ fn vm_target(vm: &VmRef, disk: Option<&String>) -> PlannedTarget {
         disk: disk.cloned(),
     }
 }
-

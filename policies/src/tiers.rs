@@ -42,7 +42,8 @@ pub const TIERS: [TierSemantics; 4] = [
         preemption: Preemption::PreemptLowerPriority,
         protected_cpu_shares: Some(4096),
         may_throttle_neighbours: true,
-        summary: "business-critical: scheduled first, may preempt lower tiers, backing VMs protected",
+        summary:
+            "business-critical: scheduled first, may preempt lower tiers, backing VMs protected",
     },
     TierSemantics {
         priority: Priority::High,
@@ -123,14 +124,21 @@ mod tests {
     #[test]
     fn priority_values_strictly_decrease_with_the_tier() {
         for pair in TIERS.windows(2) {
-            assert!(pair[0].priority_value > pair[1].priority_value, "{:?} vs {:?}", pair[0], pair[1]);
+            assert!(
+                pair[0].priority_value > pair[1].priority_value,
+                "{:?} vs {:?}",
+                pair[0],
+                pair[1]
+            );
         }
     }
 
     #[test]
     fn user_priority_values_stay_below_system_classes() {
         // system-cluster-critical is 2000000000; user classes must stay at or below 1000000000.
-        assert!(TIERS.iter().all(|t| (0..=1_000_000_000).contains(&t.priority_value)));
+        assert!(TIERS
+            .iter()
+            .all(|t| (0..=1_000_000_000).contains(&t.priority_value)));
     }
 
     #[test]
@@ -139,14 +147,20 @@ mod tests {
             let top = matches!(t.priority, Priority::Critical | Priority::High);
             assert_eq!(t.protected_cpu_shares.is_some(), top, "{}", t.priority);
             assert_eq!(t.may_throttle_neighbours, top, "{}", t.priority);
-            assert!(t.protected_cpu_shares.is_none_or(|s| s > 1024), "protection must exceed the default");
+            assert!(
+                t.protected_cpu_shares.is_none_or(|s| s > 1024),
+                "protection must exceed the default"
+            );
         }
     }
 
     #[test]
     fn priority_class_names_round_trip() {
         for t in TIERS {
-            assert_eq!(tier_of_priority_class(&t.priority_class_name()), Some(&TIERS[TIERS.iter().position(|x| x == &t).unwrap()]));
+            assert_eq!(
+                tier_of_priority_class(&t.priority_class_name()),
+                Some(&TIERS[TIERS.iter().position(|x| x == &t).unwrap()])
+            );
         }
         assert_eq!(tier_of_priority_class("system-cluster-critical"), None);
         assert_eq!(tier_of_priority_class("plumbline-urgent"), None);

@@ -42,17 +42,26 @@ pub fn validate_intent(spec: &WorkloadIntentSpec) -> Result<ValidIntent, Invalid
 
     let schedule = match &spec.schedule {
         None => None,
-        Some(windows) => Schedule::parse(windows, "spec.schedule").map_err(|e| errors.extend(e)).ok(),
+        Some(windows) => Schedule::parse(windows, "spec.schedule")
+            .map_err(|e| errors.extend(e))
+            .ok(),
     };
 
     let availability = spec.availability.as_ref();
     let replica_floor = availability.and_then(|a| a.replica_floor);
     if let Some(floor) = replica_floor.filter(|f| *f < 1) {
-        errors.push(FieldError::new("spec.availability.replicaFloor", format!("{floor} is less than 1")));
+        errors.push(FieldError::new(
+            "spec.availability.replicaFloor",
+            format!("{floor} is less than 1"),
+        ));
     }
     let min_available = availability
         .and_then(|a| a.min_available.as_ref())
-        .and_then(|v| parse_count_or_percent(v).map_err(|e| errors.push(FieldError::new("spec.availability.minAvailable", e))).ok());
+        .and_then(|v| {
+            parse_count_or_percent(v)
+                .map_err(|e| errors.push(FieldError::new("spec.availability.minAvailable", e)))
+                .ok()
+        });
     if let (Some(CountOrPercent::Count(n)), Some(floor)) = (min_available, replica_floor) {
         if n as i64 > floor as i64 {
             errors.push(FieldError::new(
@@ -72,11 +81,20 @@ pub fn validate_intent(spec: &WorkloadIntentSpec) -> Result<ValidIntent, Invalid
                 .map_err(|e| errors.push(FieldError::new("spec.storage.maxUnready", e)))
                 .ok(),
         };
-        Some(ValidStorage { latency_budget: budget?, readiness_gate: s.readiness_gate, max_unready: max_unready? })
+        Some(ValidStorage {
+            latency_budget: budget?,
+            readiness_gate: s.readiness_gate,
+            max_unready: max_unready?,
+        })
     });
 
     if errors.is_empty() {
-        Ok(ValidIntent { schedule, replica_floor, min_available, storage })
+        Ok(ValidIntent {
+            schedule,
+            replica_floor,
+            min_available,
+            storage,
+        })
     } else {
         Err(Invalid::Spec(errors))
     }
@@ -95,8 +113,14 @@ pub struct ValidProvider {
 pub fn validate_provider(spec: &HypervisorProviderSpec) -> Result<ValidProvider, Invalid> {
     let mut errors = Vec::new();
     match (&spec.libvirt, &spec.vsphere) {
-        (Some(_), Some(_)) => errors.push(FieldError::new("spec", "sets both libvirt and vsphere; set exactly one")),
-        (None, None) => errors.push(FieldError::new("spec", "sets neither libvirt nor vsphere; set exactly one")),
+        (Some(_), Some(_)) => errors.push(FieldError::new(
+            "spec",
+            "sets both libvirt and vsphere; set exactly one",
+        )),
+        (None, None) => errors.push(FieldError::new(
+            "spec",
+            "sets neither libvirt nor vsphere; set exactly one",
+        )),
         _ => {}
     }
     if let Some(v) = &spec.vsphere {
@@ -109,7 +133,10 @@ pub fn validate_provider(spec: &HypervisorProviderSpec) -> Result<ValidProvider,
     }
     if let Some(l) = &spec.libvirt {
         if !l.uri.contains(":/") {
-            errors.push(FieldError::new("spec.libvirt.uri", format!("{:?} is not a libvirt URI such as qemu:///system", l.uri)));
+            errors.push(FieldError::new(
+                "spec.libvirt.uri",
+                format!("{:?} is not a libvirt URI such as qemu:///system", l.uri),
+            ));
         }
     }
     let sample_interval = match &spec.sample_interval {
@@ -118,19 +145,32 @@ pub fn validate_provider(spec: &HypervisorProviderSpec) -> Result<ValidProvider,
             .map_err(|e| errors.push(FieldError::new("spec.sampleInterval", e)))
             .unwrap_or(DEFAULT_SAMPLE_INTERVAL),
     };
-    let mapping = spec.node_mapping.clone().unwrap_or(plumbline_crds::NodeMapping { by: NodeMappingStrategy::ProviderId, label: None });
+    let mapping = spec
+        .node_mapping
+        .clone()
+        .unwrap_or(plumbline_crds::NodeMapping {
+            by: NodeMappingStrategy::ProviderId,
+            label: None,
+        });
     match (mapping.by, &mapping.label) {
-        (NodeMappingStrategy::Label, None) => {
-            errors.push(FieldError::new("spec.nodeMapping.label", "is required when nodeMapping.by is label"))
-        }
-        (NodeMappingStrategy::ProviderId | NodeMappingStrategy::NodeName, Some(_)) => errors.push(FieldError::new(
+        (NodeMappingStrategy::Label, None) => errors.push(FieldError::new(
             "spec.nodeMapping.label",
-            "is only used when nodeMapping.by is label",
+            "is required when nodeMapping.by is label",
         )),
+        (NodeMappingStrategy::ProviderId | NodeMappingStrategy::NodeName, Some(_)) => {
+            errors.push(FieldError::new(
+                "spec.nodeMapping.label",
+                "is only used when nodeMapping.by is label",
+            ))
+        }
         _ => {}
     }
     if errors.is_empty() {
-        Ok(ValidProvider { sample_interval, node_mapping: mapping.by, node_label: mapping.label })
+        Ok(ValidProvider {
+            sample_interval,
+            node_mapping: mapping.by,
+            node_label: mapping.label,
+        })
     } else {
         Err(Invalid::Spec(errors))
     }

@@ -5,8 +5,11 @@ use plumbline_crds::{HypervisorProvider, WorkloadIntent};
 use plumbline_policies::{activity, validate_intent, validate_provider};
 
 fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples").join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crds/examples")
+        .join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
@@ -32,10 +35,20 @@ fn reports_are_active_through_weeknights() {
     assert!(at("2026-11-23T22:00:00Z").active, "Mon 22:00");
     let midnight = at("2026-11-24T00:00:00Z");
     assert!(midnight.active, "Tue 00:00");
-    assert_eq!(midnight.next_transition, Some(utc("2026-11-24T06:00:00Z")), "one night, no flip at midnight");
+    assert_eq!(
+        midnight.next_transition,
+        Some(utc("2026-11-24T06:00:00Z")),
+        "one night, no flip at midnight"
+    );
     assert!(!at("2026-11-24T06:00:00Z").active, "Tue 06:00");
-    assert!(!at("2026-11-27T23:00:00Z").active, "Friday night is not listed");
-    assert!(!at("2026-11-23T01:00:00Z").active, "Monday morning belongs to Sunday night");
+    assert!(
+        !at("2026-11-27T23:00:00Z").active,
+        "Friday night is not listed"
+    );
+    assert!(
+        !at("2026-11-23T01:00:00Z").active,
+        "Monday morning belongs to Sunday night"
+    );
 }
 
 #[test]

@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use plumbline_crds::{
-    conditions::reason, names::STORAGE_READINESS_GATE, ActionKind, Availability, Infrastructure, Layer, Priority, Storage,
-    TargetKind, TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec, WorkloadTarget,
+    conditions::reason, names::STORAGE_READINESS_GATE, ActionKind, Availability, Infrastructure,
+    Layer, Priority, Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec,
+    WorkloadTarget,
 };
 use plumbline_policies::{
-    actions_from_status, explain, explain_invalid, plan, plan_to_status, revert, Action, BackingVm, Change, CountOrPercent,
-    Invalid, NeighbourThrottle, Observed, ObservedDisruptionBudget, ObservedInfra, ObservedWorkload, Plan, Setting, VmRef,
-    WorkloadRef,
+    actions_from_status, explain, explain_invalid, plan, plan_to_status, revert, Action, BackingVm,
+    Change, CountOrPercent, Invalid, NeighbourThrottle, Observed, ObservedDisruptionBudget,
+    ObservedInfra, ObservedWorkload, Plan, Setting, VmRef, WorkloadRef,
 };
 use proptest::prelude::*;
 
@@ -25,7 +26,11 @@ fn monday_morning() -> DateTime<Utc> {
 }
 
 fn payments() -> WorkloadRef {
-    WorkloadRef { kind: TargetKind::Deployment, namespace: "shop".into(), name: "payments".into() }
+    WorkloadRef {
+        kind: TargetKind::Deployment,
+        namespace: "shop".into(),
+        name: "payments".into(),
+    }
 }
 
 fn intent(spec: WorkloadIntentSpec) -> WorkloadIntent {
@@ -36,22 +41,44 @@ fn intent(spec: WorkloadIntentSpec) -> WorkloadIntent {
 
 fn critical_spec() -> WorkloadIntentSpec {
     WorkloadIntentSpec {
-        target: WorkloadTarget { kind: TargetKind::Deployment, name: "payments".into() },
+        target: WorkloadTarget {
+            kind: TargetKind::Deployment,
+            name: "payments".into(),
+        },
         priority: Priority::Critical,
         schedule: Some(vec![TimeWindow {
-            days: Some(vec![Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri]),
+            days: Some(vec![
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri,
+            ]),
             start: "08:00".into(),
             end: "20:00".into(),
             time_zone: "Europe/Berlin".into(),
         }]),
-        availability: Some(Availability { replica_floor: Some(3), min_available: Some(IntOrString::String("50%".into())) }),
-        storage: Some(Storage { latency_budget: "20ms".into(), readiness_gate: true, max_unready: None }),
-        infrastructure: Some(Infrastructure { protect_backing_vms: true, throttle_noisy_neighbours: true }),
+        availability: Some(Availability {
+            replica_floor: Some(3),
+            min_available: Some(IntOrString::String("50%".into())),
+        }),
+        storage: Some(Storage {
+            latency_budget: "20ms".into(),
+            readiness_gate: true,
+            max_unready: None,
+        }),
+        infrastructure: Some(Infrastructure {
+            protect_backing_vms: true,
+            throttle_noisy_neighbours: true,
+        }),
     }
 }
 
 fn vm(name: &str) -> VmRef {
-    VmRef { provider: "lab-libvirt".into(), name: name.into() }
+    VmRef {
+        provider: "lab-libvirt".into(),
+        name: name.into(),
+    }
 }
 
 fn observed_payments() -> ObservedWorkload {
@@ -69,7 +96,11 @@ fn observed() -> Observed {
     Observed {
         workload: Some(observed_payments()),
         infra: ObservedInfra {
-            backing_vms: vec![BackingVm { vm: vm("worker-1"), cpu_shares: Some(1024), cpu_shares_supported: true }],
+            backing_vms: vec![BackingVm {
+                vm: vm("worker-1"),
+                cpu_shares: Some(1024),
+                cpu_shares_supported: true,
+            }],
             neighbour_throttles: vec![],
         },
         applied: vec![],
@@ -85,7 +116,10 @@ fn critical_intent_in_its_window() {
     let p = plan(&intent(critical_spec()), &observed(), monday_morning()).expect("valid");
     assert!(p.activity.active);
     assert_eq!(p.activity.reason, reason::WINDOW_OPEN);
-    assert_eq!(p.activity.next_transition, Some(utc("2026-11-23T19:00:00Z")));
+    assert_eq!(
+        p.activity.next_transition,
+        Some(utc("2026-11-23T19:00:00Z"))
+    );
     assert!(p.reverts.is_empty());
     assert_eq!(
         kinds(&p.actions),
@@ -99,8 +133,16 @@ fn critical_intent_in_its_window() {
         ]
     );
     let changes: Vec<&Change> = p.actions.iter().map(|a| &a.change).collect();
-    assert!(matches!(changes[0], Change::PriorityClass { name, class } if name == "plumbline-critical" && class.value == 1_000_000));
-    assert_eq!(changes[1], &Change::PriorityClassName { workload: payments(), value: Setting::new(Some("plumbline-critical".into()), None) });
+    assert!(
+        matches!(changes[0], Change::PriorityClass { name, class } if name == "plumbline-critical" && class.value == 1_000_000)
+    );
+    assert_eq!(
+        changes[1],
+        &Change::PriorityClassName {
+            workload: payments(),
+            value: Setting::new(Some("plumbline-critical".into()), None)
+        }
+    );
     assert_eq!(
         changes[2],
         &Change::PodDisruptionBudget {
@@ -110,9 +152,27 @@ fn critical_intent_in_its_window() {
             value: Setting::new(Some(CountOrPercent::Percent(50)), None)
         }
     );
-    assert_eq!(changes[3], &Change::Replicas { workload: payments(), value: Setting::new(Some(3), Some(2)) });
-    assert_eq!(changes[4], &Change::ReadinessGate { workload: payments(), value: Setting::new(Some(STORAGE_READINESS_GATE.into()), None) });
-    assert_eq!(changes[5], &Change::CpuShares { vm: vm("worker-1"), value: Setting::new(Some(4096), Some(1024)) });
+    assert_eq!(
+        changes[3],
+        &Change::Replicas {
+            workload: payments(),
+            value: Setting::new(Some(3), Some(2))
+        }
+    );
+    assert_eq!(
+        changes[4],
+        &Change::ReadinessGate {
+            workload: payments(),
+            value: Setting::new(Some(STORAGE_READINESS_GATE.into()), None)
+        }
+    );
+    assert_eq!(
+        changes[5],
+        &Change::CpuShares {
+            vm: vm("worker-1"),
+            value: Setting::new(Some(4096), Some(1024))
+        }
+    );
     assert_eq!(p.layer(Layer::Hypervisor).count(), 1);
 }
 
@@ -148,7 +208,9 @@ fn apply(o: &mut Observed, actions: &[Action]) {
     for a in actions {
         match &a.change {
             Change::PriorityClass { .. } => {}
-            Change::PriorityClassName { value, .. } => o.workload.as_mut().unwrap().priority_class_name = value.desired.clone(),
+            Change::PriorityClassName { value, .. } => {
+                o.workload.as_mut().unwrap().priority_class_name = value.desired.clone()
+            }
             Change::Replicas { value, .. } => o.workload.as_mut().unwrap().replicas = value.desired,
             Change::ReadinessGate { value, .. } => {
                 let w = o.workload.as_mut().unwrap();
@@ -159,13 +221,23 @@ fn apply(o: &mut Observed, actions: &[Action]) {
             }
             Change::PodDisruptionBudget { name, value, .. } => {
                 let w = o.workload.as_mut().unwrap();
-                w.disruption_budgets.retain(|b| !(b.managed_by_plumbline && &b.name == name));
+                w.disruption_budgets
+                    .retain(|b| !(b.managed_by_plumbline && &b.name == name));
                 if let Some(m) = value.desired {
-                    w.disruption_budgets.push(ObservedDisruptionBudget { name: name.clone(), managed_by_plumbline: true, min_available: Some(m) });
+                    w.disruption_budgets.push(ObservedDisruptionBudget {
+                        name: name.clone(),
+                        managed_by_plumbline: true,
+                        min_available: Some(m),
+                    });
                 }
             }
             Change::CpuShares { vm, value } => {
-                let b = o.infra.backing_vms.iter_mut().find(|b| &b.vm == vm).unwrap();
+                let b = o
+                    .infra
+                    .backing_vms
+                    .iter_mut()
+                    .find(|b| &b.vm == vm)
+                    .unwrap();
                 b.cpu_shares = value.desired.or(Some(1024));
             }
             Change::DiskIopsLimit { .. } => {}
@@ -191,7 +263,11 @@ fn reconciling_again_changes_nothing_and_keeps_the_originals() {
     let second = reconcile(&wi, &mut o, monday_morning());
     assert_eq!(o.workload, after_first.workload);
     assert!(second.reverts.is_empty());
-    assert_eq!(plan_to_status(&second), plan_to_status(&first), "same actions, same previous values");
+    assert_eq!(
+        plan_to_status(&second),
+        plan_to_status(&first),
+        "same actions, same previous values"
+    );
 }
 
 #[test]
@@ -205,11 +281,20 @@ fn closing_the_window_restores_everything() {
     let p = reconcile(&wi, &mut o, evening);
     assert!(!p.activity.active);
     assert_eq!(p.activity.reason, reason::WINDOW_CLOSED);
-    assert_eq!(p.activity.next_transition, Some(utc("2026-11-24T07:00:00Z")));
+    assert_eq!(
+        p.activity.next_transition,
+        Some(utc("2026-11-24T07:00:00Z"))
+    );
     assert!(p.actions.is_empty());
     assert_eq!(
         kinds(&p.reverts),
-        [ActionKind::CpuShares, ActionKind::ReadinessGate, ActionKind::ReplicaFloor, ActionKind::PodDisruptionBudget, ActionKind::PriorityClassName],
+        [
+            ActionKind::CpuShares,
+            ActionKind::ReadinessGate,
+            ActionKind::ReplicaFloor,
+            ActionKind::PodDisruptionBudget,
+            ActionKind::PriorityClassName
+        ],
         "hypervisor first, then Kubernetes in reverse"
     );
     assert_eq!(o.workload, before.workload);
@@ -231,7 +316,10 @@ fn a_value_someone_else_changed_is_left_alone_on_revert() {
         "{:?}",
         undo.notes
     );
-    assert!(undo.actions.iter().all(|a| a.reason.starts_with("the intent was deleted")));
+    assert!(undo
+        .actions
+        .iter()
+        .all(|a| a.reason.starts_with("the intent was deleted")));
 }
 
 #[test]
@@ -241,11 +329,17 @@ fn scaling_above_the_floor_needs_no_floor() {
     o.workload.as_mut().unwrap().replicas = Some(5);
     let p = plan(&wi, &o, monday_morning()).unwrap();
     assert!(!kinds(&p.actions).contains(&ActionKind::ReplicaFloor));
-    assert!(p.notes.iter().any(|n| n.text.contains("runs 5 replicas, at or above the floor of 3")));
+    assert!(p.notes.iter().any(|n| n
+        .text
+        .contains("runs 5 replicas, at or above the floor of 3")));
     // Unset replicas count as 1.
     o.workload.as_mut().unwrap().replicas = None;
     let p = plan(&wi, &o, monday_morning()).unwrap();
-    assert!(p.actions.iter().any(|a| a.change == Change::Replicas { workload: payments(), value: Setting::new(Some(3), None) }));
+    assert!(p.actions.iter().any(|a| a.change
+        == Change::Replicas {
+            workload: payments(),
+            value: Setting::new(Some(3), None)
+        }));
 }
 
 #[test]
@@ -256,23 +350,51 @@ fn dropping_a_feature_from_the_spec_reverts_just_that() {
     spec.storage.as_mut().unwrap().readiness_gate = false;
     spec.availability = None;
     let p = reconcile(&intent(spec), &mut o, monday_morning());
-    assert_eq!(kinds(&p.reverts), [ActionKind::ReadinessGate, ActionKind::ReplicaFloor, ActionKind::PodDisruptionBudget]);
-    assert_eq!(kinds(&p.actions), [ActionKind::PriorityClass, ActionKind::PriorityClassName, ActionKind::CpuShares]);
+    assert_eq!(
+        kinds(&p.reverts),
+        [
+            ActionKind::ReadinessGate,
+            ActionKind::ReplicaFloor,
+            ActionKind::PodDisruptionBudget
+        ]
+    );
+    assert_eq!(
+        kinds(&p.actions),
+        [
+            ActionKind::PriorityClass,
+            ActionKind::PriorityClassName,
+            ActionKind::CpuShares
+        ]
+    );
     let w = o.workload.as_ref().unwrap();
-    assert_eq!((w.replicas, w.readiness_gates.len(), w.disruption_budgets.len()), (Some(2), 0, 0));
+    assert_eq!(
+        (
+            w.replicas,
+            w.readiness_gates.len(),
+            w.disruption_budgets.len()
+        ),
+        (Some(2), 0, 0)
+    );
 }
 
 #[test]
 fn an_existing_budget_is_not_doubled() {
     let mut o = observed();
-    o.workload.as_mut().unwrap().disruption_budgets.push(ObservedDisruptionBudget {
-        name: "payments-pdb".into(),
-        managed_by_plumbline: false,
-        min_available: Some(CountOrPercent::Count(1)),
-    });
+    o.workload
+        .as_mut()
+        .unwrap()
+        .disruption_budgets
+        .push(ObservedDisruptionBudget {
+            name: "payments-pdb".into(),
+            managed_by_plumbline: false,
+            min_available: Some(CountOrPercent::Count(1)),
+        });
     let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
     assert!(!kinds(&p.actions).contains(&ActionKind::PodDisruptionBudget));
-    assert!(p.notes.iter().any(|n| n.text.contains("payments-pdb already covers the pods")));
+    assert!(p
+        .notes
+        .iter()
+        .any(|n| n.text.contains("payments-pdb already covers the pods")));
 }
 
 #[test]
@@ -289,9 +411,12 @@ fn lower_tiers_do_not_touch_hypervisors() {
     });
     let p = plan(&intent(spec), &o, monday_morning()).unwrap();
     assert_eq!(p.layer(Layer::Hypervisor).count(), 0);
-    assert!(p.notes.iter().any(|n| n.text == "tier standard does not protect VMs: VM lab-libvirt/worker-1 keeps its CPU shares"));
+    assert!(p.notes.iter().any(|n| n.text
+        == "tier standard does not protect VMs: VM lab-libvirt/worker-1 keeps its CPU shares"));
     assert!(p.notes.iter().any(|n| n.text == "not throttling VM lab-libvirt/batch-7 disk vda: tier standard may not throttle neighbours"));
-    assert!(matches!(&p.actions[0].change, Change::PriorityClass { name, .. } if name == "plumbline-standard"));
+    assert!(
+        matches!(&p.actions[0].change, Change::PriorityClass { name, .. } if name == "plumbline-standard")
+    );
 }
 
 #[test]
@@ -309,16 +434,27 @@ fn neighbour_throttles_become_hypervisor_actions_and_are_released() {
     let p = reconcile(&wi, &mut o, monday_morning());
     assert_eq!(
         p.actions.last().unwrap().change,
-        Change::DiskIopsLimit { vm: vm("batch-7"), disk: "vda".into(), value: Setting::new(Some(200), None) }
+        Change::DiskIopsLimit {
+            vm: vm("batch-7"),
+            disk: "vda".into(),
+            value: Setting::new(Some(200), None)
+        }
     );
     // The health logic stops listing it: the throttle is released.
     o.infra.neighbour_throttles.clear();
     let p = reconcile(&wi, &mut o, monday_morning());
     assert_eq!(
         p.reverts[0].change,
-        Change::DiskIopsLimit { vm: vm("batch-7"), disk: "vda".into(), value: Setting::new(None, Some(200)) }
+        Change::DiskIopsLimit {
+            vm: vm("batch-7"),
+            disk: "vda".into(),
+            value: Setting::new(None, Some(200))
+        }
     );
-    assert!(o.applied.iter().all(|a| a.kind() != ActionKind::DiskIopsLimit));
+    assert!(o
+        .applied
+        .iter()
+        .all(|a| a.kind() != ActionKind::DiskIopsLimit));
 }
 
 #[test]
@@ -327,7 +463,10 @@ fn unsupported_cpu_shares_are_a_note_not_an_action() {
     o.infra.backing_vms[0].cpu_shares_supported = false;
     let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
     assert_eq!(p.layer(Layer::Hypervisor).count(), 0);
-    assert!(p.notes.iter().any(|n| n.layer == Layer::Hypervisor && n.text.contains("cannot set CPU shares")));
+    assert!(p
+        .notes
+        .iter()
+        .any(|n| n.layer == Layer::Hypervisor && n.text.contains("cannot set CPU shares")));
 }
 
 #[test]
@@ -337,10 +476,22 @@ fn a_missing_target_is_reported_not_planned() {
     let err = plan(&intent(critical_spec()), &o, monday_morning()).unwrap_err();
     assert_eq!(err, Invalid::TargetNotFound(payments()));
     assert_eq!(err.reason(), reason::TARGET_NOT_FOUND);
-    assert_eq!(err.to_string(), "spec.target: Deployment shop/payments not found");
+    assert_eq!(
+        err.to_string(),
+        "spec.target: Deployment shop/payments not found"
+    );
     // A StatefulSet of the same name is not the Deployment asked for.
-    o.workload = Some(ObservedWorkload { workload: WorkloadRef { kind: TargetKind::StatefulSet, ..payments() }, ..observed_payments() });
-    assert!(matches!(plan(&intent(critical_spec()), &o, monday_morning()), Err(Invalid::TargetNotFound(_))));
+    o.workload = Some(ObservedWorkload {
+        workload: WorkloadRef {
+            kind: TargetKind::StatefulSet,
+            ..payments()
+        },
+        ..observed_payments()
+    });
+    assert!(matches!(
+        plan(&intent(critical_spec()), &o, monday_morning()),
+        Err(Invalid::TargetNotFound(_))
+    ));
 }
 
 #[test]
@@ -377,13 +528,26 @@ fn status_round_trip_is_lossless_but_for_the_budget_selector() {
     let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
     let back = actions_from_status(&plan_to_status(&p)).unwrap();
     let without_selector = |a: &Action| match &a.change {
-        Change::PodDisruptionBudget { namespace, name, value, .. } => Action {
-            change: Change::PodDisruptionBudget { namespace: namespace.clone(), name: name.clone(), selector: BTreeMap::new(), value: value.clone() },
+        Change::PodDisruptionBudget {
+            namespace,
+            name,
+            value,
+            ..
+        } => Action {
+            change: Change::PodDisruptionBudget {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                selector: BTreeMap::new(),
+                value: value.clone(),
+            },
             reason: a.reason.clone(),
         },
         _ => a.clone(),
     };
-    assert_eq!(back, p.actions.iter().map(without_selector).collect::<Vec<_>>());
+    assert_eq!(
+        back,
+        p.actions.iter().map(without_selector).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -404,31 +568,50 @@ fn arb_spec() -> impl Strategy<Value = WorkloadIntentSpec> {
     (
         proptest::sample::select(Priority::ALL.to_vec()),
         proptest::option::of(1i32..6),
-        proptest::option::of(prop_oneof![(0i32..4).prop_map(IntOrString::Int), (0u32..=100).prop_map(|p| IntOrString::String(format!("{p}%")))]),
+        proptest::option::of(prop_oneof![
+            (0i32..4).prop_map(IntOrString::Int),
+            (0u32..=100).prop_map(|p| IntOrString::String(format!("{p}%")))
+        ]),
         proptest::option::of(any::<bool>()),
         any::<bool>(),
     )
-        .prop_map(|(priority, floor, min_available, gate, protect)| WorkloadIntentSpec {
-            target: WorkloadTarget { kind: TargetKind::Deployment, name: "payments".into() },
-            priority,
-            schedule: None,
-            availability: Some(Availability {
-                replica_floor: floor,
-                // A count above the floor is invalid; keep the property about valid specs.
-                min_available: min_available.filter(|m| match (m, floor) {
-                    (IntOrString::Int(n), Some(f)) => *n <= f,
-                    _ => true,
+        .prop_map(
+            |(priority, floor, min_available, gate, protect)| WorkloadIntentSpec {
+                target: WorkloadTarget {
+                    kind: TargetKind::Deployment,
+                    name: "payments".into(),
+                },
+                priority,
+                schedule: None,
+                availability: Some(Availability {
+                    replica_floor: floor,
+                    // A count above the floor is invalid; keep the property about valid specs.
+                    min_available: min_available.filter(|m| match (m, floor) {
+                        (IntOrString::Int(n), Some(f)) => *n <= f,
+                        _ => true,
+                    }),
                 }),
-            }),
-            storage: gate.map(|g| Storage { latency_budget: "20ms".into(), readiness_gate: g, max_unready: None }),
-            infrastructure: Some(Infrastructure { protect_backing_vms: protect, throttle_noisy_neighbours: false }),
-        })
+                storage: gate.map(|g| Storage {
+                    latency_budget: "20ms".into(),
+                    readiness_gate: g,
+                    max_unready: None,
+                }),
+                infrastructure: Some(Infrastructure {
+                    protect_backing_vms: protect,
+                    throttle_noisy_neighbours: false,
+                }),
+            },
+        )
 }
 
 fn arb_observed() -> impl Strategy<Value = Observed> {
     (
         proptest::option::of(0i32..8),
-        proptest::option::of(proptest::sample::select(vec!["plumbline-high".to_string(), "system-node-critical".to_string(), "batch".to_string()])),
+        proptest::option::of(proptest::sample::select(vec![
+            "plumbline-high".to_string(),
+            "system-node-critical".to_string(),
+            "batch".to_string(),
+        ])),
         any::<bool>(),
         proptest::collection::vec((256u64..8192, any::<bool>()), 0..3),
     )
@@ -446,7 +629,11 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
                     backing_vms: vms
                         .into_iter()
                         .enumerate()
-                        .map(|(i, (shares, supported))| BackingVm { vm: vm(&format!("worker-{i}")), cpu_shares: Some(shares), cpu_shares_supported: supported })
+                        .map(|(i, (shares, supported))| BackingVm {
+                            vm: vm(&format!("worker-{i}")),
+                            cpu_shares: Some(shares),
+                            cpu_shares_supported: supported,
+                        })
                         .collect(),
                     neighbour_throttles: vec![],
                 },
@@ -506,6 +693,10 @@ fn unknown_cpu_shares_keep_the_recorded_original() {
     reconcile(&wi, &mut o, monday_morning());
     o.infra.backing_vms[0].cpu_shares = None; // the adapter could not read them this time
     let p = plan(&wi, &o, monday_morning()).unwrap();
-    assert!(p.actions.iter().any(|a| a.change == Change::CpuShares { vm: vm("worker-1"), value: Setting::new(Some(4096), Some(1024)) }));
+    assert!(p.actions.iter().any(|a| a.change
+        == Change::CpuShares {
+            vm: vm("worker-1"),
+            value: Setting::new(Some(4096), Some(1024))
+        }));
     assert!(p.reverts.is_empty());
 }

@@ -7,7 +7,12 @@ use plumbline_policies::Schedule;
 use proptest::prelude::*;
 
 fn window(days: Option<&[Weekday]>, start: &str, end: &str, zone: &str) -> TimeWindow {
-    TimeWindow { days: days.map(|d| d.to_vec()), start: start.into(), end: end.into(), time_zone: zone.into() }
+    TimeWindow {
+        days: days.map(|d| d.to_vec()),
+        start: start.into(),
+        end: end.into(),
+        time_zone: zone.into(),
+    }
 }
 
 fn schedule(windows: &[TimeWindow]) -> Schedule {
@@ -15,10 +20,18 @@ fn schedule(windows: &[TimeWindow]) -> Schedule {
 }
 
 fn utc(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).expect("RFC 3339").with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(s)
+        .expect("RFC 3339")
+        .with_timezone(&Utc)
 }
 
-const WEEKDAYS: &[Weekday] = &[Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri];
+const WEEKDAYS: &[Weekday] = &[
+    Weekday::Mon,
+    Weekday::Tue,
+    Weekday::Wed,
+    Weekday::Thu,
+    Weekday::Fri,
+];
 
 #[test]
 fn office_hours_in_berlin() {
@@ -27,12 +40,24 @@ fn office_hours_in_berlin() {
     assert!(!s.is_active(utc("2026-11-23T06:59:59Z")));
     assert!(s.is_active(utc("2026-11-23T07:00:00Z")));
     assert!(s.is_active(utc("2026-11-23T18:59:59Z")));
-    assert!(!s.is_active(utc("2026-11-23T19:00:00Z")), "end is exclusive");
+    assert!(
+        !s.is_active(utc("2026-11-23T19:00:00Z")),
+        "end is exclusive"
+    );
     assert!(!s.is_active(utc("2026-11-28T10:00:00Z")), "Saturday");
-    assert_eq!(s.next_transition(utc("2026-11-23T06:00:00Z")), Some(utc("2026-11-23T07:00:00Z")));
-    assert_eq!(s.next_transition(utc("2026-11-23T07:00:00Z")), Some(utc("2026-11-23T19:00:00Z")));
+    assert_eq!(
+        s.next_transition(utc("2026-11-23T06:00:00Z")),
+        Some(utc("2026-11-23T07:00:00Z"))
+    );
+    assert_eq!(
+        s.next_transition(utc("2026-11-23T07:00:00Z")),
+        Some(utc("2026-11-23T19:00:00Z"))
+    );
     // Friday evening: next opening is Monday morning.
-    assert_eq!(s.next_transition(utc("2026-11-27T19:00:00Z")), Some(utc("2026-11-30T07:00:00Z")));
+    assert_eq!(
+        s.next_transition(utc("2026-11-27T19:00:00Z")),
+        Some(utc("2026-11-30T07:00:00Z"))
+    );
     // Summer: UTC+2.
     assert!(s.is_active(utc("2026-07-06T06:00:00Z")));
     assert!(!s.is_active(utc("2026-07-06T05:59:00Z")));
@@ -41,7 +66,12 @@ fn office_hours_in_berlin() {
 #[test]
 fn weekday_is_taken_on_the_local_clock() {
     // Monday 00:30 in Tokyo is Sunday 15:30 UTC.
-    let s = schedule(&[window(Some(&[Weekday::Mon]), "00:00", "01:00", "Asia/Tokyo")]);
+    let s = schedule(&[window(
+        Some(&[Weekday::Mon]),
+        "00:00",
+        "01:00",
+        "Asia/Tokyo",
+    )]);
     assert!(s.is_active(utc("2026-11-22T15:30:00Z")));
     assert!(!s.is_active(utc("2026-11-23T00:30:00Z")));
 }
@@ -56,7 +86,10 @@ fn end_of_day_and_overnight_as_two_windows() {
     assert!(s.is_active(utc("2026-11-24T00:00:00Z")));
     assert!(!s.is_active(utc("2026-11-24T06:00:00Z")));
     // Across midnight nothing flips: the next change is Tuesday 06:00.
-    assert_eq!(s.next_transition(utc("2026-11-23T22:30:00Z")), Some(utc("2026-11-24T06:00:00Z")));
+    assert_eq!(
+        s.next_transition(utc("2026-11-23T22:30:00Z")),
+        Some(utc("2026-11-24T06:00:00Z"))
+    );
 }
 
 #[test]
@@ -70,39 +103,106 @@ fn always_open_never_flips() {
 #[test]
 fn spring_forward_gap_shortens_or_skips_windows() {
     // Berlin 2026-03-29 (Sunday): 02:00 CET jumps to 03:00 CEST, i.e. at 01:00 UTC.
-    let inside_gap = schedule(&[window(Some(&[Weekday::Sun]), "02:00", "02:30", "Europe/Berlin")]);
+    let inside_gap = schedule(&[window(
+        Some(&[Weekday::Sun]),
+        "02:00",
+        "02:30",
+        "Europe/Berlin",
+    )]);
     for minute in 0..(24 * 60) {
         let at = utc("2026-03-28T23:00:00Z") + Duration::minutes(minute);
-        assert!(!inside_gap.is_active(at), "a window inside the gap never opens, but did at {at}");
+        assert!(
+            !inside_gap.is_active(at),
+            "a window inside the gap never opens, but did at {at}"
+        );
     }
-    let spanning = schedule(&[window(Some(&[Weekday::Sun]), "01:00", "04:00", "Europe/Berlin")]);
+    let spanning = schedule(&[window(
+        Some(&[Weekday::Sun]),
+        "01:00",
+        "04:00",
+        "Europe/Berlin",
+    )]);
     assert!(spanning.is_active(utc("2026-03-29T00:00:00Z")), "01:00 CET");
-    assert!(spanning.is_active(utc("2026-03-29T01:59:00Z")), "03:59 CEST");
-    assert!(!spanning.is_active(utc("2026-03-29T02:00:00Z")), "04:00 CEST");
-    assert_eq!(spanning.next_transition(utc("2026-03-28T12:00:00Z")), Some(utc("2026-03-29T00:00:00Z")));
-    assert_eq!(spanning.next_transition(utc("2026-03-29T00:00:00Z")), Some(utc("2026-03-29T02:00:00Z")), "two real hours");
+    assert!(
+        spanning.is_active(utc("2026-03-29T01:59:00Z")),
+        "03:59 CEST"
+    );
+    assert!(
+        !spanning.is_active(utc("2026-03-29T02:00:00Z")),
+        "04:00 CEST"
+    );
+    assert_eq!(
+        spanning.next_transition(utc("2026-03-28T12:00:00Z")),
+        Some(utc("2026-03-29T00:00:00Z"))
+    );
+    assert_eq!(
+        spanning.next_transition(utc("2026-03-29T00:00:00Z")),
+        Some(utc("2026-03-29T02:00:00Z")),
+        "two real hours"
+    );
     // A window that starts in the gap opens when the clock jumps.
-    let starts_in_gap = schedule(&[window(Some(&[Weekday::Sun]), "02:30", "05:00", "Europe/Berlin")]);
+    let starts_in_gap = schedule(&[window(
+        Some(&[Weekday::Sun]),
+        "02:30",
+        "05:00",
+        "Europe/Berlin",
+    )]);
     assert!(!starts_in_gap.is_active(utc("2026-03-29T00:59:59Z")));
-    assert!(starts_in_gap.is_active(utc("2026-03-29T01:00:00Z")), "03:00 CEST is after 02:30");
-    assert_eq!(starts_in_gap.next_transition(utc("2026-03-29T00:30:00Z")), Some(utc("2026-03-29T01:00:00Z")));
+    assert!(
+        starts_in_gap.is_active(utc("2026-03-29T01:00:00Z")),
+        "03:00 CEST is after 02:30"
+    );
+    assert_eq!(
+        starts_in_gap.next_transition(utc("2026-03-29T00:30:00Z")),
+        Some(utc("2026-03-29T01:00:00Z"))
+    );
 }
 
 #[test]
 fn fall_back_overlap_covers_both_repeated_hours() {
     // Berlin 2026-10-25 (Sunday): 03:00 CEST goes back to 02:00 CET, at 01:00 UTC.
-    let s = schedule(&[window(Some(&[Weekday::Sun]), "01:00", "03:00", "Europe/Berlin")]);
+    let s = schedule(&[window(
+        Some(&[Weekday::Sun]),
+        "01:00",
+        "03:00",
+        "Europe/Berlin",
+    )]);
     assert!(s.is_active(utc("2026-10-24T23:00:00Z")), "01:00 CEST");
-    assert!(s.is_active(utc("2026-10-25T00:30:00Z")), "02:30 CEST, first time");
-    assert!(s.is_active(utc("2026-10-25T01:30:00Z")), "02:30 CET, second time");
+    assert!(
+        s.is_active(utc("2026-10-25T00:30:00Z")),
+        "02:30 CEST, first time"
+    );
+    assert!(
+        s.is_active(utc("2026-10-25T01:30:00Z")),
+        "02:30 CET, second time"
+    );
     assert!(!s.is_active(utc("2026-10-25T02:00:00Z")), "03:00 CET");
-    assert_eq!(s.next_transition(utc("2026-10-24T23:00:00Z")), Some(utc("2026-10-25T02:00:00Z")), "three real hours");
+    assert_eq!(
+        s.next_transition(utc("2026-10-24T23:00:00Z")),
+        Some(utc("2026-10-25T02:00:00Z")),
+        "three real hours"
+    );
 
     // A window ending inside the repeated hour closes, then opens again when the hour repeats.
-    let s = schedule(&[window(Some(&[Weekday::Sun]), "01:00", "02:30", "Europe/Berlin")]);
-    assert_eq!(s.next_transition(utc("2026-10-24T23:30:00Z")), Some(utc("2026-10-25T00:30:00Z")));
-    assert_eq!(s.next_transition(utc("2026-10-25T00:30:00Z")), Some(utc("2026-10-25T01:00:00Z")), "02:00 CET again");
-    assert_eq!(s.next_transition(utc("2026-10-25T01:00:00Z")), Some(utc("2026-10-25T01:30:00Z")));
+    let s = schedule(&[window(
+        Some(&[Weekday::Sun]),
+        "01:00",
+        "02:30",
+        "Europe/Berlin",
+    )]);
+    assert_eq!(
+        s.next_transition(utc("2026-10-24T23:30:00Z")),
+        Some(utc("2026-10-25T00:30:00Z"))
+    );
+    assert_eq!(
+        s.next_transition(utc("2026-10-25T00:30:00Z")),
+        Some(utc("2026-10-25T01:00:00Z")),
+        "02:00 CET again"
+    );
+    assert_eq!(
+        s.next_transition(utc("2026-10-25T01:00:00Z")),
+        Some(utc("2026-10-25T01:30:00Z"))
+    );
 }
 
 #[test]
@@ -121,11 +221,23 @@ fn southern_hemisphere_and_half_hour_zones() {
 fn descriptions_read_like_the_spec() {
     let s = schedule(&[
         window(Some(WEEKDAYS), "08:00", "20:00", "Europe/Berlin"),
-        window(Some(&[Weekday::Sat, Weekday::Mon, Weekday::Sun, Weekday::Wed]), "10:00", "24:00", "UTC"),
+        window(
+            Some(&[Weekday::Sat, Weekday::Mon, Weekday::Sun, Weekday::Wed]),
+            "10:00",
+            "24:00",
+            "UTC",
+        ),
         window(None, "00:00", "01:00", "UTC"),
     ]);
     let d: Vec<String> = s.windows().iter().map(|w| w.describe()).collect();
-    assert_eq!(d, ["Mon-Fri 08:00-20:00 Europe/Berlin", "Mon,Wed,Sat-Sun 10:00-24:00 UTC", "daily 00:00-01:00 UTC"]);
+    assert_eq!(
+        d,
+        [
+            "Mon-Fri 08:00-20:00 Europe/Berlin",
+            "Mon,Wed,Sat-Sun 10:00-24:00 UTC",
+            "daily 00:00-01:00 UTC"
+        ]
+    );
 }
 
 #[test]
@@ -154,7 +266,11 @@ fn invalid_windows_are_reported_with_field_paths() {
         ]
     );
     assert_eq!(
-        Schedule::parse(&[], "spec.schedule").expect_err("empty").iter().map(ToString::to_string).collect::<Vec<_>>(),
+        Schedule::parse(&[], "spec.schedule")
+            .expect_err("empty")
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["spec.schedule: is empty; leave schedule out for an always-active intent"]
     );
 }
@@ -173,7 +289,15 @@ const ZONES: &[&str] = &[
 
 fn arb_window() -> impl Strategy<Value = TimeWindow> {
     let days = proptest::option::of(proptest::sample::subsequence(
-        vec![Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri, Weekday::Sat, Weekday::Sun],
+        vec![
+            Weekday::Mon,
+            Weekday::Tue,
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+            Weekday::Sat,
+            Weekday::Sun,
+        ],
         1..=7,
     ));
     // Quarter hours so windows land on and around DST transitions (02:00, 02:30, 03:00).
@@ -192,14 +316,31 @@ fn arb_instant() -> impl Strategy<Value = DateTime<Utc>> {
 
 /// Instants near the DST changes of 2026, where bugs live.
 fn arb_instant_near_dst() -> impl Strategy<Value = DateTime<Utc>> {
-    const CHANGES: [&str; 6] = ["2026-03-08T07:00:00Z", "2026-03-29T01:00:00Z", "2026-04-05T16:00:00Z", "2026-10-04T16:00:00Z", "2026-10-25T01:00:00Z", "2026-11-01T06:00:00Z"];
-    (proptest::sample::select(&CHANGES[..]), -3 * 24 * 60i64..3 * 24 * 60).prop_map(|(c, m)| utc(c) + Duration::minutes(m))
+    const CHANGES: [&str; 6] = [
+        "2026-03-08T07:00:00Z",
+        "2026-03-29T01:00:00Z",
+        "2026-04-05T16:00:00Z",
+        "2026-10-04T16:00:00Z",
+        "2026-10-25T01:00:00Z",
+        "2026-11-01T06:00:00Z",
+    ];
+    (
+        proptest::sample::select(&CHANGES[..]),
+        -3 * 24 * 60i64..3 * 24 * 60,
+    )
+        .prop_map(|(c, m)| utc(c) + Duration::minutes(m))
 }
 
 /// The slow, obvious definition: step minute by minute.
-fn brute_next_transition(s: &Schedule, at: DateTime<Utc>, limit_minutes: i64) -> Option<DateTime<Utc>> {
+fn brute_next_transition(
+    s: &Schedule,
+    at: DateTime<Utc>,
+    limit_minutes: i64,
+) -> Option<DateTime<Utc>> {
     let now = s.is_active(at);
-    (1..=limit_minutes).map(|m| at + Duration::minutes(m)).find(|t| s.is_active(*t) != now)
+    (1..=limit_minutes)
+        .map(|m| at + Duration::minutes(m))
+        .find(|t| s.is_active(*t) != now)
 }
 
 fn wall_clock_contains(w: &TimeWindow, at: DateTime<Utc>) -> bool {
@@ -208,7 +349,10 @@ fn wall_clock_contains(w: &TimeWindow, at: DateTime<Utc>) -> bool {
     let local = at.with_timezone(&zone);
     let names = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     let today = names[local.weekday().num_days_from_monday() as usize];
-    let day_ok = w.days.as_ref().is_none_or(|d| d.iter().any(|x| format!("{x:?}") == today));
+    let day_ok = w
+        .days
+        .as_ref()
+        .is_none_or(|d| d.iter().any(|x| format!("{x:?}") == today));
     let minute = local.hour() * 60 + local.minute();
     let parse = |t: &str| t[..2].parse::<u32>().unwrap() * 60 + t[3..].parse::<u32>().unwrap();
     day_ok && parse(&w.start) <= minute && minute < parse(&w.end)

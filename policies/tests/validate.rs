@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use plumbline_crds::{
-    Availability, HypervisorProviderSpec, LibvirtConnection, NodeMapping, NodeMappingStrategy, Priority, SecretRef, Storage,
-    TargetKind, VsphereConnection, WorkloadIntentSpec, WorkloadTarget,
+    Availability, HypervisorProviderSpec, LibvirtConnection, NodeMapping, NodeMappingStrategy,
+    Priority, SecretRef, Storage, TargetKind, VsphereConnection, WorkloadIntentSpec,
+    WorkloadTarget,
 };
 use plumbline_policies::{
     quantity::{parse_interval, parse_latency},
@@ -15,7 +16,9 @@ use proptest::prelude::*;
 
 fn libvirt() -> HypervisorProviderSpec {
     HypervisorProviderSpec {
-        libvirt: Some(LibvirtConnection { uri: "qemu:///system".into() }),
+        libvirt: Some(LibvirtConnection {
+            uri: "qemu:///system".into(),
+        }),
         vsphere: None,
         node_mapping: None,
         sample_interval: None,
@@ -25,14 +28,21 @@ fn libvirt() -> HypervisorProviderSpec {
 fn vsphere() -> VsphereConnection {
     VsphereConnection {
         server: "https://127.0.0.1:8989/sdk".into(),
-        credentials_secret_ref: SecretRef { name: "vcsim".into(), namespace: "plumbline".into() },
+        credentials_secret_ref: SecretRef {
+            name: "vcsim".into(),
+            namespace: "plumbline".into(),
+        },
         ca_bundle: None,
         insecure_skip_verify: false,
     }
 }
 
 fn messages(invalid: Invalid) -> Vec<String> {
-    invalid.field_errors().iter().map(FieldError::to_string).collect()
+    invalid
+        .field_errors()
+        .iter()
+        .map(FieldError::to_string)
+        .collect()
 }
 
 #[test]
@@ -45,16 +55,35 @@ fn provider_defaults() {
 
 #[test]
 fn provider_problems_have_paths() {
-    let both = HypervisorProviderSpec { vsphere: Some(vsphere()), ..libvirt() };
-    assert_eq!(messages(validate_provider(&both).unwrap_err()), ["spec: sets both libvirt and vsphere; set exactly one"]);
+    let both = HypervisorProviderSpec {
+        vsphere: Some(vsphere()),
+        ..libvirt()
+    };
+    assert_eq!(
+        messages(validate_provider(&both).unwrap_err()),
+        ["spec: sets both libvirt and vsphere; set exactly one"]
+    );
 
-    let neither = HypervisorProviderSpec { libvirt: None, ..libvirt() };
-    assert_eq!(messages(validate_provider(&neither).unwrap_err()), ["spec: sets neither libvirt nor vsphere; set exactly one"]);
+    let neither = HypervisorProviderSpec {
+        libvirt: None,
+        ..libvirt()
+    };
+    assert_eq!(
+        messages(validate_provider(&neither).unwrap_err()),
+        ["spec: sets neither libvirt nor vsphere; set exactly one"]
+    );
 
     let confused = HypervisorProviderSpec {
         libvirt: None,
-        vsphere: Some(VsphereConnection { ca_bundle: Some("PEM".into()), insecure_skip_verify: true, ..vsphere() }),
-        node_mapping: Some(NodeMapping { by: NodeMappingStrategy::Label, label: None }),
+        vsphere: Some(VsphereConnection {
+            ca_bundle: Some("PEM".into()),
+            insecure_skip_verify: true,
+            ..vsphere()
+        }),
+        node_mapping: Some(NodeMapping {
+            by: NodeMappingStrategy::Label,
+            label: None,
+        }),
         sample_interval: Some("50ms".into()),
     };
     assert_eq!(
@@ -67,8 +96,13 @@ fn provider_problems_have_paths() {
     );
 
     let stray_label = HypervisorProviderSpec {
-        node_mapping: Some(NodeMapping { by: NodeMappingStrategy::NodeName, label: Some("vm".into()) }),
-        libvirt: Some(LibvirtConnection { uri: "localhost".into() }),
+        node_mapping: Some(NodeMapping {
+            by: NodeMappingStrategy::NodeName,
+            label: Some("vm".into()),
+        }),
+        libvirt: Some(LibvirtConnection {
+            uri: "localhost".into(),
+        }),
         ..libvirt()
     };
     assert_eq!(
@@ -83,21 +117,39 @@ fn provider_problems_have_paths() {
 #[test]
 fn intent_storage_defaults_and_problems() {
     let mut spec = WorkloadIntentSpec {
-        target: WorkloadTarget { kind: TargetKind::StatefulSet, name: "db".into() },
+        target: WorkloadTarget {
+            kind: TargetKind::StatefulSet,
+            name: "db".into(),
+        },
         priority: Priority::High,
         schedule: None,
         availability: None,
-        storage: Some(Storage { latency_budget: "1.5ms".into(), readiness_gate: true, max_unready: None }),
+        storage: Some(Storage {
+            latency_budget: "1.5ms".into(),
+            readiness_gate: true,
+            max_unready: None,
+        }),
         infrastructure: None,
     };
     let valid = validate_intent(&spec).unwrap();
     let storage = valid.storage.unwrap();
     assert_eq!(storage.latency_budget, Duration::from_micros(1500));
-    assert_eq!(storage.max_unready, CountOrPercent::Percent(34), "the documented default guard");
+    assert_eq!(
+        storage.max_unready,
+        CountOrPercent::Percent(34),
+        "the documented default guard"
+    );
     assert!(valid.schedule.is_none());
 
-    spec.storage = Some(Storage { latency_budget: "0ms".into(), readiness_gate: false, max_unready: Some(IntOrString::String("101%".into())) });
-    spec.availability = Some(Availability { replica_floor: Some(0), min_available: Some(IntOrString::Int(-2)) });
+    spec.storage = Some(Storage {
+        latency_budget: "0ms".into(),
+        readiness_gate: false,
+        max_unready: Some(IntOrString::String("101%".into())),
+    });
+    spec.availability = Some(Availability {
+        replica_floor: Some(0),
+        min_available: Some(IntOrString::Int(-2)),
+    });
     assert_eq!(
         messages(validate_intent(&spec).unwrap_err()),
         [
