@@ -108,11 +108,22 @@ impl Drop for ClearIopsLimit<'_> {
 async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clearing_restores_it() {
     let stack = stack();
     let domain = "pl-vm2";
-    let measure =
-        || stack.measure_latency(domain, Duration::from_secs(5), 20, Duration::from_secs(60));
+    // Unthrottled TCG latency swings a few-fold with the host's CPU load (2 cores shared with
+    // builds), so an untouched guest measured in the same window serves as the yardstick.
+    let control = "pl-vm1";
+    let measure = |d: &'static str| {
+        let stack = stack.clone();
+        async move {
+            stack
+                .measure_latency(d, Duration::from_secs(5), 20, Duration::from_secs(60))
+                .await
+                .unwrap()
+        }
+    };
+    let measure_both = || async { tokio::join!(measure(domain), measure(control)) };
 
-    let baseline = measure().await.unwrap();
-    println!("{domain} baseline: {baseline:?}");
+    let (baseline, control_before) = measure_both().await;
+    println!("{domain} baseline: {baseline:?}; {control}: {control_before:?}");
 
     let _guard = ClearIopsLimit {
         uri: stack.libvirt_uri().unwrap(),
@@ -127,7 +138,7 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
         ),
         Duration::from_secs(90),
         || async {
-            let m = measure().await.unwrap();
+            let m = measure(domain).await;
             println!("{domain} limited to 20 IOPS: {m:?}");
             (m.per_op >= baseline.per_op * 10).then_some(m)
         },
@@ -136,15 +147,13 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
 
     stack.clear_libvirt_latency(domain).await.unwrap();
     let restored: MeasuredLatency = eventually(
-        &format!(
-            "{domain}'s per-op latency falls back near {:?} after clearing",
-            baseline.per_op
-        ),
-        Duration::from_secs(90),
+        &format!("{domain}'s per-op latency falls back near {control}'s after clearing"),
+        Duration::from_secs(180),
         || async {
-            let m = measure().await.unwrap();
-            println!("{domain} cleared: {m:?}");
-            (m.per_op * 10 <= injected.per_op && m.per_op <= baseline.per_op * 3).then_some(m)
+            let (m, c) = measure_both().await;
+            println!("{domain} cleared: {m:?}; {control}: {c:?}");
+            let yardstick = baseline.per_op.max(c.per_op);
+            (m.per_op * 10 <= injected.per_op && m.per_op <= yardstick * 3).then_some(m)
         },
     )
     .await;
