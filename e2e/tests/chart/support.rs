@@ -223,8 +223,10 @@ pub fn operator_binary() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(repo())
-            // All features, as e2e/run-tests builds it (the libvirt adapter is a feature).
-            .args(["build", "--quiet", "-p", "plumbline-operator", "--all-features", "--bin", "plumbline"]);
+            // Resolved like e2e/run-tests' `--workspace --all-features` build (the libvirt
+            // adapter is a feature), so under nextest this is a no-op, not a rebuild with other
+            // feature unification that would replace the binary other tests are running.
+            .args(["build", "--quiet", "--workspace", "--all-features", "--bin", "plumbline"]);
         run(cmd, None).unwrap_or_else(|e| panic!("building the operator: {e}"));
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
