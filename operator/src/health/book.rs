@@ -93,14 +93,30 @@ impl HealthBook {
         })
     }
 
+    /// Every VM once, with the provider that owns it (see [`Self::owner_of`]).
     pub fn all_vms(&self) -> impl Iterator<Item = VmPlace<'_>> {
         self.providers
             .values()
             .flat_map(|p| p.inventory.iter().map(move |vm| VmPlace { provider: p, vm }))
+            .filter(|place| self.owner_of(&place.vm.id) == Some(place.provider.name.as_str()))
+    }
+
+    /// The provider a VM is judged by when several providers reach the same hypervisor (two
+    /// HypervisorProviders for one libvirt): the first by name that lists it.
+    pub fn owner_of(&self, id: &VmId) -> Option<&str> {
+        self.vm(id).map(|p| p.provider.name.as_str())
     }
 
     /// Records one cycle's samples of a provider and feeds every tracker of those disks.
+    /// Samples of VMs another provider owns are dropped: two samplers taking turns on one disk
+    /// would double its sample rate and halve the hysteresis.
     pub fn record_samples(&mut self, provider: &str, taken_at: SystemTime, disks: &[DiskLatency]) {
+        let owned: BTreeSet<VmId> = disks
+            .iter()
+            .map(|d| d.vm.clone())
+            .filter(|vm| self.owner_of(vm) == Some(provider))
+            .collect();
+        let disks: Vec<&DiskLatency> = disks.iter().filter(|d| owned.contains(&d.vm)).collect();
         let Some(view) = self.providers.get_mut(provider) else { return };
         view.last_sample_at = Some(taken_at);
         if let Some(widest) = disks.iter().map(|d| d.window).max() {
@@ -123,7 +139,7 @@ impl HealthBook {
             while series.recent.len() > KEPT_SAMPLES {
                 series.recent.pop_front();
             }
-            series.latest = Some(d.clone());
+            series.latest = Some((*d).clone());
             for budget in self.budgets.get(&d.vm).into_iter().flatten() {
                 self.trackers
                     .entry((d.vm.clone(), d.disk.clone(), *budget))
@@ -246,6 +262,21 @@ mod tests {
         assert_eq!(b.iops[&VmId::new("a")], 20.0);
         let v = b.verdict(&VmId::new("a"), LatencyBudget::from_millis(100), UNIX_EPOCH + Duration::from_secs(2));
         assert_eq!(v.state(), HealthState::Healthy);
+    }
+
+    #[test]
+    fn a_second_provider_for_the_same_vms_does_not_double_the_sample_rate() {
+        let mut b = book();
+        let mut p = ProviderView::new("kvm-2", Duration::from_secs(1), NodeMappingStrategy::ProviderId, None);
+        p.connected = true;
+        p.inventory = vec![vm("a")];
+        b.providers.insert("kvm-2".into(), p);
+        b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 1, 50, 10)]);
+        let mut late = sample("a", 1, 50, 10);
+        late.observed_at += Duration::from_millis(500);
+        b.record_samples("kvm-2", UNIX_EPOCH, &[late]);
+        let v = b.verdict(&VmId::new("a"), LatencyBudget::from_millis(20), UNIX_EPOCH + Duration::from_secs(2));
+        assert_eq!(v.state(), HealthState::Unknown, "one sample is not two");
     }
 
     #[test]
