@@ -205,7 +205,29 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     let libvirt_uri = cluster.stack.get("LIBVIRT_URI").unwrap_or("qemu:///system").to_string();
     let provider = format!("{release}-kvm");
 
-    // Two replicas, so the chart sets up leader election and grants its Lease.
+    // Two replicas, so the chart sets up leader election and grants its Lease; a libvirt and
+    // a vSphere provider (the stack's simulator), whose credentials Secret the chart makes.
+    let vsphere = format!("{release}-vc");
+    let ca_bundle = std::fs::read_to_string(cluster.stack.get("VSPHERE_CA_FILE").unwrap_or_else(|e| panic!("{e}")))
+        .expect("reading the simulator's CA");
+    let values = serde_json::json!({
+        "replicas": 2,
+        "rbac": {"extraSecretNames": ["readable-secret"]},
+        "providers": [
+            {"name": provider, "libvirt": {"uri": libvirt_uri}, "sampleInterval": "2s"},
+            {
+                "name": vsphere,
+                "vsphere": {"server": cluster.stack.get("VSPHERE_URL").unwrap_or_else(|e| panic!("{e}")), "caBundle": ca_bundle},
+                "sampleInterval": "5s",
+                "credentials": {
+                    "username": cluster.stack.get("VSPHERE_USERNAME").unwrap_or_else(|e| panic!("{e}")),
+                    "password": cluster.stack.get("VSPHERE_PASSWORD").unwrap_or_else(|e| panic!("{e}")),
+                },
+            },
+        ],
+    });
+    let values_file = std::env::temp_dir().join(format!("{}-values.json", ns.name));
+    std::fs::write(&values_file, values.to_string()).expect("writing the values file");
     let installed = run(
         cluster.helm([
             "install",
@@ -213,12 +235,8 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
             chart.to_str().unwrap(),
             "-n",
             &ns.name,
-            "--set",
-            "replicas=2",
-            "--set",
-            &format!("providers[0].name={provider},providers[0].libvirt.uri={libvirt_uri},providers[0].sampleInterval=2s"),
-            "--set",
-            "rbac.extraSecretNames[0]=readable-secret",
+            "-f",
+            values_file.to_str().unwrap(),
         ]),
         None,
     )
@@ -360,6 +378,19 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     });
     assert_eq!(target["spec"]["template"]["spec"]["priorityClassName"], "plumbline-critical");
 
+    // Both providers connected from this process: the vSphere one through the credentials
+    // Secret that the chart's Role lets it read by name.
+    for name in [&provider, &vsphere] {
+        let series = format!("plumbline_provider_connected{{provider=\"{name}\"}} 1");
+        poll(&format!("the operator to connect provider {name}"), Duration::from_secs(90), || {
+            operator.assert_alive();
+            let metrics = operator.metrics();
+            metrics.contains(&series).then_some(()).ok_or_else(|| {
+                metrics.lines().filter(|l| l.starts_with("plumbline_provider_connected")).collect::<Vec<_>>().join("\n")
+            })
+        });
+    }
+
     // It was this process, under this identity, that acted.
     let events = cluster.kubectl_json(&["get", "events.events.k8s.io", "-n", &ns.name]);
     let ours = events["items"]
@@ -410,7 +441,9 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         None,
     );
     assert!(
-        !leftovers.contains(&format!("/{fullname}")) && !leftovers.contains(&format!("/{provider}")),
+        !leftovers.contains(&format!("/{fullname}"))
+            && !leftovers.contains(&format!("/{provider}"))
+            && !leftovers.contains(&format!("/{vsphere}")),
         "left after helm uninstall:\n{leftovers}"
     );
     cluster.kubectl_ok(&["get", "crd", "workloadintents.plumbline.dev", "hypervisorproviders.plumbline.dev"], None);
