@@ -252,6 +252,34 @@ pub struct WorkloadIntentStatus {
     /// The readiness guard: how many pods may be unready for storage reasons and which were held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardReport>,
+    /// I/O limits on noisy neighbours in force for this intent's VMs, with the last step's
+    /// reason (written by the storage-health loop; every step is also an Event).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["vm"]))]
+    pub neighbour_throttles: Vec<NeighbourThrottleStatus>,
+}
+
+/// One noisy neighbour throttled on behalf of the intent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NeighbourThrottleStatus {
+    /// The throttled VM.
+    pub vm: String,
+    /// HypervisorProvider the VM belongs to.
+    pub provider: String,
+    /// Disks carrying the limit.
+    #[serde(default)]
+    pub disks: Vec<String>,
+    /// Step on the throttle ladder, 1 = gentlest.
+    pub step: i32,
+    /// Total IOPS limit now in force.
+    pub limit_iops: i64,
+    /// The VM's IOPS before its first step; each step is a fraction of it.
+    pub baseline_iops: i64,
+    /// When the last step was taken.
+    pub since: Time,
+    /// Why, in plain words.
+    pub reason: String,
 }
 
 /// One pod of the workload and the infrastructure under it.

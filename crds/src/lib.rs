@@ -20,7 +20,7 @@ pub mod provider;
 mod schema;
 
 pub use intent::{
-    Availability, BackingPod, GuardReport, Infrastructure, Priority, Storage, TargetKind,
+    Availability, BackingPod, GuardReport, Infrastructure, NeighbourThrottleStatus, Priority, Storage, TargetKind,
     TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};
