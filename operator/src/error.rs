@@ -66,6 +66,12 @@ impl Error {
         }
     }
 
+    /// The API server refused a write because the object changed since it was read; looking
+    /// again (soon) is the whole remedy.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+
     /// A short, low-cardinality label for the failures metric.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -450,3 +450,32 @@ async fn a_replica_count_someone_else_raised_is_left_alone_while_active_and_afte
     cluster.finish(operator).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn retargeting_an_intent_releases_the_old_workload_and_governs_the_new_one() -> Result<()> {
+    let cluster = Cluster::connect("retarget").await?;
+    cluster.create_deployment("old", 1).await?;
+    cluster.create_deployment("new", 1).await?;
+    let operator = cluster.start_operator(manual_clock("2026-11-23T09:00:00Z")).await?;
+    let spec = |target: &str| json!({"target": {"kind": "Deployment", "name": target}, "priority": "high", "availability": {"replicaFloor": 3, "minAvailable": 1}});
+    cluster.apply_intent("moving", spec("old")).await?;
+    cluster.deployment_until("old", "the floor on the old target", |d| replicas(d) == Some(3)).await?;
+    cluster.intent_until("moving", "Ready", |wi| has_condition(wi, "Ready", "True", "Applied")).await?;
+
+    cluster.apply_intent("moving", spec("new")).await?;
+    cluster.deployment_until("new", "the floor on the new target", |d| replicas(d) == Some(3)).await?;
+    let old = cluster
+        .deployment_until("old", "the old target released", |d| replicas(d) == Some(1) && priority_class_name(d).is_none())
+        .await?;
+    assert!(owners(&old.metadata, &[]).iter().all(|m| m != "plumbline"));
+    let pdbs = cluster.pdbs().await?;
+    common::eventually("the old budget deleted, the new one created", || async {
+        (pdbs.get_opt("old-plumbline").await.ok()?.is_none() && pdbs.get_opt("new-plumbline").await.ok()?.is_some()).then_some(())
+    })
+    .await?;
+    let wi = cluster.intent_until("moving", "Ready on the new target", |wi| has_condition(wi, "Ready", "True", "Applied")).await?;
+    assert!(wi.status.unwrap().plan.iter().all(|a| a.target.name != "old" && a.target.name != "old-plumbline"));
+
+    cluster.finish(operator).await?;
+    Ok(())
+}

@@ -78,12 +78,17 @@ fn managed_labels(wi: &WorkloadIntent) -> Value {
 /// Applies Plumbline's configuration of the workload: `fields`, the baseline that says how to
 /// give each field back, and the intent holding it. `holder: None` (with no fields) releases
 /// everything Plumbline held.
+///
+/// `resource_version` is the version the decision was made on. The apply is forced (Plumbline
+/// takes the fields it sets), so without this precondition a change someone made a moment ago
+/// would be overwritten; with it the API server answers 409 and the reconcile looks again.
 pub async fn apply_workload(
     ctx: &Context,
     target: &WorkloadRef,
     fields: &BTreeMap<WorkloadField, Value>,
     baseline: &Baseline,
     holder: Option<&str>,
+    resource_version: Option<&str>,
 ) -> Result<()> {
     let resource = target.resource();
     let mut body = json!({
@@ -91,6 +96,9 @@ pub async fn apply_workload(
         "kind": resource.kind,
         "metadata": { "name": target.name, "namespace": target.namespace },
     });
+    if let Some(rv) = resource_version {
+        body["metadata"]["resourceVersion"] = json!(rv);
+    }
     if let Some(holder) = holder {
         body["metadata"]["annotations"] = json!({
             BASELINE_ANNOTATION: baseline.to_annotation(),
@@ -118,8 +126,19 @@ fn describe(fields: &BTreeMap<WorkloadField, Value>) -> String {
 
 /// Gives `field` back to the manager that owned it before Plumbline, with its old value. An
 /// update (not an apply) under that manager's name moves ownership of a changed field to it.
-pub async fn hand_back(ctx: &Context, target: &WorkloadRef, field: WorkloadField, value: Value, manager: &str) -> Result<()> {
+/// Conditional on `resource_version` like [`apply_workload`]; returns the new version.
+pub async fn hand_back(
+    ctx: &Context,
+    target: &WorkloadRef,
+    field: WorkloadField,
+    value: Value,
+    manager: &str,
+    resource_version: Option<&str>,
+) -> Result<Option<String>> {
     let mut body = json!({});
+    if let Some(rv) = resource_version {
+        body["metadata"] = json!({ "resourceVersion": rv });
+    }
     field.insert(&mut body, value);
     let params = PatchParams {
         field_manager: Some(manager.to_string()),
@@ -129,8 +148,8 @@ pub async fn hand_back(ctx: &Context, target: &WorkloadRef, field: WorkloadField
         .api(&ctx.client)
         .patch(&target.name, &params, &Patch::Merge(&body))
         .await
-        .map_err(|source| Error::kube(format!("restoring {} of {target} for {manager}", field.dotted()), source))?;
-    Ok(())
+        .map(|updated| updated.resource_version())
+        .map_err(|source| Error::kube(format!("restoring {} of {target} for {manager}", field.dotted()), source))
 }
 
 /// The tier's PriorityClass. Shared by every intent of the tier, so it is never deleted on

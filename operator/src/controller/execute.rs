@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use super::{
-    apply,
+    apply::{self, WorkloadRef},
+    revert,
     fields::{self, Baseline, WorkloadField},
     observe::ObservedWorkload,
 };
@@ -100,6 +101,24 @@ fn held_field(change: &Change, workload: &ObservedWorkload) -> Option<(WorkloadF
         }
         _ => None,
     }
+}
+
+/// The workload a field change is about, in the operator's terms.
+fn field_workload(change: &Change) -> Option<WorkloadRef> {
+    match change {
+        Change::Replicas { workload, .. } | Change::PriorityClassName { workload, .. } | Change::ReadinessGate { workload, .. } => {
+            Some(WorkloadRef {
+                kind: workload.kind,
+                namespace: workload.namespace.clone(),
+                name: workload.name.clone(),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn same_step(a: Step, b: Step) -> bool {
+    matches!((a, b), (Step::Revert(x), Step::Revert(y)) | (Step::Action(x), Step::Action(y)) if x == y)
 }
 
 fn is_workload_field(change: &Change) -> bool {
@@ -212,8 +231,31 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
                 }
             }
         }
-        // 3. The workload's fields, as one apply configuration.
-        let field_steps: Vec<Step> = steps.iter().copied().filter(|s| is_workload_field(book.change(*s))).collect();
+        // 3. The workload's fields, as one apply configuration. Reverts on another workload
+        // (the intent was retargeted) release that workload first.
+        let current = workload.map(|w| w.target.clone()).unwrap_or_else(|| WorkloadRef::of(wi));
+        let elsewhere: Vec<(Step, WorkloadRef)> = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Revert(_)))
+            .filter_map(|s| field_workload(book.change(*s)).filter(|w| *w != current).map(|w| (*s, w)))
+            .collect();
+        let mut released: Vec<WorkloadRef> = Vec::new();
+        for (step, other) in &elsewhere {
+            let result = if released.contains(other) {
+                Ok(false)
+            } else {
+                released.push(other.clone());
+                revert::release_workload(ctx, wi, other).await.map(|fields| !fields.is_empty())
+            };
+            if !book.record(&[*step], result) {
+                break 'run;
+            }
+        }
+        let field_steps: Vec<Step> = steps
+            .iter()
+            .copied()
+            .filter(|s| is_workload_field(book.change(*s)) && !elsewhere.iter().any(|(e, _)| same_step(*e, *s)))
+            .collect();
         if let Some(workload) = workload {
             let hold: BTreeMap<WorkloadField, Value> = steps
                 .iter()
@@ -298,6 +340,7 @@ async fn sync_workload(
 ) -> Result<bool> {
     let live = &workload.object;
     let mut changed = false;
+    let mut rv = live.resource_version();
     if held_by_me {
         let recorded = Baseline::from_annotation(live);
         for (field, previous) in &recorded.0 {
@@ -305,7 +348,7 @@ async fn sync_workload(
                 continue;
             }
             if let (Some(value), Some(manager)) = (&previous.value, &previous.manager) {
-                apply::hand_back(ctx, &workload.target, *field, value.clone(), manager).await?;
+                rv = apply::hand_back(ctx, &workload.target, *field, value.clone(), manager, rv.as_deref()).await?;
             }
             changed = true;
         }
@@ -318,6 +361,6 @@ async fn sync_workload(
     let already = hold.iter().all(|(f, v)| f.get(live) == Some(v) && fields::owned_by(live, *f, FIELD_MANAGER));
     changed |= !already;
     let holder = (!hold.is_empty()).then_some(me);
-    apply::apply_workload(ctx, &workload.target, hold, &baseline, holder).await?;
+    apply::apply_workload(ctx, &workload.target, hold, &baseline, holder, rv.as_deref()).await?;
     Ok(changed)
 }

@@ -22,6 +22,7 @@ use std::{sync::Arc, time::Duration};
 use tracing::{info, instrument, warn};
 
 use super::{
+    apply::WorkloadRef,
     conditions::{merge, Verdict},
     execute::{execute, Execution},
     fields::{self, Baseline, WorkloadField},
@@ -38,6 +39,8 @@ pub const CONTROLLER: &str = "workloadintent";
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon an intent that conflicts with another looks again.
 const CONFLICT_RETRY: Duration = Duration::from_secs(15);
+/// How soon a reconcile that lost a race with another writer looks again.
+const CONFLICT_REOBSERVE: Duration = Duration::from_millis(200);
 /// How soon an intent whose target is missing looks again (creation also triggers a reconcile).
 const MISSING_TARGET_RETRY: Duration = Duration::from_secs(60);
 
@@ -251,7 +254,13 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         }
     };
 
+    release_former_targets(ctx, wi).await?;
     let execution = execute(ctx, wi, &plan, observed.workload.as_ref()).await;
+    if execution.error.as_ref().is_some_and(Error::is_conflict) {
+        // Someone changed the workload while we decided; decide again on what they wrote.
+        info!("the workload changed while reconciling; looking again");
+        return Ok(Action::requeue(CONFLICT_REOBSERVE));
+    }
     let plan_status = status_plan(wi, &plan, &execution);
     let hypervisor_pending = execution
         .actions
@@ -292,6 +301,46 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         return Err(e);
     }
     Ok(requeue_until(plan.activity.next_transition, now))
+}
+
+/// After a retarget, `status.plan` still names the workload the intent governed before; the
+/// planner only sees the current target, so the old one is released here.
+async fn release_former_targets(ctx: &Context, wi: &WorkloadIntent) -> Result<()> {
+    let current = WorkloadRef::of(wi);
+    let mut former: Vec<WorkloadRef> = Vec::new();
+    for entry in wi.status.as_ref().map(|s| s.plan.as_slice()).unwrap_or_default() {
+        let kind = match entry.target.kind.as_str() {
+            "Deployment" => plumbline_crds::TargetKind::Deployment,
+            "StatefulSet" => plumbline_crds::TargetKind::StatefulSet,
+            _ => continue,
+        };
+        let target = WorkloadRef {
+            kind,
+            namespace: entry.target.namespace.clone().unwrap_or_else(|| current.namespace.clone()),
+            name: entry.target.name.clone(),
+        };
+        if target != current && !former.contains(&target) {
+            former.push(target);
+        }
+    }
+    for target in former {
+        let fields = revert::release_workload(ctx, wi, &target).await?;
+        if !fields.is_empty() {
+            info!(%target, ?fields, "released the intent's former target");
+            ctx.publish(
+                wi,
+                Event {
+                    type_: EventType::Normal,
+                    reason: reason::REVERTED.to_string(),
+                    note: Some(format!("no longer the target: released {} on {target}", fields.join(", "))),
+                    action: "Revert".to_string(),
+                    secondary: None,
+                },
+            )
+            .await;
+        }
+    }
+    Ok(())
 }
 
 /// What `status.plan` records after an execution: the held actions with how far each got, plus
