@@ -24,7 +24,8 @@ fn dashboard_files() -> Vec<PathBuf> {
 }
 
 fn load(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
@@ -62,28 +63,48 @@ fn queries(file: &str, dashboard: &Value) -> (Vec<Query>, Vec<VariableQuery>) {
         }
         let title = panel["title"].as_str().unwrap_or("?");
         let targets = panel["targets"].as_array().cloned().unwrap_or_default();
-        assert!(!targets.is_empty(), "{file}: panel {title:?} has no queries");
+        assert!(
+            !targets.is_empty(),
+            "{file}: panel {title:?} has no queries"
+        );
         for t in targets {
             let expr = t["expr"].as_str().unwrap_or_default();
-            assert!(!expr.trim().is_empty(), "{file}: panel {title:?} has an empty query");
+            assert!(
+                !expr.trim().is_empty(),
+                "{file}: panel {title:?} has an empty query"
+            );
             queries.push(Query {
-                origin: format!("{file} / panel {title:?} / {}", t["refId"].as_str().unwrap_or("?")),
+                origin: format!(
+                    "{file} / panel {title:?} / {}",
+                    t["refId"].as_str().unwrap_or("?")
+                ),
                 expr: expr.to_string(),
                 instant: t["instant"] == true,
             });
         }
     }
-    for a in dashboard["annotations"]["list"].as_array().into_iter().flatten() {
+    for a in dashboard["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if let Some(expr) = a["expr"].as_str() {
             queries.push(Query {
-                origin: format!("{file} / annotation {:?}", a["name"].as_str().unwrap_or("?")),
+                origin: format!(
+                    "{file} / annotation {:?}",
+                    a["name"].as_str().unwrap_or("?")
+                ),
                 expr: expr.to_string(),
                 instant: false,
             });
         }
     }
     let mut variables = Vec::new();
-    for v in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if v["type"] != "query" {
             continue;
         }
@@ -91,8 +112,15 @@ fn queries(file: &str, dashboard: &Value) -> (Vec<Query>, Vec<VariableQuery>) {
         let inner = definition
             .strip_prefix("label_values(")
             .and_then(|s| s.strip_suffix(')'))
-            .unwrap_or_else(|| panic!("{file}: variable {} is not label_values(...): {definition}", v["name"]));
-        let (selector, label) = inner.rsplit_once(',').expect("label_values(selector, label)");
+            .unwrap_or_else(|| {
+                panic!(
+                    "{file}: variable {} is not label_values(...): {definition}",
+                    v["name"]
+                )
+            });
+        let (selector, label) = inner
+            .rsplit_once(',')
+            .expect("label_values(selector, label)");
         variables.push(VariableQuery {
             origin: format!("{file} / variable ${}", v["name"].as_str().unwrap_or("?")),
             selector: selector.trim().to_string(),
@@ -104,15 +132,28 @@ fn queries(file: &str, dashboard: &Value) -> (Vec<Query>, Vec<VariableQuery>) {
 
 #[test]
 fn dashboards_are_generated_well_formed_and_use_the_variables() {
-    run(Command::new(repo().join("charts/generate-dashboards")).arg("--check"), None)
-        .unwrap_or_else(|e| panic!("the committed dashboards are stale: {e}"));
+    run(
+        Command::new(repo().join("charts/generate-dashboards")).arg("--check"),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("the committed dashboards are stale: {e}"));
     let mut uids = BTreeSet::new();
     for path in dashboard_files() {
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
         let dashboard = load(&path);
-        assert!(uids.insert(dashboard["uid"].as_str().unwrap().to_string()), "{file}: duplicate uid");
-        let ids: Vec<i64> = panels(&dashboard).iter().filter_map(|p| p["id"].as_i64()).collect();
-        assert_eq!(ids.len(), ids.iter().collect::<BTreeSet<_>>().len(), "{file}: duplicate panel ids");
+        assert!(
+            uids.insert(dashboard["uid"].as_str().unwrap().to_string()),
+            "{file}: duplicate uid"
+        );
+        let ids: Vec<i64> = panels(&dashboard)
+            .iter()
+            .filter_map(|p| p["id"].as_i64())
+            .collect();
+        assert_eq!(
+            ids.len(),
+            ids.iter().collect::<BTreeSet<_>>().len(),
+            "{file}: duplicate panel ids"
+        );
         let (queries, variables) = queries(&file, &dashboard);
         assert!(!queries.is_empty() && !variables.is_empty(), "{file}");
         let names: BTreeSet<&str> = dashboard["templating"]["list"]
@@ -124,7 +165,11 @@ fn dashboards_are_generated_well_formed_and_use_the_variables() {
         for q in &queries {
             for var in ["provider", "namespace", "intent"] {
                 if q.expr.contains(&format!("${var}")) {
-                    assert!(names.contains(var), "{}: uses ${var} but the dashboard has no such variable", q.origin);
+                    assert!(
+                        names.contains(var),
+                        "{}: uses ${var} but the dashboard has no such variable",
+                        q.origin
+                    );
                 }
             }
         }
@@ -137,7 +182,10 @@ fn dashboards_are_generated_well_formed_and_use_the_variables() {
         .filter_map(|v| v["name"].as_str())
         .collect();
     for var in ["provider", "namespace", "intent"] {
-        assert!(names.contains(&var), "cross-layer health lacks ${var}: {names:?}");
+        assert!(
+            names.contains(&var),
+            "cross-layer health lacks ${var}: {names:?}"
+        );
     }
 }
 
@@ -154,7 +202,9 @@ fn substitute(expr: &str, namespace: &str, intent: &str) -> String {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -184,7 +234,11 @@ fn series_with_data(prometheus: &str, query: &Query, expr: &str) -> Result<usize
     if response["status"] != "success" {
         return Err(format!("Prometheus refused it: {body}"));
     }
-    let finite = |v: &Value| v[1].as_str().and_then(|s| s.parse::<f64>().ok()).is_some_and(f64::is_finite);
+    let finite = |v: &Value| {
+        v[1].as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .is_some_and(f64::is_finite)
+    };
     let count = response["data"]["result"]
         .as_array()
         .into_iter()
@@ -193,7 +247,11 @@ fn series_with_data(prometheus: &str, query: &Query, expr: &str) -> Result<usize
             if query.instant {
                 finite(&series["value"])
             } else {
-                series["values"].as_array().into_iter().flatten().any(finite)
+                series["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(finite)
             }
         })
         .count();
@@ -204,7 +262,12 @@ fn series_with_data(prometheus: &str, query: &Query, expr: &str) -> Result<usize
     }
 }
 
-fn label_values(prometheus: &str, v: &VariableQuery, namespace: &str, intent: &str) -> Result<usize, String> {
+fn label_values(
+    prometheus: &str,
+    v: &VariableQuery,
+    namespace: &str,
+    intent: &str,
+) -> Result<usize, String> {
     let selector = substitute(&v.selector, namespace, intent);
     let url = format!(
         "{prometheus}/api/v1/label/{}/values?match[]={}&start={}",
@@ -226,7 +289,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut rest = expr;
     while let Some(i) = rest.find("plumbline_") {
         let tail = &rest[i..];
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
         names.insert(tail[..end].to_string());
         rest = &tail[end..];
     }
@@ -245,14 +310,30 @@ struct Scenario<'a> {
 
 impl Drop for Scenario<'_> {
     fn drop(&mut self) {
-        let _ = run(Command::new(repo().join("e2e/stack")).args(["clear-latency", &self.victim]), None);
+        let _ = run(
+            Command::new(repo().join("e2e/stack")).args(["clear-latency", &self.victim]),
+            None,
+        );
         // The intent's finalizer reverts its changes; the operator is still running here.
         let _ = run(
-            self.cluster.kubectl(["delete", "-n", &self.namespace, "workloadintent", "--all", "--timeout=60s"]),
+            self.cluster.kubectl([
+                "delete",
+                "-n",
+                &self.namespace,
+                "workloadintent",
+                "--all",
+                "--timeout=60s",
+            ]),
             None,
         );
         let _ = run(
-            self.cluster.kubectl(["delete", "hypervisorprovider", &self.provider, "--ignore-not-found", "--timeout=60s"]),
+            self.cluster.kubectl([
+                "delete",
+                "hypervisorprovider",
+                &self.provider,
+                "--ignore-not-found",
+                "--timeout=60s",
+            ]),
             None,
         );
         let _ = std::fs::remove_file(&self.target_file);
@@ -263,9 +344,22 @@ impl Drop for Scenario<'_> {
 fn serial_every_dashboard_query_returns_data_during_latency_injection() {
     let cluster = Cluster::load();
     cluster.ensure_crds();
-    let prometheus = cluster.stack.get("PROMETHEUS_URL").unwrap_or_else(|e| panic!("{e}")).to_string();
-    let targets_dir = PathBuf::from(cluster.stack.get("PROMETHEUS_TARGETS_DIR").unwrap_or_else(|e| panic!("{e}")));
-    let libvirt_uri = cluster.stack.get("LIBVIRT_URI").unwrap_or_else(|e| panic!("{e}")).to_string();
+    let prometheus = cluster
+        .stack
+        .get("PROMETHEUS_URL")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    let targets_dir = PathBuf::from(
+        cluster
+            .stack
+            .get("PROMETHEUS_TARGETS_DIR")
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let libvirt_uri = cluster
+        .stack
+        .get("LIBVIRT_URI")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
     let operator_kubeconfig = cluster
         .stack
         .get("PLUMBLINE_OPERATOR_KUBECONFIG")
@@ -283,9 +377,16 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
         Path::new(&operator_kubeconfig),
         &ns.name,
         &identity,
-        &["--leader-elect=true", &format!("--lease-name=dashboards-{suffix}"), &format!("--watch-namespace={}", ns.name)],
+        &[
+            "--leader-elect=true",
+            &format!("--lease-name=dashboards-{suffix}"),
+            &format!("--watch-namespace={}", ns.name),
+        ],
     );
-    let instance = operator.metrics_url.trim_start_matches("http://").to_string();
+    let instance = operator
+        .metrics_url
+        .trim_start_matches("http://")
+        .to_string();
     let scenario = Scenario {
         cluster: &cluster,
         target_file: targets_dir.join(format!("chart-dashboards-{suffix}.json")),
@@ -317,14 +418,25 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&manifests));
 
     // Prometheus scrapes the operator...
-    let up = Query { origin: "up".into(), expr: format!(r#"up{{instance="{instance}"}} == 1"#), instant: true };
-    poll("Prometheus to scrape the operator", Duration::from_secs(60), || {
-        operator.assert_alive();
-        series_with_data(&prometheus, &up, &up.expr)
-    });
+    let up = Query {
+        origin: "up".into(),
+        expr: format!(r#"up{{instance="{instance}"}} == 1"#),
+        instant: true,
+    };
+    poll(
+        "Prometheus to scrape the operator",
+        Duration::from_secs(60),
+        || {
+            operator.assert_alive();
+            series_with_data(&prometheus, &up, &up.expr)
+        },
+    );
     // ... while the victim's disk is slowed down for real.
-    run(Command::new(repo().join("e2e/stack")).args(["inject-latency", &victim, "--iops", "20"]), None)
-        .unwrap_or_else(|e| panic!("injecting latency: {e}"));
+    run(
+        Command::new(repo().join("e2e/stack")).args(["inject-latency", &victim, "--iops", "20"]),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("injecting latency: {e}"));
 
     let mut all_queries = Vec::new();
     let mut all_variables = Vec::new();
@@ -341,22 +453,27 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
     let mut pending: Vec<Query> = all_queries.clone();
     let mut pending_vars: Vec<VariableQuery> = all_variables.clone();
     let mut last_errors = std::collections::BTreeMap::new();
-    while (!pending.is_empty() || !pending_vars.is_empty()) && std::time::Instant::now() < deadline {
+    while (!pending.is_empty() || !pending_vars.is_empty()) && std::time::Instant::now() < deadline
+    {
         operator.assert_alive();
-        pending.retain(|q| match series_with_data(&prometheus, q, &substitute(&q.expr, &ns.name, "payments")) {
-            Ok(_) => false,
-            Err(e) => {
-                last_errors.insert(q.origin.clone(), e);
-                true
+        pending.retain(|q| {
+            match series_with_data(&prometheus, q, &substitute(&q.expr, &ns.name, "payments")) {
+                Ok(_) => false,
+                Err(e) => {
+                    last_errors.insert(q.origin.clone(), e);
+                    true
+                }
             }
         });
-        pending_vars.retain(|v| match label_values(&prometheus, v, &ns.name, "payments") {
-            Ok(_) => false,
-            Err(e) => {
-                last_errors.insert(v.origin.clone(), e);
-                true
-            }
-        });
+        pending_vars.retain(
+            |v| match label_values(&prometheus, v, &ns.name, "payments") {
+                Ok(_) => false,
+                Err(e) => {
+                    last_errors.insert(v.origin.clone(), e);
+                    true
+                }
+            },
+        );
         if !pending.is_empty() || !pending_vars.is_empty() {
             std::thread::sleep(Duration::from_secs(5));
         }
@@ -364,7 +481,10 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
 
     // promtool must accept what the operator serves.
     let metrics = operator.metrics();
-    let promtool = run(Command::new("promtool").args(["check", "metrics"]), Some(&metrics));
+    let promtool = run(
+        Command::new("promtool").args(["check", "metrics"]),
+        Some(&metrics),
+    );
 
     if !pending.is_empty() || !pending_vars.is_empty() {
         let served: BTreeSet<String> = metrics
@@ -384,9 +504,21 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
         }
         let report: Vec<String> = pending
             .iter()
-            .map(|q| format!("{}: {} ({})", q.origin, q.expr, last_errors.get(&q.origin).map(String::as_str).unwrap_or("")))
+            .map(|q| {
+                format!(
+                    "{}: {} ({})",
+                    q.origin,
+                    q.expr,
+                    last_errors.get(&q.origin).map(String::as_str).unwrap_or("")
+                )
+            })
             .chain(pending_vars.iter().map(|v| {
-                format!("{}: {} ({})", v.origin, v.selector, last_errors.get(&v.origin).map(String::as_str).unwrap_or(""))
+                format!(
+                    "{}: {} ({})",
+                    v.origin,
+                    v.selector,
+                    last_errors.get(&v.origin).map(String::as_str).unwrap_or("")
+                )
             }))
             .collect();
         panic!(
@@ -399,13 +531,19 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
             report.join("\n")
         );
     }
-    promtool.unwrap_or_else(|e| panic!("promtool check metrics rejects the operator's /metrics: {e}\n{metrics}"));
+    promtool.unwrap_or_else(|e| {
+        panic!("promtool check metrics rejects the operator's /metrics: {e}\n{metrics}")
+    });
     drop(scenario);
     drop(operator);
 }
 
 #[test]
 fn metric_names_are_extracted_from_promql() {
-    let names = metric_names(r#"sum by (le) (rate(plumbline_a_bucket{x="$y"}[5m])) or plumbline_b"#);
-    assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["plumbline_a_bucket", "plumbline_b"]);
+    let names =
+        metric_names(r#"sum by (le) (rate(plumbline_a_bucket{x="$y"}[5m])) or plumbline_b"#);
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec!["plumbline_a_bucket", "plumbline_b"]
+    );
 }

@@ -40,7 +40,16 @@ fn chart_renders_and_passes_server_side_dry_run() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let applied = cluster.kubectl_ok(
-        &["apply", "--dry-run=server", "-n", &ns.name, "-o", "json", "-f", "-"],
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
         Some(&manifest),
     );
     let applied: Value = serde_json::from_str(&applied).expect("kubectl printed JSON");
@@ -57,9 +66,17 @@ fn chart_renders_and_passes_server_side_dry_run() {
         "NetworkPolicy",
         "Secret",
     ] {
-        assert_eq!(of_kind(&objects, kind).len(), 1, "expected one {kind} in {objects:#?}");
+        assert_eq!(
+            of_kind(&objects, kind).len(),
+            1,
+            "expected one {kind} in {objects:#?}"
+        );
     }
-    assert_eq!(of_kind(&objects, "HypervisorProvider").len(), 2, "both providers from values");
+    assert_eq!(
+        of_kind(&objects, "HypervisorProvider").len(),
+        2,
+        "both providers from values"
+    );
     let dashboards = of_kind(&objects, "ConfigMap");
     assert_eq!(dashboards.len(), 2, "one ConfigMap per dashboard");
     for cm in &dashboards {
@@ -74,7 +91,10 @@ fn chart_renders_and_passes_server_side_dry_run() {
     let deployment = of_kind(&objects, "Deployment")[0];
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let container = &pod["containers"][0];
     let security = &container["securityContext"];
     assert_eq!(security["readOnlyRootFilesystem"], true);
@@ -85,9 +105,20 @@ fn chart_renders_and_passes_server_side_dry_run() {
     assert!(container["resources"]["limits"]["memory"].is_string());
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert!(args.contains(&"--leader-elect=true"), "two replicas elect a leader: {args:?}");
-    assert!(args.contains(&"--lease-name=dry-plumbline-leader"), "{args:?}");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&"--leader-elect=true"),
+        "two replicas elect a leader: {args:?}"
+    );
+    assert!(
+        args.contains(&"--lease-name=dry-plumbline-leader"),
+        "{args:?}"
+    );
     assert_eq!(pod["serviceAccountName"], "dry-plumbline");
 
     // Secrets only by name: the chart-made vSphere credentials plus rbac.extraSecretNames.
@@ -96,19 +127,34 @@ fn chart_renders_and_passes_server_side_dry_run() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["resources"].as_array().unwrap().iter().any(|x| x == "secrets"))
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == "secrets")
+        })
         .collect();
     assert_eq!(secret_rules.len(), 1, "{role:#}");
     assert_eq!(secret_rules[0]["verbs"], serde_json::json!(["get"]));
     assert_eq!(
         secret_rules[0]["resourceNames"],
-        serde_json::json!(["dry-plumbline-chart-ci-vsphere-credentials", "lab-libvirt-tls"])
+        serde_json::json!([
+            "dry-plumbline-chart-ci-vsphere-credentials",
+            "lab-libvirt-tls"
+        ])
     );
     let cluster_role = of_kind(&objects, "ClusterRole")[0];
     for rule in cluster_role["rules"].as_array().unwrap() {
         let resources = rule["resources"].as_array().unwrap();
-        assert!(!resources.iter().any(|r| r == "secrets" || r == "*"), "cluster-wide secrets or wildcard: {rule}");
-        assert!(!rule["verbs"].as_array().unwrap().iter().any(|v| v == "*"), "wildcard verb: {rule}");
+        assert!(
+            !resources.iter().any(|r| r == "secrets" || r == "*"),
+            "cluster-wide secrets or wildcard: {rule}"
+        );
+        assert!(
+            !rule["verbs"].as_array().unwrap().iter().any(|v| v == "*"),
+            "wildcard verb: {rule}"
+        );
     }
 
     // The vSphere provider points at the Secret the chart made, in the release namespace.
@@ -135,8 +181,16 @@ fn chart_renders_and_passes_server_side_dry_run() {
         None,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    for want in ["kind: ServiceMonitor", "port: metrics", "app.kubernetes.io/component: metrics", "release: kube-prometheus-stack"] {
-        assert!(monitor.contains(want), "ServiceMonitor lacks {want:?}:\n{monitor}");
+    for want in [
+        "kind: ServiceMonitor",
+        "port: metrics",
+        "app.kubernetes.io/component: metrics",
+        "release: kube-prometheus-stack",
+    ] {
+        assert!(
+            monitor.contains(want),
+            "ServiceMonitor lacks {want:?}:\n{monitor}"
+        );
     }
 }
 
@@ -155,20 +209,39 @@ fn service_account_kubeconfig(cluster: &Cluster, namespace: &str, account: &str,
         "type": "kubernetes.io/service-account-token",
     });
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&manifest.to_string()));
-    let token_b64 = poll("the tokens controller to fill the token Secret", Duration::from_secs(60), || {
-        let out = run(
-            cluster.kubectl(["get", "secret", "-n", namespace, &secret, "-o", "jsonpath={.data.token}"]),
-            None,
-        )?;
-        if out.trim().is_empty() {
-            Err("no token yet".into())
-        } else {
-            Ok(out)
-        }
-    });
-    let token = run(Command::new("base64").arg("-d"), Some(token_b64.trim())).unwrap_or_else(|e| panic!("{e}"));
-    let server = cluster.stack.get("KUBE_APISERVER_URL").unwrap_or_else(|e| panic!("{e}"));
-    let ca = cluster.stack.get("KUBE_CA_FILE").unwrap_or_else(|e| panic!("{e}"));
+    let token_b64 = poll(
+        "the tokens controller to fill the token Secret",
+        Duration::from_secs(60),
+        || {
+            let out = run(
+                cluster.kubectl([
+                    "get",
+                    "secret",
+                    "-n",
+                    namespace,
+                    &secret,
+                    "-o",
+                    "jsonpath={.data.token}",
+                ]),
+                None,
+            )?;
+            if out.trim().is_empty() {
+                Err("no token yet".into())
+            } else {
+                Ok(out)
+            }
+        },
+    );
+    let token = run(Command::new("base64").arg("-d"), Some(token_b64.trim()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let server = cluster
+        .stack
+        .get("KUBE_APISERVER_URL")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ca = cluster
+        .stack
+        .get("KUBE_CA_FILE")
+        .unwrap_or_else(|e| panic!("{e}"));
     let kubeconfig = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -183,7 +256,9 @@ fn service_account_kubeconfig(cluster: &Cluster, namespace: &str, account: &str,
 /// `kubectl auth can-i` as the ServiceAccount itself (its own token).
 fn can_i(kubeconfig: &Path, args: &[&str]) -> bool {
     let mut cmd = Command::new("kubectl");
-    cmd.env("KUBECONFIG", kubeconfig).args(["auth", "can-i"]).args(args);
+    cmd.env("KUBECONFIG", kubeconfig)
+        .args(["auth", "can-i"])
+        .args(args);
     match run(cmd, None) {
         Ok(out) => out.trim() == "yes",
         Err(e) if e.contains("\nno") || e.trim_end().ends_with("no") => false,
@@ -192,7 +267,10 @@ fn can_i(kubeconfig: &Path, args: &[&str]) -> bool {
 }
 
 fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
-    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
 }
 
 #[test]
@@ -202,14 +280,23 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     let release = format!("pl-{}", &ns.name[ns.name.len() - 6..]);
     let fullname = format!("{release}-plumbline");
     let chart = chart_dir();
-    let libvirt_uri = cluster.stack.get("LIBVIRT_URI").unwrap_or("qemu:///system").to_string();
+    let libvirt_uri = cluster
+        .stack
+        .get("LIBVIRT_URI")
+        .unwrap_or("qemu:///system")
+        .to_string();
     let provider = format!("{release}-kvm");
 
     // Two replicas, so the chart sets up leader election and grants its Lease; a libvirt and
     // a vSphere provider (the stack's simulator), whose credentials Secret the chart makes.
     let vsphere = format!("{release}-vc");
-    let ca_bundle = std::fs::read_to_string(cluster.stack.get("VSPHERE_CA_FILE").unwrap_or_else(|e| panic!("{e}")))
-        .expect("reading the simulator's CA");
+    let ca_bundle = std::fs::read_to_string(
+        cluster
+            .stack
+            .get("VSPHERE_CA_FILE")
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .expect("reading the simulator's CA");
     let values = serde_json::json!({
         "replicas": 2,
         "rbac": {"extraSecretNames": ["readable-secret"]},
@@ -242,10 +329,22 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     )
     .unwrap_or_else(|e| panic!("helm install: {e}"));
     assert!(installed.contains("STATUS: deployed"), "{installed}");
-    let uninstall = Uninstall { cluster: &cluster, release: release.clone(), namespace: ns.name.clone() };
+    let uninstall = Uninstall {
+        cluster: &cluster,
+        release: release.clone(),
+        namespace: ns.name.clone(),
+    };
 
     // What helm installed exists on the server.
-    cluster.kubectl_ok(&["get", "crd", "workloadintents.plumbline.dev", "hypervisorproviders.plumbline.dev"], None);
+    cluster.kubectl_ok(
+        &[
+            "get",
+            "crd",
+            "workloadintents.plumbline.dev",
+            "hypervisorproviders.plumbline.dev",
+        ],
+        None,
+    );
     cluster.kubectl_ok(&["get", "-n", &ns.name, "serviceaccount", &fullname], None);
     cluster.kubectl_ok(&["get", "clusterrole", &fullname], None);
     cluster.kubectl_ok(&["get", "hypervisorprovider", &provider], None);
@@ -258,16 +357,33 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     // Sufficient ... (checked for real by running the operator below) and not broader.
     let must: &[&[&str]] = &[
         &["watch", "workloadintents.plumbline.dev", "-A"],
-        &["patch", "workloadintents.plumbline.dev", "--subresource=status", "-A"],
-        &["update", "workloadintents.plumbline.dev", "--subresource=finalizers", "-A"],
-        &["patch", "hypervisorproviders.plumbline.dev", "--subresource=status"],
+        &[
+            "patch",
+            "workloadintents.plumbline.dev",
+            "--subresource=status",
+            "-A",
+        ],
+        &[
+            "update",
+            "workloadintents.plumbline.dev",
+            "--subresource=finalizers",
+            "-A",
+        ],
+        &[
+            "patch",
+            "hypervisorproviders.plumbline.dev",
+            "--subresource=status",
+        ],
         &["patch", "deployments.apps", "-A"],
         &["patch", "pods", "--subresource=status", "-A"],
         &["patch", "nodes", "--subresource=status"],
         &["create", "events.events.k8s.io", "-A"],
         &["create", "poddisruptionbudgets.policy", "-A"],
         &["get", "secret/readable-secret"],
-        &["update", &format!("lease.coordination.k8s.io/{fullname}-leader")],
+        &[
+            "update",
+            &format!("lease.coordination.k8s.io/{fullname}-leader"),
+        ],
         &["create", "leases.coordination.k8s.io"],
         &["patch", "priorityclasses.scheduling.k8s.io"],
         &["list", "nodes"],
@@ -302,7 +418,12 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["impersonate", "users"],
         &["get", "configmaps", "-A"],
         // Other Leases (e.g. kube-controller-manager's) are not ours to renew.
-        &["update", "lease.coordination.k8s.io/kube-controller-manager", "-n", "kube-system"],
+        &[
+            "update",
+            "lease.coordination.k8s.io/kube-controller-manager",
+            "-n",
+            "kube-system",
+        ],
         &["update", "lease.coordination.k8s.io/someone-else"],
     ];
     let mut wrong = Vec::new();
@@ -316,7 +437,11 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
             wrong.push(format!("can {args:?} but the operator must not"));
         }
     }
-    assert!(wrong.is_empty(), "the chart's RBAC is wrong:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "the chart's RBAC is wrong:\n{}",
+        wrong.join("\n")
+    );
 
     // A workload and an intent for it, made by an admin, as a user would.
     let workload = format!(
@@ -342,53 +467,99 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &ns.name,
         &identity,
         // Other tests' intents are not this operator's business.
-        &["--leader-elect=true", &format!("--lease-name={fullname}-leader"), &format!("--watch-namespace={}", ns.name)],
+        &[
+            "--leader-elect=true",
+            &format!("--lease-name={fullname}-leader"),
+            &format!("--watch-namespace={}", ns.name),
+        ],
     );
 
-    poll("the operator to take the chart's Lease", Duration::from_secs(60), || {
-        operator.assert_alive();
-        let lease = run(
-            cluster.kubectl(["get", "lease", "-n", &ns.name, &format!("{fullname}-leader"), "-o", "json"]),
-            None,
-        )?;
-        let lease: Value = serde_json::from_str(&lease).map_err(|e| e.to_string())?;
-        (lease["spec"]["holderIdentity"] == identity.as_str())
-            .then_some(())
-            .ok_or_else(|| format!("holder {}", lease["spec"]["holderIdentity"]))
-    });
+    poll(
+        "the operator to take the chart's Lease",
+        Duration::from_secs(60),
+        || {
+            operator.assert_alive();
+            let lease = run(
+                cluster.kubectl([
+                    "get",
+                    "lease",
+                    "-n",
+                    &ns.name,
+                    &format!("{fullname}-leader"),
+                    "-o",
+                    "json",
+                ]),
+                None,
+            )?;
+            let lease: Value = serde_json::from_str(&lease).map_err(|e| e.to_string())?;
+            (lease["spec"]["holderIdentity"] == identity.as_str())
+                .then_some(())
+                .ok_or_else(|| format!("holder {}", lease["spec"]["holderIdentity"]))
+        },
+    );
 
-    let reconciled = poll("the intent to be reconciled Ready", Duration::from_secs(120), || {
-        operator.assert_alive();
-        let wi = cluster.kubectl_json(&["get", "-n", &ns.name, "workloadintent", "payments"]);
-        match condition(&wi, "Ready") {
-            Some(c) if c["status"] == "True" && wi["status"]["observedGeneration"] == wi["metadata"]["generation"] => Ok(wi),
-            other => Err(format!("Ready condition {other:?}; status {}", wi["status"])),
-        }
-    });
+    let reconciled = poll(
+        "the intent to be reconciled Ready",
+        Duration::from_secs(120),
+        || {
+            operator.assert_alive();
+            let wi = cluster.kubectl_json(&["get", "-n", &ns.name, "workloadintent", "payments"]);
+            match condition(&wi, "Ready") {
+                Some(c)
+                    if c["status"] == "True"
+                        && wi["status"]["observedGeneration"] == wi["metadata"]["generation"] =>
+                {
+                    Ok(wi)
+                }
+                other => Err(format!(
+                    "Ready condition {other:?}; status {}",
+                    wi["status"]
+                )),
+            }
+        },
+    );
     assert!(
-        !reconciled["status"]["plan"].as_array().map(Vec::is_empty).unwrap_or(true),
+        !reconciled["status"]["plan"]
+            .as_array()
+            .map(Vec::is_empty)
+            .unwrap_or(true),
         "status lists the plan: {}",
         reconciled["status"]
     );
-    let target = poll("the replica floor on the target", Duration::from_secs(60), || {
-        let d = cluster.kubectl_json(&["get", "-n", &ns.name, "deployment", "payments"]);
-        (d["spec"]["replicas"].as_i64() >= Some(2))
-            .then_some(d.clone())
-            .ok_or_else(|| format!("replicas {}", d["spec"]["replicas"]))
-    });
-    assert_eq!(target["spec"]["template"]["spec"]["priorityClassName"], "plumbline-critical");
+    let target = poll(
+        "the replica floor on the target",
+        Duration::from_secs(60),
+        || {
+            let d = cluster.kubectl_json(&["get", "-n", &ns.name, "deployment", "payments"]);
+            (d["spec"]["replicas"].as_i64() >= Some(2))
+                .then_some(d.clone())
+                .ok_or_else(|| format!("replicas {}", d["spec"]["replicas"]))
+        },
+    );
+    assert_eq!(
+        target["spec"]["template"]["spec"]["priorityClassName"],
+        "plumbline-critical"
+    );
 
     // Both providers connected from this process: the vSphere one through the credentials
     // Secret that the chart's Role lets it read by name.
     for name in [&provider, &vsphere] {
         let series = format!("plumbline_provider_connected{{provider=\"{name}\"}} 1");
-        poll(&format!("the operator to connect provider {name}"), Duration::from_secs(90), || {
-            operator.assert_alive();
-            let metrics = operator.metrics();
-            metrics.contains(&series).then_some(()).ok_or_else(|| {
-                metrics.lines().filter(|l| l.starts_with("plumbline_provider_connected")).collect::<Vec<_>>().join("\n")
-            })
-        });
+        poll(
+            &format!("the operator to connect provider {name}"),
+            Duration::from_secs(90),
+            || {
+                operator.assert_alive();
+                let metrics = operator.metrics();
+                metrics.contains(&series).then_some(()).ok_or_else(|| {
+                    metrics
+                        .lines()
+                        .filter(|l| l.starts_with("plumbline_provider_connected"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+            },
+        );
     }
 
     // It was this process, under this identity, that acted.
@@ -402,7 +573,17 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     assert!(ours > 0, "no Events reported by {identity}: {events:#}");
 
     // Deleting the intent runs the finalizer: the changes are reverted under the same RBAC.
-    cluster.kubectl_ok(&["delete", "-n", &ns.name, "workloadintent", "payments", "--timeout=120s"], None);
+    cluster.kubectl_ok(
+        &[
+            "delete",
+            "-n",
+            &ns.name,
+            "workloadintent",
+            "payments",
+            "--timeout=120s",
+        ],
+        None,
+    );
     let reverted = cluster.kubectl_json(&["get", "-n", &ns.name, "deployment", "payments"]);
     assert!(
         reverted["spec"]["template"]["spec"]["priorityClassName"].is_null(),
@@ -416,13 +597,25 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         !logs.to_lowercase().contains("forbidden"),
         "the operator was refused something under the chart's RBAC:\n{logs}"
     );
-    assert!(metrics.contains("plumbline_reconcile_runs_total"), "{metrics}");
+    assert!(
+        metrics.contains("plumbline_reconcile_runs_total"),
+        "{metrics}"
+    );
     drop(operator);
 
     // Upgrade to one replica: leader election and its Lease grant go, the strategy becomes
     // Recreate so two operators never overlap.
     let upgraded = run(
-        cluster.helm(["upgrade", &release, chart.to_str().unwrap(), "-n", &ns.name, "--reuse-values", "--set", "replicas=1"]),
+        cluster.helm([
+            "upgrade",
+            &release,
+            chart.to_str().unwrap(),
+            "-n",
+            &ns.name,
+            "--reuse-values",
+            "--set",
+            "replicas=1",
+        ]),
         None,
     )
     .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
@@ -431,13 +624,28 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
     let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(args.contains("--leader-elect=false"), "{args}");
-    assert!(!can_i(&kubeconfig, &["update", &format!("lease.coordination.k8s.io/{fullname}-leader")]));
-    assert!(can_i(&kubeconfig, &["get", "secret/readable-secret"]), "the named Secret stays readable");
+    assert!(!can_i(
+        &kubeconfig,
+        &[
+            "update",
+            &format!("lease.coordination.k8s.io/{fullname}-leader")
+        ]
+    ));
+    assert!(
+        can_i(&kubeconfig, &["get", "secret/readable-secret"]),
+        "the named Secret stays readable"
+    );
 
     // Uninstall removes what the chart made and leaves the CRDs (Helm never deletes crds/).
     drop(uninstall);
     let leftovers = cluster.kubectl_ok(
-        &["get", "clusterrole,clusterrolebinding,hypervisorprovider", "-o", "name", "--ignore-not-found"],
+        &[
+            "get",
+            "clusterrole,clusterrolebinding,hypervisorprovider",
+            "-o",
+            "name",
+            "--ignore-not-found",
+        ],
         None,
     );
     assert!(
@@ -446,7 +654,15 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
             && !leftovers.contains(&format!("/{vsphere}")),
         "left after helm uninstall:\n{leftovers}"
     );
-    cluster.kubectl_ok(&["get", "crd", "workloadintents.plumbline.dev", "hypervisorproviders.plumbline.dev"], None);
+    cluster.kubectl_ok(
+        &[
+            "get",
+            "crd",
+            "workloadintents.plumbline.dev",
+            "hypervisorproviders.plumbline.dev",
+        ],
+        None,
+    );
 }
 
 /// `helm uninstall` at the end, even when an assertion failed.
@@ -459,7 +675,14 @@ struct Uninstall<'a> {
 impl Drop for Uninstall<'_> {
     fn drop(&mut self) {
         let out = run(
-            self.cluster.helm(["uninstall", &self.release, "-n", &self.namespace, "--wait", "--timeout=60s"]),
+            self.cluster.helm([
+                "uninstall",
+                &self.release,
+                "-n",
+                &self.namespace,
+                "--wait",
+                "--timeout=60s",
+            ]),
             None,
         );
         if let Err(e) = out {

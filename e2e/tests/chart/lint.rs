@@ -5,8 +5,11 @@ use crate::support::{chart_dir, full_values, helm_cmd, run};
 #[test]
 fn helm_lint_passes_with_default_and_full_values() {
     let chart = chart_dir();
-    let out = run(helm_cmd(["lint", "--strict", chart.to_str().unwrap()]), None)
-        .unwrap_or_else(|e| panic!("helm lint with default values: {e}"));
+    let out = run(
+        helm_cmd(["lint", "--strict", chart.to_str().unwrap()]),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("helm lint with default values: {e}"));
     assert!(out.contains("0 chart(s) failed"), "{out}");
     let out = run(
         helm_cmd([
@@ -25,7 +28,10 @@ fn helm_lint_passes_with_default_and_full_values() {
 /// Renders with `--set` values and returns helm's error message, failing if it rendered.
 fn rejection(set: &str) -> String {
     let chart = chart_dir();
-    match run(helm_cmd(["template", "t", chart.to_str().unwrap(), "--set", set]), None) {
+    match run(
+        helm_cmd(["template", "t", chart.to_str().unwrap(), "--set", set]),
+        None,
+    ) {
         Ok(out) => panic!("helm template accepted --set {set}:\n{out}"),
         Err(message) => message,
     }
@@ -93,7 +99,10 @@ fn good_values_render() {
         "serviceAccount.create=false,serviceAccount.name=existing",
     ];
     for set in sets {
-        run(helm_cmd(["template", "t", chart.to_str().unwrap(), "--set", set]), None)
-            .unwrap_or_else(|e| panic!("--set {set} should render: {e}"));
+        run(
+            helm_cmd(["template", "t", chart.to_str().unwrap(), "--set", set]),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("--set {set} should render: {e}"));
     }
 }

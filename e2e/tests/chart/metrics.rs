@@ -32,18 +32,37 @@ fn promtool_accepts_the_operators_metrics() {
         Path::new(&kubeconfig),
         &ns.name,
         &format!("promtool-{suffix}"),
-        &["--leader-elect=true", &format!("--lease-name=promtool-{suffix}"), &format!("--watch-namespace={}", ns.name)],
+        &[
+            "--leader-elect=true",
+            &format!("--lease-name=promtool-{suffix}"),
+            &format!("--watch-namespace={}", ns.name),
+        ],
     );
     // Every family the operator has: counters, histograms, gauges and the build info.
-    let metrics = poll("the operator to reconcile and count it", Duration::from_secs(90), || {
-        operator.assert_alive();
-        let m = operator.metrics();
-        (m.contains("plumbline_reconcile_runs_total") && m.contains("plumbline_reconcile_duration_seconds_bucket"))
+    let metrics = poll(
+        "the operator to reconcile and count it",
+        Duration::from_secs(90),
+        || {
+            operator.assert_alive();
+            let m = operator.metrics();
+            (m.contains("plumbline_reconcile_runs_total")
+                && m.contains("plumbline_reconcile_duration_seconds_bucket"))
             .then_some(m.clone())
             .ok_or_else(|| "no reconcile metrics yet".to_string())
-    });
+        },
+    );
     // Revert before the operator stops, so the namespace leaves nothing behind.
-    cluster.kubectl_ok(&["delete", "-n", &ns.name, "workloadintent", "web", "--timeout=60s"], None);
+    cluster.kubectl_ok(
+        &[
+            "delete",
+            "-n",
+            &ns.name,
+            "workloadintent",
+            "web",
+            "--timeout=60s",
+        ],
+        None,
+    );
     drop(operator);
 
     if let Err(e) = run(Command::new("promtool").arg("--version"), None) {

@@ -32,12 +32,19 @@ pub fn helm() -> &'static Path {
 }
 
 /// Runs `cmd`, feeding `stdin`; Ok(stdout) on success, Err(command, status, stderr) otherwise.
-pub fn run(mut cmd: impl std::borrow::BorrowMut<Command>, stdin: Option<&str>) -> Result<String, String> {
+pub fn run(
+    mut cmd: impl std::borrow::BorrowMut<Command>,
+    stdin: Option<&str>,
+) -> Result<String, String> {
     let cmd = cmd.borrow_mut();
     let shown = format!("{cmd:?}");
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("starting {shown}: {e}"))?;
     if let Some(input) = stdin {
         child
@@ -127,14 +134,18 @@ impl Cluster {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["-o", "json"]);
         let out = self.kubectl_ok(&all, None);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?} did not print JSON: {e}\n{out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("kubectl {args:?} did not print JSON: {e}\n{out}"))
     }
 
     /// A fresh namespace named after the test, deleted (without waiting) when dropped.
     pub fn namespace(&self, prefix: &str) -> Namespace<'_> {
         let name = format!("{prefix}-{}", unique_suffix());
         self.kubectl_ok(&["create", "namespace", &name], None);
-        Namespace { cluster: self, name }
+        Namespace {
+            cluster: self,
+            name,
+        }
     }
 
     /// Installs the chart's CRDs for real (server-side apply), so custom resources can be
@@ -152,9 +163,17 @@ impl Cluster {
             ],
             None,
         );
-        for crd in ["workloadintents.plumbline.dev", "hypervisorproviders.plumbline.dev"] {
+        for crd in [
+            "workloadintents.plumbline.dev",
+            "hypervisorproviders.plumbline.dev",
+        ] {
             self.kubectl_ok(
-                &["wait", "--for=condition=Established", "--timeout=60s", &format!("crd/{crd}")],
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    &format!("crd/{crd}"),
+                ],
                 None,
             );
         }
@@ -170,7 +189,11 @@ impl Drop for Namespace<'_> {
     fn drop(&mut self) {
         // A test that failed before deleting its intents leaves them with the revert finalizer
         // and no operator to run it; the namespace would never go. Its objects go with it.
-        if let Ok(names) = run(self.cluster.kubectl(["get", "workloadintents", "-n", &self.name, "-o", "name"]), None) {
+        if let Ok(names) = run(
+            self.cluster
+                .kubectl(["get", "workloadintents", "-n", &self.name, "-o", "name"]),
+            None,
+        ) {
             for name in names.lines().filter(|l| !l.is_empty()) {
                 let _ = run(
                     self.cluster.kubectl([
@@ -187,8 +210,13 @@ impl Drop for Namespace<'_> {
             }
         }
         let _ = run(
-            self.cluster
-                .kubectl(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]),
+            self.cluster.kubectl([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ]),
             None,
         );
     }
@@ -226,7 +254,14 @@ pub fn operator_binary() -> &'static Path {
             // Resolved like e2e/run-tests' `--workspace --all-features` build (the libvirt
             // adapter is a feature), so under nextest this is a no-op, not a rebuild with other
             // feature unification that would replace the binary other tests are running.
-            .args(["build", "--quiet", "--workspace", "--all-features", "--bin", "plumbline"]);
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--all-features",
+                "--bin",
+                "plumbline",
+            ]);
         run(cmd, None).unwrap_or_else(|e| panic!("building the operator: {e}"));
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -279,10 +314,14 @@ impl OperatorProcess {
             log,
         };
         let url = format!("{}/readyz", process.metrics_url);
-        poll("the operator to answer /readyz", Duration::from_secs(60), || {
-            process.assert_alive();
-            http_get(&url)
-        });
+        poll(
+            "the operator to answer /readyz",
+            Duration::from_secs(60),
+            || {
+                process.assert_alive();
+                http_get(&url)
+            },
+        );
         process
     }
 
@@ -323,13 +362,22 @@ impl Drop for OperatorProcess {
 
 /// A plain HTTP GET over loopback (no TLS), Ok(body) on 2xx.
 pub fn http_get(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("not an http URL: {url}"))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(host).map_err(|e| format!("connecting to {host}: {e}"))?;
+    let mut stream =
+        std::net::TcpStream::connect(host).map_err(|e| format!("connecting to {host}: {e}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: */*\r\n\r\n")
-        .map_err(|e| format!("writing to {host}: {e}"))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: */*\r\n\r\n"
+    )
+    .map_err(|e| format!("writing to {host}: {e}"))?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
