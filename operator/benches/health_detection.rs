@@ -15,7 +15,7 @@
 //! alert rule `for: 1m`, timing injection → alert firing.
 //!
 //! Environment: PLUMBLINE_BENCH_ROUNDS (default 10), PLUMBLINE_BENCH_STEADY_SECS (default 600),
-//! PLUMBLINE_BENCH_PROMETHEUS=0 skips the comparison. Method and figures: docs/health.md.
+//! PLUMBLINE_BENCH_BUDGET (default 20ms), PLUMBLINE_BENCH_PROMETHEUS=0 skips the comparison. Method and figures: docs/health.md.
 
 use anyhow::{bail, Context as _, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -163,6 +163,7 @@ async fn main() -> Result<()> {
 }
 
 async fn run(stack: &Stack, admin: &Client, ns: &str, rounds: u64, steady: Duration, operator: &Operator) -> Result<()> {
+    let budget = std::env::var("PLUMBLINE_BENCH_BUDGET").unwrap_or_else(|_| "20ms".into());
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "bench", "namespace": ns},
@@ -186,14 +187,14 @@ async fn run(stack: &Stack, admin: &Client, ns: &str, rounds: u64, steady: Durat
             "target": {"kind": "Deployment", "name": "bench"},
             "priority": "critical",
             // Every pod may go: the benchmark times the signal, not the guard.
-            "storage": {"latencyBudget": "5ms", "readinessGate": true, "maxUnready": "100%"}
+            "storage": {"latencyBudget": budget, "readinessGate": true, "maxUnready": "100%"}
         }
     });
     Api::<plumbline_crds::WorkloadIntent>::namespaced(admin.clone(), ns)
         .patch("bench", &PatchParams::apply("plumbline-bench"), &Patch::Apply(&intent))
         .await?;
     wait_until(admin, ns, "every pod healthy", |s| all(s, "True")).await?;
-    println!("health benchmark: 3 pods on {VICTIM}, budget 5ms, sample interval 1s, injection {INJECT_IOPS} IOPS, {rounds} rounds");
+    println!("health benchmark: 3 pods on {VICTIM}, budget {budget}, sample interval 1s, injection {INJECT_IOPS} IOPS, {rounds} rounds");
 
     let mut detection = Vec::new();
     let mut recovery = Vec::new();
