@@ -122,7 +122,20 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
     };
     let measure_both = || async { tokio::join!(measure(domain), measure(control)) };
 
+    // Serial tests only exclude each other within one nextest run; say so when another run
+    // (e.g. the adapters' tests) is throttling the same guests.
+    let untouched = || async {
+        for d in [domain, control] {
+            let limit = iops_limit(&stack, d).await;
+            assert_eq!(
+                limit, 0,
+                "{d} already has an IOPS limit of {limit}: is another test run using it?"
+            );
+        }
+    };
+    untouched().await;
     let (baseline, control_before) = measure_both().await;
+    untouched().await;
     println!("{domain} baseline: {baseline:?}; {control}: {control_before:?}");
 
     let _guard = ClearIopsLimit {
