@@ -58,6 +58,8 @@ where
 }
 
 /// Creates the shared context of one leadership term, with the intent cache it fills.
+// Each argument is one field of the Context; a builder would only move the list elsewhere.
+#[allow(clippy::too_many_arguments)]
 pub fn term_context(
     client: Client,
     identity: String,
