@@ -2,7 +2,7 @@
 //! datastores, and which intent covers which pod.
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::{runtime::reflector::ObjectRef, ResourceExt};
+use kube::ResourceExt;
 use plumbline_adapters::VmId;
 use plumbline_crds::{NodeMappingStrategy, WorkloadIntent};
 use plumbline_policies::{
@@ -155,9 +155,4 @@ pub fn build(caches: &Caches, book: &HealthBook, schedule_now: chrono::DateTime<
         });
     }
     views
-}
-
-/// The node a name refers to, from the cache.
-pub fn node(caches: &Caches, name: &str) -> Option<Arc<Node>> {
-    caches.nodes.get(&ObjectRef::new(name))
 }

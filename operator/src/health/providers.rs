@@ -18,7 +18,7 @@ use plumbline_crds::{
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 use tokio::{sync::Notify, task::JoinHandle};
 use tracing::{debug, info, warn};
@@ -364,9 +364,4 @@ async fn write_status(ctx: &Context, hp: &HypervisorProvider, state: &ProviderSt
             false
         }
     }
-}
-
-/// When the last sample of a provider was taken, for tests and status.
-pub fn last_sample(book: &Mutex<HealthBook>, provider: &str) -> Option<SystemTime> {
-    book.lock().ok()?.providers.get(provider)?.last_sample_at
 }

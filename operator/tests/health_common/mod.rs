@@ -150,12 +150,11 @@ where
     Fut: std::future::Future<Output = Result<Result<T, String>>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::new();
     loop {
-        match check().await? {
+        let last = match check().await? {
             Ok(v) => return Ok(v),
-            Err(seen) => last = seen,
-        }
+            Err(seen) => seen,
+        };
         if tokio::time::Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
         }
