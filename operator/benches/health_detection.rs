@@ -153,7 +153,13 @@ async fn main() -> Result<()> {
     )
     .await?;
 
-    let result = run(&stack, &admin, &ns, rounds, steady, &operator).await;
+    // Interrupted or not, clean up: the provider is cluster-scoped and every operator samples it.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = run(&stack, &admin, &ns, rounds, steady, &operator) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    };
 
     let _ = stack.clear_libvirt_latency(VICTIM).await;
     operator.stop().await;

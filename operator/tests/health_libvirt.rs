@@ -100,14 +100,18 @@ async fn serial_health_latency_under_a_critical_workload_flips_readiness_throttl
         })
         .await?;
         println!("{noisy} limited to {limit} IOPS");
-        let status = eventually("status to explain the guard and the backing map", PATIENCE, || async {
+        let status = eventually("status to explain the guard, the backing map and the throttle", PATIENCE, || async {
             let s = intent_status(&cluster.admin, &cluster.namespace, "payments").await?;
             let held = s.pointer("/guard/heldReady").and_then(|v| v.as_array()).map_or(0, Vec::len);
             let degraded_backing = s
                 .pointer("/backing")
                 .and_then(|v| v.as_array())
                 .map_or(0, |b| b.iter().filter(|e| e["verdict"] == "Degraded" && e["vm"] == VICTIM).count());
-            Ok(if held == 1 && degraded_backing == 3 { Ok(s) } else { Err(s.to_string()) })
+            let throttled = s
+                .pointer("/neighbourThrottles")
+                .and_then(|v| v.as_array())
+                .is_some_and(|t| t.iter().any(|e| e["vm"] == noisy.as_str() && e["limitIops"].as_u64().is_some_and(|l| l > 0)));
+            Ok(if held == 1 && degraded_backing == 3 && throttled { Ok(s) } else { Err(s.to_string()) })
         })
         .await?;
         println!("status: {status:#}");
@@ -137,6 +141,12 @@ async fn serial_health_latency_under_a_critical_workload_flips_readiness_throttl
         eventually("the neighbour's original limit restored", PATIENCE, || async {
             let l = total_iops_limit(&uri, &noisy).await?;
             Ok(if l == noisy_limit_before { Ok(()) } else { Err(format!("total_iops_sec {l}")) })
+        })
+        .await?;
+        eventually("the throttle gone from status", PATIENCE, || async {
+            let s = intent_status(&cluster.admin, &cluster.namespace, "payments").await?;
+            let left = s.pointer("/neighbourThrottles").and_then(|v| v.as_array()).map_or(0, Vec::len);
+            Ok(if left == 0 { Ok(()) } else { Err(s.to_string()) })
         })
         .await?;
         eventually("a release Event", PATIENCE, || async {
