@@ -1,6 +1,7 @@
 //! The Grafana dashboards: generated and well-formed, and every PromQL expression in them
 //! (panels, annotations, variables) returns data from the stack's real Prometheus while it
 //! scrapes a running operator during a real latency injection on a libvirt guest.
+//! (`promtool check metrics` on the same /metrics is `metrics.rs`.)
 
 use crate::support::{http_get, poll, repo, run, unique_suffix, Cluster, OperatorProcess};
 use serde_json::Value;
@@ -479,12 +480,8 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
         }
     }
 
-    // promtool must accept what the operator serves.
+    // promtool's verdict on the same output is metrics.rs's test.
     let metrics = operator.metrics();
-    let promtool = run(
-        Command::new("promtool").args(["check", "metrics"]),
-        Some(&metrics),
-    );
 
     if !pending.is_empty() || !pending_vars.is_empty() {
         let served: BTreeSet<String> = metrics
@@ -523,7 +520,7 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
             .collect();
         panic!(
             "{} of {} dashboard queries and {} of {} variables returned no data during the scenario.\n\
-             Metrics the dashboards use that the operator does not serve: {missing:?}\n{}\n\npromtool: {promtool:?}",
+             Metrics the dashboards use that the operator does not serve: {missing:?}\n{}",
             pending.len(),
             all_queries.len(),
             pending_vars.len(),
@@ -531,9 +528,11 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
             report.join("\n")
         );
     }
-    promtool.unwrap_or_else(|e| {
-        panic!("promtool check metrics rejects the operator's /metrics: {e}\n{metrics}")
-    });
+    eprintln!(
+        "all {} dashboard queries and {} variables returned data",
+        all_queries.len(),
+        all_variables.len()
+    );
     drop(scenario);
     drop(operator);
 }
