@@ -7,7 +7,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "plumbline", version, about = "Bridges hypervisors and Kubernetes: intents in, coordinated reversible changes out")]
+#[command(
+    name = "plumbline",
+    version,
+    about = "Bridges hypervisors and Kubernetes: intents in, coordinated reversible changes out"
+)]
 pub struct Cli {
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PLUMBLINE_LOG_FORMAT")]
@@ -37,7 +41,11 @@ pub struct RunArgs {
     pub leader_elect: bool,
 
     /// Name of the leader-election Lease.
-    #[arg(long, default_value = "plumbline-operator", env = "PLUMBLINE_LEASE_NAME")]
+    #[arg(
+        long,
+        default_value = "plumbline-operator",
+        env = "PLUMBLINE_LEASE_NAME"
+    )]
     pub lease_name: String,
 
     /// Namespace of the leader-election Lease; defaults to the pod's namespace.
@@ -97,9 +105,16 @@ mod tests {
     #[test]
     fn explain_takes_a_file_or_an_intent_reference() {
         let cli = Cli::try_parse_from(["plumbline", "explain", "-f", "intent.yaml"]).unwrap();
-        assert!(matches!(cli.command, Command::Explain(ExplainArgs { file: Some(_), .. })));
-        let cli = Cli::try_parse_from(["kubectl-plumbline", "explain", "wi/payments", "-n", "shop"]).unwrap();
-        let Command::Explain(args) = cli.command else { panic!("not explain") };
+        assert!(matches!(
+            cli.command,
+            Command::Explain(ExplainArgs { file: Some(_), .. })
+        ));
+        let cli =
+            Cli::try_parse_from(["kubectl-plumbline", "explain", "wi/payments", "-n", "shop"])
+                .unwrap();
+        let Command::Explain(args) = cli.command else {
+            panic!("not explain")
+        };
         assert_eq!(args.intent.as_deref(), Some("wi/payments"));
         assert_eq!(args.namespace.as_deref(), Some("shop"));
         assert!(Cli::try_parse_from(["plumbline", "explain"]).is_err());
@@ -109,10 +124,14 @@ mod tests {
     fn run_defaults_to_leader_election() {
         let cli = Cli::try_parse_from(["plumbline", "run", "--log-format", "json"]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert!(args.leader_elect);
         let cli = Cli::try_parse_from(["plumbline", "run", "--leader-elect=false"]).unwrap();
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert!(!args.leader_elect);
     }
 }

@@ -32,7 +32,11 @@ pub struct Adapters {
 
 impl Adapters {
     pub fn get(&self, provider: &str) -> Option<Arc<dyn Hypervisor>> {
-        self.hypervisors.read().expect("adapters lock poisoned").get(provider).cloned()
+        self.hypervisors
+            .read()
+            .expect("adapters lock poisoned")
+            .get(provider)
+            .cloned()
     }
 }
 

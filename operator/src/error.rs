@@ -88,7 +88,8 @@ impl Error {
             Error::ReadFile { .. } => "read_file",
             Error::Yaml { .. } | Error::Json { .. } => "serialization",
             Error::Finalizer { source, .. } => match source.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),
                 _ => "finalizer",
             },
             Error::Usage(_) => "usage",

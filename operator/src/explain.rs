@@ -46,7 +46,11 @@ impl Explanation {
 }
 
 /// Plans `wi` against the live cluster at the clock's time.
-pub async fn explain_intent(client: &Client, wi: &WorkloadIntent, clock: &dyn Clock) -> Result<Explanation> {
+pub async fn explain_intent(
+    client: &Client,
+    wi: &WorkloadIntent,
+    clock: &dyn Clock,
+) -> Result<Explanation> {
     let apis = ServedApis::discover(client).await?;
     let namespace = wi.namespace().unwrap_or_default();
     let mut intents = list_intents(client, &namespace).await?;
@@ -73,7 +77,10 @@ pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<Workload
             let mut s = String::new();
             std::io::stdin()
                 .read_to_string(&mut s)
-                .map_err(|source| Error::ReadFile { path: "stdin".into(), source })?;
+                .map_err(|source| Error::ReadFile {
+                    path: "stdin".into(),
+                    source,
+                })?;
             s
         } else {
             std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
@@ -85,12 +92,21 @@ pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<Workload
             what: format!("{} as a WorkloadIntent", path.display()),
             source,
         })?;
-        let namespace = args.namespace.clone().or_else(|| wi.namespace()).unwrap_or(default_ns);
+        let namespace = args
+            .namespace
+            .clone()
+            .or_else(|| wi.namespace())
+            .unwrap_or(default_ns);
         wi.metadata.namespace = Some(namespace.clone());
         if let Some(live) = Api::<WorkloadIntent>::namespaced(client.clone(), &namespace)
             .get_opt(&wi.name_any())
             .await
-            .map_err(|source| Error::kube(format!("reading WorkloadIntent {namespace}/{}", wi.name_any()), source))?
+            .map_err(|source| {
+                Error::kube(
+                    format!("reading WorkloadIntent {namespace}/{}", wi.name_any()),
+                    source,
+                )
+            })?
         {
             wi.status = live.status;
             wi.metadata.creation_timestamp = live.metadata.creation_timestamp;
@@ -100,8 +116,22 @@ pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<Workload
     }
     let reference = args.intent.as_deref().unwrap_or_default();
     let name = match reference.split_once('/') {
-        Some((kind, name)) if ["wi", "workloadintent", "workloadintents", "workloadintent.plumbline.dev"].contains(&kind.to_ascii_lowercase().as_str()) => name,
-        Some((kind, _)) => return Err(Error::Usage(format!("explain takes a WorkloadIntent (wi/NAME), not {kind}"))),
+        Some((kind, name))
+            if [
+                "wi",
+                "workloadintent",
+                "workloadintents",
+                "workloadintent.plumbline.dev",
+            ]
+            .contains(&kind.to_ascii_lowercase().as_str()) =>
+        {
+            name
+        }
+        Some((kind, _)) => {
+            return Err(Error::Usage(format!(
+                "explain takes a WorkloadIntent (wi/NAME), not {kind}"
+            )))
+        }
         None => reference,
     };
     let namespace = args.namespace.clone().unwrap_or(default_ns);

@@ -1,8 +1,9 @@
-//! `/metrics` (OpenMetrics), `/healthz` and `/readyz`.
+//! `/metrics` (OpenMetrics, or the classic text format when not asked for OpenMetrics),
+//! `/healthz` and `/readyz`.
 
 use axum::{
     extract::State,
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     routing::get,
     Router,
@@ -17,7 +18,7 @@ use std::{
 };
 use tokio::net::TcpListener;
 
-use crate::{Error, Result};
+use crate::{exposition, Error, Result};
 
 /// What `/readyz` reports. A standby replica (not leader) is ready: it is healthy and can take
 /// over. It is not ready before it has talked to the API server once.
@@ -42,13 +43,27 @@ struct Served {
     readiness: Arc<Readiness>,
 }
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-async fn metrics(State(served): State<Served>) -> impl IntoResponse {
+async fn metrics(State(served): State<Served>, headers: HeaderMap) -> impl IntoResponse {
     let mut body = String::new();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     match prometheus_client::encoding::text::encode(&mut body, &served.registry) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response(),
+        Ok(()) if exposition::wants_openmetrics(accept) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, exposition::OPENMETRICS)],
+            body,
+        )
+            .into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, exposition::PROMETHEUS_TEXT)],
+            exposition::to_prometheus_text(&body),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+            .into_response(),
     }
 }
 
@@ -60,7 +75,10 @@ async fn readyz(State(served): State<Served>) -> impl IntoResponse {
     if served.readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the API server has not answered yet")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the API server has not answered yet",
+        )
     }
 }
 
@@ -69,7 +87,10 @@ pub fn router(registry: Arc<Registry>, readiness: Arc<Readiness>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Served { registry, readiness })
+        .with_state(Served {
+            registry,
+            readiness,
+        })
 }
 
 /// Binds `addr` (port 0 picks a free port) and returns the bound address with the serving future.
@@ -88,6 +109,9 @@ pub async fn bind(
     Ok((bound, async move {
         axum::serve(listener, app)
             .await
-            .map_err(|source| Error::Http { addr: bound, source })
+            .map_err(|source| Error::Http {
+                addr: bound,
+                source,
+            })
     }))
 }

@@ -32,7 +32,11 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>, identity: impl Into<String>) -> Self {
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        identity: impl Into<String>,
+    ) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
@@ -72,7 +76,10 @@ impl LeaderElector {
     }
 
     fn what(&self) -> String {
-        format!("lease {}/{} for {}", self.config.namespace, self.config.name, self.config.identity)
+        format!(
+            "lease {}/{} for {}",
+            self.config.namespace, self.config.name, self.config.identity
+        )
     }
 
     fn set_gauge(&self, leading: bool) {
@@ -87,7 +94,11 @@ impl LeaderElector {
 
     /// Campaigns until `stop` flips to true, publishing leadership on `leading`. On stop it
     /// releases the lease if held, so a standby takes over without waiting for expiry.
-    pub async fn run(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) -> Result<()> {
+    pub async fn run(
+        mut self,
+        leading: watch::Sender<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<()> {
         self.set_gauge(false);
         loop {
             let is_leader = *leading.borrow();
@@ -186,14 +197,21 @@ impl LeaderElector {
         }
 
         let (acquired, transitions) = if held_by_me {
-            (spec.acquire_time.map(|t| t.0).unwrap_or(now), observed.transitions)
+            (
+                spec.acquire_time.map(|t| t.0).unwrap_or(now),
+                observed.transitions,
+            )
         } else {
             (now, observed.transitions + 1)
         };
         lease.spec = Some(self.record(acquired, now, transitions));
         // `replace` carries the resourceVersion we read: if another replica wrote in between,
         // the API server answers 409 and we lost this round.
-        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(source) => Err(Error::kube(format!("renewing {}", self.what()), source)),
@@ -203,7 +221,9 @@ impl LeaderElector {
     fn record(&self, acquired: Timestamp, renewed: Timestamp, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.config.identity.clone()),
-            lease_duration_seconds: Some(i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(i32::MAX)),
+            lease_duration_seconds: Some(
+                i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(i32::MAX),
+            ),
             acquire_time: Some(MicroTime(acquired)),
             renew_time: Some(MicroTime(renewed)),
             lease_transitions: Some(transitions),

@@ -13,6 +13,7 @@ pub mod controller;
 pub mod discovery;
 mod error;
 pub mod explain;
+pub mod exposition;
 pub mod health;
 pub mod http;
 pub mod leader;
@@ -23,7 +24,9 @@ pub mod telemetry;
 pub use error::{Error, Result};
 
 /// Entry point shared by the `plumbline` and `kubectl-plumbline` binaries.
-pub async fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+pub async fn main_with_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> anyhow::Result<()> {
     use clap::Parser;
     let cli = cli::Cli::parse_from(args);
     telemetry::init(cli.log_format);
@@ -35,9 +38,9 @@ pub async fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) 
             let identity = args.identity.clone().unwrap_or_else(default_identity);
             let settings = run::Settings {
                 metrics_addr: args.metrics_addr,
-                leader_election: args
-                    .leader_elect
-                    .then(|| leader::LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity)),
+                leader_election: args.leader_elect.then(|| {
+                    leader::LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity)
+                }),
                 concurrency: args.concurrency,
                 identity,
                 namespace: args.watch_namespace.clone(),

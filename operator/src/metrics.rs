@@ -203,10 +203,23 @@ mod tests {
         metrics.action(Layer::kubernetes, "pdb", ActionResult::applied);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains("plumbline_reconcile_runs_total{controller=\"workloadintent\"} 1"), "{text}");
-        assert!(text.contains("plumbline_reconcile_duration_seconds_count{controller=\"workloadintent\"} 1"), "{text}");
+        assert!(
+            text.contains("plumbline_reconcile_runs_total{controller=\"workloadintent\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "plumbline_reconcile_duration_seconds_count{controller=\"workloadintent\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("plumbline_reconcile_failures_total{controller=\"workloadintent\",error=\"kube\"} 1"), "{text}");
-        assert!(text.contains("plumbline_actions_total{layer=\"kubernetes\",action=\"pdb\",result=\"applied\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "plumbline_actions_total{layer=\"kubernetes\",action=\"pdb\",result=\"applied\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

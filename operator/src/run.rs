@@ -98,7 +98,8 @@ impl Operator {
         let registry = Arc::new(registry);
         let readiness = Arc::new(Readiness::default());
 
-        let (http_addr, serve) = http::bind(settings.metrics_addr, registry.clone(), readiness.clone()).await?;
+        let (http_addr, serve) =
+            http::bind(settings.metrics_addr, registry.clone(), readiness.clone()).await?;
         let http = tokio::spawn(async move {
             if let Err(e) = serve.await {
                 error!(error = %e, "metrics/probe server stopped");
@@ -137,7 +138,13 @@ impl Operator {
             apis,
             adapters: Arc::new(Adapters::default()),
         };
-        let supervisor = tokio::spawn(supervise(base, leading.clone(), stop_rx, elector_stop, elector));
+        let supervisor = tokio::spawn(supervise(
+            base,
+            leading.clone(),
+            stop_rx,
+            elector_stop,
+            elector,
+        ));
         Ok(Self {
             http_addr,
             metrics,
@@ -181,14 +188,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the operator");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the operator");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -224,7 +232,10 @@ async fn supervise(
         for (name, handle) in handles {
             let abort = handle.abort_handle();
             if tokio::time::timeout(TERM_GRACE, handle).await.is_err() {
-                warn!(loop_name = name, "leader loop did not stop in time, aborting it");
+                warn!(
+                    loop_name = name,
+                    "leader loop did not stop in time, aborting it"
+                );
                 abort.abort();
             }
         }
@@ -256,7 +267,13 @@ fn start_term(base: &Base, end: TermEnd) -> Vec<(&'static str, JoinHandle<()>)> 
     let mut loops = leader_loops(&ctx, inputs, end.clone());
     loops.push(LeaderLoop {
         name: "storage-health",
-        future: crate::health::run(ctx.clone(), Default::default(), base.settings.namespace.clone(), end).boxed(),
+        future: crate::health::run(
+            ctx.clone(),
+            Default::default(),
+            base.settings.namespace.clone(),
+            end,
+        )
+        .boxed(),
     });
     loops
         .into_iter()

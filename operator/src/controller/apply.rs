@@ -112,7 +112,9 @@ pub async fn apply_workload(
         .api(&ctx.client)
         .patch(&target.name, &ssa(), &Patch::Apply(&body))
         .await
-        .map_err(|source| Error::kube(format!("applying {} to {target}", describe(fields)), source))?;
+        .map_err(|source| {
+            Error::kube(format!("applying {} to {target}", describe(fields)), source)
+        })?;
     Ok(())
 }
 
@@ -120,7 +122,11 @@ fn describe(fields: &BTreeMap<WorkloadField, Value>) -> String {
     if fields.is_empty() {
         "an empty configuration (releasing Plumbline's fields)".to_string()
     } else {
-        fields.keys().map(|f| f.dotted()).collect::<Vec<_>>().join(", ")
+        fields
+            .keys()
+            .map(|f| f.dotted())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -149,12 +155,23 @@ pub async fn hand_back(
         .patch(&target.name, &params, &Patch::Merge(&body))
         .await
         .map(|updated| updated.resource_version())
-        .map_err(|source| Error::kube(format!("restoring {} of {target} for {manager}", field.dotted()), source))
+        .map_err(|source| {
+            Error::kube(
+                format!("restoring {} of {target} for {manager}", field.dotted()),
+                source,
+            )
+        })
 }
 
 /// The tier's PriorityClass. Shared by every intent of the tier, so it is never deleted on
 /// revert; its `value` is immutable, so a class of the same name with another value fails here.
-pub async fn apply_priority_class(ctx: &Context, name: &str, value: i32, preemption: &str, description: &str) -> Result<()> {
+pub async fn apply_priority_class(
+    ctx: &Context,
+    name: &str,
+    value: i32,
+    preemption: &str,
+    description: &str,
+) -> Result<()> {
     let body = json!({
         "apiVersion": "scheduling.k8s.io/v1",
         "kind": "PriorityClass",
@@ -167,7 +184,12 @@ pub async fn apply_priority_class(ctx: &Context, name: &str, value: i32, preempt
     Api::<PriorityClass>::all(ctx.client.clone())
         .patch(name, &ssa(), &Patch::Apply(&body))
         .await
-        .map_err(|source| Error::kube(format!("applying PriorityClass {name} (value {value})"), source))?;
+        .map_err(|source| {
+            Error::kube(
+                format!("applying PriorityClass {name} (value {value})"),
+                source,
+            )
+        })?;
     Ok(())
 }
 
@@ -185,7 +207,9 @@ pub async fn apply_pdb(
     min_available: &Value,
 ) -> Result<()> {
     let namespace = wi.namespace().unwrap_or_default();
-    let owner = wi.controller_owner_ref(&()).map(|o| serde_json::to_value(o).expect("owner reference serializes"));
+    let owner = wi
+        .controller_owner_ref(&())
+        .map(|o| serde_json::to_value(o).expect("owner reference serializes"));
     let body = json!({
         "apiVersion": ctx.apis.pdb.api_version,
         "kind": ctx.apis.pdb.kind,
@@ -201,7 +225,13 @@ pub async fn apply_pdb(
         .patch(name, &ssa(), &Patch::Apply(&body))
         .await
         .map_err(|source| {
-            Error::kube(format!("applying PodDisruptionBudget {namespace}/{name} ({})", ctx.apis.pdb.api_version), source)
+            Error::kube(
+                format!(
+                    "applying PodDisruptionBudget {namespace}/{name} ({})",
+                    ctx.apis.pdb.api_version
+                ),
+                source,
+            )
         })?;
     Ok(())
 }
@@ -233,10 +263,21 @@ pub async fn delete_pdb(ctx: &Context, wi: &WorkloadIntent, name: &str) -> Resul
 /// PodDisruptionBudgets in the namespace that Plumbline made for `wi`.
 pub async fn own_pdbs(ctx: &Context, wi: &WorkloadIntent) -> Result<Vec<DynamicObject>> {
     let namespace = wi.namespace().unwrap_or_default();
-    let selector = format!("{INTENT_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}", wi.name_any());
+    let selector = format!(
+        "{INTENT_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}",
+        wi.name_any()
+    );
     let list = pdb_api(ctx, &namespace)
         .list(&kube::api::ListParams::default().labels(&selector))
         .await
-        .map_err(|source| Error::kube(format!("listing PodDisruptionBudgets of intent {namespace}/{}", wi.name_any()), source))?;
+        .map_err(|source| {
+            Error::kube(
+                format!(
+                    "listing PodDisruptionBudgets of intent {namespace}/{}",
+                    wi.name_any()
+                ),
+                source,
+            )
+        })?;
     Ok(list.items)
 }

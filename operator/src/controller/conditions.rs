@@ -1,6 +1,9 @@
 //! Building the intent's conditions, keeping `lastTransitionTime` when a status did not change.
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::{Condition, Time}, jiff::Timestamp};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
 use plumbline_crds::conditions::status;
 
 /// One condition as decided by a reconcile, before timestamps.
@@ -13,7 +16,12 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    pub fn new(type_: &'static str, is_true: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        is_true: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_,
             is_true,
@@ -26,11 +34,20 @@ impl Verdict {
 /// The conditions to write: `verdicts` in order, each keeping its previous transition time if
 /// its status is unchanged. Conditions of other types are left out: `conditions` is a list-map
 /// keyed on `type`, so a server-side apply of these entries leaves other owners' entries alone.
-pub fn merge(previous: &[Condition], verdicts: &[Verdict], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+pub fn merge(
+    previous: &[Condition],
+    verdicts: &[Verdict],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
     verdicts
         .iter()
         .map(|v| {
-            let status = if v.is_true { status::TRUE } else { status::FALSE };
+            let status = if v.is_true {
+                status::TRUE
+            } else {
+                status::FALSE
+            };
             let last_transition_time = previous
                 .iter()
                 .find(|c| c.type_ == v.type_ && c.status == status)
@@ -57,11 +74,41 @@ mod tests {
     fn transition_time_moves_only_when_status_changes() {
         let t0 = Timestamp::from_second(1_000).unwrap();
         let t1 = Timestamp::from_second(2_000).unwrap();
-        let first = merge(&[], &[Verdict::new(intent::ACTIVE, true, reason::WINDOW_OPEN, "open")], Some(1), t0);
-        let same = merge(&first, &[Verdict::new(intent::ACTIVE, true, reason::WINDOW_OPEN, "still open")], Some(2), t1);
+        let first = merge(
+            &[],
+            &[Verdict::new(
+                intent::ACTIVE,
+                true,
+                reason::WINDOW_OPEN,
+                "open",
+            )],
+            Some(1),
+            t0,
+        );
+        let same = merge(
+            &first,
+            &[Verdict::new(
+                intent::ACTIVE,
+                true,
+                reason::WINDOW_OPEN,
+                "still open",
+            )],
+            Some(2),
+            t1,
+        );
         assert_eq!(same[0].last_transition_time, Time(t0));
         assert_eq!(same[0].message, "still open");
-        let flipped = merge(&same, &[Verdict::new(intent::ACTIVE, false, reason::WINDOW_CLOSED, "closed")], Some(2), t1);
+        let flipped = merge(
+            &same,
+            &[Verdict::new(
+                intent::ACTIVE,
+                false,
+                reason::WINDOW_CLOSED,
+                "closed",
+            )],
+            Some(2),
+            t1,
+        );
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert_eq!(flipped[0].status, "False");
     }

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 
 use super::{
     apply::{self, WorkloadRef},
-    revert,
     fields::{self, Baseline, WorkloadField},
     observe::ObservedWorkload,
+    revert,
 };
 use crate::{
     context::Context,
@@ -86,7 +86,10 @@ fn min_available_json(v: CountOrPercent) -> Value {
 fn held_field(change: &Change, workload: &ObservedWorkload) -> Option<(WorkloadField, Value)> {
     match change {
         Change::Replicas { value, .. } => Some((WorkloadField::Replicas, json!(value.desired?))),
-        Change::PriorityClassName { value, .. } => Some((WorkloadField::PriorityClassName, json!(value.desired.clone()?))),
+        Change::PriorityClassName { value, .. } => Some((
+            WorkloadField::PriorityClassName,
+            json!(value.desired.clone()?),
+        )),
         Change::ReadinessGate { value, .. } => {
             let gate = value.desired.clone()?;
             // The list is atomic: keep the gates other owners set and add ours.
@@ -96,7 +99,12 @@ fn held_field(change: &Change, workload: &ObservedWorkload) -> Option<(WorkloadF
             }
             Some((
                 WorkloadField::ReadinessGates,
-                Value::Array(gates.into_iter().map(|g| json!({"conditionType": g})).collect()),
+                Value::Array(
+                    gates
+                        .into_iter()
+                        .map(|g| json!({"conditionType": g}))
+                        .collect(),
+                ),
             ))
         }
         _ => None,
@@ -106,13 +114,13 @@ fn held_field(change: &Change, workload: &ObservedWorkload) -> Option<(WorkloadF
 /// The workload a field change is about, in the operator's terms.
 fn field_workload(change: &Change) -> Option<WorkloadRef> {
     match change {
-        Change::Replicas { workload, .. } | Change::PriorityClassName { workload, .. } | Change::ReadinessGate { workload, .. } => {
-            Some(WorkloadRef {
-                kind: workload.kind,
-                namespace: workload.namespace.clone(),
-                name: workload.name.clone(),
-            })
-        }
+        Change::Replicas { workload, .. }
+        | Change::PriorityClassName { workload, .. }
+        | Change::ReadinessGate { workload, .. } => Some(WorkloadRef {
+            kind: workload.kind,
+            namespace: workload.namespace.clone(),
+            name: workload.name.clone(),
+        }),
         _ => None,
     }
 }
@@ -122,7 +130,10 @@ fn same_step(a: Step, b: Step) -> bool {
 }
 
 fn is_workload_field(change: &Change) -> bool {
-    matches!(change, Change::Replicas { .. } | Change::PriorityClassName { .. } | Change::ReadinessGate { .. })
+    matches!(
+        change,
+        Change::Replicas { .. } | Change::PriorityClassName { .. } | Change::ReadinessGate { .. }
+    )
 }
 
 /// Where a step of the plan is: `plan.reverts[i]` or `plan.actions[i]`.
@@ -194,7 +205,12 @@ impl Book<'_> {
 /// PriorityClass, the workload's fields (reverts and holds in one apply), then the budget.
 /// Stops at the first failure; later steps stay Pending, so nothing depends on a step that did
 /// not happen. Hypervisor steps are left Pending for the storage-health loop.
-pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: Option<&ObservedWorkload>) -> Execution {
+pub async fn execute(
+    ctx: &Context,
+    wi: &WorkloadIntent,
+    plan: &Plan,
+    workload: Option<&ObservedWorkload>,
+) -> Execution {
     let mut book = Book {
         ctx,
         plan,
@@ -223,9 +239,15 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
         // 2. Shared PriorityClasses, before any workload refers to them.
         for &step in &steps {
             if let Change::PriorityClass { name, class } = book.change(step).clone() {
-                let result = apply::apply_priority_class(ctx, &name, class.value, class.preemption.as_str(), &class.description)
-                    .await
-                    .map(|()| false);
+                let result = apply::apply_priority_class(
+                    ctx,
+                    &name,
+                    class.value,
+                    class.preemption.as_str(),
+                    &class.description,
+                )
+                .await
+                .map(|()| false);
                 if !book.record(&[step], result) {
                     break 'run;
                 }
@@ -233,11 +255,17 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
         }
         // 3. The workload's fields, as one apply configuration. Reverts on another workload
         // (the intent was retargeted) release that workload first.
-        let current = workload.map(|w| w.target.clone()).unwrap_or_else(|| WorkloadRef::of(wi));
+        let current = workload
+            .map(|w| w.target.clone())
+            .unwrap_or_else(|| WorkloadRef::of(wi));
         let elsewhere: Vec<(Step, WorkloadRef)> = steps
             .iter()
             .filter(|s| matches!(s, Step::Revert(_)))
-            .filter_map(|s| field_workload(book.change(*s)).filter(|w| *w != current).map(|w| (*s, w)))
+            .filter_map(|s| {
+                field_workload(book.change(*s))
+                    .filter(|w| *w != current)
+                    .map(|w| (*s, w))
+            })
             .collect();
         let mut released: Vec<WorkloadRef> = Vec::new();
         for (step, other) in &elsewhere {
@@ -245,7 +273,9 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
                 Ok(false)
             } else {
                 released.push(other.clone());
-                revert::release_workload(ctx, wi, other).await.map(|fields| !fields.is_empty())
+                revert::release_workload(ctx, wi, other)
+                    .await
+                    .map(|fields| !fields.is_empty())
             };
             if !book.record(&[*step], result) {
                 break 'run;
@@ -254,7 +284,10 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
         let field_steps: Vec<Step> = steps
             .iter()
             .copied()
-            .filter(|s| is_workload_field(book.change(*s)) && !elsewhere.iter().any(|(e, _)| same_step(*e, *s)))
+            .filter(|s| {
+                is_workload_field(book.change(*s))
+                    && !elsewhere.iter().any(|(e, _)| same_step(*e, *s))
+            })
             .collect();
         if let Some(workload) = workload {
             let hold: BTreeMap<WorkloadField, Value> = steps
@@ -263,7 +296,8 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
                 .filter_map(|s| held_field(book.change(*s), workload))
                 .collect();
             let live = &workload.object;
-            let held_by_me = fields::holder(live) == Some(me.as_str()) && fields::has_plumbline_fields(live);
+            let held_by_me =
+                fields::holder(live) == Some(me.as_str()) && fields::has_plumbline_fields(live);
             let result = if !hold.is_empty() || held_by_me {
                 sync_workload(ctx, workload, &hold, held_by_me, &me).await
             } else {
@@ -279,17 +313,31 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
         // 4. The budget to hold.
         for &step in &steps {
             let Step::Action(_) = step else { continue };
-            if let Change::PodDisruptionBudget { name, value, selector, .. } = book.change(step).clone() {
+            if let Change::PodDisruptionBudget {
+                name,
+                value,
+                selector,
+                ..
+            } = book.change(step).clone()
+            {
                 let result = match value.desired {
                     Some(min) => {
                         let unchanged = workload.is_some_and(|w| {
-                            w.disruption_budgets
-                                .iter()
-                                .any(|b| b.managed_by_plumbline && b.name == name && b.min_available == Some(min))
+                            w.disruption_budgets.iter().any(|b| {
+                                b.managed_by_plumbline
+                                    && b.name == name
+                                    && b.min_available == Some(min)
+                            })
                         });
-                        apply::apply_pdb(ctx, wi, &name, &json!({ "matchLabels": selector }), &min_available_json(min))
-                            .await
-                            .map(|()| !unchanged)
+                        apply::apply_pdb(
+                            ctx,
+                            wi,
+                            &name,
+                            &json!({ "matchLabels": selector }),
+                            &min_available_json(min),
+                        )
+                        .await
+                        .map(|()| !unchanged)
                     }
                     None => pdb(ctx, wi, &name, None, workload).await,
                 };
@@ -300,14 +348,18 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
         }
     }
 
-    let finish = |outcomes: Vec<Option<Outcome>>, actions: &[plumbline_policies::Action]| -> Vec<Outcome> {
+    let finish = |outcomes: Vec<Option<Outcome>>,
+                  actions: &[plumbline_policies::Action]|
+     -> Vec<Outcome> {
         actions
             .iter()
             .zip(outcomes)
             .map(|(action, outcome)| {
                 outcome.unwrap_or_else(|| match action.layer() {
                     Layer::Kubernetes => Outcome::pending("not applied: an earlier step failed"),
-                    Layer::Hypervisor => Outcome::pending("hypervisor actions are carried out by the storage-health loop"),
+                    Layer::Hypervisor => Outcome::pending(
+                        "hypervisor actions are carried out by the storage-health loop",
+                    ),
                 })
             })
             .collect()
@@ -321,9 +373,19 @@ pub async fn execute(ctx: &Context, wi: &WorkloadIntent, plan: &Plan, workload: 
 }
 
 /// Deletes the intent's budget (`desired: None`) or sets its minAvailable back.
-async fn pdb(ctx: &Context, wi: &WorkloadIntent, name: &str, desired: Option<CountOrPercent>, workload: Option<&ObservedWorkload>) -> Result<bool> {
+async fn pdb(
+    ctx: &Context,
+    wi: &WorkloadIntent,
+    name: &str,
+    desired: Option<CountOrPercent>,
+    workload: Option<&ObservedWorkload>,
+) -> Result<bool> {
     match (desired, workload.and_then(|w| w.selector.clone())) {
-        (Some(min), Some(selector)) => apply::apply_pdb(ctx, wi, name, &selector, &min_available_json(min)).await.map(|()| true),
+        (Some(min), Some(selector)) => {
+            apply::apply_pdb(ctx, wi, name, &selector, &min_available_json(min))
+                .await
+                .map(|()| true)
+        }
         _ => apply::delete_pdb(ctx, wi, name).await,
     }
 }
@@ -348,19 +410,46 @@ async fn sync_workload(
                 continue;
             }
             if let (Some(value), Some(manager)) = (&previous.value, &previous.manager) {
-                rv = apply::hand_back(ctx, &workload.target, *field, value.clone(), manager, rv.as_deref()).await?;
+                rv = apply::hand_back(
+                    ctx,
+                    &workload.target,
+                    *field,
+                    value.clone(),
+                    manager,
+                    rv.as_deref(),
+                )
+                .await?;
             }
             changed = true;
         }
     }
     let baseline = Baseline(
         hold.keys()
-            .map(|f| (*f, workload.without_plumbline.get(f).cloned().unwrap_or_default()))
+            .map(|f| {
+                (
+                    *f,
+                    workload
+                        .without_plumbline
+                        .get(f)
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            })
             .collect(),
     );
-    let already = hold.iter().all(|(f, v)| f.get(live) == Some(v) && fields::owned_by(live, *f, FIELD_MANAGER));
+    let already = hold
+        .iter()
+        .all(|(f, v)| f.get(live) == Some(v) && fields::owned_by(live, *f, FIELD_MANAGER));
     changed |= !already;
     let holder = (!hold.is_empty()).then_some(me);
-    apply::apply_workload(ctx, &workload.target, hold, &baseline, holder, rv.as_deref()).await?;
+    apply::apply_workload(
+        ctx,
+        &workload.target,
+        hold,
+        &baseline,
+        holder,
+        rv.as_deref(),
+    )
+    .await?;
     Ok(changed)
 }

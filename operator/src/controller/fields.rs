@@ -23,7 +23,11 @@ pub const HOLDER_ANNOTATION: &str = "plumbline.dev/held-by";
 
 /// The intent holding the workload, if any.
 pub fn holder(obj: &DynamicObject) -> Option<&str> {
-    obj.metadata.annotations.as_ref()?.get(HOLDER_ANNOTATION).map(String::as_str)
+    obj.metadata
+        .annotations
+        .as_ref()?
+        .get(HOLDER_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// Whether Plumbline's field manager owns anything on the object.
@@ -49,7 +53,11 @@ pub enum WorkloadField {
 }
 
 impl WorkloadField {
-    pub const ALL: [WorkloadField; 3] = [Self::Replicas, Self::PriorityClassName, Self::ReadinessGates];
+    pub const ALL: [WorkloadField; 3] = [
+        Self::Replicas,
+        Self::PriorityClassName,
+        Self::ReadinessGates,
+    ];
 
     pub fn path(self) -> &'static [&'static str] {
         match self {
@@ -144,7 +152,10 @@ pub fn owned_by(obj: &DynamicObject, field: WorkloadField, manager: &str) -> boo
     obj.metadata.managed_fields.iter().flatten().any(|entry| {
         entry.manager.as_deref() == Some(manager)
             && entry.subresource.is_none()
-            && entry.fields_v1.as_ref().is_some_and(|f| fields_v1_has(&f.0, field.path()))
+            && entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|f| fields_v1_has(&f.0, field.path()))
     })
 }
 
@@ -156,7 +167,12 @@ pub fn other_owner(obj: &DynamicObject, field: WorkloadField) -> Option<String> 
         .flatten()
         .filter(|entry| entry.subresource.is_none())
         .filter(|entry| entry.manager.as_deref() != Some(FIELD_MANAGER))
-        .find(|entry| entry.fields_v1.as_ref().is_some_and(|f| fields_v1_has(&f.0, field.path())))
+        .find(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|f| fields_v1_has(&f.0, field.path()))
+        })
         .and_then(|entry| entry.manager.clone())
 }
 
@@ -195,11 +211,17 @@ mod tests {
         let baseline = Baseline::default();
         assert_eq!(
             baseline.without_plumbline(&obj, WorkloadField::Replicas),
-            Previous { value: Some(json!(1)), manager: Some("kubectl-create".into()) }
+            Previous {
+                value: Some(json!(1)),
+                manager: Some("kubectl-create".into())
+            }
         );
         assert_eq!(
             baseline.without_plumbline(&obj, WorkloadField::PriorityClassName),
-            Previous { value: None, manager: None }
+            Previous {
+                value: None,
+                manager: None
+            }
         );
 
         let held = deployment(
@@ -209,11 +231,23 @@ mod tests {
         let mut baseline = Baseline::default();
         baseline.0.insert(
             WorkloadField::Replicas,
-            Previous { value: Some(json!(1)), manager: Some("kubectl-create".into()) },
+            Previous {
+                value: Some(json!(1)),
+                manager: Some("kubectl-create".into()),
+            },
         );
-        let round_trip = Baseline(serde_json::from_str(&baseline.to_annotation()).map(|b: Baseline| b.0).unwrap());
+        let round_trip = Baseline(
+            serde_json::from_str(&baseline.to_annotation())
+                .map(|b: Baseline| b.0)
+                .unwrap(),
+        );
         assert_eq!(round_trip, baseline);
-        assert_eq!(baseline.without_plumbline(&held, WorkloadField::Replicas).value, Some(json!(1)));
+        assert_eq!(
+            baseline
+                .without_plumbline(&held, WorkloadField::Replicas)
+                .value,
+            Some(json!(1))
+        );
     }
 
     #[test]

@@ -71,14 +71,20 @@ pub fn term_context(
     namespace: Option<String>,
 ) -> (Arc<Context>, TermInputs) {
     let (reader, writer) = reflector::store();
-    let intents = watcher(scoped_api::<WorkloadIntent>(&client, namespace.as_deref()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .boxed();
+    let intents = watcher(
+        scoped_api::<WorkloadIntent>(&client, namespace.as_deref()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .boxed();
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
-        recorder: kube::runtime::events::Recorder::new(client.clone(), Context::reporter(&identity)),
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            Context::reporter(&identity),
+        ),
         client,
         metrics,
         clock,
@@ -101,7 +107,12 @@ pub fn term_context(
 }
 
 /// Intents in `namespace` that target `kind`/`name`.
-fn intents_targeting(store: &Store<WorkloadIntent>, kind: TargetKind, namespace: &str, name: &str) -> Vec<ObjectRef<WorkloadIntent>> {
+fn intents_targeting(
+    store: &Store<WorkloadIntent>,
+    kind: TargetKind,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<WorkloadIntent>> {
     store
         .state()
         .iter()
@@ -113,7 +124,10 @@ fn intents_targeting(store: &Store<WorkloadIntent>, kind: TargetKind, namespace:
 
 /// Spec changes of workloads (metadata only, filtered by generation so status churn during
 /// rollouts does not requeue anything), mapped to the intents that target them.
-fn workload_changes<K>(client: &Client, namespace: Option<&str>) -> BoxStream<'static, Result<PartialObjectMeta<K>, watcher::Error>>
+fn workload_changes<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> BoxStream<'static, Result<PartialObjectMeta<K>, watcher::Error>>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -123,11 +137,14 @@ where
         + Sync
         + 'static,
 {
-    watcher(scoped_api::<PartialObjectMeta<K>>(client, namespace), watcher::Config::default())
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(predicates::generation, Default::default())
-        .boxed()
+    watcher(
+        scoped_api::<PartialObjectMeta<K>>(client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::generation, Default::default())
+    .boxed()
 }
 
 /// Runs the controller until the term ends.
@@ -142,16 +159,33 @@ pub async fn run(ctx: Arc<Context>, inputs: TermInputs, end: TermEnd) {
     let by_statefulset = ctx.intents.clone();
     Controller::for_stream(intents, ctx.intents.clone())
         .with_config(ControllerConfig::default().concurrency(concurrency))
-        .watches_stream(workload_changes::<Deployment>(&ctx.client, namespace.as_deref()), move |d| {
-            intents_targeting(&by_deployment, TargetKind::Deployment, &d.namespace().unwrap_or_default(), &d.name_any())
-        })
-        .watches_stream(workload_changes::<StatefulSet>(&ctx.client, namespace.as_deref()), move |s| {
-            intents_targeting(&by_statefulset, TargetKind::StatefulSet, &s.namespace().unwrap_or_default(), &s.name_any())
-        })
+        .watches_stream(
+            workload_changes::<Deployment>(&ctx.client, namespace.as_deref()),
+            move |d| {
+                intents_targeting(
+                    &by_deployment,
+                    TargetKind::Deployment,
+                    &d.namespace().unwrap_or_default(),
+                    &d.name_any(),
+                )
+            },
+        )
+        .watches_stream(
+            workload_changes::<StatefulSet>(&ctx.client, namespace.as_deref()),
+            move |s| {
+                intents_targeting(
+                    &by_statefulset,
+                    TargetKind::StatefulSet,
+                    &s.namespace().unwrap_or_default(),
+                    &s.name_any(),
+                )
+            },
+        )
         .reconcile_all_on(ctx.clock.jumps())
-        .reconcile_on(futures::stream::unfold(reconcile_requests, |mut rx| async move {
-            rx.recv().await.map(|r| (r, rx))
-        }))
+        .reconcile_on(futures::stream::unfold(
+            reconcile_requests,
+            |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+        ))
         .graceful_shutdown_on(end.wait())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
@@ -171,8 +205,16 @@ pub async fn run(ctx: Arc<Context>, inputs: TermInputs, end: TermEnd) {
 fn count_intents(ctx: &Context) {
     let (mut active, mut inactive, mut degraded) = (0, 0, 0);
     for wi in ctx.intents.state() {
-        let conditions = wi.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        let is = |t: &str| conditions.iter().any(|c| c.type_ == t && c.status == "True");
+        let conditions = wi
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        let is = |t: &str| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == t && c.status == "True")
+        };
         if is(plumbline_crds::conditions::intent::DEGRADED) {
             degraded += 1;
         } else if is(plumbline_crds::conditions::intent::ACTIVE) {
@@ -181,10 +223,16 @@ fn count_intents(ctx: &Context) {
             inactive += 1;
         }
     }
-    for (state, n) in [("active", active), ("inactive", inactive), ("degraded", degraded)] {
+    for (state, n) in [
+        ("active", active),
+        ("inactive", inactive),
+        ("degraded", degraded),
+    ] {
         ctx.metrics
             .intents
-            .get_or_create(&crate::metrics::IntentStateLabels { state: state.to_string() })
+            .get_or_create(&crate::metrics::IntentStateLabels {
+                state: state.to_string(),
+            })
             .set(n);
     }
 }

@@ -1,10 +1,6 @@
 //! Reading what the planner needs from the cluster. Read-only: `explain` uses the same code.
 
-use kube::{
-    api::DynamicObject,
-    runtime::reflector::Store,
-    Api, ResourceExt,
-};
+use kube::{api::DynamicObject, runtime::reflector::Store, Api, ResourceExt};
 use plumbline_crds::{names::INTENT_LABEL, WorkloadIntent};
 use serde_json::Value;
 
@@ -82,7 +78,12 @@ pub struct Observed {
 
 /// Reads the target and the disruption budgets covering it. `intents` is every intent the
 /// caller knows of (the controller's cache, or a fresh list for `explain`).
-pub async fn observe(client: &kube::Client, apis: &ServedApis, wi: &WorkloadIntent, intents: &[WorkloadIntent]) -> Result<Observed> {
+pub async fn observe(
+    client: &kube::Client,
+    apis: &ServedApis,
+    wi: &WorkloadIntent,
+    intents: &[WorkloadIntent],
+) -> Result<Observed> {
     let target = WorkloadRef::of(wi);
     let object = target
         .api(client)
@@ -105,28 +106,48 @@ pub async fn observe(client: &kube::Client, apis: &ServedApis, wi: &WorkloadInte
             .map(|f| (f, baseline.without_plumbline(&object, f)))
             .collect();
         ObservedWorkload {
-            selector: object.data.get("spec").and_then(|s| s.get("selector")).cloned(),
+            selector: object
+                .data
+                .get("spec")
+                .and_then(|s| s.get("selector"))
+                .cloned(),
             holder: fields::holder(&object).map(str::to_string),
-            disruption_budgets: budgets.iter().filter_map(|pdb| covering_budget(pdb, &pod_labels)).collect(),
+            disruption_budgets: budgets
+                .iter()
+                .filter_map(|pdb| covering_budget(pdb, &pod_labels))
+                .collect(),
             target: target.clone(),
             without_plumbline,
             object,
         }
     });
-    let conflicting = conflicting_intent(wi, workload.as_ref().and_then(|w| w.holder.as_deref()), intents);
-    Ok(Observed { workload, conflicting })
+    let conflicting = conflicting_intent(
+        wi,
+        workload.as_ref().and_then(|w| w.holder.as_deref()),
+        intents,
+    );
+    Ok(Observed {
+        workload,
+        conflicting,
+    })
 }
 
 /// The intent that has the first claim on `wi`'s workload, if it is not `wi`: the intent that
 /// holds it if that one still exists, else the oldest (then alphabetically first) intent.
-pub fn conflicting_intent(wi: &WorkloadIntent, holder: Option<&str>, intents: &[WorkloadIntent]) -> Option<String> {
+pub fn conflicting_intent(
+    wi: &WorkloadIntent,
+    holder: Option<&str>,
+    intents: &[WorkloadIntent],
+) -> Option<String> {
     let me = wi.name_any();
     // An intent on its way out only keeps its claim while it still holds the workload (its
     // revert is not done yet); after that the next intent may take over at once.
     let rivals: Vec<&WorkloadIntent> = intents
         .iter()
         .filter(|other| other.namespace() == wi.namespace() && other.spec.target == wi.spec.target)
-        .filter(|other| other.metadata.deletion_timestamp.is_none() || holder == Some(other.name_any().as_str()))
+        .filter(|other| {
+            other.metadata.deletion_timestamp.is_none() || holder == Some(other.name_any().as_str())
+        })
         .collect();
     if let Some(holder) = holder {
         if rivals.iter().any(|r| r.name_any() == holder) {
@@ -160,28 +181,46 @@ pub fn own_pdb_selector(wi: &WorkloadIntent) -> String {
     format!("{INTENT_LABEL}={}", wi.name_any())
 }
 
-async fn list_pdbs(client: &kube::Client, apis: &ServedApis, namespace: &str) -> Result<Vec<DynamicObject>> {
+async fn list_pdbs(
+    client: &kube::Client,
+    apis: &ServedApis,
+    namespace: &str,
+) -> Result<Vec<DynamicObject>> {
     Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &apis.pdb)
         .list(&Default::default())
         .await
         .map(|l| l.items)
-        .map_err(|source| Error::kube(format!("listing PodDisruptionBudgets in {namespace}"), source))
+        .map_err(|source| {
+            Error::kube(
+                format!("listing PodDisruptionBudgets in {namespace}"),
+                source,
+            )
+        })
 }
 
 /// The budget as the planner sees it, if its selector selects pods with `pod_labels`. Only
 /// `matchLabels` is evaluated; a budget with `matchExpressions` is counted as covering when its
 /// labels match, which errs on the side of not adding a second budget.
-fn covering_budget(pdb: &DynamicObject, pod_labels: &BTreeMap<String, String>) -> Option<ObservedDisruptionBudget> {
+fn covering_budget(
+    pdb: &DynamicObject,
+    pod_labels: &BTreeMap<String, String>,
+) -> Option<ObservedDisruptionBudget> {
     let selector = pdb.data.pointer("/spec/selector")?;
     let match_labels: BTreeMap<String, String> = selector
         .get("matchLabels")
         .and_then(|l| serde_json::from_value(l.clone()).ok())
         .unwrap_or_default();
-    let has_expressions = selector.get("matchExpressions").and_then(Value::as_array).is_some_and(|e| !e.is_empty());
+    let has_expressions = selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .is_some_and(|e| !e.is_empty());
     if match_labels.is_empty() && !has_expressions {
         return None;
     }
-    if !match_labels.iter().all(|(k, v)| pod_labels.get(k) == Some(v)) {
+    if !match_labels
+        .iter()
+        .all(|(k, v)| pod_labels.get(k) == Some(v))
+    {
         return None;
     }
     let min_available = pdb
@@ -190,11 +229,16 @@ fn covering_budget(pdb: &DynamicObject, pod_labels: &BTreeMap<String, String>) -
         .and_then(|v| serde_json::from_value::<IntOrString>(v.clone()).ok())
         .and_then(|v| match v {
             IntOrString::Int(n) => u32::try_from(n).ok().map(CountOrPercent::Count),
-            IntOrString::String(s) => s.strip_suffix('%')?.parse().ok().map(CountOrPercent::Percent),
+            IntOrString::String(s) => s
+                .strip_suffix('%')?
+                .parse()
+                .ok()
+                .map(CountOrPercent::Percent),
         });
     Some(ObservedDisruptionBudget {
         name: pdb.name_any(),
-        managed_by_plumbline: pdb.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE),
+        managed_by_plumbline: pdb.labels().get(MANAGED_BY_LABEL).map(String::as_str)
+            == Some(MANAGED_BY_VALUE),
         min_available,
     })
 }

@@ -66,14 +66,22 @@ pub async fn reconcile(wi: Arc<WorkloadIntent>, ctx: Arc<Context>) -> Result<Act
 }
 
 /// The plan for `wi` against what was observed, as the controller and `explain` compute it.
-pub fn plan_for(wi: &WorkloadIntent, observed: &Observed, now: DateTime<Utc>) -> Result<Plan, Invalid> {
+pub fn plan_for(
+    wi: &WorkloadIntent,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) -> Result<Plan, Invalid> {
     policies::plan(wi, &to_policy(wi, observed), now)
 }
 
 /// What Plumbline applied before: `status.plan`, completed from the workload itself (the
 /// baseline annotation and the intent's own budgets) so that a lost status never leaks a change.
 fn applied(wi: &WorkloadIntent, observed: &Observed) -> Vec<policies::Action> {
-    let entries = wi.status.as_ref().map(|s| s.plan.as_slice()).unwrap_or_default();
+    let entries = wi
+        .status
+        .as_ref()
+        .map(|s| s.plan.as_slice())
+        .unwrap_or_default();
     let mut applied = match policies::actions_from_status(entries) {
         Ok(actions) => actions,
         Err(e) => {
@@ -81,7 +89,9 @@ fn applied(wi: &WorkloadIntent, observed: &Observed) -> Vec<policies::Action> {
             Vec::new()
         }
     };
-    let Some(w) = &observed.workload else { return applied };
+    let Some(w) = &observed.workload else {
+        return applied;
+    };
     let target = policies::WorkloadRef {
         kind: w.target.kind,
         namespace: w.target.namespace.clone(),
@@ -98,21 +108,35 @@ fn applied(wi: &WorkloadIntent, observed: &Observed) -> Vec<policies::Action> {
                 WorkloadField::Replicas => Change::Replicas {
                     workload: target.clone(),
                     value: Setting::new(
-                        live.and_then(|v| v.as_i64()).and_then(|v| i32::try_from(v).ok()),
-                        previous.value.as_ref().and_then(|v| v.as_i64()).and_then(|v| i32::try_from(v).ok()),
+                        live.and_then(|v| v.as_i64())
+                            .and_then(|v| i32::try_from(v).ok()),
+                        previous
+                            .value
+                            .as_ref()
+                            .and_then(|v| v.as_i64())
+                            .and_then(|v| i32::try_from(v).ok()),
                     ),
                 },
                 WorkloadField::PriorityClassName => Change::PriorityClassName {
                     workload: target.clone(),
                     value: Setting::new(
                         live.and_then(|v| v.as_str()).map(str::to_string),
-                        previous.value.as_ref().and_then(|v| v.as_str()).map(str::to_string),
+                        previous
+                            .value
+                            .as_ref()
+                            .and_then(|v| v.as_str())
+                            .map(str::to_string),
                     ),
                 },
                 WorkloadField::ReadinessGates => {
                     let has_gate = |v: Option<&serde_json::Value>| {
                         v.and_then(|v| v.as_array())
-                            .is_some_and(|gates| gates.iter().any(|g| g.get("conditionType").and_then(|c| c.as_str()) == Some(STORAGE_READINESS_GATE)))
+                            .is_some_and(|gates| {
+                                gates.iter().any(|g| {
+                                    g.get("conditionType").and_then(|c| c.as_str())
+                                        == Some(STORAGE_READINESS_GATE)
+                                })
+                            })
                             .then(|| STORAGE_READINESS_GATE.to_string())
                     };
                     Change::ReadinessGate {
@@ -124,7 +148,11 @@ fn applied(wi: &WorkloadIntent, observed: &Observed) -> Vec<policies::Action> {
             recorded.push(change);
         }
     }
-    for budget in w.disruption_budgets.iter().filter(|b| b.managed_by_plumbline) {
+    for budget in w
+        .disruption_budgets
+        .iter()
+        .filter(|b| b.managed_by_plumbline)
+    {
         if budget.name == policies::disruption_budget_name(&target) {
             recorded.push(Change::PodDisruptionBudget {
                 namespace: target.namespace.clone(),
@@ -162,7 +190,11 @@ fn to_policy_workload(w: &ObservedWorkload) -> policies::ObservedWorkload {
         .map(|gates| {
             gates
                 .iter()
-                .filter_map(|g| g.get("conditionType").and_then(|c| c.as_str()).map(str::to_string))
+                .filter_map(|g| {
+                    g.get("conditionType")
+                        .and_then(|c| c.as_str())
+                        .map(str::to_string)
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -176,7 +208,10 @@ fn to_policy_workload(w: &ObservedWorkload) -> policies::ObservedWorkload {
             .get(live)
             .and_then(|v| v.as_i64())
             .and_then(|v| i32::try_from(v).ok()),
-        priority_class_name: WorkloadField::PriorityClassName.get(live).and_then(|v| v.as_str()).map(str::to_string),
+        priority_class_name: WorkloadField::PriorityClassName
+            .get(live)
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
         readiness_gates: gates,
         selector: w
             .selector
@@ -200,7 +235,12 @@ fn requeue_until(next: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Action {
 fn to_time(t: DateTime<Utc>) -> Option<Time> {
     Timestamp::from_second(t.timestamp())
         .ok()
-        .and_then(|s| s.checked_add(k8s_openapi::jiff::SignedDuration::from_nanos(i64::from(t.timestamp_subsec_nanos()))).ok())
+        .and_then(|s| {
+            s.checked_add(k8s_openapi::jiff::SignedDuration::from_nanos(i64::from(
+                t.timestamp_subsec_nanos(),
+            )))
+            .ok()
+        })
         .map(Time)
 }
 
@@ -218,7 +258,15 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
             wi.spec.target.kind,
             wi.spec.target.name
         );
-        finish_degraded(ctx, wi, reason::CONFLICTING_INTENT, &message, None, Vec::new()).await?;
+        finish_degraded(
+            ctx,
+            wi,
+            reason::CONFLICTING_INTENT,
+            &message,
+            None,
+            Vec::new(),
+        )
+        .await?;
         return Ok(Action::requeue(CONFLICT_RETRY));
     }
 
@@ -227,7 +275,11 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         Err(invalid) => {
             // Whatever an earlier, valid version of the intent applied is undone: an intent
             // that cannot be planned holds nothing.
-            let undo = policies::revert(&applied(wi, &observed), &to_policy(wi, &observed), "the intent is invalid");
+            let undo = policies::revert(
+                &applied(wi, &observed),
+                &to_policy(wi, &observed),
+                "the intent is invalid",
+            );
             let plan = Plan {
                 workload: policies::WorkloadRef {
                     kind: wi.spec.target.kind,
@@ -243,7 +295,15 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
             let execution = execute(ctx, wi, &plan, observed.workload.as_ref()).await;
             let leftover = status_plan(wi, &plan, &execution);
             let message = invalid.to_string();
-            finish_degraded(ctx, wi, invalid.reason(), &message, execution.error.as_ref(), leftover).await?;
+            finish_degraded(
+                ctx,
+                wi,
+                invalid.reason(),
+                &message,
+                execution.error.as_ref(),
+                leftover,
+            )
+            .await?;
             if let Some(e) = execution.error {
                 return Err(e);
             }
@@ -262,11 +322,9 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(CONFLICT_REOBSERVE));
     }
     let plan_status = status_plan(wi, &plan, &execution);
-    let hypervisor_pending = execution
-        .actions
-        .iter()
-        .zip(&plan.actions)
-        .any(|(o, a)| o.state == ActionState::Pending && a.layer() == plumbline_crds::Layer::Hypervisor);
+    let hypervisor_pending = execution.actions.iter().zip(&plan.actions).any(|(o, a)| {
+        o.state == ActionState::Pending && a.layer() == plumbline_crds::Layer::Hypervisor
+    });
     let ready = match (&execution.error, plan.activity.active) {
         (Some(e), _) => Verdict::new(condition::READY, false, reason::APPLY_FAILED, e.to_string()),
         (None, _) if hypervisor_pending => Verdict::new(
@@ -281,16 +339,45 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
             reason::APPLIED,
             format!("{} action(s) applied", plan.actions.len()),
         ),
-        (None, false) => Verdict::new(condition::READY, true, reason::REVERTED, "outside the schedule: every change is reverted"),
+        (None, false) => Verdict::new(
+            condition::READY,
+            true,
+            reason::REVERTED,
+            "outside the schedule: every change is reverted",
+        ),
     };
     let degraded = match &execution.error {
-        Some(e) => Verdict::new(condition::DEGRADED, true, reason::APPLY_FAILED, e.to_string()),
-        None => Verdict::new(condition::DEGRADED, false, reason::AS_EXPECTED, "no problems"),
+        Some(e) => Verdict::new(
+            condition::DEGRADED,
+            true,
+            reason::APPLY_FAILED,
+            e.to_string(),
+        ),
+        None => Verdict::new(
+            condition::DEGRADED,
+            false,
+            reason::AS_EXPECTED,
+            "no problems",
+        ),
     };
-    let active = Verdict::new(condition::ACTIVE, plan.activity.active, plan.activity.reason, plan.activity.message.clone());
-    let previous = wi.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let active = Verdict::new(
+        condition::ACTIVE,
+        plan.activity.active,
+        plan.activity.reason,
+        plan.activity.message.clone(),
+    );
+    let previous = wi
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     let status = ControllerStatus {
-        conditions: merge(previous, &[ready, active, degraded.clone()], generation, Timestamp::now()),
+        conditions: merge(
+            previous,
+            &[ready, active, degraded.clone()],
+            generation,
+            Timestamp::now(),
+        ),
         observed_generation: generation,
         plan: plan_status,
         next_transition: plan.activity.next_transition.and_then(to_time),
@@ -308,7 +395,12 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
 async fn release_former_targets(ctx: &Context, wi: &WorkloadIntent) -> Result<()> {
     let current = WorkloadRef::of(wi);
     let mut former: Vec<WorkloadRef> = Vec::new();
-    for entry in wi.status.as_ref().map(|s| s.plan.as_slice()).unwrap_or_default() {
+    for entry in wi
+        .status
+        .as_ref()
+        .map(|s| s.plan.as_slice())
+        .unwrap_or_default()
+    {
         let kind = match entry.target.kind.as_str() {
             "Deployment" => plumbline_crds::TargetKind::Deployment,
             "StatefulSet" => plumbline_crds::TargetKind::StatefulSet,
@@ -316,7 +408,11 @@ async fn release_former_targets(ctx: &Context, wi: &WorkloadIntent) -> Result<()
         };
         let target = WorkloadRef {
             kind,
-            namespace: entry.target.namespace.clone().unwrap_or_else(|| current.namespace.clone()),
+            namespace: entry
+                .target
+                .namespace
+                .clone()
+                .unwrap_or_else(|| current.namespace.clone()),
             name: entry.target.name.clone(),
         };
         if target != current && !former.contains(&target) {
@@ -332,7 +428,10 @@ async fn release_former_targets(ctx: &Context, wi: &WorkloadIntent) -> Result<()
                 Event {
                     type_: EventType::Normal,
                     reason: reason::REVERTED.to_string(),
-                    note: Some(format!("no longer the target: released {} on {target}", fields.join(", "))),
+                    note: Some(format!(
+                        "no longer the target: released {} on {target}",
+                        fields.join(", ")
+                    )),
                     action: "Revert".to_string(),
                     secondary: None,
                 },
@@ -350,9 +449,15 @@ fn status_plan(wi: &WorkloadIntent, plan: &Plan, execution: &Execution) -> Vec<P
         .actions
         .iter()
         .zip(&execution.actions)
-        .map(|(action, outcome)| policies::action_to_status(action, outcome.state, outcome.message.clone()))
+        .map(|(action, outcome)| {
+            policies::action_to_status(action, outcome.state, outcome.message.clone())
+        })
         .collect();
-    let previous = wi.status.as_ref().map(|s| s.plan.as_slice()).unwrap_or_default();
+    let previous = wi
+        .status
+        .as_ref()
+        .map(|s| s.plan.as_slice())
+        .unwrap_or_default();
     for (revert, outcome) in plan.reverts.iter().zip(&execution.reverts) {
         if outcome.state == ActionState::Applied {
             continue;
@@ -365,7 +470,10 @@ fn status_plan(wi: &WorkloadIntent, plan: &Plan, execution: &Execution) -> Vec<P
             let mut entry = entry.clone();
             entry.message = Some(format!(
                 "revert pending: {}",
-                outcome.message.clone().unwrap_or_else(|| "not attempted yet".to_string())
+                outcome
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "not attempted yet".to_string())
             ));
             entries.push(entry);
         }
@@ -382,19 +490,43 @@ async fn finish_degraded(
     error: Option<&Error>,
     plan: Vec<PlannedAction>,
 ) -> Result<()> {
-    let previous = wi.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let previous = wi
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     let ready = match error {
-        Some(e) => Verdict::new(condition::READY, false, reason::APPLY_FAILED, format!("reverting failed: {e}")),
+        Some(e) => Verdict::new(
+            condition::READY,
+            false,
+            reason::APPLY_FAILED,
+            format!("reverting failed: {e}"),
+        ),
         None => Verdict::new(condition::READY, false, why, "nothing is applied"),
     };
     let degraded = Verdict::new(condition::DEGRADED, true, why, message);
     let active = match previous.iter().find(|c| c.type_ == condition::ACTIVE) {
         // Keep what is known; a conflicting or invalid intent's window does not matter yet.
-        Some(c) => Verdict::new(condition::ACTIVE, c.status == "True", reason_const(&c.reason), c.message.clone()),
-        None => Verdict::new(condition::ACTIVE, false, why, "not evaluated: the intent is degraded"),
+        Some(c) => Verdict::new(
+            condition::ACTIVE,
+            c.status == "True",
+            reason_const(&c.reason),
+            c.message.clone(),
+        ),
+        None => Verdict::new(
+            condition::ACTIVE,
+            false,
+            why,
+            "not evaluated: the intent is degraded",
+        ),
     };
     let status = ControllerStatus {
-        conditions: merge(previous, &[ready, active, degraded.clone()], wi.metadata.generation, Timestamp::now()),
+        conditions: merge(
+            previous,
+            &[ready, active, degraded.clone()],
+            wi.metadata.generation,
+            Timestamp::now(),
+        ),
         observed_generation: wi.metadata.generation,
         plan,
         next_transition: None,
@@ -459,7 +591,9 @@ async fn announce(
             .actions
             .iter()
             .zip(&execution.actions)
-            .filter(|(a, o)| o.state == ActionState::Applied && !matches!(a.change, Change::PriorityClass { .. }))
+            .filter(|(a, o)| {
+                o.state == ActionState::Applied && !matches!(a.change, Change::PriorityClass { .. })
+            })
             .map(|(a, _)| policies::describe(&a.change))
             .collect();
         if !reverted.is_empty() {
@@ -469,7 +603,11 @@ async fn announce(
                 Event {
                     type_: EventType::Normal,
                     reason: reason::REVERTED.to_string(),
-                    note: Some(truncate(&format!("{}: {}", plan.activity.message, reverted.join("; ")))),
+                    note: Some(truncate(&format!(
+                        "{}: {}",
+                        plan.activity.message,
+                        reverted.join("; ")
+                    ))),
                     action: "Revert".to_string(),
                     secondary: None,
                 },
@@ -504,7 +642,9 @@ async fn announce(
         )
         .await;
     }
-    let was_degraded = previous.iter().any(|c| c.type_ == condition::DEGRADED && c.status == "True");
+    let was_degraded = previous
+        .iter()
+        .any(|c| c.type_ == condition::DEGRADED && c.status == "True");
     if was_degraded && !degraded.is_true {
         ctx.publish(
             wi,
@@ -525,7 +665,11 @@ async fn cleanup(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     let intents = cached_intents(&ctx.intents);
     let observed = observe(&ctx.client, &ctx.apis, wi, &intents).await?;
     if observed.conflicting.is_none() {
-        let undo = policies::revert(&applied(wi, &observed), &to_policy(wi, &observed), "the intent was deleted");
+        let undo = policies::revert(
+            &applied(wi, &observed),
+            &to_policy(wi, &observed),
+            "the intent was deleted",
+        );
         let plan = Plan {
             workload: policies::WorkloadRef {
                 kind: wi.spec.target.kind,
@@ -547,7 +691,9 @@ async fn cleanup(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     let reverted = revert::revert(ctx, wi).await?;
     // An intent waiting for this workload (a conflict) may take over now.
     for rival in intents.iter().filter(|other| {
-        other.namespace() == wi.namespace() && other.spec.target == wi.spec.target && other.name_any() != wi.name_any()
+        other.namespace() == wi.namespace()
+            && other.spec.target == wi.spec.target
+            && other.name_any() != wi.name_any()
     }) {
         let _ = ctx.reconcile.send(ObjectRef::from_obj(rival));
     }

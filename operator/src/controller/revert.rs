@@ -38,14 +38,20 @@ pub async fn revert(ctx: &Context, wi: &WorkloadIntent) -> Result<Reverted> {
 
 /// Hands back and releases every field `wi` holds on `target` (which need not be its current
 /// target: after a retarget the old workload is released this way). Returns the fields.
-pub async fn release_workload(ctx: &Context, wi: &WorkloadIntent, target: &WorkloadRef) -> Result<Vec<String>> {
+pub async fn release_workload(
+    ctx: &Context,
+    wi: &WorkloadIntent,
+    target: &WorkloadRef,
+) -> Result<Vec<String>> {
     let mut released = Vec::new();
     let live = target
         .api(&ctx.client)
         .get_opt(&target.name)
         .await
         .map_err(|source| Error::kube(format!("reading {target} to revert it"), source))?;
-    let Some(live) = live else { return Ok(released) };
+    let Some(live) = live else {
+        return Ok(released);
+    };
     let held_by_us = fields::holder(&live) == Some(wi.name_any().as_str());
     if held_by_us && fields::has_plumbline_fields(&live) {
         let baseline = Baseline::from_annotation(&live);
@@ -55,14 +61,23 @@ pub async fn release_workload(ctx: &Context, wi: &WorkloadIntent, target: &Workl
                 continue;
             }
             if let (Some(value), Some(manager)) = (&previous.value, &previous.manager) {
-                rv = apply::hand_back(ctx, target, *field, value.clone(), manager, rv.as_deref()).await?;
+                rv = apply::hand_back(ctx, target, *field, value.clone(), manager, rv.as_deref())
+                    .await?;
             }
             released.push(field.dotted());
         }
         // Applying an empty configuration releases every field Plumbline still owns
         // (including the baseline and holder annotations); unowned fields fall back to
         // their defaults, which is what they were before Plumbline set them.
-        apply::apply_workload(ctx, target, &BTreeMap::new(), &Baseline::default(), None, rv.as_deref()).await?;
+        apply::apply_workload(
+            ctx,
+            target,
+            &BTreeMap::new(),
+            &Baseline::default(),
+            None,
+            rv.as_deref(),
+        )
+        .await?;
     }
     Ok(released)
 }

@@ -41,8 +41,17 @@ pub async fn write(ctx: &Context, wi: &WorkloadIntent, status: &ControllerStatus
         body["status"]["nextTransition"] = json!(t);
     }
     Api::<WorkloadIntent>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
         .await
-        .map_err(|source| Error::kube(format!("writing status of WorkloadIntent {namespace}/{name}"), source))?;
+        .map_err(|source| {
+            Error::kube(
+                format!("writing status of WorkloadIntent {namespace}/{name}"),
+                source,
+            )
+        })?;
     Ok(())
 }

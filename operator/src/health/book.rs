@@ -4,7 +4,9 @@
 
 use plumbline_adapters::{BackingVm, Capabilities, Capability, DiskLatency, VmId};
 use plumbline_crds::NodeMappingStrategy;
-use plumbline_policies::health::{DiskHealth, HysteresisPolicy, LatencyBudget, StorageSample, UnknownCause, VmVerdict};
+use plumbline_policies::health::{
+    DiskHealth, HysteresisPolicy, LatencyBudget, StorageSample, UnknownCause, VmVerdict,
+};
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     time::{Duration, SystemTime},
@@ -32,7 +34,12 @@ pub struct ProviderView {
 }
 
 impl ProviderView {
-    pub fn new(name: &str, interval: Duration, mapping: NodeMappingStrategy, mapping_label: Option<String>) -> Self {
+    pub fn new(
+        name: &str,
+        interval: Duration,
+        mapping: NodeMappingStrategy,
+        mapping_label: Option<String>,
+    ) -> Self {
         Self {
             name: name.to_string(),
             interval,
@@ -97,7 +104,11 @@ impl HealthBook {
     pub fn all_vms(&self) -> impl Iterator<Item = VmPlace<'_>> {
         self.providers
             .values()
-            .flat_map(|p| p.inventory.iter().map(move |vm| VmPlace { provider: p, vm }))
+            .flat_map(|p| {
+                p.inventory
+                    .iter()
+                    .map(move |vm| VmPlace { provider: p, vm })
+            })
             .filter(|place| self.owner_of(&place.vm.id) == Some(place.provider.name.as_str()))
     }
 
@@ -117,7 +128,9 @@ impl HealthBook {
             .filter(|vm| self.owner_of(vm) == Some(provider))
             .collect();
         let disks: Vec<&DiskLatency> = disks.iter().filter(|d| owned.contains(&d.vm)).collect();
-        let Some(view) = self.providers.get_mut(provider) else { return };
+        let Some(view) = self.providers.get_mut(provider) else {
+            return;
+        };
         view.last_sample_at = Some(taken_at);
         if let Some(widest) = disks.iter().map(|d| d.window).max() {
             view.sample_window = view.sample_window.max(widest);
@@ -125,14 +138,25 @@ impl HealthBook {
         let policy = view.policy();
         let mut iops: BTreeMap<VmId, f64> = BTreeMap::new();
         for d in disks {
-            let sample = StorageSample::from_read_write(d.observed_at, d.read.map(|o| o.mean), d.write.map(|o| o.mean));
+            let sample = StorageSample::from_read_write(
+                d.observed_at,
+                d.read.map(|o| o.mean),
+                d.write.map(|o| o.mean),
+            );
             // `None` when the hypervisor does not count operations (vSphere averages).
             let ops: Option<u64> = [d.read, d.write].into_iter().flatten().map(|o| o.ops).sum();
             if let (Some(ops), false) = (ops, d.window.is_zero()) {
                 *iops.entry(d.vm.clone()).or_default() += ops as f64 / d.window.as_secs_f64();
             }
-            let series = self.disks.entry((d.vm.clone(), d.disk.clone())).or_default();
-            if series.recent.back().is_some_and(|last| last.at >= sample.at) {
+            let series = self
+                .disks
+                .entry((d.vm.clone(), d.disk.clone()))
+                .or_default();
+            if series
+                .recent
+                .back()
+                .is_some_and(|last| last.at >= sample.at)
+            {
                 continue;
             }
             series.recent.push_back(sample);
@@ -153,7 +177,10 @@ impl HealthBook {
     /// The VM's verdict against `budget` at `now`. Registers the budget on first use and
     /// replays the kept samples into the new tracker.
     pub fn verdict(&mut self, vm: &VmId, budget: LatencyBudget, now: SystemTime) -> VmVerdict {
-        let Some((connected, policy)) = self.vm(vm).map(|p| (p.provider.connected, p.provider.policy())) else {
+        let Some((connected, policy)) = self
+            .vm(vm)
+            .map(|p| (p.provider.connected, p.provider.policy()))
+        else {
             return VmVerdict::unknown(UnknownCause::NotBacked);
         };
         if !connected {
@@ -231,7 +258,10 @@ mod tests {
     }
 
     fn sample(id: &str, secs: u64, ms: u64, ops: u64) -> DiskLatency {
-        let op = OpLatency { mean: Duration::from_millis(ms), ops: Some(ops) };
+        let op = OpLatency {
+            mean: Duration::from_millis(ms),
+            ops: Some(ops),
+        };
         DiskLatency {
             vm: VmId::new(id),
             disk: "vda".into(),
@@ -245,7 +275,12 @@ mod tests {
 
     fn book() -> HealthBook {
         let mut b = HealthBook::default();
-        let mut p = ProviderView::new("kvm", Duration::from_secs(1), NodeMappingStrategy::ProviderId, None);
+        let mut p = ProviderView::new(
+            "kvm",
+            Duration::from_secs(1),
+            NodeMappingStrategy::ProviderId,
+            None,
+        );
         p.connected = true;
         p.inventory = vec![vm("a")];
         b.providers.insert("kvm".into(), p);
@@ -257,17 +292,30 @@ mod tests {
         let mut b = book();
         b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 1, 50, 10)]);
         b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 2, 50, 10)]);
-        let v = b.verdict(&VmId::new("a"), LatencyBudget::from_millis(20), UNIX_EPOCH + Duration::from_secs(2));
+        let v = b.verdict(
+            &VmId::new("a"),
+            LatencyBudget::from_millis(20),
+            UNIX_EPOCH + Duration::from_secs(2),
+        );
         assert_eq!(v.state(), HealthState::Degraded);
         assert_eq!(b.iops[&VmId::new("a")], 20.0);
-        let v = b.verdict(&VmId::new("a"), LatencyBudget::from_millis(100), UNIX_EPOCH + Duration::from_secs(2));
+        let v = b.verdict(
+            &VmId::new("a"),
+            LatencyBudget::from_millis(100),
+            UNIX_EPOCH + Duration::from_secs(2),
+        );
         assert_eq!(v.state(), HealthState::Healthy);
     }
 
     #[test]
     fn a_second_provider_for_the_same_vms_does_not_double_the_sample_rate() {
         let mut b = book();
-        let mut p = ProviderView::new("kvm-2", Duration::from_secs(1), NodeMappingStrategy::ProviderId, None);
+        let mut p = ProviderView::new(
+            "kvm-2",
+            Duration::from_secs(1),
+            NodeMappingStrategy::ProviderId,
+            None,
+        );
         p.connected = true;
         p.inventory = vec![vm("a")];
         b.providers.insert("kvm-2".into(), p);
@@ -275,7 +323,11 @@ mod tests {
         let mut late = sample("a", 1, 50, 10);
         late.observed_at += Duration::from_millis(500);
         b.record_samples("kvm-2", UNIX_EPOCH, &[late]);
-        let v = b.verdict(&VmId::new("a"), LatencyBudget::from_millis(20), UNIX_EPOCH + Duration::from_secs(2));
+        let v = b.verdict(
+            &VmId::new("a"),
+            LatencyBudget::from_millis(20),
+            UNIX_EPOCH + Duration::from_secs(2),
+        );
         assert_eq!(v.state(), HealthState::Unknown, "one sample is not two");
     }
 
@@ -285,7 +337,11 @@ mod tests {
         b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 1, 50, 10)]);
         b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 2, 50, 10)]);
         b.providers.get_mut("kvm").unwrap().connected = false;
-        let v = b.verdict(&VmId::new("a"), LatencyBudget::from_millis(20), UNIX_EPOCH + Duration::from_secs(2));
+        let v = b.verdict(
+            &VmId::new("a"),
+            LatencyBudget::from_millis(20),
+            UNIX_EPOCH + Duration::from_secs(2),
+        );
         assert_eq!(v.state(), HealthState::Unknown);
         let v = b.verdict(&VmId::new("zz"), LatencyBudget::from_millis(20), UNIX_EPOCH);
         assert_eq!(v.state(), HealthState::Unknown);

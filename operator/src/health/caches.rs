@@ -49,7 +49,11 @@ pub struct Caches {
 
 /// Starts the watches. The returned future drives them and wakes `changed` on every event,
 /// so new pods get their condition promptly.
-pub fn start(client: &Client, namespace: Option<&str>, changed: Arc<Notify>) -> (Caches, BoxFuture<'static, ()>) {
+pub fn start(
+    client: &Client,
+    namespace: Option<&str>,
+    changed: Arc<Notify>,
+) -> (Caches, BoxFuture<'static, ()>) {
     let pods_api: Api<Pod> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -83,26 +87,39 @@ pub fn start(client: &Client, namespace: Option<&str>, changed: Arc<Notify>) -> 
                 futures::future::ready(())
             }
         });
-    let provider_watch = watcher(Api::<HypervisorProvider>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(providers_writer)
-        .touched_objects()
-        .filter_map(|r| futures::future::ready(r.ok()))
-        .for_each(move |_| {
-            changed.notify_one();
-            futures::future::ready(())
-        });
+    let provider_watch = watcher(
+        Api::<HypervisorProvider>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(providers_writer)
+    .touched_objects()
+    .filter_map(|r| futures::future::ready(r.ok()))
+    .for_each(move |_| {
+        changed.notify_one();
+        futures::future::ready(())
+    });
     let drive = async move {
         futures::join!(pod_watch, node_watch, provider_watch);
     }
     .boxed();
-    (Caches { pods, nodes, providers }, drive)
+    (
+        Caches {
+            pods,
+            nodes,
+            providers,
+        },
+        drive,
+    )
 }
 
 /// The Deployment or StatefulSet a pod belongs to, from its owner: a StatefulSet directly, a
 /// Deployment through its ReplicaSet named `<deployment>-<pod-template-hash>`.
 pub fn owning_workload(pod: &Pod) -> Option<(plumbline_crds::TargetKind, String)> {
-    let owner = pod.owner_references().iter().find(|o| o.controller == Some(true))?;
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))?;
     match owner.kind.as_str() {
         "StatefulSet" => Some((plumbline_crds::TargetKind::StatefulSet, owner.name.clone())),
         "ReplicaSet" => {
@@ -152,7 +169,10 @@ mod tests {
         let status = p.status.as_ref().unwrap();
         assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
         assert!(status.phase.is_none() && status.pod_ip.is_none());
-        assert_eq!(p.labels().get("pod-template-hash").map(String::as_str), Some("5d4f"));
+        assert_eq!(
+            p.labels().get("pod-template-hash").map(String::as_str),
+            Some("5d4f")
+        );
     }
 
     #[test]
@@ -166,7 +186,10 @@ mod tests {
             owning_workload(&pod("StatefulSet", "db", None)),
             Some((TargetKind::StatefulSet, "db".into()))
         );
-        assert_eq!(owning_workload(&pod("ReplicaSet", "payments-5d4f", None)), None);
+        assert_eq!(
+            owning_workload(&pod("ReplicaSet", "payments-5d4f", None)),
+            None
+        );
         assert_eq!(owning_workload(&pod("Job", "j", None)), None);
     }
 }

@@ -12,8 +12,9 @@ use plumbline_crds::{
     WorkloadIntent,
 };
 use plumbline_policies::health::{
-    format_latency, guard, node_condition, plan_neighbour_throttles, pod_readiness, GuardCandidate, HealthState,
-    LatencyBudget, NeighbourCandidate, ReadinessVerdict, Tier, Verdict, Victim, VmVerdict,
+    format_latency, guard, node_condition, plan_neighbour_throttles, pod_readiness, GuardCandidate,
+    HealthState, LatencyBudget, NeighbourCandidate, ReadinessVerdict, Tier, Verdict, Victim,
+    VmVerdict,
 };
 use serde_json::{json, Value};
 use std::{
@@ -75,12 +76,28 @@ struct NodeWrite {
     body: Value,
 }
 
-fn condition_of<'a>(pod: &'a Pod, type_: &str) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
-    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+fn condition_of<'a>(
+    pod: &'a Pod,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
-fn node_condition_of<'a>(node: &'a Node, type_: &str) -> Option<&'a k8s_openapi::api::core::v1::NodeCondition> {
-    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+fn node_condition_of<'a>(
+    node: &'a Node,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 fn status_word(ready: bool) -> &'static str {
@@ -112,7 +129,13 @@ impl Feedback {
     }
 
     /// Computes and writes everything for one pass.
-    pub async fn pass(&mut self, ctx: &Arc<Context>, caches: &Caches, book: &Arc<Mutex<HealthBook>>, settings: &HealthSettings) {
+    pub async fn pass(
+        &mut self,
+        ctx: &Arc<Context>,
+        caches: &Caches,
+        book: &Arc<Mutex<HealthBook>>,
+        settings: &HealthSettings,
+    ) {
         let now = SystemTime::now();
         let intents: Vec<Arc<WorkloadIntent>> = ctx.intents.state();
         let mut pod_writes = Vec::new();
@@ -123,7 +146,8 @@ impl Feedback {
         {
             let mut b = book.lock().expect("health book");
             views = graph::build(caches, &b, ctx.clock.now(), &intents);
-            let mut wanted: BTreeMap<plumbline_adapters::VmId, BTreeSet<LatencyBudget>> = BTreeMap::new();
+            let mut wanted: BTreeMap<plumbline_adapters::VmId, BTreeSet<LatencyBudget>> =
+                BTreeMap::new();
             // The strictest budget each VM serves, for node conditions and the VM verdict metric.
             let mut strictest: BTreeMap<plumbline_adapters::VmId, LatencyBudget> = BTreeMap::new();
             let mut protected_by: BTreeMap<plumbline_adapters::VmId, Tier> = BTreeMap::new();
@@ -141,37 +165,70 @@ impl Feedback {
             }
             let all_vms: Vec<VmKey> = b
                 .all_vms()
-                .map(|p| VmKey { id: p.vm.id.clone(), name: p.vm.name.clone(), provider: p.provider.name.clone() })
+                .map(|p| VmKey {
+                    id: p.vm.id.clone(),
+                    name: p.vm.name.clone(),
+                    provider: p.provider.name.clone(),
+                })
                 .collect();
             for vm in &all_vms {
-                let budget = *strictest.get(&vm.id).unwrap_or(&settings.default_node_budget);
+                let budget = *strictest
+                    .get(&vm.id)
+                    .unwrap_or(&settings.default_node_budget);
                 wanted.entry(vm.id.clone()).or_default().insert(budget);
             }
 
             let mut victims: BTreeMap<VmKey, Victim<VmKey>> = BTreeMap::new();
             for view in &views {
-                let Some(storage) = view.storage else { continue };
-                self.intent_pass(view, storage, &mut b, now, settings, &mut pod_writes, &mut status_writes, &mut victims);
+                let Some(storage) = view.storage else {
+                    continue;
+                };
+                self.intent_pass(
+                    view,
+                    storage,
+                    &mut b,
+                    now,
+                    settings,
+                    &mut pod_writes,
+                    &mut status_writes,
+                    &mut victims,
+                );
             }
 
             // Node conditions.
-            let nodes_with_pods: HashSet<&str> = views.iter().flat_map(|v| v.pods.iter()).filter_map(|p| p.node.as_deref()).collect();
+            let nodes_with_pods: HashSet<&str> = views
+                .iter()
+                .flat_map(|v| v.pods.iter())
+                .filter_map(|p| p.node.as_deref())
+                .collect();
             for node in caches.nodes.state() {
                 if self.scoped && !nodes_with_pods.contains(node.name_any().as_str()) {
                     continue;
                 }
-                let Some(vm) = graph::vm_for_node(&b, &node) else { continue };
-                let budget = *strictest.get(&vm.id).unwrap_or(&settings.default_node_budget);
+                let Some(vm) = graph::vm_for_node(&b, &node) else {
+                    continue;
+                };
+                let budget = *strictest
+                    .get(&vm.id)
+                    .unwrap_or(&settings.default_node_budget);
                 let verdict = b.verdict(&vm.id, budget, now);
                 let c = node_condition(&vm.name, &verdict, budget);
                 let current = node_condition_of(&node, NODE_STORAGE_CONDITION);
                 let name = node.name_any();
-                let differs = current.is_none_or(|cur| cur.status != c.status || cur.reason.as_deref() != Some(c.reason));
-                let stale_message = current.is_some_and(|cur| cur.message.as_deref() != Some(c.message.as_str()))
-                    && self.node_written.get(&name).is_none_or(|at| at.elapsed() >= MESSAGE_REFRESH);
+                let differs = current.is_none_or(|cur| {
+                    cur.status != c.status || cur.reason.as_deref() != Some(c.reason)
+                });
+                let stale_message = current
+                    .is_some_and(|cur| cur.message.as_deref() != Some(c.message.as_str()))
+                    && self
+                        .node_written
+                        .get(&name)
+                        .is_none_or(|at| at.elapsed() >= MESSAGE_REFRESH);
                 if differs || stale_message {
                     let transition = match current {
-                        Some(cur) if cur.status == c.status => cur.last_transition_time.as_ref().map(|t| t.0.to_string()),
+                        Some(cur) if cur.status == c.status => {
+                            cur.last_transition_time.as_ref().map(|t| t.0.to_string())
+                        }
                         _ => None,
                     }
                     .unwrap_or_else(|| rfc3339(now));
@@ -192,15 +249,32 @@ impl Feedback {
             // Metrics per VM and disk.
             let mut series = Series::default();
             for vm in &all_vms {
-                let budget = *strictest.get(&vm.id).unwrap_or(&settings.default_node_budget);
+                let budget = *strictest
+                    .get(&vm.id)
+                    .unwrap_or(&settings.default_node_budget);
                 let state = b.verdict(&vm.id, budget, now).state();
-                for s in [HealthState::Healthy, HealthState::Degraded, HealthState::Unknown] {
-                    let labels = VerdictLabels { provider: vm.provider.clone(), vm: vm.name.clone(), state: s.as_str().into() };
-                    ctx.metrics.health.vm_verdict.get_or_create(&labels).set((s == state) as i64);
+                for s in [
+                    HealthState::Healthy,
+                    HealthState::Degraded,
+                    HealthState::Unknown,
+                ] {
+                    let labels = VerdictLabels {
+                        provider: vm.provider.clone(),
+                        vm: vm.name.clone(),
+                        state: s.as_str().into(),
+                    };
+                    ctx.metrics
+                        .health
+                        .vm_verdict
+                        .get_or_create(&labels)
+                        .set((s == state) as i64);
                     series.verdicts.insert(labels);
                 }
                 if let Some(iops) = b.iops.get(&vm.id) {
-                    let labels = VmLabels { provider: vm.provider.clone(), vm: vm.name.clone() };
+                    let labels = VmLabels {
+                        provider: vm.provider.clone(),
+                        vm: vm.name.clone(),
+                    };
                     ctx.metrics.health.vm_iops.get_or_create(&labels).set(*iops);
                     series.iops.insert(labels);
                 }
@@ -209,9 +283,17 @@ impl Feedback {
                         continue;
                     }
                     if let Some(latest) = s.recent.back() {
-                        let labels = DiskLabels { provider: vm.provider.clone(), vm: vm.name.clone(), disk: disk.clone() };
+                        let labels = DiskLabels {
+                            provider: vm.provider.clone(),
+                            vm: vm.name.clone(),
+                            disk: disk.clone(),
+                        };
                         let secs = latest.per_op.map(|d| d.as_secs_f64()).unwrap_or(0.0);
-                        ctx.metrics.health.disk_latency.get_or_create(&labels).set(secs);
+                        ctx.metrics
+                            .health
+                            .disk_latency
+                            .get_or_create(&labels)
+                            .set(secs);
                         series.disks.insert(labels);
                     }
                 }
@@ -229,12 +311,20 @@ impl Feedback {
                         pod: p.name.clone(),
                         intent: view.name.clone(),
                     };
-                    ctx.metrics.health.backing_info.get_or_create(&labels).set(1);
+                    ctx.metrics
+                        .health
+                        .backing_info
+                        .get_or_create(&labels)
+                        .set(1);
                     series.backing.insert(labels);
                 }
             }
             for w in &pod_writes {
-                let labels = PodLabels { namespace: w.namespace.clone(), pod: w.pod.clone(), intent: w.intent.clone() };
+                let labels = PodLabels {
+                    namespace: w.namespace.clone(),
+                    pod: w.pod.clone(),
+                    intent: w.intent.clone(),
+                };
                 series.pods.insert(labels);
             }
             for view in &views {
@@ -242,11 +332,23 @@ impl Feedback {
                     continue;
                 }
                 for p in &view.pods {
-                    let ready = condition_of(&p.pod, STORAGE_READINESS_GATE).map(|c| c.status == "True");
-                    let labels = PodLabels { namespace: view.namespace.clone(), pod: p.name.clone(), intent: view.name.clone() };
-                    let written = pod_writes.iter().find(|w| w.namespace == view.namespace && w.pod == p.name).map(|w| w.verdict.ready);
+                    let ready =
+                        condition_of(&p.pod, STORAGE_READINESS_GATE).map(|c| c.status == "True");
+                    let labels = PodLabels {
+                        namespace: view.namespace.clone(),
+                        pod: p.name.clone(),
+                        intent: view.name.clone(),
+                    };
+                    let written = pod_writes
+                        .iter()
+                        .find(|w| w.namespace == view.namespace && w.pod == p.name)
+                        .map(|w| w.verdict.ready);
                     if let Some(ready) = written.or(ready) {
-                        ctx.metrics.health.pod_storage_healthy.get_or_create(&labels).set(ready as i64);
+                        ctx.metrics
+                            .health
+                            .pod_storage_healthy
+                            .get_or_create(&labels)
+                            .set(ready as i64);
                         series.pods.insert(labels);
                     }
                 }
@@ -257,7 +359,11 @@ impl Feedback {
             let candidates: Vec<NeighbourCandidate<VmKey>> = b
                 .all_vms()
                 .map(|p| NeighbourCandidate {
-                    vm: VmKey { id: p.vm.id.clone(), name: p.vm.name.clone(), provider: p.provider.name.clone() },
+                    vm: VmKey {
+                        id: p.vm.id.clone(),
+                        name: p.vm.name.clone(),
+                        provider: p.provider.name.clone(),
+                    },
                     host: Some(p.vm.host.clone()),
                     datastores: p.vm.datastores.iter().cloned().collect(),
                     iops: b.iops.get(&p.vm.id).copied().unwrap_or(0.0),
@@ -266,7 +372,13 @@ impl Feedback {
                 })
                 .collect();
             let victims: Vec<Victim<VmKey>> = victims.into_values().collect();
-            actions = plan_neighbour_throttles(now, &victims, &candidates, &self.throttles.state, &settings.ladder);
+            actions = plan_neighbour_throttles(
+                now,
+                &victims,
+                &candidates,
+                &self.throttles.state,
+                &settings.ladder,
+            );
             b.retain_budgets(&wanted);
         }
 
@@ -280,7 +392,9 @@ impl Feedback {
             self.write_intent_status(ctx, key, &wi, body).await;
         }
         if !actions.is_empty() {
-            self.throttles.carry_out(ctx, book, &views, actions, now).await;
+            self.throttles
+                .carry_out(ctx, book, &views, actions, now)
+                .await;
             self.invalidate_intent_status();
         }
         self.throttles.recover_leftovers(ctx, book).await;
@@ -304,7 +418,12 @@ impl Feedback {
                 Some(vm) => b.verdict(&vm.id, storage.budget, now),
                 None => VmVerdict::unknown(plumbline_policies::health::UnknownCause::NotBacked),
             };
-            let readiness = pod_readiness(p.vm.as_ref().map(|v| v.name.as_str()), &vm_verdict, storage.budget, settings.unknown);
+            let readiness = pod_readiness(
+                p.vm.as_ref().map(|v| v.name.as_str()),
+                &vm_verdict,
+                storage.budget,
+                settings.unknown,
+            );
             verdicts.push((vm_verdict, readiness));
         }
         let candidates = view
@@ -315,7 +434,8 @@ impl Feedback {
             .map(|(p, (_, r))| GuardCandidate {
                 pod: p.name.clone(),
                 severity: r.severity,
-                currently_unready: condition_of(&p.pod, STORAGE_READINESS_GATE).is_some_and(|c| c.status == "False"),
+                currently_unready: condition_of(&p.pod, STORAGE_READINESS_GATE)
+                    .is_some_and(|c| c.status == "False"),
             })
             .collect();
         let decision = guard(view.pods.len(), storage.limit, candidates);
@@ -382,20 +502,26 @@ impl Feedback {
             }
             let current = condition_of(&p.pod, STORAGE_READINESS_GATE);
             let want = status_word(readiness.ready);
-            let differs = current.is_none_or(|c| c.status != want || c.reason.as_deref() != Some(readiness.reason));
+            let differs = current
+                .is_none_or(|c| c.status != want || c.reason.as_deref() != Some(readiness.reason));
             let key = (view.namespace.clone(), p.name.clone());
-            let stale_message = current.is_some_and(|c| c.message.as_deref() != Some(readiness.message.as_str()))
-                && self.pod_written.get(&key).is_none_or(|at| at.elapsed() >= MESSAGE_REFRESH);
+            let stale_message = current
+                .is_some_and(|c| c.message.as_deref() != Some(readiness.message.as_str()))
+                && self
+                    .pod_written
+                    .get(&key)
+                    .is_none_or(|at| at.elapsed() >= MESSAGE_REFRESH);
             if differs || stale_message {
                 let transition = current.is_some_and(|c| c.status != want);
                 let detection = match vm_verdict.verdict {
-                    Verdict::Degraded { onset, .. } if !readiness.ready && (transition || current.is_none()) => {
-                        let window = p
-                            .vm
-                            .as_ref()
-                            .and_then(|vm| b.vm(&vm.id))
-                            .map(|place| place.provider.interval)
-                            .unwrap_or_default();
+                    Verdict::Degraded { onset, .. }
+                        if !readiness.ready && (transition || current.is_none()) =>
+                    {
+                        let window =
+                            p.vm.as_ref()
+                                .and_then(|vm| b.vm(&vm.id))
+                                .map(|place| place.provider.interval)
+                                .unwrap_or_default();
                         now.duration_since(onset).ok().map(|d| d + window)
                     }
                     _ => None,
@@ -434,7 +560,9 @@ impl Feedback {
         };
         let due = match self.intent_status.get(&key) {
             None => true,
-            Some((prev, at)) => shape(prev) != shape(&body) || (prev != &body && at.elapsed() >= MESSAGE_REFRESH),
+            Some((prev, at)) => {
+                shape(prev) != shape(&body) || (prev != &body && at.elapsed() >= MESSAGE_REFRESH)
+            }
         };
         if due {
             status_writes.push((key, view.intent.clone(), body));
@@ -457,11 +585,16 @@ impl Feedback {
         });
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.namespace);
         match api
-            .patch_status(&w.pod, &PatchParams::apply(HEALTH_FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .patch_status(
+                &w.pod,
+                &PatchParams::apply(HEALTH_FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
         {
             Ok(_) => {
-                self.pod_written.insert((w.namespace.clone(), w.pod.clone()), Instant::now());
+                self.pod_written
+                    .insert((w.namespace.clone(), w.pod.clone()), Instant::now());
                 if w.transition {
                     ctx.metrics
                         .health
@@ -475,10 +608,15 @@ impl Feedback {
                     info!(pod = %format!("{}/{}", w.namespace, w.pod), ready = w.verdict.ready, reason = w.verdict.reason, message = %w.verdict.message, "storage readiness changed");
                 }
                 if let Some(d) = w.detection {
-                    ctx.metrics.health.detection_latency.observe(d.as_secs_f64());
+                    ctx.metrics
+                        .health
+                        .detection_latency
+                        .observe(d.as_secs_f64());
                 }
             }
-            Err(e) => warn!(pod = %format!("{}/{}", w.namespace, w.pod), error = %e, "writing the storage readiness condition failed"),
+            Err(e) => {
+                warn!(pod = %format!("{}/{}", w.namespace, w.pod), error = %e, "writing the storage readiness condition failed")
+            }
         }
     }
 
@@ -489,19 +627,33 @@ impl Feedback {
             "status": { "conditions": [w.body] }
         });
         match Api::<Node>::all(ctx.client.clone())
-            .patch_status(&w.node, &PatchParams::apply(HEALTH_FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .patch_status(
+                &w.node,
+                &PatchParams::apply(HEALTH_FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
         {
             Ok(_) => {
                 self.node_written.insert(w.node.clone(), Instant::now());
                 debug!(node = %w.node, "node storage condition written");
             }
-            Err(e) => warn!(node = %w.node, error = %e, "writing the node storage condition failed"),
+            Err(e) => {
+                warn!(node = %w.node, error = %e, "writing the node storage condition failed")
+            }
         }
     }
 
-    async fn write_intent_status(&mut self, ctx: &Context, key: (String, String), wi: &WorkloadIntent, mut body: Value) {
-        let throttles = self.throttles.status_for(&wi.namespace().unwrap_or_default(), &wi.name_any());
+    async fn write_intent_status(
+        &mut self,
+        ctx: &Context,
+        key: (String, String),
+        wi: &WorkloadIntent,
+        mut body: Value,
+    ) {
+        let throttles = self
+            .throttles
+            .status_for(&wi.namespace().unwrap_or_default(), &wi.name_any());
         if !throttles.is_empty() {
             body["neighbourThrottles"] = json!(throttles);
         }
@@ -511,13 +663,19 @@ impl Feedback {
             "status": body.clone(),
         });
         match Api::<WorkloadIntent>::namespaced(ctx.client.clone(), &key.0)
-            .patch_status(&key.1, &PatchParams::apply(HEALTH_FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .patch_status(
+                &key.1,
+                &PatchParams::apply(HEALTH_FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
             .await
         {
             Ok(_) => {
                 self.intent_status.insert(key, (body, Instant::now()));
             }
-            Err(e) => warn!(intent = %format!("{}/{}", key.0, key.1), error = %e, "writing backing map and guard to status failed"),
+            Err(e) => {
+                warn!(intent = %format!("{}/{}", key.0, key.1), error = %e, "writing backing map and guard to status failed")
+            }
         }
     }
 

@@ -9,11 +9,7 @@ use plumbline_policies::{
     health::{GuardLimit, LatencyBudget, Tier},
     CountOrPercent,
 };
-use std::{
-    collections::BTreeMap,
-    fmt,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use super::{
     book::HealthBook,
@@ -81,10 +77,17 @@ pub fn vm_for_node(book: &HealthBook, node: &Node) -> Option<VmKey> {
         .and_then(VmId::from_provider_id);
     book.providers.values().find_map(|p| {
         let found = match p.mapping {
-            NodeMappingStrategy::ProviderId => provider_vm.as_ref().and_then(|id| p.inventory.iter().find(|vm| &vm.id == id)),
-            NodeMappingStrategy::NodeName => p.inventory.iter().find(|vm| vm.name == node.name_any()),
+            NodeMappingStrategy::ProviderId => provider_vm
+                .as_ref()
+                .and_then(|id| p.inventory.iter().find(|vm| &vm.id == id)),
+            NodeMappingStrategy::NodeName => {
+                p.inventory.iter().find(|vm| vm.name == node.name_any())
+            }
             NodeMappingStrategy::Label => {
-                let value = p.mapping_label.as_ref().and_then(|l| node.labels().get(l))?;
+                let value = p
+                    .mapping_label
+                    .as_ref()
+                    .and_then(|l| node.labels().get(l))?;
                 p.inventory.iter().find(|vm| &vm.name == value)
             }
         }?;
@@ -104,7 +107,12 @@ fn guard_limit(c: CountOrPercent) -> GuardLimit {
 }
 
 /// Every intent with its pods and their backing VMs.
-pub fn build(caches: &Caches, book: &HealthBook, schedule_now: chrono::DateTime<chrono::Utc>, intents: &[Arc<WorkloadIntent>]) -> Vec<IntentView> {
+pub fn build(
+    caches: &Caches,
+    book: &HealthBook,
+    schedule_now: chrono::DateTime<chrono::Utc>,
+    intents: &[Arc<WorkloadIntent>],
+) -> Vec<IntentView> {
     let node_vms: BTreeMap<String, Option<VmKey>> = caches
         .nodes
         .state()
@@ -114,13 +122,20 @@ pub fn build(caches: &Caches, book: &HealthBook, schedule_now: chrono::DateTime<
     let pods = caches.pods.state();
     let mut views = Vec::new();
     for wi in intents {
-        let Ok(valid) = plumbline_policies::validate_intent(&wi.spec) else { continue };
+        let Ok(valid) = plumbline_policies::validate_intent(&wi.spec) else {
+            continue;
+        };
         let namespace = wi.namespace().unwrap_or_default();
         let deleting = wi.metadata.deletion_timestamp.is_some();
-        let active = !deleting && plumbline_policies::activity(valid.schedule.as_ref(), schedule_now).active;
+        let active =
+            !deleting && plumbline_policies::activity(valid.schedule.as_ref(), schedule_now).active;
         let tier = Tier::from(wi.spec.priority);
         let may_throttle = plumbline_policies::tier(wi.spec.priority).may_throttle_neighbours
-            && wi.spec.infrastructure.as_ref().is_some_and(|i| i.throttle_noisy_neighbours);
+            && wi
+                .spec
+                .infrastructure
+                .as_ref()
+                .is_some_and(|i| i.throttle_noisy_neighbours);
         let target = (wi.spec.target.kind, wi.spec.target.name.clone());
         let mut members: Vec<PodView> = pods
             .iter()
@@ -129,7 +144,9 @@ pub fn build(caches: &Caches, book: &HealthBook, schedule_now: chrono::DateTime<
             .filter(|p| owning_workload(p).as_ref() == Some(&target))
             .map(|p| {
                 let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-                let vm = node.as_ref().and_then(|n| node_vms.get(n).cloned().flatten());
+                let vm = node
+                    .as_ref()
+                    .and_then(|n| node_vms.get(n).cloned().flatten());
                 PodView {
                     name: p.name_any(),
                     pod: p.clone(),

@@ -163,12 +163,23 @@ mod tests {
     fn names_match_the_dashboards() {
         let mut registry = Registry::with_prefix("plumbline");
         let m = HealthMetrics::register(&mut registry);
-        let disk = DiskLabels { provider: "kvm".into(), vm: "pl-vm1".into(), disk: "vda".into() };
+        let disk = DiskLabels {
+            provider: "kvm".into(),
+            vm: "pl-vm1".into(),
+            disk: "vda".into(),
+        };
         m.disk_latency.get_or_create(&disk).set(0.012);
-        let vm = VmLabels { provider: "kvm".into(), vm: "pl-vm1".into() };
+        let vm = VmLabels {
+            provider: "kvm".into(),
+            vm: "pl-vm1".into(),
+        };
         m.vm_iops.get_or_create(&vm).set(120.0);
         m.vm_verdict
-            .get_or_create(&VerdictLabels { provider: "kvm".into(), vm: "pl-vm1".into(), state: "degraded".into() })
+            .get_or_create(&VerdictLabels {
+                provider: "kvm".into(),
+                vm: "pl-vm1".into(),
+                state: "degraded".into(),
+            })
             .set(1);
         m.backing_info
             .get_or_create(&BackingLabels {
@@ -182,13 +193,29 @@ mod tests {
             })
             .set(1);
         m.pod_storage_healthy
-            .get_or_create(&PodLabels { namespace: "ns".into(), pod: "p".into(), intent: "i".into() })
+            .get_or_create(&PodLabels {
+                namespace: "ns".into(),
+                pod: "p".into(),
+                intent: "i".into(),
+            })
             .set(0);
         m.readiness_transitions
-            .get_or_create(&TransitionLabels { namespace: "ns".into(), intent: "i".into(), to: "False".into() })
+            .get_or_create(&TransitionLabels {
+                namespace: "ns".into(),
+                intent: "i".into(),
+                to: "False".into(),
+            })
             .inc();
-        m.provider_connected.get_or_create(&ProviderLabels { provider: "kvm".into() }).set(1);
-        m.sample_duration.get_or_create(&ProviderLabels { provider: "kvm".into() }).observe(0.004);
+        m.provider_connected
+            .get_or_create(&ProviderLabels {
+                provider: "kvm".into(),
+            })
+            .set(1);
+        m.sample_duration
+            .get_or_create(&ProviderLabels {
+                provider: "kvm".into(),
+            })
+            .observe(0.004);
         m.detection_latency.observe(2.5);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();

@@ -60,14 +60,22 @@ impl Default for HealthSettings {
 }
 
 /// Runs the health loop until the term ends.
-pub async fn run(ctx: Arc<Context>, settings: HealthSettings, namespace: Option<String>, end: TermEnd) {
+pub async fn run(
+    ctx: Arc<Context>,
+    settings: HealthSettings,
+    namespace: Option<String>,
+    end: TermEnd,
+) {
     let changed = Arc::new(Notify::new());
     let (caches, drive) = caches::start(&ctx.client, namespace.as_deref(), changed.clone());
     let watches = tokio::spawn(drive);
     let book = Arc::new(Mutex::new(book::HealthBook::default()));
     let mut samplers = providers::Samplers::default();
     let mut feedback = feedback::Feedback::new(namespace.is_some());
-    info!(unknown = settings.unknown.as_str(), "storage-health loop starts");
+    info!(
+        unknown = settings.unknown.as_str(),
+        "storage-health loop starts"
+    );
     let ended = end.clone().wait();
     tokio::pin!(ended);
     loop {

@@ -10,7 +10,9 @@ use kube::{
     api::{Patch, PatchParams},
     Api, ResourceExt,
 };
-use plumbline_adapters::{Capability, HypervisorConfig, LibvirtConfig, Support, TlsTrust, VSphereConfig};
+use plumbline_adapters::{
+    Capability, HypervisorConfig, LibvirtConfig, Support, TlsTrust, VSphereConfig,
+};
 use plumbline_crds::{
     conditions::{provider as cond, reason, status},
     HypervisorProvider,
@@ -44,13 +46,23 @@ pub struct Samplers {
 
 impl Samplers {
     /// Starts loops for new or changed providers and stops those of deleted ones.
-    pub fn sync(&mut self, ctx: &Arc<Context>, providers: &[Arc<HypervisorProvider>], book: &Arc<Mutex<HealthBook>>, changed: &Arc<Notify>) {
-        let wanted: BTreeMap<String, &Arc<HypervisorProvider>> = providers.iter().map(|p| (p.name_any(), p)).collect();
+    pub fn sync(
+        &mut self,
+        ctx: &Arc<Context>,
+        providers: &[Arc<HypervisorProvider>],
+        book: &Arc<Mutex<HealthBook>>,
+        changed: &Arc<Notify>,
+    ) {
+        let wanted: BTreeMap<String, &Arc<HypervisorProvider>> =
+            providers.iter().map(|p| (p.name_any(), p)).collect();
         let gone: Vec<String> = self
             .running
             .iter()
             .filter(|(name, (generation, handle))| {
-                handle.is_finished() || wanted.get(*name).is_none_or(|p| p.metadata.generation != *generation)
+                handle.is_finished()
+                    || wanted
+                        .get(*name)
+                        .is_none_or(|p| p.metadata.generation != *generation)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -60,9 +72,16 @@ impl Samplers {
             }
             if !wanted.contains_key(&name) {
                 info!(provider = %name, "provider deleted, dropping its adapter");
-                ctx.adapters.hypervisors.write().expect("adapters lock").remove(&name);
+                ctx.adapters
+                    .hypervisors
+                    .write()
+                    .expect("adapters lock")
+                    .remove(&name);
                 book.lock().expect("health book").providers.remove(&name);
-                ctx.metrics.health.provider_connected.remove(&ProviderLabels { provider: name });
+                ctx.metrics
+                    .health
+                    .provider_connected
+                    .remove(&ProviderLabels { provider: name });
             }
         }
         for (name, provider) in wanted {
@@ -70,9 +89,19 @@ impl Samplers {
                 continue;
             }
             // A changed spec needs a fresh connection.
-            ctx.adapters.hypervisors.write().expect("adapters lock").remove(&name);
-            let handle = tokio::spawn(sample_provider(ctx.clone(), provider.as_ref().clone(), book.clone(), changed.clone()));
-            self.running.insert(name, (provider.metadata.generation, handle));
+            ctx.adapters
+                .hypervisors
+                .write()
+                .expect("adapters lock")
+                .remove(&name);
+            let handle = tokio::spawn(sample_provider(
+                ctx.clone(),
+                provider.as_ref().clone(),
+                book.clone(),
+                changed.clone(),
+            ));
+            self.running
+                .insert(name, (provider.metadata.generation, handle));
         }
     }
 
@@ -84,9 +113,14 @@ impl Samplers {
 }
 
 /// The adapter configuration for a provider, reading the vSphere credentials Secret.
-async fn adapter_config(ctx: &Context, hp: &HypervisorProvider) -> Result<HypervisorConfig, String> {
+async fn adapter_config(
+    ctx: &Context,
+    hp: &HypervisorProvider,
+) -> Result<HypervisorConfig, String> {
     if let Some(l) = &hp.spec.libvirt {
-        return Ok(HypervisorConfig::Libvirt(LibvirtConfig { uri: l.uri.clone() }));
+        return Ok(HypervisorConfig::Libvirt(LibvirtConfig {
+            uri: l.uri.clone(),
+        }));
     }
     let Some(v) = &hp.spec.vsphere else {
         return Err("the spec sets neither libvirt nor vsphere".into());
@@ -94,15 +128,31 @@ async fn adapter_config(ctx: &Context, hp: &HypervisorProvider) -> Result<Hyperv
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), &v.credentials_secret_ref.namespace)
         .get(&v.credentials_secret_ref.name)
         .await
-        .map_err(|e| format!("reading Secret {}/{}: {e}", v.credentials_secret_ref.namespace, v.credentials_secret_ref.name))?;
+        .map_err(|e| {
+            format!(
+                "reading Secret {}/{}: {e}",
+                v.credentials_secret_ref.namespace, v.credentials_secret_ref.name
+            )
+        })?;
     let field = |key: &str| -> Result<String, String> {
         secret
             .data
             .as_ref()
             .and_then(|d| d.get(key))
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).cloned())
-            .ok_or_else(|| format!("Secret {}/{} has no key {key}", v.credentials_secret_ref.namespace, v.credentials_secret_ref.name))
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .cloned()
+            })
+            .ok_or_else(|| {
+                format!(
+                    "Secret {}/{} has no key {key}",
+                    v.credentials_secret_ref.namespace, v.credentials_secret_ref.name
+                )
+            })
     };
     let url = if v.server.starts_with("https://") || v.server.starts_with("http://") {
         v.server.clone()
@@ -144,9 +194,16 @@ struct ProviderState {
     ready: (bool, &'static str, String),
 }
 
-async fn sample_provider(ctx: Arc<Context>, hp: HypervisorProvider, book: Arc<Mutex<HealthBook>>, changed: Arc<Notify>) {
+async fn sample_provider(
+    ctx: Arc<Context>,
+    hp: HypervisorProvider,
+    book: Arc<Mutex<HealthBook>>,
+    changed: Arc<Notify>,
+) {
     let name = hp.name_any();
-    let labels = ProviderLabels { provider: name.clone() };
+    let labels = ProviderLabels {
+        provider: name.clone(),
+    };
     let valid = match plumbline_policies::validate_provider(&hp.spec) {
         Ok(v) => v,
         Err(invalid) => {
@@ -162,7 +219,12 @@ async fn sample_provider(ctx: Arc<Context>, hp: HypervisorProvider, book: Arc<Mu
     };
     book.lock().expect("health book").providers.insert(
         name.clone(),
-        ProviderView::new(&name, valid.sample_interval, valid.node_mapping, valid.node_label.clone()),
+        ProviderView::new(
+            &name,
+            valid.sample_interval,
+            valid.node_mapping,
+            valid.node_label.clone(),
+        ),
     );
     let mut backoff = Duration::from_secs(1);
     let mut cycle: u32 = 0;
@@ -175,13 +237,19 @@ async fn sample_provider(ctx: Arc<Context>, hp: HypervisorProvider, book: Arc<Mu
             Some(a) => a,
             None => {
                 let connected = match adapter_config(&ctx, &hp).await {
-                    Ok(config) => plumbline_adapters::connect(config).await.map_err(|e| e.to_string()),
+                    Ok(config) => plumbline_adapters::connect(config)
+                        .await
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
                 match connected {
                     Ok(a) => {
                         info!(provider = %name, endpoint = %a.endpoint(), "connected");
-                        ctx.adapters.hypervisors.write().expect("adapters lock").insert(name.clone(), a.clone());
+                        ctx.adapters
+                            .hypervisors
+                            .write()
+                            .expect("adapters lock")
+                            .insert(name.clone(), a.clone());
                         backoff = Duration::from_secs(1);
                         cycle = 0;
                         a
@@ -189,7 +257,11 @@ async fn sample_provider(ctx: Arc<Context>, hp: HypervisorProvider, book: Arc<Mu
                     Err(message) => {
                         warn!(provider = %name, %message, retry_in = ?backoff, "connecting failed");
                         mark_disconnected(&book, &name, &message);
-                        ctx.metrics.health.provider_connected.get_or_create(&labels).set(0);
+                        ctx.metrics
+                            .health
+                            .provider_connected
+                            .get_or_create(&labels)
+                            .set(0);
                         changed.notify_one();
                         let state = ProviderState {
                             connected: (false, reason::CONNECTION_FAILED, message.clone()),
@@ -240,21 +312,40 @@ async fn sample_provider(ctx: Arc<Context>, hp: HypervisorProvider, book: Arc<Mu
                 Ok(samples.disks.len())
             }
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("sampling {} took longer than {timeout:?}", adapter.endpoint())),
+            Err(_) => Err(format!(
+                "sampling {} took longer than {timeout:?}",
+                adapter.endpoint()
+            )),
         };
         let connected = adapter.connection().is_connected() && outcome.is_ok();
-        ctx.metrics.health.provider_connected.get_or_create(&labels).set(connected as i64);
+        ctx.metrics
+            .health
+            .provider_connected
+            .get_or_create(&labels)
+            .set(connected as i64);
         let state = match &outcome {
             Ok(n) => ProviderState {
-                connected: (true, reason::CONNECTED, format!("connected to {}", adapter.endpoint())),
-                ready: (true, reason::SAMPLING, format!("{n} disks sampled every {:?}", valid.sample_interval)),
+                connected: (
+                    true,
+                    reason::CONNECTED,
+                    format!("connected to {}", adapter.endpoint()),
+                ),
+                ready: (
+                    true,
+                    reason::SAMPLING,
+                    format!("{n} disks sampled every {:?}", valid.sample_interval),
+                ),
             },
             Err(message) => {
                 warn!(provider = %name, %message, "sampling failed");
                 mark_disconnected(&book, &name, message);
                 ProviderState {
                     connected: if adapter.connection().is_connected() {
-                        (true, reason::CONNECTED, format!("connected to {}", adapter.endpoint()))
+                        (
+                            true,
+                            reason::CONNECTED,
+                            format!("connected to {}", adapter.endpoint()),
+                        )
                     } else {
                         (false, reason::CONNECTION_FAILED, message.clone())
                     },
@@ -289,13 +380,23 @@ async fn maybe_write_status(
     if !due {
         return;
     }
-    let view = book.lock().expect("health book").providers.get(&hp.name_any()).cloned();
+    let view = book
+        .lock()
+        .expect("health book")
+        .providers
+        .get(&hp.name_any())
+        .cloned();
     if write_status(ctx, hp, &state, view.as_ref()).await {
         *last = Some((state, Instant::now()));
     }
 }
 
-fn condition(type_: &str, (ok, reason, message): &(bool, &'static str, String), generation: Option<i64>, previous: &[Condition]) -> Condition {
+fn condition(
+    type_: &str,
+    (ok, reason, message): &(bool, &'static str, String),
+    generation: Option<i64>,
+    previous: &[Condition],
+) -> Condition {
     let status = if *ok { status::TRUE } else { status::FALSE };
     let last_transition_time = previous
         .iter()
@@ -312,7 +413,12 @@ fn condition(type_: &str, (ok, reason, message): &(bool, &'static str, String), 
     }
 }
 
-async fn write_status(ctx: &Context, hp: &HypervisorProvider, state: &ProviderState, view: Option<&ProviderView>) -> bool {
+async fn write_status(
+    ctx: &Context,
+    hp: &HypervisorProvider,
+    state: &ProviderState,
+    view: Option<&ProviderView>,
+) -> bool {
     let name = hp.name_any();
     // The cached object may be old; the transition times come from the live one.
     let api = Api::<HypervisorProvider>::all(ctx.client.clone());
@@ -355,7 +461,11 @@ async fn write_status(ctx: &Context, hp: &HypervisorProvider, state: &ProviderSt
         "status": status_body,
     });
     match api
-        .patch_status(&name, &PatchParams::apply(HEALTH_FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .patch_status(
+            &name,
+            &PatchParams::apply(HEALTH_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
         .await
     {
         Ok(_) => true,

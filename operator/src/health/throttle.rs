@@ -66,7 +66,12 @@ impl Throttles {
                 .iter()
                 .filter_map(|a| {
                     let vm = a.vm();
-                    b.vm(&vm.id).map(|p| (vm.id.clone(), p.vm.disks.iter().map(|d| d.name.clone()).collect()))
+                    b.vm(&vm.id).map(|p| {
+                        (
+                            vm.id.clone(),
+                            p.vm.disks.iter().map(|d| d.name.clone()).collect(),
+                        )
+                    })
                 })
                 .collect()
         };
@@ -77,16 +82,32 @@ impl Throttles {
                 continue;
             };
             match &action {
-                NeighbourAction::Step { victim, limit_iops, level, .. } => {
+                NeighbourAction::Step {
+                    victim,
+                    limit_iops,
+                    level,
+                    ..
+                } => {
                     let vm_disks = disks.get(&vm.id).cloned().unwrap_or_default();
                     if vm_disks.is_empty() {
                         warn!(vm = %vm, "VM has no disks to limit");
                         continue;
                     }
-                    let settings: Vec<Setting> = vm_disks.iter().map(|d| Setting::new(iops_tunable(d), *limit_iops)).collect();
+                    let settings: Vec<Setting> = vm_disks
+                        .iter()
+                        .map(|d| Setting::new(iops_tunable(d), *limit_iops))
+                        .collect();
                     let result = adapter.apply(&vm.id, &settings).await;
                     let ok = result.is_ok();
-                    ctx.metrics.action(Layer::hypervisor, METRIC_ACTION, if ok { ActionResult::applied } else { ActionResult::failed });
+                    ctx.metrics.action(
+                        Layer::hypervisor,
+                        METRIC_ACTION,
+                        if ok {
+                            ActionResult::applied
+                        } else {
+                            ActionResult::failed
+                        },
+                    );
                     let intents: BTreeSet<(String, String)> = views
                         .iter()
                         .filter(|v| v.pods.iter().any(|p| p.vm.as_ref() == Some(victim)))
@@ -97,9 +118,29 @@ impl Throttles {
                         Err(e) => format!("{} — failed: {e}", action.reason()),
                     };
                     info!(vm = %vm, level, limit_iops, ok, "noisy-neighbour throttle step");
-                    self.publish(ctx, views, &intents, if ok { EventType::Normal } else { EventType::Warning }, if ok { "NoisyNeighbourThrottled" } else { "NoisyNeighbourThrottleFailed" }, &note).await;
+                    self.publish(
+                        ctx,
+                        views,
+                        &intents,
+                        if ok {
+                            EventType::Normal
+                        } else {
+                            EventType::Warning
+                        },
+                        if ok {
+                            "NoisyNeighbourThrottled"
+                        } else {
+                            "NoisyNeighbourThrottleFailed"
+                        },
+                        &note,
+                    )
+                    .await;
                     if ok {
-                        apply_neighbour_actions(&mut self.state, std::slice::from_ref(&action), now);
+                        apply_neighbour_actions(
+                            &mut self.state,
+                            std::slice::from_ref(&action),
+                            now,
+                        );
                         let record = self.records.entry(vm.clone()).or_insert_with(|| Record {
                             intents: BTreeSet::new(),
                             disks: vm_disks.clone(),
@@ -119,20 +160,56 @@ impl Throttles {
                     let tunables: Vec<Tunable> = vm_disks.iter().map(|d| iops_tunable(d)).collect();
                     let result = adapter.revert(&vm.id, &tunables).await;
                     let ok = result.is_ok();
-                    ctx.metrics.action(Layer::hypervisor, METRIC_ACTION, if ok { ActionResult::reverted } else { ActionResult::failed });
-                    let intents = self.records.get(&vm).map(|r| r.intents.clone()).unwrap_or_default();
+                    ctx.metrics.action(
+                        Layer::hypervisor,
+                        METRIC_ACTION,
+                        if ok {
+                            ActionResult::reverted
+                        } else {
+                            ActionResult::failed
+                        },
+                    );
+                    let intents = self
+                        .records
+                        .get(&vm)
+                        .map(|r| r.intents.clone())
+                        .unwrap_or_default();
                     let note = match &result {
                         Ok(restored) => format!(
                             "{}; restored {}",
                             action.reason(),
-                            restored.iter().map(|s| format!("{}={}", s.tunable, s.value)).collect::<Vec<_>>().join(", ")
+                            restored
+                                .iter()
+                                .map(|s| format!("{}={}", s.tunable, s.value))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                         Err(e) => format!("{} — failed: {e}", action.reason()),
                     };
                     info!(vm = %vm, ok, "noisy-neighbour throttle released");
-                    self.publish(ctx, views, &intents, if ok { EventType::Normal } else { EventType::Warning }, if ok { "NoisyNeighbourReleased" } else { "NoisyNeighbourReleaseFailed" }, &note).await;
+                    self.publish(
+                        ctx,
+                        views,
+                        &intents,
+                        if ok {
+                            EventType::Normal
+                        } else {
+                            EventType::Warning
+                        },
+                        if ok {
+                            "NoisyNeighbourReleased"
+                        } else {
+                            "NoisyNeighbourReleaseFailed"
+                        },
+                        &note,
+                    )
+                    .await;
                     if ok {
-                        apply_neighbour_actions(&mut self.state, std::slice::from_ref(&action), now);
+                        apply_neighbour_actions(
+                            &mut self.state,
+                            std::slice::from_ref(&action),
+                            now,
+                        );
                         self.records.remove(&vm);
                     }
                 }
@@ -140,8 +217,19 @@ impl Throttles {
         }
     }
 
-    async fn publish(&self, ctx: &Context, views: &[IntentView], intents: &BTreeSet<(String, String)>, type_: EventType, reason: &str, note: &str) {
-        for v in views.iter().filter(|v| intents.contains(&(v.namespace.clone(), v.name.clone()))) {
+    async fn publish(
+        &self,
+        ctx: &Context,
+        views: &[IntentView],
+        intents: &BTreeSet<(String, String)>,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        for v in views
+            .iter()
+            .filter(|v| intents.contains(&(v.namespace.clone(), v.name.clone())))
+        {
             let event = Event {
                 type_,
                 reason: reason.to_string(),
@@ -182,12 +270,24 @@ impl Throttles {
             let b = book.lock().expect("health book");
             b.providers
                 .values()
-                .filter(|p| p.connected && !p.inventory.is_empty() && !self.recovered.contains(&p.name))
-                .map(|p| (p.name.clone(), p.inventory.iter().map(|vm| (vm.id.clone(), vm.name.clone())).collect()))
+                .filter(|p| {
+                    p.connected && !p.inventory.is_empty() && !self.recovered.contains(&p.name)
+                })
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.inventory
+                            .iter()
+                            .map(|vm| (vm.id.clone(), vm.name.clone()))
+                            .collect(),
+                    )
+                })
                 .collect()
         };
         for (provider, vms) in todo {
-            let Some(adapter) = ctx.adapters.get(&provider) else { continue };
+            let Some(adapter) = ctx.adapters.get(&provider) else {
+                continue;
+            };
             let mut complete = true;
             for (id, name) in vms {
                 if self.state.keys().any(|k| k.id == id) {
@@ -205,19 +305,32 @@ impl Throttles {
                     .originals
                     .iter()
                     .map(|s| s.tunable.clone())
-                    .filter(|t| matches!(t, Tunable::DiskLimit { limit: DiskLimit::TotalIops, .. }))
+                    .filter(|t| {
+                        matches!(
+                            t,
+                            Tunable::DiskLimit {
+                                limit: DiskLimit::TotalIops,
+                                ..
+                            }
+                        )
+                    })
                     .collect();
                 if leftovers.is_empty() {
                     continue;
                 }
                 match adapter.revert(&id, &leftovers).await {
                     Ok(restored) => {
-                        ctx.metrics.action(Layer::hypervisor, METRIC_ACTION, ActionResult::reverted);
+                        ctx.metrics.action(
+                            Layer::hypervisor,
+                            METRIC_ACTION,
+                            ActionResult::reverted,
+                        );
                         info!(vm = %name, ?restored, "restored I/O limits left by an earlier run");
                     }
                     Err(e) => {
                         complete = false;
-                        ctx.metrics.action(Layer::hypervisor, METRIC_ACTION, ActionResult::failed);
+                        ctx.metrics
+                            .action(Layer::hypervisor, METRIC_ACTION, ActionResult::failed);
                         warn!(vm = %name, error = %e, "restoring leftover I/O limits failed");
                     }
                 }
