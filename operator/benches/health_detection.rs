@@ -24,7 +24,10 @@ use kube::{
     Api, Client, ResourceExt,
 };
 use plumbline_e2e::Stack;
-use plumbline_operator::{clock::SystemClock, run::{Operator, Settings}};
+use plumbline_operator::{
+    clock::SystemClock,
+    run::{Operator, Settings},
+};
 use serde_json::json;
 use std::{
     collections::BTreeMap,
@@ -39,7 +42,10 @@ const INJECT_IOPS: u32 = 20;
 const PATIENCE: Duration = Duration::from_secs(120);
 
 fn env_num(key: &str, default: u64) -> u64 {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn pod_states(admin: &Client, ns: &str) -> Result<BTreeMap<String, Option<String>>> {
@@ -51,7 +57,12 @@ async fn pod_states(admin: &Client, ns: &str) -> Result<BTreeMap<String, Option<
         .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.spec.as_ref().and_then(|s| s.readiness_gates.as_ref()).is_some_and(|g| !g.is_empty()))
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.readiness_gates.as_ref())
+                .is_some_and(|g| !g.is_empty())
+        })
         .map(|p| {
             let s = p
                 .status
@@ -64,7 +75,12 @@ async fn pod_states(admin: &Client, ns: &str) -> Result<BTreeMap<String, Option<
         .collect())
 }
 
-async fn wait_until(admin: &Client, ns: &str, what: &str, f: impl Fn(&BTreeMap<String, Option<String>>) -> bool) -> Result<Duration> {
+async fn wait_until(
+    admin: &Client,
+    ns: &str,
+    what: &str,
+    f: impl Fn(&BTreeMap<String, Option<String>>) -> bool,
+) -> Result<Duration> {
     let start = Instant::now();
     loop {
         let s = pod_states(admin, ns).await?;
@@ -109,7 +125,10 @@ fn report(name: &str, mut v: Vec<f64>) {
 
 /// A sub-second pseudo-random delay from the clock, so injections land anywhere in the cycle.
 fn jitter() -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
     Duration::from_millis((nanos as u64 * 7919) % 1000)
 }
 
@@ -129,7 +148,9 @@ async fn main() -> Result<()> {
     }
     let ns = format!("bench-health-{:x}", std::process::id());
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-    Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &namespace).await?;
+    Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
     let provider = format!("{ns}-kvm");
     let hp = json!({
         "apiVersion": "plumbline.dev/v1alpha1", "kind": "HypervisorProvider",
@@ -137,7 +158,11 @@ async fn main() -> Result<()> {
         "spec": {"libvirt": {"uri": stack.libvirt_uri()?}, "sampleInterval": "1s"},
     });
     Api::<plumbline_crds::HypervisorProvider>::all(admin.clone())
-        .patch(&provider, &PatchParams::apply("plumbline-bench").force(), &Patch::Apply(&hp))
+        .patch(
+            &provider,
+            &PatchParams::apply("plumbline-bench").force(),
+            &Patch::Apply(&hp),
+        )
         .await?;
 
     let operator = Operator::start(
@@ -163,12 +188,23 @@ async fn main() -> Result<()> {
 
     let _ = stack.clear_libvirt_latency(VICTIM).await;
     operator.stop().await;
-    let _ = Api::<plumbline_crds::HypervisorProvider>::all(admin.clone()).delete(&provider, &DeleteParams::default()).await;
-    let _ = Api::<Namespace>::all(admin.clone()).delete(&ns, &DeleteParams::default()).await;
+    let _ = Api::<plumbline_crds::HypervisorProvider>::all(admin.clone())
+        .delete(&provider, &DeleteParams::default())
+        .await;
+    let _ = Api::<Namespace>::all(admin.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await;
     result
 }
 
-async fn run(stack: &Stack, admin: &Client, ns: &str, rounds: u64, steady: Duration, operator: &Operator) -> Result<()> {
+async fn run(
+    stack: &Stack,
+    admin: &Client,
+    ns: &str,
+    rounds: u64,
+    steady: Duration,
+    operator: &Operator,
+) -> Result<()> {
     let budget = std::env::var("PLUMBLINE_BENCH_BUDGET").unwrap_or_else(|_| "20ms".into());
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -184,7 +220,11 @@ async fn run(stack: &Stack, admin: &Client, ns: &str, rounds: u64, steady: Durat
         }
     });
     Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), ns)
-        .patch("bench", &PatchParams::apply("plumbline-bench"), &Patch::Apply(&deployment))
+        .patch(
+            "bench",
+            &PatchParams::apply("plumbline-bench"),
+            &Patch::Apply(&deployment),
+        )
         .await?;
     let intent = json!({
         "apiVersion": "plumbline.dev/v1alpha1", "kind": "WorkloadIntent",
@@ -197,7 +237,11 @@ async fn run(stack: &Stack, admin: &Client, ns: &str, rounds: u64, steady: Durat
         }
     });
     Api::<plumbline_crds::WorkloadIntent>::namespaced(admin.clone(), ns)
-        .patch("bench", &PatchParams::apply("plumbline-bench"), &Patch::Apply(&intent))
+        .patch(
+            "bench",
+            &PatchParams::apply("plumbline-bench"),
+            &Patch::Apply(&intent),
+        )
         .await?;
     wait_until(admin, ns, "every pod healthy", |s| all(s, "True")).await?;
     println!("health benchmark: 3 pods on {VICTIM}, budget {budget}, sample interval 1s, injection {INJECT_IOPS} IOPS, {rounds} rounds");
@@ -217,7 +261,12 @@ async fn run(stack: &Stack, admin: &Client, ns: &str, rounds: u64, steady: Durat
         stack.clear_libvirt_latency(VICTIM).await?;
         wait_until(admin, ns, "every pod healthy", |s| all(s, "True")).await?;
         let r = t1.elapsed();
-        println!("round {round:>2}: detection {:.2}s recovery {:.2}s (virsh call {:.0}ms)", d.as_secs_f64(), r.as_secs_f64(), inject_call.as_secs_f64() * 1000.0);
+        println!(
+            "round {round:>2}: detection {:.2}s recovery {:.2}s (virsh call {:.0}ms)",
+            d.as_secs_f64(),
+            r.as_secs_f64(),
+            inject_call.as_secs_f64() * 1000.0
+        );
         detection.push(d.as_secs_f64());
         recovery.push(r.as_secs_f64());
     }
@@ -234,15 +283,26 @@ async fn run(stack: &Stack, admin: &Client, ns: &str, rounds: u64, steady: Durat
         for (pod, s) in &now {
             if last.get(pod).is_some_and(|prev| prev != s) {
                 flaps += 1;
-                println!("flap: {pod} {:?} -> {s:?} after {:.0}s", last.get(pod), start.elapsed().as_secs_f64());
+                println!(
+                    "flap: {pod} {:?} -> {s:?} after {:.0}s",
+                    last.get(pod),
+                    start.elapsed().as_secs_f64()
+                );
             }
         }
         last = now;
     }
-    println!("steady     {:.0}s without injection: {flaps} flaps", steady.as_secs_f64());
+    println!(
+        "steady     {:.0}s without injection: {flaps} flaps",
+        steady.as_secs_f64()
+    );
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &operator.registry)?;
-    for line in text.lines().filter(|l| l.starts_with("plumbline_detection_latency_seconds_") || l.starts_with("plumbline_sample_duration_seconds_sum") || l.starts_with("plumbline_sample_duration_seconds_count")) {
+    for line in text.lines().filter(|l| {
+        l.starts_with("plumbline_detection_latency_seconds_")
+            || l.starts_with("plumbline_sample_duration_seconds_sum")
+            || l.starts_with("plumbline_sample_duration_seconds_count")
+    }) {
         println!("metric     {line}");
     }
 
@@ -255,7 +315,10 @@ async fn run(stack: &Stack, admin: &Client, ns: &str, rounds: u64, steady: Durat
 /// The pipeline a user would build from Debian packages: prometheus-libvirt-exporter (already
 /// run by the stack), Prometheus at 15 s scrape and evaluation, an alert `for: 1m`.
 async fn compare_with_prometheus(stack: &Stack, admin: &Client, ns: &str) -> Result<()> {
-    let exporter = stack.get("LIBVIRT_EXPORTER_URL")?.trim_start_matches("http://").to_string();
+    let exporter = stack
+        .get("LIBVIRT_EXPORTER_URL")?
+        .trim_start_matches("http://")
+        .to_string();
     let dir = tempfile::tempdir()?;
     // prometheus-libvirt-exporter 0.2.0 exports request and byte counters but no block times,
     // so no per-operation latency can be computed from it. The nearest rule a user can write is
@@ -283,8 +346,14 @@ async fn compare_with_prometheus(stack: &Stack, admin: &Client, ns: &str) -> Res
         ),
     )?;
     let mut prom = tokio::process::Command::new("/usr/bin/prometheus")
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={listen}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())

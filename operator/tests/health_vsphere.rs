@@ -33,14 +33,19 @@ fn count(pods: &[k8s_openapi::api::core::v1::Pod], status: &str, reason: &str) -
 async fn serial_health_vsphere_node_goes_through_the_same_cycle() -> Result<()> {
     let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
     let cluster = common::Cluster::connect("health_vsphere").await?;
-    let ca = std::fs::read_to_string(stack.get("VSPHERE_CA_FILE")?).context("reading the simulator's CA")?;
+    let ca = std::fs::read_to_string(stack.get("VSPHERE_CA_FILE")?)
+        .context("reading the simulator's CA")?;
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "vcenter", "namespace": cluster.namespace},
         "stringData": {"username": stack.get("VSPHERE_USERNAME")?, "password": stack.get("VSPHERE_PASSWORD")?},
     }))?;
     Api::<Secret>::namespaced(cluster.admin.clone(), &cluster.namespace)
-        .patch("vcenter", &PatchParams::apply("e2e-user"), &Patch::Apply(&secret))
+        .patch(
+            "vcenter",
+            &PatchParams::apply("e2e-user"),
+            &Patch::Apply(&secret),
+        )
         .await
         .context("creating the credentials Secret")?;
     let provider = format!("{}-vc", cluster.namespace);
@@ -82,11 +87,18 @@ async fn serial_health_vsphere_node_goes_through_the_same_cycle() -> Result<()> 
                 .await
             }
         };
-        settled(|p| count(p, "True", "LatencyWithinBudget") == 2, "both pods healthy before the injection").await?;
+        settled(
+            |p| count(p, "True", "LatencyWithinBudget") == 2,
+            "both pods healthy before the injection",
+        )
+        .await?;
 
         stack.set_vsphere_latency(VM, 80, 80).await?;
         settled(
-            |p| count(p, "False", "LatencyOverBudget") == 1 && count(p, "True", "OverBudgetHeldByGuard") == 1,
+            |p| {
+                count(p, "False", "LatencyOverBudget") == 1
+                    && count(p, "True", "OverBudgetHeldByGuard") == 1
+            },
             "one pod unready, one held by the guard",
         )
         .await?;
@@ -99,7 +111,11 @@ async fn serial_health_vsphere_node_goes_through_the_same_cycle() -> Result<()> 
         .await?;
 
         stack.clear_vsphere_latency(VM).await?;
-        settled(|p| count(p, "True", "LatencyWithinBudget") == 2, "both pods healthy after clearing").await?;
+        settled(
+            |p| count(p, "True", "LatencyWithinBudget") == 2,
+            "both pods healthy after clearing",
+        )
+        .await?;
         eventually("the node condition to clear", PATIENCE, || async {
             Ok(match node_condition(&cluster.admin, NODE).await? {
                 Some((s, _, _)) if s == "False" => Ok(()),

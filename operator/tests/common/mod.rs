@@ -41,12 +41,23 @@ impl Cluster {
     pub async fn connect(test: &str) -> Result<Self> {
         let stack = plumbline_e2e::Stack::load()
             .context("these tests need the real control plane; start it with `e2e/stack up k8s`")?;
-        let admin = stack.admin_client().await.context("admin client for the stack")?;
-        let operator_identity = stack.operator_client().await.context("operator client for the stack")?;
+        let admin = stack
+            .admin_client()
+            .await
+            .context("admin client for the stack")?;
+        let operator_identity = stack
+            .operator_client()
+            .await
+            .context("operator client for the stack")?;
         install_crds(&admin).await?;
-        let suffix = format!("{:x}", std::process::id() ^ (Utc::now().timestamp_subsec_nanos()));
+        let suffix = format!(
+            "{:x}",
+            std::process::id() ^ (Utc::now().timestamp_subsec_nanos())
+        );
         let namespace = format!("op-{test}-{suffix}").replace('_', "-");
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace, "labels": {"plumbline.dev/test": test.replace('_', "-")}}}))?;
+        let ns: Namespace = serde_json::from_value(
+            json!({"metadata": {"name": namespace, "labels": {"plumbline.dev/test": test.replace('_', "-")}}}),
+        )?;
         Api::<Namespace>::all(admin.clone())
             .create(&PostParams::default(), &ns)
             .await
@@ -70,7 +81,12 @@ impl Cluster {
 
     /// Starts an operator as the restricted identity, without leader election.
     pub async fn start_operator(&self, clock: Arc<dyn Clock>) -> Result<Operator> {
-        Ok(Operator::start(self.operator_identity.clone(), self.settings("test", None), clock).await?)
+        Ok(Operator::start(
+            self.operator_identity.clone(),
+            self.settings("test", None),
+            clock,
+        )
+        .await?)
     }
 
     pub fn deployments(&self) -> Api<Deployment> {
@@ -106,7 +122,11 @@ impl Cluster {
             .with_context(|| format!("creating Deployment {name}"))
     }
 
-    pub async fn apply_intent(&self, name: &str, spec: serde_json::Value) -> Result<WorkloadIntent> {
+    pub async fn apply_intent(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<WorkloadIntent> {
         let body = json!({
             "apiVersion": "plumbline.dev/v1alpha1",
             "kind": "WorkloadIntent",
@@ -132,11 +152,21 @@ impl Cluster {
     pub async fn finish(self, operator: Operator) -> Result<()> {
         let intents = self.intents();
         for wi in intents.list(&Default::default()).await?.items {
-            let _ = intents.delete(&wi.name_any(), &DeleteParams::default()).await;
+            let _ = intents
+                .delete(&wi.name_any(), &DeleteParams::default())
+                .await;
         }
         eventually("the test's intents to be finalized", || {
             let intents = intents.clone();
-            async move { intents.list(&Default::default()).await.ok()?.items.is_empty().then_some(()) }
+            async move {
+                intents
+                    .list(&Default::default())
+                    .await
+                    .ok()?
+                    .items
+                    .is_empty()
+                    .then_some(())
+            }
         })
         .await?;
         operator.stop().await;
@@ -160,13 +190,22 @@ pub async fn install_crds(admin: &Client) -> Result<()> {
         // Other test processes may install them at the same moment; retry a conflict.
         let mut attempt = 0;
         loop {
-            match api.patch(&name, &PatchParams::apply("plumbline-tests").force(), &Patch::Apply(&crd)).await {
+            match api
+                .patch(
+                    &name,
+                    &PatchParams::apply("plumbline-tests").force(),
+                    &Patch::Apply(&crd),
+                )
+                .await
+            {
                 Ok(_) => break,
                 Err(kube::Error::Api(s)) if s.code == 409 && attempt < 10 => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("installing CRD {name}"))),
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("installing CRD {name}")))
+                }
             }
         }
         eventually(&format!("CRD {name} established"), || {
@@ -205,7 +244,9 @@ where
 }
 
 pub fn at(rfc3339: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(rfc3339).expect("test timestamp").with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(rfc3339)
+        .expect("test timestamp")
+        .with_timezone(&Utc)
 }
 
 pub fn manual_clock(rfc3339: &str) -> Arc<ManualClock> {
@@ -213,8 +254,16 @@ pub fn manual_clock(rfc3339: &str) -> Arc<ManualClock> {
 }
 
 /// The condition `type_` of the intent's status, if set.
-pub fn condition(wi: &WorkloadIntent, type_: &str) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    wi.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).cloned()
+pub fn condition(
+    wi: &WorkloadIntent,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    wi.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
 }
 
 /// True when the condition has this status and reason.
@@ -224,7 +273,12 @@ pub fn has_condition(wi: &WorkloadIntent, type_: &str, status: &str, reason: &st
 
 impl Cluster {
     /// Polls the intent until `check` accepts it; returns it.
-    pub async fn intent_until(&self, name: &str, what: &str, check: impl Fn(&WorkloadIntent) -> bool) -> Result<WorkloadIntent> {
+    pub async fn intent_until(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&WorkloadIntent) -> bool,
+    ) -> Result<WorkloadIntent> {
         let api = self.intents();
         let last = std::sync::Mutex::new(None);
         let result = eventually(what, || {
@@ -246,7 +300,12 @@ impl Cluster {
     }
 
     /// Polls the Deployment until `check` accepts it; returns it.
-    pub async fn deployment_until(&self, name: &str, what: &str, check: impl Fn(&Deployment) -> bool) -> Result<Deployment> {
+    pub async fn deployment_until(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Deployment) -> bool,
+    ) -> Result<Deployment> {
         let api = self.deployments();
         eventually(what, || {
             let api = api.clone();
@@ -262,7 +321,11 @@ impl Cluster {
     /// The PodDisruptionBudget API the server offers (policy/v1beta1 on 1.20).
     pub async fn pdbs(&self) -> Result<Api<kube::api::DynamicObject>> {
         let apis = plumbline_operator::discovery::ServedApis::discover(&self.admin).await?;
-        Ok(Api::namespaced_with(self.admin.clone(), &self.namespace, &apis.pdb))
+        Ok(Api::namespaced_with(
+            self.admin.clone(),
+            &self.namespace,
+            &apis.pdb,
+        ))
     }
 }
 

@@ -18,7 +18,11 @@ pub const GATE: &str = "plumbline.dev/storage-healthy";
 pub const NODE_CONDITION: &str = "StorageLatencyHigh";
 
 /// Creates (or replaces) a cluster-scoped HypervisorProvider.
-pub async fn apply_provider(admin: &Client, name: &str, spec: serde_json::Value) -> Result<HypervisorProvider> {
+pub async fn apply_provider(
+    admin: &Client,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<HypervisorProvider> {
     let body = json!({
         "apiVersion": "plumbline.dev/v1alpha1",
         "kind": "HypervisorProvider",
@@ -26,7 +30,11 @@ pub async fn apply_provider(admin: &Client, name: &str, spec: serde_json::Value)
         "spec": spec,
     });
     Api::<HypervisorProvider>::all(admin.clone())
-        .patch(name, &PatchParams::apply("e2e-user").force(), &Patch::Apply(&body))
+        .patch(
+            name,
+            &PatchParams::apply("e2e-user").force(),
+            &Patch::Apply(&body),
+        )
         .await
         .with_context(|| format!("applying HypervisorProvider {name}"))
 }
@@ -39,7 +47,13 @@ pub async fn delete_provider(admin: &Client, name: &str) {
 
 /// A Deployment whose pods are all bound to `node` (no scheduler involved), so the test
 /// knows which VM backs them.
-pub async fn deploy_pinned(admin: &Client, namespace: &str, name: &str, replicas: i32, node: &str) -> Result<()> {
+pub async fn deploy_pinned(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+    node: &str,
+) -> Result<()> {
     let body = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -70,13 +84,27 @@ pub async fn pods(admin: &Client, namespace: &str, app: &str) -> Result<Vec<Pod>
         .list(&ListParams::default().labels(&format!("app={app}")))
         .await
         .with_context(|| format!("listing pods of {app}"))?;
-    Ok(list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect())
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
 }
 
 /// (status, reason, message) of the pod's storage condition.
 pub fn storage_condition(pod: &Pod) -> Option<(String, String, String)> {
-    let c = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == GATE)?;
-    Some((c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == GATE)?;
+    Some((
+        c.status.clone(),
+        c.reason.clone().unwrap_or_default(),
+        c.message.clone().unwrap_or_default(),
+    ))
 }
 
 pub fn has_gate(pod: &Pod) -> bool {
@@ -94,15 +122,31 @@ pub fn is_ready(pod: &Pod) -> bool {
 }
 
 /// (status, reason, message) of the node's StorageLatencyHigh condition.
-pub async fn node_condition(admin: &Client, node: &str) -> Result<Option<(String, String, String)>> {
-    let n = Api::<Node>::all(admin.clone()).get(node).await.with_context(|| format!("reading Node {node}"))?;
+pub async fn node_condition(
+    admin: &Client,
+    node: &str,
+) -> Result<Option<(String, String, String)>> {
+    let n = Api::<Node>::all(admin.clone())
+        .get(node)
+        .await
+        .with_context(|| format!("reading Node {node}"))?;
     Ok(n.status
         .and_then(|s| s.conditions)
         .and_then(|c| c.into_iter().find(|c| c.type_ == NODE_CONDITION))
-        .map(|c| (c.status, c.reason.unwrap_or_default(), c.message.unwrap_or_default())))
+        .map(|c| {
+            (
+                c.status,
+                c.reason.unwrap_or_default(),
+                c.message.unwrap_or_default(),
+            )
+        }))
 }
 
-pub async fn intent_status(admin: &Client, namespace: &str, name: &str) -> Result<serde_json::Value> {
+pub async fn intent_status(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<serde_json::Value> {
     let wi = Api::<WorkloadIntent>::namespaced(admin.clone(), namespace)
         .get(name)
         .await
@@ -111,7 +155,11 @@ pub async fn intent_status(admin: &Client, namespace: &str, name: &str) -> Resul
 }
 
 /// Event reasons recorded on the intent.
-pub async fn intent_event_reasons(admin: &Client, namespace: &str, name: &str) -> Result<Vec<(String, String)>> {
+pub async fn intent_event_reasons(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<(String, String)>> {
     let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), namespace)
         .list(&ListParams::default())
         .await
@@ -132,7 +180,10 @@ pub async fn total_iops_limit(uri: &str, domain: &str) -> Result<u64> {
         .await
         .context("running virsh blkdeviotune")?;
     if !out.status.success() {
-        bail!("virsh blkdeviotune {domain} vda: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "virsh blkdeviotune {domain} vda: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
@@ -164,7 +215,8 @@ where
 
 /// Stops the stack's libvirtd by its recorded pid and waits until it has exited.
 pub async fn stop_libvirtd(stack: &plumbline_e2e::Stack) -> Result<()> {
-    let pid_file = std::path::Path::new(stack.get("PLUMBLINE_STACK_DIR")?).join("pids/libvirtd.pid");
+    let pid_file =
+        std::path::Path::new(stack.get("PLUMBLINE_STACK_DIR")?).join("pids/libvirtd.pid");
     let pid = std::fs::read_to_string(&pid_file)
         .with_context(|| format!("the stack records libvirtd's pid in {}", pid_file.display()))?
         .trim()
@@ -176,8 +228,16 @@ pub async fn stop_libvirtd(stack: &plumbline_e2e::Stack) -> Result<()> {
     eventually("libvirtd to exit", Duration::from_secs(30), || {
         let pid = pid.clone();
         async move {
-            let alive = Command::new("kill").args(["-0", &pid]).status().await?.success();
-            Ok(if alive { Err("still running".to_string()) } else { Ok(()) })
+            let alive = Command::new("kill")
+                .args(["-0", &pid])
+                .status()
+                .await?
+                .success();
+            Ok(if alive {
+                Err("still running".to_string())
+            } else {
+                Ok(())
+            })
         }
     })
     .await
@@ -185,9 +245,15 @@ pub async fn stop_libvirtd(stack: &plumbline_e2e::Stack) -> Result<()> {
 
 /// Starts libvirtd again the way the stack does (idempotent).
 pub async fn start_libvirtd() -> Result<()> {
-    let out = Command::new(plumbline_e2e::Stack::script()).args(["up", "libvirt"]).output().await?;
+    let out = Command::new(plumbline_e2e::Stack::script())
+        .args(["up", "libvirt"])
+        .output()
+        .await?;
     if !out.status.success() {
-        bail!("e2e/stack up libvirt: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "e2e/stack up libvirt: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -195,7 +261,14 @@ pub async fn start_libvirtd() -> Result<()> {
 /// A short summary of the workload's storage conditions, for failure messages.
 pub fn summary(pods: &[Pod]) -> String {
     pods.iter()
-        .map(|p| format!("{}: {:?} gate={}", p.name_any(), storage_condition(p), has_gate(p)))
+        .map(|p| {
+            format!(
+                "{}: {:?} gate={}",
+                p.name_any(),
+                storage_condition(p),
+                has_gate(p)
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
