@@ -57,11 +57,16 @@ impl TestNamespace {
             .metadata
             .name
             .context("created namespace has no name")?;
+        // Pods that mount a token are refused until the token controller has given the
+        // namespace's default service account its token Secret (1.20's legacy tokens).
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
         eventually(
-            format!("service account default in {name}"),
+            format!("service account default in {name} with its token"),
             DEFAULT_TIMEOUT,
-            || async { Ok(accounts.get_opt("default").await?) },
+            || async {
+                let account = accounts.get_opt("default").await?;
+                Ok(account.filter(|a| a.secrets.as_ref().is_some_and(|s| !s.is_empty())))
+            },
         )
         .await?;
         Ok(Self {
