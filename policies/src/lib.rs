@@ -27,8 +27,14 @@ pub mod validate;
 
 pub use explain::{describe, explain, explain_invalid};
 pub use invalid::{FieldError, Invalid};
-pub use observed::{BackingVm, NeighbourThrottle, Observed, ObservedDisruptionBudget, ObservedInfra, ObservedWorkload};
-pub use plan::{Action, Activity, Change, CountOrPercent, Note, Plan, Preemption, PriorityClassSpec, Setting, VmRef, WorkloadRef};
+pub use observed::{
+    BackingVm, NeighbourThrottle, Observed, ObservedDisruptionBudget, ObservedInfra,
+    ObservedWorkload,
+};
+pub use plan::{
+    Action, Activity, Change, CountOrPercent, Note, Plan, Preemption, PriorityClassSpec, Setting,
+    VmRef, WorkloadRef,
+};
 pub use planner::{activity, disruption_budget_name, plan};
 pub use revert::{revert, Undo};
 pub use schedule::Schedule;

@@ -129,15 +129,27 @@ mod tests {
 
     #[test]
     fn incumbents_keep_their_slot_against_slightly_worse_newcomers() {
-        let d = guard(3, GuardLimit::Count(1), vec![c("old", 2.0, true), c("new", 2.5, false)]);
+        let d = guard(
+            3,
+            GuardLimit::Count(1),
+            vec![c("old", 2.0, true), c("new", 2.5, false)],
+        );
         assert_eq!(d.marked, vec!["old"]);
-        let d = guard(3, GuardLimit::Count(1), vec![c("old", 2.0, true), c("new", 9.0, false)]);
+        let d = guard(
+            3,
+            GuardLimit::Count(1),
+            vec![c("old", 2.0, true), c("new", 9.0, false)],
+        );
         assert_eq!(d.marked, vec!["new"], "a much worse pod still goes first");
     }
 
     fn candidates() -> impl Strategy<Value = Vec<GuardCandidate<String>>> {
         prop::collection::vec(
-            (0u8..30, prop_oneof![Just(f64::NAN), Just(f64::INFINITY), 0.0f64..100.0], any::<bool>())
+            (
+                0u8..30,
+                prop_oneof![Just(f64::NAN), Just(f64::INFINITY), 0.0f64..100.0],
+                any::<bool>(),
+            )
                 .prop_map(|(p, s, u)| c(&format!("pod-{p}"), s, u)),
             0..30,
         )

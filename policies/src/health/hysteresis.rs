@@ -44,7 +44,10 @@ impl HysteresisPolicy {
         if self.degrade_after == 0 || self.degrade_after > self.window {
             return invalid(
                 "degradeAfter",
-                format!("must be between 1 and the window ({}), got {}", self.window, self.degrade_after),
+                format!(
+                    "must be between 1 and the window ({}), got {}",
+                    self.window, self.degrade_after
+                ),
             );
         }
         if self.recover_after == 0 {
@@ -108,7 +111,10 @@ enum Phase {
     /// No settled verdict since the tracker started (or since a gap in the data).
     Settling,
     Healthy,
-    Degraded { since: SystemTime, onset: SystemTime },
+    Degraded {
+        since: SystemTime,
+        onset: SystemTime,
+    },
 }
 
 /// Hysteresis state of one disk against one budget. Feed it every sample; ask it for a verdict
@@ -218,7 +224,9 @@ impl DiskHealth {
             Phase::Settling => Verdict::Unknown {
                 cause: UnknownCause::Confirming,
             },
-            Phase::Healthy => Verdict::Healthy { latest: last.per_op },
+            Phase::Healthy => Verdict::Healthy {
+                latest: last.per_op,
+            },
             Phase::Degraded { since, onset } => Verdict::Degraded {
                 latest: last.per_op,
                 over_budget: self.recent.iter().filter(|o| **o).count(),
@@ -266,7 +274,12 @@ mod tests {
     fn no_samples_is_unknown() {
         let p = HysteresisPolicy::default();
         let v = DiskHealth::new(BUDGET).verdict(t(0), &p);
-        assert_eq!(v, Verdict::Unknown { cause: UnknownCause::NoSamples });
+        assert_eq!(
+            v,
+            Verdict::Unknown {
+                cause: UnknownCause::NoSamples
+            }
+        );
     }
 
     #[test]
@@ -277,8 +290,14 @@ mod tests {
 
     #[test]
     fn bad_first_sample_is_confirmed_before_degrading() {
-        assert_eq!(run(&[ms(50), ms(50)], &HysteresisPolicy::default()), vec![U, D]);
-        assert_eq!(run(&[ms(50), ms(1)], &HysteresisPolicy::default()), vec![U, H]);
+        assert_eq!(
+            run(&[ms(50), ms(50)], &HysteresisPolicy::default()),
+            vec![U, D]
+        );
+        assert_eq!(
+            run(&[ms(50), ms(1)], &HysteresisPolicy::default()),
+            vec![U, H]
+        );
     }
 
     #[test]
@@ -298,19 +317,35 @@ mod tests {
     #[test]
     fn recovery_needs_three_good_in_a_row() {
         let p = HysteresisPolicy::default();
-        let input = [ms(1), ms(50), ms(50), ms(1), ms(1), ms(50), ms(1), ms(1), ms(1)];
+        let input = [
+            ms(1),
+            ms(50),
+            ms(50),
+            ms(1),
+            ms(1),
+            ms(50),
+            ms(1),
+            ms(1),
+            ms(1),
+        ];
         assert_eq!(run(&input, &p), vec![H, H, D, D, D, D, D, D, H]);
     }
 
     #[test]
     fn exactly_at_budget_is_within_budget() {
-        assert_eq!(run(&[ms(20), ms(20), ms(20)], &HysteresisPolicy::default()), vec![H, H, H]);
+        assert_eq!(
+            run(&[ms(20), ms(20), ms(20)], &HysteresisPolicy::default()),
+            vec![H, H, H]
+        );
     }
 
     #[test]
     fn idle_disk_is_within_budget() {
         let p = HysteresisPolicy::default();
-        assert_eq!(run(&[ms(50), ms(50), None, None, None], &p), vec![U, D, D, D, H]);
+        assert_eq!(
+            run(&[ms(50), ms(50), None, None, None], &p),
+            vec![U, D, D, D, H]
+        );
     }
 
     #[test]
@@ -320,10 +355,18 @@ mod tests {
         disk.observe(StorageSample::new(t(1), ms(50)), &p);
         disk.observe(StorageSample::new(t(2), ms(50)), &p);
         assert_eq!(disk.verdict(t(2), &p).state(), D);
-        assert_eq!(disk.verdict(t(5), &p).state(), D, "3 s old is still fresh at 1 s interval");
+        assert_eq!(
+            disk.verdict(t(5), &p).state(),
+            D,
+            "3 s old is still fresh at 1 s interval"
+        );
         assert_eq!(
             disk.verdict(t(6), &p),
-            Verdict::Unknown { cause: UnknownCause::Stale { last_sample_at: t(2) } }
+            Verdict::Unknown {
+                cause: UnknownCause::Stale {
+                    last_sample_at: t(2)
+                }
+            }
         );
     }
 
@@ -334,7 +377,11 @@ mod tests {
         disk.observe(StorageSample::new(t(1), ms(50)), &p);
         disk.observe(StorageSample::new(t(2), ms(50)), &p);
         disk.observe(StorageSample::new(t(20), ms(50)), &p);
-        assert_eq!(disk.verdict(t(20), &p).state(), U, "one sample after a gap is not enough");
+        assert_eq!(
+            disk.verdict(t(20), &p).state(),
+            U,
+            "one sample after a gap is not enough"
+        );
     }
 
     #[test]
@@ -344,7 +391,10 @@ mod tests {
         let s = StorageSample::new(t(1), ms(50));
         assert_eq!(disk.observe(s, &p), Observed::Counted);
         assert_eq!(disk.observe(s, &p), Observed::NotNewer);
-        assert_eq!(disk.observe(StorageSample::new(t(0), ms(50)), &p), Observed::NotNewer);
+        assert_eq!(
+            disk.observe(StorageSample::new(t(0), ms(50)), &p),
+            Observed::NotNewer
+        );
         assert_eq!(disk.verdict(t(1), &p).state(), U);
     }
 
@@ -357,35 +407,67 @@ mod tests {
         }
         assert_eq!(
             disk.verdict(t(2), &p),
-            Verdict::Degraded { latest: ms(60), over_budget: 2, window: 3, since: t(2), onset: t(1) }
+            Verdict::Degraded {
+                latest: ms(60),
+                over_budget: 2,
+                window: 3,
+                since: t(2),
+                onset: t(1)
+            }
         );
     }
 
     #[test]
     fn invalid_policies_are_rejected_with_the_field() {
         let d = HysteresisPolicy::default();
-        let err = HysteresisPolicy { degrade_after: 4, ..d }.validate().unwrap_err().to_string();
+        let err = HysteresisPolicy {
+            degrade_after: 4,
+            ..d
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("degradeAfter"), "{err}");
-        assert!(HysteresisPolicy { degrade_after: 0, ..d }.validate().is_err());
-        assert!(HysteresisPolicy { recover_after: 0, ..d }.validate().is_err());
+        assert!(HysteresisPolicy {
+            degrade_after: 0,
+            ..d
+        }
+        .validate()
+        .is_err());
+        assert!(HysteresisPolicy {
+            recover_after: 0,
+            ..d
+        }
+        .validate()
+        .is_err());
         assert!(HysteresisPolicy { window: 0, ..d }.validate().is_err());
-        assert!(HysteresisPolicy { stale_after: Duration::ZERO, ..d }.validate().is_err());
+        assert!(HysteresisPolicy {
+            stale_after: Duration::ZERO,
+            ..d
+        }
+        .validate()
+        .is_err());
         assert!(HysteresisPolicy::default().validate().is_ok());
     }
 
     fn policies() -> impl Strategy<Value = HysteresisPolicy> {
-        (1usize..6, 0usize..4, 1usize..6, 1u64..10).prop_map(|(n, extra, m, stale)| HysteresisPolicy {
-            degrade_after: n.saturating_sub(extra).max(1),
-            window: n,
-            recover_after: m,
-            stale_after: Duration::from_secs(stale),
+        (1usize..6, 0usize..4, 1usize..6, 1u64..10).prop_map(|(n, extra, m, stale)| {
+            HysteresisPolicy {
+                degrade_after: n.saturating_sub(extra).max(1),
+                window: n,
+                recover_after: m,
+                stale_after: Duration::from_secs(stale),
+            }
         })
     }
 
     /// A sample stream: (gap in seconds before the sample, latency or idle), with or without a
     /// missing cycle (`None` outer) in between.
     fn streams() -> impl Strategy<Value = Vec<Option<(u64, Option<u64>)>>> {
-        prop::collection::vec(prop::option::weighted(0.9, (1u64..4, prop::option::of(0u64..100))), 0..80)
+        prop::collection::vec(
+            prop::option::weighted(0.9, (1u64..4, prop::option::of(0u64..100))),
+            0..80,
+        )
     }
 
     proptest! {

@@ -26,8 +26,8 @@ mod vm;
 pub use guard::{guard, GuardCandidate, GuardDecision, GuardLimit};
 pub use hysteresis::{DiskHealth, HysteresisPolicy, Observed, Verdict};
 pub use neighbour::{
-    apply_neighbour_actions, plan_neighbour_throttles, NeighbourAction, NeighbourCandidate, Throttle,
-    ThrottleLadder, Victim,
+    apply_neighbour_actions, plan_neighbour_throttles, NeighbourAction, NeighbourCandidate,
+    Throttle, ThrottleLadder, Victim,
 };
 pub use node::{node_condition, reason as node_reason, NodeCondition};
 pub use readiness::{pod_readiness, reason as pod_reason, ReadinessVerdict, UnknownReadiness};
@@ -40,5 +40,8 @@ pub use vm::VmVerdict;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HealthPolicyError {
     #[error("checking the health policy: {field} {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }

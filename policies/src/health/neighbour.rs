@@ -111,12 +111,17 @@ impl<K> NeighbourAction<K> {
 
     pub fn reason(&self) -> &str {
         match self {
-            NeighbourAction::Step { reason, .. } | NeighbourAction::Release { reason, .. } => reason,
+            NeighbourAction::Step { reason, .. } | NeighbourAction::Release { reason, .. } => {
+                reason
+            }
         }
     }
 }
 
-fn shares_infrastructure<K>(victim: &Victim<K>, candidate: &NeighbourCandidate<K>) -> Option<String> {
+fn shares_infrastructure<K>(
+    victim: &Victim<K>,
+    candidate: &NeighbourCandidate<K>,
+) -> Option<String> {
     if let (Some(a), Some(b)) = (&victim.host, &candidate.host) {
         if a == b {
             return Some(format!("host {a}"));
@@ -146,14 +151,16 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
 ) -> Vec<NeighbourAction<K>> {
     let mut actions = Vec::new();
     let victim_by_vm: BTreeMap<&K, &Victim<K>> = victims.iter().map(|v| (&v.vm, v)).collect();
-    let candidate_by_vm: BTreeMap<&K, &NeighbourCandidate<K>> = candidates.iter().map(|c| (&c.vm, c)).collect();
+    let candidate_by_vm: BTreeMap<&K, &NeighbourCandidate<K>> =
+        candidates.iter().map(|c| (&c.vm, c)).collect();
     let mut touched: BTreeSet<K> = BTreeSet::new();
 
     for throttle in throttles.values() {
         let still_needed = throttle.victims.iter().any(|v| {
             victim_by_vm.get(v).is_some_and(|victim| {
                 victim.active
-                    && !(victim.state == HealthState::Healthy && victim.healthy_for >= ladder.release_after)
+                    && !(victim.state == HealthState::Healthy
+                        && victim.healthy_for >= ladder.release_after)
             })
         });
         let newly_protected = candidate_by_vm
@@ -189,13 +196,27 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
         .collect();
     // Higher tiers pick their aggressor first when two victims compete for one step.
     degraded.sort_by(|a, b| b.tier.cmp(&a.tier).then_with(|| a.vm.cmp(&b.vm)));
+    // The next step for a candidate: (level, IOPS before its first step, limit).
+    let next_step = |c: &NeighbourCandidate<K>| {
+        let (level, baseline_iops) = match throttles.get(&c.vm) {
+            Some(t) => (t.level + 1, t.baseline_iops),
+            None => (1, c.iops),
+        };
+        let fraction = ladder.steps[(level - 1).min(ladder.steps.len() - 1)];
+        (
+            level,
+            baseline_iops,
+            ((baseline_iops * fraction).round() as u64).max(ladder.floor_iops),
+        )
+    };
     for victim in degraded {
         let last_step = throttles
             .values()
             .filter(|t| t.victims.contains(&victim.vm))
             .map(|t| t.stepped_at)
             .max();
-        if last_step.is_some_and(|at| now.duration_since(at).unwrap_or_default() < ladder.cooldown) {
+        if last_step.is_some_and(|at| now.duration_since(at).unwrap_or_default() < ladder.cooldown)
+        {
             continue;
         }
         let mut eligible: Vec<(&NeighbourCandidate<K>, String)> = candidates
@@ -210,18 +231,15 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
                         && now.duration_since(t.stepped_at).unwrap_or_default() >= ladder.cooldown
                 }
             })
+            // A step whose limit is not below what the VM does now would throttle nothing.
+            .filter(|c| (next_step(c).2 as f64) < c.iops)
             .filter_map(|c| shares_infrastructure(victim, c).map(|shared| (c, shared)))
             .collect();
         eligible.sort_by(|(a, _), (b, _)| b.iops.total_cmp(&a.iops).then_with(|| a.vm.cmp(&b.vm)));
         let Some((aggressor, shared)) = eligible.into_iter().next() else {
             continue;
         };
-        let (level, baseline_iops) = match throttles.get(&aggressor.vm) {
-            Some(t) => (t.level + 1, t.baseline_iops),
-            None => (1, aggressor.iops),
-        };
-        let fraction = ladder.steps[level - 1];
-        let limit_iops = ((baseline_iops * fraction).round() as u64).max(ladder.floor_iops);
+        let (level, baseline_iops, limit_iops) = next_step(aggressor);
         touched.insert(aggressor.vm.clone());
         actions.push(NeighbourAction::Step {
             vm: aggressor.vm.clone(),
@@ -260,7 +278,11 @@ fn release_reason<K: Ord + Display>(
             ),
         })
         .collect();
-    format!("releasing the I/O limit on VM {}: {}", throttle.vm, why.join("; "))
+    format!(
+        "releasing the I/O limit on VM {}: {}",
+        throttle.vm,
+        why.join("; ")
+    )
 }
 
 /// Records actions the operator applied successfully.
@@ -337,7 +359,12 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                NeighbourAction::Step { vm, level, limit_iops, .. } => Some((vm.clone(), *level, *limit_iops)),
+                NeighbourAction::Step {
+                    vm,
+                    level,
+                    limit_iops,
+                    ..
+                } => Some((vm.clone(), *level, *limit_iops)),
                 _ => None,
             })
             .collect()
@@ -360,7 +387,11 @@ mod tests {
             &ladder,
         );
         assert_eq!(steps(&actions), vec![("pl-noisy".to_string(), 1, 1000)]);
-        assert!(actions[0].reason().contains("shares host h1"), "{}", actions[0].reason());
+        assert!(
+            actions[0].reason().contains("shares host h1"),
+            "{}",
+            actions[0].reason()
+        );
         assert!(actions[0].reason().contains("payments/payment-api"));
     }
 
@@ -406,8 +437,17 @@ mod tests {
         for sec in 0..40 {
             let now = t(sec);
             // While throttled, the aggressor runs at its limit.
-            let iops = throttles.get("pl-noisy").map(|t: &Throttle<String>| t.limit_iops as f64).unwrap_or(2000.0);
-            let actions = plan_neighbour_throttles(now, &victims, &[cand("pl-noisy", iops, None)], &throttles, &ladder);
+            let iops = throttles
+                .get("pl-noisy")
+                .map(|t: &Throttle<String>| t.limit_iops as f64)
+                .unwrap_or(2000.0);
+            let actions = plan_neighbour_throttles(
+                now,
+                &victims,
+                &[cand("pl-noisy", iops, None)],
+                &throttles,
+                &ladder,
+            );
             for s in steps(&actions) {
                 seen.push((sec, s));
             }
@@ -428,11 +468,24 @@ mod tests {
         let actions = plan_neighbour_throttles(
             t(0),
             &[victim("v", HealthState::Degraded)],
-            &[cand("small", 15.0, None)],
+            &[cand("small", 30.0, None)],
             &BTreeMap::new(),
             &ThrottleLadder::default(),
         );
         assert_eq!(steps(&actions), vec![("small".to_string(), 1, 20)]);
+    }
+
+    #[test]
+    fn a_vm_already_below_the_next_limit_is_left_alone() {
+        // 15 IOPS: even the floor (20) would not cut it, so throttling it only looks busy.
+        let actions = plan_neighbour_throttles(
+            t(0),
+            &[victim("v", HealthState::Degraded)],
+            &[cand("quiet", 15.0, None)],
+            &BTreeMap::new(),
+            &ThrottleLadder::default(),
+        );
+        assert!(steps(&actions).is_empty(), "{actions:?}");
     }
 
     fn throttled(vm: &str, victim: &str) -> BTreeMap<String, Throttle<String>> {
@@ -457,10 +510,14 @@ mod tests {
         let mut v = victim("v", HealthState::Healthy);
         v.healthy_for = Duration::from_secs(3);
         let cands = [cand("pl-noisy", 1000.0, None)];
-        assert!(plan_neighbour_throttles(t(20), &[v.clone()], &cands, &throttles, &ladder).is_empty());
+        assert!(
+            plan_neighbour_throttles(t(20), &[v.clone()], &cands, &throttles, &ladder).is_empty()
+        );
         v.healthy_for = ladder.release_after;
         let actions = plan_neighbour_throttles(t(20), &[v], &cands, &throttles, &ladder);
-        assert!(matches!(&actions[..], [NeighbourAction::Release { vm, reason }] if vm == "pl-noisy" && reason.contains("within its latency budget")));
+        assert!(
+            matches!(&actions[..], [NeighbourAction::Release { vm, reason }] if vm == "pl-noisy" && reason.contains("within its latency budget"))
+        );
     }
 
     #[test]
@@ -481,10 +538,22 @@ mod tests {
         let mut v = victim("v", HealthState::Degraded);
         v.active = false;
         let cands = [cand("pl-noisy", 1000.0, None)];
-        let actions = plan_neighbour_throttles(t(20), &[v], &cands, &throttled("pl-noisy", "v"), &ladder);
-        assert!(actions[0].reason().contains("window of payments/payment-api ended"), "{:?}", actions);
-        let actions = plan_neighbour_throttles(t(20), &[], &cands, &throttled("pl-noisy", "v"), &ladder);
-        assert!(actions[0].reason().contains("no longer backs"), "{:?}", actions);
+        let actions =
+            plan_neighbour_throttles(t(20), &[v], &cands, &throttled("pl-noisy", "v"), &ladder);
+        assert!(
+            actions[0]
+                .reason()
+                .contains("window of payments/payment-api ended"),
+            "{:?}",
+            actions
+        );
+        let actions =
+            plan_neighbour_throttles(t(20), &[], &cands, &throttled("pl-noisy", "v"), &ladder);
+        assert!(
+            actions[0].reason().contains("no longer backs"),
+            "{:?}",
+            actions
+        );
     }
 
     #[test]
@@ -496,7 +565,9 @@ mod tests {
             &throttled("pl-noisy", "v"),
             &ThrottleLadder::default(),
         );
-        assert!(matches!(&actions[..], [NeighbourAction::Release { reason, .. }] if reason.contains("critical")));
+        assert!(
+            matches!(&actions[..], [NeighbourAction::Release { reason, .. }] if reason.contains("critical"))
+        );
     }
 
     #[test]
@@ -506,7 +577,10 @@ mod tests {
         let actions = plan_neighbour_throttles(
             t(0),
             &[v],
-            &[cand("peer", 3000.0, Some(Tier::High)), cand("batch", 100.0, Some(Tier::Standard))],
+            &[
+                cand("peer", 3000.0, Some(Tier::High)),
+                cand("batch", 100.0, Some(Tier::Standard)),
+            ],
             &BTreeMap::new(),
             &ThrottleLadder::default(),
         );
@@ -518,7 +592,11 @@ mod tests {
     }
 
     fn states() -> impl Strategy<Value = HealthState> {
-        prop::sample::select(vec![HealthState::Healthy, HealthState::Unknown, HealthState::Degraded])
+        prop::sample::select(vec![
+            HealthState::Healthy,
+            HealthState::Unknown,
+            HealthState::Degraded,
+        ])
     }
 
     proptest! {

@@ -25,7 +25,11 @@ pub struct NodeCondition {
 /// The condition for a node backed by `vm_name`, judged against `budget` (the strictest budget
 /// among the intents whose pods it runs, or the operator's default for nodes without any).
 pub fn node_condition(vm_name: &str, vm: &VmVerdict, budget: LatencyBudget) -> NodeCondition {
-    let disk = vm.disk.as_deref().map(|d| format!(" disk {d}")).unwrap_or_default();
+    let disk = vm
+        .disk
+        .as_deref()
+        .map(|d| format!(" disk {d}"))
+        .unwrap_or_default();
     let budget_text = format_latency(budget.0);
     match vm.verdict {
         Verdict::Degraded { latest, .. } => NodeCondition {
@@ -77,7 +81,10 @@ mod tests {
         assert_eq!(c.status, "True");
         assert_eq!(c.reason, reason::OVER_BUDGET);
         assert!(c.taint);
-        assert_eq!(c.message, "VM pl-worker-1 disk vda: 12.0ms per storage operation, over budget 5.0ms");
+        assert_eq!(
+            c.message,
+            "VM pl-worker-1 disk vda: 12.0ms per storage operation, over budget 5.0ms"
+        );
     }
 
     #[test]
@@ -88,7 +95,14 @@ mod tests {
         };
         let c = node_condition("n", &healthy, LatencyBudget::from_millis(5));
         assert_eq!((c.status, c.taint), ("False", false));
-        let c = node_condition("n", &VmVerdict::unknown(UnknownCause::NoSamples), LatencyBudget::from_millis(5));
-        assert_eq!((c.status, c.reason, c.taint), ("Unknown", reason::UNKNOWN, false));
+        let c = node_condition(
+            "n",
+            &VmVerdict::unknown(UnknownCause::NoSamples),
+            LatencyBudget::from_millis(5),
+        );
+        assert_eq!(
+            (c.status, c.reason, c.taint),
+            ("Unknown", reason::UNKNOWN, false)
+        );
     }
 }

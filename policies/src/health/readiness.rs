@@ -46,7 +46,9 @@ impl std::str::FromStr for UnknownReadiness {
         match s {
             "fail-open" | "FailOpen" => Ok(Self::FailOpen),
             "fail-closed" | "FailClosed" => Ok(Self::FailClosed),
-            other => Err(format!("unknown readiness policy {other:?}: expected fail-open or fail-closed")),
+            other => Err(format!(
+                "unknown readiness policy {other:?}: expected fail-open or fail-closed"
+            )),
         }
     }
 }
@@ -159,7 +161,10 @@ mod tests {
         );
         assert!(v.ready);
         assert_eq!(v.reason, reason::WITHIN_BUDGET);
-        assert_eq!(v.message, "VM pl-worker-1 disk vda: 40µs per operation, within budget 20.0ms");
+        assert_eq!(
+            v.message,
+            "VM pl-worker-1 disk vda: 40µs per operation, within budget 20.0ms"
+        );
     }
 
     #[test]
@@ -195,7 +200,11 @@ mod tests {
         let open = pod_readiness(Some("a"), &unknown, BUDGET, UnknownReadiness::FailOpen);
         assert!(open.ready);
         assert_eq!(open.reason, reason::UNKNOWN);
-        assert!(open.message.contains("stale") && open.message.contains("fail-open"), "{}", open.message);
+        assert!(
+            open.message.contains("stale") && open.message.contains("fail-open"),
+            "{}",
+            open.message
+        );
         let closed = pod_readiness(Some("a"), &unknown, BUDGET, UnknownReadiness::FailClosed);
         assert!(!closed.ready);
         assert_eq!(closed.reason, reason::UNKNOWN);
@@ -230,7 +239,11 @@ mod tests {
         .held_by_guard(1, 3);
         assert!(v.ready);
         assert_eq!(v.reason, reason::HELD_BY_GUARD);
-        assert!(v.message.contains("30.0ms") && v.message.contains("at most 1 of 3"), "{}", v.message);
+        assert!(
+            v.message.contains("30.0ms") && v.message.contains("at most 1 of 3"),
+            "{}",
+            v.message
+        );
     }
 
     #[test]

@@ -21,7 +21,11 @@ impl StorageSample {
     /// The figure judged against the budget: the slower of reads and writes. Flushes are left
     /// out on purpose: a flush waits for everything queued before it, so its latency is high on
     /// healthy storage and would make every budget meaningless.
-    pub fn from_read_write(at: SystemTime, read: Option<Duration>, write: Option<Duration>) -> Self {
+    pub fn from_read_write(
+        at: SystemTime,
+        read: Option<Duration>,
+        write: Option<Duration>,
+    ) -> Self {
         Self::new(at, read.max(write))
     }
 
@@ -43,7 +47,11 @@ impl LatencyBudget {
     /// worst pods first.
     pub fn ratio(self, latency: Duration) -> f64 {
         if self.0.is_zero() {
-            return if latency.is_zero() { 1.0 } else { f64::INFINITY };
+            return if latency.is_zero() {
+                1.0
+            } else {
+                f64::INFINITY
+            };
         }
         latency.as_secs_f64() / self.0.as_secs_f64()
     }

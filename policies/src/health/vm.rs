@@ -59,7 +59,7 @@ mod tests {
             over_budget: 2,
             window: 3,
             since: UNIX_EPOCH,
-                onset: UNIX_EPOCH,
+            onset: UNIX_EPOCH,
         }
     }
 
