@@ -275,23 +275,7 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         Err(invalid) => {
             // Whatever an earlier, valid version of the intent applied is undone: an intent
             // that cannot be planned holds nothing.
-            let undo = policies::revert(
-                &applied(wi, &observed),
-                &to_policy(wi, &observed),
-                "the intent is invalid",
-            );
-            let plan = Plan {
-                workload: policies::WorkloadRef {
-                    kind: wi.spec.target.kind,
-                    namespace: wi.namespace().unwrap_or_default(),
-                    name: wi.spec.target.name.clone(),
-                },
-                priority: wi.spec.priority,
-                activity: policies::activity(None, now),
-                actions: Vec::new(),
-                reverts: undo.actions,
-                notes: undo.notes,
-            };
+            let plan = undo_plan(wi, &observed, "the intent is invalid", now);
             let execution = execute(ctx, wi, &plan, observed.workload.as_ref()).await;
             let leftover = status_plan(wi, &plan, &execution);
             let message = invalid.to_string();
@@ -660,28 +644,29 @@ async fn announce(
     }
 }
 
+/// A plan that holds nothing and undoes whatever the intent applied before, for `why`.
+fn undo_plan(wi: &WorkloadIntent, observed: &Observed, why: &str, now: DateTime<Utc>) -> Plan {
+    let undo = policies::revert(&applied(wi, observed), &to_policy(wi, observed), why);
+    Plan {
+        workload: policies::WorkloadRef {
+            kind: wi.spec.target.kind,
+            namespace: wi.namespace().unwrap_or_default(),
+            name: wi.spec.target.name.clone(),
+        },
+        priority: wi.spec.priority,
+        activity: policies::activity(None, now),
+        actions: Vec::new(),
+        reverts: undo.actions,
+        notes: undo.notes,
+    }
+}
+
 /// The intent is being deleted: revert everything it holds, then let it go.
 async fn cleanup(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     let intents = cached_intents(&ctx.intents);
     let observed = observe(&ctx.client, &ctx.apis, wi, &intents).await?;
     if observed.conflicting.is_none() {
-        let undo = policies::revert(
-            &applied(wi, &observed),
-            &to_policy(wi, &observed),
-            "the intent was deleted",
-        );
-        let plan = Plan {
-            workload: policies::WorkloadRef {
-                kind: wi.spec.target.kind,
-                namespace: wi.namespace().unwrap_or_default(),
-                name: wi.spec.target.name.clone(),
-            },
-            priority: wi.spec.priority,
-            activity: policies::activity(None, ctx.clock.now()),
-            actions: Vec::new(),
-            reverts: undo.actions,
-            notes: undo.notes,
-        };
+        let plan = undo_plan(wi, &observed, "the intent was deleted", ctx.clock.now());
         let execution = execute(ctx, wi, &plan, observed.workload.as_ref()).await;
         if let Some(e) = execution.error {
             return Err(e);
