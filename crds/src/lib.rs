@@ -20,8 +20,9 @@ pub mod provider;
 mod schema;
 
 pub use intent::{
-    Availability, BackingPod, GuardReport, Infrastructure, NeighbourThrottleStatus, Priority, Storage, TargetKind,
-    TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
+    Availability, BackingPod, GuardReport, Infrastructure, NeighbourThrottleStatus, Priority,
+    Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec,
+    WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};
 pub use provider::{

@@ -90,6 +90,30 @@ fn object(kind: &str, name: &str, spec: Value) -> Result<DynamicObject> {
 }
 
 /// Server-side dry-run create; the apiserver's message when rejected.
+/// Every case (what, spec, expected message fragments) is refused at admission with a message
+/// holding each fragment; all mismatches are reported together.
+async fn assert_rejected(
+    api: &Api<DynamicObject>,
+    kind: &str,
+    cases: &[(&str, Value, &[&str])],
+) -> Result<()> {
+    let mut failures = Vec::new();
+    for (i, (what, spec, expected)) in cases.iter().enumerate() {
+        match dry_run_create(api, &object(kind, &format!("bad-{i}"), spec.clone())?).await? {
+            Ok(_) => failures.push(format!("{what}: accepted")),
+            Err(message) => {
+                for e in *expected {
+                    if !message.contains(e) {
+                        failures.push(format!("{what}: message {message:?} lacks {e:?}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
 async fn dry_run_create(
     api: &Api<DynamicObject>,
     obj: &DynamicObject,
@@ -236,27 +260,7 @@ async fn invalid_intents_are_rejected_with_readable_messages() -> Result<()> {
             ],
         ),
     ];
-    let api = intents(&client);
-    let mut failures = Vec::new();
-    for (i, (what, spec, expected)) in cases.iter().enumerate() {
-        match dry_run_create(
-            &api,
-            &object("WorkloadIntent", &format!("bad-{i}"), spec.clone())?,
-        )
-        .await?
-        {
-            Ok(_) => failures.push(format!("{what}: accepted")),
-            Err(message) => {
-                for e in *expected {
-                    if !message.contains(e) {
-                        failures.push(format!("{what}: message {message:?} lacks {e:?}"));
-                    }
-                }
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    Ok(())
+    assert_rejected(&intents(&client), "WorkloadIntent", &cases).await
 }
 
 #[tokio::test]
@@ -320,26 +324,7 @@ async fn providers_need_exactly_one_hypervisor_kind() -> Result<()> {
             ],
         ),
     ];
-    let mut failures = Vec::new();
-    for (i, (what, spec, expected)) in cases.iter().enumerate() {
-        match dry_run_create(
-            &api,
-            &object("HypervisorProvider", &format!("bad-{i}"), spec.clone())?,
-        )
-        .await?
-        {
-            Ok(_) => failures.push(format!("{what}: accepted")),
-            Err(message) => {
-                for e in *expected {
-                    if !message.contains(e) {
-                        failures.push(format!("{what}: message {message:?} lacks {e:?}"));
-                    }
-                }
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    Ok(())
+    assert_rejected(&api, "HypervisorProvider", &cases).await
 }
 
 #[tokio::test]
