@@ -11,12 +11,14 @@
 //! 2. [`DiskHealth::verdict`] at `now`, folded per VM with [`VmVerdict::worst_of`];
 //! 3. [`pod_readiness`] per pod, then [`guard`] per workload;
 //! 4. [`node_condition`] per node;
-//! 5. [`plan_neighbour_throttles`] over all victims and candidates.
+//! 5. [`plan_neighbour_throttles`] over all victims and candidates;
+//! 6. [`plan_protection`]: CPU shares for the VMs backing protected intents.
 
 mod guard;
 mod hysteresis;
 mod neighbour;
 mod node;
+mod protect;
 mod readiness;
 mod sample;
 mod state;
@@ -30,6 +32,10 @@ pub use neighbour::{
     Throttle, ThrottleLadder, Victim,
 };
 pub use node::{node_condition, reason as node_reason, NodeCondition};
+pub use protect::{
+    plan_protection, restore_leftover, ProtectAction, ProtectFailure, Protection, ProtectionClaim,
+    ProtectionPlan, SharesSupport, Wanted,
+};
 pub use readiness::{pod_readiness, reason as pod_reason, ReadinessVerdict, UnknownReadiness};
 pub use sample::{format_latency, LatencyBudget, StorageSample};
 pub use state::{HealthState, UnknownCause};
