@@ -68,6 +68,16 @@ pub mod reason {
     pub const SAMPLES_STALE: &str = "SamplesStale";
 }
 
+/// Reasons of the entries in a `WorkloadIntent`'s `status.protectedVms`.
+pub mod protection {
+    /// The VM has the tier's CPU shares.
+    pub const PROTECTED: &str = "Protected";
+    /// The VM's provider cannot set CPU shares (e.g. no cgroup CPU controller); not retried.
+    pub const CPU_SHARES_UNSUPPORTED: &str = "CpuSharesUnsupported";
+    /// Setting the shares failed; retried with backoff.
+    pub const PROTECT_FAILED: &str = "ProtectFailed";
+}
+
 /// Condition status values.
 pub mod status {
     pub const TRUE: &str = "True";

@@ -257,6 +257,37 @@ pub struct WorkloadIntentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["vm"]))]
     pub neighbour_throttles: Vec<NeighbourThrottleStatus>,
+    /// VMs backing the workload whose CPU shares Plumbline raised for
+    /// `infrastructure.protectBackingVms`, or could not (written by the storage-health loop
+    /// under its own field manager; every change is also an Event).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["vm"]))]
+    pub protected_vms: Vec<ProtectedVmStatus>,
+}
+
+/// One VM backing the workload, protected with more CPU shares than its neighbours.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectedVmStatus {
+    /// The VM.
+    pub vm: String,
+    /// HypervisorProvider the VM belongs to.
+    pub provider: String,
+    /// `Protected`, `CpuSharesUnsupported` or `ProtectFailed` (see
+    /// `plumbline_crds::conditions::protection`).
+    pub reason: String,
+    /// CPU shares in force (the highest of the intents the VM backs); absent unless protected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<i64>,
+    /// CPU shares before Plumbline changed them, restored on release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<i64>,
+    /// When the shares were set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// Why not protected, in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One noisy neighbour throttled on behalf of the intent.

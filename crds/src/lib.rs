@@ -21,8 +21,8 @@ mod schema;
 
 pub use intent::{
     Availability, BackingPod, GuardReport, Infrastructure, NeighbourThrottleStatus, Priority,
-    Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec,
-    WorkloadIntentStatus, WorkloadTarget,
+    ProtectedVmStatus, Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent,
+    WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};
 pub use provider::{
