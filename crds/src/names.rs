@@ -1,5 +1,5 @@
 //! Well-known names other components share: the field manager, the finalizer, the pod
-//! readiness gate and the node condition. One place, so they cannot drift apart.
+//! readiness gate, the node condition and taint. One place, so they cannot drift apart.
 
 /// Field manager for every server-side apply Plumbline makes.
 pub const FIELD_MANAGER: &str = "plumbline";
@@ -13,6 +13,10 @@ pub const STORAGE_READINESS_GATE: &str = "plumbline.dev/storage-healthy";
 /// Node condition type set when a VM backing the node is over its latency budget
 /// (node-problem-detector style).
 pub const NODE_STORAGE_CONDITION: &str = "StorageLatencyHigh";
+
+/// Taint key (effect `NoSchedule`) on nodes whose storage is confirmed over budget, when the
+/// operator runs with `--taint-degraded-nodes`.
+pub const NODE_STORAGE_TAINT: &str = "plumbline.dev/storage-latency-high";
 
 /// Prefix of the PriorityClass Plumbline keeps for each tier, e.g. `plumbline-critical`.
 pub const PRIORITY_CLASS_PREFIX: &str = "plumbline-";

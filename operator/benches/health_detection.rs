@@ -173,6 +173,7 @@ async fn main() -> Result<()> {
             concurrency: 2,
             identity: "bench".into(),
             namespace: Some(ns.clone()),
+            health: Default::default(),
         },
         Arc::new(SystemClock),
     )

@@ -2,9 +2,10 @@
 //! The same program answers as `kubectl-plumbline`, so it works as a kubectl plugin.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use plumbline_policies::health::UnknownReadiness;
 use std::{net::SocketAddr, path::PathBuf};
 
-use crate::telemetry::LogFormat;
+use crate::{health::HealthSettings, telemetry::LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,6 +64,61 @@ pub struct RunArgs {
     /// How many intents may be reconciled at once.
     #[arg(long, default_value_t = 4, env = "PLUMBLINE_CONCURRENCY")]
     pub concurrency: u16,
+
+    /// What the storage readiness condition says while a pod's storage health is unknown
+    /// (hypervisor unreachable, samples stale, node backed by no known VM).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = UnknownReadinessArg::FailOpen,
+        env = "PLUMBLINE_UNKNOWN_READINESS"
+    )]
+    pub unknown_readiness: UnknownReadinessArg,
+
+    /// Put a NoSchedule taint (plumbline.dev/storage-latency-high) on nodes whose storage is
+    /// confirmed over budget, and take it off when they recover or become unknown. Needs
+    /// `patch` on nodes.
+    #[arg(
+        long,
+        default_value_t = false,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        env = "PLUMBLINE_TAINT_DEGRADED_NODES"
+    )]
+    pub taint_degraded_nodes: bool,
+}
+
+/// `--unknown-readiness`: see [`UnknownReadiness`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UnknownReadinessArg {
+    /// The condition stays True (reason LatencyUnknown): a monitoring outage never becomes an
+    /// outage.
+    FailOpen,
+    /// The condition turns False (reason LatencyUnknown): pods leave rotation, within the
+    /// guard's limit, when nobody can vouch for their storage.
+    FailClosed,
+}
+
+impl From<UnknownReadinessArg> for UnknownReadiness {
+    fn from(arg: UnknownReadinessArg) -> Self {
+        match arg {
+            UnknownReadinessArg::FailOpen => UnknownReadiness::FailOpen,
+            UnknownReadinessArg::FailClosed => UnknownReadiness::FailClosed,
+        }
+    }
+}
+
+impl RunArgs {
+    /// The storage-health settings these flags choose; the rest keep their defaults.
+    pub fn health(&self) -> HealthSettings {
+        HealthSettings {
+            unknown: self.unknown_readiness.into(),
+            taint_degraded_nodes: self.taint_degraded_nodes,
+            ..HealthSettings::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -133,5 +189,45 @@ mod tests {
             panic!("not run")
         };
         assert!(!args.leader_elect);
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        args
+    }
+
+    #[test]
+    fn unknown_readiness_defaults_to_fail_open_and_names_the_choices_when_wrong() {
+        let health = run_args(&["plumbline", "run"]).health();
+        assert_eq!(health.unknown, UnknownReadiness::FailOpen);
+        assert!(!health.taint_degraded_nodes);
+        let health = run_args(&["plumbline", "run", "--unknown-readiness", "fail-closed"]).health();
+        assert_eq!(health.unknown, UnknownReadiness::FailClosed);
+        let err = Cli::try_parse_from(["plumbline", "run", "--unknown-readiness", "maybe"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid value 'maybe'")
+                && err.contains("fail-open")
+                && err.contains("fail-closed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn taint_degraded_nodes_is_off_unless_asked_for() {
+        assert!(run_args(&["plumbline", "run", "--taint-degraded-nodes"]).taint_degraded_nodes);
+        assert!(
+            run_args(&["plumbline", "run", "--taint-degraded-nodes=true"]).taint_degraded_nodes
+        );
+        assert!(
+            !run_args(&["plumbline", "run", "--taint-degraded-nodes=false"]).taint_degraded_nodes
+        );
+        assert!(
+            Cli::try_parse_from(["plumbline", "run", "--taint-degraded-nodes=sometimes"]).is_err()
+        );
     }
 }

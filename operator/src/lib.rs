@@ -44,6 +44,7 @@ pub async fn main_with_args(
                 concurrency: args.concurrency,
                 identity,
                 namespace: args.watch_namespace.clone(),
+                health: args.health(),
             };
             run::run(client, settings, std::sync::Arc::new(clock::SystemClock)).await?;
         }

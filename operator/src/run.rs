@@ -34,6 +34,8 @@ pub struct Settings {
     pub identity: String,
     /// Watch intents and workloads in this namespace only; None: every namespace.
     pub namespace: Option<String>,
+    /// How the storage-health loop treats unknown verdicts and degraded nodes.
+    pub health: crate::health::HealthSettings,
 }
 
 /// Resolves when the current leadership term ends (Lease lost, or shutdown). Every leader
@@ -269,7 +271,7 @@ fn start_term(base: &Base, end: TermEnd) -> Vec<(&'static str, JoinHandle<()>)> 
         name: "storage-health",
         future: crate::health::run(
             ctx.clone(),
-            Default::default(),
+            base.settings.health.clone(),
             base.settings.namespace.clone(),
             end,
         )

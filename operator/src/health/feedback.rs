@@ -1,6 +1,7 @@
 //! One feedback pass: verdicts per VM and budget, readiness per pod through the guard, the pod
-//! and node conditions, the intent's backing map and guard report, metrics, and the
-//! noisy-neighbour decisions (carried out by [`super::throttle`]).
+//! and node conditions (and taints, carried out by [`super::taint`]), the intent's backing map
+//! and guard report, metrics, and the noisy-neighbour decisions (carried out by
+//! [`super::throttle`]).
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
@@ -29,6 +30,7 @@ use super::{
     caches::Caches,
     graph::{self, IntentView, VmKey},
     metrics::{BackingLabels, DiskLabels, PodLabels, TransitionLabels, VerdictLabels, VmLabels},
+    taint::{NodeTaints, TaintWant},
     throttle::Throttles,
     HealthSettings, HEALTH_FIELD_MANAGER,
 };
@@ -47,6 +49,7 @@ pub struct Feedback {
     intent_status: HashMap<(String, String), (Value, Instant)>,
     series: Series,
     pub throttles: Throttles,
+    taints: NodeTaints,
     /// Scoped to a namespace: only nodes running pods of its intents get a condition, so
     /// operators scoped to different namespaces (tests, tenants) never fight over a node.
     scoped: bool,
@@ -140,6 +143,7 @@ impl Feedback {
         let intents: Vec<Arc<WorkloadIntent>> = ctx.intents.state();
         let mut pod_writes = Vec::new();
         let mut node_writes = Vec::new();
+        let mut taint_wants = Vec::new();
         let mut status_writes = Vec::new();
         let actions;
         let views;
@@ -206,6 +210,13 @@ impl Feedback {
                     continue;
                 }
                 let Some(vm) = graph::vm_for_node(&b, &node) else {
+                    if settings.taint_degraded_nodes {
+                        taint_wants.push(TaintWant {
+                            node: node.clone(),
+                            taint: false,
+                            because: "the node is backed by no VM a provider knows".into(),
+                        });
+                    }
                     continue;
                 };
                 let budget = *strictest
@@ -213,6 +224,13 @@ impl Feedback {
                     .unwrap_or(&settings.default_node_budget);
                 let verdict = b.verdict(&vm.id, budget, now);
                 let c = node_condition(&vm.name, &verdict, budget);
+                if settings.taint_degraded_nodes {
+                    taint_wants.push(TaintWant {
+                        node: node.clone(),
+                        taint: c.taint,
+                        because: c.message.clone(),
+                    });
+                }
                 let current = node_condition_of(&node, NODE_STORAGE_CONDITION);
                 let name = node.name_any();
                 let differs = current.is_none_or(|cur| {
@@ -388,6 +406,7 @@ impl Feedback {
         for w in node_writes {
             self.write_node(ctx, w).await;
         }
+        self.taints.carry_out(ctx, taint_wants).await;
         for (key, wi, body) in status_writes {
             self.write_intent_status(ctx, key, &wi, body).await;
         }

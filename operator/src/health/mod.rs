@@ -7,6 +7,7 @@
 //! - [`book`]: what the samplers learnt, with the hysteresis trackers;
 //! - [`graph`]: Pod → Node → VM → host/datastore, rebuilt each pass;
 //! - [`feedback`]: verdicts, guard, pod/node conditions, intent status, metrics;
+//! - [`taint`]: the optional `NoSchedule` taint on degraded nodes;
 //! - [`throttle`]: noisy-neighbour I/O limits through the adapters.
 //!
 //! Everything here runs inside a leadership term (see `crate::run`).
@@ -17,6 +18,7 @@ pub mod feedback;
 pub mod graph;
 pub mod metrics;
 pub mod providers;
+pub mod taint;
 pub mod throttle;
 
 pub use metrics::HealthMetrics;
@@ -46,6 +48,9 @@ pub struct HealthSettings {
     pub ladder: ThrottleLadder,
     /// A pass runs at least this often even without news (staleness turns into unknown).
     pub resync: Duration,
+    /// Taint nodes whose storage is degraded (`NoSchedule`), and untaint them on recovery.
+    /// Off by default: it needs `patch` on nodes.
+    pub taint_degraded_nodes: bool,
 }
 
 impl Default for HealthSettings {
@@ -55,6 +60,7 @@ impl Default for HealthSettings {
             default_node_budget: LatencyBudget::from_millis(100),
             ladder: ThrottleLadder::default(),
             resync: Duration::from_secs(1),
+            taint_degraded_nodes: false,
         }
     }
 }
@@ -74,6 +80,7 @@ pub async fn run(
     let mut feedback = feedback::Feedback::new(namespace.is_some());
     info!(
         unknown = settings.unknown.as_str(),
+        taint_degraded_nodes = settings.taint_degraded_nodes,
         "storage-health loop starts"
     );
     let ended = end.clone().wait();

@@ -76,6 +76,7 @@ impl Cluster {
             concurrency: 2,
             identity: identity.to_string(),
             namespace: Some(self.namespace.clone()),
+            health: Default::default(),
         }
     }
 

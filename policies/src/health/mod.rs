@@ -10,7 +10,7 @@
 //! 1. [`DiskHealth::observe`] each fresh [`StorageSample`] against a [`LatencyBudget`];
 //! 2. [`DiskHealth::verdict`] at `now`, folded per VM with [`VmVerdict::worst_of`];
 //! 3. [`pod_readiness`] per pod, then [`guard`] per workload;
-//! 4. [`node_condition`] per node;
+//! 4. [`node_condition`] per node, and [`node_taints`] when degraded nodes are tainted;
 //! 5. [`plan_neighbour_throttles`] over all victims and candidates;
 //! 6. [`plan_protection`]: CPU shares for the VMs backing protected intents.
 
@@ -31,7 +31,7 @@ pub use neighbour::{
     apply_neighbour_actions, plan_neighbour_throttles, NeighbourAction, NeighbourCandidate,
     Throttle, ThrottleLadder, Victim,
 };
-pub use node::{node_condition, reason as node_reason, NodeCondition};
+pub use node::{node_condition, node_taints, reason as node_reason, NodeCondition, TAINT_EFFECT};
 pub use protect::{
     plan_protection, restore_leftover, ProtectAction, ProtectFailure, Protection, ProtectionClaim,
     ProtectionPlan, SharesSupport, Wanted,

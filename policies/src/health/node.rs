@@ -1,7 +1,13 @@
 //! The node condition `StorageLatencyHigh`, in the style of node-problem-detector: a problem
-//! condition, so `True` is bad.
+//! condition, so `True` is bad; and the optional `NoSchedule` taint that goes with it.
+
+use k8s_openapi::api::core::v1::Taint;
+use plumbline_crds::names::NODE_STORAGE_TAINT;
 
 use super::{format_latency, sample::LatencyBudget, Verdict, VmVerdict};
+
+/// The effect of the storage taint: keep new pods off, leave running ones alone.
+pub const TAINT_EFFECT: &str = "NoSchedule";
 
 /// Reasons on the node condition.
 pub mod reason {
@@ -59,6 +65,38 @@ pub fn node_condition(vm_name: &str, vm: &VmVerdict, budget: LatencyBudget) -> N
     }
 }
 
+fn is_storage_taint(t: &Taint) -> bool {
+    t.key == NODE_STORAGE_TAINT && t.effect == TAINT_EFFECT
+}
+
+/// The node's taints with the storage taint present (`taint`) or absent, every other taint
+/// kept as it is and in its order; `None` when the node already says so. `spec.taints` is an
+/// atomic list (no merge key, not even in server-side apply), so the caller writes the whole
+/// list back, guarded by the resourceVersion it read.
+pub fn node_taints(current: &[Taint], taint: bool) -> Option<Vec<Taint>> {
+    let has = current.iter().any(is_storage_taint);
+    match (has, taint) {
+        (false, true) => {
+            let mut next = current.to_vec();
+            next.push(Taint {
+                key: NODE_STORAGE_TAINT.to_string(),
+                effect: TAINT_EFFECT.to_string(),
+                value: None,
+                time_added: None,
+            });
+            Some(next)
+        }
+        (true, false) => Some(
+            current
+                .iter()
+                .filter(|t| !is_storage_taint(t))
+                .cloned()
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +142,42 @@ mod tests {
             (c.status, c.reason, c.taint),
             ("Unknown", reason::UNKNOWN, false)
         );
+    }
+
+    fn taint(key: &str, effect: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            effect: effect.into(),
+            value: None,
+            time_added: None,
+        }
+    }
+
+    #[test]
+    fn the_storage_taint_is_added_and_removed_without_touching_others() {
+        let others = vec![
+            taint("node.kubernetes.io/unreachable", "NoExecute"),
+            Taint {
+                value: Some("gpu".into()),
+                ..taint("dedicated", "NoSchedule")
+            },
+        ];
+        let tainted = node_taints(&others, true).expect("added");
+        assert_eq!(&tainted[..2], &others[..], "others kept, in order");
+        assert_eq!(tainted[2], taint(NODE_STORAGE_TAINT, TAINT_EFFECT));
+        assert_eq!(node_taints(&tainted, true), None, "already there");
+        assert_eq!(node_taints(&tainted, false), Some(others.clone()));
+        assert_eq!(node_taints(&others, false), None, "nothing to remove");
+        assert_eq!(node_taints(&[], false), None);
+    }
+
+    #[test]
+    fn only_the_storage_key_with_its_effect_is_ours() {
+        // Someone else's taint with our key but another effect is not ours to remove.
+        let theirs = vec![taint(NODE_STORAGE_TAINT, "NoExecute")];
+        assert_eq!(node_taints(&theirs, false), None);
+        let both = node_taints(&theirs, true).expect("ours added beside it");
+        assert_eq!(both.len(), 2);
+        assert_eq!(node_taints(&both, false), Some(theirs));
     }
 }

@@ -1,0 +1,163 @@
+//! The optional `NoSchedule` taint on nodes whose storage is confirmed over budget
+//! (`--taint-degraded-nodes`), removed again when the node recovers or its health becomes
+//! unknown.
+//!
+//! `spec.taints` is shared with the node lifecycle controller, cluster admins and other tools,
+//! and it is an atomic list: no merge key for a strategic merge patch, and server-side apply
+//! would make one manager own (and replace) all of it. So every change is a read-modify-write:
+//! the node is read fresh, only the storage taint is added or removed
+//! ([`node_taints`]), and the whole list goes back in a merge patch carrying the
+//! resourceVersion that was read. A concurrent change makes the write fail with a conflict
+//! instead of being overwritten, and it is retried on fresh data.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType},
+    Api, ResourceExt,
+};
+use plumbline_crds::names::NODE_STORAGE_TAINT;
+use plumbline_policies::health::{node_taints, TAINT_EFFECT};
+use serde_json::json;
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    context::Context,
+    metrics::{ActionResult, Layer},
+};
+
+const METRIC_ACTION: &str = "node_taint";
+/// Attempts per change when others write the node at the same moment.
+const ATTEMPTS: usize = 3;
+/// After a failed change (e.g. Forbidden without `patch` on nodes), leave the node alone this
+/// long rather than retrying every pass.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
+
+/// What one pass wants for one node.
+pub struct TaintWant {
+    pub node: Arc<Node>,
+    pub taint: bool,
+    /// Why, for the Event: the node condition's message.
+    pub because: String,
+}
+
+#[derive(Default)]
+pub struct NodeTaints {
+    failed: HashMap<String, Instant>,
+}
+
+fn taints_of(node: &Node) -> &[k8s_openapi::api::core::v1::Taint] {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+}
+
+enum Outcome {
+    Changed(Node),
+    AlreadySo,
+}
+
+impl NodeTaints {
+    /// Adds or removes the storage taint where the cached node differs from what is wanted.
+    pub async fn carry_out(&mut self, ctx: &Context, wants: Vec<TaintWant>) {
+        for w in wants {
+            if node_taints(taints_of(&w.node), w.taint).is_none() {
+                continue;
+            }
+            let name = w.node.name_any();
+            if self
+                .failed
+                .get(&name)
+                .is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE)
+            {
+                continue;
+            }
+            let result = match set_taint(ctx, &name, w.taint).await {
+                Ok(Outcome::AlreadySo) => {
+                    debug!(node = %name, taint = w.taint, "storage taint already as wanted (cache behind)");
+                    continue;
+                }
+                Ok(Outcome::Changed(node)) => Ok(node),
+                Err(e) => Err(e),
+            };
+            let (result_label, type_, reason, note) = match &result {
+                Ok(_) if w.taint => (
+                    ActionResult::applied,
+                    EventType::Normal,
+                    "StorageTaintAdded",
+                    format!("{NODE_STORAGE_TAINT}:{TAINT_EFFECT} added: {}", w.because),
+                ),
+                Ok(_) => (
+                    ActionResult::reverted,
+                    EventType::Normal,
+                    "StorageTaintRemoved",
+                    format!("{NODE_STORAGE_TAINT}:{TAINT_EFFECT} removed: {}", w.because),
+                ),
+                Err(e) => (
+                    ActionResult::failed,
+                    EventType::Warning,
+                    "StorageTaintFailed",
+                    format!(
+                        "{} {NODE_STORAGE_TAINT}:{TAINT_EFFECT} failed: {e}",
+                        if w.taint { "adding" } else { "removing" }
+                    ),
+                ),
+            };
+            ctx.metrics
+                .action(Layer::kubernetes, METRIC_ACTION, result_label);
+            match &result {
+                Ok(_) => {
+                    self.failed.remove(&name);
+                    info!(node = %name, taint = w.taint, because = %w.because, "storage taint changed");
+                }
+                Err(e) => {
+                    self.failed.insert(name.clone(), Instant::now());
+                    warn!(node = %name, taint = w.taint, error = %e, "changing the storage taint failed");
+                }
+            }
+            let event = Event {
+                type_,
+                reason: reason.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "TaintNode".into(),
+                secondary: None,
+            };
+            let regarding = result.as_ref().unwrap_or(w.node.as_ref());
+            ctx.publish(regarding, event).await;
+        }
+    }
+}
+
+/// Reads the node, adds or removes the storage taint, and writes the list back guarded by
+/// the resourceVersion read; retried on a conflict.
+async fn set_taint(ctx: &Context, name: &str, taint: bool) -> Result<Outcome, kube::Error> {
+    let api = Api::<Node>::all(ctx.client.clone());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let node = api.get(name).await?;
+        let Some(next) = node_taints(taints_of(&node), taint) else {
+            return Ok(Outcome::AlreadySo);
+        };
+        let patch = json!({
+            "metadata": { "resourceVersion": node.resource_version() },
+            "spec": { "taints": if next.is_empty() { json!(null) } else { json!(next) } },
+        });
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(node) => return Ok(Outcome::Changed(node)),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < ATTEMPTS => {
+                debug!(node = %name, attempt, "node changed while tainting; retrying on fresh data");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
