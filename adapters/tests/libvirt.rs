@@ -347,6 +347,48 @@ async fn unknown_domain_is_a_not_found_error() {
     assert!(matches!(err, Error::VmNotFound { .. }), "{err:?}");
 }
 
+/// Set in the child process of the test below.
+const ERRORS_CHILD: &str = "PLUMBLINE_TEST_LIBVIRT_ERRORS_CHILD";
+
+/// libvirt's default handler prints every error to stderr, even the ones the adapter handles
+/// and returns. The adapter sends them to `tracing` instead. Checked in a child process (this
+/// test again), whose stderr and tracing output this test can read.
+#[tokio::test]
+async fn libvirt_errors_go_to_tracing_not_stderr() {
+    const NAME: &str = "libvirt_errors_go_to_tracing_not_stderr";
+    if std::env::var_os(ERRORS_CHILD).is_some() {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(std::io::stdout)
+            .init();
+        let hv = connect(libvirt(&stack())).await.unwrap();
+        let err = hv
+            .tunables(&VmId::new("00000000-0000-4000-a000-000000000000"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::VmNotFound { .. }), "{err:?}");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(&exe)
+        .args([NAME, "--exact", "--nocapture"])
+        .env(ERRORS_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {NAME}: {stdout}\n{stderr}",
+        exe.display()
+    );
+    assert!(!stderr.contains("libvirt:"), "libvirt printed: {stderr}");
+    assert!(
+        stdout.contains("DEBUG") && stdout.contains("no domain with matching uuid"),
+        "the lookup failure reaches tracing at debug level: {stdout}"
+    );
+}
+
 #[tokio::test]
 async fn unreachable_daemon_is_a_clear_connect_error() {
     let err = connect(HypervisorConfig::Libvirt(LibvirtConfig {

@@ -52,6 +52,7 @@ fn open(uri: &str) -> Result<Connect, virt::error::Error> {
 impl Connection {
     /// Connects now; fails if the daemon cannot be reached.
     pub fn open(uri: &str) -> Result<Self, virt::error::Error> {
+        ffi::route_errors_to_tracing();
         // Keepalive needs the event loop, which must exist before the connection opens.
         let _ = ffi::start_event_loop();
         let conn = open(uri)?;

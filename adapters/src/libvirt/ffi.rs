@@ -1,19 +1,24 @@
 //! The libvirt calls the safe `virt` 0.5 API lacks, wrapped once and audited here.
 //!
 //! `virt` 0.5 exposes `virConnectGetAllDomainStats` only as raw record pointers (and never
-//! frees the records), and has no block I/O tune or blkio parameter calls. Each function
+//! frees the records), has no block I/O tune or blkio parameter calls, and can only silence
+//! libvirt's error handler, not route it to `tracing`. Each function
 //! below owns every pointer it touches for the duration of the call, copies results into
 //! Rust values, and frees what libvirt allocated before returning. The crate denies unsafe
 //! code; this module is the only place that allows it.
 #![allow(unsafe_code)]
 
 use std::{
-    ffi::{CStr, CString},
+    ffi::{c_void, CStr, CString},
     os::raw::{c_char, c_int},
     ptr,
 };
 
-use virt::{connect::Connect, domain::Domain, error::Error as VirtError};
+use virt::{
+    connect::Connect,
+    domain::Domain,
+    error::{Error as VirtError, ErrorDomainEnum, ErrorNumberEnum},
+};
 use virt_sys as sys;
 
 /// A typed parameter value copied out of libvirt.
@@ -295,4 +300,39 @@ pub fn start_event_loop() -> Result<(), VirtError> {
             Err(last_error())
         }
     }
+}
+
+/// Replaces libvirt's default error handler, which prints every error to stderr, including
+/// the ones the adapter expects and handles (a domain with no Plumbline record answers every
+/// metadata read with "metadata not found"). The failing call still returns its error, which
+/// the adapter turns into a result; the handler only echoes it to `tracing`. Process-wide;
+/// installed once, before the first connection opens.
+pub fn route_errors_to_tracing() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    // Safety: `log_error` is a plain function that only reads the error it is given.
+    INSTALLED.call_once(|| unsafe { sys::virSetErrorFunc(ptr::null_mut(), Some(log_error)) });
+}
+
+unsafe extern "C" fn log_error(_user_data: *mut c_void, error: sys::virErrorPtr) {
+    // Safety: libvirt passes its error object, valid for the duration of the call.
+    let Some(error) = (unsafe { error.as_ref() }) else {
+        return;
+    };
+    let message = if error.message.is_null() {
+        "(no message)".into()
+    } else {
+        // Safety: a non-null message is a NUL-terminated string owned by the error.
+        unsafe { CStr::from_ptr(error.message) }.to_string_lossy()
+    };
+    let code = ErrorNumberEnum::from_raw(error.code as sys::virErrorNumber);
+    let domain = ErrorDomainEnum::from_raw(error.domain as sys::virErrorDomain);
+    // A panic must not unwind into libvirt's C frames.
+    let _ = std::panic::catch_unwind(|| {
+        // Reading the originals of a domain that has none: the usual case, not news.
+        if error.code as u32 == sys::VIR_ERR_NO_DOMAIN_METADATA {
+            tracing::trace!(%code, %domain, "libvirt: {message}");
+        } else {
+            tracing::debug!(%code, %domain, "libvirt: {message}");
+        }
+    });
 }
