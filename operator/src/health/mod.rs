@@ -8,7 +8,8 @@
 //! - [`graph`]: Pod → Node → VM → host/datastore, rebuilt each pass;
 //! - [`feedback`]: verdicts, guard, pod/node conditions, intent status, metrics;
 //! - [`taint`]: the optional `NoSchedule` taint on degraded nodes;
-//! - [`throttle`]: noisy-neighbour I/O limits through the adapters.
+//! - [`throttle`]: noisy-neighbour I/O limits through the adapters;
+//! - [`protect`]: CPU shares for the VMs backing protected intents.
 //!
 //! Everything here runs inside a leadership term (see `crate::run`).
 
@@ -17,6 +18,7 @@ pub mod caches;
 pub mod feedback;
 pub mod graph;
 pub mod metrics;
+pub mod protect;
 pub mod providers;
 pub mod taint;
 pub mod throttle;
@@ -78,6 +80,7 @@ pub async fn run(
     let book = Arc::new(Mutex::new(book::HealthBook::default()));
     let mut samplers = providers::Samplers::default();
     let mut feedback = feedback::Feedback::new(namespace.is_some());
+    let mut protections = protect::Protections::default();
     info!(
         unknown = settings.unknown.as_str(),
         taint_degraded_nodes = settings.taint_degraded_nodes,
@@ -96,6 +99,7 @@ pub async fn run(
         }
         samplers.sync(&ctx, &caches.providers.state(), &book, &changed);
         feedback.pass(&ctx, &caches, &book, &settings).await;
+        protections.pass(&ctx, &caches, &book).await;
     }
     samplers.stop_all();
     watches.abort();
