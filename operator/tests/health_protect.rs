@@ -1,0 +1,320 @@
+//! `infrastructure.protectBackingVms` end to end: a critical workload pinned to a vSphere-backed
+//! node; its VM gets 4096 CPU shares through the simulator's ReconfigVM (read back through the
+//! adapter), the intent's status and Events say so, and deleting the intent restores the
+//! original shares. On libvirt (no cgroup CPU controller on this host) the intent is told once
+//! that the VM cannot be protected, without an error loop.
+//!
+//! Needs `e2e/stack up`; fails saying so otherwise. Build with `--features libvirt`.
+
+mod common;
+mod health_common;
+
+use anyhow::{ensure, Context as _, Result};
+use health_common::*;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::{
+    api::{ListParams, Patch, PatchParams},
+    Api,
+};
+use plumbline_adapters::{
+    Hypervisor, HypervisorConfig, Secret as Password, TlsTrust, Tunable, VSphereConfig, VmId,
+};
+use plumbline_operator::clock::SystemClock;
+use serde_json::json;
+use std::{sync::Arc, time::Duration};
+
+/// A simulator VM no other health test uses, and the Node it backs.
+const VM: &str = "DC0_H0_VM1";
+const NODE: &str = "dc0-h0-vm1";
+const LIBVIRT_VM: &str = "pl-vm3";
+const PATIENCE: Duration = Duration::from_secs(90);
+
+fn protected_intent() -> serde_json::Value {
+    json!({
+        "target": {"kind": "Deployment", "name": "payments"},
+        "priority": "critical",
+        "infrastructure": {"protectBackingVms": true},
+    })
+}
+
+async fn vsphere_adapter(stack: &plumbline_e2e::Stack) -> Result<Arc<dyn Hypervisor>> {
+    let config = VSphereConfig {
+        url: stack.get("VSPHERE_URL")?.to_string(),
+        username: stack.get("VSPHERE_USERNAME")?.to_string(),
+        password: Password::new(stack.get("VSPHERE_PASSWORD")?.to_string()),
+        tls: TlsTrust::CaPem(stack.vsphere_ca_pem()?),
+    };
+    Ok(plumbline_adapters::connect(HypervisorConfig::VSphere(config)).await?)
+}
+
+/// (current, recorded original) CPU shares of the VM.
+async fn cpu_shares(hv: &dyn Hypervisor, vm: &VmId) -> Result<(Option<u64>, Option<u64>)> {
+    let report = hv.tunables(vm).await?;
+    Ok((
+        report.current(&Tunable::CpuShares),
+        report.original(&Tunable::CpuShares),
+    ))
+}
+
+/// Events on the intent with this reason, summed over their counts (the recorder folds
+/// repeats into one Event).
+async fn event_count(
+    cluster: &common::Cluster,
+    intent: &str,
+    reason: &str,
+) -> Result<(i32, Vec<String>)> {
+    let events = Api::<Event>::namespaced(cluster.admin.clone(), &cluster.namespace)
+        .list(&ListParams::default())
+        .await
+        .context("listing Events")?;
+    let mut count = 0;
+    let mut notes = Vec::new();
+    for e in events.items {
+        if e.involved_object.name.as_deref() != Some(intent) || e.reason.as_deref() != Some(reason)
+        {
+            continue;
+        }
+        // core/v1 Events: `count`; the events.k8s.io recorder: `series.count`.
+        let series = e.series.as_ref().and_then(|s| s.count);
+        count += series.or(e.count).unwrap_or(1).max(1);
+        notes.extend(e.message);
+    }
+    Ok((count, notes))
+}
+
+fn protected_vms(status: &serde_json::Value) -> Vec<serde_json::Value> {
+    status
+        .get("protectedVms")
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn metrics(operator: &plumbline_operator::run::Operator) -> Result<String> {
+    let url = format!("http://{}/metrics", operator.http_addr);
+    Ok(reqwest::get(&url).await?.text().await?)
+}
+
+#[tokio::test]
+async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original_back() -> Result<()>
+{
+    let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+    let hv = vsphere_adapter(&stack).await?;
+    let vm = hv
+        .inventory()
+        .await?
+        .into_iter()
+        .find(|v| v.name == VM)
+        .with_context(|| format!("the simulator has no VM {VM}"))?
+        .id;
+    // A leftover from an earlier, interrupted run would hide the real original.
+    hv.revert(&vm, &[Tunable::CpuShares]).await?;
+    let (before, recorded) = cpu_shares(hv.as_ref(), &vm).await?;
+    ensure!(recorded.is_none(), "no original recorded before the test");
+    ensure!(
+        before != Some(4096),
+        "the VM starts with the default shares, not 4096"
+    );
+
+    let cluster = common::Cluster::connect("health_protect").await?;
+    let ca = std::fs::read_to_string(stack.get("VSPHERE_CA_FILE")?)
+        .context("reading the simulator's CA")?;
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "vcenter", "namespace": cluster.namespace},
+        "stringData": {"username": stack.get("VSPHERE_USERNAME")?, "password": stack.get("VSPHERE_PASSWORD")?},
+    }))?;
+    Api::<Secret>::namespaced(cluster.admin.clone(), &cluster.namespace)
+        .patch(
+            "vcenter",
+            &PatchParams::apply("e2e-user"),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .context("creating the credentials Secret")?;
+    let provider = format!("{}-vc", cluster.namespace);
+    apply_provider(
+        &cluster.admin,
+        &provider,
+        json!({
+            "vsphere": {
+                "server": stack.get("VSPHERE_URL")?,
+                "credentialsSecretRef": {"name": "vcenter", "namespace": cluster.namespace},
+                "caBundle": ca,
+            },
+            "sampleInterval": "1s",
+        }),
+    )
+    .await?;
+    let operator = cluster.start_operator(Arc::new(SystemClock)).await?;
+
+    let result = async {
+        deploy_pinned(&cluster.admin, &cluster.namespace, "payments", 2, NODE).await?;
+        cluster.apply_intent("payments", protected_intent()).await?;
+
+        eventually("the VM to have 4096 CPU shares", PATIENCE, || async {
+            let (current, original) = cpu_shares(hv.as_ref(), &vm).await?;
+            Ok(if current == Some(4096) && original == before {
+                Ok(())
+            } else {
+                Err(format!(
+                    "current {current:?}, recorded original {original:?}"
+                ))
+            })
+        })
+        .await?;
+        let entry = eventually("status.protectedVms", PATIENCE, || async {
+            let status = intent_status(&cluster.admin, &cluster.namespace, "payments").await?;
+            let vms = protected_vms(&status);
+            let ok = vms.len() == 1
+                && vms[0]["vm"] == VM
+                && vms[0]["provider"] == provider.as_str()
+                && vms[0]["reason"] == "Protected"
+                && vms[0]["shares"] == 4096
+                && vms[0]["original"] == json!(before)
+                && vms[0]["since"].is_string();
+            Ok(if ok {
+                Ok(vms[0].clone())
+            } else {
+                Err(status.to_string())
+            })
+        })
+        .await?;
+        println!("status.protectedVms: {entry}");
+        let (_, notes) = eventually("a BackingVmProtected Event", PATIENCE, || async {
+            let (n, notes) = event_count(&cluster, "payments", "BackingVmProtected").await?;
+            Ok(if n >= 1 {
+                Ok((n, notes))
+            } else {
+                Err("none".into())
+            })
+        })
+        .await?;
+        println!("event: {notes:?}");
+        ensure!(
+            notes.iter().any(|n| n.contains(VM) && n.contains("4096")),
+            "the Event names the VM and the shares: {notes:?}"
+        );
+        let text = metrics(&operator).await?;
+        ensure!(
+            text.lines()
+                .any(|l| l.starts_with("plumbline_actions_total")
+                    && l.contains("layer=\"hypervisor\"")
+                    && l.contains("action=\"cpu_shares\"")
+                    && l.contains("result=\"applied\"")),
+            "plumbline_actions_total counts the change"
+        );
+        // The backing map and guard of the health loop's own field manager do not remove it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let status = intent_status(&cluster.admin, &cluster.namespace, "payments").await?;
+        ensure!(
+            protected_vms(&status).len() == 1,
+            "protectedVms stays next to the other status fields: {status}"
+        );
+
+        cluster.delete_intent("payments").await?;
+        eventually("the original CPU shares back", PATIENCE, || async {
+            let (current, original) = cpu_shares(hv.as_ref(), &vm).await?;
+            Ok(if current == before && original.is_none() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "current {current:?}, recorded original {original:?}"
+                ))
+            })
+        })
+        .await?;
+        let text = metrics(&operator).await?;
+        ensure!(
+            text.lines()
+                .any(|l| l.starts_with("plumbline_actions_total")
+                    && l.contains("action=\"cpu_shares\"")
+                    && l.contains("result=\"reverted\"")),
+            "plumbline_actions_total counts the release"
+        );
+        let (_, notes) = eventually("a BackingVmReleased Event", PATIENCE, || async {
+            let (n, notes) = event_count(&cluster, "payments", "BackingVmReleased").await?;
+            Ok(if n >= 1 {
+                Ok((n, notes))
+            } else {
+                Err("none".into())
+            })
+        })
+        .await?;
+        println!("event: {notes:?}");
+        Ok(())
+    }
+    .await;
+
+    operator.stop().await;
+    let _ = hv.revert(&vm, &[Tunable::CpuShares]).await;
+    delete_provider(&cluster.admin, &provider).await;
+    cluster.cleanup().await;
+    result
+}
+
+#[tokio::test]
+async fn serial_protect_libvirt_without_cpu_controller_is_reported_once() -> Result<()> {
+    let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+    let uri = stack.libvirt_uri()?.to_string();
+    let cluster = common::Cluster::connect("health_protect_libvirt").await?;
+    let provider = format!("{}-kvm", cluster.namespace);
+    apply_provider(
+        &cluster.admin,
+        &provider,
+        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
+    )
+    .await?;
+    let operator = cluster.start_operator(Arc::new(SystemClock)).await?;
+
+    let result = async {
+        deploy_pinned(
+            &cluster.admin,
+            &cluster.namespace,
+            "payments",
+            1,
+            LIBVIRT_VM,
+        )
+        .await?;
+        cluster.apply_intent("payments", protected_intent()).await?;
+        let entry = eventually(
+            "status to say CPU shares are unsupported",
+            PATIENCE,
+            || async {
+                let status = intent_status(&cluster.admin, &cluster.namespace, "payments").await?;
+                let vms = protected_vms(&status);
+                let ok = vms.len() == 1
+                    && vms[0]["vm"] == LIBVIRT_VM
+                    && vms[0]["reason"] == "CpuSharesUnsupported"
+                    && vms[0].get("shares").is_none();
+                Ok(if ok {
+                    Ok(vms[0].clone())
+                } else {
+                    Err(status.to_string())
+                })
+            },
+        )
+        .await?;
+        println!("status.protectedVms: {entry}");
+        // Several passes later: still one Event, no failures, nothing counted as failed.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let (unsupported, notes) =
+            event_count(&cluster, "payments", "CpuSharesUnsupported").await?;
+        println!("event: {notes:?}");
+        ensure!(unsupported == 1, "told once, not {unsupported} times");
+        let (failed, _) = event_count(&cluster, "payments", "BackingVmProtectFailed").await?;
+        ensure!(failed == 0, "no failure Events: {failed}");
+        let text = metrics(&operator).await?;
+        ensure!(
+            !text.lines().any(|l| l.contains("action=\"cpu_shares\"")),
+            "no CPU shares action attempted"
+        );
+        Ok(())
+    }
+    .await;
+
+    operator.stop().await;
+    delete_provider(&cluster.admin, &provider).await;
+    cluster.cleanup().await;
+    result
+}
