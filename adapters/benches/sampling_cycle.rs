@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use plumbline_adapters::{connect, HypervisorConfig, Secret, TlsTrust, VSphereConfig};
-use plumbline_e2e::Stack;
 
 struct Figures {
     endpoint: String,
@@ -94,7 +93,7 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(50);
-    let stack = Stack::load().unwrap_or_else(|e| panic!("{e}"));
+    let stack = plumbline_e2e::stack();
     let get = |key: &str| stack.get(key).unwrap_or_else(|e| panic!("{e}")).to_string();
 
     #[cfg(feature = "libvirt")]
@@ -109,7 +108,7 @@ async fn main() {
     #[cfg(not(feature = "libvirt"))]
     println!("libvirt: skipped (build with --features libvirt)");
 
-    let ca = std::fs::read(get("VSPHERE_CA_FILE")).expect("reading the simulator CA");
+    let ca = stack.vsphere_ca_pem().unwrap_or_else(|e| panic!("{e}"));
     bench(
         HypervisorConfig::VSphere(VSphereConfig {
             url: get("VSPHERE_URL"),

@@ -2,16 +2,13 @@
 //! I/O. Needs `e2e/stack up libvirt`.
 #![cfg(feature = "libvirt")]
 
-mod common;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{eventually, stack};
 use plumbline_adapters::{
     connect, Capability, DiskLatency, DiskLimit, Error, HypervisorConfig, LibvirtConfig, NotReady,
     Setting, StorageSamples, Support, Tunable, VmId,
 };
-use plumbline_e2e::Stack;
+use plumbline_e2e::{poll::eventually, stack, Stack};
 use tokio::process::Command;
 
 fn libvirt(stack: &Stack) -> HypervisorConfig {
@@ -406,52 +403,6 @@ async fn unreachable_daemon_is_a_clear_connect_error() {
     );
 }
 
-/// Stops the stack's libvirtd by its recorded pid and waits until it has exited.
-async fn stop_libvirtd(stack: &Stack) {
-    let pid_file = std::path::Path::new(&stack.get("PLUMBLINE_STACK_DIR").unwrap().to_string())
-        .join("pids/libvirtd.pid");
-    let pid = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| {
-            panic!(
-                "the stack records libvirtd's pid in {}: {e}",
-                pid_file.display()
-            )
-        })
-        .trim()
-        .to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "kill -TERM {pid}");
-    eventually("libvirtd exits", Duration::from_secs(30), || async {
-        let alive = Command::new("kill")
-            .args(["-0", &pid])
-            .status()
-            .await
-            .unwrap()
-            .success();
-        (!alive).then_some(())
-    })
-    .await;
-}
-
-/// Starts libvirtd again the way the stack does (`e2e/stack up libvirt` is idempotent and
-/// only starts what is not running).
-async fn start_libvirtd() {
-    let out = Command::new(Stack::script())
-        .args(["up", "libvirt"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "e2e/stack up libvirt: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes() {
     let stack = stack();
@@ -460,7 +411,10 @@ async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes()
     hv.sample_storage().await.unwrap();
     assert!(hv.connection().is_connected());
 
-    stop_libvirtd(&stack).await;
+    stack
+        .stop_libvirtd()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let outage = async {
         let err = eventually(
             "the adapter reports the daemon gone",
@@ -476,7 +430,10 @@ async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes()
         }
     }
     .await;
-    start_libvirtd().await;
+    stack
+        .start_libvirtd()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let () = outage;
 
     let first = eventually(

@@ -1,15 +1,30 @@
 //! The vSphere adapter against the stack's govmomi simulator (TLS with its own CA,
 //! user/password, per-VM latency control). Needs `e2e/stack up vcsim`.
 
-mod common;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{eventually, stack, stack_value, vsphere, vsphere_config};
 use plumbline_adapters::{
     connect, Capability, DiskLimit, Error, HypervisorConfig, Secret, Setting, Support, TlsTrust,
-    Tunable, VmId,
+    Tunable, VSphereConfig, VmId,
 };
+use plumbline_e2e::{poll::eventually, stack, Stack};
+
+fn stack_value(stack: &Stack, key: &str) -> String {
+    stack.get(key).unwrap_or_else(|e| panic!("{e}")).to_string()
+}
+
+fn vsphere_config(stack: &Stack) -> VSphereConfig {
+    VSphereConfig {
+        url: stack_value(stack, "VSPHERE_URL"),
+        username: stack_value(stack, "VSPHERE_USERNAME"),
+        password: Secret::new(stack_value(stack, "VSPHERE_PASSWORD")),
+        tls: TlsTrust::CaPem(stack.vsphere_ca_pem().unwrap_or_else(|e| panic!("{e}"))),
+    }
+}
+
+fn vsphere(stack: &Stack) -> HypervisorConfig {
+    HypervisorConfig::VSphere(vsphere_config(stack))
+}
 
 #[derive(Debug, serde::Deserialize)]
 struct SimVm {
@@ -314,7 +329,9 @@ async fn unknown_vm_is_a_not_found_error() {
 async fn unreachable_endpoint_is_reported_as_disconnected() {
     let mut config = vsphere_config(&stack());
     config.url = "https://127.0.0.1:1/sdk".into();
-    let err = connect(HypervisorConfig::VSphere(config)).await.unwrap_err();
+    let err = connect(HypervisorConfig::VSphere(config))
+        .await
+        .unwrap_err();
     assert!(err.is_disconnected(), "{err:?}");
     assert!(err.to_string().contains("https://127.0.0.1:1/sdk"), "{err}");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::{Error, Result, Stack};
+use crate::{stack_error, Result, Stack};
 
 /// The disk every stack guest does its I/O on.
 pub const GUEST_DISK: &str = "vda";
@@ -82,13 +82,6 @@ pub struct MeasuredLatency {
     pub per_op: Duration,
     pub ops: u64,
     pub window: Duration,
-}
-
-fn stack_error(what: impl Into<String>, message: impl std::fmt::Display) -> Error {
-    Error::Stack {
-        what: what.into(),
-        message: message.to_string(),
-    }
 }
 
 impl Stack {

@@ -7,6 +7,8 @@
 pub mod cluster;
 pub mod kubelet_sim;
 pub mod latency;
+pub mod libvirtd;
+pub mod poll;
 
 use std::{
     collections::HashMap,
@@ -42,6 +44,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn stack_error(what: impl Into<String>, message: impl std::fmt::Display) -> Error {
+    Error::Stack {
+        what: what.into(),
+        message: message.to_string(),
+    }
+}
+
+/// The running stack for a test or benchmark; panics, saying how to start it, when it is not up.
+pub fn stack() -> Stack {
+    Stack::load().unwrap_or_else(|e| panic!("{e}"))
+}
 
 /// The running stack, as described by its env file.
 #[derive(Debug, Clone)]
@@ -101,6 +115,12 @@ impl Stack {
         self.get("KUBE_APISERVER_URL")
     }
 
+    /// The PEM of the CA the vSphere simulator's certificate is signed with (`VSPHERE_CA_FILE`).
+    pub fn vsphere_ca_pem(&self) -> Result<Vec<u8>> {
+        let path = self.get("VSPHERE_CA_FILE")?;
+        std::fs::read(path).map_err(|e| stack_error(format!("reading the simulator CA {path}"), e))
+    }
+
     /// Where hypervisor components list the VMs that `kubelet-sim` registers as Nodes.
     pub fn nodes_dir(&self) -> PathBuf {
         self.env_path
@@ -112,10 +132,11 @@ impl Stack {
 
 /// A kube `Client` for the current context of the kubeconfig at `path`.
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|source| Error::Kubeconfig {

@@ -4,30 +4,7 @@
 
 use std::time::Duration;
 
-use plumbline_e2e::{latency::MeasuredLatency, Stack};
-
-fn stack() -> Stack {
-    Stack::load().unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Polls `check` every 500 ms until it returns `Some`, failing after `timeout` with `what`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
+use plumbline_e2e::{latency::MeasuredLatency, poll::eventually, stack, Stack};
 
 // Serial: other tests throttle guests (pl-noisy above all), which would skew the comparison.
 #[tokio::test]
@@ -196,9 +173,7 @@ struct Vim {
 
 impl Vim {
     fn new(stack: &Stack) -> Self {
-        let ca_file = stack.get("VSPHERE_CA_FILE").unwrap();
-        let pem = std::fs::read(ca_file)
-            .unwrap_or_else(|e| panic!("reading the simulator CA {ca_file}: {e}"));
+        let pem = stack.vsphere_ca_pem().unwrap_or_else(|e| panic!("{e}"));
         let http = reqwest::Client::builder()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
@@ -570,4 +545,19 @@ async fn serial_stack_script_injects_and_clears_latency_on_both_hypervisors() {
     );
     stack_script(&["clear-latency", "--vsphere", "DC0_H0_VM1"]);
     assert_eq!(latency().await, baseline);
+}
+
+#[tokio::test]
+async fn serial_stack_script_restarts_libvirtd_and_the_guests_keep_running() {
+    let stack = stack();
+    let before = stack.libvirtd_pid().unwrap();
+    stack_script(&["restart-libvirtd"]);
+    let after = stack.libvirtd_pid().unwrap();
+    assert_ne!(before, after, "libvirtd was restarted");
+    // The daemon answers once the command returns, and has reattached to every (transient,
+    // so still running) guest: it reads each one's disk stats.
+    for domain in stack.libvirt_domains().unwrap() {
+        let counters = stack.block_counters(&domain).await;
+        assert!(counters.is_ok(), "{domain} after the restart: {counters:?}");
+    }
 }

@@ -275,7 +275,7 @@ async fn serial_health_libvirt_disconnected_makes_verdicts_unknown_and_readiness
         )
         .await?;
 
-        stop_libvirtd(&stack).await?;
+        stack.stop_libvirtd().await?;
         let unknown = wait_for_conditions(&cluster, "ledger", 2, "unknown, failing open", |pods| {
             count(pods, "True", "LatencyUnknown") == 2
         })
@@ -286,7 +286,7 @@ async fn serial_health_libvirt_disconnected_makes_verdicts_unknown_and_readiness
                 .get(&provider)
                 .await
                 .map(|p| serde_json::to_value(p.status).unwrap_or_default());
-        start_libvirtd().await?;
+        stack.start_libvirtd().await?;
         let unknown = unknown?;
         for p in &unknown {
             ensure!(
@@ -315,7 +315,7 @@ async fn serial_health_libvirt_disconnected_makes_verdicts_unknown_and_readiness
     .await;
 
     // libvirtd must be running for whatever comes next.
-    let _ = start_libvirtd().await;
+    let _ = stack.start_libvirtd().await;
     operator.stop().await;
     delete_provider(&cluster.admin, &provider).await;
     cluster.cleanup().await;

@@ -16,6 +16,8 @@
 #   e2e/stack clear-latency <vm>
 # <vm> is a domain name (pl-vm2, or vm2 for short) or a simulator VM (DC0_H0_VM0, its DNS name
 # dc0-h0-vm0, or its BIOS uuid); `--vsphere` forces the simulator.
+#
+#   e2e/stack restart-libvirtd   stop libvirtd by its recorded pid, start it again, wait until it answers
 
 LIBVIRT_URI_SYSTEM=qemu:///system
 LIBVIRT_GUEST_CACHE=$PLUMBLINE_CACHE_DIR/guest-v1
@@ -63,8 +65,8 @@ libvirt_configure() {
     local conf=/etc/libvirt/qemu.conf key value
     touch "$conf"
     while read -r key value; do
-        if grep -qE "^[[:space:]]*$key[[:space:]]*=" "$conf"; then
-            grep -qxF "$key = $value" "$conf" || sed -i -E "s|^[[:space:]]*$key[[:space:]]*=.*|$key = $value|" "$conf"
+        if grep -qE "^[[:space:]]*${key}[[:space:]]*=" "$conf"; then
+            grep -qxF "$key = $value" "$conf" || sed -i -E "s|^[[:space:]]*${key}[[:space:]]*=.*|$key = $value|" "$conf"
         else
             echo "$key = $value" >>"$conf"
         fi
@@ -238,6 +240,21 @@ libvirt_status() {
         state=$(virsh_sys domstate "$name" 2>/dev/null || echo "absent")
         printf '  %-22s %s\n' "$name" "${state:-absent}"
     done
+}
+
+# A daemon restart as clients see it: their connections close, the guests keep running
+# (QEMU outlives libvirtd, which reattaches to them), and the component's up starts the daemon
+# and waits until `virsh version` answers. Only a libvirtd the stack started is restarted.
+cmd_restart_libvirtd() {
+    [ $# -eq 0 ] || die "usage: restart-libvirtd"
+    if is_running libvirtd; then
+        log "stopping libvirtd (pid $(pid_of libvirtd))"
+        stop_pid libvirtd
+    elif pidfile_alive "$LIBVIRTD_PIDFILE"; then
+        die "libvirtd (pid $(cat "$LIBVIRTD_PIDFILE")) was not started by the stack; not restarting it"
+    fi
+    libvirt_up
+    log "libvirtd is up again (pid $(pid_of libvirtd))"
 }
 
 # --- latency injection -------------------------------------------------------------------

@@ -98,7 +98,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn load() -> Self {
-        let stack = Stack::load().unwrap_or_else(|e| panic!("{e}"));
+        let stack = plumbline_e2e::stack();
         let kubeconfig = stack
             .get("KUBECONFIG")
             .unwrap_or_else(|e| panic!("{e}"))

@@ -213,51 +213,6 @@ where
     }
 }
 
-/// Stops the stack's libvirtd by its recorded pid and waits until it has exited.
-pub async fn stop_libvirtd(stack: &plumbline_e2e::Stack) -> Result<()> {
-    let pid_file =
-        std::path::Path::new(stack.get("PLUMBLINE_STACK_DIR")?).join("pids/libvirtd.pid");
-    let pid = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("the stack records libvirtd's pid in {}", pid_file.display()))?
-        .trim()
-        .to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().await?;
-    if !status.success() {
-        bail!("kill -TERM {pid} failed");
-    }
-    eventually("libvirtd to exit", Duration::from_secs(30), || {
-        let pid = pid.clone();
-        async move {
-            let alive = Command::new("kill")
-                .args(["-0", &pid])
-                .status()
-                .await?
-                .success();
-            Ok(if alive {
-                Err("still running".to_string())
-            } else {
-                Ok(())
-            })
-        }
-    })
-    .await
-}
-
-/// Starts libvirtd again the way the stack does (idempotent).
-pub async fn start_libvirtd() -> Result<()> {
-    let out = Command::new(plumbline_e2e::Stack::script())
-        .args(["up", "libvirt"])
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!(
-            "e2e/stack up libvirt: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// A short summary of the workload's storage conditions, for failure messages.
 pub fn summary(pods: &[Pod]) -> String {
     pods.iter()

@@ -1,0 +1,74 @@
+//! Taking the stack's libvirtd away and bringing it back, for tests of how clients live
+//! through a daemon outage. `e2e/stack restart-libvirtd` does both at once; these are
+//! separate because the tests look at the outage in between.
+
+use std::{path::Path, time::Duration};
+
+use tokio::process::Command;
+
+use crate::{stack_error, Result, Stack};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `kill -<signal> <pid>` succeeded (`-0`: the process exists).
+async fn kill(signal: &str, pid: &str) -> Result<bool> {
+    Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .await
+        .map(|status| status.success())
+        .map_err(|e| stack_error(format!("running kill {signal} {pid}"), e))
+}
+
+impl Stack {
+    /// The pid the stack recorded for the libvirtd it started.
+    pub fn libvirtd_pid(&self) -> Result<String> {
+        let pid_file = Path::new(self.get("PLUMBLINE_STACK_DIR")?).join("pids/libvirtd.pid");
+        let pid = std::fs::read_to_string(&pid_file).map_err(|e| {
+            stack_error(
+                format!("the stack records libvirtd's pid in {}", pid_file.display()),
+                e,
+            )
+        })?;
+        Ok(pid.trim().to_string())
+    }
+
+    /// Stops the stack's libvirtd by its recorded pid and waits until it has exited.
+    pub async fn stop_libvirtd(&self) -> Result<()> {
+        let pid = self.libvirtd_pid()?;
+        if !kill("-TERM", &pid).await? {
+            return Err(stack_error(
+                "stopping libvirtd",
+                format!("kill -TERM {pid} failed"),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
+        while kill("-0", &pid).await? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(stack_error(
+                    "stopping libvirtd",
+                    format!("pid {pid} still running {EXIT_TIMEOUT:?} after TERM"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(())
+    }
+
+    /// Starts libvirtd again the way the stack does: `e2e/stack up libvirt` starts only what
+    /// is not running, and returns once the daemon answers.
+    pub async fn start_libvirtd(&self) -> Result<()> {
+        let out = Command::new(Self::script())
+            .args(["up", "libvirt"])
+            .output()
+            .await
+            .map_err(|e| stack_error("running e2e/stack up libvirt", e))?;
+        if !out.status.success() {
+            return Err(stack_error(
+                "e2e/stack up libvirt",
+                String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        Ok(())
+    }
+}
