@@ -396,6 +396,20 @@ impl Planner<'_> {
         let infra_spec = intent.spec.infrastructure.clone().unwrap_or_default();
         let infra = &self.observed.infra;
 
+        if let (true, Some(shares), true) = (
+            infra_spec.protect_backing_vms,
+            tier.protected_cpu_shares,
+            infra.backing_vms.is_empty(),
+        ) {
+            // The controller does not see VMs; the storage-health loop, which holds the live
+            // graph and the adapters, carries this out.
+            self.plan.notes.push(Note {
+                layer: Layer::Hypervisor,
+                text: format!(
+                    "infrastructure.protectBackingVms: every VM backing the pods gets {shares} CPU shares while active, set by the storage-health loop (see status.protectedVms)"
+                ),
+            });
+        }
         for vm in &infra.backing_vms {
             let probe = Change::CpuShares {
                 vm: vm.vm.clone(),

@@ -357,9 +357,14 @@ pub async fn execute(
             .map(|(action, outcome)| {
                 outcome.unwrap_or_else(|| match action.layer() {
                     Layer::Kubernetes => Outcome::pending("not applied: an earlier step failed"),
-                    Layer::Hypervisor => Outcome::pending(
-                        "hypervisor actions are carried out by the storage-health loop",
-                    ),
+                    Layer::Hypervisor => Outcome::pending(match action.change {
+                        Change::CpuShares { .. } => {
+                            "carried out by the storage-health loop: see status.protectedVms"
+                        }
+                        _ => {
+                            "carried out by the storage-health loop: see status.neighbourThrottles"
+                        }
+                    }),
                 })
             })
             .collect()
