@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::{
     api::{Patch, PatchParams},
     runtime::events::{Event, EventType},
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
 };
 use plumbline_crds::names::NODE_STORAGE_TAINT;
 use plumbline_policies::health::{node_taints, TAINT_EFFECT};
@@ -37,6 +37,8 @@ const ATTEMPTS: usize = 3;
 /// After a failed change (e.g. Forbidden without `patch` on nodes), leave the node alone this
 /// long rather than retrying every pass.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
+/// Where Events about cluster-scoped objects go.
+const EVENT_NAMESPACE: &str = "default";
 
 /// What one pass wants for one node.
 pub struct TaintWant {
@@ -49,6 +51,8 @@ pub struct TaintWant {
 #[derive(Default)]
 pub struct NodeTaints {
     failed: HashMap<String, Instant>,
+    /// The server wants Events about nodes to name the Event's namespace in the reference.
+    event_namespace_in_reference: bool,
 }
 
 fn taints_of(node: &Node) -> &[k8s_openapi::api::core::v1::Taint] {
@@ -129,7 +133,29 @@ impl NodeTaints {
                 secondary: None,
             };
             let regarding = result.as_ref().unwrap_or(w.node.as_ref());
-            ctx.publish(regarding, event).await;
+            self.publish(ctx, regarding, event).await;
+        }
+    }
+
+    /// Publishes an Event about the node (best effort). Kubernetes 1.20's events.k8s.io/v1
+    /// rejects an Event about a cluster-scoped object unless the reference carries the Event's
+    /// namespace (`default`); on such a server the reference gets it, and the Event is still
+    /// found by `kubectl get events --field-selector involvedObject.name=NODE`.
+    async fn publish(&mut self, ctx: &Context, node: &Node, event: Event) {
+        let mut reference = node.object_ref(&());
+        if self.event_namespace_in_reference {
+            reference.namespace = Some(EVENT_NAMESPACE.into());
+        }
+        let mut result = ctx.recorder.publish(&event, &reference).await;
+        if let Err(kube::Error::Api(s)) = &result {
+            if s.code == 422 && !self.event_namespace_in_reference {
+                self.event_namespace_in_reference = true;
+                reference.namespace = Some(EVENT_NAMESPACE.into());
+                result = ctx.recorder.publish(&event, &reference).await;
+            }
+        }
+        if let Err(e) = result {
+            warn!(node = %node.name_any(), reason = %event.reason, error = %e, "publishing an Event failed");
         }
     }
 }

@@ -90,6 +90,24 @@ impl Cluster {
         .await?)
     }
 
+    /// The same, with these storage-health settings (what `--unknown-readiness` and
+    /// `--taint-degraded-nodes` choose).
+    pub async fn start_operator_with_health(
+        &self,
+        clock: Arc<dyn Clock>,
+        health: plumbline_operator::health::HealthSettings,
+    ) -> Result<Operator> {
+        Ok(Operator::start(
+            self.operator_identity.clone(),
+            Settings {
+                health,
+                ..self.settings("test", None)
+            },
+            clock,
+        )
+        .await?)
+    }
+
     pub fn deployments(&self) -> Api<Deployment> {
         Api::namespaced(self.admin.clone(), &self.namespace)
     }

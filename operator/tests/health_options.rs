@@ -1,0 +1,437 @@
+//! The storage-health options end to end on the real stack:
+//!
+//! - `--unknown-readiness fail-closed`: the operator loses its libvirt connection (a relay
+//!   between it and libvirtd is cut, as a network partition would) and the pods leave rotation
+//!   with reason `LatencyUnknown`; the relay back, they return.
+//! - `--taint-degraded-nodes`: latency injected under a node's VM puts the `NoSchedule` taint
+//!   on the node, clearing it takes the taint off, and taints others put on the node before
+//!   and in between are kept.
+//!
+//! Needs `e2e/stack up`; fails saying so otherwise. Build with `--features libvirt`.
+
+mod common;
+mod health_common;
+
+use anyhow::{bail, ensure, Context as _, Result};
+use health_common::*;
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::{
+    api::{ListParams, Patch, PatchParams},
+    Api, Client, ResourceExt,
+};
+use plumbline_operator::{
+    clock::SystemClock,
+    health::HealthSettings,
+    metrics::{ActionLabels, ActionResult, Layer},
+    run::Operator,
+};
+use plumbline_policies::health::UnknownReadiness;
+use serde_json::json;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::{
+    net::{UnixListener, UnixStream},
+    task::{JoinHandle, JoinSet},
+};
+
+const PATIENCE: Duration = Duration::from_secs(90);
+/// Where `qemu:///system` connects (libvirtd's read-write socket).
+const LIBVIRTD_SOCKET: &str = "/run/libvirt/libvirt-sock";
+const STORAGE_TAINT: &str = "plumbline.dev/storage-latency-high";
+
+/// A unix-socket relay between the operator's libvirt client and libvirtd. Cutting it is
+/// what a network partition does to a remote hypervisor, without stopping the daemon that
+/// other tests share.
+struct LibvirtLink {
+    socket: PathBuf,
+    relay: Option<JoinHandle<()>>,
+}
+
+impl LibvirtLink {
+    fn new(name: &str) -> Result<Self> {
+        ensure!(
+            Path::new(LIBVIRTD_SOCKET).exists(),
+            "libvirtd's socket {LIBVIRTD_SOCKET} is missing; start the stack with `e2e/stack up`"
+        );
+        Ok(Self {
+            socket: std::env::temp_dir().join(format!("pl-{name}-{}.sock", std::process::id())),
+            relay: None,
+        })
+    }
+
+    /// The provider's URI: libvirt's remote driver through the relay.
+    fn uri(&self) -> String {
+        format!("qemu+unix:///system?socket={}", self.socket.display())
+    }
+
+    fn up(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.socket);
+        let listener = UnixListener::bind(&self.socket)
+            .with_context(|| format!("binding the relay socket {}", self.socket.display()))?;
+        self.relay = Some(tokio::spawn(async move {
+            // Dropped with the task when the link is cut, closing every relayed connection.
+            let mut connections = JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut daemon) = UnixStream::connect(LIBVIRTD_SOCKET).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut daemon).await;
+                    }
+                });
+            }
+        }));
+        Ok(())
+    }
+
+    fn cut(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            relay.abort();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for LibvirtLink {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+fn storage_intent(app: &str, max_unready: serde_json::Value) -> serde_json::Value {
+    json!({
+        "target": {"kind": "Deployment", "name": app},
+        "priority": "critical",
+        "storage": {"latencyBudget": "5ms", "readinessGate": true, "maxUnready": max_unready},
+    })
+}
+
+fn count(pods: &[k8s_openapi::api::core::v1::Pod], status: &str, reason: &str) -> usize {
+    pods.iter()
+        .filter(|p| storage_condition(p).is_some_and(|(s, r, _)| s == status && r == reason))
+        .count()
+}
+
+async fn wait_for_pods(
+    cluster: &common::Cluster,
+    app: &str,
+    replicas: usize,
+    what: &str,
+    ok: impl Fn(&[k8s_openapi::api::core::v1::Pod]) -> bool,
+) -> Result<Vec<k8s_openapi::api::core::v1::Pod>> {
+    eventually(what, PATIENCE, || async {
+        let pods = pods(&cluster.admin, &cluster.namespace, app).await?;
+        let settled = pods.len() == replicas && pods.iter().all(has_gate);
+        Ok(if settled && ok(&pods) {
+            Ok(pods)
+        } else {
+            Err(summary(&pods))
+        })
+    })
+    .await
+}
+
+fn actions(operator: &Operator, result: ActionResult) -> u64 {
+    operator
+        .metrics
+        .actions
+        .get_or_create(&ActionLabels {
+            layer: Layer::kubernetes,
+            action: "node_taint".into(),
+            result,
+        })
+        .get()
+}
+
+#[tokio::test]
+async fn serial_health_fail_closed_takes_pods_out_of_rotation_while_the_hypervisor_is_unreachable(
+) -> Result<()> {
+    plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+    let cluster = common::Cluster::connect("health_fail_closed").await?;
+    let mut link = LibvirtLink::new("fail-closed")?;
+    link.up()?;
+    let provider = format!("{}-kvm", cluster.namespace);
+    apply_provider(
+        &cluster.admin,
+        &provider,
+        json!({"libvirt": {"uri": link.uri()}, "sampleInterval": "1s"}),
+    )
+    .await?;
+    let operator = cluster
+        .start_operator_with_health(
+            Arc::new(SystemClock),
+            HealthSettings {
+                unknown: UnknownReadiness::FailClosed,
+                ..HealthSettings::default()
+            },
+        )
+        .await?;
+
+    let result = async {
+        deploy_pinned(&cluster.admin, &cluster.namespace, "ledger", 2, "pl-vm1").await?;
+        // The guard lets both go, so what fail-closed does is not hidden by it.
+        cluster
+            .apply_intent("ledger", storage_intent("ledger", json!(2)))
+            .await?;
+        wait_for_pods(&cluster, "ledger", 2, "healthy before the cut", |pods| {
+            count(pods, "True", "LatencyWithinBudget") == 2
+        })
+        .await?;
+
+        link.cut();
+        let unknown = wait_for_pods(&cluster, "ledger", 2, "unknown, failing closed", |pods| {
+            count(pods, "False", "LatencyUnknown") == 2
+        })
+        .await?;
+        for p in &unknown {
+            let (_, _, message) = storage_condition(p).unwrap();
+            ensure!(
+                message.contains("fail-closed"),
+                "message says why: {message}"
+            );
+        }
+        eventually("the pods' Ready to follow", PATIENCE, || async {
+            let pods = pods(&cluster.admin, &cluster.namespace, "ledger").await?;
+            let ready = pods.iter().filter(|p| is_ready(p)).count();
+            Ok(if ready == 0 {
+                Ok(())
+            } else {
+                Err(format!("{ready} ready"))
+            })
+        })
+        .await?;
+        eventually("the node condition Unknown", PATIENCE, || async {
+            Ok(match node_condition(&cluster.admin, "pl-vm1").await? {
+                Some((s, _, _)) if s == "Unknown" => Ok(()),
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+
+        link.up()?;
+        wait_for_pods(
+            &cluster,
+            "ledger",
+            2,
+            "healthy again once libvirt is reachable",
+            |pods| count(pods, "True", "LatencyWithinBudget") == 2,
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+
+    link.cut();
+    operator.stop().await;
+    delete_provider(&cluster.admin, &provider).await;
+    cluster.cleanup().await;
+    result
+}
+
+async fn taints(admin: &Client, node: &str) -> Result<Vec<Taint>> {
+    let n = Api::<Node>::all(admin.clone())
+        .get(node)
+        .await
+        .with_context(|| format!("reading Node {node}"))?;
+    Ok(n.spec.and_then(|s| s.taints).unwrap_or_default())
+}
+
+/// Changes the node's taints as a careful admin tool would: read, change, write back guarded
+/// by the resourceVersion read, again on a conflict.
+async fn edit_taints(admin: &Client, node: &str, edit: impl Fn(&mut Vec<Taint>)) -> Result<()> {
+    let api = Api::<Node>::all(admin.clone());
+    for _ in 0..10 {
+        let n = api.get(node).await?;
+        let mut list = n.spec.clone().and_then(|s| s.taints).unwrap_or_default();
+        edit(&mut list);
+        let patch = json!({
+            "metadata": {"resourceVersion": n.resource_version()},
+            "spec": {"taints": if list.is_empty() { json!(null) } else { json!(list) }},
+        });
+        match api
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e).with_context(|| format!("editing the taints of {node}")),
+        }
+    }
+    bail!("editing the taints of {node}: conflicts every time")
+}
+
+fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
+    Taint {
+        key: key.into(),
+        value: value.map(Into::into),
+        effect: effect.into(),
+        time_added: None,
+    }
+}
+
+fn has(list: &[Taint], t: &Taint) -> bool {
+    list.iter()
+        .any(|x| x.key == t.key && x.value == t.value && x.effect == t.effect)
+}
+
+/// Reasons of Events about the node created since `since`.
+async fn node_event_reasons(
+    admin: &Client,
+    node: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<(String, String)>> {
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .context("listing Events in default")?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.kind.as_deref() == Some("Node")
+                && e.involved_object.name.as_deref() == Some(node)
+                && e.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|t| t.0.as_second() >= since.timestamp())
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect())
+}
+
+#[tokio::test]
+async fn serial_health_taint_degraded_node_on_latency_and_untaint_on_recovery_keeping_other_taints(
+) -> Result<()> {
+    const NODE: &str = "pl-vm2";
+    let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+    let uri = stack.libvirt_uri()?.to_string();
+    let cluster = common::Cluster::connect("health_taint").await?;
+    let started = chrono::Utc::now() - chrono::Duration::seconds(2);
+    let before = taint("e2e.plumbline.dev/before", Some("keep"), "PreferNoSchedule");
+    let between = taint("e2e.plumbline.dev/between", None, "NoSchedule");
+    let ours = taint(STORAGE_TAINT, None, "NoSchedule");
+    // Someone else's taint, there before Plumbline acts.
+    edit_taints(&cluster.admin, NODE, |l| {
+        l.retain(|t| t.key != before.key && t.key != between.key && t.key != ours.key);
+        l.push(before.clone());
+    })
+    .await?;
+    let provider = format!("{}-kvm", cluster.namespace);
+    apply_provider(
+        &cluster.admin,
+        &provider,
+        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
+    )
+    .await?;
+    let operator = cluster
+        .start_operator_with_health(
+            Arc::new(SystemClock),
+            HealthSettings {
+                taint_degraded_nodes: true,
+                ..HealthSettings::default()
+            },
+        )
+        .await?;
+
+    let result = async {
+        deploy_pinned(&cluster.admin, &cluster.namespace, "orders", 2, NODE).await?;
+        cluster
+            .apply_intent("orders", storage_intent("orders", json!(1)))
+            .await?;
+        eventually("the node healthy and untainted", PATIENCE, || async {
+            let c = node_condition(&cluster.admin, NODE).await?;
+            let t = taints(&cluster.admin, NODE).await?;
+            Ok(match c {
+                Some((s, _, _)) if s == "False" && !has(&t, &ours) => Ok(()),
+                other => Err(format!("{other:?}, taints {t:?}")),
+            })
+        })
+        .await?;
+
+        stack.inject_libvirt_latency(NODE, 20).await?;
+        let tainted = eventually("the storage taint", PATIENCE, || async {
+            let t = taints(&cluster.admin, NODE).await?;
+            Ok(if has(&t, &ours) {
+                Ok(t)
+            } else {
+                Err(format!("{t:?}"))
+            })
+        })
+        .await?;
+        ensure!(
+            has(&tainted, &before),
+            "the taint that was there before is kept: {tainted:?}"
+        );
+        let c = node_condition(&cluster.admin, NODE).await?;
+        ensure!(
+            matches!(&c, Some((s, _, _)) if s == "True"),
+            "tainted with the condition True: {c:?}"
+        );
+        ensure!(
+            actions(&operator, ActionResult::applied) >= 1,
+            "plumbline_actions_total node_taint applied"
+        );
+        let added = eventually("an Event about the taint", PATIENCE, || async {
+            let e = node_event_reasons(&cluster.admin, NODE, started).await?;
+            Ok(match e.iter().find(|(r, _)| r == "StorageTaintAdded") {
+                Some((_, m)) => Ok(m.clone()),
+                None => Err(format!("{e:?}")),
+            })
+        })
+        .await?;
+        ensure!(
+            added.contains(STORAGE_TAINT) && added.contains("over budget"),
+            "the Event says what and why: {added}"
+        );
+        println!("event: {added}");
+
+        // Someone else taints the node while Plumbline's taint is on.
+        edit_taints(&cluster.admin, NODE, |l| l.push(between.clone())).await?;
+
+        stack.clear_libvirt_latency(NODE).await?;
+        let untainted = eventually("the storage taint removed", PATIENCE, || async {
+            let t = taints(&cluster.admin, NODE).await?;
+            Ok(if has(&t, &ours) {
+                Err(format!("{t:?}"))
+            } else {
+                Ok(t)
+            })
+        })
+        .await?;
+        ensure!(
+            has(&untainted, &before) && has(&untainted, &between),
+            "the others' taints are kept: {untainted:?}"
+        );
+        ensure!(
+            actions(&operator, ActionResult::reverted) >= 1,
+            "plumbline_actions_total node_taint reverted"
+        );
+        eventually("an Event about the removal", PATIENCE, || async {
+            let e = node_event_reasons(&cluster.admin, NODE, started).await?;
+            Ok(if e.iter().any(|(r, _)| r == "StorageTaintRemoved") {
+                Ok(())
+            } else {
+                Err(format!("{e:?}"))
+            })
+        })
+        .await?;
+        ensure!(
+            actions(&operator, ActionResult::failed) == 0,
+            "no failed taint change"
+        );
+        Ok(())
+    }
+    .await;
+
+    let _ = stack.clear_libvirt_latency(NODE).await;
+    operator.stop().await;
+    // Leave the node as it was, whatever happened.
+    let _ = edit_taints(&cluster.admin, NODE, |l| {
+        l.retain(|t| t.key != before.key && t.key != between.key && t.key != ours.key)
+    })
+    .await;
+    delete_provider(&cluster.admin, &provider).await;
+    cluster.cleanup().await;
+    result
+}
