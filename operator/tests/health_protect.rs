@@ -19,7 +19,7 @@ use kube::{
 use plumbline_adapters::{
     Hypervisor, HypervisorConfig, Secret as Password, TlsTrust, Tunable, VSphereConfig, VmId,
 };
-use plumbline_operator::clock::SystemClock;
+use plumbline_operator::{clock::SystemClock, run::Operator};
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 
@@ -90,88 +90,113 @@ fn protected_vms(status: &serde_json::Value) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-async fn metrics(operator: &plumbline_operator::run::Operator) -> Result<String> {
+async fn metrics(operator: &Operator) -> Result<String> {
     let url = format!("http://{}/metrics", operator.http_addr);
     Ok(reqwest::get(&url).await?.text().await?)
 }
 
-#[tokio::test]
-async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original_back() -> Result<()>
-{
-    let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
-    let hv = vsphere_adapter(&stack).await?;
-    let vm = hv
-        .inventory()
-        .await?
-        .into_iter()
-        .find(|v| v.name == VM)
-        .with_context(|| format!("the simulator has no VM {VM}"))?
-        .id;
-    // A leftover from an earlier, interrupted run would hide the real original.
-    hv.revert(&vm, &[Tunable::CpuShares]).await?;
-    let (before, recorded) = cpu_shares(hv.as_ref(), &vm).await?;
-    ensure!(recorded.is_none(), "no original recorded before the test");
-    ensure!(
-        before != Some(4096),
-        "the VM starts with the default shares, not 4096"
-    );
+/// A vSphere provider for a fresh test namespace, and the VM with its shares before the test.
+struct VsphereCase {
+    cluster: common::Cluster,
+    provider: String,
+    hv: Arc<dyn Hypervisor>,
+    vm: VmId,
+    before: Option<u64>,
+}
 
-    let cluster = common::Cluster::connect("health_protect").await?;
-    let ca = std::fs::read_to_string(stack.get("VSPHERE_CA_FILE")?)
-        .context("reading the simulator's CA")?;
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "vcenter", "namespace": cluster.namespace},
-        "stringData": {"username": stack.get("VSPHERE_USERNAME")?, "password": stack.get("VSPHERE_PASSWORD")?},
-    }))?;
-    Api::<Secret>::namespaced(cluster.admin.clone(), &cluster.namespace)
-        .patch(
-            "vcenter",
-            &PatchParams::apply("e2e-user"),
-            &Patch::Apply(&secret),
+impl VsphereCase {
+    async fn start(test: &str) -> Result<Self> {
+        let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+        let hv = vsphere_adapter(&stack).await?;
+        let vm = hv
+            .inventory()
+            .await?
+            .into_iter()
+            .find(|v| v.name == VM)
+            .with_context(|| format!("the simulator has no VM {VM}"))?
+            .id;
+        // A leftover from an earlier, interrupted run would hide the real original.
+        hv.revert(&vm, &[Tunable::CpuShares]).await?;
+        let (before, recorded) = cpu_shares(hv.as_ref(), &vm).await?;
+        ensure!(recorded.is_none(), "no original recorded before the test");
+        ensure!(
+            before != Some(4096),
+            "the VM starts with the default shares, not 4096"
+        );
+
+        let cluster = common::Cluster::connect(test).await?;
+        let ca = std::fs::read_to_string(stack.get("VSPHERE_CA_FILE")?)
+            .context("reading the simulator's CA")?;
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "vcenter", "namespace": cluster.namespace},
+            "stringData": {"username": stack.get("VSPHERE_USERNAME")?, "password": stack.get("VSPHERE_PASSWORD")?},
+        }))?;
+        Api::<Secret>::namespaced(cluster.admin.clone(), &cluster.namespace)
+            .patch(
+                "vcenter",
+                &PatchParams::apply("e2e-user"),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .context("creating the credentials Secret")?;
+        let provider = format!("{}-vc", cluster.namespace);
+        apply_provider(
+            &cluster.admin,
+            &provider,
+            json!({
+                "vsphere": {
+                    "server": stack.get("VSPHERE_URL")?,
+                    "credentialsSecretRef": {"name": "vcenter", "namespace": cluster.namespace},
+                    "caBundle": ca,
+                },
+                "sampleInterval": "1s",
+            }),
         )
-        .await
-        .context("creating the credentials Secret")?;
-    let provider = format!("{}-vc", cluster.namespace);
-    apply_provider(
-        &cluster.admin,
-        &provider,
-        json!({
-            "vsphere": {
-                "server": stack.get("VSPHERE_URL")?,
-                "credentialsSecretRef": {"name": "vcenter", "namespace": cluster.namespace},
-                "caBundle": ca,
-            },
-            "sampleInterval": "1s",
-        }),
-    )
-    .await?;
-    let operator = cluster.start_operator(Arc::new(SystemClock)).await?;
+        .await?;
+        Ok(Self {
+            cluster,
+            provider,
+            hv,
+            vm,
+            before,
+        })
+    }
 
-    let result = async {
-        deploy_pinned(&cluster.admin, &cluster.namespace, "payments", 2, NODE).await?;
-        cluster.apply_intent("payments", protected_intent()).await?;
+    async fn start_operator(&self) -> Result<Operator> {
+        self.cluster.start_operator(Arc::new(SystemClock)).await
+    }
 
-        eventually("the VM to have 4096 CPU shares", PATIENCE, || async {
-            let (current, original) = cpu_shares(hv.as_ref(), &vm).await?;
-            Ok(if current == Some(4096) && original == before {
+    async fn wait_for_shares(
+        &self,
+        what: &str,
+        want: Option<u64>,
+        original: Option<u64>,
+    ) -> Result<()> {
+        eventually(what, PATIENCE, || async {
+            let (current, recorded) = cpu_shares(self.hv.as_ref(), &self.vm).await?;
+            Ok(if current == want && recorded == original {
                 Ok(())
             } else {
                 Err(format!(
-                    "current {current:?}, recorded original {original:?}"
+                    "current {current:?}, recorded original {recorded:?}"
                 ))
             })
         })
-        .await?;
-        let entry = eventually("status.protectedVms", PATIENCE, || async {
-            let status = intent_status(&cluster.admin, &cluster.namespace, "payments").await?;
+        .await
+    }
+
+    async fn wait_for_status(&self) -> Result<serde_json::Value> {
+        eventually("status.protectedVms", PATIENCE, || async {
+            let status =
+                intent_status(&self.cluster.admin, &self.cluster.namespace, "payments").await?;
             let vms = protected_vms(&status);
             let ok = vms.len() == 1
                 && vms[0]["vm"] == VM
-                && vms[0]["provider"] == provider.as_str()
+                && vms[0]["provider"] == self.provider.as_str()
                 && vms[0]["reason"] == "Protected"
                 && vms[0]["shares"] == 4096
-                && vms[0]["original"] == json!(before)
+                && vms[0]["original"] == json!(self.before)
                 && vms[0]["since"].is_string();
             Ok(if ok {
                 Ok(vms[0].clone())
@@ -179,10 +204,42 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
                 Err(status.to_string())
             })
         })
-        .await?;
+        .await
+    }
+
+    async fn finish(self) {
+        let _ = self.hv.revert(&self.vm, &[Tunable::CpuShares]).await;
+        delete_provider(&self.cluster.admin, &self.provider).await;
+        self.cluster.cleanup().await;
+    }
+}
+
+fn counted(text: &str, result: &str) -> bool {
+    text.lines().any(|l| {
+        l.starts_with("plumbline_actions_total")
+            && l.contains("layer=\"hypervisor\"")
+            && l.contains("action=\"cpu_shares\"")
+            && l.contains(&format!("result=\"{result}\""))
+    })
+}
+
+#[tokio::test]
+async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original_back() -> Result<()>
+{
+    let case = VsphereCase::start("health_protect").await?;
+    let operator = case.start_operator().await?;
+    let cluster = &case.cluster;
+
+    let result = async {
+        deploy_pinned(&cluster.admin, &cluster.namespace, "payments", 2, NODE).await?;
+        cluster.apply_intent("payments", protected_intent()).await?;
+
+        case.wait_for_shares("the VM to have 4096 CPU shares", Some(4096), case.before)
+            .await?;
+        let entry = case.wait_for_status().await?;
         println!("status.protectedVms: {entry}");
         let (_, notes) = eventually("a BackingVmProtected Event", PATIENCE, || async {
-            let (n, notes) = event_count(&cluster, "payments", "BackingVmProtected").await?;
+            let (n, notes) = event_count(cluster, "payments", "BackingVmProtected").await?;
             Ok(if n >= 1 {
                 Ok((n, notes))
             } else {
@@ -195,16 +252,11 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
             notes.iter().any(|n| n.contains(VM) && n.contains("4096")),
             "the Event names the VM and the shares: {notes:?}"
         );
-        let text = metrics(&operator).await?;
         ensure!(
-            text.lines()
-                .any(|l| l.starts_with("plumbline_actions_total")
-                    && l.contains("layer=\"hypervisor\"")
-                    && l.contains("action=\"cpu_shares\"")
-                    && l.contains("result=\"applied\"")),
+            counted(&metrics(&operator).await?, "applied"),
             "plumbline_actions_total counts the change"
         );
-        // The backing map and guard of the health loop's own field manager do not remove it.
+        // The health loop's own status apply (backing map, guard) does not remove it.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let status = intent_status(&cluster.admin, &cluster.namespace, "payments").await?;
         ensure!(
@@ -213,27 +265,14 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
         );
 
         cluster.delete_intent("payments").await?;
-        eventually("the original CPU shares back", PATIENCE, || async {
-            let (current, original) = cpu_shares(hv.as_ref(), &vm).await?;
-            Ok(if current == before && original.is_none() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "current {current:?}, recorded original {original:?}"
-                ))
-            })
-        })
-        .await?;
-        let text = metrics(&operator).await?;
+        case.wait_for_shares("the original CPU shares back", case.before, None)
+            .await?;
         ensure!(
-            text.lines()
-                .any(|l| l.starts_with("plumbline_actions_total")
-                    && l.contains("action=\"cpu_shares\"")
-                    && l.contains("result=\"reverted\"")),
+            counted(&metrics(&operator).await?, "reverted"),
             "plumbline_actions_total counts the release"
         );
         let (_, notes) = eventually("a BackingVmReleased Event", PATIENCE, || async {
-            let (n, notes) = event_count(&cluster, "payments", "BackingVmReleased").await?;
+            let (n, notes) = event_count(cluster, "payments", "BackingVmReleased").await?;
             Ok(if n >= 1 {
                 Ok((n, notes))
             } else {
@@ -247,9 +286,62 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
     .await;
 
     operator.stop().await;
-    let _ = hv.revert(&vm, &[Tunable::CpuShares]).await;
-    delete_provider(&cluster.admin, &provider).await;
-    cluster.cleanup().await;
+    case.finish().await;
+    result
+}
+
+#[tokio::test]
+async fn serial_protect_vsphere_after_a_restart_keeps_what_is_wanted_and_restores_the_rest(
+) -> Result<()> {
+    let case = VsphereCase::start("health_protect_restart").await?;
+    let cluster = &case.cluster;
+    let mut running = Some(case.start_operator().await?);
+
+    let result = async {
+        deploy_pinned(&cluster.admin, &cluster.namespace, "payments", 1, NODE).await?;
+        cluster.apply_intent("payments", protected_intent()).await?;
+        case.wait_for_shares("the VM to have 4096 CPU shares", Some(4096), case.before)
+            .await?;
+        case.wait_for_status().await?;
+
+        // A new operator finds the shares with their recorded original and keeps them: not
+        // restored and set again.
+        running.take().expect("running").stop().await;
+        let second = running.insert(case.start_operator().await?);
+        let watch_until = tokio::time::Instant::now() + Duration::from_secs(8);
+        while tokio::time::Instant::now() < watch_until {
+            let (current, recorded) = cpu_shares(case.hv.as_ref(), &case.vm).await?;
+            ensure!(
+                current == Some(4096) && recorded == case.before,
+                "the shares stay while the new operator starts: current {current:?}, recorded {recorded:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        case.wait_for_status().await?;
+        let text = metrics(second).await?;
+        ensure!(
+            !counted(&text, "reverted") && !counted(&text, "applied"),
+            "the second operator neither restored nor set the shares"
+        );
+
+        // Deleted while no operator runs (the finalizer holds it): the next one restores.
+        running.take().expect("running").stop().await;
+        cluster.delete_intent("payments").await?;
+        let third = running.insert(case.start_operator().await?);
+        case.wait_for_shares("the original CPU shares back", case.before, None)
+            .await?;
+        ensure!(
+            counted(&metrics(third).await?, "reverted"),
+            "plumbline_actions_total counts the restore"
+        );
+        Ok(())
+    }
+    .await;
+
+    if let Some(operator) = running {
+        operator.stop().await;
+    }
+    case.finish().await;
     result
 }
 

@@ -121,7 +121,16 @@ impl Protections {
     pub async fn pass(&mut self, ctx: &Context, caches: &Caches, book: &Arc<Mutex<HealthBook>>) {
         let now = SystemTime::now();
         let intents = ctx.intents.state();
-        let (views, plan) = {
+        // Leftovers are judged against the wanted set, which is only complete once the caches
+        // have listed everything; before that a VM that should stay protected looks unwanted.
+        let synced = [
+            ctx.intents.wait_until_ready().now_or_never(),
+            caches.pods.wait_until_ready().now_or_never(),
+            caches.nodes.wait_until_ready().now_or_never(),
+        ]
+        .iter()
+        .all(|r| matches!(r, Some(Ok(()))));
+        let (views, plan, leftovers) = {
             let b = book.lock().expect("health book");
             let views = graph::build(caches, &b, ctx.clock.now(), &intents);
             let plan = plan_protection(
@@ -131,7 +140,14 @@ impl Protections {
                 &self.in_force,
                 &self.failures,
             );
-            (views, plan)
+            // From the same snapshot as the plan: a provider whose inventory arrives after the
+            // graph was built would otherwise have its wanted VMs look unwanted.
+            let leftovers = if synced {
+                self.leftover_candidates(&b)
+            } else {
+                Vec::new()
+            };
+            (views, plan, leftovers)
         };
         for v in &views {
             self.intents.insert(v.label(), v.intent.clone());
@@ -147,18 +163,7 @@ impl Protections {
                 ProtectAction::Release { vm, reason } => self.release(ctx, vm, reason).await,
             }
         }
-        // Leftovers are judged against the wanted set, which is only complete once the caches
-        // have listed everything; before that a VM that should stay protected looks unwanted.
-        let synced = [
-            ctx.intents.wait_until_ready().now_or_never(),
-            caches.pods.wait_until_ready().now_or_never(),
-            caches.nodes.wait_until_ready().now_or_never(),
-        ]
-        .iter()
-        .all(|r| matches!(r, Some(Ok(()))));
-        if synced {
-            self.recover_leftovers(ctx, book, &plan).await;
-        }
+        self.recover_leftovers(ctx, leftovers, &plan).await;
         self.verify(ctx).await;
         self.write_status(ctx, &views, &plan).await;
 
@@ -188,16 +193,18 @@ impl Protections {
             .get(vm)
             .map(|w| w.intents.clone())
             .unwrap_or_default();
+        // (original, whether the VM was changed)
         let result = async {
             let original = match self.in_force.get(vm) {
                 Some(p) => p.original,
                 None => {
-                    // A VM protected by an earlier run keeps its recorded original.
+                    // A VM protected by an earlier run is adopted with its recorded original,
+                    // not reverted and set again.
                     let report = adapter.tunables(&vm.id).await?;
                     let current = report.current(&Tunable::CpuShares);
                     let recorded = report.original(&Tunable::CpuShares);
                     if recorded.is_some() && current == Some(shares) {
-                        return Ok(recorded);
+                        return Ok((recorded, false));
                     }
                     recorded.or(current)
                 }
@@ -205,11 +212,25 @@ impl Protections {
             adapter
                 .apply(&vm.id, &[Setting::new(Tunable::CpuShares, shares)])
                 .await?;
-            Ok::<_, plumbline_adapters::Error>(original)
+            Ok::<_, plumbline_adapters::Error>((original, true))
         }
         .await;
         match result {
-            Ok(original) => {
+            Ok((original, false)) => {
+                info!(vm = %vm, shares, ?original, "backing VM already protected by an earlier run; adopted");
+                self.in_force.insert(
+                    vm.clone(),
+                    Protection {
+                        shares,
+                        original,
+                        since: now,
+                    },
+                );
+                self.failures.remove(vm);
+                self.last_error.remove(vm);
+                self.told.entry(vm.clone()).or_default().extend(intents);
+            }
+            Ok((original, true)) => {
                 ctx.metrics
                     .action(Layer::hypervisor, METRIC_ACTION, ActionResult::applied);
                 info!(vm = %vm, provider = %vm.provider, shares, ?original, "backing VM protected");
@@ -402,34 +423,9 @@ impl Protections {
     async fn recover_leftovers(
         &mut self,
         ctx: &Context,
-        book: &Arc<Mutex<HealthBook>>,
+        todo: Vec<(String, Vec<VmKey>)>,
         plan: &ProtectionPlan<VmKey>,
     ) {
-        let todo: Vec<(String, Vec<VmKey>)> = {
-            let b = book.lock().expect("health book");
-            b.providers
-                .values()
-                .filter(|p| p.connected && !p.inventory.is_empty())
-                .filter(|p| match self.recovered.get(&p.name) {
-                    None => true,
-                    Some(None) => false,
-                    Some(Some(retry)) => retry.elapsed() >= RECOVERY_RETRY,
-                })
-                .map(|p| {
-                    let vms = p
-                        .inventory
-                        .iter()
-                        .filter(|vm| b.owner_of(&vm.id) == Some(p.name.as_str()))
-                        .map(|vm| VmKey {
-                            id: vm.id.clone(),
-                            name: vm.name.clone(),
-                            provider: p.name.clone(),
-                        })
-                        .collect();
-                    (p.name.clone(), vms)
-                })
-                .collect()
-        };
         for (provider, vms) in todo {
             let Some(adapter) = ctx.adapters.get(&provider) else {
                 continue;
@@ -470,6 +466,32 @@ impl Protections {
             self.recovered
                 .insert(provider, (!complete).then(Instant::now));
         }
+    }
+
+    /// Providers due for leftover recovery, with the VMs each owns.
+    fn leftover_candidates(&self, b: &HealthBook) -> Vec<(String, Vec<VmKey>)> {
+        b.providers
+            .values()
+            .filter(|p| p.connected && !p.inventory.is_empty())
+            .filter(|p| match self.recovered.get(&p.name) {
+                None => true,
+                Some(None) => false,
+                Some(Some(retry)) => retry.elapsed() >= RECOVERY_RETRY,
+            })
+            .map(|p| {
+                let vms = p
+                    .inventory
+                    .iter()
+                    .filter(|vm| b.owner_of(&vm.id) == Some(p.name.as_str()))
+                    .map(|vm| VmKey {
+                        id: vm.id.clone(),
+                        name: vm.name.clone(),
+                        provider: p.name.clone(),
+                    })
+                    .collect();
+                (p.name.clone(), vms)
+            })
+            .collect()
     }
 
     /// The entries of one intent's `status.protectedVms`.
