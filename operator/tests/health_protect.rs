@@ -33,6 +33,8 @@ fn protected_intent() -> serde_json::Value {
     json!({
         "target": {"kind": "Deployment", "name": "payments"},
         "priority": "critical",
+        // A storage section makes the health loop write its own status fields too.
+        "storage": {"latencyBudget": "500ms"},
         "infrastructure": {"protectBackingVms": true},
     })
 }
@@ -256,11 +258,15 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
             counted(&metrics(&operator).await?, "applied"),
             "plumbline_actions_total counts the change"
         );
-        // The health loop's own status apply (backing map, guard) does not remove it.
+        // The health loop's own status apply (backing map, guard) and the controller's do not
+        // remove it, nor it theirs.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let status = intent_status(&cluster.admin, &cluster.namespace, "payments").await?;
         ensure!(
-            protected_vms(&status).len() == 1,
+            protected_vms(&status).len() == 1
+                && status["backing"].as_array().is_some_and(|b| b.len() == 2)
+                && status["guard"].is_object()
+                && status["plan"].as_array().is_some_and(|p| !p.is_empty()),
             "protectedVms stays next to the other status fields: {status}"
         );
 
