@@ -409,7 +409,8 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["delete", "hypervisorproviders.plumbline.dev"],
         &["patch", "hypervisorproviders.plumbline.dev"],
         &["delete", "priorityclasses.scheduling.k8s.io"],
-        // Node specs (and so taints) are not touched; only node status conditions.
+        // Node specs (and so taints) are not touched without operator.taintDegradedNodes;
+        // only node status conditions.
         &["patch", "nodes"],
         // Nothing that escalates.
         &["create", "customresourcedefinitions.apiextensions.k8s.io"],

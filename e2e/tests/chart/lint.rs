@@ -47,6 +47,8 @@ fn bad_values_are_rejected_with_a_message_naming_the_field() {
         ("image.digest=latest", &["/image/digest"]),
         ("operator.logFormat=xml", &["/operator/logFormat", "json"]),
         ("operator.port=70000", &["/operator/port", "maximum"]),
+        ("operator.unknownReadiness=maybe", &["/operator/unknownReadiness", "fail-open", "fail-closed"]),
+        ("operator.taintDegradedNodes=sometimes", &["/operator/taintDegradedNodes"]),
         // Restricted Pod Security cannot be switched off by accident.
         ("securityContext.runAsNonRoot=false", &["/securityContext/runAsNonRoot"]),
         ("securityContext.allowPrivilegeEscalation=true", &["/securityContext/allowPrivilegeEscalation"]),
@@ -105,4 +107,80 @@ fn good_values_render() {
         )
         .unwrap_or_else(|e| panic!("--set {set} should render: {e}"));
     }
+}
+
+/// Every object `helm template` renders with these `--set` values.
+fn rendered(set: &[&str]) -> Vec<serde_yaml::Value> {
+    let chart = chart_dir();
+    let mut args = vec!["template", "t", chart.to_str().unwrap()];
+    for s in set {
+        args.extend(["--set", s]);
+    }
+    let out = run(helm_cmd(args), None).unwrap_or_else(|e| panic!("--set {set:?}: {e}"));
+    serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).expect("helm printed YAML"))
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
+fn operator_args(objects: &[serde_yaml::Value]) -> Vec<String> {
+    let d = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    d["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn may_patch_nodes(objects: &[serde_yaml::Value]) -> bool {
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let has = |v: &serde_yaml::Value, s: &str| {
+        v.as_sequence()
+            .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(s)))
+    };
+    role["rules"]
+        .as_sequence()
+        .expect("rules")
+        .iter()
+        .any(|r| has(&r["resources"], "nodes") && has(&r["verbs"], "patch"))
+}
+
+#[test]
+fn health_options_become_flags_and_only_tainting_grants_patch_on_nodes() {
+    let default = rendered(&[]);
+    let args = operator_args(&default);
+    assert!(
+        args.contains(&"--unknown-readiness=fail-open".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--taint-degraded-nodes")),
+        "{args:?}"
+    );
+    assert!(
+        !may_patch_nodes(&default),
+        "no patch on nodes unless tainting is on"
+    );
+
+    let on = rendered(&[
+        "operator.unknownReadiness=fail-closed",
+        "operator.taintDegradedNodes=true",
+    ]);
+    let args = operator_args(&on);
+    assert!(
+        args.contains(&"--unknown-readiness=fail-closed".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--taint-degraded-nodes=true".to_string()),
+        "{args:?}"
+    );
+    assert!(may_patch_nodes(&on), "tainting needs patch on nodes");
 }
