@@ -207,6 +207,14 @@ impl Feedback {
                 .collect();
             for node in caches.nodes.state() {
                 if self.scoped && !nodes_with_pods.contains(node.name_any().as_str()) {
+                    // Its pods left: a taint this operator put there has no reason left.
+                    if settings.taint_degraded_nodes && self.taints.tainted(&node.name_any()) {
+                        taint_wants.push(TaintWant {
+                            node: node.clone(),
+                            taint: false,
+                            because: "no pod of this operator's intents runs on the node".into(),
+                        });
+                    }
                     continue;
                 }
                 let Some(vm) = graph::vm_for_node(&b, &node) else {

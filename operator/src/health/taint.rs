@@ -20,7 +20,7 @@ use plumbline_crds::names::NODE_STORAGE_TAINT;
 use plumbline_policies::health::{node_taints, TAINT_EFFECT};
 use serde_json::json;
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -51,6 +51,8 @@ pub struct TaintWant {
 #[derive(Default)]
 pub struct NodeTaints {
     failed: HashMap<String, Instant>,
+    /// Nodes this operator tainted, so a namespace-scoped one untaints them when its pods leave.
+    tainted: HashSet<String>,
     /// The server wants Events about nodes to name the Event's namespace in the reference.
     event_namespace_in_reference: bool,
 }
@@ -68,6 +70,10 @@ enum Outcome {
 }
 
 impl NodeTaints {
+    pub fn tainted(&self, node: &str) -> bool {
+        self.tainted.contains(node)
+    }
+
     /// Adds or removes the storage taint where the cached node differs from what is wanted.
     pub async fn carry_out(&mut self, ctx: &Context, wants: Vec<TaintWant>) {
         for w in wants {
@@ -118,6 +124,11 @@ impl NodeTaints {
             match &result {
                 Ok(_) => {
                     self.failed.remove(&name);
+                    if w.taint {
+                        self.tainted.insert(name.clone());
+                    } else {
+                        self.tainted.remove(&name);
+                    }
                     info!(node = %name, taint = w.taint, because = %w.because, "storage taint changed");
                 }
                 Err(e) => {
