@@ -5,7 +5,8 @@
 //!   with reason `LatencyUnknown`; the relay back, they return.
 //! - `--taint-degraded-nodes`: latency injected under a node's VM puts the `NoSchedule` taint
 //!   on the node, clearing it takes the taint off, and taints others put on the node before
-//!   and in between are kept.
+//!   and in between are kept; a namespace-scoped operator whose pods leave a still degraded
+//!   node takes its taint off too.
 //!
 //! Needs `e2e/stack up`; fails saying so otherwise. Build with `--features libvirt`.
 
@@ -431,6 +432,82 @@ async fn serial_health_taint_degraded_node_on_latency_and_untaint_on_recovery_ke
         l.retain(|t| t.key != before.key && t.key != between.key && t.key != ours.key)
     })
     .await;
+    delete_provider(&cluster.admin, &provider).await;
+    cluster.cleanup().await;
+    result
+}
+
+#[tokio::test]
+async fn serial_health_taint_removed_when_the_scoped_operators_pods_leave_a_degraded_node(
+) -> Result<()> {
+    const NODE: &str = "pl-vm2";
+    let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+    let uri = stack.libvirt_uri()?.to_string();
+    let cluster = common::Cluster::connect("health_taint_leave").await?;
+    let ours = taint(STORAGE_TAINT, None, "NoSchedule");
+    edit_taints(&cluster.admin, NODE, |l| l.retain(|t| t.key != ours.key)).await?;
+    let provider = format!("{}-kvm", cluster.namespace);
+    apply_provider(
+        &cluster.admin,
+        &provider,
+        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
+    )
+    .await?;
+    let operator = cluster
+        .start_operator_with_health(
+            Arc::new(SystemClock),
+            HealthSettings {
+                taint_degraded_nodes: true,
+                ..HealthSettings::default()
+            },
+        )
+        .await?;
+
+    let result = async {
+        deploy_pinned(&cluster.admin, &cluster.namespace, "orders", 1, NODE).await?;
+        cluster
+            .apply_intent("orders", storage_intent("orders", json!(1)))
+            .await?;
+        wait_for_pods(&cluster, "orders", 1, "healthy first", |pods| {
+            count(pods, "True", "LatencyWithinBudget") == 1
+        })
+        .await?;
+        stack.inject_libvirt_latency(NODE, 20).await?;
+        eventually("the storage taint", PATIENCE, || async {
+            let t = taints(&cluster.admin, NODE).await?;
+            Ok(if has(&t, &ours) {
+                Ok(())
+            } else {
+                Err(format!("{t:?}"))
+            })
+        })
+        .await?;
+
+        // Still degraded, but the operator's only pod leaves the node.
+        cluster
+            .deployments()
+            .delete("orders", &Default::default())
+            .await?;
+        eventually(
+            "the taint removed although the node is still degraded",
+            PATIENCE,
+            || async {
+                let t = taints(&cluster.admin, NODE).await?;
+                Ok(if has(&t, &ours) {
+                    Err(format!("{t:?}"))
+                } else {
+                    Ok(())
+                })
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+
+    let _ = stack.clear_libvirt_latency(NODE).await;
+    operator.stop().await;
+    let _ = edit_taints(&cluster.admin, NODE, |l| l.retain(|t| t.key != ours.key)).await;
     delete_provider(&cluster.admin, &provider).await;
     cluster.cleanup().await;
     result
