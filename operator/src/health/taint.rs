@@ -64,11 +64,6 @@ fn taints_of(node: &Node) -> &[k8s_openapi::api::core::v1::Taint] {
         .unwrap_or_default()
 }
 
-enum Outcome {
-    Changed(Node),
-    AlreadySo,
-}
-
 impl NodeTaints {
     pub fn tainted(&self, node: &str) -> bool {
         self.tainted.contains(node)
@@ -89,11 +84,11 @@ impl NodeTaints {
                 continue;
             }
             let result = match set_taint(ctx, &name, w.taint).await {
-                Ok(Outcome::AlreadySo) => {
+                Ok(None) => {
                     debug!(node = %name, taint = w.taint, "storage taint already as wanted (cache behind)");
                     continue;
                 }
-                Ok(Outcome::Changed(node)) => Ok(node),
+                Ok(Some(node)) => Ok(node),
                 Err(e) => Err(e),
             };
             let (result_label, type_, reason, note) = match &result {
@@ -172,15 +167,15 @@ impl NodeTaints {
 }
 
 /// Reads the node, adds or removes the storage taint, and writes the list back guarded by
-/// the resourceVersion read; retried on a conflict.
-async fn set_taint(ctx: &Context, name: &str, taint: bool) -> Result<Outcome, kube::Error> {
+/// the resourceVersion read; retried on a conflict. `None` when the node already says so.
+async fn set_taint(ctx: &Context, name: &str, taint: bool) -> Result<Option<Node>, kube::Error> {
     let api = Api::<Node>::all(ctx.client.clone());
     let mut attempt = 0;
     loop {
         attempt += 1;
         let node = api.get(name).await?;
         let Some(next) = node_taints(taints_of(&node), taint) else {
-            return Ok(Outcome::AlreadySo);
+            return Ok(None);
         };
         let patch = json!({
             "metadata": { "resourceVersion": node.resource_version() },
@@ -190,7 +185,7 @@ async fn set_taint(ctx: &Context, name: &str, taint: bool) -> Result<Outcome, ku
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(node) => return Ok(Outcome::Changed(node)),
+            Ok(node) => return Ok(Some(node)),
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < ATTEMPTS => {
                 debug!(node = %name, attempt, "node changed while tainting; retrying on fresh data");
             }
