@@ -700,3 +700,26 @@ fn unknown_cpu_shares_keep_the_recorded_original() {
         }));
     assert!(p.reverts.is_empty());
 }
+
+#[test]
+fn without_observed_vms_the_plan_says_who_protects_them() {
+    let mut o = observed();
+    o.infra.backing_vms.clear();
+    let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
+    assert_eq!(
+        p.layer(Layer::Hypervisor).count(),
+        0,
+        "nothing left pending"
+    );
+    assert!(p.notes.iter().any(|n| n.layer == Layer::Hypervisor
+        && n.text.contains("4096 CPU shares")
+        && n.text.contains("status.protectedVms")));
+
+    let mut spec = critical_spec();
+    spec.priority = Priority::Standard;
+    let p = plan(&intent(spec), &o, monday_morning()).unwrap();
+    assert!(!p
+        .notes
+        .iter()
+        .any(|n| n.text.contains("status.protectedVms")));
+}
