@@ -28,32 +28,6 @@ fn critical_intent(app: &str, max_unready: serde_json::Value) -> serde_json::Val
     })
 }
 
-/// Pods with the gate and condition `status` (and the rest), once every pod has the gate.
-async fn wait_for_conditions(
-    cluster: &common::Cluster,
-    app: &str,
-    replicas: usize,
-    what: &str,
-    ok: impl Fn(&[k8s_openapi::api::core::v1::Pod]) -> bool,
-) -> Result<Vec<k8s_openapi::api::core::v1::Pod>> {
-    eventually(what, PATIENCE, || async {
-        let pods = pods(&cluster.admin, &cluster.namespace, app).await?;
-        let settled = pods.len() == replicas && pods.iter().all(has_gate);
-        Ok(if settled && ok(&pods) {
-            Ok(pods)
-        } else {
-            Err(summary(&pods))
-        })
-    })
-    .await
-}
-
-fn count(pods: &[k8s_openapi::api::core::v1::Pod], status: &str, reason: &str) -> usize {
-    pods.iter()
-        .filter(|p| storage_condition(p).is_some_and(|(s, r, _)| s == status && r == reason))
-        .count()
-}
-
 #[tokio::test]
 async fn serial_health_latency_under_a_critical_workload_flips_readiness_throttles_the_neighbour_and_reverts(
 ) -> Result<()> {
@@ -78,8 +52,9 @@ async fn serial_health_latency_under_a_critical_workload_flips_readiness_throttl
             .apply_intent("payments", critical_intent("payments", json!(2)))
             .await?;
 
-        wait_for_conditions(
-            &cluster,
+        wait_for_pods(
+            &cluster.admin,
+            &cluster.namespace,
             "payments",
             3,
             "every pod healthy before the injection",
@@ -88,8 +63,9 @@ async fn serial_health_latency_under_a_critical_workload_flips_readiness_throttl
         .await?;
 
         stack.inject_libvirt_latency(VICTIM, 20).await?;
-        let degraded = wait_for_conditions(
-            &cluster,
+        let degraded = wait_for_pods(
+            &cluster.admin,
+            &cluster.namespace,
             "payments",
             3,
             "two pods unready, one held by the guard",
@@ -182,8 +158,9 @@ async fn serial_health_latency_under_a_critical_workload_flips_readiness_throttl
         println!("event: {events}");
 
         stack.clear_libvirt_latency(VICTIM).await?;
-        wait_for_conditions(
-            &cluster,
+        wait_for_pods(
+            &cluster.admin,
+            &cluster.namespace,
             "payments",
             3,
             "every pod healthy after clearing",
@@ -266,8 +243,9 @@ async fn serial_health_libvirt_disconnected_makes_verdicts_unknown_and_readiness
         cluster
             .apply_intent("ledger", critical_intent("ledger", json!("50%")))
             .await?;
-        wait_for_conditions(
-            &cluster,
+        wait_for_pods(
+            &cluster.admin,
+            &cluster.namespace,
             "ledger",
             2,
             "healthy before the disconnect",
@@ -276,9 +254,14 @@ async fn serial_health_libvirt_disconnected_makes_verdicts_unknown_and_readiness
         .await?;
 
         stack.stop_libvirtd().await?;
-        let unknown = wait_for_conditions(&cluster, "ledger", 2, "unknown, failing open", |pods| {
-            count(pods, "True", "LatencyUnknown") == 2
-        })
+        let unknown = wait_for_pods(
+            &cluster.admin,
+            &cluster.namespace,
+            "ledger",
+            2,
+            "unknown, failing open",
+            |pods| count(pods, "True", "LatencyUnknown") == 2,
+        )
         .await;
         let node = node_condition(&cluster.admin, "pl-vm3").await;
         let provider_status =
@@ -302,8 +285,9 @@ async fn serial_health_libvirt_disconnected_makes_verdicts_unknown_and_readiness
         );
         println!("provider status while disconnected: {provider_status:?}");
 
-        wait_for_conditions(
-            &cluster,
+        wait_for_pods(
+            &cluster.admin,
+            &cluster.namespace,
             "ledger",
             2,
             "healthy again after libvirtd is back",

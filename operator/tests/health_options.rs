@@ -108,31 +108,6 @@ fn storage_intent(app: &str, max_unready: serde_json::Value) -> serde_json::Valu
     })
 }
 
-fn count(pods: &[k8s_openapi::api::core::v1::Pod], status: &str, reason: &str) -> usize {
-    pods.iter()
-        .filter(|p| storage_condition(p).is_some_and(|(s, r, _)| s == status && r == reason))
-        .count()
-}
-
-async fn wait_for_pods(
-    cluster: &common::Cluster,
-    app: &str,
-    replicas: usize,
-    what: &str,
-    ok: impl Fn(&[k8s_openapi::api::core::v1::Pod]) -> bool,
-) -> Result<Vec<k8s_openapi::api::core::v1::Pod>> {
-    eventually(what, PATIENCE, || async {
-        let pods = pods(&cluster.admin, &cluster.namespace, app).await?;
-        let settled = pods.len() == replicas && pods.iter().all(has_gate);
-        Ok(if settled && ok(&pods) {
-            Ok(pods)
-        } else {
-            Err(summary(&pods))
-        })
-    })
-    .await
-}
-
 fn actions(operator: &Operator, result: ActionResult) -> u64 {
     operator
         .metrics
@@ -175,15 +150,25 @@ async fn serial_health_fail_closed_takes_pods_out_of_rotation_while_the_hypervis
         cluster
             .apply_intent("ledger", storage_intent("ledger", json!(2)))
             .await?;
-        wait_for_pods(&cluster, "ledger", 2, "healthy before the cut", |pods| {
-            count(pods, "True", "LatencyWithinBudget") == 2
-        })
+        wait_for_pods(
+            &cluster.admin,
+            &cluster.namespace,
+            "ledger",
+            2,
+            "healthy before the cut",
+            |pods| count(pods, "True", "LatencyWithinBudget") == 2,
+        )
         .await?;
 
         link.cut();
-        let unknown = wait_for_pods(&cluster, "ledger", 2, "unknown, failing closed", |pods| {
-            count(pods, "False", "LatencyUnknown") == 2
-        })
+        let unknown = wait_for_pods(
+            &cluster.admin,
+            &cluster.namespace,
+            "ledger",
+            2,
+            "unknown, failing closed",
+            |pods| count(pods, "False", "LatencyUnknown") == 2,
+        )
         .await?;
         for p in &unknown {
             let (_, _, message) = storage_condition(p).unwrap();
@@ -212,7 +197,8 @@ async fn serial_health_fail_closed_takes_pods_out_of_rotation_while_the_hypervis
 
         link.up()?;
         wait_for_pods(
-            &cluster,
+            &cluster.admin,
+            &cluster.namespace,
             "ledger",
             2,
             "healthy again once libvirt is reachable",
@@ -468,9 +454,14 @@ async fn serial_health_taint_removed_when_the_scoped_operators_pods_leave_a_degr
         cluster
             .apply_intent("orders", storage_intent("orders", json!(1)))
             .await?;
-        wait_for_pods(&cluster, "orders", 1, "healthy first", |pods| {
-            count(pods, "True", "LatencyWithinBudget") == 1
-        })
+        wait_for_pods(
+            &cluster.admin,
+            &cluster.namespace,
+            "orders",
+            1,
+            "healthy first",
+            |pods| count(pods, "True", "LatencyWithinBudget") == 1,
+        )
         .await?;
         stack.inject_libvirt_latency(NODE, 20).await?;
         eventually("the storage taint", PATIENCE, || async {

@@ -11,11 +11,8 @@ mod health_common;
 
 use anyhow::{ensure, Context as _, Result};
 use health_common::*;
-use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::{
-    api::{ListParams, Patch, PatchParams},
-    Api,
-};
+use k8s_openapi::api::core::v1::Event;
+use kube::{api::ListParams, Api};
 use plumbline_adapters::{
     Hypervisor, HypervisorConfig, Secret as Password, TlsTrust, Tunable, VSphereConfig, VmId,
 };
@@ -127,35 +124,7 @@ impl VsphereCase {
         );
 
         let cluster = common::Cluster::connect(test).await?;
-        let ca = std::fs::read_to_string(stack.get("VSPHERE_CA_FILE")?)
-            .context("reading the simulator's CA")?;
-        let secret: Secret = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "vcenter", "namespace": cluster.namespace},
-            "stringData": {"username": stack.get("VSPHERE_USERNAME")?, "password": stack.get("VSPHERE_PASSWORD")?},
-        }))?;
-        Api::<Secret>::namespaced(cluster.admin.clone(), &cluster.namespace)
-            .patch(
-                "vcenter",
-                &PatchParams::apply("e2e-user"),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .context("creating the credentials Secret")?;
-        let provider = format!("{}-vc", cluster.namespace);
-        apply_provider(
-            &cluster.admin,
-            &provider,
-            json!({
-                "vsphere": {
-                    "server": stack.get("VSPHERE_URL")?,
-                    "credentialsSecretRef": {"name": "vcenter", "namespace": cluster.namespace},
-                    "caBundle": ca,
-                },
-                "sampleInterval": "1s",
-            }),
-        )
-        .await?;
+        let provider = apply_vsphere_provider(&stack, &cluster.admin, &cluster.namespace).await?;
         Ok(Self {
             cluster,
             provider,

@@ -9,11 +9,6 @@ mod health_common;
 
 use anyhow::{Context as _, Result};
 use health_common::*;
-use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    api::{Patch, PatchParams},
-    Api,
-};
 use plumbline_operator::clock::SystemClock;
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
@@ -23,45 +18,11 @@ const NODE: &str = "dc0-h0-vm0";
 /// vSphere samples cover 20 s; confirming two of them and recovering after three take minutes.
 const PATIENCE: Duration = Duration::from_secs(240);
 
-fn count(pods: &[k8s_openapi::api::core::v1::Pod], status: &str, reason: &str) -> usize {
-    pods.iter()
-        .filter(|p| storage_condition(p).is_some_and(|(s, r, _)| s == status && r == reason))
-        .count()
-}
-
 #[tokio::test]
 async fn serial_health_vsphere_node_goes_through_the_same_cycle() -> Result<()> {
     let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
     let cluster = common::Cluster::connect("health_vsphere").await?;
-    let ca = std::fs::read_to_string(stack.get("VSPHERE_CA_FILE")?)
-        .context("reading the simulator's CA")?;
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "vcenter", "namespace": cluster.namespace},
-        "stringData": {"username": stack.get("VSPHERE_USERNAME")?, "password": stack.get("VSPHERE_PASSWORD")?},
-    }))?;
-    Api::<Secret>::namespaced(cluster.admin.clone(), &cluster.namespace)
-        .patch(
-            "vcenter",
-            &PatchParams::apply("e2e-user"),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .context("creating the credentials Secret")?;
-    let provider = format!("{}-vc", cluster.namespace);
-    apply_provider(
-        &cluster.admin,
-        &provider,
-        json!({
-            "vsphere": {
-                "server": stack.get("VSPHERE_URL")?,
-                "credentialsSecretRef": {"name": "vcenter", "namespace": cluster.namespace},
-                "caBundle": ca,
-            },
-            "sampleInterval": "1s",
-        }),
-    )
-    .await?;
+    let provider = apply_vsphere_provider(&stack, &cluster.admin, &cluster.namespace).await?;
     let operator = cluster.start_operator(Arc::new(SystemClock)).await?;
 
     let result = async {

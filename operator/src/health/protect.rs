@@ -216,8 +216,7 @@ impl Protections {
         }
         .await;
         match result {
-            Ok((original, false)) => {
-                info!(vm = %vm, shares, ?original, "backing VM already protected by an earlier run; adopted");
+            Ok((original, changed)) => {
                 self.in_force.insert(
                     vm.clone(),
                     Protection {
@@ -228,28 +227,19 @@ impl Protections {
                 );
                 self.failures.remove(vm);
                 self.last_error.remove(vm);
-                self.told.entry(vm.clone()).or_default().extend(intents);
-            }
-            Ok((original, true)) => {
-                ctx.metrics
-                    .action(Layer::hypervisor, METRIC_ACTION, ActionResult::applied);
-                info!(vm = %vm, provider = %vm.provider, shares, ?original, "backing VM protected");
-                self.in_force.insert(
-                    vm.clone(),
-                    Protection {
-                        shares,
-                        original,
-                        since: now,
-                    },
-                );
-                self.failures.remove(vm);
-                self.last_error.remove(vm);
-                let note = match original {
-                    Some(o) => format!("{why} (was {o})"),
-                    None => why.to_string(),
-                };
-                self.publish(ctx, &intents, EventType::Normal, event::PROTECTED, &note)
-                    .await;
+                if changed {
+                    ctx.metrics
+                        .action(Layer::hypervisor, METRIC_ACTION, ActionResult::applied);
+                    info!(vm = %vm, provider = %vm.provider, shares, ?original, "backing VM protected");
+                    let note = match original {
+                        Some(o) => format!("{why} (was {o})"),
+                        None => why.to_string(),
+                    };
+                    self.publish(ctx, &intents, EventType::Normal, event::PROTECTED, &note)
+                        .await;
+                } else {
+                    info!(vm = %vm, shares, ?original, "backing VM already protected by an earlier run; adopted");
+                }
                 self.told.entry(vm.clone()).or_default().extend(intents);
             }
             Err(plumbline_adapters::Error::Unsupported { reason, .. }) => {

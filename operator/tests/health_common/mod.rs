@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use anyhow::{bail, Context as _, Result};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     Api, Client, ResourceExt,
@@ -37,6 +37,45 @@ pub async fn apply_provider(
         )
         .await
         .with_context(|| format!("applying HypervisorProvider {name}"))
+}
+
+/// A `vcenter` credentials Secret in `namespace` and a provider `<namespace>-vc` for the
+/// stack's vSphere simulator, sampling every second. Returns the provider's name.
+pub async fn apply_vsphere_provider(
+    stack: &plumbline_e2e::Stack,
+    admin: &Client,
+    namespace: &str,
+) -> Result<String> {
+    let ca = std::fs::read_to_string(stack.get("VSPHERE_CA_FILE")?)
+        .context("reading the simulator's CA")?;
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "vcenter", "namespace": namespace},
+        "stringData": {"username": stack.get("VSPHERE_USERNAME")?, "password": stack.get("VSPHERE_PASSWORD")?},
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), namespace)
+        .patch(
+            "vcenter",
+            &PatchParams::apply("e2e-user"),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .context("creating the credentials Secret")?;
+    let provider = format!("{namespace}-vc");
+    apply_provider(
+        admin,
+        &provider,
+        json!({
+            "vsphere": {
+                "server": stack.get("VSPHERE_URL")?,
+                "credentialsSecretRef": {"name": "vcenter", "namespace": namespace},
+                "caBundle": ca,
+            },
+            "sampleInterval": "1s",
+        }),
+    )
+    .await?;
+    Ok(provider)
 }
 
 pub async fn delete_provider(admin: &Client, name: &str) {
@@ -211,6 +250,34 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Pods whose storage condition has this status and reason.
+pub fn count(pods: &[Pod], status: &str, reason: &str) -> usize {
+    pods.iter()
+        .filter(|p| storage_condition(p).is_some_and(|(s, r, _)| s == status && r == reason))
+        .count()
+}
+
+/// The workload's pods once all `replicas` carry the gate and `ok` holds for them.
+pub async fn wait_for_pods(
+    admin: &Client,
+    namespace: &str,
+    app: &str,
+    replicas: usize,
+    what: &str,
+    ok: impl Fn(&[Pod]) -> bool,
+) -> Result<Vec<Pod>> {
+    eventually(what, Duration::from_secs(90), || async {
+        let pods = pods(admin, namespace, app).await?;
+        let settled = pods.len() == replicas && pods.iter().all(has_gate);
+        Ok(if settled && ok(&pods) {
+            Ok(pods)
+        } else {
+            Err(summary(&pods))
+        })
+    })
+    .await
 }
 
 /// A short summary of the workload's storage conditions, for failure messages.
