@@ -172,6 +172,12 @@ stack_test() {
     local status=0
     # A failed start must not leave half a stack running.
     [ -n "${KEEP_STACK:-}" ] || trap 'stack_down >/dev/null 2>&1' EXIT
+    # The demo leaves its operator, intent and provider running, and that operator would act on
+    # the guests the tests inject latency into: start from a fresh stack instead.
+    if is_running operator; then
+        log "the demo's operator is running (pid $(pid_of operator)): stopping the stack first"
+        stack_down
+    fi
     stack_up
     cd "$REPO_DIR"
     "$REPO_DIR/e2e/run-tests" "$@" || status=$?

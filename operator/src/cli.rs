@@ -88,6 +88,19 @@ pub struct RunArgs {
         env = "PLUMBLINE_TAINT_DEGRADED_NODES"
     )]
     pub taint_degraded_nodes: bool,
+
+    /// At startup, restore I/O limits and CPU shares that an earlier run left on VMs no intent
+    /// wants now. Default: on, unless --watch-namespace is set (a namespace-scoped operator
+    /// cannot tell its own leftovers from those of another operator sharing the hypervisors).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        env = "PLUMBLINE_RECOVER_LEFTOVERS"
+    )]
+    pub recover_leftovers: Option<bool>,
 }
 
 /// `--unknown-readiness`: see [`UnknownReadiness`].
@@ -116,6 +129,9 @@ impl RunArgs {
         HealthSettings {
             unknown: self.unknown_readiness.into(),
             taint_degraded_nodes: self.taint_degraded_nodes,
+            recover_leftovers: self
+                .recover_leftovers
+                .unwrap_or(self.watch_namespace.is_none()),
             ..HealthSettings::default()
         }
     }
@@ -204,6 +220,18 @@ mod tests {
         let health = run_args(&["plumbline", "run"]).health();
         assert_eq!(health.unknown, UnknownReadiness::FailOpen);
         assert!(!health.taint_degraded_nodes);
+        assert!(health.recover_leftovers);
+        let scoped = run_args(&["plumbline", "run", "--watch-namespace", "shop"]).health();
+        assert!(!scoped.recover_leftovers);
+        let forced = run_args(&[
+            "plumbline",
+            "run",
+            "--watch-namespace",
+            "shop",
+            "--recover-leftovers",
+        ])
+        .health();
+        assert!(forced.recover_leftovers);
         let health = run_args(&["plumbline", "run", "--unknown-readiness", "fail-closed"]).health();
         assert_eq!(health.unknown, UnknownReadiness::FailClosed);
         let err = Cli::try_parse_from(["plumbline", "run", "--unknown-readiness", "maybe"])

@@ -16,7 +16,7 @@ use kube::{api::ListParams, Api};
 use plumbline_adapters::{
     Hypervisor, HypervisorConfig, Secret as Password, TlsTrust, Tunable, VSphereConfig, VmId,
 };
-use plumbline_operator::{clock::SystemClock, run::Operator};
+use plumbline_operator::{clock::SystemClock, health::HealthSettings, run::Operator};
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 
@@ -134,8 +134,18 @@ impl VsphereCase {
         })
     }
 
+    /// An operator that restores leftovers at startup, as an unscoped one does: these tests
+    /// run one at a time, and the restart test checks exactly that recovery.
     async fn start_operator(&self) -> Result<Operator> {
-        self.cluster.start_operator(Arc::new(SystemClock)).await
+        self.cluster
+            .start_operator_with_health(
+                Arc::new(SystemClock),
+                HealthSettings {
+                    recover_leftovers: true,
+                    ..HealthSettings::default()
+                },
+            )
+            .await
     }
 
     async fn wait_for_shares(

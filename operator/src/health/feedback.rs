@@ -424,7 +424,9 @@ impl Feedback {
                 .await;
             self.invalidate_intent_status();
         }
-        self.throttles.recover_leftovers(ctx, book).await;
+        if settings.recover_leftovers {
+            self.throttles.recover_leftovers(ctx, book).await;
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

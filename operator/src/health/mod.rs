@@ -53,6 +53,11 @@ pub struct HealthSettings {
     /// Taint nodes whose storage is degraded (`NoSchedule`), and untaint them on recovery.
     /// Off by default: it needs `patch` on nodes.
     pub taint_degraded_nodes: bool,
+    /// At startup, restore the I/O limits and CPU shares found on VMs with a recorded original
+    /// that no intent wants now (left by an earlier run that stopped before releasing them).
+    /// Only safe when this operator is the only one changing these VMs: the CLI turns it off
+    /// for a namespace-scoped operator, which cannot tell its leftovers from another's.
+    pub recover_leftovers: bool,
 }
 
 impl Default for HealthSettings {
@@ -63,6 +68,7 @@ impl Default for HealthSettings {
             ladder: ThrottleLadder::default(),
             resync: Duration::from_secs(1),
             taint_degraded_nodes: false,
+            recover_leftovers: true,
         }
     }
 }
@@ -84,6 +90,7 @@ pub async fn run(
     info!(
         unknown = settings.unknown.as_str(),
         taint_degraded_nodes = settings.taint_degraded_nodes,
+        recover_leftovers = settings.recover_leftovers,
         "storage-health loop starts"
     );
     let ended = end.clone().wait();
@@ -99,7 +106,9 @@ pub async fn run(
         }
         samplers.sync(&ctx, &caches.providers.state(), &book, &changed);
         feedback.pass(&ctx, &caches, &book, &settings).await;
-        protections.pass(&ctx, &caches, &book).await;
+        protections
+            .pass(&ctx, &caches, &book, settings.recover_leftovers)
+            .await;
     }
     samplers.stop_all();
     watches.abort();

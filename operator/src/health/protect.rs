@@ -118,7 +118,13 @@ fn claims(views: &[IntentView]) -> Vec<ProtectionClaim<VmKey>> {
 
 impl Protections {
     /// One pass: decide, carry out, recover leftovers, report.
-    pub async fn pass(&mut self, ctx: &Context, caches: &Caches, book: &Arc<Mutex<HealthBook>>) {
+    pub async fn pass(
+        &mut self,
+        ctx: &Context,
+        caches: &Caches,
+        book: &Arc<Mutex<HealthBook>>,
+        recover_leftovers: bool,
+    ) {
         let now = SystemTime::now();
         let intents = ctx.intents.state();
         // Leftovers are judged against the wanted set, which is only complete once the caches
@@ -142,7 +148,7 @@ impl Protections {
             );
             // From the same snapshot as the plan: a provider whose inventory arrives after the
             // graph was built would otherwise have its wanted VMs look unwanted.
-            let leftovers = if synced {
+            let leftovers = if synced && recover_leftovers {
                 self.leftover_candidates(&b)
             } else {
                 Vec::new()

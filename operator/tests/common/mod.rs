@@ -19,6 +19,7 @@ use kube::{
 use plumbline_crds::WorkloadIntent;
 use plumbline_operator::{
     clock::{Clock, ManualClock},
+    health::HealthSettings,
     leader::LeaseConfig,
     run::{Operator, Settings},
 };
@@ -76,7 +77,12 @@ impl Cluster {
             concurrency: 2,
             identity: identity.to_string(),
             namespace: Some(self.namespace.clone()),
-            health: Default::default(),
+            // As the CLI does for a namespace-scoped operator: tests run side by side, and one
+            // test's operator must not restore what another's applied.
+            health: HealthSettings {
+                recover_leftovers: false,
+                ..HealthSettings::default()
+            },
         }
     }
 
