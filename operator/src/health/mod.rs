@@ -110,6 +110,7 @@ pub async fn run(
             .pass(&ctx, &caches, &book, settings.recover_leftovers)
             .await;
     }
+    feedback.throttles.release_all(&ctx, &book).await;
     samplers.stop_all();
     watches.abort();
     info!("storage-health loop stopped");

@@ -217,6 +217,29 @@ impl Throttles {
         }
     }
 
+    /// Releases every throttle in force, restoring the recorded originals. Called when the loop
+    /// stops (shutdown or lost leadership): an operator that no longer watches the victims has
+    /// no grounds to keep their neighbours slowed down, and the next leader throttles again if a
+    /// victim is still degraded. No Events: the intents are no longer watched.
+    pub async fn release_all(&mut self, ctx: &Context, book: &Arc<Mutex<HealthBook>>) {
+        let actions: Vec<_> = self
+            .state
+            .keys()
+            .map(|vm| NeighbourAction::Release {
+                vm: vm.clone(),
+                reason: "the operator is stopping".into(),
+            })
+            .collect();
+        if !actions.is_empty() {
+            info!(
+                count = actions.len(),
+                "releasing noisy-neighbour throttles before stopping"
+            );
+            self.carry_out(ctx, book, &[], actions, SystemTime::now())
+                .await;
+        }
+    }
+
     async fn publish(
         &self,
         ctx: &Context,
