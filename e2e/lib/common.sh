@@ -172,10 +172,10 @@ stack_test() {
     local status=0
     # A failed start must not leave half a stack running.
     [ -n "${KEEP_STACK:-}" ] || trap 'stack_down >/dev/null 2>&1' EXIT
-    # The demo leaves its operator, intent and provider running, and that operator would act on
-    # the guests the tests inject latency into: start from a fresh stack instead.
-    if is_running operator; then
-        log "the demo's operator is running (pid $(pid_of operator)): stopping the stack first"
+    # The demo leaves its operator, intent and provider behind: the operator would act on the
+    # guests the tests inject latency into, and the provider would sample them. Start afresh.
+    if [ -e "$STATE_DIR/demo-ran" ] || is_running operator; then
+        log "the demo ran on this stack: stopping it first, so the tests start from a fresh one"
         stack_down
     fi
     stack_up
@@ -213,5 +213,6 @@ stack_down_verified() {
 
 stack_demo() {
     stack_up
+    touch "$STATE_DIR/demo-ran"
     "$REPO_DIR/e2e/demo" "$@"
 }
