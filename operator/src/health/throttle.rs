@@ -47,6 +47,20 @@ fn iops_tunable(disk: &str) -> Tunable {
     }
 }
 
+/// The metric result, Event type and Event reason of an adapter call that succeeded or not.
+fn outcome(
+    ok: bool,
+    done: ActionResult,
+    ok_reason: &'static str,
+    failed_reason: &'static str,
+) -> (ActionResult, EventType, &'static str) {
+    if ok {
+        (done, EventType::Normal, ok_reason)
+    } else {
+        (ActionResult::failed, EventType::Warning, failed_reason)
+    }
+}
+
 fn rfc3339(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -99,15 +113,13 @@ impl Throttles {
                         .collect();
                     let result = adapter.apply(&vm.id, &settings).await;
                     let ok = result.is_ok();
-                    ctx.metrics.action(
-                        Layer::hypervisor,
-                        METRIC_ACTION,
-                        if ok {
-                            ActionResult::applied
-                        } else {
-                            ActionResult::failed
-                        },
+                    let (label, type_, reason) = outcome(
+                        ok,
+                        ActionResult::applied,
+                        "NoisyNeighbourThrottled",
+                        "NoisyNeighbourThrottleFailed",
                     );
+                    ctx.metrics.action(Layer::hypervisor, METRIC_ACTION, label);
                     let intents: BTreeSet<(String, String)> = views
                         .iter()
                         .filter(|v| v.pods.iter().any(|p| p.vm.as_ref() == Some(victim)))
@@ -118,23 +130,8 @@ impl Throttles {
                         Err(e) => format!("{} — failed: {e}", action.reason()),
                     };
                     info!(vm = %vm, level, limit_iops, ok, "noisy-neighbour throttle step");
-                    self.publish(
-                        ctx,
-                        views,
-                        &intents,
-                        if ok {
-                            EventType::Normal
-                        } else {
-                            EventType::Warning
-                        },
-                        if ok {
-                            "NoisyNeighbourThrottled"
-                        } else {
-                            "NoisyNeighbourThrottleFailed"
-                        },
-                        &note,
-                    )
-                    .await;
+                    self.publish(ctx, views, &intents, type_, reason, &note)
+                        .await;
                     if ok {
                         apply_neighbour_actions(
                             &mut self.state,
@@ -160,15 +157,13 @@ impl Throttles {
                     let tunables: Vec<Tunable> = vm_disks.iter().map(|d| iops_tunable(d)).collect();
                     let result = adapter.revert(&vm.id, &tunables).await;
                     let ok = result.is_ok();
-                    ctx.metrics.action(
-                        Layer::hypervisor,
-                        METRIC_ACTION,
-                        if ok {
-                            ActionResult::reverted
-                        } else {
-                            ActionResult::failed
-                        },
+                    let (label, type_, reason) = outcome(
+                        ok,
+                        ActionResult::reverted,
+                        "NoisyNeighbourReleased",
+                        "NoisyNeighbourReleaseFailed",
                     );
+                    ctx.metrics.action(Layer::hypervisor, METRIC_ACTION, label);
                     let intents = self
                         .records
                         .get(&vm)
@@ -187,23 +182,8 @@ impl Throttles {
                         Err(e) => format!("{} — failed: {e}", action.reason()),
                     };
                     info!(vm = %vm, ok, "noisy-neighbour throttle released");
-                    self.publish(
-                        ctx,
-                        views,
-                        &intents,
-                        if ok {
-                            EventType::Normal
-                        } else {
-                            EventType::Warning
-                        },
-                        if ok {
-                            "NoisyNeighbourReleased"
-                        } else {
-                            "NoisyNeighbourReleaseFailed"
-                        },
-                        &note,
-                    )
-                    .await;
+                    self.publish(ctx, views, &intents, type_, reason, &note)
+                        .await;
                     if ok {
                         apply_neighbour_actions(
                             &mut self.state,
