@@ -36,13 +36,7 @@ async fn serial_health_latency_under_a_critical_workload_flips_readiness_throttl
     let uri = stack.libvirt_uri()?.to_string();
     let noisy = stack.noisy_domain()?.to_string();
     let cluster = common::Cluster::connect("health_libvirt").await?;
-    let provider = format!("{}-kvm", cluster.namespace);
-    apply_provider(
-        &cluster.admin,
-        &provider,
-        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
-    )
-    .await?;
+    let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &uri).await?;
     let noisy_limit_before = total_iops_limit(&uri, &noisy).await?;
     let operator = cluster.start_operator(Arc::new(SystemClock)).await?;
 
@@ -230,13 +224,7 @@ async fn serial_health_libvirt_disconnected_makes_verdicts_unknown_and_readiness
     let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
     let uri = stack.libvirt_uri()?.to_string();
     let cluster = common::Cluster::connect("health_disconnect").await?;
-    let provider = format!("{}-kvm", cluster.namespace);
-    apply_provider(
-        &cluster.admin,
-        &provider,
-        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
-    )
-    .await?;
+    let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &uri).await?;
     let operator = cluster.start_operator(Arc::new(SystemClock)).await?;
 
     let result = async {
@@ -313,13 +301,7 @@ async fn serial_health_stopping_the_operator_releases_its_throttles() -> Result<
     let uri = stack.libvirt_uri()?.to_string();
     let noisy = stack.noisy_domain()?.to_string();
     let cluster = common::Cluster::connect("health_stop").await?;
-    let provider = format!("{}-kvm", cluster.namespace);
-    apply_provider(
-        &cluster.admin,
-        &provider,
-        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
-    )
-    .await?;
+    let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &uri).await?;
     let noisy_limit_before = total_iops_limit(&uri, &noisy).await?;
     let mut operator = Some(cluster.start_operator(Arc::new(SystemClock)).await?);
 

@@ -127,13 +127,7 @@ async fn serial_health_fail_closed_takes_pods_out_of_rotation_while_the_hypervis
     let cluster = common::Cluster::connect("health_fail_closed").await?;
     let mut link = LibvirtLink::new("fail-closed")?;
     link.up()?;
-    let provider = format!("{}-kvm", cluster.namespace);
-    apply_provider(
-        &cluster.admin,
-        &provider,
-        json!({"libvirt": {"uri": link.uri()}, "sampleInterval": "1s"}),
-    )
-    .await?;
+    let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &link.uri()).await?;
     let operator = cluster
         .start_operator_with_health(
             Arc::new(SystemClock),
@@ -304,13 +298,7 @@ async fn serial_health_taint_degraded_node_on_latency_and_untaint_on_recovery_ke
         l.push(before.clone());
     })
     .await?;
-    let provider = format!("{}-kvm", cluster.namespace);
-    apply_provider(
-        &cluster.admin,
-        &provider,
-        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
-    )
-    .await?;
+    let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &uri).await?;
     let operator = cluster
         .start_operator_with_health(
             Arc::new(SystemClock),
@@ -432,13 +420,7 @@ async fn serial_health_taint_removed_when_the_scoped_operators_pods_leave_a_degr
     let cluster = common::Cluster::connect("health_taint_leave").await?;
     let ours = taint(STORAGE_TAINT, None, "NoSchedule");
     edit_taints(&cluster.admin, NODE, |l| l.retain(|t| t.key != ours.key)).await?;
-    let provider = format!("{}-kvm", cluster.namespace);
-    apply_provider(
-        &cluster.admin,
-        &provider,
-        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
-    )
-    .await?;
+    let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &uri).await?;
     let operator = cluster
         .start_operator_with_health(
             Arc::new(SystemClock),

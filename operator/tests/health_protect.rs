@@ -335,13 +335,7 @@ async fn serial_protect_libvirt_without_cpu_controller_is_reported_once() -> Res
     let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
     let uri = stack.libvirt_uri()?.to_string();
     let cluster = common::Cluster::connect("health_protect_libvirt").await?;
-    let provider = format!("{}-kvm", cluster.namespace);
-    apply_provider(
-        &cluster.admin,
-        &provider,
-        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
-    )
-    .await?;
+    let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &uri).await?;
     let operator = cluster.start_operator(Arc::new(SystemClock)).await?;
 
     let result = async {

@@ -39,6 +39,19 @@ pub async fn apply_provider(
         .with_context(|| format!("applying HypervisorProvider {name}"))
 }
 
+/// A provider `<namespace>-kvm` for the libvirt at `uri`, sampling every second. Returns its
+/// name.
+pub async fn apply_libvirt_provider(admin: &Client, namespace: &str, uri: &str) -> Result<String> {
+    let provider = format!("{namespace}-kvm");
+    apply_provider(
+        admin,
+        &provider,
+        json!({"libvirt": {"uri": uri}, "sampleInterval": "1s"}),
+    )
+    .await?;
+    Ok(provider)
+}
+
 /// A `vcenter` credentials Secret in `namespace` and a provider `<namespace>-vc` for the
 /// stack's vSphere simulator, sampling every second. Returns the provider's name.
 pub async fn apply_vsphere_provider(
