@@ -327,6 +327,28 @@ impl Drop for Scenario<'_> {
             ]),
             None,
         );
+        // The throttle on the noisy neighbour is released by the operator through this
+        // provider's connection: wait for that before deleting the provider, or the limit stays.
+        if let (Ok(uri), Ok(noisy)) = (
+            self.cluster.stack.get("LIBVIRT_URI"),
+            self.cluster.stack.get("LIBVIRT_NOISY_DOMAIN"),
+        ) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                let tune = run(
+                    Command::new("virsh").args(["-c", uri, "blkdeviotune", noisy, "vda"]),
+                    None,
+                )
+                .unwrap_or_default();
+                if tune.lines().any(|l| {
+                    l.split_once(':')
+                        .is_some_and(|(k, v)| k.trim() == "total_iops_sec" && v.trim() == "0")
+                }) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
         let _ = run(
             self.cluster.kubectl([
                 "delete",
