@@ -84,3 +84,39 @@ pub mod status {
     pub const FALSE: &str = "False";
     pub const UNKNOWN: &str = "Unknown";
 }
+
+/// `InfraChange` states (`status.state`), condition types and reasons.
+pub mod infra_change {
+    // status.state
+    /// Recorded in the ledger, not carried out yet.
+    pub const PENDING: &str = "Pending";
+    /// The target has the desired value (read back).
+    pub const APPLIED: &str = "Applied";
+    /// The value was found changed behind Plumbline's back; it is being corrected.
+    pub const DRIFTED: &str = "Drifted";
+    /// Someone else keeps changing the value: Plumbline stopped correcting it.
+    pub const CONTESTED: &str = "Contested";
+    /// The last attempt failed; retried with backoff.
+    pub const FAILED: &str = "Failed";
+    /// The target cannot take this setting (capability missing); nothing was changed.
+    pub const UNSUPPORTED: &str = "Unsupported";
+    /// Being deleted: the original is being restored.
+    pub const REVERTING: &str = "Reverting";
+
+    // Condition types.
+    pub const COND_APPLIED: &str = "Applied";
+    pub const COND_DRIFTED: &str = "Drifted";
+    pub const COND_REVERTING: &str = "Reverting";
+
+    // Reasons (also Event reasons on the InfraChange).
+    pub const APPLIED_REASON: &str = "Applied";
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const NOT_APPLIED: &str = "NotApplied";
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
+    pub const NO_DRIFT: &str = "NoDrift";
+    pub const REVERTED: &str = "Reverted";
+    pub const REVERT_FAILED: &str = "RevertFailed";
+    pub const ABANDONED: &str = "Abandoned";
+    pub const NOT_REVERTING: &str = "NotReverting";
+}

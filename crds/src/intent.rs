@@ -303,7 +303,7 @@ pub struct NeighbourThrottleStatus {
     pub disks: Vec<String>,
     /// Step on the throttle ladder, 1 = gentlest.
     pub step: i32,
-    /// Total IOPS limit now in force.
+    /// Total IOPS limit in force (read back from the VM), or wanted while not applied yet.
     pub limit_iops: i64,
     /// The VM's IOPS before its first step; each step is a fraction of it.
     pub baseline_iops: i64,
@@ -311,6 +311,10 @@ pub struct NeighbourThrottleStatus {
     pub since: Time,
     /// Why, in plain words.
     pub reason: String,
+    /// The InfraChange state of the limit (Applied, Pending, Failed, Drifted, ...): `limitIops`
+    /// is the value read back from the VM when Applied, the wanted one otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// One pod of the workload and the infrastructure under it.

@@ -13,12 +13,17 @@
 
 pub mod conditions;
 pub mod generate;
+pub mod infra_change;
 pub mod intent;
 pub mod names;
 pub mod plan;
 pub mod provider;
 mod schema;
 
+pub use infra_change::{
+    ChangeOwner, ChangePurpose, ChangeTarget, ChangeTargetKind, InfraChange, InfraChangeSpec,
+    InfraChangeStatus, ThrottleStep, VmRef,
+};
 pub use intent::{
     Availability, BackingPod, GuardReport, Infrastructure, NeighbourThrottleStatus, Priority,
     ProtectedVmStatus, Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent,

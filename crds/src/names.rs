@@ -29,3 +29,25 @@ pub const MANAGED_BY_VALUE: &str = "plumbline";
 /// Label on objects created for one intent: `<namespace>.<name>` is not a valid label value
 /// in general, so the intent name alone (the namespace is the object's own).
 pub const INTENT_LABEL: &str = "plumbline.dev/intent";
+
+/// Finalizer on an `InfraChange`: the recorded original is restored before it goes away.
+pub const INFRA_CHANGE_FINALIZER: &str = "plumbline.dev/restore-original";
+
+/// Annotation on an `InfraChange`: `"true"` drops the change without restoring the original,
+/// for a hypervisor or node that is gone for good.
+pub const ABANDON_ANNOTATION: &str = "plumbline.dev/abandon";
+
+/// Finalizer on a `HypervisorProvider` while `InfraChange`s target it: the provider (and the
+/// connection that restores their originals) stays until none is left.
+pub const PROVIDER_FINALIZER: &str = "plumbline.dev/infra-changes";
+
+/// Label on every `InfraChange`: the operator instance that owns it (`cluster`, or the
+/// namespace of a namespace-scoped operator), so each instance watches only its own.
+pub const OPERATOR_LABEL: &str = "plumbline.dev/operator";
+
+/// Label on a VM's `InfraChange`: its HypervisorProvider.
+pub const PROVIDER_LABEL: &str = "plumbline.dev/provider";
+
+/// Field manager of `InfraChange` specs (the ledger) and of their status (the actuators).
+pub const LEDGER_FIELD_MANAGER: &str = "plumbline-ledger";
+pub const ACTUATOR_FIELD_MANAGER: &str = "plumbline-actuator";

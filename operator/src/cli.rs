@@ -2,10 +2,10 @@
 //! The same program answers as `kubectl-plumbline`, so it works as a kubectl plugin.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use plumbline_policies::health::UnknownReadiness;
+use plumbline_policies::{health::UnknownReadiness, ledger::ActuationPolicy};
 use std::{net::SocketAddr, path::PathBuf};
 
-use crate::{health::HealthSettings, telemetry::LogFormat};
+use crate::{health::HealthSettings, ledger::LedgerSettings, telemetry::LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,18 +89,15 @@ pub struct RunArgs {
     )]
     pub taint_degraded_nodes: bool,
 
-    /// At startup, restore I/O limits and CPU shares that an earlier run left on VMs no intent
-    /// wants now. Default: on, unless --watch-namespace is set (a namespace-scoped operator
-    /// cannot tell its own leftovers from those of another operator sharing the hypervisors).
+    /// How often each InfraChange in force is read back from its target, so a value changed
+    /// behind Plumbline's back is reported (Drifted) and corrected, e.g. 30s, 500ms, 2m.
     #[arg(
         long,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        action = clap::ArgAction::Set,
-        env = "PLUMBLINE_RECOVER_LEFTOVERS"
+        default_value = "30s",
+        value_parser = plumbline_policies::quantity::parse_interval,
+        env = "PLUMBLINE_INFRA_READBACK_INTERVAL"
     )]
-    pub recover_leftovers: Option<bool>,
+    pub infra_readback_interval: std::time::Duration,
 }
 
 /// `--unknown-readiness`: see [`UnknownReadiness`].
@@ -129,9 +126,13 @@ impl RunArgs {
         HealthSettings {
             unknown: self.unknown_readiness.into(),
             taint_degraded_nodes: self.taint_degraded_nodes,
-            recover_leftovers: self
-                .recover_leftovers
-                .unwrap_or(self.watch_namespace.is_none()),
+            ledger: LedgerSettings {
+                policy: ActuationPolicy {
+                    readback_every: self.infra_readback_interval,
+                    ..ActuationPolicy::default()
+                },
+                ..LedgerSettings::default()
+            },
             ..HealthSettings::default()
         }
     }
@@ -220,18 +221,18 @@ mod tests {
         let health = run_args(&["plumbline", "run"]).health();
         assert_eq!(health.unknown, UnknownReadiness::FailOpen);
         assert!(!health.taint_degraded_nodes);
-        assert!(health.recover_leftovers);
-        let scoped = run_args(&["plumbline", "run", "--watch-namespace", "shop"]).health();
-        assert!(!scoped.recover_leftovers);
-        let forced = run_args(&[
-            "plumbline",
-            "run",
-            "--watch-namespace",
-            "shop",
-            "--recover-leftovers",
-        ])
-        .health();
-        assert!(forced.recover_leftovers);
+        assert_eq!(
+            health.ledger.policy.readback_every,
+            std::time::Duration::from_secs(30)
+        );
+        let fast = run_args(&["plumbline", "run", "--infra-readback-interval", "2s"]).health();
+        assert_eq!(
+            fast.ledger.policy.readback_every,
+            std::time::Duration::from_secs(2)
+        );
+        assert!(
+            Cli::try_parse_from(["plumbline", "run", "--infra-readback-interval", "soon"]).is_err()
+        );
         let health = run_args(&["plumbline", "run", "--unknown-readiness", "fail-closed"]).health();
         assert_eq!(health.unknown, UnknownReadiness::FailClosed);
         let err = Cli::try_parse_from(["plumbline", "run", "--unknown-readiness", "maybe"])

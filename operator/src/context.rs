@@ -12,7 +12,10 @@ use plumbline_adapters::Hypervisor;
 use plumbline_crds::WorkloadIntent;
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::Duration,
 };
 use tokio::sync::mpsc;
@@ -56,7 +59,13 @@ pub struct Context {
     pub identity: String,
     /// Consecutive reconcile failures per intent, for error_policy's backoff.
     pub retries: RetryBackoff,
+    /// The server wants Events about cluster-scoped objects to name the Event's namespace in
+    /// the reference (Kubernetes 1.20); learnt from the first rejection.
+    pub event_namespace_in_reference: AtomicBool,
 }
+
+/// Where Events about cluster-scoped objects (Nodes, InfraChanges) go.
+const CLUSTER_EVENT_NAMESPACE: &str = "default";
 
 /// Exponential backoff per object: 1 s after the first failure, doubling up to 5 minutes.
 #[derive(Default)]
@@ -96,6 +105,28 @@ impl Context {
                 object = ?reference.name,
                 "publishing an Event failed"
             );
+        }
+    }
+
+    /// Publishes an Event about a cluster-scoped object (best effort). Kubernetes 1.20's
+    /// events.k8s.io/v1 rejects such an Event unless the reference carries the Event's
+    /// namespace (`default`); on such a server the reference gets it, and the Event is still
+    /// found by `kubectl get events --field-selector involvedObject.name=NAME`.
+    pub async fn publish_cluster_scoped<K: Resource<DynamicType = ()>>(&self, obj: &K, event: Event) {
+        let mut reference = obj.object_ref(&());
+        if self.event_namespace_in_reference.load(Ordering::Relaxed) {
+            reference.namespace = Some(CLUSTER_EVENT_NAMESPACE.into());
+        }
+        let mut result = self.recorder.publish(&event, &reference).await;
+        if let Err(kube::Error::Api(s)) = &result {
+            if s.code == 422 && reference.namespace.is_none() {
+                self.event_namespace_in_reference.store(true, Ordering::Relaxed);
+                reference.namespace = Some(CLUSTER_EVENT_NAMESPACE.into());
+                result = self.recorder.publish(&event, &reference).await;
+            }
+        }
+        if let Err(e) = result {
+            warn!(error = %e, reason = %event.reason, object = ?reference.name, "publishing an Event failed");
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod exposition;
 pub mod health;
 pub mod http;
 pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod run;
 pub mod telemetry;

@@ -58,6 +58,19 @@ pub struct LeaseLabels {
     pub identity: String,
 }
 
+/// `plumbline_infra_drift_total`: by why the change exists.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub purpose: String,
+}
+
+/// `plumbline_infra_changes`: the ledger by purpose and state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfraChangeLabels {
+    pub purpose: String,
+    pub state: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IntentStateLabels {
     pub state: String,
@@ -76,6 +89,8 @@ pub struct Metrics {
     pub actions: Family<ActionLabels, Counter>,
     pub leader: Family<LeaseLabels, Gauge>,
     pub intents: Family<IntentStateLabels, Gauge>,
+    pub infra_drift: Family<DriftLabels, Counter>,
+    pub infra_changes: Family<InfraChangeLabels, Gauge>,
     /// The storage-health loop's metrics (crate::health::metrics), in the same registry.
     pub health: crate::health::HealthMetrics,
 }
@@ -91,6 +106,8 @@ impl Metrics {
             actions: Family::default(),
             leader: Family::default(),
             intents: Family::default(),
+            infra_drift: Family::default(),
+            infra_changes: Family::default(),
             health: crate::health::HealthMetrics::register(registry),
         };
         registry.register(
@@ -125,6 +142,16 @@ impl Metrics {
             metrics.intents.clone(),
         );
         registry.register(
+            "infra_drift",
+            "InfraChanges found changed behind Plumbline's back (corrected, or Contested), by purpose",
+            metrics.infra_drift.clone(),
+        );
+        registry.register(
+            "infra_changes",
+            "InfraChanges of this operator instance, by purpose and state (Applied, Drifted, Contested, Failed, Reverting, ...)",
+            metrics.infra_changes.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -149,6 +176,14 @@ impl Metrics {
             .get_or_create(&FailureLabels {
                 controller: controller.to_string(),
                 error: error_kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn infra_drift(&self, purpose: &str) {
+        self.infra_drift
+            .get_or_create(&DriftLabels {
+                purpose: purpose.to_string(),
             })
             .inc();
     }

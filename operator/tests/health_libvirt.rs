@@ -211,11 +211,10 @@ async fn serial_health_latency_under_a_critical_workload_flips_readiness_throttl
 
     // Whatever happened, leave the guests as they were.
     let _ = stack.clear_libvirt_latency(VICTIM).await;
-    operator.stop().await;
-    let _ = plumbline_e2e::Stack::load().map(|_| ());
+    let released = release_everything(&cluster.admin, &cluster.namespace, operator).await;
     delete_provider(&cluster.admin, &provider).await;
     cluster.cleanup().await;
-    result
+    result.and(released)
 }
 
 #[tokio::test]

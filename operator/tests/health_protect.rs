@@ -140,10 +140,7 @@ impl VsphereCase {
         self.cluster
             .start_operator_with_health(
                 Arc::new(SystemClock),
-                HealthSettings {
-                    recover_leftovers: true,
-                    ..HealthSettings::default()
-                },
+                common::test_health(),
             )
             .await
     }

@@ -15,6 +15,7 @@
 pub mod explain;
 pub mod health;
 pub mod invalid;
+pub mod ledger;
 pub mod observed;
 pub mod plan;
 pub mod planner;

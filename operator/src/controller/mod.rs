@@ -2,7 +2,7 @@
 //! target, and reconciles each intent into the Kubernetes half of its plan.
 
 pub mod apply;
-mod conditions;
+pub(crate) mod conditions;
 mod execute;
 pub mod fields;
 pub mod observe;
@@ -94,6 +94,7 @@ pub fn term_context(
         reconcile: tx,
         retries: Default::default(),
         identity,
+        event_namespace_in_reference: Default::default(),
     });
     (
         ctx,

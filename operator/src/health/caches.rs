@@ -10,7 +10,7 @@ use kube::{
     },
     Api, Client, ResourceExt,
 };
-use plumbline_crds::HypervisorProvider;
+use plumbline_crds::{HypervisorProvider, InfraChange};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -45,6 +45,8 @@ pub struct Caches {
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
     pub providers: Store<HypervisorProvider>,
+    /// Every InfraChange (of every operator instance: a provider's finalizer waits for all).
+    pub changes: Store<InfraChange>,
 }
 
 /// Starts the watches. The returned future drives them and wakes `changed` on every event,
@@ -61,6 +63,7 @@ pub fn start(
     let (pods, pods_writer) = reflector::store();
     let (nodes, nodes_writer) = reflector::store();
     let (providers, providers_writer) = reflector::store();
+    let (changes, changes_writer) = reflector::store();
     let pod_watch = watcher(pods_api, watcher::Config::default())
         .default_backoff()
         .modify(prune_pod)
@@ -95,12 +98,28 @@ pub fn start(
     .reflect(providers_writer)
     .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok()))
+    .for_each({
+        let changed = changed.clone();
+        move |_| {
+            changed.notify_one();
+            futures::future::ready(())
+        }
+    });
+    let change_watch = watcher(
+        Api::<InfraChange>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|ic: &mut InfraChange| ic.metadata.managed_fields = None)
+    .reflect(changes_writer)
+    .touched_objects()
+    .filter_map(|r| futures::future::ready(r.ok()))
     .for_each(move |_| {
         changed.notify_one();
         futures::future::ready(())
     });
     let drive = async move {
-        futures::join!(pod_watch, node_watch, provider_watch);
+        futures::join!(pod_watch, node_watch, provider_watch, change_watch);
     }
     .boxed();
     (
@@ -108,6 +127,7 @@ pub fn start(
             pods,
             nodes,
             providers,
+            changes,
         },
         drive,
     )

@@ -10,12 +10,12 @@ use kube::{
 };
 use plumbline_crds::{
     names::{NODE_STORAGE_CONDITION, STORAGE_READINESS_GATE},
-    WorkloadIntent,
+    InfraChange, InfraChangeSpec, VmRef, WorkloadIntent,
 };
 use plumbline_policies::health::{
     format_latency, guard, node_condition, plan_neighbour_throttles, pod_readiness, GuardCandidate,
-    HealthState, LatencyBudget, NeighbourCandidate, ReadinessVerdict, Tier, Verdict, Victim,
-    VmVerdict,
+    HealthState, LatencyBudget, NeighbourCandidate, ReadinessVerdict, Tier,
+    Verdict, Victim, VmVerdict,
 };
 use serde_json::{json, Value};
 use std::{
@@ -30,9 +30,8 @@ use super::{
     caches::Caches,
     graph::{self, IntentView, VmKey},
     metrics::{BackingLabels, DiskLabels, PodLabels, TransitionLabels, VerdictLabels, VmLabels},
-    taint::{NodeTaints, TaintWant},
-    throttle::Throttles,
-    HealthSettings, HEALTH_FIELD_MANAGER,
+    taint::{self, TaintWant},
+    throttle, HealthSettings, HEALTH_FIELD_MANAGER,
 };
 use crate::context::Context;
 
@@ -48,8 +47,6 @@ pub struct Feedback {
     healthy_since: HashMap<(plumbline_adapters::VmId, LatencyBudget), SystemTime>,
     intent_status: HashMap<(String, String), (Value, Instant)>,
     series: Series,
-    pub throttles: Throttles,
-    taints: NodeTaints,
     /// Scoped to a namespace: only nodes running pods of its intents get a condition, so
     /// operators scoped to different namespaces (tests, tenants) never fight over a node.
     scoped: bool,
@@ -131,24 +128,31 @@ impl Feedback {
         }
     }
 
-    /// Computes and writes everything for one pass.
+    /// Computes and writes everything for one pass; returns the infrastructure changes it
+    /// wants in force (noisy-neighbour throttles, node taints) for the ledger.
     pub async fn pass(
         &mut self,
         ctx: &Arc<Context>,
         caches: &Caches,
         book: &Arc<Mutex<HealthBook>>,
         settings: &HealthSettings,
-    ) {
-        let now = SystemTime::now();
+        operator: &str,
+        now: SystemTime,
+    ) -> Vec<InfraChangeSpec> {
         let intents: Vec<Arc<WorkloadIntent>> = ctx.intents.state();
+        let changes: Vec<Arc<InfraChange>> = caches.changes.state();
         let mut pod_writes = Vec::new();
         let mut node_writes = Vec::new();
         let mut taint_wants = Vec::new();
         let mut status_writes = Vec::new();
         let actions;
         let views;
+        let wanted_throttles;
         {
-            let mut b = book.lock().expect("health book");
+            let mut b = match book.lock() {
+                Ok(b) => b,
+                Err(poisoned) => poisoned.into_inner(),
+            };
             views = graph::build(caches, &b, ctx.clock.now(), &intents);
             let mut wanted: BTreeMap<plumbline_adapters::VmId, BTreeSet<LatencyBudget>> =
                 BTreeMap::new();
@@ -182,17 +186,19 @@ impl Feedback {
                 wanted.entry(vm.id.clone()).or_default().insert(budget);
             }
 
-            let mut victims: BTreeMap<VmKey, Victim<VmKey>> = BTreeMap::new();
+            let mut victims: BTreeMap<VmKey, Victim<VmRef>> = BTreeMap::new();
             for view in &views {
                 let Some(storage) = view.storage else {
                     continue;
                 };
+                let throttles = throttle::status_for(&changes, operator, &view.label());
                 self.intent_pass(
                     view,
                     storage,
                     &mut b,
                     now,
                     settings,
+                    &throttles,
                     &mut pod_writes,
                     &mut status_writes,
                     &mut victims,
@@ -206,25 +212,12 @@ impl Feedback {
                 .filter_map(|p| p.node.as_deref())
                 .collect();
             for node in caches.nodes.state() {
+                // A scoped operator leaves nodes without its pods alone (and a taint it put
+                // there goes: no entry is wanted for it).
                 if self.scoped && !nodes_with_pods.contains(node.name_any().as_str()) {
-                    // Its pods left: a taint this operator put there has no reason left.
-                    if settings.taint_degraded_nodes && self.taints.tainted(&node.name_any()) {
-                        taint_wants.push(TaintWant {
-                            node: node.clone(),
-                            taint: false,
-                            because: "no pod of this operator's intents runs on the node".into(),
-                        });
-                    }
                     continue;
                 }
                 let Some(vm) = graph::vm_for_node(&b, &node) else {
-                    if settings.taint_degraded_nodes {
-                        taint_wants.push(TaintWant {
-                            node: node.clone(),
-                            taint: false,
-                            because: "the node is backed by no VM a provider knows".into(),
-                        });
-                    }
                     continue;
                 };
                 let budget = *strictest
@@ -232,11 +225,20 @@ impl Feedback {
                     .unwrap_or(&settings.default_node_budget);
                 let verdict = b.verdict(&vm.id, budget, now);
                 let c = node_condition(&vm.name, &verdict, budget);
-                if settings.taint_degraded_nodes {
+                if settings.taint_degraded_nodes && c.taint {
+                    let name = node.name_any();
                     taint_wants.push(TaintWant {
-                        node: node.clone(),
-                        taint: c.taint,
-                        because: c.message.clone(),
+                        intents: views
+                            .iter()
+                            .filter(|v| v.pods.iter().any(|p| p.node.as_deref() == Some(name.as_str())))
+                            .map(IntentView::label)
+                            .collect(),
+                        because: format!(
+                            "the storage of VM {} is over its latency budget {}",
+                            vm.name,
+                            format_latency(budget.0)
+                        ),
+                        node: name,
                     });
                 }
                 let current = node_condition_of(&node, NODE_STORAGE_CONDITION);
@@ -381,12 +383,20 @@ impl Feedback {
             }
             self.replace_series(ctx, series);
 
-            // Noisy neighbours.
-            let candidates: Vec<NeighbourCandidate<VmKey>> = b
+            // Noisy neighbours: on VMs of providers that are not being deleted.
+            let leaving: HashSet<String> = caches
+                .providers
+                .state()
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_some())
+                .map(|p| p.name_any())
+                .collect();
+            let candidates: Vec<NeighbourCandidate<VmRef>> = b
                 .all_vms()
+                .filter(|p| !leaving.contains(&p.provider.name))
                 .map(|p| NeighbourCandidate {
-                    vm: VmKey {
-                        id: p.vm.id.clone(),
+                    vm: VmRef {
+                        id: p.vm.id.as_str().to_string(),
                         name: p.vm.name.clone(),
                         provider: p.provider.name.clone(),
                     },
@@ -397,13 +407,30 @@ impl Feedback {
                     can_limit_io: p.provider.can_limit_io() && p.vm.running,
                 })
                 .collect();
-            let victims: Vec<Victim<VmKey>> = victims.into_values().collect();
+            let victims: Vec<Victim<VmRef>> = victims
+                .into_values()
+                .filter(|v| !leaving.contains(&v.vm.provider))
+                .collect();
+            let in_force = throttle::in_force(&changes, operator);
             actions = plan_neighbour_throttles(
                 now,
                 &victims,
                 &candidates,
-                &self.throttles.state,
+                &in_force,
                 &settings.ladder,
+            );
+            wanted_throttles = throttle::wanted(
+                &changes,
+                operator,
+                &views,
+                in_force,
+                &actions,
+                now,
+                |vm| {
+                    b.vm(&plumbline_adapters::VmId::new(&vm.id))
+                        .map(|p| p.vm.disks.iter().map(|d| d.name.clone()).collect())
+                        .unwrap_or_default()
+                },
             );
             b.retain_budgets(&wanted);
         }
@@ -414,19 +441,13 @@ impl Feedback {
         for w in node_writes {
             self.write_node(ctx, w).await;
         }
-        self.taints.carry_out(ctx, taint_wants).await;
-        for (key, wi, body) in status_writes {
-            self.write_intent_status(ctx, key, &wi, body).await;
+        for (key, body) in status_writes {
+            self.write_intent_status(ctx, key, body).await;
         }
-        if !actions.is_empty() {
-            self.throttles
-                .carry_out(ctx, book, &views, actions, now)
-                .await;
-            self.invalidate_intent_status();
-        }
-        if settings.recover_leftovers {
-            self.throttles.recover_leftovers(ctx, book).await;
-        }
+        throttle::publish(ctx, &views, &changes, operator, &actions).await;
+        let mut wanted = wanted_throttles;
+        wanted.extend(taint::wanted(&taint_wants, operator));
+        wanted
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -437,9 +458,10 @@ impl Feedback {
         b: &mut HealthBook,
         now: SystemTime,
         settings: &HealthSettings,
+        throttles: &[plumbline_crds::NeighbourThrottleStatus],
         pod_writes: &mut Vec<PodWrite>,
-        status_writes: &mut Vec<((String, String), Arc<WorkloadIntent>, Value)>,
-        victims: &mut BTreeMap<VmKey, Victim<VmKey>>,
+        status_writes: &mut Vec<((String, String), Value)>,
+        victims: &mut BTreeMap<VmKey, Victim<VmRef>>,
     ) {
         let mut verdicts: Vec<(VmVerdict, ReadinessVerdict)> = Vec::new();
         for p in &view.pods {
@@ -509,7 +531,7 @@ impl Feedback {
                 if view.may_throttle {
                     if let Some(place) = b.vm(&vm.id) {
                         let v = victims.entry(vm.clone()).or_insert_with(|| Victim {
-                            vm: vm.clone(),
+                            vm: vm.to_ref(),
                             tier: view.tier,
                             intent: view.label(),
                             state,
@@ -571,7 +593,10 @@ impl Feedback {
             "markedUnready": decision.marked,
             "heldReady": decision.held_back,
         });
-        let body = json!({ "backing": backing, "guard": guard_report });
+        let mut body = json!({ "backing": backing, "guard": guard_report });
+        if !throttles.is_empty() {
+            body["neighbourThrottles"] = json!(throttles);
+        }
         let key = (view.namespace.clone(), view.name.clone());
         // The shape without figures decides whether to write now; figures refresh slowly, so
         // status churn does not wake the intent controller every second.
@@ -594,7 +619,7 @@ impl Feedback {
             }
         };
         if due {
-            status_writes.push((key, view.intent.clone(), body));
+            status_writes.push((key, body));
         }
     }
 
@@ -677,15 +702,8 @@ impl Feedback {
         &mut self,
         ctx: &Context,
         key: (String, String),
-        wi: &WorkloadIntent,
-        mut body: Value,
+        body: Value,
     ) {
-        let throttles = self
-            .throttles
-            .status_for(&wi.namespace().unwrap_or_default(), &wi.name_any());
-        if !throttles.is_empty() {
-            body["neighbourThrottles"] = json!(throttles);
-        }
         let patch = json!({
             "apiVersion": "plumbline.dev/v1alpha1",
             "kind": "WorkloadIntent",
@@ -706,11 +724,6 @@ impl Feedback {
                 warn!(intent = %format!("{}/{}", key.0, key.1), error = %e, "writing backing map and guard to status failed")
             }
         }
-    }
-
-    /// Forces the next pass to rewrite every intent's status (after a throttle change).
-    pub fn invalidate_intent_status(&mut self) {
-        self.intent_status.clear();
     }
 
     fn replace_series(&mut self, ctx: &Context, new: Series) {

@@ -24,6 +24,25 @@ pub struct VmKey {
     pub provider: String,
 }
 
+impl VmKey {
+    /// The VM as the ledger names it.
+    pub fn to_ref(&self) -> plumbline_crds::VmRef {
+        plumbline_crds::VmRef {
+            name: self.name.clone(),
+            id: self.id.as_str().to_string(),
+            provider: self.provider.clone(),
+        }
+    }
+
+    pub fn from_ref(vm: &plumbline_crds::VmRef) -> Self {
+        Self {
+            id: VmId::new(&vm.id),
+            name: vm.name.clone(),
+            provider: vm.provider.clone(),
+        }
+    }
+}
+
 impl fmt::Display for VmKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)

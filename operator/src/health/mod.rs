@@ -7,9 +7,13 @@
 //! - [`book`]: what the samplers learnt, with the hysteresis trackers;
 //! - [`graph`]: Pod → Node → VM → host/datastore, rebuilt each pass;
 //! - [`feedback`]: verdicts, guard, pod/node conditions, intent status, metrics;
-//! - [`taint`]: the optional `NoSchedule` taint on degraded nodes;
-//! - [`throttle`]: noisy-neighbour I/O limits through the adapters;
-//! - [`protect`]: CPU shares for the VMs backing protected intents.
+//! - [`taint`]: the optional `NoSchedule` taint on degraded nodes, as ledger entries;
+//! - [`throttle`]: noisy-neighbour I/O limits, as ledger entries;
+//! - [`protect`]: CPU shares for the VMs backing protected intents, as ledger entries.
+//!
+//! Every change to shared infrastructure goes through the ledger (`crate::ledger`): this loop
+//! decides which `InfraChange`s should exist and writes them; the actuators carry them out.
+//! The loop itself never calls a hypervisor.
 //!
 //! Everything here runs inside a leadership term (see `crate::run`).
 
@@ -25,15 +29,24 @@ pub mod throttle;
 
 pub use metrics::HealthMetrics;
 
+use futures::FutureExt;
+use kube::ResourceExt;
+use plumbline_crds::{conditions::infra_change as ic_state, ChangePurpose, InfraChange};
 use plumbline_policies::health::{LatencyBudget, ThrottleLadder, UnknownReadiness};
 use std::{
+    collections::BTreeMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant, SystemTime},
 };
 use tokio::sync::Notify;
 use tracing::info;
 
-use crate::{context::Context, run::TermEnd};
+use crate::{
+    context::Context,
+    ledger::{actuator::Actuators, writer::Writer, LedgerSettings},
+    metrics::InfraChangeLabels,
+    run::TermEnd,
+};
 
 /// The field manager of everything the health loop writes (pod and node conditions, the
 /// intent's `backing`/`guard`/`neighbourThrottles`, provider status). Separate from the
@@ -53,11 +66,8 @@ pub struct HealthSettings {
     /// Taint nodes whose storage is degraded (`NoSchedule`), and untaint them on recovery.
     /// Off by default: it needs `patch` on nodes.
     pub taint_degraded_nodes: bool,
-    /// At startup, restore the I/O limits and CPU shares found on VMs with a recorded original
-    /// that no intent wants now (left by an earlier run that stopped before releasing them).
-    /// Only safe when this operator is the only one changing these VMs: the CLI turns it off
-    /// for a namespace-scoped operator, which cannot tell its leftovers from another's.
-    pub recover_leftovers: bool,
+    /// How the change ledger's actuators behave (read-back interval, deadlines, concurrency).
+    pub ledger: LedgerSettings,
 }
 
 impl Default for HealthSettings {
@@ -68,10 +78,15 @@ impl Default for HealthSettings {
             ladder: ThrottleLadder::default(),
             resync: Duration::from_secs(1),
             taint_degraded_nodes: false,
-            recover_leftovers: true,
+            ledger: LedgerSettings::default(),
         }
     }
 }
+
+/// How long after the loop starts the ledger waits, at most, for every provider its entries
+/// target to report an inventory: until then a VM that is merely not listed yet would look
+/// gone, and its throttles and shares released.
+const LEDGER_WARMUP: Duration = Duration::from_secs(60);
 
 /// Runs the health loop until the term ends.
 pub async fn run(
@@ -87,10 +102,14 @@ pub async fn run(
     let mut samplers = providers::Samplers::default();
     let mut feedback = feedback::Feedback::new(namespace.is_some());
     let mut protections = protect::Protections::default();
+    let mut writer = Writer::new(namespace.as_deref());
+    let mut actuators = Actuators::default();
+    let operator = writer.operator().to_string();
+    let started = Instant::now();
     info!(
         unknown = settings.unknown.as_str(),
         taint_degraded_nodes = settings.taint_degraded_nodes,
-        recover_leftovers = settings.recover_leftovers,
+        %operator,
         "storage-health loop starts"
     );
     let ended = end.clone().wait();
@@ -104,14 +123,113 @@ pub async fn run(
         if end.has_ended() {
             break;
         }
-        samplers.sync(&ctx, &caches.providers.state(), &book, &changed);
-        feedback.pass(&ctx, &caches, &book, &settings).await;
-        protections
-            .pass(&ctx, &caches, &book, settings.recover_leftovers)
+        let providers = caches.providers.state();
+        samplers.sync(&ctx, &providers, &book, &changed);
+        actuators.sync(
+            &ctx,
+            &caches.changes,
+            providers.iter().map(|p| p.name_any()),
+            &settings.ledger,
+            &operator,
+        );
+        let now = SystemTime::now();
+        let mut wanted = feedback
+            .pass(&ctx, &caches, &book, &settings, &operator, now)
             .await;
+        wanted.extend(
+            protections
+                .pass(&ctx, &caches, &book, &operator, now)
+                .await,
+        );
+        if ledger_ready(&ctx, &caches, &book, &operator, started) {
+            writer
+                .sync(&ctx, &caches.changes, &caches.providers, wanted)
+                .await;
+        }
+        count_changes(&ctx, &caches.changes.state(), &operator);
     }
-    feedback.throttles.release_all(&ctx, &book).await;
+    // No release on the way out: the ledger keeps every change, and the next leader continues
+    // from it.
+    actuators.stop_all();
     samplers.stop_all();
     watches.abort();
     info!("storage-health loop stopped");
+}
+
+/// The ledger is only diffed against a complete picture: every cache listed, and every
+/// provider that this instance's entries target has reported its VMs (or the warm-up is over).
+fn ledger_ready(
+    ctx: &Context,
+    caches: &caches::Caches,
+    book: &Arc<Mutex<book::HealthBook>>,
+    operator: &str,
+    started: Instant,
+) -> bool {
+    let synced = [
+        ctx.intents.wait_until_ready().now_or_never(),
+        caches.pods.wait_until_ready().now_or_never(),
+        caches.nodes.wait_until_ready().now_or_never(),
+        caches.providers.wait_until_ready().now_or_never(),
+        caches.changes.wait_until_ready().now_or_never(),
+    ]
+    .iter()
+    .all(|r| matches!(r, Some(Ok(()))));
+    if !synced {
+        return false;
+    }
+    if started.elapsed() >= LEDGER_WARMUP {
+        return true;
+    }
+    let b = match book.lock() {
+        Ok(b) => b,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    caches
+        .changes
+        .state()
+        .iter()
+        .filter(|ic| ic.spec.operator == operator)
+        .filter_map(|ic| ic.spec.target.provider.as_deref())
+        .all(|p| b.providers.get(p).is_some_and(|v| !v.inventory.is_empty()))
+}
+
+/// `plumbline_infra_changes`: this instance's entries by purpose and state.
+fn count_changes(ctx: &Context, changes: &[Arc<InfraChange>], operator: &str) {
+    let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for purpose in [
+        ChangePurpose::NeighbourThrottle,
+        ChangePurpose::BackingVmProtection,
+        ChangePurpose::StorageTaint,
+    ] {
+        for state in [
+            ic_state::PENDING,
+            ic_state::APPLIED,
+            ic_state::DRIFTED,
+            ic_state::CONTESTED,
+            ic_state::FAILED,
+            ic_state::UNSUPPORTED,
+            ic_state::REVERTING,
+        ] {
+            counts.insert((purpose.as_str().into(), state.into()), 0);
+        }
+    }
+    for ic in changes.iter().filter(|ic| ic.spec.operator == operator) {
+        let state = if ic.metadata.deletion_timestamp.is_some() {
+            ic_state::REVERTING.to_string()
+        } else {
+            ic.status
+                .as_ref()
+                .and_then(|s| s.state.clone())
+                .unwrap_or_else(|| ic_state::PENDING.into())
+        };
+        *counts
+            .entry((ic.spec.purpose.as_str().into(), state))
+            .or_default() += 1;
+    }
+    for ((purpose, state), n) in counts {
+        ctx.metrics
+            .infra_changes
+            .get_or_create(&InfraChangeLabels { purpose, state })
+            .set(n);
+    }
 }

@@ -77,12 +77,7 @@ impl Cluster {
             concurrency: 2,
             identity: identity.to_string(),
             namespace: Some(self.namespace.clone()),
-            // As the CLI does for a namespace-scoped operator: tests run side by side, and one
-            // test's operator must not restore what another's applied.
-            health: HealthSettings {
-                recover_leftovers: false,
-                ..HealthSettings::default()
-            },
+            health: test_health(),
         }
     }
 
@@ -205,6 +200,14 @@ impl Cluster {
             .delete(&self.namespace, &DeleteParams::default())
             .await;
     }
+}
+
+/// The storage-health settings tests run with: the defaults, but changes in force are read
+/// back every 2 s instead of every 30 s, so drift shows within a test's patience.
+pub fn test_health() -> HealthSettings {
+    let mut health = HealthSettings::default();
+    health.ledger.policy.readback_every = Duration::from_secs(2);
+    health
 }
 
 /// Applies the generated CRDs (idempotent) and waits until they are established.

@@ -9,7 +9,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     Api, Client, ResourceExt,
 };
-use plumbline_crds::{HypervisorProvider, WorkloadIntent};
+use plumbline_crds::{HypervisorProvider, InfraChange, WorkloadIntent};
 use serde_json::json;
 use std::time::Duration;
 use tokio::process::Command;
@@ -306,4 +306,78 @@ pub fn summary(pods: &[Pod]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The InfraChanges of the operator scoped to `namespace`.
+pub async fn ledger(admin: &Client, namespace: &str) -> Result<Vec<InfraChange>> {
+    let operator = format!("namespace/{namespace}");
+    Ok(Api::<InfraChange>::all(admin.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing InfraChanges")?
+        .items
+        .into_iter()
+        .filter(|ic| ic.spec.operator == operator)
+        .collect())
+}
+
+/// Ends a test the way an operator's user would: the test's intents are deleted while its
+/// operator still runs, so every InfraChange it holds is reverted through its finalizer;
+/// then the operator stops. Entries still there after the patience are stripped of their
+/// finalizer (so they cannot poison later tests) and reported as an error.
+pub async fn release_everything(
+    admin: &Client,
+    namespace: &str,
+    operator: plumbline_operator::run::Operator,
+) -> Result<()> {
+    let intents = Api::<WorkloadIntent>::namespaced(admin.clone(), namespace);
+    if let Ok(list) = intents.list(&ListParams::default()).await {
+        for wi in list.items {
+            let _ = intents.delete(&wi.name_any(), &DeleteParams::default()).await;
+        }
+    }
+    let drained = eventually(
+        "the operator's InfraChanges to be reverted",
+        Duration::from_secs(90),
+        || async {
+            let left = ledger(admin, namespace).await?;
+            Ok(if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left
+                    .iter()
+                    .map(|ic| {
+                        format!(
+                            "{} {:?}",
+                            ic.name_any(),
+                            ic.status.as_ref().and_then(|s| s.state.clone())
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "))
+            })
+        },
+    )
+    .await;
+    operator.stop().await;
+    if drained.is_err() {
+        strip_ledger(admin, namespace).await;
+    }
+    drained
+}
+
+/// Removes the namespace operator's InfraChanges without reverting them (test cleanup only).
+pub async fn strip_ledger(admin: &Client, namespace: &str) {
+    let api = Api::<InfraChange>::all(admin.clone());
+    for ic in ledger(admin, namespace).await.unwrap_or_default() {
+        let name = ic.name_any();
+        let _ = api
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+        let _ = api.delete(&name, &DeleteParams::default()).await;
+    }
 }

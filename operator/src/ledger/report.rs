@@ -1,0 +1,132 @@
+//! What an actuator tells about one `InfraChange`: its status (server-side apply under the
+//! actuator's field manager, the whole status each time), Events on the object, and the
+//! finalizer it removes once the original is back.
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType},
+    Api, ResourceExt,
+};
+use plumbline_crds::{
+    conditions::infra_change as ic_state,
+    names::{ACTUATOR_FIELD_MANAGER, INFRA_CHANGE_FINALIZER},
+    InfraChange, InfraChangeStatus,
+};
+use plumbline_policies::ledger::owner_summary;
+use serde_json::json;
+
+use crate::{
+    context::Context,
+    controller::conditions::{merge, Verdict},
+};
+
+/// The conditions that go with a state: Applied, Drifted, Reverting.
+pub fn with_state(
+    ic: &InfraChange,
+    mut status: InfraChangeStatus,
+    state: &'static str,
+    message: &str,
+) -> InfraChangeStatus {
+    use ic_state::*;
+    let applied = match state {
+        APPLIED => Verdict::new(COND_APPLIED, true, APPLIED_REASON, message),
+        DRIFTED => Verdict::new(COND_APPLIED, false, DRIFT_DETECTED, message),
+        CONTESTED => Verdict::new(COND_APPLIED, false, CONTESTED, message),
+        FAILED => Verdict::new(COND_APPLIED, false, APPLY_FAILED, message),
+        UNSUPPORTED => Verdict::new(COND_APPLIED, false, UNSUPPORTED, message),
+        _ => Verdict::new(COND_APPLIED, false, NOT_APPLIED, message),
+    };
+    let drifted = match state {
+        DRIFTED | CONTESTED => Verdict::new(COND_DRIFTED, true, DRIFT_DETECTED, message),
+        _ => Verdict::new(
+            COND_DRIFTED,
+            false,
+            NO_DRIFT,
+            "the value read back is the one wanted",
+        ),
+    };
+    let reverting = match state {
+        REVERTING => Verdict::new(COND_REVERTING, true, REVERTING, message),
+        _ => Verdict::new(COND_REVERTING, false, NOT_REVERTING, "not being deleted"),
+    };
+    status.conditions = merge(
+        &status.conditions,
+        &[applied, drifted, reverting],
+        ic.metadata.generation,
+        Timestamp::now(),
+    );
+    status.state = Some(state.to_string());
+    status.owner_summary = Some(owner_summary(&ic.spec.owners));
+    status
+}
+
+/// Writes the whole status (what this manager wrote before and omits now is removed).
+pub async fn write_status(
+    ctx: &Context,
+    ic: &InfraChange,
+    status: &InfraChangeStatus,
+) -> Result<(), kube::Error> {
+    let body = json!({
+        "apiVersion": "plumbline.dev/v1alpha1",
+        "kind": "InfraChange",
+        "status": status,
+    });
+    Api::<InfraChange>::all(ctx.client.clone())
+        .patch_status(
+            &ic.name_any(),
+            &PatchParams::apply(ACTUATOR_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// An Event about the change (best effort).
+pub async fn event(ctx: &Context, ic: &InfraChange, warning: bool, reason: &str, note: String) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "ChangeInfrastructure".into(),
+        secondary: None,
+    };
+    ctx.publish_cluster_scoped(ic, event).await;
+}
+
+/// Removes the finalizer, guarded by the resourceVersion read so a concurrent change to the
+/// list is never overwritten.
+pub async fn remove_finalizer(ctx: &Context, ic: &InfraChange) -> Result<(), kube::Error> {
+    let api = Api::<InfraChange>::all(ctx.client.clone());
+    let mut current = api.get(&ic.name_any()).await?;
+    for attempt in 1..=3 {
+        let finalizers: Vec<String> = current
+            .finalizers()
+            .iter()
+            .filter(|f| f.as_str() != INFRA_CHANGE_FINALIZER)
+            .cloned()
+            .collect();
+        if finalizers.len() == current.finalizers().len() {
+            return Ok(());
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": current.resource_version(), "finalizers": finalizers},
+        });
+        match api
+            .patch(&ic.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 3 => {
+                current = api.get(&ic.name_any()).await?;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! One setting on one target, as the actuators need it: read the current value (and an
+//! original an earlier run recorded on the target), set a value, restore the original. VM
+//! settings go through the provider's adapter, which also records the original on the VM
+//! itself; node taints are a read-modify-write of the node guarded by its resourceVersion.
+
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::{
+    api::{Patch, PatchParams},
+    Api, Client, ResourceExt,
+};
+use plumbline_adapters::{Hypervisor, Setting, Tunable, VmId};
+use plumbline_crds::{ChangeTargetKind, InfraChange};
+use plumbline_policies::ledger::{ABSENT, PRESENT};
+use serde_json::json;
+use std::{sync::Arc, time::Duration};
+use tracing::debug;
+
+/// Why a call on a target failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    /// The target cannot take the setting; retrying will not help.
+    Unsupported(String),
+    /// Anything else, with what was being done (a timeout, a lost connection, a conflict).
+    Failed(String),
+}
+
+impl std::fmt::Display for TargetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unsupported(m) | Self::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A value as read from the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    pub current: String,
+    /// An original recorded on the target by an earlier run (VMs only).
+    pub recorded_original: Option<String>,
+}
+
+/// The thing an `InfraChange` changes, ready to be called.
+pub enum Target {
+    Vm {
+        adapter: Arc<dyn Hypervisor>,
+        vm: VmId,
+        tunable: Tunable,
+    },
+    Node {
+        client: Client,
+        name: String,
+        key: String,
+        effect: String,
+    },
+}
+
+impl Target {
+    /// Resolves the object's target. `None` while the provider's adapter is not connected;
+    /// an error when the setting cannot be understood (nothing will ever apply it).
+    pub fn of(
+        ic: &InfraChange,
+        client: &Client,
+        adapter: impl FnOnce(&str) -> Option<Arc<dyn Hypervisor>>,
+    ) -> Result<Option<Self>, TargetError> {
+        let spec = &ic.spec;
+        match spec.target.kind {
+            ChangeTargetKind::VirtualMachine => {
+                let (Some(provider), Some(id)) = (&spec.target.provider, &spec.target.vm_id) else {
+                    return Err(TargetError::Unsupported(
+                        "the target names no provider or VM id".into(),
+                    ));
+                };
+                let tunable: Tunable = spec
+                    .setting
+                    .parse()
+                    .map_err(|e| TargetError::Unsupported(format!("setting: {e}")))?;
+                Ok(adapter(provider).map(|adapter| Self::Vm {
+                    adapter,
+                    vm: VmId::new(id),
+                    tunable,
+                }))
+            }
+            ChangeTargetKind::Node => {
+                let taint = spec.setting.strip_prefix("taint/").and_then(|t| {
+                    t.rsplit_once(':')
+                        .map(|(k, e)| (k.to_string(), e.to_string()))
+                });
+                let Some((key, effect)) = taint else {
+                    return Err(TargetError::Unsupported(format!(
+                        "unknown node setting {:?} (expected taint/KEY:EFFECT)",
+                        spec.setting
+                    )));
+                };
+                Ok(Some(Self::Node {
+                    client: client.clone(),
+                    name: spec.target.name.clone(),
+                    key,
+                    effect,
+                }))
+            }
+        }
+    }
+
+    pub async fn read(&self, deadline: Duration) -> Result<Reading, TargetError> {
+        match self {
+            Self::Vm {
+                adapter,
+                vm,
+                tunable,
+            } => {
+                let report = bounded(deadline, "reading", adapter.tunables(vm)).await?;
+                if let Some((_, why)) = report.unsupported.iter().find(|(t, _)| t == tunable) {
+                    return Err(TargetError::Unsupported(format!("{tunable}: {why}")));
+                }
+                let current = report.current(tunable).ok_or_else(|| {
+                    TargetError::Failed(format!(
+                        "VM {vm} reports no {tunable} (no such disk, or not running)"
+                    ))
+                })?;
+                Ok(Reading {
+                    current: current.to_string(),
+                    recorded_original: report.original(tunable).map(|v| v.to_string()),
+                })
+            }
+            Self::Node {
+                client,
+                name,
+                key,
+                effect,
+            } => {
+                let node = bounded(
+                    deadline,
+                    "reading",
+                    Api::<Node>::all(client.clone()).get(name),
+                )
+                .await?;
+                let present = taints_of(&node).iter().any(|t| is(t, key, effect));
+                Ok(Reading {
+                    current: if present { PRESENT } else { ABSENT }.to_string(),
+                    recorded_original: None,
+                })
+            }
+        }
+    }
+
+    pub async fn set(&self, value: &str, deadline: Duration) -> Result<(), TargetError> {
+        match self {
+            Self::Vm {
+                adapter,
+                vm,
+                tunable,
+            } => {
+                let value: u64 = value.parse().map_err(|_| {
+                    TargetError::Unsupported(format!("{tunable}: {value:?} is not a whole number"))
+                })?;
+                bounded(
+                    deadline,
+                    "applying",
+                    adapter.apply(vm, &[Setting::new(tunable.clone(), value)]),
+                )
+                .await
+            }
+            Self::Node {
+                client,
+                name,
+                key,
+                effect,
+            } => {
+                let want = value == PRESENT;
+                bounded(
+                    deadline,
+                    "changing the taint",
+                    set_taint(client, name, key, effect, want),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Restores `original`. On a VM the adapter restores the original recorded on the VM and
+    /// forgets the record; a VM without a record (dropped with a restart of the domain) is
+    /// fine when it already has the original, and an error otherwise (never guessed).
+    pub async fn restore(&self, original: &str, deadline: Duration) -> Result<(), TargetError> {
+        match self {
+            Self::Vm {
+                adapter,
+                vm,
+                tunable,
+            } => {
+                let restored = bounded(
+                    deadline,
+                    "restoring",
+                    adapter.revert(vm, std::slice::from_ref(tunable)),
+                )
+                .await?;
+                if !restored.is_empty() {
+                    return Ok(());
+                }
+                let now = self.read(deadline).await?.current;
+                if now == original {
+                    Ok(())
+                } else {
+                    Err(TargetError::Failed(format!(
+                        "VM {vm} has no original recorded for {tunable} and it is {now}, not the \
+                         ledger's original {original}: set it back by hand, or annotate the \
+                         InfraChange {}=true to drop it",
+                        plumbline_crds::names::ABANDON_ANNOTATION
+                    )))
+                }
+            }
+            Self::Node { .. } if original == PRESENT => Ok(()),
+            Self::Node { .. } => self.set(ABSENT, deadline).await,
+        }
+    }
+}
+
+/// A call that gives up at the deadline; the error says what was being done.
+async fn bounded<T, E: Into<TargetError>>(
+    deadline: Duration,
+    doing: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, TargetError> {
+    match tokio::time::timeout(deadline, call).await {
+        Err(_) => Err(TargetError::Failed(format!(
+            "{doing}: no answer within the deadline of {deadline:?}"
+        ))),
+        Ok(Err(e)) => Err(match e.into() {
+            TargetError::Unsupported(m) => TargetError::Unsupported(format!("{doing}: {m}")),
+            TargetError::Failed(m) => TargetError::Failed(format!("{doing}: {m}")),
+        }),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+impl From<plumbline_adapters::Error> for TargetError {
+    fn from(e: plumbline_adapters::Error) -> Self {
+        match e {
+            plumbline_adapters::Error::Unsupported { .. } => Self::Unsupported(e.to_string()),
+            e => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<kube::Error> for TargetError {
+    fn from(e: kube::Error) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+fn taints_of(node: &Node) -> &[Taint] {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+}
+
+fn is(t: &Taint, key: &str, effect: &str) -> bool {
+    t.key == key && t.effect == effect
+}
+
+/// Attempts per taint change when others write the node at the same moment.
+const ATTEMPTS: usize = 3;
+
+/// `spec.taints` is shared with the node lifecycle controller, admins and other tools, and it
+/// is an atomic list (no merge key; server-side apply would make one manager own all of it).
+/// So the node is read fresh, only this taint is added or removed, and the list goes back in
+/// a merge patch carrying the resourceVersion read: a concurrent change makes the write fail
+/// with a conflict instead of being overwritten, and it is retried on fresh data.
+async fn set_taint(
+    client: &Client,
+    name: &str,
+    key: &str,
+    effect: &str,
+    want: bool,
+) -> Result<(), kube::Error> {
+    let api = Api::<Node>::all(client.clone());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let node = api.get(name).await?;
+        let taints = taints_of(&node);
+        let has = taints.iter().any(|t| is(t, key, effect));
+        if has == want {
+            return Ok(());
+        }
+        let mut next: Vec<Taint> = taints
+            .iter()
+            .filter(|t| !is(t, key, effect))
+            .cloned()
+            .collect();
+        if want {
+            next.push(Taint {
+                key: key.to_string(),
+                effect: effect.to_string(),
+                ..Taint::default()
+            });
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": node.resource_version() },
+            "spec": { "taints": if next.is_empty() { json!(null) } else { json!(next) } },
+        });
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < ATTEMPTS => {
+                debug!(node = %name, attempt, "node changed while tainting; retrying on fresh data");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
