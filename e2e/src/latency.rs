@@ -260,6 +260,106 @@ impl Stack {
     }
 }
 
+/// Where, in a VM's next `ReconfigVM_Task`, the simulator ends the calling session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFault {
+    /// The call arrives on an ended session: it is refused and starts no task.
+    BeforeReconfigure,
+    /// The task runs and its reference is answered; reading its result needs a new login.
+    AfterReconfigure,
+    /// The task runs and the answer is lost with the connection.
+    LoseReconfigureAnswer,
+}
+
+impl SessionFault {
+    fn point(self) -> &'static str {
+        match self {
+            Self::BeforeReconfigure => "before-reconfigure",
+            Self::AfterReconfigure => "after-reconfigure",
+            Self::LoseReconfigureAnswer => "lose-reconfigure-answer",
+        }
+    }
+}
+
+/// One `ReconfigVM_Task` call as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct SimReconfiguration {
+    /// Answered with a fault; no task started.
+    pub refused: bool,
+    pub cpu_shares_before: i64,
+    pub cpu_shares_after: i64,
+    /// The session fault that fired on this call, if one did.
+    #[serde(default)]
+    pub session_ended: Option<String>,
+}
+
+impl SimReconfiguration {
+    pub fn changed_cpu_shares(&self) -> bool {
+        self.cpu_shares_before != self.cpu_shares_after
+    }
+}
+
+/// A VM's CPU shares and extraConfig as the simulator holds them (not as an adapter reads them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct SimVmConfig {
+    pub cpu_shares: i64,
+    pub cpu_shares_level: String,
+    pub extra_config: std::collections::BTreeMap<String, String>,
+}
+
+impl Stack {
+    /// Ends the one simulator session whose key is `session_key`.
+    pub async fn terminate_vsphere_session(&self, session_key: &str) -> Result<u64> {
+        let url = format!("{}/sessions/terminate", self.vcsim_control()?);
+        let req = reqwest::Client::new()
+            .post(url)
+            .query(&[("session", session_key)]);
+        let body = self
+            .vcsim_call("terminating one simulator session".into(), req)
+            .await?;
+        Ok(body["terminated"].as_u64().unwrap_or(0))
+    }
+
+    /// Makes the simulator end the calling session at `at` in `vm`'s next
+    /// `ReconfigVM_Task` (once).
+    pub async fn arm_vsphere_session_fault(&self, vm: &str, at: SessionFault) -> Result<()> {
+        let url = format!("{}/faults", self.vcsim_control()?);
+        let req = reqwest::Client::new()
+            .put(url)
+            .json(&serde_json::json!({"vm": vm, "at": at.point()}));
+        self.vcsim_call(format!("arming a session fault on {vm}"), req)
+            .await
+            .map(drop)
+    }
+
+    /// Disarms a session fault that has not fired.
+    pub async fn disarm_vsphere_session_fault(&self, vm: &str) -> Result<()> {
+        let url = format!("{}/faults", self.vcsim_control()?);
+        let req = reqwest::Client::new().delete(url).query(&[("vm", vm)]);
+        self.vcsim_call(format!("disarming the session fault on {vm}"), req)
+            .await
+            .map(drop)
+    }
+
+    /// Every `ReconfigVM_Task` call `vm` received since the simulator started, in order.
+    pub async fn vsphere_reconfigurations(&self, vm: &str) -> Result<Vec<SimReconfiguration>> {
+        let what = format!("listing the reconfigurations of {vm}");
+        let url = format!("{}/reconfigures", self.vcsim_control()?);
+        let req = reqwest::Client::new().get(url).query(&[("vm", vm)]);
+        let body = self.vcsim_call(what.clone(), req).await?;
+        serde_json::from_value(body).map_err(|e| stack_error(what, e))
+    }
+
+    /// `vm`'s CPU shares and extraConfig, read inside the simulator.
+    pub async fn vsphere_vm_config(&self, vm: &str) -> Result<SimVmConfig> {
+        let what = format!("reading the configuration of {vm}");
+        let url = format!("{}/config", self.vcsim_control()?);
+        let req = reqwest::Client::new().get(url).query(&[("vm", vm)]);
+        let body = self.vcsim_call(what.clone(), req).await?;
+        serde_json::from_value(body).map_err(|e| stack_error(what, e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

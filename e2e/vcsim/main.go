@@ -12,19 +12,33 @@
 //	PUT    /latency  {"vm": "<name|dns-name|uuid>", "read_ms": N, "write_ms": N}
 //	DELETE /latency?vm=<name|dns-name|uuid>   back to the baseline
 //	POST   /sessions/terminate           ends every SOAP session (clients must re-login)
+//	POST   /sessions/terminate?session=K ends the one session whose key (cookie) is K
+//	GET    /faults                       armed session faults, by VM name
+//	PUT    /faults   {"vm": "<name|dns-name|uuid>", "at": "<point>"}
+//	DELETE /faults?vm=<name|dns-name|uuid>
+//	GET    /reconfigures?vm=<name|dns-name|uuid>   every ReconfigVM_Task the VM received
+//	GET    /config?vm=<name|dns-name|uuid>         the VM's CPU shares and extraConfig
+//
+// A session fault ends the calling session once, at one point of the VM's next
+// ReconfigVM_Task (see faultPoint). Ended sessions are refused with NotAuthenticated on
+// every call, as vCenter does; the simulator alone would serve property reads to them.
 //
 // QueryPerf: an unset maxSample returns up to 180 samples (the simulator alone returns none).
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"encoding/xml"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/signal"
@@ -215,44 +229,310 @@ func writeNodes(path string, vms []inventoryVM) error {
 	return os.Rename(tmp, path)
 }
 
-// terminateSessions logs in over SOAP (the simulator keeps sessions private) and ends
-// every other session, then its own.
-func terminateSessions(ctx context.Context, sdk *url.URL, caFile string) (int, error) {
+// terminateSessions logs in over SOAP (the simulator keeps sessions private) and ends the
+// sessions whose keys are in only, or every other session when only is empty, then its own.
+// It returns the keys it ended.
+func terminateSessions(ctx context.Context, sdk *url.URL, caFile string, only []string) ([]string, error) {
 	sc := soap.NewClient(sdk, false)
 	if err := sc.SetRootCAs(caFile); err != nil {
-		return 0, fmt.Errorf("loading CA %s: %w", caFile, err)
+		return nil, fmt.Errorf("loading CA %s: %w", caFile, err)
 	}
 	c, err := vim25.NewClient(ctx, sc)
 	if err != nil {
-		return 0, fmt.Errorf("connecting to %s: %w", sdk.Host, err)
+		return nil, fmt.Errorf("connecting to %s: %w", sdk.Host, err)
 	}
 	sm := session.NewManager(c)
 	if err := sm.Login(ctx, sdk.User); err != nil {
-		return 0, fmt.Errorf("logging in: %w", err)
+		return nil, fmt.Errorf("logging in: %w", err)
 	}
 	own, err := sm.UserSession(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("reading own session: %w", err)
+		return nil, fmt.Errorf("reading own session: %w", err)
 	}
 	var m mo.SessionManager
 	if err := property.DefaultCollector(c).RetrieveOne(ctx, sm.Reference(), []string{"sessionList"}, &m); err != nil {
-		return 0, fmt.Errorf("listing sessions: %w", err)
+		return nil, fmt.Errorf("listing sessions: %w", err)
+	}
+	wanted := map[string]bool{}
+	for _, k := range only {
+		wanted[k] = true
 	}
 	var ids []string
 	for _, s := range m.SessionList {
-		if s.Key != own.Key {
+		if s.Key != own.Key && (len(only) == 0 || wanted[s.Key]) {
 			ids = append(ids, s.Key)
 		}
 	}
 	if len(ids) > 0 {
 		if err := sm.TerminateSession(ctx, ids); err != nil {
-			return 0, fmt.Errorf("terminating %d sessions: %w", len(ids), err)
+			return nil, fmt.Errorf("terminating %d sessions: %w", len(ids), err)
 		}
 	}
-	return len(ids), sm.Logout(ctx)
+	return ids, sm.Logout(ctx)
 }
 
-func control(latency *latencyTable, vms []inventoryVM, sdk *url.URL, caFile string) http.Handler {
+// faultPoint is where, in a VM's next ReconfigVM_Task, the calling session is ended.
+type faultPoint string
+
+const (
+	// The call arrives after its session ended: it is refused, no task starts.
+	beforeReconfigure faultPoint = "before-reconfigure"
+	// The task runs and its reference is answered, then the session ends: reading the
+	// task's result needs a new login.
+	afterReconfigure faultPoint = "after-reconfigure"
+	// The task runs, the session ends and the answer is lost (the connection closes): the
+	// client cannot tell whether the change happened.
+	loseReconfigureAnswer faultPoint = "lose-reconfigure-answer"
+)
+
+func (p faultPoint) valid() bool {
+	return p == beforeReconfigure || p == afterReconfigure || p == loseReconfigureAnswer
+}
+
+// reconfiguration is one ReconfigVM_Task call as the simulator saw it.
+type reconfiguration struct {
+	// Refused: the call was answered with a fault and started no task.
+	Refused         bool       `json:"refused"`
+	CPUSharesBefore int32      `json:"cpu_shares_before"`
+	CPUSharesAfter  int32      `json:"cpu_shares_after"`
+	SessionEnded    faultPoint `json:"session_ended,omitempty"`
+}
+
+// sessionFaults stands in front of the simulator's /sdk handler. The simulator has no hook
+// inside a method call, so the points around ReconfigVM_Task are made here, between the
+// HTTP request and the simulator's answer; the log is kept here for the same reason.
+type sessionFaults struct {
+	sdk http.HandlerFunc
+	end func(ctx context.Context, keys []string) ([]string, error)
+
+	mu sync.Mutex
+	// Keys of the sessions ended through this endpoint (the simulator forgets them).
+	ended map[string]bool
+	// VM moid → the point of its next ReconfigVM_Task where the caller's session ends.
+	armed map[string]faultPoint
+	// VM moid → every ReconfigVM_Task it received, in order.
+	log map[string][]reconfiguration
+}
+
+// Methods vCenter serves without a session; every other call on an ended session is refused.
+var sessionless = map[string]bool{
+	"RetrieveServiceContent": true, "Login": true, "LoginByToken": true,
+	"LoginExtensionByCertificate": true, "CloneSession": true,
+}
+
+const sessionCookie = "vmware_soap_session"
+
+func (f *sessionFaults) isEnded(key string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ended[key]
+}
+
+func (f *sessionFaults) endSessions(ctx context.Context, keys []string) ([]string, error) {
+	ids, err := f.end(ctx, keys)
+	f.mu.Lock()
+	for _, id := range ids {
+		f.ended[id] = true
+	}
+	f.mu.Unlock()
+	return ids, err
+}
+
+func (f *sessionFaults) arm(moid string, at faultPoint) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if at == "" {
+		delete(f.armed, moid)
+	} else {
+		f.armed[moid] = at
+	}
+}
+
+func (f *sessionFaults) armedAt(moid string) faultPoint {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.armed[moid]
+}
+
+func (f *sessionFaults) take(moid string) faultPoint {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	at := f.armed[moid]
+	delete(f.armed, moid)
+	return at
+}
+
+func (f *sessionFaults) record(moid string, r reconfiguration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log[moid] = append(f.log[moid], r)
+}
+
+func (f *sessionFaults) reconfigurations(moid string) []reconfiguration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]reconfiguration{}, f.log[moid]...)
+}
+
+func (f *sessionFaults) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	_ = r.Body.Close()
+	if err != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	method, this := soapCall(body)
+	key := ""
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		key = c.Value
+	}
+	if method != "ReconfigVM_Task" {
+		if key != "" && !sessionless[method] && f.isEnded(key) {
+			notAuthenticated(w, this)
+			return
+		}
+		f.sdk(w, r)
+		return
+	}
+
+	at := f.take(this.Value)
+	if at == beforeReconfigure && key != "" {
+		if _, err := f.endSessions(r.Context(), []string{key}); err != nil {
+			log.Printf("ending session before ReconfigVM_Task on %s: %v", this.Value, err)
+		}
+	}
+	before := cpuShares(this)
+	if key != "" && f.isEnded(key) {
+		f.record(this.Value, reconfiguration{Refused: true, CPUSharesBefore: before, CPUSharesAfter: before, SessionEnded: at})
+		notAuthenticated(w, this)
+		return
+	}
+	// The answer is held back, so that it can still be dropped after the task ran.
+	answer := httptest.NewRecorder()
+	f.sdk(answer, r)
+	f.record(this.Value, reconfiguration{
+		Refused:         answer.Code != http.StatusOK,
+		CPUSharesBefore: before,
+		CPUSharesAfter:  cpuShares(this),
+		SessionEnded:    at,
+	})
+	if (at == afterReconfigure || at == loseReconfigureAnswer) && key != "" {
+		if _, err := f.endSessions(r.Context(), []string{key}); err != nil {
+			log.Printf("ending session after ReconfigVM_Task on %s: %v", this.Value, err)
+		}
+	}
+	if at == loseReconfigureAnswer {
+		log.Printf("ReconfigVM_Task on %s ran; dropping its answer", this.Value)
+		panic(http.ErrAbortHandler) // closes the connection without a response
+	}
+	for k, v := range answer.Header() {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(answer.Code)
+	_, _ = w.Write(answer.Body.Bytes())
+}
+
+// soapCall reads the method name and its _this reference from a SOAP request.
+func soapCall(body []byte) (string, types.ManagedObjectReference) {
+	var ref types.ManagedObjectReference
+	d := xml.NewDecoder(bytes.NewReader(body))
+	inBody, method := false, ""
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return method, ref
+		}
+		start, ok := tok.(xml.StartElement)
+		if !ok {
+			continue
+		}
+		switch {
+		case !inBody:
+			inBody = start.Name.Local == "Body"
+		case method == "":
+			method = start.Name.Local
+		case start.Name.Local == "_this":
+			for _, a := range start.Attr {
+				if a.Name.Local == "type" {
+					ref.Type = a.Value
+				}
+			}
+			var value string
+			if d.DecodeElement(&value, &start) == nil {
+				ref.Value = strings.TrimSpace(value)
+			}
+			return method, ref
+		}
+	}
+}
+
+func notAuthenticated(w http.ResponseWriter, this types.ManagedObjectReference) {
+	escape := func(s string) string {
+		var b bytes.Buffer
+		_ = xml.EscapeText(&b, []byte(s))
+		return b.String()
+	}
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.WriteHeader(http.StatusInternalServerError)
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>The session is not authenticated.</faultstring><detail><NotAuthenticatedFault xmlns="urn:vim25" xsi:type="NotAuthenticated"><object type="%s">%s</object><privilegeId>System.View</privilegeId></NotAuthenticatedFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>`,
+		escape(this.Type), escape(this.Value))
+}
+
+func simVM(ref types.ManagedObjectReference) *simulator.VirtualMachine {
+	vm, _ := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+	return vm
+}
+
+// cpuShares is the VM's CPU share count, -1 when the reference is no VM.
+func cpuShares(ref types.ManagedObjectReference) int32 {
+	vm := simVM(ref)
+	if vm == nil {
+		return -1
+	}
+	var shares int32
+	simulator.Map.WithLock(vm, func() {
+		if a := vm.Config.CpuAllocation; a != nil && a.Shares != nil {
+			shares = a.Shares.Shares
+		}
+	})
+	return shares
+}
+
+// vmConfig is what the simulator holds for a VM's tunables, read without vim25.
+type vmConfig struct {
+	CPUShares      int32  `json:"cpu_shares"`
+	CPUSharesLevel string `json:"cpu_shares_level"`
+	// The last value of each key (the simulator appends); keys set to "" are removed.
+	ExtraConfig map[string]string `json:"extra_config"`
+}
+
+func configOf(ref types.ManagedObjectReference) vmConfig {
+	out := vmConfig{ExtraConfig: map[string]string{}}
+	vm := simVM(ref)
+	if vm == nil {
+		return out
+	}
+	simulator.Map.WithLock(vm, func() {
+		if a := vm.Config.CpuAllocation; a != nil && a.Shares != nil {
+			out.CPUShares = a.Shares.Shares
+			out.CPUSharesLevel = string(a.Shares.Level)
+		}
+		for _, o := range vm.Config.ExtraConfig {
+			v := o.GetOptionValue()
+			value := fmt.Sprint(v.Value)
+			if value == "" {
+				delete(out.ExtraConfig, v.Key)
+			} else {
+				out.ExtraConfig[v.Key] = value
+			}
+		}
+	})
+	return out
+}
+
+func control(latency *latencyTable, faults *sessionFaults, vms []inventoryVM) http.Handler {
 	mux := http.NewServeMux()
 	reply := func(w http.ResponseWriter, code int, v interface{}) {
 		w.Header().Set("Content-Type", "application/json")
@@ -315,13 +595,81 @@ func control(latency *latencyTable, vms []inventoryVM, sdk *url.URL, caFile stri
 			fail(w, http.StatusMethodNotAllowed, "use POST")
 			return
 		}
-		n, err := terminateSessions(r.Context(), sdk, caFile)
+		var only []string
+		if key := r.URL.Query().Get("session"); key != "" {
+			only = []string{key}
+		}
+		ids, err := faults.endSessions(r.Context(), only)
 		if err != nil {
 			fail(w, http.StatusInternalServerError, "terminating sessions: %v", err)
 			return
 		}
-		log.Printf("terminated %d sessions", n)
-		reply(w, http.StatusOK, map[string]int{"terminated": n})
+		log.Printf("terminated %d sessions", len(ids))
+		reply(w, http.StatusOK, map[string]int{"terminated": len(ids)})
+	})
+	mux.HandleFunc("/faults", func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet:
+			out := map[string]faultPoint{}
+			for _, vm := range vms {
+				if at := faults.armedAt(vm.Moid); at != "" {
+					out[vm.Name] = at
+				}
+			}
+			reply(w, http.StatusOK, out)
+		case http.MethodPut, http.MethodPost:
+			var in struct {
+				VM string     `json:"vm"`
+				At faultPoint `json:"at"`
+			}
+			if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+				fail(w, http.StatusBadRequest, "decoding fault request: %v", err)
+				return
+			}
+			vm, ok := findVM(vms, in.VM)
+			if !ok {
+				fail(w, http.StatusNotFound, "no simulator VM named %q", in.VM)
+				return
+			}
+			if !in.At.valid() {
+				fail(w, http.StatusBadRequest, "no fault point %q (use %s, %s or %s)", in.At,
+					beforeReconfigure, afterReconfigure, loseReconfigureAnswer)
+				return
+			}
+			faults.arm(vm.Moid, in.At)
+			log.Printf("session fault armed on %s (%s): %s", vm.Name, vm.Moid, in.At)
+			reply(w, http.StatusOK, map[string]interface{}{"vm": vm, "at": in.At})
+		case http.MethodDelete:
+			vm, ok := findVM(vms, r.URL.Query().Get("vm"))
+			if !ok {
+				fail(w, http.StatusNotFound, "no simulator VM named %q", r.URL.Query().Get("vm"))
+				return
+			}
+			faults.arm(vm.Moid, "")
+			reply(w, http.StatusOK, map[string]interface{}{"vm": vm})
+		default:
+			fail(w, http.StatusMethodNotAllowed, "use GET, PUT or DELETE")
+		}
+	})
+	perVM := func(path string, read func(types.ManagedObjectReference) interface{}) {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet {
+				fail(w, http.StatusMethodNotAllowed, "use GET")
+				return
+			}
+			vm, ok := findVM(vms, r.URL.Query().Get("vm"))
+			if !ok {
+				fail(w, http.StatusNotFound, "no simulator VM named %q", r.URL.Query().Get("vm"))
+				return
+			}
+			reply(w, http.StatusOK, read(types.ManagedObjectReference{Type: "VirtualMachine", Value: vm.Moid}))
+		})
+	}
+	perVM("/reconfigures", func(ref types.ManagedObjectReference) interface{} {
+		return faults.reconfigurations(ref.Value)
+	})
+	perVM("/config", func(ref types.ManagedObjectReference) interface{} {
+		return configOf(ref)
 	})
 	return mux
 }
@@ -368,10 +716,31 @@ func main() {
 		writeKey:           counterKey(pm, "virtualDisk", "totalWriteLatency"),
 	})
 
+	sdk := &url.URL{Scheme: "https", Host: *listen, Path: "/sdk", User: url.UserPassword(*username, *password)}
+	faults := &sessionFaults{
+		sdk: model.Service.ServeSDK,
+		end: func(ctx context.Context, keys []string) ([]string, error) {
+			return terminateSessions(ctx, sdk, *caFile, keys)
+		},
+		ended: map[string]bool{},
+		armed: map[string]faultPoint{},
+		log:   map[string][]reconfiguration{},
+	}
+	// NewServer registers ServeSDK for /sdk itself; a host-specific pattern takes precedence
+	// over it in a ServeMux, which puts the faults in front of every SOAP call made to the
+	// listen address.
+	listenHost, _, err := net.SplitHostPort(*listen)
+	if err != nil || listenHost == "" {
+		log.Fatalf("-listen %s must name a host (%v)", *listen, err)
+	}
+	model.Service.ServeMux = http.NewServeMux()
+	model.Service.ServeMux.Handle(listenHost+"/sdk", faults)
+	if listenHost != "localhost" {
+		model.Service.ServeMux.Handle("localhost/sdk", faults)
+	}
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	model.Service.NewServer()
-	sdk := &url.URL{Scheme: "https", Host: *listen, Path: "/sdk", User: url.UserPassword(*username, *password)}
 
 	vms := inventory()
 	if *nodesFile != "" {
@@ -385,7 +754,7 @@ func main() {
 		log.Fatalf("listening for control on %s: %v", *controlAddr, err)
 	}
 	go func() {
-		if err := http.Serve(ln, control(latency, vms, sdk, *caFile)); err != nil {
+		if err := http.Serve(ln, control(latency, faults, vms)); err != nil {
 			log.Printf("control endpoint stopped: %v", err)
 		}
 	}()
