@@ -4,10 +4,14 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use plumbline_adapters::{
-    connect, Capability, DiskLimit, Error, HypervisorConfig, Secret, Setting, Support, TlsTrust,
-    Tunable, VSphereConfig, VmId,
+    connect, vsphere::VSphereHypervisor, Capability, DiskLimit, Error, Hypervisor,
+    HypervisorConfig, Secret, Setting, Support, TlsTrust, Tunable, VSphereConfig, VmId,
 };
-use plumbline_e2e::{poll::eventually, stack, Stack};
+use plumbline_e2e::{
+    latency::{SessionFault, SimReconfiguration},
+    poll::eventually,
+    stack, Stack,
+};
 
 fn stack_value(stack: &Stack, key: &str) -> String {
     stack.get(key).unwrap_or_else(|e| panic!("{e}")).to_string()
@@ -26,7 +30,7 @@ fn vsphere(stack: &Stack) -> HypervisorConfig {
     HypervisorConfig::VSphere(vsphere_config(stack))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 struct SimVm {
     name: String,
     uuid: String,
@@ -214,10 +218,9 @@ async fn serial_tuning_is_applied_read_back_and_reverted_by_a_fresh_instance() {
 #[tokio::test]
 async fn serial_terminated_session_logs_in_again() {
     let stack = stack();
-    let hv = plumbline_adapters::vsphere::VSphereHypervisor::connect(vsphere_config(&stack))
+    let hv = VSphereHypervisor::connect(vsphere_config(&stack))
         .await
         .unwrap();
-    use plumbline_adapters::Hypervisor;
     let first_key = hv.session_key().unwrap();
     let before = hv.inventory().await.unwrap().len();
 
@@ -334,4 +337,212 @@ async fn unreachable_endpoint_is_reported_as_disconnected() {
         .unwrap_err();
     assert!(err.is_disconnected(), "{err:?}");
     assert!(err.to_string().contains("https://127.0.0.1:1/sdk"), "{err}");
+}
+
+/// Where a test ends the adapter's session during `apply`.
+#[derive(Debug, Clone, Copy)]
+enum Interruption {
+    /// Before apply reads the VM.
+    BeforeTheRead,
+    /// At a point of the VM's next `ReconfigVM_Task`, by the simulator.
+    Reconfigure(SessionFault),
+}
+
+const WANTED_SHARES: u64 = 4096;
+
+/// The simulator VM these tests change: the standalone host's last VM, which the other
+/// serial tests (the inventory's first VM) leave alone.
+async fn shares_vm() -> SimVm {
+    let mut vms = simulator_vms().await;
+    vms.sort_by(|a, b| a.name.cmp(&b.name));
+    vms.into_iter()
+        .rfind(|v| v.name.starts_with("DC0_H0_"))
+        .expect("the simulator has a VM on its standalone host")
+}
+
+/// Runs `body` against the shares VM, then reverts every record on it (and disarms any
+/// fault left armed) whether `body` passed or panicked.
+async fn on_the_shares_vm<F, Fut>(body: F)
+where
+    F: FnOnce(Stack, SimVm) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let stack = stack();
+    let vm = shares_vm().await;
+    let outcome = tokio::spawn(body(stack.clone(), vm.clone())).await;
+    stack.disarm_vsphere_session_fault(&vm.name).await.unwrap();
+    let hv = connect(vsphere(&stack)).await.unwrap();
+    hv.revert_all(&VmId::new(&vm.uuid)).await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// The reconfigurations `vm` received after the first `seen`.
+async fn reconfigurations_since(stack: &Stack, vm: &str, seen: usize) -> Vec<SimReconfiguration> {
+    let all = stack.vsphere_reconfigurations(vm).await.unwrap();
+    all[seen.min(all.len())..].to_vec()
+}
+
+/// Applies CPU shares with the session ended at `interruption`, and checks that the change
+/// landed exactly once, that the recorded original is the value from before the test, and
+/// that revert brings it back.
+async fn shares_applied_once_despite(interruption: Interruption) {
+    on_the_shares_vm(move |stack, sim| async move {
+        let hv = VSphereHypervisor::connect(vsphere_config(&stack))
+            .await
+            .unwrap();
+        let vm = VmId::new(&sim.uuid);
+        hv.revert_all(&vm).await.unwrap();
+        let before = hv.tunables(&vm).await.unwrap();
+        let held = stack.vsphere_vm_config(&sim.name).await.unwrap();
+        let original = before.current(&Tunable::CpuShares).unwrap();
+        assert_ne!(
+            original, WANTED_SHARES,
+            "a leftover of an earlier run: {held:?}"
+        );
+        assert_eq!(original, held.cpu_shares as u64);
+        assert!(before.originals.is_empty(), "{before:?}");
+        let record_key = "plumbline.original.cpu_shares";
+        assert!(!held.extra_config.contains_key(record_key), "{held:?}");
+        let seen = stack
+            .vsphere_reconfigurations(&sim.name)
+            .await
+            .unwrap()
+            .len();
+
+        let first_session = hv.session_key().unwrap();
+        match interruption {
+            Interruption::BeforeTheRead => {
+                let ended = stack
+                    .terminate_vsphere_session(&first_session)
+                    .await
+                    .unwrap();
+                assert_eq!(ended, 1, "the simulator ended our session");
+            }
+            Interruption::Reconfigure(at) => stack
+                .arm_vsphere_session_fault(&sim.name, at)
+                .await
+                .unwrap(),
+        }
+        hv.apply(&vm, &[Setting::new(Tunable::CpuShares, WANTED_SHARES)])
+            .await
+            .unwrap_or_else(|e| panic!("apply after the session ended at {interruption:?}: {e}"));
+        assert_ne!(
+            hv.session_key().unwrap(),
+            first_session,
+            "the session really ended and the adapter logged in again"
+        );
+
+        let calls = reconfigurations_since(&stack, &sim.name, seen).await;
+        if let Interruption::Reconfigure(_) = interruption {
+            assert!(
+                calls.iter().any(|c| c.session_ended.is_some()),
+                "the fault fired: {calls:?}"
+            );
+        }
+        let ran: Vec<_> = calls.iter().filter(|c| !c.refused).collect();
+        assert_eq!(ran.len(), 1, "one ReconfigVM_Task ran: {calls:?}");
+        assert!(ran[0].changed_cpu_shares(), "{calls:?}");
+        assert_eq!(ran[0].cpu_shares_after, WANTED_SHARES as i64);
+
+        let after = hv.tunables(&vm).await.unwrap();
+        assert_eq!(after.current(&Tunable::CpuShares), Some(WANTED_SHARES));
+        assert_eq!(
+            after.original(&Tunable::CpuShares),
+            Some(original),
+            "the true original is recorded"
+        );
+        let held_after = stack.vsphere_vm_config(&sim.name).await.unwrap();
+        assert_eq!(held_after.cpu_shares, WANTED_SHARES as i64);
+        assert_eq!(
+            held_after.extra_config.get(record_key),
+            Some(&format!("{}:{}", held.cpu_shares_level, held.cpu_shares)),
+            "the record in extraConfig is the true original, level included"
+        );
+
+        let seen = seen + calls.len();
+        let restored = hv.revert(&vm, &[Tunable::CpuShares]).await.unwrap();
+        assert_eq!(restored, [Setting::new(Tunable::CpuShares, original)]);
+        let reverted = hv.tunables(&vm).await.unwrap();
+        assert_eq!(reverted.current, before.current);
+        assert!(reverted.originals.is_empty(), "{reverted:?}");
+        let held_reverted = stack.vsphere_vm_config(&sim.name).await.unwrap();
+        assert_eq!(
+            (held_reverted.cpu_shares, &held_reverted.cpu_shares_level),
+            (held.cpu_shares, &held.cpu_shares_level)
+        );
+        assert!(!held_reverted.extra_config.contains_key(record_key));
+        let reverts = reconfigurations_since(&stack, &sim.name, seen).await;
+        assert_eq!(
+            reverts.len(),
+            1,
+            "one ReconfigVM_Task reverted: {reverts:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn serial_session_ended_before_apply_reads_the_vm_changes_shares_once() {
+    shares_applied_once_despite(Interruption::BeforeTheRead).await
+}
+
+#[tokio::test]
+async fn serial_reconfigure_refused_for_an_ended_session_is_planned_again_and_runs_once() {
+    shares_applied_once_despite(Interruption::Reconfigure(SessionFault::BeforeReconfigure)).await
+}
+
+#[tokio::test]
+async fn serial_task_result_after_the_session_ended_is_looked_up_not_resubmitted() {
+    shares_applied_once_despite(Interruption::Reconfigure(SessionFault::AfterReconfigure)).await
+}
+
+#[tokio::test]
+async fn serial_lost_reconfigure_answer_is_found_applied_and_not_resubmitted() {
+    shares_applied_once_despite(Interruption::Reconfigure(
+        SessionFault::LoseReconfigureAnswer,
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn serial_lost_revert_answer_still_reports_the_restored_original_once() {
+    on_the_shares_vm(|stack, sim| async move {
+        let hv = connect(vsphere(&stack)).await.unwrap();
+        let vm = VmId::new(&sim.uuid);
+        hv.revert_all(&vm).await.unwrap();
+        let original = hv
+            .tunables(&vm)
+            .await
+            .unwrap()
+            .current(&Tunable::CpuShares)
+            .unwrap();
+        hv.apply(&vm, &[Setting::new(Tunable::CpuShares, WANTED_SHARES)])
+            .await
+            .unwrap();
+        let seen = stack
+            .vsphere_reconfigurations(&sim.name)
+            .await
+            .unwrap()
+            .len();
+
+        stack
+            .arm_vsphere_session_fault(&sim.name, SessionFault::LoseReconfigureAnswer)
+            .await
+            .unwrap();
+        let restored = hv.revert(&vm, &[Tunable::CpuShares]).await.unwrap();
+        assert_eq!(restored, [Setting::new(Tunable::CpuShares, original)]);
+
+        let calls = reconfigurations_since(&stack, &sim.name, seen).await;
+        assert_eq!(calls.len(), 1, "the revert ran once: {calls:?}");
+        assert_eq!(
+            calls[0].session_ended.as_deref(),
+            Some("lose-reconfigure-answer")
+        );
+        let report = hv.tunables(&vm).await.unwrap();
+        assert_eq!(report.current(&Tunable::CpuShares), Some(original));
+        assert!(report.originals.is_empty(), "{report:?}");
+    })
+    .await
 }

@@ -2,6 +2,7 @@
 
 mod inventory;
 mod perf;
+mod reconfigure;
 mod session;
 mod soap;
 mod task;
@@ -15,12 +16,7 @@ use std::{
 
 use async_trait::async_trait;
 
-use self::{
-    inventory::VmRecord,
-    perf::LatencyCounters,
-    session::Session,
-    tuning::{Edits, Raw},
-};
+use self::{inventory::VmRecord, perf::LatencyCounters, session::Session, tuning::Refusal};
 use crate::xml::{Element, MoRef};
 use crate::{
     BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error, Hypervisor,
@@ -139,17 +135,15 @@ impl VSphereHypervisor {
         }
     }
 
-    async fn reconfigure(&self, vm: &VmRecord, action: &str, edits: Edits) -> Result<()> {
-        let request = Element::new("ReconfigVM_Task")
-            .child(Element::moref("_this", &vm.moref))
-            .child(edits.into_spec());
-        task::run(
-            &self.inner.session,
-            action,
-            &tuning::target(&vm.id, &vm.name),
-            request,
-        )
-        .await
+    fn refused(&self, vm: &VmId, refusal: Refusal) -> Error {
+        match refusal {
+            Refusal::NoSuchDisk(disk) => Error::DiskNotFound {
+                vm: vm.clone(),
+                disk,
+                endpoint: self.inner.endpoint.url.clone(),
+            },
+            Refusal::Unsupported(t, reason) => self.unsupported(&t, &reason),
+        }
     }
 }
 
@@ -262,55 +256,19 @@ impl Hypervisor for VSphereHypervisor {
         {
             return Err(self.unsupported(t, reason));
         }
-        let record = self.vm(vm).await?;
-        let recorded: HashMap<Tunable, Raw> = tuning::recorded(&record).into_iter().collect();
-        let mut edits = Edits::default();
-        for s in settings {
-            let current =
-                tuning::current(&record, &s.tunable).ok_or_else(|| Error::DiskNotFound {
-                    vm: vm.clone(),
-                    disk: s.tunable.disk().unwrap_or_default().to_string(),
-                    endpoint: self.inner.endpoint.url.clone(),
-                })?;
-            // The record and the change travel in one reconfiguration: either both land or
-            // neither does.
-            if !recorded.contains_key(&s.tunable) {
-                edits.record(&s.tunable, Some(&current));
-            }
-            edits
-                .set(&record, &s.tunable, &tuning::raw_for(&s.tunable, s.value))
-                .map_err(|reason| self.unsupported(&s.tunable, &reason))?;
-        }
-        if edits.is_empty() {
-            return Ok(());
-        }
-        self.reconfigure(&record, "applying tunables", edits).await
+        self.reconfigure(vm, "applying tunables", |record| {
+            let edits = tuning::apply_edits(record, settings).map_err(|r| self.refused(vm, r))?;
+            Ok((edits, ()))
+        })
+        .await
     }
 
     #[tracing::instrument(skip(self, tunables), fields(endpoint = %self.inner.endpoint, %vm))]
     async fn revert(&self, vm: &VmId, tunables: &[Tunable]) -> Result<Vec<Setting>> {
-        let record = self.vm(vm).await?;
-        let recorded: HashMap<Tunable, Raw> = tuning::recorded(&record).into_iter().collect();
-        let mut edits = Edits::default();
-        let mut restored = Vec::new();
-        for t in tunables {
-            let Some(raw) = recorded.get(t) else { continue };
-            if tuning::current(&record, t).is_some() {
-                edits
-                    .set(&record, t, raw)
-                    .map_err(|reason| self.unsupported(t, &reason))?;
-            }
-            edits.record(t, None);
-            if let Some(v) = raw.value() {
-                restored.push(Setting::new(t.clone(), v));
-            }
-        }
-        if edits.is_empty() {
-            return Ok(restored);
-        }
-        self.reconfigure(&record, "reverting tunables", edits)
-            .await?;
-        Ok(restored)
+        self.reconfigure(vm, "reverting tunables", |record| {
+            tuning::revert_edits(record, tunables).map_err(|r| self.refused(vm, r))
+        })
+        .await
     }
 
     async fn close(&self) -> Result<()> {

@@ -185,6 +185,18 @@ impl Session {
     /// Calls a vim25 method with the session, logging in again once if the server no
     /// longer knows the session (expired, terminated, server restarted).
     pub async fn invoke(&self, action: &str, request: Element) -> Result<Element> {
+        self.call(action, request, true).await
+    }
+
+    /// Calls a method that changes something (starts a task). When the server no longer
+    /// knows the session this logs in again for the next call, but does not send the
+    /// request again: it returns the `NotAuthenticated` fault, and the caller re-reads what
+    /// it wants to change before deciding to send anything.
+    pub async fn invoke_once(&self, action: &str, request: Element) -> Result<Element> {
+        self.call(action, request, false).await
+    }
+
+    async fn call(&self, action: &str, request: Element, resend: bool) -> Result<Element> {
         for attempt in 0..2 {
             let (cookie, generation) = {
                 let c = self.current.lock().expect("session state lock");
@@ -219,6 +231,9 @@ impl Session {
                 Outcome::Fault(f) if f.kind == "NotAuthenticated" && attempt == 0 => {
                     tracing::info!(url = %self.url(), %action, "vSphere session is gone; logging in again");
                     self.login(generation).await?;
+                    if !resend {
+                        return Err(fault_error(&self.soap, action, f));
+                    }
                 }
                 Outcome::Fault(f) => return Err(fault_error(&self.soap, action, f)),
             }

@@ -1,9 +1,11 @@
 //! vSphere tunables: where each one lives in a VM's configuration, how its original is
 //! recorded in extraConfig (`plumbline.original.<tunable>`), and how a change is expressed.
 
+use std::collections::HashMap;
+
 use super::inventory::VmRecord;
 use crate::xml::Element;
-use crate::{Capability, DiskLimit, Tunable, VmId};
+use crate::{Capability, DiskLimit, Setting, Tunable, VmId};
 
 pub const RECORD_PREFIX: &str = "plumbline.original.";
 
@@ -245,6 +247,61 @@ pub fn recorded(vm: &VmRecord) -> Vec<(Tunable, Raw)> {
     out
 }
 
+/// Why a change cannot be planned on the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NoSuchDisk(String),
+    Unsupported(Tunable, String),
+}
+
+/// The one reconfiguration that brings `settings` about, planned from the VM as read now.
+/// A tunable already at its wanted value is left alone, and an original is recorded only
+/// with a tunable's first change, in the same reconfiguration (both land or neither does).
+/// So planning again once that reconfiguration landed plans nothing: a repeated apply,
+/// after an answer was lost, neither changes a value twice nor records a changed value as
+/// the original.
+pub fn apply_edits(vm: &VmRecord, settings: &[Setting]) -> Result<Edits, Refusal> {
+    let recorded: HashMap<Tunable, Raw> = recorded(vm).into_iter().collect();
+    let mut edits = Edits::default();
+    for s in settings {
+        let current = current(vm, &s.tunable)
+            .ok_or_else(|| Refusal::NoSuchDisk(s.tunable.disk().unwrap_or_default().to_string()))?;
+        let wanted = raw_for(&s.tunable, s.value);
+        if current == wanted {
+            continue;
+        }
+        if !recorded.contains_key(&s.tunable) {
+            edits.record(&s.tunable, Some(&current));
+        }
+        edits
+            .set(vm, &s.tunable, &wanted)
+            .map_err(|reason| Refusal::Unsupported(s.tunable.clone(), reason))?;
+    }
+    Ok(edits)
+}
+
+/// The one reconfiguration that restores the recorded originals of `tunables` and forgets
+/// the records, with the settings it restores. Tunables without a record are left alone,
+/// so planning again once it landed plans nothing.
+pub fn revert_edits(vm: &VmRecord, tunables: &[Tunable]) -> Result<(Edits, Vec<Setting>), Refusal> {
+    let recorded: HashMap<Tunable, Raw> = recorded(vm).into_iter().collect();
+    let mut edits = Edits::default();
+    let mut restored = Vec::new();
+    for t in tunables {
+        let Some(raw) = recorded.get(t) else { continue };
+        if current(vm, t).is_some_and(|now| &now != raw) {
+            edits
+                .set(vm, t, raw)
+                .map_err(|reason| Refusal::Unsupported(t.clone(), reason))?;
+        }
+        edits.record(t, None);
+        if let Some(v) = raw.value() {
+            restored.push(Setting::new(t.clone(), v));
+        }
+    }
+    Ok((edits, restored))
+}
+
 pub fn tunables_of(vm: &VmRecord) -> Vec<Tunable> {
     let mut all = vec![
         Tunable::CpuShares,
@@ -387,6 +444,114 @@ mod tests {
             .unwrap();
         let cpu = edits.cpu_allocation.unwrap();
         assert_eq!(cpu.path_text(&["shares", "level"]), Some("normal"));
+    }
+
+    /// The VM as it reads after `edits` landed (what the server does with the spec).
+    fn landed(vm: &VmRecord, edits: Edits) -> VmRecord {
+        let mut vm = vm.clone();
+        if let Some(cpu) = edits.cpu_allocation {
+            vm.cpu_allocation = Some(cpu);
+        }
+        for (key, value) in edits.extra_config {
+            vm.extra_config.insert(key, value);
+        }
+        vm
+    }
+
+    fn unrecorded() -> VmRecord {
+        let mut vm = record();
+        vm.extra_config.clear();
+        vm
+    }
+
+    #[test]
+    fn the_first_change_records_the_value_it_replaces_in_the_same_reconfiguration() {
+        let vm = unrecorded();
+        let edits = apply_edits(&vm, &[Setting::new(Tunable::CpuShares, 4096)]).unwrap();
+        assert_eq!(
+            edits.extra_config,
+            [(record_key(&Tunable::CpuShares), "normal:2000".to_string())]
+        );
+        let after = landed(&vm, edits);
+        assert_eq!(
+            current(&after, &Tunable::CpuShares),
+            Some(Raw("custom:4096".into()))
+        );
+    }
+
+    #[test]
+    fn planning_again_after_the_change_landed_plans_nothing() {
+        let vm = unrecorded();
+        let wanted = [Setting::new(Tunable::CpuShares, 4096)];
+        let after = landed(&vm, apply_edits(&vm, &wanted).unwrap());
+        assert!(apply_edits(&after, &wanted).unwrap().is_empty());
+        assert_eq!(
+            recorded(&after),
+            vec![(Tunable::CpuShares, Raw("normal:2000".into()))],
+            "the original stays the value before the first change"
+        );
+    }
+
+    #[test]
+    fn a_value_already_wanted_is_neither_changed_nor_recorded() {
+        let vm = unrecorded();
+        let mut set_elsewhere = Edits::default();
+        set_elsewhere
+            .set(&vm, &Tunable::CpuShares, &Raw("custom:4096".into()))
+            .unwrap();
+        let vm = landed(&vm, set_elsewhere);
+        let edits = apply_edits(&vm, &[Setting::new(Tunable::CpuShares, 4096)]).unwrap();
+        assert!(edits.is_empty(), "{edits:?}");
+    }
+
+    #[test]
+    fn a_later_change_keeps_the_first_original() {
+        let vm = unrecorded();
+        let first = landed(
+            &vm,
+            apply_edits(&vm, &[Setting::new(Tunable::CpuShares, 4096)]).unwrap(),
+        );
+        let edits = apply_edits(&first, &[Setting::new(Tunable::CpuShares, 8000)]).unwrap();
+        assert!(edits.extra_config.is_empty(), "{edits:?}");
+        let second = landed(&first, edits);
+        assert_eq!(
+            current(&second, &Tunable::CpuShares),
+            Some(Raw("custom:8000".into()))
+        );
+        assert_eq!(
+            recorded(&second),
+            vec![(Tunable::CpuShares, Raw("normal:2000".into()))]
+        );
+    }
+
+    #[test]
+    fn revert_restores_and_forgets_and_then_plans_nothing() {
+        let vm = unrecorded();
+        let changed = landed(
+            &vm,
+            apply_edits(&vm, &[Setting::new(Tunable::CpuShares, 4096)]).unwrap(),
+        );
+        let (edits, restored) = revert_edits(&changed, &[Tunable::CpuShares]).unwrap();
+        assert_eq!(restored, [Setting::new(Tunable::CpuShares, 2000)]);
+        let reverted = landed(&changed, edits);
+        assert_eq!(
+            current(&reverted, &Tunable::CpuShares),
+            Some(Raw("normal:2000".into()))
+        );
+        assert!(recorded(&reverted).is_empty());
+        let (again, none) = revert_edits(&reverted, &[Tunable::CpuShares]).unwrap();
+        assert!(again.is_empty() && none.is_empty());
+    }
+
+    #[test]
+    fn a_change_on_a_missing_disk_is_refused() {
+        let shares = Tunable::DiskShares {
+            disk: "scsi9:9".into(),
+        };
+        assert_eq!(
+            apply_edits(&record(), &[Setting::new(shares, 10)]).unwrap_err(),
+            Refusal::NoSuchDisk("scsi9:9".into())
+        );
     }
 
     #[test]
