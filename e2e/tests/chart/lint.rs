@@ -1,6 +1,7 @@
 //! `helm lint`, and values.schema.json rejecting bad values with messages that name the field.
 
 use crate::support::{chart_dir, full_values, helm_cmd, run};
+use std::collections::{BTreeMap, BTreeSet};
 
 #[test]
 fn helm_lint_passes_with_default_and_full_values() {
@@ -49,6 +50,11 @@ fn bad_values_are_rejected_with_a_message_naming_the_field() {
         ("operator.port=70000", &["/operator/port", "maximum"]),
         ("operator.unknownReadiness=maybe", &["/operator/unknownReadiness", "fail-open", "fail-closed"]),
         ("operator.taintDegradedNodes=sometimes", &["/operator/taintDegradedNodes"]),
+        // Only what `plumbline run --infra-readback-interval` parses: whole ms, s or m, >= 100ms.
+        ("operator.infraReadbackInterval=1h", &["/operator/infraReadbackInterval", "does not match"]),
+        ("operator.infraReadbackInterval=1.5s", &["/operator/infraReadbackInterval"]),
+        ("operator.infraReadbackInterval=50ms", &["/operator/infraReadbackInterval"]),
+        ("operator.infraReadbackInterval=0s", &["/operator/infraReadbackInterval"]),
         // Restricted Pod Security cannot be switched off by accident.
         ("securityContext.runAsNonRoot=false", &["/securityContext/runAsNonRoot"]),
         ("securityContext.allowPrivilegeEscalation=true", &["/securityContext/allowPrivilegeEscalation"]),
@@ -99,6 +105,8 @@ fn good_values_render() {
         "providers[0].name=kvm-a,providers[0].libvirt.uri=qemu+tls://kvm-a.example/system",
         "providers[0].name=vc,providers[0].vsphere.server=vc.example,providers[0].credentials.existingSecret=vc-creds",
         "serviceAccount.create=false,serviceAccount.name=existing",
+        "operator.infraReadbackInterval=500ms",
+        "operator.infraReadbackInterval=2m",
     ];
     for set in sets {
         run(
@@ -168,10 +176,19 @@ fn health_options_become_flags_and_only_tainting_grants_patch_on_nodes() {
         !may_patch_nodes(&default),
         "no patch on nodes unless tainting is on"
     );
+    assert!(
+        args.contains(&"--infra-readback-interval=30s".to_string()),
+        "the ledger's read-back interval, default 30s: {args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.contains("recover-leftovers")),
+        "the flag is gone from the operator: {args:?}"
+    );
 
     let on = rendered(&[
         "operator.unknownReadiness=fail-closed",
         "operator.taintDegradedNodes=true",
+        "operator.infraReadbackInterval=2m",
     ]);
     let args = operator_args(&on);
     assert!(
@@ -182,5 +199,72 @@ fn health_options_become_flags_and_only_tainting_grants_patch_on_nodes() {
         args.contains(&"--taint-degraded-nodes=true".to_string()),
         "{args:?}"
     );
+    assert!(
+        args.contains(&"--infra-readback-interval=2m".to_string()),
+        "{args:?}"
+    );
     assert!(may_patch_nodes(&on), "tainting needs patch on nodes");
+}
+
+/// The verbs the ClusterRole grants on each resource of an API group, over all its rules.
+fn cluster_role_verbs(
+    objects: &[serde_yaml::Value],
+    group: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut verbs: BTreeMap<_, BTreeSet<_>> = BTreeMap::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        if !strings(&rule["apiGroups"]).iter().any(|g| g == group) {
+            continue;
+        }
+        for resource in strings(&rule["resources"]) {
+            verbs
+                .entry(resource)
+                .or_default()
+                .extend(strings(&rule["verbs"]));
+        }
+    }
+    verbs
+}
+
+#[test]
+fn plumbline_resources_get_exactly_the_verbs_the_code_uses() {
+    // The ledger: InfraChanges written by server-side apply (create and patch), deleted, read
+    // before their finalizer is removed; providers patched for their finalizer. Never `update`
+    // of a whole object (no replace anywhere), never a provider created or deleted.
+    let want: &[(&str, &[&str])] = &[
+        ("workloadintents", &["get", "list", "watch", "patch"]),
+        ("workloadintents/status", &["patch"]),
+        ("workloadintents/finalizers", &["update"]),
+        ("hypervisorproviders", &["get", "list", "watch", "patch"]),
+        ("hypervisorproviders/status", &["patch"]),
+        ("hypervisorproviders/finalizers", &["update"]),
+        ("infrachanges", &["get", "list", "watch", "create", "patch", "delete"]),
+        ("infrachanges/status", &["patch"]),
+        ("infrachanges/finalizers", &["update"]),
+    ];
+    for set in [&[][..], &["operator.taintDegradedNodes=true"][..]] {
+        let got = cluster_role_verbs(&rendered(set), "plumbline.dev");
+        let want: BTreeMap<String, BTreeSet<String>> = want
+            .iter()
+            .map(|(r, v)| (r.to_string(), v.iter().map(|v| v.to_string()).collect()))
+            .collect();
+        assert_eq!(got, want, "plumbline.dev rules with --set {set:?}");
+    }
+    let events = cluster_role_verbs(&rendered(&[]), "events.k8s.io");
+    assert_eq!(
+        events.get("events").map(|v| v.iter().map(String::as_str).collect::<Vec<_>>()),
+        Some(vec!["create", "patch"]),
+        "Events, including those about InfraChanges and Nodes in namespace default"
+    );
 }
