@@ -1,8 +1,12 @@
 //! The chart against the stack's real kube-apiserver: server-side dry run of everything it
 //! renders, then a real `helm install`, the operator run with nothing but the chart's
-//! ServiceAccount token, and proof that this RBAC is enough and no broader than needed.
+//! ServiceAccount token, and proof that this RBAC is enough (for the intent controller and
+//! for the change ledger, which protects a vSphere VM and reverts it) and no broader than
+//! needed.
 
-use crate::support::{chart_dir, full_values, poll, run, Cluster, OperatorProcess};
+use crate::support::{
+    chart_dir, full_values, poll, run, Cluster, LedgerRelease, OperatorProcess, LEDGER_PATIENCE,
+};
 use serde_json::Value;
 use std::{path::Path, process::Command, time::Duration};
 
@@ -342,6 +346,7 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
             "crd",
             "workloadintents.plumbline.dev",
             "hypervisorproviders.plumbline.dev",
+            "infrachanges.plumbline.dev",
         ],
         None,
     );
@@ -374,6 +379,24 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
             "hypervisorproviders.plumbline.dev",
             "--subresource=status",
         ],
+        // The ledger's provider finalizer (plumbline.dev/infra-changes).
+        &["patch", "hypervisorproviders.plumbline.dev"],
+        &[
+            "update",
+            "hypervisorproviders.plumbline.dev",
+            "--subresource=finalizers",
+        ],
+        // The ledger: InfraChanges, cluster-scoped.
+        &["watch", "infrachanges.plumbline.dev"],
+        &["get", "infrachanges.plumbline.dev"],
+        &["create", "infrachanges.plumbline.dev"],
+        &["patch", "infrachanges.plumbline.dev"],
+        &["delete", "infrachanges.plumbline.dev"],
+        &["patch", "infrachanges.plumbline.dev", "--subresource=status"],
+        &["update", "infrachanges.plumbline.dev", "--subresource=finalizers"],
+        // Events about cluster-scoped objects (InfraChanges, Nodes) go to `default`.
+        &["create", "events.events.k8s.io", "-n", "default"],
+        &["patch", "events.events.k8s.io", "-n", "default"],
         &["patch", "deployments.apps", "-A"],
         &["patch", "pods", "--subresource=status", "-A"],
         &["patch", "nodes", "--subresource=status"],
@@ -407,7 +430,11 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["delete", "nodes"],
         &["delete", "workloadintents.plumbline.dev", "-A"],
         &["delete", "hypervisorproviders.plumbline.dev"],
-        &["patch", "hypervisorproviders.plumbline.dev"],
+        &["create", "hypervisorproviders.plumbline.dev"],
+        &["update", "hypervisorproviders.plumbline.dev"],
+        // InfraChanges are applied and patched, never replaced; nor deleted wholesale.
+        &["update", "infrachanges.plumbline.dev"],
+        &["deletecollection", "infrachanges.plumbline.dev"],
         &["delete", "priorityclasses.scheduling.k8s.io"],
         // Node specs (and so taints) are not touched without operator.taintDegradedNodes;
         // only node status conditions.
@@ -444,19 +471,22 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         wrong.join("\n")
     );
 
-    // A workload and an intent for it, made by an admin, as a user would.
+    // A workload and an intent for it, made by an admin, as a user would. Its pods run on a
+    // node backed by a simulator VM no other test uses, and the intent protects that VM: a
+    // CPU-shares InfraChange through the chart's vSphere provider.
     let workload = format!(
         r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"payments","namespace":"{ns}"}},
         "spec":{{"replicas":1,"selector":{{"matchLabels":{{"app":"payments"}}}},
         "template":{{"metadata":{{"labels":{{"app":"payments"}}}},
-        "spec":{{"containers":[{{"name":"api","image":"registry.invalid/payments:1"}}]}}}}}}}}"#,
+        "spec":{{"nodeName":"{PROTECTED_NODE}","containers":[{{"name":"api","image":"registry.invalid/payments:1"}}]}}}}}}}}"#,
         ns = ns.name
     );
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&workload));
     let intent = format!(
         r#"{{"apiVersion":"plumbline.dev/v1alpha1","kind":"WorkloadIntent","metadata":{{"name":"payments","namespace":"{ns}"}},
         "spec":{{"target":{{"kind":"Deployment","name":"payments"}},"priority":"critical",
-        "availability":{{"replicaFloor":2,"minAvailable":1}}}}}}"#,
+        "availability":{{"replicaFloor":2,"minAvailable":1}},
+        "infrastructure":{{"protectBackingVms":true}}}}}}"#,
         ns = ns.name
     );
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&intent));
@@ -474,6 +504,8 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
             &format!("--watch-namespace={}", ns.name),
         ],
     );
+    // Declared after the operator, so a failing test still reverts the ledger while it runs.
+    let mut ledger = LedgerRelease::new(&cluster, &ns.name, &[&provider, &vsphere]);
 
     poll(
         "the operator to take the chart's Lease",
@@ -563,6 +595,72 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         );
     }
 
+    // The ledger under the chart's RBAC: the VM's CPU shares recorded as an InfraChange of this
+    // operator (server-side apply that creates it), carried out and read back (status), and the
+    // provider it goes through guarded by its finalizer (patch).
+    let change = poll(
+        "the protected VM's CPU shares Applied as an InfraChange",
+        LEDGER_PATIENCE,
+        || {
+            operator.assert_alive();
+            let list = cluster.kubectl_json(&["get", "infrachanges"]);
+            let ours: Vec<Value> = items(&list)
+                .into_iter()
+                .filter(|ic| ic["spec"]["operator"] == format!("namespace/{}", ns.name).as_str())
+                .collect();
+            match ours.as_slice() {
+                [ic] if ic["status"]["state"] == "Applied" => Ok(ic.clone()),
+                other => Err(format!("{other:#?}")),
+            }
+        },
+    );
+    assert_eq!(change["spec"]["purpose"], "BackingVmProtection", "{change:#}");
+    assert_eq!(change["spec"]["setting"], "cpu_shares", "{change:#}");
+    assert_eq!(change["spec"]["desired"], "4096", "{change:#}");
+    assert_eq!(change["spec"]["target"]["name"], PROTECTED_VM, "{change:#}");
+    assert_eq!(
+        change["spec"]["target"]["provider"],
+        vsphere.as_str(),
+        "the VM is reached through the chart's vSphere provider: {change:#}"
+    );
+    assert_eq!(change["status"]["observed"], "4096", "{change:#}");
+    assert!(change["status"]["original"].is_string(), "{change:#}");
+    assert_eq!(
+        change["metadata"]["finalizers"],
+        serde_json::json!(["plumbline.dev/restore-original"]),
+        "{change:#}"
+    );
+    let change_name = change["metadata"]["name"].as_str().unwrap().to_string();
+    eprintln!(
+        "{}",
+        cluster.kubectl_ok(&["get", "infrachange", &change_name, "-o", "wide"], None)
+    );
+    let guarded = cluster.kubectl_json(&["get", "hypervisorprovider", &vsphere]);
+    assert!(
+        guarded["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "plumbline.dev/infra-changes")),
+        "the provider is guarded while a change targets it: {}",
+        guarded["metadata"]
+    );
+    // Its Events go to `default`, under this identity.
+    poll(
+        "an Applied Event about the InfraChange",
+        Duration::from_secs(30),
+        || {
+            let events = cluster.kubectl_json(&["get", "events.events.k8s.io", "-n", "default"]);
+            items(&events)
+                .iter()
+                .any(|e| {
+                    e["regarding"]["name"] == change_name.as_str()
+                        && e["reason"] == "Applied"
+                        && e["reportingInstance"] == identity.as_str()
+                })
+                .then_some(())
+                .ok_or_else(|| "none yet".to_string())
+        },
+    );
+
     // It was this process, under this identity, that acted.
     let events = cluster.kubectl_json(&["get", "events.events.k8s.io", "-n", &ns.name]);
     let ours = events["items"]
@@ -591,6 +689,12 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         "priority class left after the intent was deleted: {}",
         reverted["spec"]["template"]["spec"]
     );
+    // ... and the ledger: the InfraChange is deleted, its original restored, its finalizer
+    // removed; then the providers go, their finalizer released, as docs/install.md has a user
+    // uninstall.
+    ledger
+        .release()
+        .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", operator.logs()));
 
     let metrics = operator.metrics();
     let logs = operator.logs();
@@ -602,6 +706,15 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         metrics.contains("plumbline_reconcile_runs_total"),
         "{metrics}"
     );
+    for result in ["applied", "reverted"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("plumbline_actions_total")
+                && l.contains(r#"action="cpu_shares""#)
+                && l.contains(&format!(r#"result="{result}""#))),
+            "the actuator counts the CPU shares {result}:\n{metrics}"
+        );
+    }
+    drop(ledger);
     drop(operator);
 
     // Upgrade to one replica: leader election and its Lease grant go, the strategy becomes
@@ -661,10 +774,15 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
             "crd",
             "workloadintents.plumbline.dev",
             "hypervisorproviders.plumbline.dev",
+            "infrachanges.plumbline.dev",
         ],
         None,
     );
 }
+
+/// A simulator VM no other test changes, and the Node it backs.
+const PROTECTED_VM: &str = "DC0_C0_RP0_VM0";
+const PROTECTED_NODE: &str = "dc0-c0-rp0-vm0";
 
 /// `helm uninstall` at the end, even when an assertion failed.
 struct Uninstall<'a> {

@@ -166,6 +166,7 @@ impl Cluster {
         for crd in [
             "workloadintents.plumbline.dev",
             "hypervisorproviders.plumbline.dev",
+            "infrachanges.plumbline.dev",
         ] {
             self.kubectl_ok(
                 &[
@@ -176,6 +177,157 @@ impl Cluster {
                 ],
                 None,
             );
+        }
+    }
+}
+
+/// Patience for an operator to revert its InfraChanges once nothing wants them.
+pub const LEDGER_PATIENCE: Duration = Duration::from_secs(90);
+
+impl Cluster {
+    /// `name (state)` of every InfraChange of the operator scoped to `namespace`.
+    pub fn ledger_of(&self, namespace: &str) -> Result<Vec<String>, String> {
+        let out = run(self.kubectl(["get", "infrachanges", "-o", "json"]), None)?;
+        let list: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("kubectl printed no JSON: {e}"))?;
+        let operator = format!("namespace/{namespace}");
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|ic| ic["spec"]["operator"] == operator.as_str())
+            .map(|ic| {
+                format!(
+                    "{} ({})",
+                    ic["metadata"]["name"].as_str().unwrap_or("?"),
+                    ic["status"]["state"].as_str().unwrap_or("no state")
+                )
+            })
+            .collect())
+    }
+
+    /// Ends a scenario the way docs/install.md has a user uninstall, while the operator scoped
+    /// to `namespace` still runs: its intents are deleted, so it deletes its InfraChanges and
+    /// their finalizers restore the originals; once none is left, `providers` are deleted and
+    /// the operator lets go of their finalizer `plumbline.dev/infra-changes`. Whatever is still
+    /// there after the patience is stripped of its finalizers, so it cannot hold up later
+    /// tests, and reported as the error.
+    pub fn release_ledger(&self, namespace: &str, providers: &[&str]) -> Result<(), String> {
+        let _ = run(
+            self.kubectl([
+                "delete",
+                "workloadintents",
+                "--all",
+                "-n",
+                namespace,
+                "--wait=false",
+            ]),
+            None,
+        );
+        let deadline = Instant::now() + LEDGER_PATIENCE;
+        let mut problem = loop {
+            match self.ledger_of(namespace) {
+                Ok(left) if left.is_empty() => break None,
+                Ok(left) if Instant::now() >= deadline => {
+                    break Some(format!(
+                        "InfraChanges of namespace/{namespace} not reverted after {LEDGER_PATIENCE:?}: {}",
+                        left.join(", ")
+                    ))
+                }
+                Err(e) if Instant::now() >= deadline => break Some(e),
+                _ => std::thread::sleep(Duration::from_millis(500)),
+            }
+        };
+        if problem.is_some() {
+            self.strip_ledger(namespace);
+        }
+        for provider in providers {
+            let deleted = run(
+                self.kubectl([
+                    "delete",
+                    "hypervisorprovider",
+                    provider,
+                    "--ignore-not-found",
+                    "--timeout=60s",
+                ]),
+                None,
+            );
+            if let Err(e) = deleted {
+                let _ = run(
+                    self.kubectl([
+                        "patch",
+                        "hypervisorprovider",
+                        provider,
+                        "--type=merge",
+                        "-p",
+                        r#"{"metadata":{"finalizers":null}}"#,
+                    ]),
+                    None,
+                );
+                problem.get_or_insert(format!(
+                    "HypervisorProvider {provider} did not go while the operator ran: {e}"
+                ));
+            }
+        }
+        problem.map_or(Ok(()), Err)
+    }
+
+    /// Removes the InfraChanges of the operator scoped to `namespace` without reverting them
+    /// (test cleanup only).
+    fn strip_ledger(&self, namespace: &str) {
+        for entry in self.ledger_of(namespace).unwrap_or_default() {
+            let name = entry.split(' ').next().unwrap_or_default();
+            let _ = run(
+                self.kubectl([
+                    "patch",
+                    "infrachange",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ]),
+                None,
+            );
+            let _ = run(
+                self.kubectl(["delete", "infrachange", name, "--ignore-not-found", "--wait=false"]),
+                None,
+            );
+        }
+    }
+}
+
+/// [`Cluster::release_ledger`] when dropped, unless it already ran: declared after the
+/// operator it belongs to, so a failing test still releases while that operator runs.
+pub struct LedgerRelease<'a> {
+    pub cluster: &'a Cluster,
+    pub namespace: String,
+    pub providers: Vec<String>,
+    done: bool,
+}
+
+impl<'a> LedgerRelease<'a> {
+    pub fn new(cluster: &'a Cluster, namespace: &str, providers: &[&str]) -> Self {
+        Self {
+            cluster,
+            namespace: namespace.to_string(),
+            providers: providers.iter().map(|p| p.to_string()).collect(),
+            done: false,
+        }
+    }
+
+    pub fn release(&mut self) -> Result<(), String> {
+        self.done = true;
+        let providers: Vec<&str> = self.providers.iter().map(String::as_str).collect();
+        self.cluster.release_ledger(&self.namespace, &providers)
+    }
+}
+
+impl Drop for LedgerRelease<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = self.release() {
+                eprintln!("cleanup: {e}");
+            }
         }
     }
 }
