@@ -9,6 +9,7 @@ pub mod kubelet_sim;
 pub mod latency;
 pub mod libvirtd;
 pub mod poll;
+pub mod qemu;
 
 use std::{
     collections::HashMap,

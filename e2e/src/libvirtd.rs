@@ -11,7 +11,7 @@ use crate::{stack_error, Result, Stack};
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `kill -<signal> <pid>` succeeded (`-0`: the process exists).
-async fn kill(signal: &str, pid: &str) -> Result<bool> {
+pub(crate) async fn kill(signal: &str, pid: &str) -> Result<bool> {
     Command::new("kill")
         .args([signal, pid])
         .status()
