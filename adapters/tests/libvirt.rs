@@ -289,30 +289,18 @@ async fn unsupported_capabilities_are_reported_not_raised() {
     let caps = hv.capabilities().await.unwrap();
     assert!(caps.supports(Capability::StorageLatency));
     assert!(caps.supports(Capability::DiskIopsLimit));
-    // The sandbox mounts no cgroup controllers: CPU shares and blkio weight cannot work.
-    for c in [Capability::CpuShares, Capability::BlkioWeight] {
+    for c in [Capability::MemoryReservation, Capability::DiskShares] {
         let Support::Unsupported { reason } = caps.support(c) else {
-            panic!("{c} should be unsupported here: {caps:?}")
+            panic!("{c} should be unsupported on libvirt: {caps:?}")
         };
-        assert!(reason.contains("cgroup"), "{c}: {reason}");
+        assert!(reason.starts_with("libvirt has no"), "{c}: {reason}");
     }
-    assert!(matches!(
-        caps.support(Capability::MemoryReservation),
-        Support::Unsupported { .. }
-    ));
     // Asking again is cheap and still not an error; sampling is unaffected.
     assert_eq!(hv.capabilities().await.unwrap(), caps);
     hv.sample_storage().await.unwrap();
 
     let id = uuid_of(&stack, "pl-vm1").await;
     let report = hv.tunables(&id).await.unwrap();
-    assert!(
-        report
-            .unsupported
-            .iter()
-            .any(|(t, _)| *t == Tunable::CpuShares),
-        "{report:?}"
-    );
     assert!(report
         .current(&Tunable::DiskLimit {
             disk: "vda".into(),
@@ -320,18 +308,139 @@ async fn unsupported_capabilities_are_reported_not_raised() {
         })
         .is_some());
     let err = hv
-        .apply(&id, &[Setting::new(Tunable::CpuShares, 2048)])
+        .apply(&id, &[Setting::new(Tunable::MemoryReservationMib, 64)])
         .await
         .unwrap_err();
     assert!(
         matches!(
             err,
             Error::Unsupported {
-                capability: Capability::CpuShares,
+                capability: Capability::MemoryReservation,
                 ..
             }
         ),
         "{err:?}"
+    );
+}
+
+/// The cgroup controllers the stack's qemu.conf gives guests: it configures cpu, cpuacct and
+/// blkio where the host mounts cgroup v1 cpu and blkio read-write, and none otherwise.
+fn cgroup_controllers(stack: &Stack) -> Vec<String> {
+    stack
+        .get("LIBVIRT_CGROUP_CONTROLLERS")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `cpu.shares` of the domain's own cgroup, as the kernel has it. libvirt puts QEMU's main
+/// thread in the `emulator` child of that group; the domain's shares are on the group itself.
+fn kernel_cpu_shares(stack: &Stack, domain: &str) -> u64 {
+    let pid = stack.qemu_pid(domain).unwrap_or_else(|e| panic!("{e}"));
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let group = cgroups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            controllers.split(',').any(|c| c == "cpu").then_some(path)
+        })
+        .unwrap_or_else(|| panic!("{domain}'s QEMU (pid {pid}) in no cpu cgroup: {cgroups}"));
+    let group = group.strip_suffix("/emulator").unwrap_or(group);
+    let file = format!("/sys/fs/cgroup/cpu{group}/cpu.shares");
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("reading {file}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `virsh schedinfo DOM --live`'s cpu_shares.
+async fn virsh_cpu_shares(stack: &Stack, domain: &str) -> u64 {
+    let out = virsh(stack, &["schedinfo", domain, "--live"]).await;
+    out.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "cpu_shares").then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no cpu_shares in {out}"))
+}
+
+#[tokio::test]
+async fn serial_cpu_shares_are_real_where_the_host_mounts_cgroup_controllers() {
+    let stack = stack();
+    let domain = "pl-vm1";
+    let id = uuid_of(&stack, domain).await;
+    let hv = connect(libvirt(&stack)).await.unwrap();
+    let caps = hv.capabilities().await.unwrap();
+    let controllers = cgroup_controllers(&stack);
+    println!("qemu.conf cgroup_controllers: {controllers:?}");
+
+    if !controllers.iter().any(|c| c == "cpu") {
+        // No cgroup for the guests: both are reported with libvirt's reason, never raised.
+        for c in [Capability::CpuShares, Capability::BlkioWeight] {
+            let Support::Unsupported { reason } = caps.support(c) else {
+                panic!("{c} should be unsupported without cgroup controllers: {caps:?}")
+            };
+            assert!(reason.contains("cgroup"), "{c}: {reason}");
+        }
+        let report = hv.tunables(&id).await.unwrap();
+        assert!(
+            report
+                .unsupported
+                .iter()
+                .any(|(t, _)| *t == Tunable::CpuShares),
+            "{report:?}"
+        );
+        let err = hv
+            .apply(&id, &[Setting::new(Tunable::CpuShares, 2048)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Unsupported {
+                    capability: Capability::CpuShares,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        return;
+    }
+
+    for c in [Capability::CpuShares, Capability::BlkioWeight] {
+        assert_eq!(caps.support(c), Support::Supported, "{c}: {caps:?}");
+    }
+    hv.revert_all(&id).await.unwrap();
+    let before = hv.tunables(&id).await.unwrap();
+    assert!(before.originals.is_empty(), "{before:?}");
+    assert!(before.unsupported.is_empty(), "{before:?}");
+    let original = before.current(&Tunable::CpuShares).unwrap();
+    assert_ne!(original, 2048, "the test needs a change to see");
+    assert_eq!(virsh_cpu_shares(&stack, domain).await, original);
+    assert_eq!(kernel_cpu_shares(&stack, domain), original);
+
+    hv.apply(&id, &[Setting::new(Tunable::CpuShares, 2048)])
+        .await
+        .unwrap();
+    let after = hv.tunables(&id).await.unwrap();
+    assert_eq!(after.current(&Tunable::CpuShares), Some(2048));
+    assert_eq!(after.original(&Tunable::CpuShares), Some(original));
+    assert_eq!(virsh_cpu_shares(&stack, domain).await, 2048);
+    assert_eq!(kernel_cpu_shares(&stack, domain), 2048);
+
+    let restored = hv.revert(&id, &[Tunable::CpuShares]).await.unwrap();
+    assert_eq!(restored, vec![Setting::new(Tunable::CpuShares, original)]);
+    let reverted = hv.tunables(&id).await.unwrap();
+    assert_eq!(reverted.current(&Tunable::CpuShares), Some(original));
+    assert!(reverted.originals.is_empty(), "{reverted:?}");
+    assert_eq!(virsh_cpu_shares(&stack, domain).await, original);
+    assert_eq!(kernel_cpu_shares(&stack, domain), original);
+    println!(
+        "cpu_shares {original} -> 2048 -> {original} (virsh and the kernel's cpu.shares agree)"
     );
 }
 

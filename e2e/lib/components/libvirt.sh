@@ -26,6 +26,7 @@ LIBVIRT_STATE=$STATE_DIR/libvirt
 # Pidfiles the daemons write themselves (their defaults when run as root).
 LIBVIRTD_PIDFILE=/run/libvirtd.pid
 VIRTLOGD_PIDFILE=/run/virtlogd.pid
+LIBVIRT_QEMU_CONF=/etc/libvirt/qemu.conf
 
 virsh_sys() { virsh -q -c "$LIBVIRT_URI_SYSTEM" "$@"; }
 
@@ -54,28 +55,88 @@ libvirt_install() {
     libvirt_build_guest
 }
 
-# Settings ENVIRONMENT.md found necessary in this sandbox: run QEMU as root, no
-# security driver, no cgroup controllers (they are not mounted).
+# Settings ENVIRONMENT.md found necessary in this sandbox: run QEMU as root, no security
+# driver, and cgroup controllers only where the host mounts them. Writes qemu.conf only when
+# a value differs: its mtime tells whether a running libvirtd predates a change.
 libvirt_configure() {
     getent group kvm >/dev/null || groupadd -r kvm
     getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
     id libvirt-qemu >/dev/null 2>&1 ||
         useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
     mkdir -p /etc/libvirt /var/log/libvirt /var/run/libvirt /var/lib/libvirt/qemu
-    local conf=/etc/libvirt/qemu.conf key value
-    touch "$conf"
+    local conf=$LIBVIRT_QEMU_CONF key value controllers='[ ]'
+    [ -e "$conf" ] || : >"$conf"
+    # With cpu and blkio mounted read-write as cgroup v1 hierarchies each guest gets its own
+    # group there, which is what makes CPU shares and blkio weight real. libvirt's default
+    # list would also ask for controllers the host may lack; an empty list keeps guests out
+    # of cgroups, and the adapter then reports both tunables unsupported.
+    if libvirt_cgroup_v1_writable cpu && libvirt_cgroup_v1_writable blkio; then
+        controllers='[ "cpu", "cpuacct", "blkio" ]'
+        log "cgroup v1 cpu and blkio are mounted read-write: qemu.conf cgroup_controllers = $controllers"
+    else
+        log "cgroup v1 cpu or blkio is not mounted read-write under /sys/fs/cgroup: qemu.conf cgroup_controllers = [ ] (no CPU shares, no blkio weight)"
+    fi
     while read -r key value; do
         if grep -qE "^[[:space:]]*${key}[[:space:]]*=" "$conf"; then
             grep -qxF "$key = $value" "$conf" || sed -i -E "s|^[[:space:]]*${key}[[:space:]]*=.*|$key = $value|" "$conf"
         else
             echo "$key = $value" >>"$conf"
         fi
-    done <<'EOF'
+    done <<EOF
 user "root"
 group "root"
 security_driver "none"
-cgroup_controllers [ ]
+cgroup_controllers $controllers
 EOF
+}
+
+# libvirt_cgroup_v1_writable CONTROLLER: /sys/fs/cgroup/CONTROLLER (or the co-mounted
+# hierarchy it links to, e.g. cpu,cpuacct) is a read-write cgroup v1 mount of CONTROLLER.
+libvirt_cgroup_v1_writable() {
+    local dir
+    dir=$(readlink -f "/sys/fs/cgroup/$1" 2>/dev/null) || return 1
+    [ -d "$dir" ] && [ -w "$dir" ] || return 1
+    awk -v dir="$dir" -v want="$1" '
+        $2 == dir && $3 == "cgroup" {
+            n = split($4, opt, ",")
+            rw = 0; has = 0
+            for (i = 1; i <= n; i++) {
+                if (opt[i] == "rw") rw = 1
+                if (opt[i] == want) has = 1
+            }
+            if (rw && has) found = 1
+        }
+        END { exit !found }' /proc/self/mounts
+}
+
+# libvirt_daemon_predates_config PID: the daemon started before qemu.conf last changed.
+# libvirtd reads qemu.conf only when it starts.
+libvirt_daemon_predates_config() {
+    local lstart started changed
+    lstart=$(ps -o lstart= -p "$1" 2>/dev/null) && [ -n "$lstart" ] || return 1
+    started=$(date -d "$lstart" +%s 2>/dev/null) || return 1
+    changed=$(stat -c %Y "$LIBVIRT_QEMU_CONF" 2>/dev/null) || return 1
+    # Same second counts as fresh: `up` writes the file and starts the daemon right after.
+    [ "$changed" -gt "$started" ]
+}
+
+# A libvirtd the stack started before qemu.conf changed is restarted, and so are its guests:
+# a guest's cgroup is made when it starts, so a restarted daemon alone would still find the
+# running guests outside any cgroup. A libvirtd the stack did not start is left alone.
+libvirt_restart_if_config_changed() {
+    local pid
+    if is_running libvirtd; then
+        pid=$(pid_of libvirtd)
+        libvirt_daemon_predates_config "$pid" || return 0
+        log "libvirtd (pid $pid) started before $LIBVIRT_QEMU_CONF changed; restarting it and its guests to apply it"
+        libvirt_destroy_domains
+        stop_pid libvirtd
+    elif pidfile_alive "$LIBVIRTD_PIDFILE"; then
+        pid=$(cat "$LIBVIRTD_PIDFILE")
+        if libvirt_daemon_predates_config "$pid"; then
+            log "warning: libvirtd (pid $pid, not started by the stack) started before $LIBVIRT_QEMU_CONF changed; restart it and its guests to apply the change"
+        fi
+    fi
 }
 
 libvirt_build_guest() {
@@ -171,6 +232,7 @@ libvirt_domain_doing_io() {
 
 libvirt_up() {
     mkdir -p "$LIBVIRT_STATE" "$STATE_DIR/nodes.d"
+    libvirt_restart_if_config_changed
     libvirt_start_daemon virtlogd "$VIRTLOGD_PIDFILE" virtlogd -d
     LIBVIRT_LOG_OUTPUTS="3:file:$LOG_DIR/libvirtd.log" libvirt_start_daemon libvirtd "$LIBVIRTD_PIDFILE" libvirtd -d
     wait_until libvirtd 30 virsh_sys version
@@ -200,6 +262,14 @@ libvirt_up() {
     env_set LIBVIRT_URI "$LIBVIRT_URI_SYSTEM"
     env_set LIBVIRT_DOMAINS "$(IFS=,; echo "${LIBVIRT_DOMAINS[*]}")"
     env_set LIBVIRT_NOISY_DOMAIN pl-noisy
+    env_set LIBVIRT_CGROUP_CONTROLLERS "$(libvirt_configured_controllers)"
+}
+
+# The controllers qemu.conf gives guests, comma-separated (empty: none), for tests that
+# expect CPU shares and blkio weight to work or to be reported unsupported.
+libvirt_configured_controllers() {
+    sed -nE 's/^[[:space:]]*cgroup_controllers[[:space:]]*=//p' "$LIBVIRT_QEMU_CONF" |
+        grep -oE '"[a-z_]+"' | tr -d '"' | paste -sd, || true
 }
 
 libvirt_write_nodes() {
@@ -214,22 +284,25 @@ libvirt_write_nodes() {
 }
 
 libvirt_down() {
-    local name
-    if virsh_sys version >/dev/null 2>&1; then
-        # In parallel: each TCG guest takes about 2 s to go. Wait for these pids only: the
-        # shell may have other children (`stack test` starts and stops the stack in one shell).
-        local destroying=() pid
-        for name in "${LIBVIRT_DOMAINS[@]}"; do
-            if virsh_sys domstate "$name" >/dev/null 2>&1; then
-                (virsh_sys destroy "$name" >/dev/null 2>&1 || log "destroying domain $name failed") &
-                destroying+=($!)
-            fi
-        done
-        for pid in "${destroying[@]}"; do wait "$pid" || true; done
-    fi
+    libvirt_destroy_domains
     stop_pid libvirtd
     stop_pid virtlogd
     rm -rf "$LIBVIRT_STATE" "$STATE_DIR/nodes.d/libvirt.json"
+}
+
+libvirt_destroy_domains() {
+    local name
+    virsh_sys version >/dev/null 2>&1 || return 0
+    # In parallel: each TCG guest takes about 2 s to go. Wait for these pids only: the
+    # shell may have other children (`stack test` starts and stops the stack in one shell).
+    local destroying=() pid
+    for name in "${LIBVIRT_DOMAINS[@]}"; do
+        if virsh_sys domstate "$name" >/dev/null 2>&1; then
+            (virsh_sys destroy "$name" >/dev/null 2>&1 || log "destroying domain $name failed") &
+            destroying+=($!)
+        fi
+    done
+    for pid in "${destroying[@]}"; do wait "$pid" || true; done
 }
 
 libvirt_status() {
