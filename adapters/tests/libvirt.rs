@@ -36,6 +36,10 @@ async fn virsh(stack: &Stack, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Where the adapter records originals: one namespace per tunable under this one, and, in
+/// earlier versions, one element holding them all under this one itself.
+const LEGACY_NAMESPACE: &str = "https://plumbline.dev/xmlns/libvirt-originals/v1";
+
 async fn uuid_of(stack: &Stack, domain: &str) -> VmId {
     VmId::new(virsh(stack, &["domuuid", domain]).await)
 }
@@ -245,11 +249,12 @@ async fn serial_tuning_is_applied_read_back_and_reverted_by_a_fresh_instance() {
         "{tune}"
     );
     let xml = virsh(&stack, &["dumpxml", domain]).await;
-    assert!(
-        xml.contains("plumbline.dev/xmlns/libvirt-originals")
-            && xml.contains("disk.vda.total_iops_sec"),
-        "{xml}"
-    );
+    for t in [&iops, &bytes] {
+        assert!(
+            xml.contains(&format!("{LEGACY_NAMESPACE}/{t}\"")),
+            "{t}: {xml}"
+        );
+    }
 
     // A later change keeps the first original.
     hv.apply(&id, &[Setting::new(iops.clone(), 300)])
@@ -441,6 +446,174 @@ async fn serial_cpu_shares_are_real_where_the_host_mounts_cgroup_controllers() {
     assert_eq!(kernel_cpu_shares(&stack, domain), original);
     println!(
         "cpu_shares {original} -> 2048 -> {original} (virsh and the kernel's cpu.shares agree)"
+    );
+}
+
+fn disk_limit(limit: DiskLimit) -> Tunable {
+    Tunable::DiskLimit {
+        disk: "vda".into(),
+        limit,
+    }
+}
+
+/// Two operator processes (two adapters, two connections) changing different tunables of one
+/// domain at the same moment, then reverting them at the same moment, several times over. With
+/// one shared record rewritten by read-modify-write, one of the two originals got lost.
+#[tokio::test]
+async fn serial_concurrent_changes_of_different_tunables_keep_each_others_originals() {
+    let stack = stack();
+    let domain = "pl-vm3";
+    let id = uuid_of(&stack, domain).await;
+    let a = connect(libvirt(&stack)).await.unwrap();
+    let b = connect(libvirt(&stack)).await.unwrap();
+    a.revert_all(&id).await.unwrap();
+    let iops = disk_limit(DiskLimit::TotalIops);
+    // CPU shares where the host has the cgroup for them, another disk limit elsewhere.
+    let (other, other_value) = if a
+        .capabilities()
+        .await
+        .unwrap()
+        .supports(Capability::CpuShares)
+    {
+        (Tunable::CpuShares, 2048)
+    } else {
+        (disk_limit(DiskLimit::WriteBytesPerSec), 50_000_000)
+    };
+    println!("changing {iops} and {other} concurrently");
+    let before = a.tunables(&id).await.unwrap();
+    assert!(before.originals.is_empty(), "{before:?}");
+    let orig_iops = before.current(&iops).unwrap();
+    let orig_other = before.current(&other).unwrap();
+
+    for round in 0..5u64 {
+        let to_a = [Setting::new(iops.clone(), 500 + round)];
+        let to_b = [Setting::new(other.clone(), other_value + round)];
+        let (ra, rb) = tokio::join!(a.apply(&id, &to_a), b.apply(&id, &to_b));
+        ra.unwrap();
+        rb.unwrap();
+        let changed = a.tunables(&id).await.unwrap();
+        assert_eq!(changed.current(&iops), Some(500 + round), "round {round}");
+        assert_eq!(
+            changed.current(&other),
+            Some(other_value + round),
+            "round {round}"
+        );
+        assert_eq!(changed.original(&iops), Some(orig_iops), "round {round}");
+        assert_eq!(changed.original(&other), Some(orig_other), "round {round}");
+
+        let (ra, rb) = tokio::join!(
+            a.revert(&id, std::slice::from_ref(&iops)),
+            b.revert(&id, std::slice::from_ref(&other)),
+        );
+        assert_eq!(
+            ra.unwrap(),
+            vec![Setting::new(iops.clone(), orig_iops)],
+            "round {round}"
+        );
+        assert_eq!(
+            rb.unwrap(),
+            vec![Setting::new(other.clone(), orig_other)],
+            "round {round}"
+        );
+        let reverted = a.tunables(&id).await.unwrap();
+        assert_eq!(reverted.current(&iops), Some(orig_iops), "round {round}");
+        assert_eq!(reverted.current(&other), Some(orig_other), "round {round}");
+        assert!(reverted.originals.is_empty(), "round {round}: {reverted:?}");
+    }
+    let xml = virsh(&stack, &["dumpxml", domain]).await;
+    assert!(!xml.contains(LEGACY_NAMESPACE), "no record is left: {xml}");
+}
+
+/// A domain changed by an earlier version carries its originals in one shared element. They
+/// are still reported and reverted, and each leaves that element once restored.
+#[tokio::test]
+async fn serial_originals_recorded_in_the_old_single_element_are_still_reverted() {
+    let stack = stack();
+    let domain = "pl-vm3";
+    let id = uuid_of(&stack, domain).await;
+    let hv = connect(libvirt(&stack)).await.unwrap();
+    hv.revert_all(&id).await.unwrap();
+    let iops = disk_limit(DiskLimit::TotalIops);
+    let wbytes = disk_limit(DiskLimit::WriteBytesPerSec);
+    let before = hv.tunables(&id).await.unwrap();
+    let (orig_iops, orig_wbytes) = (
+        before.current(&iops).unwrap(),
+        before.current(&wbytes).unwrap(),
+    );
+
+    // What an earlier version leaves behind: the changes, and both originals in one element.
+    let old_record = format!(
+        "<originals><original tunable='{iops}' value='{orig_iops}'/><original tunable='{wbytes}' value='{orig_wbytes}'/></originals>"
+    );
+    virsh(
+        &stack,
+        &[
+            "metadata",
+            domain,
+            "--live",
+            "--uri",
+            LEGACY_NAMESPACE,
+            "--key",
+            "plumbline",
+            "--set",
+            &old_record,
+        ],
+    )
+    .await;
+    virsh(
+        &stack,
+        &[
+            "blkdeviotune",
+            domain,
+            "vda",
+            "--live",
+            "--total-iops-sec",
+            "250",
+            "--write-bytes-sec",
+            "40000000",
+        ],
+    )
+    .await;
+
+    let report = hv.tunables(&id).await.unwrap();
+    assert_eq!(report.original(&iops), Some(orig_iops), "{report:?}");
+    assert_eq!(report.original(&wbytes), Some(orig_wbytes), "{report:?}");
+    // A later change keeps the first original, wherever it was recorded.
+    hv.apply(&id, &[Setting::new(iops.clone(), 300)])
+        .await
+        .unwrap();
+    assert_eq!(
+        hv.tunables(&id).await.unwrap().original(&iops),
+        Some(orig_iops)
+    );
+
+    let restored = hv.revert(&id, std::slice::from_ref(&iops)).await.unwrap();
+    assert_eq!(restored, vec![Setting::new(iops.clone(), orig_iops)]);
+    let old = virsh(
+        &stack,
+        &["metadata", domain, "--live", "--uri", LEGACY_NAMESPACE],
+    )
+    .await;
+    assert!(
+        !old.contains(&iops.to_string()) && old.contains(&wbytes.to_string()),
+        "only the restored record leaves the old element: {old}"
+    );
+    let report = hv.tunables(&id).await.unwrap();
+    assert_eq!(report.current(&iops), Some(orig_iops));
+    assert_eq!(report.current(&wbytes), Some(40_000_000));
+    assert_eq!(
+        report.originals,
+        vec![Setting::new(wbytes.clone(), orig_wbytes)]
+    );
+
+    hv.revert(&id, std::slice::from_ref(&wbytes)).await.unwrap();
+    let reverted = hv.tunables(&id).await.unwrap();
+    assert_eq!(reverted.current, before.current);
+    assert!(reverted.originals.is_empty(), "{reverted:?}");
+    let xml = virsh(&stack, &["dumpxml", domain]).await;
+    assert!(
+        !xml.contains(LEGACY_NAMESPACE),
+        "the emptied element is removed: {xml}"
     );
 }
 

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use virt::{connect::Connect, domain::Domain};
 use virt_sys as sys;
 
-use self::connection::Connection;
+use self::{connection::Connection, metadata::Records};
 use crate::{
     BackingVm, Capabilities, Capability, ConnectionState, CounterHistory, DiskLimit, Endpoint,
     Error, Hypervisor, HypervisorKind, LibvirtConfig, Result, Setting, StorageSamples, Support,
@@ -182,47 +182,92 @@ fn lookup(conn: &Connect, uri: &str, vm: &VmId) -> Result<Domain> {
     })
 }
 
-fn disk_names(dom: &Domain, uri: &str, target: &str) -> Result<Vec<String>> {
-    let xml = dom
-        .xml_desc(0)
-        .map_err(libvirt_err("reading the domain XML", target, uri))?;
-    let disks = domain_xml::disks(&xml).map_err(|source| Error::XmlRead {
+fn domain_xml(dom: &Domain, uri: &str, target: &str) -> Result<String> {
+    dom.xml_desc(0)
+        .map_err(libvirt_err("reading the domain XML", target, uri))
+}
+
+fn disk_names_in(xml: &str, target: &str) -> Result<Vec<String>> {
+    let disks = domain_xml::disks(xml).map_err(|source| Error::XmlRead {
         what: format!("XML of {target}"),
         source,
     })?;
     Ok(disks.into_iter().map(|d| d.name).collect())
 }
 
-fn read_originals(dom: &Domain, uri: &str, target: &str) -> Result<Vec<Setting>> {
-    match dom.metadata(
-        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-        Some(metadata::NAMESPACE),
-        AFFECT_CURRENT,
-    ) {
-        Ok(xml) => metadata::from_xml(&xml).map_err(|source| Error::XmlRead {
-            what: format!("Plumbline metadata of {target}"),
-            source,
-        }),
-        Err(e) if code(&e) == sys::VIR_ERR_NO_DOMAIN_METADATA => Ok(Vec::new()),
-        Err(e) => Err(libvirt_err("reading recorded originals", target, uri)(e)),
-    }
+fn disk_names(dom: &Domain, uri: &str, target: &str) -> Result<Vec<String>> {
+    disk_names_in(&domain_xml(dom, uri, target)?, target)
 }
 
-fn write_originals(dom: &Domain, uri: &str, target: &str, originals: &[Setting]) -> Result<()> {
+/// The recorded originals, read with the domain XML (live if running, like the records).
+fn records_in(xml: &str, target: &str) -> Result<Records> {
+    Records::from_domain_xml(xml).map_err(|source| Error::XmlRead {
+        what: format!("Plumbline metadata of {target}"),
+        source,
+    })
+}
+
+fn write_record(dom: &Domain, uri: &str, target: &str, original: &Setting) -> Result<()> {
+    dom.set_metadata(
+        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        Some(&metadata::record_xml(original)),
+        Some(&metadata::prefix(&original.tunable)),
+        Some(&metadata::namespace(&original.tunable)),
+        AFFECT_CURRENT,
+    )
+    .map_err(libvirt_err("recording an original", target, uri))
+}
+
+fn remove_record(dom: &Domain, uri: &str, target: &str, tunable: &Tunable) -> Result<()> {
+    dom.set_metadata(
+        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        None,
+        None,
+        Some(&metadata::namespace(tunable)),
+        AFFECT_CURRENT,
+    )
+    .map_err(libvirt_err("removing a recorded original", target, uri))
+}
+
+/// Drops restored tunables from the legacy element. Read again just before rewriting, so the
+/// window in which another writer of that element can be overwritten stays small; nothing
+/// writes new records there any more.
+fn drop_legacy(dom: &Domain, uri: &str, target: &str, restored: &[&Tunable]) -> Result<()> {
     let kind = sys::VIR_DOMAIN_METADATA_ELEMENT as i32;
-    let result = if originals.is_empty() {
-        dom.set_metadata(kind, None, None, Some(metadata::NAMESPACE), AFFECT_CURRENT)
-    } else {
-        let xml = metadata::to_xml(originals);
+    let legacy = match dom.metadata(kind, Some(metadata::LEGACY_NAMESPACE), AFFECT_CURRENT) {
+        Ok(xml) => metadata::legacy_from_xml(&xml).map_err(|source| Error::XmlRead {
+            what: format!("Plumbline metadata of {target}"),
+            source,
+        })?,
+        Err(e) if code(&e) == sys::VIR_ERR_NO_DOMAIN_METADATA => return Ok(()),
+        Err(e) => return Err(libvirt_err("reading recorded originals", target, uri)(e)),
+    };
+    let keep: Vec<Setting> = legacy
+        .iter()
+        .filter(|s| !restored.contains(&&s.tunable))
+        .cloned()
+        .collect();
+    if keep.len() == legacy.len() {
+        return Ok(());
+    }
+    let result = if keep.is_empty() {
         dom.set_metadata(
             kind,
-            Some(&xml),
-            Some(metadata::PREFIX),
-            Some(metadata::NAMESPACE),
+            None,
+            None,
+            Some(metadata::LEGACY_NAMESPACE),
+            AFFECT_CURRENT,
+        )
+    } else {
+        dom.set_metadata(
+            kind,
+            Some(&metadata::legacy_xml(&keep)),
+            Some(metadata::LEGACY_PREFIX),
+            Some(metadata::LEGACY_NAMESPACE),
             AFFECT_CURRENT,
         )
     };
-    result.map_err(libvirt_err("recording originals", target, uri))
+    result.map_err(libvirt_err("removing restored originals", target, uri))
 }
 
 /// Current value of one tunable.
@@ -518,15 +563,16 @@ impl Hypervisor for LibvirtHypervisor {
             .run("reading tunables", vm.to_string(), move |conn, uri| {
                 let dom = lookup(conn, uri, &vm)?;
                 let target = format!("domain {}", dom.name().unwrap_or_else(|_| vm.to_string()));
+                let xml = domain_xml(&dom, uri, &target)?;
                 let mut wanted = vec![Tunable::CpuShares, Tunable::BlkioWeight];
-                for disk in disk_names(&dom, uri, &target)? {
+                for disk in disk_names_in(&xml, &target)? {
                     wanted.extend(DiskLimit::ALL.map(|limit| Tunable::DiskLimit {
                         disk: disk.clone(),
                         limit,
                     }));
                 }
                 let mut report = TunableReport {
-                    originals: read_originals(&dom, uri, &target)?,
+                    originals: records_in(&xml, &target)?.originals(),
                     ..TunableReport::default()
                 };
                 for t in wanted {
@@ -554,17 +600,21 @@ impl Hypervisor for LibvirtHypervisor {
         self.run("applying tunables", vm.to_string(), move |conn, uri| {
             let dom = lookup(conn, uri, &vm)?;
             let target = format!("domain {}", dom.name().unwrap_or_else(|_| vm.to_string()));
-            let mut originals = read_originals(&dom, uri, &target)?;
-            let before = originals.len();
+            let records = records_in(&domain_xml(&dom, uri, &target)?, &target)?;
+            let mut recorded: Vec<&Tunable> = Vec::new();
             for s in &settings {
-                if !originals.iter().any(|o| o.tunable == s.tunable) {
-                    let current = read_tunable(&dom, uri, &target, &s.tunable)?;
-                    originals.push(Setting::new(s.tunable.clone(), current));
+                if records.original(&s.tunable).is_some() || recorded.contains(&&s.tunable) {
+                    continue;
                 }
-            }
-            // Record first: a crash after the change must still leave the original behind.
-            if originals.len() != before {
-                write_originals(&dom, uri, &target, &originals)?;
+                // Record first: a crash after the change must still leave the original behind.
+                let current = read_tunable(&dom, uri, &target, &s.tunable)?;
+                write_record(
+                    &dom,
+                    uri,
+                    &target,
+                    &Setting::new(s.tunable.clone(), current),
+                )?;
+                recorded.push(&s.tunable);
             }
             write_tunables(&dom, uri, &target, &settings)
         })
@@ -580,16 +630,33 @@ impl Hypervisor for LibvirtHypervisor {
             .run("reverting tunables", vm.to_string(), move |conn, uri| {
                 let dom = lookup(conn, uri, &vm)?;
                 let target = format!("domain {}", dom.name().unwrap_or_else(|_| vm.to_string()));
-                let originals = read_originals(&dom, uri, &target)?;
-                let (restore, keep): (Vec<Setting>, Vec<Setting>) = originals
-                    .into_iter()
-                    .partition(|o| tunables.contains(&o.tunable));
+                let records = records_in(&domain_xml(&dom, uri, &target)?, &target)?;
+                let mut restore: Vec<Setting> = Vec::new();
+                for t in &tunables {
+                    if let Some(value) = records.original(t) {
+                        if !restore.iter().any(|s| &s.tunable == t) {
+                            restore.push(Setting::new(t.clone(), value));
+                        }
+                    }
+                }
                 if restore.is_empty() {
                     return Ok(restore);
                 }
                 write_tunables(&dom, uri, &target, &restore)?;
                 // Forget the records only once the originals are back in place.
-                write_originals(&dom, uri, &target, &keep)?;
+                for s in &restore {
+                    if records.has_own(&s.tunable) {
+                        remove_record(&dom, uri, &target, &s.tunable)?;
+                    }
+                }
+                let legacy: Vec<&Tunable> = restore
+                    .iter()
+                    .map(|s| &s.tunable)
+                    .filter(|t| records.has_legacy(t))
+                    .collect();
+                if !legacy.is_empty() {
+                    drop_legacy(&dom, uri, &target, &legacy)?;
+                }
                 Ok(restore)
             })
             .await?;
