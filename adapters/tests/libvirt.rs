@@ -2,7 +2,11 @@
 //! I/O. Needs `e2e/stack up libvirt`.
 #![cfg(feature = "libvirt")]
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use plumbline_adapters::{
     connect, Capability, DiskLatency, DiskLimit, Error, HypervisorConfig, LibvirtConfig, NotReady,
@@ -743,4 +747,162 @@ async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes()
         },
     )
     .await;
+}
+
+/// The adapter's deadline for one libvirt call (`CALL_TIMEOUT` in src/libvirt/mod.rs).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Room for scheduling on a loaded two-core machine.
+const SLACK: Duration = Duration::from_secs(5);
+
+fn summary(samples: &Result<StorageSamples, Error>) -> String {
+    match samples {
+        Ok(s) => format!(
+            "ok, {} disks with latency, {} not ready",
+            s.disks.len(),
+            s.not_ready.len()
+        ),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// A call on the frozen guest gave up by itself: at the adapter's deadline, or earlier with
+/// libvirt's own error (it waits up to 30 s for a domain job that a call stuck in the guest's
+/// monitor holds).
+fn assert_gave_up<T: std::fmt::Debug>(what: &str, result: &Result<T, Error>, took: Duration) {
+    println!("{what} on the frozen guest: {result:?} after {took:?}");
+    assert!(took <= CALL_TIMEOUT + SLACK, "{what} took {took:?}");
+    match result {
+        Err(Error::Timeout { after, .. }) => assert_eq!(*after, CALL_TIMEOUT),
+        Err(Error::Libvirt { .. }) => {}
+        other => panic!("{what} on a frozen guest should fail, not {other:?}"),
+    }
+}
+
+/// One guest's QEMU stops (SIGSTOP) while libvirtd and the other guests carry on. Calls that
+/// need that guest's monitor fail at a deadline instead of hanging, and sampling goes on for
+/// the other guests. The guest is thawed at the end whatever happens (the guard thaws on drop).
+#[tokio::test]
+async fn serial_a_frozen_guest_fails_its_own_calls_in_time_while_the_others_are_sampled() {
+    let stack = stack();
+    let frozen = "pl-vm1";
+    let frozen_id = uuid_of(&stack, frozen).await;
+    let mut others = Vec::new();
+    for domain in stack.libvirt_domains().unwrap() {
+        if domain != frozen {
+            others.push((uuid_of(&stack, &domain).await, domain));
+        }
+    }
+    let hv = connect(libvirt(&stack)).await.unwrap();
+    // Probed while every guest answers: the probe asks the first running guest, which may be
+    // the one about to freeze.
+    hv.capabilities().await.unwrap();
+    hv.revert_all(&frozen_id).await.unwrap();
+    let before = hv.tunables(&frozen_id).await.unwrap();
+    hv.sample_storage().await.unwrap();
+    let iops = disk_limit(DiskLimit::TotalIops);
+
+    let guard = stack
+        .freeze_guest(frozen)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("froze {frozen} (QEMU pid {})", guard.pid);
+    async {
+        // The first bulk call after the freeze asks the frozen QEMU too (the no-wait flag skips
+        // only guests whose job is already taken), and that answer does not come.
+        let t = Instant::now();
+        let first = hv.sample_storage().await;
+        let first_took = t.elapsed();
+        println!(
+            "first sample_storage after the freeze: {} after {first_took:?}",
+            summary(&first)
+        );
+        assert!(first_took <= CALL_TIMEOUT + SLACK, "{first_took:?}");
+        if let Err(e) = &first {
+            assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+        }
+
+        let done = AtomicBool::new(false);
+        let frozen_calls = async {
+            let t = Instant::now();
+            let (report, applied) = tokio::join!(
+                async { (hv.tunables(&frozen_id).await, t.elapsed()) },
+                async {
+                    let r = hv
+                        .apply(&frozen_id, &[Setting::new(iops.clone(), 123)])
+                        .await;
+                    (r, t.elapsed())
+                },
+            );
+            done.store(true, Ordering::SeqCst);
+            (report, applied)
+        };
+        let sampling = async {
+            let mut cycles = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let samples = hv.sample_storage().await;
+                cycles.push((t.elapsed(), samples));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            cycles
+        };
+        let (((report, report_took), (applied, apply_took)), cycles) =
+            tokio::join!(frozen_calls, sampling);
+        assert_gave_up("tunables", &report, report_took);
+        assert_gave_up("apply", &applied, apply_took);
+
+        let took: Vec<Duration> = cycles.iter().map(|(took, _)| *took).collect();
+        println!(
+            "{} sample_storage calls while those waited, taking {took:?}",
+            cycles.len()
+        );
+        assert!(cycles.len() >= 5, "{} cycles", cycles.len());
+        for (took, samples) in &cycles {
+            let samples = samples.as_ref().unwrap_or_else(|e| panic!("sampling: {e}"));
+            assert!(*took < SLACK, "a cycle took {took:?}");
+            // Skipped, not reported: neither a latency nor a not-ready entry.
+            assert!(samples.for_vm(&frozen_id).next().is_none(), "{samples:?}");
+            assert!(
+                samples.not_ready.iter().all(|u| u.vm != frozen_id),
+                "{samples:?}"
+            );
+        }
+        let (_, last) = cycles.last().unwrap();
+        let last = last.as_ref().unwrap();
+        for (id, domain) in &others {
+            assert!(
+                vda(last, id).and_then(per_op).is_some(),
+                "{domain} is sampled while {frozen} is frozen: {last:?}"
+            );
+        }
+    }
+    .await;
+    stack
+        .thaw_guest(frozen)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(guard);
+
+    eventually(
+        &format!("{frozen} is sampled again after the thaw"),
+        Duration::from_secs(60),
+        || async {
+            let s = hv.sample_storage().await.ok()?;
+            vda(&s, &frozen_id).and_then(per_op)
+        },
+    )
+    .await;
+    // The change that timed out may still land once the guest answers again (the blocked call
+    // is not cancelled, only abandoned); its record lets revert undo it.
+    let late = hv.tunables(&frozen_id).await.unwrap();
+    println!(
+        "after the thaw: {iops} = {:?}, recorded original {:?}",
+        late.current(&iops),
+        late.original(&iops)
+    );
+    hv.revert_all(&frozen_id).await.unwrap();
+    assert_eq!(
+        hv.tunables(&frozen_id).await.unwrap().current,
+        before.current
+    );
 }
