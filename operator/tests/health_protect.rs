@@ -16,7 +16,7 @@ use kube::{api::ListParams, Api};
 use plumbline_adapters::{
     Hypervisor, HypervisorConfig, Secret as Password, TlsTrust, Tunable, VSphereConfig, VmId,
 };
-use plumbline_operator::{clock::SystemClock, health::HealthSettings, run::Operator};
+use plumbline_operator::{clock::SystemClock, run::Operator};
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 

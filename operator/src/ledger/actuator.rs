@@ -20,7 +20,7 @@ use std::{
 };
 use tokio::{
     sync::{mpsc, Semaphore},
-    task::JoinHandle,
+    task::{JoinHandle, JoinSet},
 };
 use tracing::{debug, info, warn};
 
@@ -132,6 +132,9 @@ async fn run(
     let mut memory: HashMap<String, Memory> = HashMap::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut was_connected = false;
+    // Owned here, so aborting the actuator (the term ended) aborts its calls in flight: a
+    // replica that lost the lease stops writing at once.
+    let mut calls = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     debug!(?scope, "actuator starts");
@@ -143,6 +146,7 @@ async fn run(
         while let Ok(done) = done_rx.try_recv() {
             record(&mut memory, &mut busy, done);
         }
+        while calls.try_join_next().is_some() {}
         if let Scope::Provider(p) = &scope {
             // Read everything back once the connection is (re)established: what happened to
             // the VMs while it was down is unknown.
@@ -185,7 +189,7 @@ async fn run(
             let (ctx, slots, done_tx) = (ctx.clone(), slots.clone(), done_tx.clone());
             let deadline = settings.call_deadline;
             let policy = settings.policy.clone();
-            tokio::spawn(async move {
+            calls.spawn(async move {
                 let Ok(_slot) = slots.acquire().await else {
                     return;
                 };

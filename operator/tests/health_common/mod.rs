@@ -381,3 +381,18 @@ pub async fn strip_ledger(admin: &Client, namespace: &str) {
         let _ = api.delete(&name, &DeleteParams::default()).await;
     }
 }
+
+/// `kubectl` as the stack's admin; its output.
+pub async fn kubectl(stack: &plumbline_e2e::Stack, args: &[&str]) -> Result<String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(stack.get("KUBECONFIG")?)
+        .args(args)
+        .output()
+        .await
+        .context("running kubectl")?;
+    if !out.status.success() {
+        bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

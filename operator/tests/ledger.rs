@@ -1,0 +1,462 @@
+//! The change ledger end to end on the real stack: every noisy-neighbour throttle is an
+//! `InfraChange` with its original, owner and reason; deleting it restores the original even
+//! when the hypervisor was unreachable at the time; deleting the provider waits for that; a
+//! killed operator's changes are adopted by the next one; a value changed behind Plumbline's
+//! back is corrected until it is contested; two namespace-scoped operators never record or
+//! restore each other's changes; a hung guest holds up only its own changes.
+//!
+//! Needs `e2e/stack up`; fails saying so otherwise. Build with `--features libvirt`.
+
+mod common;
+mod health_common;
+
+use anyhow::{ensure, Context as _, Result};
+use health_common::*;
+use kube::{
+    api::{DeleteParams, ListParams},
+    Api, ResourceExt,
+};
+use plumbline_crds::{HypervisorProvider, InfraChange};
+use plumbline_operator::{clock::SystemClock, health::HealthSettings, run::Operator};
+use plumbline_policies::health::ThrottleLadder;
+use serde_json::json;
+use std::{process::Stdio, sync::Arc, time::Duration};
+use tokio::process::{Child, Command};
+
+const VICTIM: &str = "pl-vm2";
+const PATIENCE: Duration = Duration::from_secs(90);
+
+fn critical_intent(app: &str) -> serde_json::Value {
+    json!({
+        "target": {"kind": "Deployment", "name": app},
+        "priority": "critical",
+        "storage": {"latencyBudget": "5ms", "readinessGate": true, "maxUnready": 1},
+        "infrastructure": {"throttleNoisyNeighbours": true}
+    })
+}
+
+/// One step only, so the throttle settles at once and its value stays put.
+fn one_step_health() -> HealthSettings {
+    let mut health = common::test_health();
+    health.ladder = ThrottleLadder {
+        steps: vec![0.5],
+        ..ThrottleLadder::default()
+    };
+    health.ledger.call_deadline = Duration::from_secs(5);
+    health
+}
+
+/// The operator's throttle entries on the noisy guest's disk.
+async fn throttle_of(admin: &kube::Client, namespace: &str, noisy: &str) -> Result<Vec<InfraChange>> {
+    Ok(ledger(admin, namespace)
+        .await?
+        .into_iter()
+        .filter(|ic| ic.spec.target.name == noisy && ic.spec.setting == "disk.vda.total_iops_sec")
+        .collect())
+}
+
+fn state(ic: &InfraChange) -> Option<String> {
+    ic.status.as_ref().and_then(|s| s.state.clone())
+}
+
+/// Waits until the noisy guest's throttle is Applied and returns it.
+async fn applied_throttle(admin: &kube::Client, namespace: &str, noisy: &str) -> Result<InfraChange> {
+    eventually("the throttle Applied in the ledger", PATIENCE, || async {
+        let list = throttle_of(admin, namespace, noisy).await?;
+        Ok(match list.first() {
+            Some(ic) if state(ic).as_deref() == Some("Applied") => Ok(ic.clone()),
+            other => Err(format!("{:?}", other.map(|ic| (&ic.spec, &ic.status)))),
+        })
+    })
+    .await
+}
+
+struct Scene {
+    stack: plumbline_e2e::Stack,
+    uri: String,
+    noisy: String,
+    before: u64,
+    cluster: common::Cluster,
+    provider: String,
+}
+
+impl Scene {
+    async fn start(test: &str) -> Result<Self> {
+        let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+        let uri = stack.libvirt_uri()?.to_string();
+        let noisy = stack.noisy_domain()?.to_string();
+        let cluster = common::Cluster::connect(test).await?;
+        let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &uri).await?;
+        let before = total_iops_limit(&uri, &noisy).await?;
+        Ok(Self {
+            stack,
+            uri,
+            noisy,
+            before,
+            cluster,
+            provider,
+        })
+    }
+
+    async fn operator(&self, health: HealthSettings) -> Result<Operator> {
+        self.cluster
+            .start_operator_with_health(Arc::new(SystemClock), health)
+            .await
+    }
+
+    /// A critical workload on the victim, healthy, then slowed down under it.
+    async fn degrade(&self, app: &str) -> Result<()> {
+        let (admin, ns) = (&self.cluster.admin, &self.cluster.namespace);
+        deploy_pinned(admin, ns, app, 1, VICTIM).await?;
+        self.cluster.apply_intent(app, critical_intent(app)).await?;
+        wait_for_pods(admin, ns, app, 1, "healthy before the injection", |pods| {
+            count(pods, "True", "LatencyWithinBudget") == 1
+        })
+        .await?;
+        self.stack.inject_libvirt_latency(VICTIM, 20).await?;
+        Ok(())
+    }
+
+    async fn limit(&self) -> Result<u64> {
+        total_iops_limit(&self.uri, &self.noisy).await
+    }
+
+    async fn wait_for_limit(&self, what: &str, want: u64) -> Result<()> {
+        eventually(what, PATIENCE, || async {
+            let l = self.limit().await?;
+            Ok(if l == want {
+                Ok(())
+            } else {
+                Err(format!("total_iops_sec {l}"))
+            })
+        })
+        .await
+    }
+
+    /// Leaves the guests and the cluster as they were, whatever happened.
+    async fn finish(self, operator: Option<Operator>, result: Result<()>) -> Result<()> {
+        let _ = self.stack.clear_libvirt_latency(VICTIM).await;
+        let _ = self.stack.start_libvirtd().await;
+        let released = match operator {
+            Some(op) => release_everything(&self.cluster.admin, &self.cluster.namespace, op).await,
+            None => Ok(()),
+        };
+        strip_ledger(&self.cluster.admin, &self.cluster.namespace).await;
+        delete_provider(&self.cluster.admin, &self.provider).await;
+        self.cluster.cleanup().await;
+        result.and(released)
+    }
+}
+
+#[tokio::test]
+async fn serial_ledger_a_throttle_is_recorded_and_restored_once_libvirtd_is_back() -> Result<()> {
+    let scene = Scene::start("ledger_revert").await?;
+    let operator = scene.operator(one_step_health()).await?;
+    let result = async {
+        let (admin, ns) = (&scene.cluster.admin, &scene.cluster.namespace);
+        scene.degrade("payments").await?;
+        let ic = applied_throttle(admin, ns, &scene.noisy).await?;
+        let status = ic.status.clone().unwrap_or_default();
+        ensure!(
+            status.original == Some(scene.before.to_string()),
+            "the original recorded is the value before: {status:?}"
+        );
+        ensure!(
+            ic.spec.owners.len() == 1
+                && ic.spec.owners[0].intent == format!("{ns}/payments")
+                && ic.spec.owners[0].reason.contains(VICTIM),
+            "owner and reason: {:?}",
+            ic.spec.owners
+        );
+        ensure!(
+            status.observed.as_deref() == Some(ic.spec.desired.as_str())
+                && scene.limit().await?.to_string() == ic.spec.desired,
+            "the VM has what the ledger says: {status:?}"
+        );
+        ensure!(ic.has_finalizer(), "the finalizer restores the original");
+        // What a user sees.
+        let table = kubectl(&scene.stack, &["get", "infrachanges", &ic.name_any()]).await?;
+        println!("{table}");
+        for column in ["TARGET", "SETTING", "DESIRED", "ORIGINAL", "STATE", "OWNERS"] {
+            ensure!(table.contains(column), "kubectl get shows {column}: {table}");
+        }
+        ensure!(
+            table.contains(&scene.noisy) && table.contains("Applied") && table.contains("payments"),
+            "the row says what, its state and its owner: {table}"
+        );
+
+        // The hypervisor goes away; the intent is deleted meanwhile.
+        scene.stack.stop_libvirtd().await?;
+        scene.cluster.delete_intent("payments").await?;
+        let reverting = eventually("the change Reverting while libvirtd is down", PATIENCE, || async {
+            let list = throttle_of(admin, ns, &scene.noisy).await?;
+            Ok(match list.first() {
+                Some(ic)
+                    if ic.metadata.deletion_timestamp.is_some()
+                        && state(ic).as_deref() == Some("Reverting")
+                        && ic.status.as_ref().and_then(|s| s.last_error.as_ref()).is_some() =>
+                {
+                    Ok(ic.clone())
+                }
+                other => Err(format!("{:?}", other.map(|ic| &ic.status))),
+            })
+        })
+        .await?;
+        println!(
+            "while libvirtd is down: {:?}",
+            reverting.status.as_ref().and_then(|s| s.last_error.clone())
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        ensure!(
+            throttle_of(admin, ns, &scene.noisy).await?.len() == 1,
+            "deletion never forgets: the entry stays while the original cannot be restored"
+        );
+        scene.stack.start_libvirtd().await?;
+        scene
+            .wait_for_limit("the original limit back", scene.before)
+            .await?;
+        eventually("the entry gone", PATIENCE, || async {
+            let left = throttle_of(admin, ns, &scene.noisy).await?;
+            Ok(if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} left", left.len()))
+            })
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    scene.finish(Some(operator), result).await
+}
+
+#[tokio::test]
+async fn serial_ledger_deleting_the_provider_waits_until_its_throttle_is_released() -> Result<()> {
+    let scene = Scene::start("ledger_provider").await?;
+    let operator = scene.operator(one_step_health()).await?;
+    let result = async {
+        let (admin, ns) = (&scene.cluster.admin, &scene.cluster.namespace);
+        scene.degrade("payments").await?;
+        applied_throttle(admin, ns, &scene.noisy).await?;
+        let providers = Api::<HypervisorProvider>::all(admin.clone());
+        let hp = providers.get(&scene.provider).await?;
+        ensure!(
+            hp.finalizers().iter().any(|f| f == "plumbline.dev/infra-changes"),
+            "the provider is guarded while a change targets it: {:?}",
+            hp.finalizers()
+        );
+        providers
+            .delete(&scene.provider, &DeleteParams::default())
+            .await?;
+        // Until the provider is gone it waits (deletionTimestamp set); once gone, the limit
+        // must already be back.
+        let mut saw_waiting = false;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match providers.get_opt(&scene.provider).await? {
+                Some(hp) => saw_waiting |= hp.metadata.deletion_timestamp.is_some(),
+                None => break,
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the provider is still there after {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let l = scene.limit().await?;
+        ensure!(
+            l == scene.before,
+            "the provider went while {} was still limited to {l}",
+            scene.noisy
+        );
+        ensure!(saw_waiting, "the deletion waited for the release");
+        ensure!(
+            throttle_of(admin, ns, &scene.noisy).await?.is_empty(),
+            "no entry left for the deleted provider"
+        );
+        Ok(())
+    }
+    .await;
+    scene.finish(Some(operator), result).await
+}
+
+/// The operator as its own process, as it runs in a pod (so it can be SIGKILLed).
+async fn operator_process(namespace: &str, stack: &plumbline_e2e::Stack) -> Result<Child> {
+    Command::new(env!("CARGO_BIN_EXE_plumbline"))
+        .args([
+            "run",
+            "--leader-elect=false",
+            "--metrics-addr=127.0.0.1:0",
+            "--watch-namespace",
+            namespace,
+            "--infra-readback-interval=2s",
+        ])
+        .env("KUBECONFIG", stack.get("PLUMBLINE_OPERATOR_KUBECONFIG")?)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the operator binary")
+}
+
+#[tokio::test]
+async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_the_next() -> Result<()> {
+    let scene = Scene::start("ledger_sigkill").await?;
+    let mut process = operator_process(&scene.cluster.namespace, &scene.stack).await?;
+    let mut next = None;
+    let result = async {
+        let (admin, ns) = (&scene.cluster.admin, &scene.cluster.namespace);
+        scene.degrade("payments").await?;
+        let ic = applied_throttle(admin, ns, &scene.noisy).await?;
+        let limit = scene.limit().await?;
+        ensure!(limit.to_string() == ic.spec.desired, "in force: {limit}");
+
+        // SIGKILL right after the throttle: nothing runs on the way out.
+        let pid = process.id().context("the operator's pid")?;
+        let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().await?;
+        ensure!(killed.success(), "kill -KILL {pid}");
+        process.wait().await?;
+        ensure!(
+            scene.limit().await? == limit,
+            "the throttle stays after the kill (no release on the way out)"
+        );
+        ensure!(throttle_of(admin, ns, &scene.noisy).await?.len() == 1, "and so does its entry");
+
+        // The victim recovers while nobody runs; the next operator adopts the change and lets
+        // it go once the victim has been healthy long enough.
+        scene.stack.clear_libvirt_latency(VICTIM).await?;
+        let operator = next.insert(scene.operator(common::test_health()).await?);
+        scene
+            .wait_for_limit("the original limit back", scene.before)
+            .await?;
+        eventually("the entry gone", PATIENCE, || async {
+            Ok(if throttle_of(admin, ns, &scene.noisy).await?.is_empty() {
+                Ok(())
+            } else {
+                Err("still there".to_string())
+            })
+        })
+        .await?;
+        let metrics = metrics_text(operator).await?;
+        ensure!(
+            !metrics.lines().any(|l| l.starts_with("plumbline_actions_total")
+                && l.contains("disk_iops_limit")
+                && l.contains("result=\"applied\"")),
+            "the adopting operator applied nothing again:\n{metrics}"
+        );
+        ensure!(
+            metrics.lines().any(|l| l.starts_with("plumbline_actions_total")
+                && l.contains("disk_iops_limit")
+                && l.contains("result=\"reverted\"")),
+            "it restored the original:\n{metrics}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = process.kill().await;
+    scene.finish(next, result).await
+}
+
+async fn metrics_text(operator: &Operator) -> Result<String> {
+    Ok(reqwest::get(format!("http://{}/metrics", operator.http_addr))
+        .await?
+        .text()
+        .await?)
+}
+
+async fn set_limit_behind_our_back(uri: &str, domain: &str, iops: u64) -> Result<()> {
+    let out = Command::new("virsh")
+        .args([
+            "-q",
+            "-c",
+            uri,
+            "blkdeviotune",
+            domain,
+            "vda",
+            "--total-iops-sec",
+            &iops.to_string(),
+            "--live",
+        ])
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "virsh blkdeviotune: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+async fn infra_change_events(admin: &kube::Client, name: &str) -> Result<Vec<(String, String)>> {
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), "default")
+        .list(&ListParams::default())
+        .await?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("InfraChange") && e.involved_object.name.as_deref() == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect())
+}
+
+#[tokio::test]
+async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> {
+    let scene = Scene::start("ledger_drift").await?;
+    let operator = scene.operator(one_step_health()).await?;
+    let result = async {
+        let (admin, ns) = (&scene.cluster.admin, &scene.cluster.namespace);
+        scene.degrade("payments").await?;
+        let ic = applied_throttle(admin, ns, &scene.noisy).await?;
+        let desired: u64 = ic.spec.desired.parse()?;
+        let name = ic.name_any();
+
+        for round in 1..=2u64 {
+            let foreign = 700 + round;
+            set_limit_behind_our_back(&scene.uri, &scene.noisy, foreign).await?;
+            scene
+                .wait_for_limit(&format!("drift {round} corrected"), desired)
+                .await?;
+            // Events of one reason on one object fold into one series (kube's recorder): the
+            // first names the values, the metric counts every drift.
+            if round == 1 {
+                eventually(&format!("a DriftDetected Event naming {foreign}"), PATIENCE, || async {
+                    let e = infra_change_events(admin, &name).await?;
+                    Ok(match e.iter().find(|(r, m)| r == "DriftDetected" && m.contains(&foreign.to_string())) {
+                        Some((_, m)) => Ok(m.clone()),
+                        None => Err(format!("{e:?}")),
+                    })
+                })
+                .await?;
+            }
+        }
+        let metrics = metrics_text(&operator).await?;
+        ensure!(
+            metrics.lines().any(|l| l.starts_with("plumbline_infra_drift_total")
+                && l.contains("NeighbourThrottle")
+                && l.trim_end().ends_with(" 2")),
+            "two drifts counted:\n{}",
+            metrics.lines().filter(|l| l.contains("infra_drift")).collect::<Vec<_>>().join("\n")
+        );
+
+        // The third change within the window: Plumbline stops fighting.
+        set_limit_behind_our_back(&scene.uri, &scene.noisy, 733).await?;
+        let contested = eventually("Contested", PATIENCE, || async {
+            let list = throttle_of(admin, ns, &scene.noisy).await?;
+            Ok(match list.first() {
+                Some(ic) if state(ic).as_deref() == Some("Contested") => Ok(ic.clone()),
+                other => Err(format!("{:?}", other.map(|ic| &ic.status))),
+            })
+        })
+        .await?;
+        println!("{:?}", contested.status);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        ensure!(
+            scene.limit().await? == 733,
+            "a contested value is left as the other party set it"
+        );
+        Ok(())
+    }
+    .await;
+    scene.finish(Some(operator), result).await
+}
