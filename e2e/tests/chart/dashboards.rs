@@ -299,66 +299,41 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
-/// Removes the operator's file_sd target, clears injected latency and deletes the scenario's
-/// cluster-scoped objects, even when the test fails.
+/// Removes the operator's file_sd target, clears injected latency and releases what the
+/// scenario changed, even when the test fails. Declared after the operator, so it runs while
+/// the operator still does.
 struct Scenario<'a> {
     cluster: &'a Cluster,
     target_file: PathBuf,
     provider: String,
     victim: String,
     namespace: String,
+    released: bool,
 }
 
-impl Drop for Scenario<'_> {
-    fn drop(&mut self) {
+impl Scenario<'_> {
+    /// The noisy neighbour's throttle and the victim's CPU shares are InfraChanges of this
+    /// operator: deleting the intent has it delete them, and their finalizers restore the
+    /// originals through the provider's connection. Only then does the provider go (it is
+    /// held by `plumbline.dev/infra-changes` until no change targets it).
+    fn release(&mut self) -> Result<(), String> {
+        self.released = true;
         let _ = run(
             Command::new(repo().join("e2e/stack")).args(["clear-latency", &self.victim]),
             None,
         );
-        // The intent's finalizer reverts its changes; the operator is still running here.
-        let _ = run(
-            self.cluster.kubectl([
-                "delete",
-                "-n",
-                &self.namespace,
-                "workloadintent",
-                "--all",
-                "--timeout=60s",
-            ]),
-            None,
-        );
-        // The throttle on the noisy neighbour is released by the operator through this
-        // provider's connection: wait for that before deleting the provider, or the limit stays.
-        if let (Ok(uri), Ok(noisy)) = (
-            self.cluster.stack.get("LIBVIRT_URI"),
-            self.cluster.stack.get("LIBVIRT_NOISY_DOMAIN"),
-        ) {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while std::time::Instant::now() < deadline {
-                let tune = run(
-                    Command::new("virsh").args(["-c", uri, "blkdeviotune", noisy, "vda"]),
-                    None,
-                )
-                .unwrap_or_default();
-                if tune.lines().any(|l| {
-                    l.split_once(':')
-                        .is_some_and(|(k, v)| k.trim() == "total_iops_sec" && v.trim() == "0")
-                }) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(500));
+        self.cluster
+            .release_ledger(&self.namespace, &[self.provider.as_str()])
+    }
+}
+
+impl Drop for Scenario<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            if let Err(e) = self.release() {
+                eprintln!("cleanup: {e}");
             }
         }
-        let _ = run(
-            self.cluster.kubectl([
-                "delete",
-                "hypervisorprovider",
-                &self.provider,
-                "--ignore-not-found",
-                "--timeout=60s",
-            ]),
-            None,
-        );
         let _ = std::fs::remove_file(&self.target_file);
     }
 }
@@ -410,12 +385,13 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
         .metrics_url
         .trim_start_matches("http://")
         .to_string();
-    let scenario = Scenario {
+    let mut scenario = Scenario {
         cluster: &cluster,
         target_file: targets_dir.join(format!("chart-dashboards-{suffix}.json")),
         provider: provider.clone(),
         victim: victim.clone(),
         namespace: ns.name.clone(),
+        released: false,
     };
     std::fs::write(
         &scenario.target_file,
@@ -555,6 +531,10 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
         all_queries.len(),
         all_variables.len()
     );
+    // Stopping the operator releases nothing: the ledger is emptied first.
+    scenario
+        .release()
+        .unwrap_or_else(|e| panic!("cleanup: {e}\noperator log:\n{}", operator.logs()));
     drop(scenario);
     drop(operator);
 }
