@@ -392,8 +392,16 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["create", "infrachanges.plumbline.dev"],
         &["patch", "infrachanges.plumbline.dev"],
         &["delete", "infrachanges.plumbline.dev"],
-        &["patch", "infrachanges.plumbline.dev", "--subresource=status"],
-        &["update", "infrachanges.plumbline.dev", "--subresource=finalizers"],
+        &[
+            "patch",
+            "infrachanges.plumbline.dev",
+            "--subresource=status",
+        ],
+        &[
+            "update",
+            "infrachanges.plumbline.dev",
+            "--subresource=finalizers",
+        ],
         // Events about cluster-scoped objects (InfraChanges, Nodes) go to `default`.
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "events.events.k8s.io", "-n", "default"],
@@ -614,7 +622,10 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
             }
         },
     );
-    assert_eq!(change["spec"]["purpose"], "BackingVmProtection", "{change:#}");
+    assert_eq!(
+        change["spec"]["purpose"], "BackingVmProtection",
+        "{change:#}"
+    );
     assert_eq!(change["spec"]["setting"], "cpu_shares", "{change:#}");
     assert_eq!(change["spec"]["desired"], "4096", "{change:#}");
     assert_eq!(change["spec"]["target"]["name"], PROTECTED_VM, "{change:#}");
@@ -708,9 +719,11 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     );
     for result in ["applied", "reverted"] {
         assert!(
-            metrics.lines().any(|l| l.starts_with("plumbline_actions_total")
-                && l.contains(r#"action="cpu_shares""#)
-                && l.contains(&format!(r#"result="{result}""#))),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("plumbline_actions_total")
+                    && l.contains(r#"action="cpu_shares""#)
+                    && l.contains(&format!(r#"result="{result}""#))),
             "the actuator counts the CPU shares {result}:\n{metrics}"
         );
     }

@@ -249,7 +249,10 @@ fn plumbline_resources_get_exactly_the_verbs_the_code_uses() {
         ("hypervisorproviders", &["get", "list", "watch", "patch"]),
         ("hypervisorproviders/status", &["patch"]),
         ("hypervisorproviders/finalizers", &["update"]),
-        ("infrachanges", &["get", "list", "watch", "create", "patch", "delete"]),
+        (
+            "infrachanges",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
         ("infrachanges/status", &["patch"]),
         ("infrachanges/finalizers", &["update"]),
     ];
@@ -263,7 +266,9 @@ fn plumbline_resources_get_exactly_the_verbs_the_code_uses() {
     }
     let events = cluster_role_verbs(&rendered(&[]), "events.k8s.io");
     assert_eq!(
-        events.get("events").map(|v| v.iter().map(String::as_str).collect::<Vec<_>>()),
+        events
+            .get("events")
+            .map(|v| v.iter().map(String::as_str).collect::<Vec<_>>()),
         Some(vec!["create", "patch"]),
         "Events, including those about InfraChanges and Nodes in namespace default"
     );

@@ -289,7 +289,13 @@ impl Cluster {
                 None,
             );
             let _ = run(
-                self.kubectl(["delete", "infrachange", name, "--ignore-not-found", "--wait=false"]),
+                self.kubectl([
+                    "delete",
+                    "infrachange",
+                    name,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ]),
                 None,
             );
         }
