@@ -243,14 +243,14 @@ pub struct InfraChangeStatus {
 
 impl InfraChange {
     /// The object name for a setting of a target: readable (`pl-noisy.disk.vda.total-iops-sec`)
-    /// plus a hash of the full identity, so two VMs with one name on two providers differ.
+    /// plus a hash of the VM's UUID (or the node's name) and the setting, so two VMs with one
+    /// name differ and two providers of one hypervisor meet on the same object.
     pub fn name_for(target: &ChangeTarget, setting: &str) -> String {
+        // Not the provider: two providers reaching one hypervisor must meet on one object.
         let identity = format!(
-            "{:?}|{}|{}|{}|{setting}",
+            "{:?}|{}|{setting}",
             target.kind,
-            target.provider.as_deref().unwrap_or(""),
-            target.vm_id.as_deref().unwrap_or(""),
-            target.name
+            target.vm_id.as_deref().unwrap_or(&target.name),
         );
         let readable = format!("{}.{}", dns_part(&target.name), dns_part(setting));
         let mut labels: Vec<String> = Vec::new();
@@ -338,12 +338,17 @@ mod tests {
     #[test]
     fn names_are_readable_valid_and_distinct_per_identity() {
         let a = ChangeTarget::vm("local-kvm", "8c1e-0001", "pl-noisy");
-        let b = ChangeTarget::vm("other-kvm", "8c1e-0002", "pl-noisy");
+        let b = ChangeTarget::vm("local-kvm", "8c1e-0002", "pl-noisy");
+        let same_vm_other_provider = ChangeTarget::vm("other-kvm", "8c1e-0001", "pl-noisy");
         let n = InfraChange::name_for(&a, "disk.vda.total_iops_sec");
         assert!(n.starts_with("pl-noisy.disk.vda.total-iops-sec."), "{n}");
         assert!(valid_subdomain(&n), "{n}");
         assert_ne!(n, InfraChange::name_for(&b, "disk.vda.total_iops_sec"));
         assert_eq!(n, InfraChange::name_for(&a, "disk.vda.total_iops_sec"));
+        assert_eq!(
+            n,
+            InfraChange::name_for(&same_vm_other_provider, "disk.vda.total_iops_sec")
+        );
         let taint = InfraChange::name_for(
             &ChangeTarget::node("pl-vm2"),
             "taint/plumbline.dev/storage-latency-high:NoSchedule",

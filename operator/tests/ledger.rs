@@ -460,3 +460,160 @@ async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> 
     .await;
     scene.finish(Some(operator), result).await
 }
+
+#[tokio::test]
+async fn serial_ledger_two_scoped_operators_never_record_or_restore_each_others_changes(
+) -> Result<()> {
+    let a = Scene::start("ledger_two_a").await?;
+    let b = common::Cluster::connect("ledger_two_b").await?;
+    let op_a = a.operator(one_step_health()).await?;
+    let op_b = b
+        .start_operator_with_health(Arc::new(SystemClock), one_step_health())
+        .await?;
+    const OTHER_VICTIM: &str = "pl-vm3";
+    let result = async {
+        let admin = &a.cluster.admin;
+        deploy_pinned(admin, &b.namespace, "orders", 1, OTHER_VICTIM).await?;
+        b.apply_intent("orders", critical_intent("orders")).await?;
+        wait_for_pods(admin, &b.namespace, "orders", 1, "b healthy first", |pods| {
+            count(pods, "True", "LatencyWithinBudget") == 1
+        })
+        .await?;
+        a.degrade("payments").await?;
+        a.stack.inject_libvirt_latency(OTHER_VICTIM, 20).await?;
+
+        // Both want pl-noisy throttled; one entry exists, held by one of them.
+        let all_on_noisy = || async {
+            Ok::<_, anyhow::Error>(
+                Api::<InfraChange>::all(admin.clone())
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter(|ic| {
+                        ic.spec.target.name == a.noisy && ic.spec.setting == "disk.vda.total_iops_sec"
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let held = eventually("one Applied entry on the noisy guest", PATIENCE, || async {
+            let list = all_on_noisy().await?;
+            Ok(match list.as_slice() {
+                [one] if state(one).as_deref() == Some("Applied") => Ok(one.clone()),
+                other => Err(format!("{:?}", other.iter().map(|ic| (&ic.spec.operator, state(ic))).collect::<Vec<_>>())),
+            })
+        })
+        .await?;
+        let (holder, other) = if held.spec.operator == format!("namespace/{}", a.cluster.namespace) {
+            (a.cluster.namespace.clone(), b.namespace.clone())
+        } else {
+            (b.namespace.clone(), a.cluster.namespace.clone())
+        };
+        println!("held by {holder}; {other} waits");
+        ensure!(
+            held.status.as_ref().and_then(|s| s.original.clone()) == Some(a.before.to_string()),
+            "the holder recorded the true original: {:?}",
+            held.status
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let list = all_on_noisy().await?;
+        ensure!(
+            list.len() == 1 && list[0].spec.operator == held.spec.operator,
+            "the other instance neither took nor changed it: {:?}",
+            list.iter().map(|ic| &ic.spec.operator).collect::<Vec<_>>()
+        );
+
+        // The holder lets go (its intent is deleted): the original comes back through its
+        // finalizer, and the other instance then records the true original, not the holder's
+        // limit.
+        let holder_app = if holder == a.cluster.namespace { "payments" } else { "orders" };
+        Api::<plumbline_crds::WorkloadIntent>::namespaced(admin.clone(), &holder)
+            .delete(holder_app, &DeleteParams::default())
+            .await?;
+        let taken = eventually("the other instance's entry Applied", PATIENCE, || async {
+            let list = all_on_noisy().await?;
+            Ok(match list.as_slice() {
+                [one] if one.spec.operator == format!("namespace/{other}")
+                    && state(one).as_deref() == Some("Applied") =>
+                {
+                    Ok(one.clone())
+                }
+                other => Err(format!("{:?}", other.iter().map(|ic| (&ic.spec.operator, state(ic), ic.metadata.deletion_timestamp.is_some())).collect::<Vec<_>>())),
+            })
+        })
+        .await?;
+        ensure!(
+            taken.status.as_ref().and_then(|s| s.original.clone()) == Some(a.before.to_string()),
+            "the second instance recorded the true original, not the first's limit: {:?}",
+            taken.status
+        );
+        Ok(())
+    }
+    .await;
+    let _ = a.stack.clear_libvirt_latency(OTHER_VICTIM).await;
+    let _ = a.stack.clear_libvirt_latency(VICTIM).await;
+    let released_b = release_everything(&b.admin, &b.namespace, op_b).await;
+    strip_ledger(&b.admin, &b.namespace).await;
+    b.cleanup().await;
+    a.finish(Some(op_a), result.and(released_b)).await
+}
+
+#[tokio::test]
+async fn serial_ledger_a_hung_guest_holds_up_only_its_own_changes() -> Result<()> {
+    let scene = Scene::start("ledger_hung").await?;
+    let operator = scene.operator(one_step_health()).await?;
+    const OTHER: &str = "pl-vm3";
+    let result = async {
+        let (admin, ns) = (&scene.cluster.admin, &scene.cluster.namespace);
+        deploy_pinned(admin, ns, "orders", 1, OTHER).await?;
+        scene.cluster.apply_intent("orders", critical_intent("orders")).await?;
+        scene.degrade("payments").await?;
+        applied_throttle(admin, ns, &scene.noisy).await?;
+
+        // The noisy guest's QEMU stops answering; its throttle is to be released.
+        let frozen = scene.stack.freeze_guest(&scene.noisy).await?;
+        scene.cluster.delete_intent("payments").await?;
+        // Meanwhile another VM degrades: its pod's condition must still follow in time.
+        let started = tokio::time::Instant::now();
+        scene.stack.inject_libvirt_latency(OTHER, 20).await?;
+        wait_for_pods(admin, ns, "orders", 1, "the other VM's pod out of rotation", |pods| {
+            count(pods, "False", "LatencyOverBudget") == 1
+        })
+        .await?;
+        println!(
+            "a pod on another VM left rotation {:?} after its injection, with {} frozen",
+            started.elapsed(),
+            scene.noisy
+        );
+        let stuck = eventually("the hung VM's change reports its deadline", PATIENCE, || async {
+            let list = throttle_of(admin, ns, &scene.noisy).await?;
+            Ok(match list.first() {
+                Some(ic)
+                    if state(ic).as_deref() == Some("Reverting")
+                        && ic
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.last_error.as_deref())
+                            .is_some_and(|e| e.contains("deadline") || e.contains("timed out") || e.contains("Timeout")) =>
+                {
+                    Ok(ic.clone())
+                }
+                other => Err(format!("{:?}", other.map(|ic| &ic.status))),
+            })
+        })
+        .await?;
+        println!(
+            "hung: {:?}",
+            stuck.status.as_ref().and_then(|s| s.last_error.clone())
+        );
+        drop(frozen);
+        scene
+            .wait_for_limit("the original limit back after the thaw", scene.before)
+            .await?;
+        scene.stack.clear_libvirt_latency(OTHER).await?;
+        Ok(())
+    }
+    .await;
+    let _ = scene.stack.clear_libvirt_latency(OTHER).await;
+    scene.finish(Some(operator), result).await
+}
