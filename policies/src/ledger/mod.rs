@@ -11,6 +11,7 @@
 
 pub mod actuation;
 pub mod desired;
+pub mod lost;
 
 pub use actuation::{after_readback, next_work, ActuationPolicy, Readback, Work};
 pub use desired::{
