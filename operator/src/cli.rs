@@ -1,4 +1,5 @@
-//! Command line: `plumbline run` (the operator) and `plumbline explain` (a dry run).
+//! Command line: `plumbline run` (the operator), `plumbline explain` (a dry run) and
+//! `plumbline recover` (restores changes whose InfraChange objects are lost).
 //! The same program answers as `kubectl-plumbline`, so it works as a kubectl plugin.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -28,6 +29,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print the plan for an intent, per layer with reasons, against the live cluster. Changes nothing.
     Explain(ExplainArgs),
+    /// Restore changes to a provider's VMs whose InfraChange objects are lost (e.g. the CRD was deleted).
+    #[command(long_about = RECOVER_HELP)]
+    Recover(RecoverArgs),
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +175,50 @@ pub enum ExplainOutput {
     Json,
 }
 
+const RECOVER_HELP: &str = "\
+Restore changes to a provider's VMs whose InfraChange objects are lost.
+
+Every change Plumbline makes to a VM (a disk's I/O limit, CPU shares) is an InfraChange object
+whose finalizer restores the original. Before the first change the hypervisor adapter also
+records the original on the VM itself (libvirt domain metadata, vSphere extraConfig). When the
+objects are lost - the InfraChange CRD was deleted, or objects were deleted with their
+finalizers stripped - nothing would ever restore those changes. `recover` does, from the
+records on the VMs.
+
+It reads the HypervisorProvider NAME and its credentials Secret, connects to the hypervisor,
+reads the recorded originals of every VM, then lists every InfraChange. A recorded original is
+left to its InfraChange's finalizer when an object targets the same VM (UUID, ignoring case)
+and setting - of this provider, or failing that of another provider reaching the same VM. Any
+other recorded original is a lost change and is restored (the record is then forgotten). When
+the InfraChange CRD is not installed at all, every recorded original is a lost change.
+
+It prints one line per recorded original - the VM, the setting, its current value, the
+original, and what was done (restored, would restore, left to InfraChange NAME) - then a
+summary. It exits non-zero when a VM could not be read or a restore failed.
+
+Run it with --dry-run first and read the lines. A change that was annotated
+plumbline.dev/abandon=true and then deleted also leaves its record on the VM: `recover` restores
+it like any lost change.
+
+Needs: get on the HypervisorProvider and its credentials Secret, list on infrachanges, the
+hypervisor reachable from where it runs, and for libvirt a build with the `libvirt` feature.
+If the HypervisorProvider itself is gone, create it again first.
+
+Examples:
+  plumbline recover --provider local-kvm --dry-run
+  kubectl plumbline recover --provider local-kvm";
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The HypervisorProvider whose VMs are examined.
+    #[arg(long, value_name = "NAME")]
+    pub provider: String,
+
+    /// Report what would be restored; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +239,24 @@ mod tests {
         assert_eq!(args.intent.as_deref(), Some("wi/payments"));
         assert_eq!(args.namespace.as_deref(), Some("shop"));
         assert!(Cli::try_parse_from(["plumbline", "explain"]).is_err());
+    }
+
+    #[test]
+    fn recover_needs_a_provider_and_dry_run_is_off_unless_asked_for() {
+        let cli =
+            Cli::try_parse_from(["kubectl-plumbline", "recover", "--provider", "kvm"]).unwrap();
+        let Command::Recover(args) = cli.command else {
+            panic!("not recover")
+        };
+        assert_eq!(args.provider, "kvm");
+        assert!(!args.dry_run);
+        let cli =
+            Cli::try_parse_from(["plumbline", "recover", "--provider=kvm", "--dry-run"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Recover(RecoverArgs { dry_run: true, .. })
+        ));
+        assert!(Cli::try_parse_from(["plumbline", "recover"]).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!   the loops of a leadership term.
 //! - [`controller`] is the WorkloadIntent controller (observe → plan → apply → status).
 //! - [`explain`] prints a plan against the live cluster without changing anything.
+//! - [`recover`] restores changes to VMs whose InfraChange objects are lost.
 
 pub mod cli;
 pub mod clock;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod leader;
 pub mod ledger;
 pub mod metrics;
+pub mod recover;
 pub mod run;
 pub mod telemetry;
 
@@ -55,6 +57,12 @@ pub async fn main_with_args(
                 .map_err(|e| Error::KubeConfig(e.to_string()))?;
             let out = explain::explain(client, &args, &clock::SystemClock).await?;
             print!("{out}");
+        }
+        cli::Command::Recover(args) => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| Error::KubeConfig(e.to_string()))?;
+            recover::recover(client, &args).await?;
         }
     }
     Ok(())

@@ -113,8 +113,8 @@ impl Samplers {
 }
 
 /// The adapter configuration for a provider, reading the vSphere credentials Secret.
-async fn adapter_config(
-    ctx: &Context,
+pub(crate) async fn adapter_config(
+    client: &kube::Client,
     hp: &HypervisorProvider,
 ) -> Result<HypervisorConfig, String> {
     if let Some(l) = &hp.spec.libvirt {
@@ -125,7 +125,7 @@ async fn adapter_config(
     let Some(v) = &hp.spec.vsphere else {
         return Err("the spec sets neither libvirt nor vsphere".into());
     };
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &v.credentials_secret_ref.namespace)
+    let secret = Api::<Secret>::namespaced(client.clone(), &v.credentials_secret_ref.namespace)
         .get(&v.credentials_secret_ref.name)
         .await
         .map_err(|e| {
@@ -236,7 +236,7 @@ async fn sample_provider(
         let adapter = match ctx.adapters.get(&name) {
             Some(a) => a,
             None => {
-                let connected = match adapter_config(&ctx, &hp).await {
+                let connected = match adapter_config(&ctx.client, &hp).await {
                     Ok(config) => plumbline_adapters::connect(config)
                         .await
                         .map_err(|e| e.to_string()),
