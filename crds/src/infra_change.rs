@@ -215,7 +215,7 @@ pub struct InfraChangeStatus {
     /// When `observed` was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<Time>,
-    /// Pending, Applied, Drifted, Contested, Failed, Unsupported, Reverting or Held (see
+    /// Pending, Applied, Drifted, Contested, Failed, Unsupported or Reverting (see
     /// `plumbline_crds::conditions::infra_change`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,

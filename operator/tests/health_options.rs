@@ -204,10 +204,10 @@ async fn serial_health_fail_closed_takes_pods_out_of_rotation_while_the_hypervis
     .await;
 
     link.cut();
-    operator.stop().await;
+    let released = release_everything(&cluster.admin, &cluster.namespace, operator).await;
     delete_provider(&cluster.admin, &provider).await;
     cluster.cleanup().await;
-    result
+    result.and(released)
 }
 
 async fn taints(admin: &Client, node: &str) -> Result<Vec<Taint>> {
@@ -400,7 +400,7 @@ async fn serial_health_taint_degraded_node_on_latency_and_untaint_on_recovery_ke
     .await;
 
     let _ = stack.clear_libvirt_latency(NODE).await;
-    operator.stop().await;
+    let released = release_everything(&cluster.admin, &cluster.namespace, operator).await;
     // Leave the node as it was, whatever happened.
     let _ = edit_taints(&cluster.admin, NODE, |l| {
         l.retain(|t| t.key != before.key && t.key != between.key && t.key != ours.key)
@@ -408,7 +408,7 @@ async fn serial_health_taint_degraded_node_on_latency_and_untaint_on_recovery_ke
     .await;
     delete_provider(&cluster.admin, &provider).await;
     cluster.cleanup().await;
-    result
+    result.and(released)
 }
 
 #[tokio::test]
@@ -479,9 +479,9 @@ async fn serial_health_taint_removed_when_the_scoped_operators_pods_leave_a_degr
     .await;
 
     let _ = stack.clear_libvirt_latency(NODE).await;
-    operator.stop().await;
+    let released = release_everything(&cluster.admin, &cluster.namespace, operator).await;
     let _ = edit_taints(&cluster.admin, NODE, |l| l.retain(|t| t.key != ours.key)).await;
     delete_provider(&cluster.admin, &provider).await;
     cluster.cleanup().await;
-    result
+    result.and(released)
 }

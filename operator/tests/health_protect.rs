@@ -1,8 +1,9 @@
 //! `infrastructure.protectBackingVms` end to end: a critical workload pinned to a vSphere-backed
 //! node; its VM gets 4096 CPU shares through the simulator's ReconfigVM (read back through the
 //! adapter), the intent's status and Events say so, and deleting the intent restores the
-//! original shares. On libvirt (no cgroup CPU controller on this host) the intent is told once
-//! that the VM cannot be protected, without an error loop.
+//! original shares; every change is an `InfraChange` with the true original. On libvirt the
+//! shares are real where the host mounts the cgroup CPU controller (the stack configures libvirt
+//! to use it), and otherwise the intent is told once that the VM cannot be protected.
 //!
 //! Needs `e2e/stack up`; fails saying so otherwise. Build with `--features libvirt`.
 
@@ -134,8 +135,6 @@ impl VsphereCase {
         })
     }
 
-    /// An operator that restores leftovers at startup, as an unscoped one does: these tests
-    /// run one at a time, and the restart test checks exactly that recovery.
     async fn start_operator(&self) -> Result<Operator> {
         self.cluster
             .start_operator_with_health(
@@ -185,10 +184,17 @@ impl VsphereCase {
         .await
     }
 
-    async fn finish(self) {
+    /// Releases through the ledger while `operator` runs, then leaves the VM as it was.
+    async fn finish(self, operator: Option<Operator>, result: Result<()>) -> Result<()> {
+        let released = match operator {
+            Some(op) => release_everything(&self.cluster.admin, &self.cluster.namespace, op).await,
+            None => Ok(()),
+        };
+        strip_ledger(&self.cluster.admin, &self.cluster.namespace).await;
         let _ = self.hv.revert(&self.vm, &[Tunable::CpuShares]).await;
         delete_provider(&self.cluster.admin, &self.provider).await;
         self.cluster.cleanup().await;
+        result.and(released)
     }
 }
 
@@ -216,6 +222,27 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
             .await?;
         let entry = case.wait_for_status().await?;
         println!("status.protectedVms: {entry}");
+        let change = eventually("the change in the ledger", PATIENCE, || async {
+            let list = ledger(&cluster.admin, &cluster.namespace).await?;
+            Ok(match list.as_slice() {
+                [ic] if ic.spec.setting == "cpu_shares"
+                    && ic.spec.target.name == VM
+                    && ic.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Applied") =>
+                {
+                    Ok(ic.clone())
+                }
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+        let status = change.status.clone().unwrap_or_default();
+        ensure!(
+            change.spec.desired == "4096"
+                && status.original == case.before.map(|b| b.to_string())
+                && change.spec.owners.iter().any(|o| o.intent.ends_with("/payments")),
+            "the entry records the true original and its owner: {:?} {status:?}",
+            change.spec
+        );
         let (_, notes) = eventually("a BackingVmProtected Event", PATIENCE, || async {
             let (n, notes) = event_count(cluster, "payments", "BackingVmProtected").await?;
             Ok(if n >= 1 {
@@ -267,9 +294,7 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
     }
     .await;
 
-    operator.stop().await;
-    case.finish().await;
-    result
+    case.finish(Some(operator), result).await
 }
 
 #[tokio::test]
@@ -320,20 +345,35 @@ async fn serial_protect_vsphere_after_a_restart_keeps_what_is_wanted_and_restore
     }
     .await;
 
-    if let Some(operator) = running {
-        operator.stop().await;
-    }
-    case.finish().await;
-    result
+    case.finish(running, result).await
+}
+
+/// The guest's `cpu_shares` as `virsh schedinfo` reports it.
+async fn libvirt_cpu_shares(uri: &str, domain: &str) -> Result<u64> {
+    let out = tokio::process::Command::new("virsh")
+        .args(["-q", "-c", uri, "schedinfo", domain])
+        .output()
+        .await
+        .context("running virsh schedinfo")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "cpu_shares")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .with_context(|| format!("no cpu_shares in virsh schedinfo {domain}: {text}"))
 }
 
 #[tokio::test]
-async fn serial_protect_libvirt_without_cpu_controller_is_reported_once() -> Result<()> {
+async fn serial_protect_libvirt_sets_real_cpu_shares_where_the_host_has_the_controller(
+) -> Result<()> {
     let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
     let uri = stack.libvirt_uri()?.to_string();
+    let controllers = stack.get("LIBVIRT_CGROUP_CONTROLLERS").unwrap_or("").to_string();
     let cluster = common::Cluster::connect("health_protect_libvirt").await?;
     let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &uri).await?;
-    let operator = cluster.start_operator(Arc::new(SystemClock)).await?;
+    let operator = cluster
+        .start_operator_with_health(Arc::new(SystemClock), common::test_health())
+        .await?;
 
     let result = async {
         deploy_pinned(
@@ -344,6 +384,49 @@ async fn serial_protect_libvirt_without_cpu_controller_is_reported_once() -> Res
             LIBVIRT_VM,
         )
         .await?;
+        if controllers.split(',').any(|c| c == "cpu") {
+            let before = libvirt_cpu_shares(&uri, LIBVIRT_VM).await?;
+            ensure!(before != 4096, "the guest starts with other shares than 4096");
+            cluster.apply_intent("payments", protected_intent()).await?;
+            eventually("4096 real CPU shares on the guest", PATIENCE, || async {
+                let now = libvirt_cpu_shares(&uri, LIBVIRT_VM).await?;
+                Ok(if now == 4096 { Ok(()) } else { Err(format!("cpu_shares {now}")) })
+            })
+            .await?;
+            let entry = eventually("status.protectedVms Protected", PATIENCE, || async {
+                let status = intent_status(&cluster.admin, &cluster.namespace, "payments").await?;
+                let vms = protected_vms(&status);
+                let ok = vms.len() == 1
+                    && vms[0]["vm"] == LIBVIRT_VM
+                    && vms[0]["reason"] == "Protected"
+                    && vms[0]["shares"] == 4096
+                    && vms[0]["original"] == json!(before);
+                Ok(if ok { Ok(vms[0].clone()) } else { Err(status.to_string()) })
+            })
+            .await?;
+            println!("status.protectedVms: {entry}");
+            let list = ledger(&cluster.admin, &cluster.namespace).await?;
+            ensure!(
+                list.len() == 1
+                    && list[0].status.as_ref().and_then(|s| s.original.clone())
+                        == Some(before.to_string()),
+                "one entry with the true original: {list:?}"
+            );
+            cluster.delete_intent("payments").await?;
+            eventually("the original shares back", PATIENCE, || async {
+                let now = libvirt_cpu_shares(&uri, LIBVIRT_VM).await?;
+                let left = ledger(&cluster.admin, &cluster.namespace).await?.len();
+                Ok(if now == before && left == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("cpu_shares {now}, {left} entries"))
+                })
+            })
+            .await?;
+            return Ok(());
+        }
+
+        // Without the controller: told once, never attempted.
         cluster.apply_intent("payments", protected_intent()).await?;
         let entry = eventually(
             "status to say CPU shares are unsupported",
@@ -381,8 +464,8 @@ async fn serial_protect_libvirt_without_cpu_controller_is_reported_once() -> Res
     }
     .await;
 
-    operator.stop().await;
+    let released = release_everything(&cluster.admin, &cluster.namespace, operator).await;
     delete_provider(&cluster.admin, &provider).await;
     cluster.cleanup().await;
-    result
+    result.and(released)
 }

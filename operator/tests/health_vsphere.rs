@@ -89,8 +89,8 @@ async fn serial_health_vsphere_node_goes_through_the_same_cycle() -> Result<()> 
     .await;
 
     let _ = stack.clear_vsphere_latency(VM).await;
-    operator.stop().await;
+    let released = release_everything(&cluster.admin, &cluster.namespace, operator).await;
     delete_provider(&cluster.admin, &provider).await;
     cluster.cleanup().await;
-    result
+    result.and(released)
 }

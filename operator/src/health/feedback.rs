@@ -234,7 +234,7 @@ impl Feedback {
                             .map(IntentView::label)
                             .collect(),
                         because: format!(
-                            "the storage of VM {} is over its latency budget {}",
+                            "the storage of VM {} is over budget (latency budget {})",
                             vm.name,
                             format_latency(budget.0)
                         ),

@@ -34,7 +34,7 @@ use kube::ResourceExt;
 use plumbline_crds::{conditions::infra_change as ic_state, ChangePurpose, InfraChange};
 use plumbline_policies::health::{LatencyBudget, ThrottleLadder, UnknownReadiness};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
@@ -125,13 +125,20 @@ pub async fn run(
         }
         let providers = caches.providers.state();
         samplers.sync(&ctx, &providers, &book, &changed);
-        actuators.sync(
-            &ctx,
-            &caches.changes,
-            providers.iter().map(|p| p.name_any()),
-            &settings.ledger,
-            &operator,
-        );
+        // Also providers that are gone but still named by an entry: it can still be abandoned.
+        let targeted: BTreeSet<String> = providers
+            .iter()
+            .map(|p| p.name_any())
+            .chain(
+                caches
+                    .changes
+                    .state()
+                    .iter()
+                    .filter(|ic| ic.spec.operator == operator)
+                    .filter_map(|ic| ic.spec.target.provider.clone()),
+            )
+            .collect();
+        actuators.sync(&ctx, &caches.changes, targeted, &settings.ledger, &operator);
         let now = SystemTime::now();
         let mut wanted = feedback
             .pass(&ctx, &caches, &book, &settings, &operator, now)

@@ -180,10 +180,12 @@ async fn run(
             if work == Work::Nothing {
                 continue;
             }
-            let target = match Target::of(&ic, &ctx.client, |p| ctx.adapters.get(p)) {
-                Ok(Some(t)) => Ok(t),
-                Ok(None) => continue, // the provider is not connected (yet)
-                Err(e) => Err(e),
+            // Letting go needs no connection: a hypervisor gone for good can still be abandoned.
+            let target = match (&work, Target::of(&ic, &ctx.client, |p| ctx.adapters.get(p))) {
+                (Work::Release { .. }, _) => Ok(None),
+                (_, Ok(Some(t))) => Ok(Some(t)),
+                (_, Ok(None)) => continue, // the provider is not connected (yet)
+                (_, Err(e)) => Err(e),
             };
             busy.insert(key.clone());
             let (ctx, slots, done_tx) = (ctx.clone(), slots.clone(), done_tx.clone());
@@ -194,7 +196,7 @@ async fn run(
                     return;
                 };
                 let done = match target {
-                    Ok(target) => carry_out(&ctx, &ic, &target, work, deadline, &policy).await,
+                    Ok(target) => carry_out(&ctx, &ic, target.as_ref(), work, deadline, &policy).await,
                     Err(e) => unusable(&ctx, &ic, e).await,
                 };
                 let _ = done_tx.send((key, name, done));
@@ -263,15 +265,27 @@ async fn unusable(ctx: &Context, ic: &InfraChange, e: TargetError) -> Done {
     Done { attempted: true, read_back: false }
 }
 
+/// Does one piece of work. `target` is `None` only for [`Work::Release`], which needs none.
 async fn carry_out(
     ctx: &Context,
     ic: &InfraChange,
-    target: &Target,
+    target: Option<&Target>,
     work: Work,
     deadline: Duration,
     policy: &plumbline_policies::ledger::ActuationPolicy,
 ) -> Done {
     let name = ic.name_any();
+    if let Work::Release { reason, message } = work {
+        info!(change = %name, %message, "letting go of the change");
+        report::event(ctx, ic, false, reason, format!("{} {}: {message}", ic.spec.target, ic.spec.setting)).await;
+        if let Err(e) = report::remove_finalizer(ctx, ic).await {
+            warn!(change = %name, error = %e, "removing the finalizer failed");
+        }
+        return Done { attempted: true, read_back: false };
+    }
+    let Some(target) = target else {
+        return Done { attempted: false, read_back: false };
+    };
     let mut status = ic.status.clone().unwrap_or_default();
     let done = |read_back| Done {
         attempted: true,
@@ -376,6 +390,7 @@ async fn carry_out(
                         format!("{} {} restored to its original {original}", ic.spec.target, ic.spec.setting),
                     )
                     .await;
+                    report::node_event(ctx, ic, false).await;
                     if let Err(e) = report::remove_finalizer(ctx, ic).await {
                         warn!(change = %name, error = %e, "removing the finalizer failed");
                     }
@@ -396,14 +411,7 @@ async fn carry_out(
                 }
             }
         }
-        Work::Release { reason, message } => {
-            info!(change = %name, %message, "letting go of the change");
-            report::event(ctx, ic, false, reason, format!("{} {}: {message}", ic.spec.target, ic.spec.setting)).await;
-            if let Err(e) = report::remove_finalizer(ctx, ic).await {
-                warn!(change = %name, error = %e, "removing the finalizer failed");
-            }
-            done(false)
-        }
+        Work::Release { .. } => done(false),
     }
 }
 
@@ -445,6 +453,7 @@ async fn apply(
     info!(change = %name, %desired, %original, "applied");
     if first {
         report::event(ctx, ic, false, state::APPLIED_REASON, message.clone()).await;
+        report::node_event(ctx, ic, true).await;
     }
     status.observed = Some(observed);
     status.observed_at = Some(plumbline_policies::ledger::to_time(SystemTime::now()));

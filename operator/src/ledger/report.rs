@@ -2,7 +2,7 @@
 //! actuator's field manager, the whole status each time), Events on the object, and the
 //! finalizer it removes once the original is back.
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
 use kube::{
     api::{Patch, PatchParams},
     runtime::events::{Event, EventType},
@@ -11,7 +11,7 @@ use kube::{
 use plumbline_crds::{
     conditions::infra_change as ic_state,
     names::{ACTUATOR_FIELD_MANAGER, INFRA_CHANGE_FINALIZER},
-    InfraChange, InfraChangeStatus,
+    ChangePurpose, InfraChange, InfraChangeStatus,
 };
 use plumbline_policies::ledger::owner_summary;
 use serde_json::json;
@@ -96,6 +96,40 @@ pub async fn event(ctx: &Context, ic: &InfraChange, warning: bool, reason: &str,
         secondary: None,
     };
     ctx.publish_cluster_scoped(ic, event).await;
+}
+
+/// For a node taint, an Event on the Node too (`kubectl describe node` shows it):
+/// `StorageTaintAdded` / `StorageTaintRemoved` with why.
+pub async fn node_event(ctx: &Context, ic: &InfraChange, added: bool) {
+    if ic.spec.purpose != ChangePurpose::StorageTaint {
+        return;
+    }
+    let taint = ic.spec.setting.strip_prefix("taint/").unwrap_or(&ic.spec.setting);
+    let why: Vec<&str> = ic.spec.owners.iter().map(|o| o.reason.as_str()).collect();
+    let note = format!(
+        "{taint} {}: {}",
+        if added { "added" } else { "removed" },
+        if added {
+            why.first().copied().unwrap_or("the node's storage is over budget").to_string()
+        } else {
+            "the node's storage is no longer over budget for this operator's intents".to_string()
+        }
+    );
+    let node = Node {
+        metadata: kube::api::ObjectMeta {
+            name: Some(ic.spec.target.name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: if added { "StorageTaintAdded" } else { "StorageTaintRemoved" }.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "TaintNode".into(),
+        secondary: None,
+    };
+    ctx.publish_cluster_scoped(&node, event).await;
 }
 
 /// Removes the finalizer, guarded by the resourceVersion read so a concurrent change to the
