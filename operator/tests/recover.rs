@@ -20,8 +20,17 @@ use plumbline_adapters::{
     DiskLimit, Hypervisor, HypervisorConfig, LibvirtConfig, Setting, Tunable, VmId,
 };
 use plumbline_crds::{ChangePurpose, ChangeTarget, InfraChange, InfraChangeSpec};
-use std::{process::Output, sync::Arc};
-use tokio::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    sync::Arc,
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    task::JoinHandle,
+};
 
 const LOST_LIMIT: u64 = 333;
 const HELD_LIMIT: u64 = 444;
@@ -56,10 +65,19 @@ struct Scene {
 /// `plumbline recover --provider NAME [--dry-run]` as the stack's admin: (success, stdout,
 /// stderr).
 async fn recover(scene: &Scene, dry_run: bool) -> Result<(bool, String, String)> {
+    recover_with(scene, Path::new(scene.stack.get("KUBECONFIG")?), dry_run).await
+}
+
+/// The same with this kubeconfig.
+async fn recover_with(
+    scene: &Scene,
+    kubeconfig: &Path,
+    dry_run: bool,
+) -> Result<(bool, String, String)> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_plumbline"));
     command
         .args(["recover", "--provider", &scene.provider])
-        .env("KUBECONFIG", scene.stack.get("KUBECONFIG")?)
+        .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "warn");
     if dry_run {
         command.arg("--dry-run");
@@ -192,6 +210,44 @@ impl Scene {
         Ok(())
     }
 
+    /// Both changes in force, as the actuator makes them: the adapter records the original,
+    /// then changes the limit. Only the held one gets an InfraChange.
+    async fn change_both(&self) -> Result<()> {
+        self.hv
+            .apply(&self.lost.id, &[Setting::new(iops(), LOST_LIMIT)])
+            .await?;
+        self.hv
+            .apply(&self.held.id, &[Setting::new(iops(), HELD_LIMIT)])
+            .await?;
+        self.hold().await?;
+        ensure!(
+            state_of(self, &self.lost).await? == (LOST_LIMIT, Some(self.lost.before))
+                && state_of(self, &self.held).await? == (HELD_LIMIT, Some(self.held.before)),
+            "both changes are in force and recorded"
+        );
+        Ok(())
+    }
+
+    /// Fails when a dry run would restore anything on guests other than `ours`: the guests
+    /// are shared, and a test must never restore what another one holds.
+    fn only_ours(&self, dry_run_out: &str, ours: &[&Guest]) -> Result<()> {
+        let others: Vec<&str> = dry_run_out
+            .lines()
+            .filter(|l| {
+                l.ends_with("would restore")
+                    && !ours
+                        .iter()
+                        .any(|g| l.starts_with(&format!("VM {} ", g.name)))
+            })
+            .collect();
+        ensure!(
+            others.is_empty(),
+            "other lost changes on the stack's guests (another test is changing them, or one \
+             left them behind); not restoring them from this test: {others:?}"
+        );
+        Ok(())
+    }
+
     /// Leaves the guests and the cluster as they were, whatever happened.
     async fn finish(self, result: Result<()>) -> Result<()> {
         let mut restored = Ok(());
@@ -237,20 +293,7 @@ async fn serial_recover_restores_a_change_whose_infrachange_is_lost_and_leaves_a
     let scene = Scene::start().await?;
     let result = async {
         let (lost, held) = (&scene.lost, &scene.held);
-        // What the actuator does: the adapter records the original, then changes the limit.
-        scene
-            .hv
-            .apply(&lost.id, &[Setting::new(iops(), LOST_LIMIT)])
-            .await?;
-        scene
-            .hv
-            .apply(&held.id, &[Setting::new(iops(), HELD_LIMIT)])
-            .await?;
-        scene.hold().await?;
-        ensure!(
-            state_of(&scene, lost).await? == (LOST_LIMIT, Some(lost.before)),
-            "the lost change is in force and recorded"
-        );
+        scene.change_both().await?;
 
         // A dry run reports both and changes nothing.
         let (ok, out, err) = recover(&scene, true).await?;
@@ -279,18 +322,7 @@ async fn serial_recover_restores_a_change_whose_infrachange_is_lost_and_leaves_a
             )) && l.ends_with("(dry run: nothing was changed)")),
             "a summary: {out}"
         );
-        // Never restore what someone else's test holds on the shared guests.
-        let others: Vec<&str> = out
-            .lines()
-            .filter(|l| {
-                l.ends_with("would restore") && !l.starts_with(&format!("VM {} ", lost.name))
-            })
-            .collect();
-        ensure!(
-            others.is_empty(),
-            "other lost changes on the stack's guests (another test is changing them, or one \
-             left them behind); not restoring them from this test: {others:?}"
-        );
+        scene.only_ours(&out, &[lost])?;
         ensure!(
             state_of(&scene, lost).await? == (LOST_LIMIT, Some(lost.before)),
             "the dry run changed nothing on {}",
@@ -336,6 +368,189 @@ async fn serial_recover_restores_a_change_whose_infrachange_is_lost_and_leaves_a
             "nothing more about {}: {out}",
             lost.name
         );
+        Ok(())
+    }
+    .await;
+    scene.finish(result).await
+}
+
+/// The stack's API server as it looks once the InfraChange CRD is deleted: a plain-HTTP shim
+/// on loopback that forwards GETs (all `recover` sends) with the caller's token, answers 404
+/// for infrachanges and leaves them out of discovery. Deleting the real CRD would take every
+/// other test's InfraChanges with it.
+struct WithoutInfraChanges {
+    _dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    server: JoinHandle<()>,
+}
+
+impl Drop for WithoutInfraChanges {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn without_infrachanges(stack: &plumbline_e2e::Stack) -> Result<WithoutInfraChanges> {
+    let upstream = stack.apiserver_url()?.to_string();
+    let ca = std::fs::read(stack.get("KUBE_CA_FILE")?).context("reading the API server's CA")?;
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .build()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (http, upstream) = (http.clone(), upstream.clone());
+            tokio::spawn(async move {
+                if let Err(e) = shim_one(socket, &http, &upstream).await {
+                    eprintln!("shim: {e:#}");
+                }
+            });
+        }
+    });
+    // The admin kubeconfig (its token), pointed at the shim.
+    let path = stack.get("KUBECONFIG")?;
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).context("reading the kubeconfig")?)?;
+    for cluster in config["clusters"]
+        .as_sequence_mut()
+        .context("the kubeconfig has no clusters")?
+    {
+        let cluster = cluster["cluster"]
+            .as_mapping_mut()
+            .context("a kubeconfig cluster without settings")?;
+        cluster.insert("server".into(), format!("http://{addr}").into());
+        cluster.remove("certificate-authority-data");
+        cluster.remove("certificate-authority");
+    }
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, serde_yaml::to_string(&config)?)?;
+    Ok(WithoutInfraChanges {
+        _dir: dir,
+        kubeconfig,
+        server,
+    })
+}
+
+/// Answers one request on the connection, then closes it.
+async fn shim_one(socket: TcpStream, http: &reqwest::Client, upstream: &str) -> Result<()> {
+    let (read, mut write) = socket.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let request = lines.next_line().await?.context("no request line")?;
+    let mut words = request.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/"));
+    let mut headers = Vec::new();
+    while let Some(line) = lines.next_line().await? {
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = if method != "GET" {
+        (
+            405,
+            "text/plain".to_string(),
+            b"the shim forwards GETs only\n".to_vec(),
+        )
+    } else if path.split('/').any(|segment| segment == "infrachanges") {
+        (
+            404,
+            "text/plain".to_string(),
+            b"404 page not found\n".to_vec(),
+        )
+    } else {
+        let mut forwarded = http.get(format!("{upstream}{target}"));
+        for (k, v) in &headers {
+            if k == "authorization" || k == "accept" {
+                forwarded = forwarded.header(k.as_str(), v.as_str());
+            }
+        }
+        let answer = forwarded.send().await?;
+        let status = answer.status().as_u16();
+        let content_type = answer
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        let mut body = answer.bytes().await?.to_vec();
+        if status == 200 && path.starts_with("/apis/plumbline.dev/") {
+            let mut doc: serde_json::Value = serde_json::from_slice(&body)?;
+            if let Some(resources) = doc.get_mut("resources").and_then(|r| r.as_array_mut()) {
+                resources.retain(|r| {
+                    !r["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("infrachanges"))
+                });
+                body = serde_json::to_vec(&doc)?;
+            }
+        }
+        (status, content_type, body)
+    };
+    let head = format!(
+        "HTTP/1.1 {status} -\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    write.write_all(head.as_bytes()).await?;
+    write.write_all(&body).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn serial_recover_restores_every_recorded_change_once_the_infrachange_crd_is_gone(
+) -> Result<()> {
+    let scene = Scene::start().await?;
+    let result = async {
+        let (lost, held) = (&scene.lost, &scene.held);
+        // The held one has its object in the real API; the shim hides it with the CRD.
+        scene.change_both().await?;
+        let gone = without_infrachanges(&scene.stack).await?;
+
+        let (ok, out, err) = recover_with(&scene, &gone.kubeconfig, true).await?;
+        ensure!(ok, "the dry run succeeds: {out}{err}");
+        ensure!(
+            out.contains("The InfraChange CRD (infrachanges.plumbline.dev) is not installed"),
+            "says the CRD is gone: {out}"
+        );
+        for (guest, limit) in [(lost, LOST_LIMIT), (held, HELD_LIMIT)] {
+            let line = line_about(&out, guest)?;
+            ensure!(
+                line.ends_with(&format!(
+                    "current {limit}, original {}: no InfraChange: would restore",
+                    shown(guest.before)
+                )),
+                "without the CRD every record is lost: {line}"
+            );
+        }
+        scene.only_ours(&out, &[lost, held])?;
+        ensure!(
+            state_of(&scene, lost).await? == (LOST_LIMIT, Some(lost.before))
+                && state_of(&scene, held).await? == (HELD_LIMIT, Some(held.before)),
+            "the dry run changed nothing"
+        );
+
+        let (ok, out, err) = recover_with(&scene, &gone.kubeconfig, false).await?;
+        ensure!(ok, "recover succeeds: {out}{err}");
+        for guest in [lost, held] {
+            let line = line_about(&out, guest)?;
+            ensure!(
+                line.ends_with(&format!(
+                    "no InfraChange: restored to {}",
+                    shown(guest.before)
+                )),
+                "restored: {line}"
+            );
+            ensure!(
+                state_of(&scene, guest).await? == (guest.before, None),
+                "{} has its original back and no record",
+                guest.name
+            );
+        }
         Ok(())
     }
     .await;
