@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context as _};
 use kube::{api::ListParams, Api, Client};
 use plumbline_adapters::{BackingVm, Hypervisor, Tunable, TunableReport};
 use plumbline_crds::{names::ABANDON_ANNOTATION, HypervisorProvider, InfraChange};
-use plumbline_policies::ledger::lost::{fate, Fate};
+use plumbline_policies::ledger::lost::{fate, Fate, OnDelete};
 use std::{fmt::Write as _, future::Future, sync::Arc, time::Duration};
 
 use crate::{cli::RecoverArgs, health::providers::adapter_config};
@@ -94,16 +94,22 @@ fn found(vm: &BackingVm, tunable: &Tunable, current: Option<u64>, original: u64)
 }
 
 /// Why a record is left alone.
-fn left_to(change: &str, other_provider: Option<&str>, restores_on_delete: bool) -> String {
+fn left_to(change: &str, other_provider: Option<&str>, on_delete: OnDelete) -> String {
     let mut s = format!("left to InfraChange {change}");
     if let Some(p) = other_provider {
         let _ = write!(s, " of HypervisorProvider {p}");
     }
-    if !restores_on_delete {
-        let _ = write!(
-            s,
-            " (it has no finalizer or is annotated {ABANDON_ANNOTATION}=true: deleting it will not restore the original)"
-        );
+    match on_delete {
+        OnDelete::RestoresOriginal => {}
+        OnDelete::NoFinalizer => {
+            s.push_str(" (it has no finalizer: deleting it will not restore the original)")
+        }
+        OnDelete::Abandoned => {
+            let _ = write!(
+                s,
+                " (annotated {ABANDON_ANNOTATION}=true: deleting it will not restore the original)"
+            );
+        }
     }
     s
 }
@@ -222,10 +228,10 @@ async fn recover_with(
                 Fate::Held {
                     change,
                     other_provider,
-                    restores_on_delete,
+                    on_delete,
                 } => {
                     summary.left += 1;
-                    left_to(&change, other_provider.as_deref(), restores_on_delete)
+                    left_to(&change, other_provider.as_deref(), on_delete)
                 }
                 Fate::Lost if args.dry_run => {
                     summary.would_restore += 1;
@@ -349,10 +355,16 @@ mod tests {
 
     #[test]
     fn a_record_left_alone_says_to_which_object_and_whether_deleting_it_restores() {
-        assert_eq!(left_to("x.1", None, true), "left to InfraChange x.1");
-        let other = left_to("x.1", Some("kvm-b"), false);
-        assert!(other.starts_with("left to InfraChange x.1 of HypervisorProvider kvm-b ("));
-        assert!(other.contains("will not restore the original"), "{other}");
+        assert_eq!(
+            left_to("x.1", None, OnDelete::RestoresOriginal),
+            "left to InfraChange x.1"
+        );
+        assert_eq!(
+            left_to("x.1", Some("kvm-b"), OnDelete::NoFinalizer),
+            "left to InfraChange x.1 of HypervisorProvider kvm-b (it has no finalizer: deleting \
+             it will not restore the original)"
+        );
+        assert!(left_to("x.1", None, OnDelete::Abandoned).contains("plumbline.dev/abandon=true"));
     }
 
     #[test]

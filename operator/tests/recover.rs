@@ -312,7 +312,8 @@ async fn serial_recover_restores_a_change_whose_infrachange_is_lost_and_leaves_a
                 "current {HELD_LIMIT}, original {}",
                 shown(held.before)
             )) && line.contains(&format!("left to InfraChange {} (", scene.held_change))
-                && line.contains("no finalizer"),
+                && line
+                    .contains("(it has no finalizer: deleting it will not restore the original)"),
             "the held change is left to its object, which will not restore it: {line}"
         );
         ensure!(

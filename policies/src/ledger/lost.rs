@@ -18,10 +18,20 @@ pub enum Fate {
         /// reach the same VM (one endpoint configured twice) share its records, and the
         /// other provider's operator still holds this one.
         other_provider: Option<String>,
-        /// Whether deleting the object restores the original: false when it has no
-        /// finalizer or is annotated to be abandoned.
-        restores_on_delete: bool,
+        /// What deleting the object does to the change.
+        on_delete: OnDelete,
     },
+}
+
+/// What deleting a holding object does to the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDelete {
+    /// Its finalizer restores the original.
+    RestoresOriginal,
+    /// Nothing: it has no finalizer.
+    NoFinalizer,
+    /// Nothing: it is annotated to be dropped without restoring the original.
+    Abandoned,
 }
 
 /// The fate of the original recorded for `setting` (a tunable's text form, as
@@ -51,7 +61,13 @@ pub fn fate(provider: &str, vm_id: &str, setting: &str, ledger: &[InfraChange]) 
         Some(ic) => Fate::Held {
             change: ic.metadata.name.clone().unwrap_or_default(),
             other_provider: ic.spec.target.provider.clone().filter(|p| p != provider),
-            restores_on_delete: ic.has_finalizer() && !ic.abandoned(),
+            on_delete: if !ic.has_finalizer() {
+                OnDelete::NoFinalizer
+            } else if ic.abandoned() {
+                OnDelete::Abandoned
+            } else {
+                OnDelete::RestoresOriginal
+            },
         },
     }
 }
@@ -89,7 +105,7 @@ mod tests {
         Fate::Held {
             change: ic.metadata.name.clone().unwrap(),
             other_provider: None,
-            restores_on_delete: true,
+            on_delete: OnDelete::RestoresOriginal,
         }
     }
 
@@ -157,7 +173,7 @@ mod tests {
             Fate::Held {
                 change: other.metadata.name.clone().unwrap(),
                 other_provider: Some("kvm-b".into()),
-                restores_on_delete: true,
+                on_delete: OnDelete::RestoresOriginal,
             }
         );
         let mine = change(ChangeTarget::vm("kvm", ID, "pl-noisy"), IOPS);
@@ -169,23 +185,18 @@ mod tests {
 
     #[test]
     fn an_object_without_finalizer_or_abandoned_holds_it_but_will_not_restore_it() {
+        let on_delete = |ic: InfraChange| match fate("kvm", ID, IOPS, &[ic]) {
+            Fate::Held { on_delete, .. } => on_delete,
+            Fate::Lost => panic!("held"),
+        };
         let mut bare = change(ChangeTarget::vm("kvm", ID, "pl-noisy"), IOPS);
         bare.metadata.finalizers = None;
-        let Fate::Held {
-            restores_on_delete, ..
-        } = fate("kvm", ID, IOPS, &[bare])
-        else {
-            panic!("held")
-        };
-        assert!(!restores_on_delete);
+        assert_eq!(on_delete(bare.clone()), OnDelete::NoFinalizer);
         let mut abandoned = change(ChangeTarget::vm("kvm", ID, "pl-noisy"), IOPS);
         abandoned.metadata.annotations = Some([(ABANDON_ANNOTATION.into(), "true".into())].into());
-        let Fate::Held {
-            restores_on_delete, ..
-        } = fate("kvm", ID, IOPS, &[abandoned])
-        else {
-            panic!("held")
-        };
-        assert!(!restores_on_delete);
+        assert_eq!(on_delete(abandoned.clone()), OnDelete::Abandoned);
+        // Abandoning without a finalizer changes nothing more.
+        abandoned.metadata.finalizers = None;
+        assert_eq!(on_delete(abandoned), OnDelete::NoFinalizer);
     }
 }
