@@ -257,6 +257,13 @@ pub struct WorkloadIntentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["vm"]))]
     pub neighbour_throttles: Vec<NeighbourThrottleStatus>,
+    /// For an intent that may throttle noisy neighbours: the busiest VMs sharing a host or
+    /// datastore with its VMs, with their I/O rates, i.e. what the throttle ladder would pick
+    /// from if a backing VM degraded (`plumbline explain` shows the first step). Refreshed by
+    /// the storage-health loop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["vm"]))]
+    pub neighbour_candidates: Vec<NeighbourCandidateStatus>,
     /// VMs backing the workload whose CPU shares Plumbline raised for
     /// `infrastructure.protectBackingVms`, or could not (written by the storage-health loop
     /// under its own field manager; every change is also an Event).
@@ -317,6 +324,22 @@ pub struct NeighbourThrottleStatus {
     pub state: Option<String>,
 }
 
+/// A VM that could be throttled for this intent's VMs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NeighbourCandidateStatus {
+    pub vm: String,
+    /// Its UUID, as the ledger names it.
+    pub vm_id: String,
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datastores: Vec<String>,
+    /// Operations per second over the last sample.
+    pub iops: i64,
+}
+
 /// One pod of the workload and the infrastructure under it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -332,6 +355,12 @@ pub struct BackingPod {
     /// HypervisorProvider the VM belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The physical host running the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Datastores (vSphere) or storage directories (libvirt) holding the VM's disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datastores: Vec<String>,
     /// Last per-operation storage latency seen on the VM, e.g. 3.2ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<String>,

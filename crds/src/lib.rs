@@ -25,7 +25,8 @@ pub use infra_change::{
     InfraChangeStatus, ThrottleStep, VmRef,
 };
 pub use intent::{
-    Availability, BackingPod, GuardReport, Infrastructure, NeighbourThrottleStatus, Priority,
+    Availability, BackingPod, GuardReport, Infrastructure, NeighbourCandidateStatus,
+    NeighbourThrottleStatus, Priority,
     ProtectedVmStatus, Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent,
     WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };

@@ -185,6 +185,34 @@ async fn serial_ledger_a_throttle_is_recorded_and_restored_once_libvirtd_is_back
             "the row says what, its state and its owner: {table}"
         );
 
+        // The intent's plan shows the change, in status and in explain, from the same ledger.
+        eventually("status.plan to carry the throttle, Applied", PATIENCE, || async {
+            let status = intent_status(admin, ns, "payments").await?;
+            let found = status["plan"].as_array().is_some_and(|plan| {
+                plan.iter().any(|a| {
+                    a["kind"] == "DiskIopsLimit"
+                        && a["target"]["name"] == scene.noisy.as_str()
+                        && a["state"] == "Applied"
+                })
+            });
+            Ok(if found { Ok(()) } else { Err(status["plan"].to_string()) })
+        })
+        .await?;
+        let explained = Command::new(env!("CARGO_BIN_EXE_plumbline"))
+            .args(["explain", "wi/payments", "-n", ns])
+            .env("KUBECONFIG", scene.stack.get("KUBECONFIG")?)
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&explained.stdout);
+        println!("{text}");
+        ensure!(
+            explained.status.success()
+                && text.contains(&scene.noisy)
+                && text.contains(&ic.name_any()),
+            "explain shows the hypervisor action with its InfraChange: {text}{}",
+            String::from_utf8_lossy(&explained.stderr)
+        );
+
         // The hypervisor goes away; the intent is deleted meanwhile.
         scene.stack.stop_libvirtd().await?;
         scene.cluster.delete_intent("payments").await?;

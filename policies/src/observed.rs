@@ -43,35 +43,25 @@ pub struct ObservedDisruptionBudget {
     pub min_available: Option<CountOrPercent>,
 }
 
-/// The hypervisor side, as far as this intent is concerned.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The hypervisor side, as far as this intent is concerned: what the change ledger holds for
+/// it, and what the storage-health loop last saw under it. The controller and `explain` fill it
+/// from the `InfraChange`s and the intent's status; nothing here comes from a hypervisor call.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObservedInfra {
-    /// VMs backing the nodes the workload's pods run on (deduplicated).
-    pub backing_vms: Vec<BackingVm>,
-    /// Noisy-neighbour throttles the health logic decided for this intent's victims
-    /// (see `crate::health::plan_neighbour_throttles`); they become hypervisor actions.
-    pub neighbour_throttles: Vec<NeighbourThrottle>,
+    /// `InfraChange`s of the planning operator instance that name this intent among their
+    /// owners.
+    pub changes: Vec<plumbline_crds::InfraChange>,
+    /// The VMs backing the workload's pods (`status.backing`), deduplicated.
+    pub backing: Vec<BackingVm>,
+    /// VMs sharing a host or datastore with them, with their I/O rates
+    /// (`status.neighbourCandidates`).
+    pub neighbours: Vec<plumbline_crds::NeighbourCandidateStatus>,
 }
 
-/// A VM under one or more of the workload's pods.
+/// A VM under one or more of the workload's pods, and where it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackingVm {
     pub vm: crate::plan::VmRef,
-    /// Current CPU shares; `None` when unknown.
-    pub cpu_shares: Option<u64>,
-    /// The hypervisor can set CPU shares here (cgroups may be missing).
-    pub cpu_shares_supported: bool,
-}
-
-/// One I/O limit on a neighbour VM's disk, as decided by the health logic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NeighbourThrottle {
-    pub vm: crate::plan::VmRef,
-    pub disk: String,
-    /// The IOPS limit to set; `None` releases the throttle.
-    pub limit_iops: Option<u64>,
-    /// The limit before Plumbline throttled (`None`: unlimited).
-    pub previous_iops: Option<u64>,
-    /// Why, e.g. "vm7 has 4200 IOPS on host esx1 while payments' vm2 is at 48ms (budget 20ms)".
-    pub reason: String,
+    pub host: Option<String>,
+    pub datastores: Vec<String>,
 }

@@ -9,10 +9,21 @@
 use chrono::{DateTime, Utc};
 use plumbline_crds::{conditions::reason, names::STORAGE_READINESS_GATE, Layer, WorkloadIntent};
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, SystemTime},
+};
+
 use crate::{
+    health::{
+        plan_neighbour_throttles, plan_protection, HealthState, NeighbourAction,
+        NeighbourCandidate, ProtectAction, ProtectionClaim, SharesSupport, Throttle,
+        ThrottleLadder, Tier, Victim,
+    },
     invalid::Invalid,
-    observed::{Observed, ObservedWorkload},
-    plan::{Action, Activity, Change, Note, Plan, Setting, WorkloadRef},
+    ledger::throttle_from_spec,
+    observed::{Observed, ObservedInfra, ObservedWorkload},
+    plan::{Action, Activity, Change, Note, Plan, Setting, VmRef, WorkloadRef},
     revert::revert,
     schedule::Schedule,
     tiers::tier,
@@ -59,6 +70,8 @@ pub fn plan(
         let undo = revert(&observed.applied, observed, "the schedule window is closed");
         plan.reverts = undo.actions;
         plan.notes = undo.notes;
+        // The ledger releases what it holds for the intent; until then it is still in force.
+        plan.actions = ledger_actions(intent, &observed.infra);
         return Ok(plan);
     }
 
@@ -68,7 +81,7 @@ pub fn plan(
         visited: Vec::new(),
     };
     planner.kubernetes(intent, &valid, workload);
-    planner.hypervisor(intent, workload);
+    planner.hypervisor(intent, now);
     planner.revert_the_rest();
     Ok(planner.plan)
 }
@@ -391,116 +404,155 @@ impl Planner<'_> {
         );
     }
 
-    fn hypervisor(&mut self, intent: &WorkloadIntent, _workload: &ObservedWorkload) {
+    /// The hypervisor half: the changes the ledger holds for this intent, as actions with the
+    /// original each restores, and notes on what the storage-health loop would do next — with
+    /// the same decision functions it runs (`plan_protection`, `plan_neighbour_throttles`).
+    fn hypervisor(&mut self, intent: &WorkloadIntent, now: DateTime<Utc>) {
+        let infra = &self.observed.infra;
+        self.plan.actions.extend(ledger_actions(intent, infra));
         let tier = tier(intent.spec.priority);
         let infra_spec = intent.spec.infrastructure.clone().unwrap_or_default();
-        let infra = &self.observed.infra;
+        let label = intent_label(intent);
+        let now: SystemTime = now.into();
+        let vms: BTreeSet<VmRef> = infra.backing.iter().map(|b| b.vm.clone()).collect();
+        let held = |setting: &str, vm: &VmRef| {
+            infra.changes.iter().any(|ic| {
+                ic.spec.setting == setting
+                    && ic.spec.target.name == vm.name
+                    && ic.spec.target.provider.as_deref() == Some(vm.provider.as_str())
+            })
+        };
 
-        if let (true, Some(shares), true) = (
-            infra_spec.protect_backing_vms,
-            tier.protected_cpu_shares,
-            infra.backing_vms.is_empty(),
-        ) {
-            // The controller does not see VMs; the storage-health loop, which holds the live
-            // graph and the adapters, carries this out.
-            self.plan.notes.push(Note {
-                layer: Layer::Hypervisor,
-                text: format!(
-                    "infrastructure.protectBackingVms: every VM backing the pods gets {shares} CPU shares while active, set by the storage-health loop (see status.protectedVms)"
-                ),
-            });
-        }
-        for vm in &infra.backing_vms {
-            let probe = Change::CpuShares {
-                vm: vm.vm.clone(),
-                value: Setting::new(None, None),
-            };
-            let applied = match self.applied(&probe) {
-                Some(Change::CpuShares { value, .. }) => Some(value.clone()),
-                _ => None,
-            };
-            let wanted = if infra_spec.protect_backing_vms {
-                tier.protected_cpu_shares
-            } else {
-                None
-            };
-            if wanted.is_some() && !vm.cpu_shares_supported {
-                self.plan.notes.push(Note {
-                    layer: Layer::Hypervisor,
-                    text: format!(
-                        "VM {} cannot set CPU shares on its hypervisor: not protected",
-                        vm.vm
-                    ),
-                });
-                continue;
-            }
-            // Unknown current shares (a failed read) are taken to be what Plumbline set, so the
-            // recorded original is not lost.
-            let current = vm
-                .cpu_shares
-                .or_else(|| applied.as_ref().and_then(|a| a.desired));
-            let baseline = match &applied {
-                Some(a) if a.desired == current => a.previous,
-                _ => current,
-            };
-            let desired = wanted.or(baseline);
-            let decision = decide(desired, current, applied);
-            let already = match (infra_spec.protect_backing_vms, tier.protected_cpu_shares) {
-                (false, _) => format!(
-                    "infrastructure.protectBackingVms is off: VM {} keeps its CPU shares",
-                    vm.vm
-                ),
-                (true, None) => format!(
-                    "tier {} does not protect VMs: VM {} keeps its CPU shares",
-                    tier.priority, vm.vm
-                ),
-                (true, Some(s)) => format!("VM {} already has {s} CPU shares", vm.vm),
-            };
-            let vm_ref = vm.vm.clone();
-            self.record(
-                decision,
-                |value| Change::CpuShares { vm: vm_ref.clone(), value },
-                format!(
-                    "infrastructure.protectBackingVms: VM {} backs pods of a {} workload; more CPU shares than its neighbours",
-                    vm.vm, tier.priority
-                ),
-                already,
+        if infra_spec.protect_backing_vms {
+            let claim = ProtectionClaim::new(
+                label.clone(),
+                intent.spec.priority,
+                true,
+                self.plan.activity.active,
+                vms.clone(),
             );
+            if let Err(why) = claim.shares {
+                self.note(format!("infrastructure.protectBackingVms: not now, {why}"));
+            }
+            let protection = plan_protection(
+                now,
+                std::slice::from_ref(&claim),
+                |_| SharesSupport::Supported,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            );
+            for action in &protection.actions {
+                if let ProtectAction::Apply { vm, reason, .. } = action {
+                    if !held("cpu_shares", vm) {
+                        self.note(format!(
+                            "next, by the storage-health loop (an InfraChange records the original first, where the hypervisor supports CPU shares): {reason}"
+                        ));
+                    }
+                }
+            }
+            if let (true, Ok(shares)) = (vms.is_empty(), claim.shares) {
+                self.note(format!(
+                    "infrastructure.protectBackingVms: every VM backing the pods gets {shares} CPU shares while active, set by the storage-health loop once it maps the pods to VMs (see status.backing and status.protectedVms)"
+                ));
+            }
         }
 
-        let allowed = infra_spec.throttle_noisy_neighbours && tier.may_throttle_neighbours;
-        for t in &infra.neighbour_throttles {
-            if !allowed {
-                self.plan.notes.push(Note {
-                    layer: Layer::Hypervisor,
-                    text: format!(
-                        "not throttling VM {} disk {}: {}",
-                        t.vm,
-                        t.disk,
-                        if infra_spec.throttle_noisy_neighbours {
-                            format!("tier {} may not throttle neighbours", tier.priority)
-                        } else {
-                            "infrastructure.throttleNoisyNeighbours is off".to_string()
-                        }
-                    ),
-                });
-                continue;
-            }
-            let change = Change::DiskIopsLimit {
-                vm: t.vm.clone(),
-                disk: t.disk.clone(),
-                value: Setting::new(t.limit_iops, t.previous_iops),
-            };
-            let action = Action {
-                change,
-                reason: t.reason.clone(),
-            };
-            if t.limit_iops.is_some() {
-                self.plan.actions.push(action);
-            } else {
-                self.plan.reverts.push(action);
+        if !infra_spec.throttle_noisy_neighbours {
+            return;
+        }
+        if !tier.may_throttle_neighbours {
+            self.note(format!(
+                "infrastructure.throttleNoisyNeighbours: tier {} may not throttle neighbours",
+                tier.priority
+            ));
+            return;
+        }
+        let victims: Vec<Victim<VmRef>> = infra
+            .backing
+            .iter()
+            .map(|b| Victim {
+                vm: b.vm.clone(),
+                tier: Tier::from(intent.spec.priority),
+                intent: label.clone(),
+                state: HealthState::Degraded,
+                healthy_for: Duration::ZERO,
+                active: true,
+                host: b.host.clone(),
+                datastores: b.datastores.iter().cloned().collect(),
+            })
+            .collect();
+        let candidates: Vec<NeighbourCandidate<VmRef>> = infra
+            .neighbours
+            .iter()
+            .map(|n| NeighbourCandidate {
+                vm: VmRef {
+                    provider: n.provider.clone(),
+                    name: n.vm.clone(),
+                },
+                host: n.host.clone(),
+                datastores: n.datastores.iter().cloned().collect(),
+                iops: n.iops as f64,
+                protected_by: None,
+                can_limit_io: true,
+            })
+            .collect();
+        let throttles: BTreeMap<VmRef, Throttle<VmRef>> = infra
+            .changes
+            .iter()
+            .filter_map(|ic| throttle_from_spec(&ic.spec))
+            .map(|t| {
+                let key = |v: &plumbline_crds::VmRef| VmRef {
+                    provider: v.provider.clone(),
+                    name: v.name.clone(),
+                };
+                let vm = key(&t.vm);
+                (
+                    vm.clone(),
+                    Throttle {
+                        vm,
+                        level: t.level,
+                        baseline_iops: t.baseline_iops,
+                        limit_iops: t.limit_iops,
+                        // As if the last step were long enough ago: the preview shows the next.
+                        stepped_at: now - Duration::from_secs(3600),
+                        victims: t.victims.iter().map(key).collect(),
+                    },
+                )
+            })
+            .collect();
+        let steps = plan_neighbour_throttles(
+            now,
+            &victims,
+            &candidates,
+            &throttles,
+            &ThrottleLadder::default(),
+        );
+        let mut previewed = false;
+        for action in &steps {
+            if let NeighbourAction::Step { victim, reason, .. } = action {
+                previewed = true;
+                self.note(format!(
+                    "if VM {victim} went over its storage latency budget now: {reason}"
+                ));
             }
         }
+        if !previewed && !victims.is_empty() {
+            self.note(format!(
+                "if a backing VM went over its storage latency budget now, no neighbour could be throttled: {}",
+                if candidates.is_empty() {
+                    "none busy enough shares a host or datastore with them (status.neighbourCandidates)"
+                } else {
+                    "the busiest neighbours are at their ladder's last step or below a useful limit"
+                }
+            ));
+        }
+    }
+
+    fn note(&mut self, text: String) {
+        self.plan.notes.push(Note {
+            layer: Layer::Hypervisor,
+            text,
+        });
     }
 
     /// Applied actions whose target this plan no longer mentions (a VM that stopped backing the
@@ -547,4 +599,54 @@ fn show(value: Option<String>, absent: &str) -> String {
         None if absent.is_empty() => "none".to_string(),
         None => absent.to_string(),
     }
+}
+
+fn intent_label(intent: &WorkloadIntent) -> String {
+    format!(
+        "{}/{}",
+        intent.metadata.namespace.as_deref().unwrap_or("default"),
+        intent.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The hypervisor changes the ledger holds for the intent, one action each: the value in the
+/// ledger and the original its finalizer restores.
+pub fn ledger_actions(intent: &WorkloadIntent, infra: &ObservedInfra) -> Vec<Action> {
+    let label = intent_label(intent);
+    infra
+        .changes
+        .iter()
+        .filter_map(|ic| {
+            let owner = ic.spec.owners.iter().find(|o| o.intent == label)?;
+            let vm = VmRef {
+                provider: ic.spec.target.provider.clone()?,
+                name: ic.spec.target.name.clone(),
+            };
+            let original = ic
+                .status
+                .as_ref()
+                .and_then(|s| s.original.as_deref())
+                .and_then(|o| o.parse().ok());
+            let value = Setting::new(ic.spec.desired.parse().ok(), original);
+            let change = match ic.spec.setting.as_str() {
+                "cpu_shares" => Change::CpuShares { vm, value },
+                setting => Change::DiskIopsLimit {
+                    vm,
+                    disk: setting
+                        .strip_prefix("disk.")
+                        .and_then(|s| s.strip_suffix(".total_iops_sec"))?
+                        .to_string(),
+                    value,
+                },
+            };
+            Some(Action {
+                change,
+                reason: format!(
+                    "{} (InfraChange {})",
+                    owner.reason,
+                    ic.metadata.name.as_deref().unwrap_or_default()
+                ),
+            })
+        })
+        .collect()
 }

@@ -1,7 +1,7 @@
 //! Undoing what Plumbline applied: the window closed, the intent was deleted, or a target is no
 //! longer part of the plan.
 
-use plumbline_crds::names::STORAGE_READINESS_GATE;
+use plumbline_crds::{names::STORAGE_READINESS_GATE, Layer};
 
 use crate::{
     observed::Observed,
@@ -21,14 +21,16 @@ pub struct Undo {
 /// - the per-tier PriorityClass, shared by other intents (never reverted);
 /// - a field that no longer shows what Plumbline set: someone else changed it since, and their
 ///   value stays;
-/// - fields of a workload that is gone.
+/// - fields of a workload that is gone;
+/// - hypervisor changes: their InfraChange in the change ledger restores the original through
+///   its finalizer, whoever deletes it.
 ///
 /// `why` starts each reason, e.g. "the intent was deleted".
 pub fn revert(applied: &[Action], observed: &Observed, why: &str) -> Undo {
     let mut undo = Undo::default();
     for action in applied.iter().rev() {
         let change = &action.change;
-        if matches!(change, Change::PriorityClass { .. }) {
+        if matches!(change, Change::PriorityClass { .. }) || change.layer() == Layer::Hypervisor {
             continue;
         }
         match still_ours(change, observed) {
@@ -116,16 +118,8 @@ fn still_ours(change: &Change, observed: &Observed) -> Ours {
                 ),
             }
         }
-        Change::CpuShares { vm, value } => {
-            match observed.infra.backing_vms.iter().find(|b| &b.vm == vm) {
-                Some(b) if b.cpu_shares.is_some() => compare(
-                    b.cpu_shares.map(|s| s.to_string()),
-                    &value.desired.map(|s| s.to_string()),
-                ),
-                _ => Ours::Unknown,
-            }
-        }
-        Change::DiskIopsLimit { .. } => Ours::Unknown,
+        // Never reverted here (see `revert`): the ledger owns them.
+        Change::CpuShares { .. } | Change::DiskIopsLimit { .. } => Ours::Unknown,
     }
 }
 

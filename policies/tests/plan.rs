@@ -5,14 +5,15 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use plumbline_crds::{
-    conditions::reason, names::STORAGE_READINESS_GATE, ActionKind, Availability, Infrastructure,
-    Layer, Priority, Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec,
-    WorkloadTarget,
+    conditions::reason, names::STORAGE_READINESS_GATE, ActionKind, Availability, ChangeOwner,
+    ChangePurpose, ChangeTarget, InfraChange, InfraChangeSpec, InfraChangeStatus, Infrastructure,
+    Layer, NeighbourCandidateStatus, Priority, Storage, TargetKind, TimeWindow, Weekday,
+    WorkloadIntent, WorkloadIntentSpec, WorkloadTarget,
 };
 use plumbline_policies::{
     actions_from_status, explain, explain_invalid, plan, plan_to_status, revert, Action, BackingVm,
-    Change, CountOrPercent, Invalid, NeighbourThrottle, Observed, ObservedDisruptionBudget,
-    ObservedInfra, ObservedWorkload, Plan, Setting, VmRef, WorkloadRef,
+    Change, CountOrPercent, Invalid, Observed, ObservedDisruptionBudget, ObservedInfra,
+    ObservedWorkload, Plan, Setting, VmRef, WorkloadRef,
 };
 use proptest::prelude::*;
 
@@ -96,15 +97,51 @@ fn observed() -> Observed {
     Observed {
         workload: Some(observed_payments()),
         infra: ObservedInfra {
-            backing_vms: vec![BackingVm {
+            backing: vec![BackingVm {
                 vm: vm("worker-1"),
-                cpu_shares: Some(1024),
-                cpu_shares_supported: true,
+                host: Some("kvm-1".into()),
+                datastores: vec![],
             }],
-            neighbour_throttles: vec![],
+            changes: vec![],
+            neighbours: vec![NeighbourCandidateStatus {
+                vm: "batch-7".into(),
+                vm_id: "id-batch-7".into(),
+                provider: "lab-libvirt".into(),
+                host: Some("kvm-1".into()),
+                datastores: vec![],
+                iops: 4000,
+            }],
         },
         applied: vec![],
     }
+}
+
+/// A ledger entry of shop/payments-critical, in force.
+fn entry(vm_name: &str, setting: &str, desired: &str, original: &str) -> InfraChange {
+    let spec = InfraChangeSpec {
+        target: ChangeTarget::vm("lab-libvirt", &format!("id-{vm_name}"), vm_name),
+        setting: setting.into(),
+        desired: desired.into(),
+        purpose: if setting == "cpu_shares" {
+            ChangePurpose::BackingVmProtection
+        } else {
+            ChangePurpose::NeighbourThrottle
+        },
+        owners: vec![ChangeOwner {
+            intent: "shop/payments-critical".into(),
+            reason: format!("{vm_name}: because"),
+        }],
+        operator: "cluster".into(),
+        throttle: None,
+    };
+    let mut ic = InfraChange::new(&InfraChange::name_for(&spec.target, setting), spec);
+    ic.status = Some(InfraChangeStatus {
+        original: Some(original.into()),
+        observed: Some(desired.into()),
+        state: Some("Applied".into()),
+        ..Default::default()
+    });
+    ic
 }
 
 fn kinds(actions: &[Action]) -> Vec<ActionKind> {
@@ -129,7 +166,6 @@ fn critical_intent_in_its_window() {
             ActionKind::PodDisruptionBudget,
             ActionKind::ReplicaFloor,
             ActionKind::ReadinessGate,
-            ActionKind::CpuShares
         ]
     );
     let changes: Vec<&Change> = p.actions.iter().map(|a| &a.change).collect();
@@ -166,14 +202,60 @@ fn critical_intent_in_its_window() {
             value: Setting::new(Some(STORAGE_READINESS_GATE.into()), None)
         }
     );
-    assert_eq!(
-        changes[5],
-        &Change::CpuShares {
-            vm: vm("worker-1"),
-            value: Setting::new(Some(4096), Some(1024))
-        }
+    // Nothing in the ledger yet: the hypervisor half is what the health loop will do.
+    assert_eq!(p.layer(Layer::Hypervisor).count(), 0);
+    let notes: Vec<&str> = p.notes.iter().map(|n| n.text.as_str()).collect();
+    assert!(
+        notes.iter().any(|n| n.contains("VM lab-libvirt/worker-1") && n.contains("4096")),
+        "{notes:?}"
     );
+    assert!(
+        notes.iter().any(|n| n.starts_with("if VM lab-libvirt/worker-1 went over")
+            && n.contains("lab-libvirt/batch-7 (4000 IOPS)")
+            && n.contains("limiting to 2000 IOPS, step 1 of 3")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn ledger_entries_are_the_hypervisor_actions_with_their_originals() {
+    let mut o = observed();
+    o.infra.changes = vec![
+        entry("worker-1", "cpu_shares", "4096", "1024"),
+        entry("batch-7", "disk.vda.total_iops_sec", "2000", "0"),
+    ];
+    let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
+    let hypervisor: Vec<&Change> = p.layer(Layer::Hypervisor).map(|a| &a.change).collect();
+    assert_eq!(
+        hypervisor,
+        [
+            &Change::CpuShares {
+                vm: vm("worker-1"),
+                value: Setting::new(Some(4096), Some(1024))
+            },
+            &Change::DiskIopsLimit {
+                vm: vm("batch-7"),
+                disk: "vda".into(),
+                value: Setting::new(Some(2000), Some(0))
+            }
+        ]
+    );
+    assert!(p.actions.iter().any(|a| a.reason.contains("(InfraChange worker-1.cpu-shares.")));
+    // Held already: no "next" note for the VM's shares.
+    assert!(!p.notes.iter().any(|n| n.text.starts_with("next,")));
+    // Another intent's entries are not this one's.
+    let mut theirs = entry("worker-1", "cpu_shares", "4096", "1024");
+    theirs.spec.owners[0].intent = "shop/other".into();
+    o.infra.changes = vec![theirs];
+    let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
+    assert_eq!(p.layer(Layer::Hypervisor).count(), 0);
+    // Outside the window the ledger still holds them until the health loop lets go: shown,
+    // never reverted by the plan.
+    o.infra.changes = vec![entry("worker-1", "cpu_shares", "4096", "1024")];
+    let p = plan(&intent(critical_spec()), &o, utc("2026-11-23T19:30:00Z")).unwrap();
+    assert!(!p.activity.active);
     assert_eq!(p.layer(Layer::Hypervisor).count(), 1);
+    assert!(p.reverts.iter().all(|a| a.layer() == Layer::Kubernetes));
 }
 
 #[test]
@@ -195,12 +277,12 @@ Kubernetes layer:
      why: replica floor 3 while active (was 2)
   5. add readiness gate plumbline.dev/storage-healthy to the pod template of Deployment shop/payments
      why: storage.readinessGate: pods on VMs over the 20ms latency budget leave Service endpoints
-
-Hypervisor layer:
-  1. VM lab-libvirt/worker-1 CPU shares: 1024 -> 4096
-     why: infrastructure.protectBackingVms: VM lab-libvirt/worker-1 backs pods of a critical workload; more CPU shares than its neighbours
 ";
-    assert_eq!(text, expected, "got:\n{text}");
+    assert!(text.starts_with(expected), "got:\n{text}");
+    assert!(
+        text.contains("Hypervisor layer:\n  no changes\n"),
+        "nothing in the ledger yet: {text}"
+    );
 }
 
 /// Applies changes to the observed state, as the operator would.
@@ -231,16 +313,8 @@ fn apply(o: &mut Observed, actions: &[Action]) {
                     });
                 }
             }
-            Change::CpuShares { vm, value } => {
-                let b = o
-                    .infra
-                    .backing_vms
-                    .iter_mut()
-                    .find(|b| &b.vm == vm)
-                    .unwrap();
-                b.cpu_shares = value.desired.or(Some(1024));
-            }
-            Change::DiskIopsLimit { .. } => {}
+            // The change ledger carries these out, not the controller.
+            Change::CpuShares { .. } | Change::DiskIopsLimit { .. } => {}
         }
     }
 }
@@ -289,13 +363,12 @@ fn closing_the_window_restores_everything() {
     assert_eq!(
         kinds(&p.reverts),
         [
-            ActionKind::CpuShares,
             ActionKind::ReadinessGate,
             ActionKind::ReplicaFloor,
             ActionKind::PodDisruptionBudget,
             ActionKind::PriorityClassName
         ],
-        "hypervisor first, then Kubernetes in reverse"
+        "Kubernetes in reverse; the ledger lets go of hypervisor changes"
     );
     assert_eq!(o.workload, before.workload);
     assert_eq!(o.infra, before.infra);
@@ -360,11 +433,7 @@ fn dropping_a_feature_from_the_spec_reverts_just_that() {
     );
     assert_eq!(
         kinds(&p.actions),
-        [
-            ActionKind::PriorityClass,
-            ActionKind::PriorityClassName,
-            ActionKind::CpuShares
-        ]
+        [ActionKind::PriorityClass, ActionKind::PriorityClassName]
     );
     let w = o.workload.as_ref().unwrap();
     assert_eq!(
@@ -401,72 +470,54 @@ fn an_existing_budget_is_not_doubled() {
 fn lower_tiers_do_not_touch_hypervisors() {
     let mut spec = critical_spec();
     spec.priority = Priority::Standard;
-    let mut o = observed();
-    o.infra.neighbour_throttles.push(NeighbourThrottle {
-        vm: vm("batch-7"),
-        disk: "vda".into(),
-        limit_iops: Some(200),
-        previous_iops: None,
-        reason: "noisy".into(),
-    });
-    let p = plan(&intent(spec), &o, monday_morning()).unwrap();
+    let p = plan(&intent(spec), &observed(), monday_morning()).unwrap();
     assert_eq!(p.layer(Layer::Hypervisor).count(), 0);
-    assert!(p.notes.iter().any(|n| n.text
-        == "tier standard does not protect VMs: VM lab-libvirt/worker-1 keeps its CPU shares"));
-    assert!(p.notes.iter().any(|n| n.text == "not throttling VM lab-libvirt/batch-7 disk vda: tier standard may not throttle neighbours"));
+    let notes: Vec<&str> = p.notes.iter().map(|n| n.text.as_str()).collect();
+    assert!(
+        notes.contains(&"infrastructure.protectBackingVms: not now, its tier does not protect VMs"),
+        "{notes:?}"
+    );
+    assert!(
+        notes.contains(&"infrastructure.throttleNoisyNeighbours: tier standard may not throttle neighbours"),
+        "{notes:?}"
+    );
     assert!(
         matches!(&p.actions[0].change, Change::PriorityClass { name, .. } if name == "plumbline-standard")
     );
 }
 
 #[test]
-fn neighbour_throttles_become_hypervisor_actions_and_are_released() {
-    let wi = intent(critical_spec());
+fn the_throttle_preview_continues_the_ladder_from_the_ledger() {
     let mut o = observed();
-    let throttle = NeighbourThrottle {
-        vm: vm("batch-7"),
-        disk: "vda".into(),
-        limit_iops: Some(200),
-        previous_iops: None,
-        reason: "batch-7 does 4000 IOPS next to worker-1 (48ms, budget 20ms)".into(),
-    };
-    o.infra.neighbour_throttles.push(throttle.clone());
-    let p = reconcile(&wi, &mut o, monday_morning());
-    assert_eq!(
-        p.actions.last().unwrap().change,
-        Change::DiskIopsLimit {
-            vm: vm("batch-7"),
-            disk: "vda".into(),
-            value: Setting::new(Some(200), None)
-        }
-    );
-    // The health logic stops listing it: the throttle is released.
-    o.infra.neighbour_throttles.clear();
-    let p = reconcile(&wi, &mut o, monday_morning());
-    assert_eq!(
-        p.reverts[0].change,
-        Change::DiskIopsLimit {
-            vm: vm("batch-7"),
-            disk: "vda".into(),
-            value: Setting::new(None, Some(200))
-        }
-    );
-    assert!(o
-        .applied
-        .iter()
-        .all(|a| a.kind() != ActionKind::DiskIopsLimit));
-}
-
-#[test]
-fn unsupported_cpu_shares_are_a_note_not_an_action() {
-    let mut o = observed();
-    o.infra.backing_vms[0].cpu_shares_supported = false;
+    let mut step = entry("batch-7", "disk.vda.total_iops_sec", "2000", "0");
+    step.spec.throttle = Some(plumbline_crds::ThrottleStep {
+        step: 1,
+        baseline_iops: 4000,
+        stepped_at: plumbline_policies::ledger::to_time(monday_morning().into()),
+        victims: vec![plumbline_crds::VmRef {
+            name: "worker-1".into(),
+            id: "id-worker-1".into(),
+            provider: "lab-libvirt".into(),
+        }],
+    });
+    o.infra.changes = vec![step];
+    o.infra.neighbours[0].iops = 2000;
     let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
-    assert_eq!(p.layer(Layer::Hypervisor).count(), 0);
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.text.contains("limiting to 1000 IOPS, step 2 of 3")),
+        "{:?}",
+        p.notes
+    );
+    // No neighbour at all: said so.
+    o.infra.neighbours.clear();
+    o.infra.changes.clear();
+    let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
     assert!(p
         .notes
         .iter()
-        .any(|n| n.layer == Layer::Hypervisor && n.text.contains("cannot set CPU shares")));
+        .any(|n| n.text.contains("no neighbour could be throttled")));
 }
 
 #[test]
@@ -518,13 +569,7 @@ fn an_invalid_spec_lists_every_problem_and_plans_nothing() {
 #[test]
 fn status_round_trip_is_lossless_but_for_the_budget_selector() {
     let mut o = observed();
-    o.infra.neighbour_throttles.push(NeighbourThrottle {
-        vm: vm("batch-7"),
-        disk: "vdb".into(),
-        limit_iops: Some(150),
-        previous_iops: Some(5000),
-        reason: "noisy".into(),
-    });
+    o.infra.changes = vec![entry("batch-7", "disk.vdb.total_iops_sec", "150", "5000")];
     let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
     let back = actions_from_status(&plan_to_status(&p)).unwrap();
     let without_selector = |a: &Action| match &a.change {
@@ -613,7 +658,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
             "batch".to_string(),
         ])),
         any::<bool>(),
-        proptest::collection::vec((256u64..8192, any::<bool>()), 0..3),
+        0usize..3,
     )
         .prop_map(|(replicas, class, gate, vms)| {
             let mut w = observed_payments();
@@ -626,16 +671,14 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
             Observed {
                 workload: Some(w),
                 infra: ObservedInfra {
-                    backing_vms: vms
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, (shares, supported))| BackingVm {
+                    backing: (0..vms)
+                        .map(|i| BackingVm {
                             vm: vm(&format!("worker-{i}")),
-                            cpu_shares: Some(shares),
-                            cpu_shares_supported: supported,
+                            host: Some("kvm-1".into()),
+                            datastores: vec![],
                         })
                         .collect(),
-                    neighbour_throttles: vec![],
+                    ..ObservedInfra::default()
                 },
                 applied: vec![],
             }
@@ -687,24 +730,9 @@ proptest! {
 }
 
 #[test]
-fn unknown_cpu_shares_keep_the_recorded_original() {
-    let wi = intent(critical_spec());
-    let mut o = observed();
-    reconcile(&wi, &mut o, monday_morning());
-    o.infra.backing_vms[0].cpu_shares = None; // the adapter could not read them this time
-    let p = plan(&wi, &o, monday_morning()).unwrap();
-    assert!(p.actions.iter().any(|a| a.change
-        == Change::CpuShares {
-            vm: vm("worker-1"),
-            value: Setting::new(Some(4096), Some(1024))
-        }));
-    assert!(p.reverts.is_empty());
-}
-
-#[test]
 fn without_observed_vms_the_plan_says_who_protects_them() {
     let mut o = observed();
-    o.infra.backing_vms.clear();
+    o.infra.backing.clear();
     let p = plan(&intent(critical_spec()), &o, monday_morning()).unwrap();
     assert_eq!(
         p.layer(Layer::Hypervisor).count(),

@@ -204,13 +204,14 @@ impl Book<'_> {
 /// Executes the Kubernetes layer of `plan` for `wi`: budget deletions, the shared
 /// PriorityClass, the workload's fields (reverts and holds in one apply), then the budget.
 /// Stops at the first failure; later steps stay Pending, so nothing depends on a step that did
-/// not happen. Hypervisor steps are left Pending for the storage-health loop.
+/// not happen. Hypervisor steps are the change ledger's: each takes the state of its InfraChange.
 pub async fn execute(
     ctx: &Context,
     wi: &WorkloadIntent,
     plan: &Plan,
-    workload: Option<&ObservedWorkload>,
+    observed: &super::Observed,
 ) -> Execution {
+    let workload = observed.workload.as_ref();
     let mut book = Book {
         ctx,
         plan,
@@ -357,14 +358,7 @@ pub async fn execute(
             .map(|(action, outcome)| {
                 outcome.unwrap_or_else(|| match action.layer() {
                     Layer::Kubernetes => Outcome::pending("not applied: an earlier step failed"),
-                    Layer::Hypervisor => Outcome::pending(match action.change {
-                        Change::CpuShares { .. } => {
-                            "carried out by the storage-health loop: see status.protectedVms"
-                        }
-                        _ => {
-                            "carried out by the storage-health loop: see status.neighbourThrottles"
-                        }
-                    }),
+                    Layer::Hypervisor => ledger_outcome(&action.change, &observed.infra.changes),
                 })
             })
             .collect()
@@ -374,6 +368,39 @@ pub async fn execute(
         actions: finish(book.actions, &plan.actions),
         error: book.error,
         changed: book.changed,
+    }
+}
+
+/// A hypervisor action's state is its InfraChange's.
+fn ledger_outcome(change: &Change, changes: &[plumbline_crds::InfraChange]) -> Outcome {
+    use plumbline_crds::conditions::infra_change as ic;
+    let (vm, setting) = match change {
+        Change::CpuShares { vm, .. } => (vm, "cpu_shares".to_string()),
+        Change::DiskIopsLimit { vm, disk, .. } => (vm, format!("disk.{disk}.total_iops_sec")),
+        _ => return Outcome::pending("not a hypervisor change"),
+    };
+    let Some(entry) = changes.iter().find(|c| {
+        c.spec.setting == setting
+            && c.spec.target.name == vm.name
+            && c.spec.target.provider.as_deref() == Some(vm.provider.as_str())
+    }) else {
+        return Outcome::pending("decided by the storage-health loop; not in the change ledger yet");
+    };
+    let name = entry.metadata.name.clone().unwrap_or_default();
+    let status = entry.status.clone().unwrap_or_default();
+    let state = status.state.unwrap_or_else(|| ic::PENDING.to_string());
+    let message = format!(
+        "InfraChange {name}: {state}{}",
+        status.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+    );
+    Outcome {
+        state: match state.as_str() {
+            ic::APPLIED => ActionState::Applied,
+            ic::FAILED => ActionState::Failed,
+            ic::UNSUPPORTED => ActionState::Unsupported,
+            _ => ActionState::Pending,
+        },
+        message: Some(message),
     }
 }
 

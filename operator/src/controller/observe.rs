@@ -1,7 +1,7 @@
 //! Reading what the planner needs from the cluster. Read-only: `explain` uses the same code.
 
 use kube::{api::DynamicObject, runtime::reflector::Store, Api, ResourceExt};
-use plumbline_crds::{names::INTENT_LABEL, WorkloadIntent};
+use plumbline_crds::{names::INTENT_LABEL, InfraChange, WorkloadIntent};
 use serde_json::Value;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -74,6 +74,9 @@ pub struct Observed {
     pub workload: Option<ObservedWorkload>,
     /// Another intent that holds (or, being older, has the first claim on) the same workload.
     pub conflicting: Option<String>,
+    /// What the change ledger holds for the intent and what the storage-health loop last saw
+    /// under it (from the intent's status).
+    pub infra: plumbline_policies::ObservedInfra,
 }
 
 /// Reads the target and the disruption budgets covering it. `intents` is every intent the
@@ -129,6 +132,52 @@ pub async fn observe(
     Ok(Observed {
         workload,
         conflicting,
+        infra: observe_infra(client, wi).await?,
+    })
+}
+
+/// The InfraChanges naming the intent among their owners, and the VMs and neighbours its
+/// status reports. A cluster without the InfraChange CRD has no ledger entries.
+async fn observe_infra(
+    client: &kube::Client,
+    wi: &WorkloadIntent,
+) -> Result<plumbline_policies::ObservedInfra> {
+    let label = format!("{}/{}", wi.namespace().unwrap_or_default(), wi.name_any());
+    let changes = match Api::<InfraChange>::all(client.clone())
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter(|ic| ic.spec.owners.iter().any(|o| o.intent == label))
+            .collect(),
+        Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
+        Err(source) => return Err(Error::kube("listing InfraChanges", source)),
+    };
+    let status = wi.status.clone().unwrap_or_default();
+    let mut backing: Vec<plumbline_policies::BackingVm> = Vec::new();
+    for pod in &status.backing {
+        let (Some(vm), Some(provider)) = (&pod.vm, &pod.provider) else {
+            continue;
+        };
+        let vm = plumbline_policies::VmRef {
+            provider: provider.clone(),
+            name: vm.clone(),
+        };
+        if backing.iter().any(|b| b.vm == vm) {
+            continue;
+        }
+        backing.push(plumbline_policies::BackingVm {
+            vm,
+            host: pod.host.clone(),
+            datastores: pod.datastores.clone(),
+        });
+    }
+    Ok(plumbline_policies::ObservedInfra {
+        changes,
+        backing,
+        neighbours: status.neighbour_candidates,
     })
 }
 

@@ -177,8 +177,12 @@ fn applied(wi: &WorkloadIntent, observed: &Observed) -> Vec<policies::Action> {
 fn to_policy(wi: &WorkloadIntent, observed: &Observed) -> policies::Observed {
     policies::Observed {
         workload: observed.workload.as_ref().map(to_policy_workload),
-        infra: Default::default(),
-        applied: applied(wi, observed),
+        infra: observed.infra.clone(),
+        // Hypervisor changes are the ledger's: their originals live in their InfraChanges.
+        applied: applied(wi, observed)
+            .into_iter()
+            .filter(|a| a.layer() == plumbline_crds::Layer::Kubernetes)
+            .collect(),
     }
 }
 
@@ -276,7 +280,7 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
             // Whatever an earlier, valid version of the intent applied is undone: an intent
             // that cannot be planned holds nothing.
             let plan = undo_plan(wi, &observed, "the intent is invalid", now);
-            let execution = execute(ctx, wi, &plan, observed.workload.as_ref()).await;
+            let execution = execute(ctx, wi, &plan, &observed).await;
             let leftover = status_plan(wi, &plan, &execution);
             let message = invalid.to_string();
             finish_degraded(
@@ -299,7 +303,7 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     };
 
     release_former_targets(ctx, wi).await?;
-    let execution = execute(ctx, wi, &plan, observed.workload.as_ref()).await;
+    let execution = execute(ctx, wi, &plan, &observed).await;
     if execution.error.as_ref().is_some_and(Error::is_conflict) {
         // Someone changed the workload while we decided; decide again on what they wrote.
         info!("the workload changed while reconciling; looking again");
@@ -667,7 +671,7 @@ async fn cleanup(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     let observed = observe(&ctx.client, &ctx.apis, wi, &intents).await?;
     if observed.conflicting.is_none() {
         let plan = undo_plan(wi, &observed, "the intent was deleted", ctx.clock.now());
-        let execution = execute(ctx, wi, &plan, observed.workload.as_ref()).await;
+        let execution = execute(ctx, wi, &plan, &observed).await;
         if let Some(e) = execution.error {
             return Err(e);
         }

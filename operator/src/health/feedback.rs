@@ -186,6 +186,30 @@ impl Feedback {
                 wanted.entry(vm.id.clone()).or_default().insert(budget);
             }
 
+            // Noisy neighbours: on VMs of providers that are not being deleted.
+            let leaving: HashSet<String> = caches
+                .providers
+                .state()
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_some())
+                .map(|p| p.name_any())
+                .collect();
+            let candidates: Vec<NeighbourCandidate<VmRef>> = b
+                .all_vms()
+                .filter(|p| !leaving.contains(&p.provider.name))
+                .map(|p| NeighbourCandidate {
+                    vm: VmRef {
+                        id: p.vm.id.as_str().to_string(),
+                        name: p.vm.name.clone(),
+                        provider: p.provider.name.clone(),
+                    },
+                    host: Some(p.vm.host.clone()),
+                    datastores: p.vm.datastores.iter().cloned().collect(),
+                    iops: b.iops.get(&p.vm.id).copied().unwrap_or(0.0),
+                    protected_by: protected_by.get(&p.vm.id).copied(),
+                    can_limit_io: p.provider.can_limit_io() && p.vm.running,
+                })
+                .collect();
             let mut victims: BTreeMap<VmKey, Victim<VmRef>> = BTreeMap::new();
             for view in &views {
                 let Some(storage) = view.storage else {
@@ -199,6 +223,7 @@ impl Feedback {
                     now,
                     settings,
                     &throttles,
+                    &candidates,
                     &mut pod_writes,
                     &mut status_writes,
                     &mut victims,
@@ -383,30 +408,6 @@ impl Feedback {
             }
             self.replace_series(ctx, series);
 
-            // Noisy neighbours: on VMs of providers that are not being deleted.
-            let leaving: HashSet<String> = caches
-                .providers
-                .state()
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_some())
-                .map(|p| p.name_any())
-                .collect();
-            let candidates: Vec<NeighbourCandidate<VmRef>> = b
-                .all_vms()
-                .filter(|p| !leaving.contains(&p.provider.name))
-                .map(|p| NeighbourCandidate {
-                    vm: VmRef {
-                        id: p.vm.id.as_str().to_string(),
-                        name: p.vm.name.clone(),
-                        provider: p.provider.name.clone(),
-                    },
-                    host: Some(p.vm.host.clone()),
-                    datastores: p.vm.datastores.iter().cloned().collect(),
-                    iops: b.iops.get(&p.vm.id).copied().unwrap_or(0.0),
-                    protected_by: protected_by.get(&p.vm.id).copied(),
-                    can_limit_io: p.provider.can_limit_io() && p.vm.running,
-                })
-                .collect();
             let victims: Vec<Victim<VmRef>> = victims
                 .into_values()
                 .filter(|v| !leaving.contains(&v.vm.provider))
@@ -459,6 +460,7 @@ impl Feedback {
         now: SystemTime,
         settings: &HealthSettings,
         throttles: &[plumbline_crds::NeighbourThrottleStatus],
+        neighbours: &[NeighbourCandidate<VmRef>],
         pod_writes: &mut Vec<PodWrite>,
         status_writes: &mut Vec<((String, String), Value)>,
         victims: &mut BTreeMap<VmKey, Victim<VmRef>>,
@@ -507,6 +509,12 @@ impl Feedback {
             if let Some(vm) = &p.vm {
                 entry["vm"] = json!(vm.name);
                 entry["provider"] = json!(vm.provider);
+                if let Some(place) = b.vm(&vm.id) {
+                    entry["host"] = json!(place.vm.host);
+                    if !place.vm.datastores.is_empty() {
+                        entry["datastores"] = json!(place.vm.datastores);
+                    }
+                }
             }
             if let Some((latency, at)) = latest {
                 entry["latency"] = json!(format_latency(latency));
@@ -597,6 +605,12 @@ impl Feedback {
         if !throttles.is_empty() {
             body["neighbourThrottles"] = json!(throttles);
         }
+        if view.may_throttle {
+            let near = neighbour_candidates(view, b, neighbours, &settings.ladder);
+            if !near.is_empty() {
+                body["neighbourCandidates"] = json!(near);
+            }
+        }
         let key = (view.namespace.clone(), view.name.clone());
         // The shape without figures decides whether to write now; figures refresh slowly, so
         // status churn does not wake the intent controller every second.
@@ -607,6 +621,13 @@ impl Feedback {
                     if let Some(o) = e.as_object_mut() {
                         o.remove("latency");
                         o.remove("sampledAt");
+                    }
+                }
+            }
+            if let Some(list) = v.get_mut("neighbourCandidates").and_then(Value::as_array_mut) {
+                for e in list {
+                    if let Some(o) = e.as_object_mut() {
+                        o.remove("iops");
                     }
                 }
             }
@@ -745,4 +766,48 @@ impl Feedback {
         }
         self.series = new;
     }
+}
+
+/// How many neighbours an intent's status lists.
+const LISTED_NEIGHBOURS: usize = 5;
+
+/// The busiest VMs the ladder could throttle for any of the intent's VMs, by name.
+fn neighbour_candidates(
+    view: &IntentView,
+    b: &HealthBook,
+    candidates: &[NeighbourCandidate<VmRef>],
+    ladder: &plumbline_policies::health::ThrottleLadder,
+) -> Vec<plumbline_crds::NeighbourCandidateStatus> {
+    let mut near: BTreeMap<&VmRef, &NeighbourCandidate<VmRef>> = BTreeMap::new();
+    for vm in view.pods.iter().filter_map(|p| p.vm.as_ref()) {
+        let Some(place) = b.vm(&vm.id) else { continue };
+        let victim = Victim {
+            vm: vm.to_ref(),
+            tier: view.tier,
+            intent: view.label(),
+            state: HealthState::Degraded,
+            healthy_for: Duration::ZERO,
+            active: true,
+            host: Some(place.vm.host.clone()),
+            datastores: place.vm.datastores.iter().cloned().collect(),
+        };
+        for (c, _) in plumbline_policies::health::neighbours_of(&victim, candidates, ladder) {
+            near.insert(&c.vm, c);
+        }
+    }
+    let mut busiest: Vec<&NeighbourCandidate<VmRef>> = near.into_values().collect();
+    busiest.sort_by(|a, b| b.iops.total_cmp(&a.iops).then_with(|| a.vm.cmp(&b.vm)));
+    busiest.truncate(LISTED_NEIGHBOURS);
+    busiest.sort_by(|a, b| a.vm.cmp(&b.vm));
+    busiest
+        .into_iter()
+        .map(|c| plumbline_crds::NeighbourCandidateStatus {
+            vm: c.vm.name.clone(),
+            vm_id: c.vm.id.clone(),
+            provider: c.vm.provider.clone(),
+            host: c.host.clone(),
+            datastores: c.datastores.iter().cloned().collect(),
+            iops: c.iops.round() as i64,
+        })
+        .collect()
 }

@@ -28,7 +28,8 @@ mod vm;
 pub use guard::{guard, GuardCandidate, GuardDecision, GuardLimit};
 pub use hysteresis::{DiskHealth, HysteresisPolicy, Observed, Verdict};
 pub use neighbour::{
-    apply_neighbour_actions, plan_neighbour_throttles, NeighbourAction, NeighbourCandidate,
+    apply_neighbour_actions, neighbours_of, plan_neighbour_throttles, NeighbourAction,
+    NeighbourCandidate,
     Throttle, ThrottleLadder, Victim,
 };
 pub use node::{node_condition, node_taints, reason as node_reason, NodeCondition, TAINT_EFFECT};

@@ -140,6 +140,23 @@ fn protected_from(candidate_tier: Option<Tier>, victim_tier: Tier) -> bool {
     matches!(candidate_tier, Some(t) if t == Tier::Critical || t >= victim_tier)
 }
 
+/// The VMs that could be throttled for `victim`: sharing its host or a datastore, busy enough,
+/// limitable, and not protected from its tier; with what they share. Whether a step is due
+/// (cooldowns, ladder position) is [`plan_neighbour_throttles`]' business.
+pub fn neighbours_of<'a, K: Ord>(
+    victim: &Victim<K>,
+    candidates: &'a [NeighbourCandidate<K>],
+    ladder: &ThrottleLadder,
+) -> Vec<(&'a NeighbourCandidate<K>, String)> {
+    candidates
+        .iter()
+        .filter(|c| c.vm != victim.vm && c.can_limit_io)
+        .filter(|c| !protected_from(c.protected_by, victim.tier))
+        .filter(|c| c.iops >= ladder.min_aggressor_iops)
+        .filter_map(|c| shares_infrastructure(victim, c).map(|shared| (c, shared)))
+        .collect()
+}
+
 /// Decides this cycle's throttle steps and releases. Pure: the operator applies the actions
 /// and then records the ones that succeeded with [`apply_neighbour_actions`].
 pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
@@ -219,12 +236,10 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
         {
             continue;
         }
-        let mut eligible: Vec<(&NeighbourCandidate<K>, String)> = candidates
-            .iter()
-            .filter(|c| c.vm != victim.vm && c.can_limit_io && !touched.contains(&c.vm))
-            .filter(|c| !protected_from(c.protected_by, victim.tier))
-            .filter(|c| c.iops >= ladder.min_aggressor_iops)
-            .filter(|c| match throttles.get(&c.vm) {
+        let mut eligible: Vec<(&NeighbourCandidate<K>, String)> = neighbours_of(victim, candidates, ladder)
+            .into_iter()
+            .filter(|(c, _)| !touched.contains(&c.vm))
+            .filter(|(c, _)| match throttles.get(&c.vm) {
                 None => true,
                 Some(t) => {
                     t.level < ladder.steps.len()
@@ -232,8 +247,7 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
                 }
             })
             // A step whose limit is not below what the VM does now would throttle nothing.
-            .filter(|c| (next_step(c).2 as f64) < c.iops)
-            .filter_map(|c| shares_infrastructure(victim, c).map(|shared| (c, shared)))
+            .filter(|(c, _)| (next_step(c).2 as f64) < c.iops)
             .collect();
         eligible.sort_by(|(a, _), (b, _)| b.iops.total_cmp(&a.iops).then_with(|| a.vm.cmp(&b.vm)));
         let Some((aggressor, shared)) = eligible.into_iter().next() else {
