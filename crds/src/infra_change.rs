@@ -354,7 +354,13 @@ mod tests {
             "taint/plumbline.dev/storage-latency-high:NoSchedule",
         );
         assert!(valid_subdomain(&taint), "{taint}");
-        for odd in ["DC0_H0_VM0", "..x--", "scsi0:0", "-a.-b-.c-", &"x".repeat(400)] {
+        for odd in [
+            "DC0_H0_VM0",
+            "..x--",
+            "scsi0:0",
+            "-a.-b-.c-",
+            &"x".repeat(400),
+        ] {
             let n = InfraChange::name_for(&ChangeTarget::vm("p", "i", odd), "disk.scsi0:0.shares");
             assert!(valid_subdomain(&n), "{odd:?} -> {n}");
         }

@@ -26,9 +26,8 @@ pub use infra_change::{
 };
 pub use intent::{
     Availability, BackingPod, GuardReport, Infrastructure, NeighbourCandidateStatus,
-    NeighbourThrottleStatus, Priority,
-    ProtectedVmStatus, Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent,
-    WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
+    NeighbourThrottleStatus, Priority, ProtectedVmStatus, Storage, TargetKind, TimeWindow, Weekday,
+    WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};
 pub use provider::{

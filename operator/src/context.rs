@@ -112,7 +112,11 @@ impl Context {
     /// events.k8s.io/v1 rejects such an Event unless the reference carries the Event's
     /// namespace (`default`); on such a server the reference gets it, and the Event is still
     /// found by `kubectl get events --field-selector involvedObject.name=NAME`.
-    pub async fn publish_cluster_scoped<K: Resource<DynamicType = ()>>(&self, obj: &K, event: Event) {
+    pub async fn publish_cluster_scoped<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        event: Event,
+    ) {
         let mut reference = obj.object_ref(&());
         if self.event_namespace_in_reference.load(Ordering::Relaxed) {
             reference.namespace = Some(CLUSTER_EVENT_NAMESPACE.into());
@@ -120,7 +124,8 @@ impl Context {
         let mut result = self.recorder.publish(&event, &reference).await;
         if let Err(kube::Error::Api(s)) = &result {
             if s.code == 422 && reference.namespace.is_none() {
-                self.event_namespace_in_reference.store(true, Ordering::Relaxed);
+                self.event_namespace_in_reference
+                    .store(true, Ordering::Relaxed);
                 reference.namespace = Some(CLUSTER_EVENT_NAMESPACE.into());
                 result = self.recorder.publish(&event, &reference).await;
             }

@@ -137,10 +137,7 @@ impl VsphereCase {
 
     async fn start_operator(&self) -> Result<Operator> {
         self.cluster
-            .start_operator_with_health(
-                Arc::new(SystemClock),
-                common::test_health(),
-            )
+            .start_operator_with_health(Arc::new(SystemClock), common::test_health())
             .await
     }
 
@@ -239,7 +236,11 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
         ensure!(
             change.spec.desired == "4096"
                 && status.original == case.before.map(|b| b.to_string())
-                && change.spec.owners.iter().any(|o| o.intent.ends_with("/payments")),
+                && change
+                    .spec
+                    .owners
+                    .iter()
+                    .any(|o| o.intent.ends_with("/payments")),
             "the entry records the true original and its owner: {:?} {status:?}",
             change.spec
         );
@@ -368,7 +369,10 @@ async fn serial_protect_libvirt_sets_real_cpu_shares_where_the_host_has_the_cont
 ) -> Result<()> {
     let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
     let uri = stack.libvirt_uri()?.to_string();
-    let controllers = stack.get("LIBVIRT_CGROUP_CONTROLLERS").unwrap_or("").to_string();
+    let controllers = stack
+        .get("LIBVIRT_CGROUP_CONTROLLERS")
+        .unwrap_or("")
+        .to_string();
     let cluster = common::Cluster::connect("health_protect_libvirt").await?;
     let provider = apply_libvirt_provider(&cluster.admin, &cluster.namespace, &uri).await?;
     let operator = cluster
@@ -386,11 +390,18 @@ async fn serial_protect_libvirt_sets_real_cpu_shares_where_the_host_has_the_cont
         .await?;
         if controllers.split(',').any(|c| c == "cpu") {
             let before = libvirt_cpu_shares(&uri, LIBVIRT_VM).await?;
-            ensure!(before != 4096, "the guest starts with other shares than 4096");
+            ensure!(
+                before != 4096,
+                "the guest starts with other shares than 4096"
+            );
             cluster.apply_intent("payments", protected_intent()).await?;
             eventually("4096 real CPU shares on the guest", PATIENCE, || async {
                 let now = libvirt_cpu_shares(&uri, LIBVIRT_VM).await?;
-                Ok(if now == 4096 { Ok(()) } else { Err(format!("cpu_shares {now}")) })
+                Ok(if now == 4096 {
+                    Ok(())
+                } else {
+                    Err(format!("cpu_shares {now}"))
+                })
             })
             .await?;
             let entry = eventually("status.protectedVms Protected", PATIENCE, || async {
@@ -401,7 +412,11 @@ async fn serial_protect_libvirt_sets_real_cpu_shares_where_the_host_has_the_cont
                     && vms[0]["reason"] == "Protected"
                     && vms[0]["shares"] == 4096
                     && vms[0]["original"] == json!(before);
-                Ok(if ok { Ok(vms[0].clone()) } else { Err(status.to_string()) })
+                Ok(if ok {
+                    Ok(vms[0].clone())
+                } else {
+                    Err(status.to_string())
+                })
             })
             .await?;
             println!("status.protectedVms: {entry}");
@@ -468,4 +483,61 @@ async fn serial_protect_libvirt_sets_real_cpu_shares_where_the_host_has_the_cont
     delete_provider(&cluster.admin, &provider).await;
     cluster.cleanup().await;
     result.and(released)
+}
+
+#[tokio::test]
+async fn serial_protect_vsphere_a_session_lost_mid_reconfigure_applies_once_with_the_true_original(
+) -> Result<()> {
+    let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+    let case = VsphereCase::start("health_protect_session").await?;
+    let cluster = &case.cluster;
+    let earlier = stack.vsphere_reconfigurations(VM).await?.len();
+    // The operator's reconfigure runs, but its session ends and the answer is lost.
+    stack
+        .arm_vsphere_session_fault(
+            VM,
+            plumbline_e2e::latency::SessionFault::LoseReconfigureAnswer,
+        )
+        .await?;
+    let operator = case.start_operator().await?;
+    let result = async {
+        deploy_pinned(&cluster.admin, &cluster.namespace, "payments", 1, NODE).await?;
+        cluster.apply_intent("payments", protected_intent()).await?;
+        case.wait_for_shares("the VM to have 4096 CPU shares", Some(4096), case.before)
+            .await?;
+        let change = eventually("the change Applied in the ledger", PATIENCE, || async {
+            let list = ledger(&cluster.admin, &cluster.namespace).await?;
+            Ok(match list.as_slice() {
+                [ic] if ic.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Applied") => {
+                    Ok(ic.clone())
+                }
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+        ensure!(
+            change.status.as_ref().and_then(|s| s.original.clone())
+                == case.before.map(|b| b.to_string()),
+            "the true original is recorded: {:?}",
+            change.status
+        );
+        let calls = stack.vsphere_reconfigurations(VM).await?;
+        let ours = &calls[earlier..];
+        println!("reconfigurations during the test: {ours:?}");
+        ensure!(
+            ours.iter().any(|c| c.session_ended.is_some()),
+            "the fault fired: {ours:?}"
+        );
+        ensure!(
+            ours.iter()
+                .filter(|c| !c.refused && c.changed_cpu_shares())
+                .count()
+                == 1,
+            "the shares were changed exactly once: {ours:?}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = stack.disarm_vsphere_session_fault(VM).await;
+    case.finish(Some(operator), result).await
 }

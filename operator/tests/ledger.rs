@@ -47,7 +47,11 @@ fn one_step_health() -> HealthSettings {
 }
 
 /// The operator's throttle entries on the noisy guest's disk.
-async fn throttle_of(admin: &kube::Client, namespace: &str, noisy: &str) -> Result<Vec<InfraChange>> {
+async fn throttle_of(
+    admin: &kube::Client,
+    namespace: &str,
+    noisy: &str,
+) -> Result<Vec<InfraChange>> {
     Ok(ledger(admin, namespace)
         .await?
         .into_iter()
@@ -60,7 +64,11 @@ fn state(ic: &InfraChange) -> Option<String> {
 }
 
 /// Waits until the noisy guest's throttle is Applied and returns it.
-async fn applied_throttle(admin: &kube::Client, namespace: &str, noisy: &str) -> Result<InfraChange> {
+async fn applied_throttle(
+    admin: &kube::Client,
+    namespace: &str,
+    noisy: &str,
+) -> Result<InfraChange> {
     eventually("the throttle Applied in the ledger", PATIENCE, || async {
         let list = throttle_of(admin, namespace, noisy).await?;
         Ok(match list.first() {
@@ -177,8 +185,13 @@ async fn serial_ledger_a_throttle_is_recorded_and_restored_once_libvirtd_is_back
         // What a user sees.
         let table = kubectl(&scene.stack, &["get", "infrachanges", &ic.name_any()]).await?;
         println!("{table}");
-        for column in ["TARGET", "SETTING", "DESIRED", "ORIGINAL", "STATE", "OWNERS"] {
-            ensure!(table.contains(column), "kubectl get shows {column}: {table}");
+        for column in [
+            "TARGET", "SETTING", "DESIRED", "ORIGINAL", "STATE", "OWNERS",
+        ] {
+            ensure!(
+                table.contains(column),
+                "kubectl get shows {column}: {table}"
+            );
         }
         ensure!(
             table.contains(&scene.noisy) && table.contains("Applied") && table.contains("payments"),
@@ -186,17 +199,25 @@ async fn serial_ledger_a_throttle_is_recorded_and_restored_once_libvirtd_is_back
         );
 
         // The intent's plan shows the change, in status and in explain, from the same ledger.
-        eventually("status.plan to carry the throttle, Applied", PATIENCE, || async {
-            let status = intent_status(admin, ns, "payments").await?;
-            let found = status["plan"].as_array().is_some_and(|plan| {
-                plan.iter().any(|a| {
-                    a["kind"] == "DiskIopsLimit"
-                        && a["target"]["name"] == scene.noisy.as_str()
-                        && a["state"] == "Applied"
+        eventually(
+            "status.plan to carry the throttle, Applied",
+            PATIENCE,
+            || async {
+                let status = intent_status(admin, ns, "payments").await?;
+                let found = status["plan"].as_array().is_some_and(|plan| {
+                    plan.iter().any(|a| {
+                        a["kind"] == "DiskIopsLimit"
+                            && a["target"]["name"] == scene.noisy.as_str()
+                            && a["state"] == "Applied"
+                    })
+                });
+                Ok(if found {
+                    Ok(())
+                } else {
+                    Err(status["plan"].to_string())
                 })
-            });
-            Ok(if found { Ok(()) } else { Err(status["plan"].to_string()) })
-        })
+            },
+        )
         .await?;
         let explained = Command::new(env!("CARGO_BIN_EXE_plumbline"))
             .args(["explain", "wi/payments", "-n", ns])
@@ -216,19 +237,27 @@ async fn serial_ledger_a_throttle_is_recorded_and_restored_once_libvirtd_is_back
         // The hypervisor goes away; the intent is deleted meanwhile.
         scene.stack.stop_libvirtd().await?;
         scene.cluster.delete_intent("payments").await?;
-        let reverting = eventually("the change Reverting while libvirtd is down", PATIENCE, || async {
-            let list = throttle_of(admin, ns, &scene.noisy).await?;
-            Ok(match list.first() {
-                Some(ic)
-                    if ic.metadata.deletion_timestamp.is_some()
-                        && state(ic).as_deref() == Some("Reverting")
-                        && ic.status.as_ref().and_then(|s| s.last_error.as_ref()).is_some() =>
-                {
-                    Ok(ic.clone())
-                }
-                other => Err(format!("{:?}", other.map(|ic| &ic.status))),
-            })
-        })
+        let reverting = eventually(
+            "the change Reverting while libvirtd is down",
+            PATIENCE,
+            || async {
+                let list = throttle_of(admin, ns, &scene.noisy).await?;
+                Ok(match list.first() {
+                    Some(ic)
+                        if ic.metadata.deletion_timestamp.is_some()
+                            && state(ic).as_deref() == Some("Reverting")
+                            && ic
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.last_error.as_ref())
+                                .is_some() =>
+                    {
+                        Ok(ic.clone())
+                    }
+                    other => Err(format!("{:?}", other.map(|ic| &ic.status))),
+                })
+            },
+        )
         .await?;
         println!(
             "while libvirtd is down: {:?}",
@@ -269,7 +298,9 @@ async fn serial_ledger_deleting_the_provider_waits_until_its_throttle_is_release
         let providers = Api::<HypervisorProvider>::all(admin.clone());
         let hp = providers.get(&scene.provider).await?;
         ensure!(
-            hp.finalizers().iter().any(|f| f == "plumbline.dev/infra-changes"),
+            hp.finalizers()
+                .iter()
+                .any(|f| f == "plumbline.dev/infra-changes"),
             "the provider is guarded while a change targets it: {:?}",
             hp.finalizers()
         );
@@ -329,7 +360,8 @@ async fn operator_process(namespace: &str, stack: &plumbline_e2e::Stack) -> Resu
 }
 
 #[tokio::test]
-async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_the_next() -> Result<()> {
+async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_the_next(
+) -> Result<()> {
     let scene = Scene::start("ledger_sigkill").await?;
     let mut process = operator_process(&scene.cluster.namespace, &scene.stack).await?;
     let mut next = None;
@@ -342,14 +374,20 @@ async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_th
 
         // SIGKILL right after the throttle: nothing runs on the way out.
         let pid = process.id().context("the operator's pid")?;
-        let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().await?;
+        let killed = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .await?;
         ensure!(killed.success(), "kill -KILL {pid}");
         process.wait().await?;
         ensure!(
             scene.limit().await? == limit,
             "the throttle stays after the kill (no release on the way out)"
         );
-        ensure!(throttle_of(admin, ns, &scene.noisy).await?.len() == 1, "and so does its entry");
+        ensure!(
+            throttle_of(admin, ns, &scene.noisy).await?.len() == 1,
+            "and so does its entry"
+        );
 
         // The victim recovers while nobody runs; the next operator adopts the change and lets
         // it go once the victim has been healthy long enough.
@@ -368,15 +406,19 @@ async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_th
         .await?;
         let metrics = metrics_text(operator).await?;
         ensure!(
-            !metrics.lines().any(|l| l.starts_with("plumbline_actions_total")
-                && l.contains("disk_iops_limit")
-                && l.contains("result=\"applied\"")),
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("plumbline_actions_total")
+                    && l.contains("disk_iops_limit")
+                    && l.contains("result=\"applied\"")),
             "the adopting operator applied nothing again:\n{metrics}"
         );
         ensure!(
-            metrics.lines().any(|l| l.starts_with("plumbline_actions_total")
-                && l.contains("disk_iops_limit")
-                && l.contains("result=\"reverted\"")),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("plumbline_actions_total")
+                    && l.contains("disk_iops_limit")
+                    && l.contains("result=\"reverted\"")),
             "it restored the original:\n{metrics}"
         );
         Ok(())
@@ -387,10 +429,12 @@ async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_th
 }
 
 async fn metrics_text(operator: &Operator) -> Result<String> {
-    Ok(reqwest::get(format!("http://{}/metrics", operator.http_addr))
-        .await?
-        .text()
-        .await?)
+    Ok(
+        reqwest::get(format!("http://{}/metrics", operator.http_addr))
+            .await?
+            .text()
+            .await?,
+    )
 }
 
 async fn set_limit_behind_our_back(uri: &str, domain: &str, iops: u64) -> Result<()> {
@@ -423,7 +467,10 @@ async fn infra_change_events(admin: &kube::Client, name: &str) -> Result<Vec<(St
     Ok(events
         .items
         .into_iter()
-        .filter(|e| e.involved_object.kind.as_deref() == Some("InfraChange") && e.involved_object.name.as_deref() == Some(name))
+        .filter(|e| {
+            e.involved_object.kind.as_deref() == Some("InfraChange")
+                && e.involved_object.name.as_deref() == Some(name)
+        })
         .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
         .collect())
 }
@@ -448,23 +495,37 @@ async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> 
             // Events of one reason on one object fold into one series (kube's recorder): the
             // first names the values, the metric counts every drift.
             if round == 1 {
-                eventually(&format!("a DriftDetected Event naming {foreign}"), PATIENCE, || async {
-                    let e = infra_change_events(admin, &name).await?;
-                    Ok(match e.iter().find(|(r, m)| r == "DriftDetected" && m.contains(&foreign.to_string())) {
-                        Some((_, m)) => Ok(m.clone()),
-                        None => Err(format!("{e:?}")),
-                    })
-                })
+                eventually(
+                    &format!("a DriftDetected Event naming {foreign}"),
+                    PATIENCE,
+                    || async {
+                        let e = infra_change_events(admin, &name).await?;
+                        Ok(
+                            match e.iter().find(|(r, m)| {
+                                r == "DriftDetected" && m.contains(&foreign.to_string())
+                            }) {
+                                Some((_, m)) => Ok(m.clone()),
+                                None => Err(format!("{e:?}")),
+                            },
+                        )
+                    },
+                )
                 .await?;
             }
         }
         let metrics = metrics_text(&operator).await?;
         ensure!(
-            metrics.lines().any(|l| l.starts_with("plumbline_infra_drift_total")
-                && l.contains("NeighbourThrottle")
-                && l.trim_end().ends_with(" 2")),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("plumbline_infra_drift_total")
+                    && l.contains("NeighbourThrottle")
+                    && l.trim_end().ends_with(" 2")),
             "two drifts counted:\n{}",
-            metrics.lines().filter(|l| l.contains("infra_drift")).collect::<Vec<_>>().join("\n")
+            metrics
+                .lines()
+                .filter(|l| l.contains("infra_drift"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
 
         // The third change within the window: Plumbline stops fighting.
@@ -503,9 +564,14 @@ async fn serial_ledger_two_scoped_operators_never_record_or_restore_each_others_
         let admin = &a.cluster.admin;
         deploy_pinned(admin, &b.namespace, "orders", 1, OTHER_VICTIM).await?;
         b.apply_intent("orders", critical_intent("orders")).await?;
-        wait_for_pods(admin, &b.namespace, "orders", 1, "b healthy first", |pods| {
-            count(pods, "True", "LatencyWithinBudget") == 1
-        })
+        wait_for_pods(
+            admin,
+            &b.namespace,
+            "orders",
+            1,
+            "b healthy first",
+            |pods| count(pods, "True", "LatencyWithinBudget") == 1,
+        )
         .await?;
         a.degrade("payments").await?;
         a.stack.inject_libvirt_latency(OTHER_VICTIM, 20).await?;
@@ -519,7 +585,8 @@ async fn serial_ledger_two_scoped_operators_never_record_or_restore_each_others_
                     .items
                     .into_iter()
                     .filter(|ic| {
-                        ic.spec.target.name == a.noisy && ic.spec.setting == "disk.vda.total_iops_sec"
+                        ic.spec.target.name == a.noisy
+                            && ic.spec.setting == "disk.vda.total_iops_sec"
                     })
                     .collect::<Vec<_>>(),
             )
@@ -528,11 +595,18 @@ async fn serial_ledger_two_scoped_operators_never_record_or_restore_each_others_
             let list = all_on_noisy().await?;
             Ok(match list.as_slice() {
                 [one] if state(one).as_deref() == Some("Applied") => Ok(one.clone()),
-                other => Err(format!("{:?}", other.iter().map(|ic| (&ic.spec.operator, state(ic))).collect::<Vec<_>>())),
+                other => Err(format!(
+                    "{:?}",
+                    other
+                        .iter()
+                        .map(|ic| (&ic.spec.operator, state(ic)))
+                        .collect::<Vec<_>>()
+                )),
             })
         })
         .await?;
-        let (holder, other) = if held.spec.operator == format!("namespace/{}", a.cluster.namespace) {
+        let (holder, other) = if held.spec.operator == format!("namespace/{}", a.cluster.namespace)
+        {
             (a.cluster.namespace.clone(), b.namespace.clone())
         } else {
             (b.namespace.clone(), a.cluster.namespace.clone())
@@ -554,19 +628,34 @@ async fn serial_ledger_two_scoped_operators_never_record_or_restore_each_others_
         // The holder lets go (its intent is deleted): the original comes back through its
         // finalizer, and the other instance then records the true original, not the holder's
         // limit.
-        let holder_app = if holder == a.cluster.namespace { "payments" } else { "orders" };
+        let holder_app = if holder == a.cluster.namespace {
+            "payments"
+        } else {
+            "orders"
+        };
         Api::<plumbline_crds::WorkloadIntent>::namespaced(admin.clone(), &holder)
             .delete(holder_app, &DeleteParams::default())
             .await?;
         let taken = eventually("the other instance's entry Applied", PATIENCE, || async {
             let list = all_on_noisy().await?;
             Ok(match list.as_slice() {
-                [one] if one.spec.operator == format!("namespace/{other}")
-                    && state(one).as_deref() == Some("Applied") =>
+                [one]
+                    if one.spec.operator == format!("namespace/{other}")
+                        && state(one).as_deref() == Some("Applied") =>
                 {
                     Ok(one.clone())
                 }
-                other => Err(format!("{:?}", other.iter().map(|ic| (&ic.spec.operator, state(ic), ic.metadata.deletion_timestamp.is_some())).collect::<Vec<_>>())),
+                other => Err(format!(
+                    "{:?}",
+                    other
+                        .iter()
+                        .map(|ic| (
+                            &ic.spec.operator,
+                            state(ic),
+                            ic.metadata.deletion_timestamp.is_some()
+                        ))
+                        .collect::<Vec<_>>()
+                )),
             })
         })
         .await?;
@@ -594,7 +683,10 @@ async fn serial_ledger_a_hung_guest_holds_up_only_its_own_changes() -> Result<()
     let result = async {
         let (admin, ns) = (&scene.cluster.admin, &scene.cluster.namespace);
         deploy_pinned(admin, ns, "orders", 1, OTHER).await?;
-        scene.cluster.apply_intent("orders", critical_intent("orders")).await?;
+        scene
+            .cluster
+            .apply_intent("orders", critical_intent("orders"))
+            .await?;
         scene.degrade("payments").await?;
         applied_throttle(admin, ns, &scene.noisy).await?;
 
@@ -604,31 +696,44 @@ async fn serial_ledger_a_hung_guest_holds_up_only_its_own_changes() -> Result<()
         // Meanwhile another VM degrades: its pod's condition must still follow in time.
         let started = tokio::time::Instant::now();
         scene.stack.inject_libvirt_latency(OTHER, 20).await?;
-        wait_for_pods(admin, ns, "orders", 1, "the other VM's pod out of rotation", |pods| {
-            count(pods, "False", "LatencyOverBudget") == 1
-        })
+        wait_for_pods(
+            admin,
+            ns,
+            "orders",
+            1,
+            "the other VM's pod out of rotation",
+            |pods| count(pods, "False", "LatencyOverBudget") == 1,
+        )
         .await?;
         println!(
             "a pod on another VM left rotation {:?} after its injection, with {} frozen",
             started.elapsed(),
             scene.noisy
         );
-        let stuck = eventually("the hung VM's change reports its deadline", PATIENCE, || async {
-            let list = throttle_of(admin, ns, &scene.noisy).await?;
-            Ok(match list.first() {
-                Some(ic)
-                    if state(ic).as_deref() == Some("Reverting")
-                        && ic
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.last_error.as_deref())
-                            .is_some_and(|e| e.contains("deadline") || e.contains("timed out") || e.contains("Timeout")) =>
-                {
-                    Ok(ic.clone())
-                }
-                other => Err(format!("{:?}", other.map(|ic| &ic.status))),
-            })
-        })
+        let stuck = eventually(
+            "the hung VM's change reports its deadline",
+            PATIENCE,
+            || async {
+                let list = throttle_of(admin, ns, &scene.noisy).await?;
+                Ok(match list.first() {
+                    Some(ic)
+                        if state(ic).as_deref() == Some("Reverting")
+                            && ic
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.last_error.as_deref())
+                                .is_some_and(|e| {
+                                    e.contains("deadline")
+                                        || e.contains("timed out")
+                                        || e.contains("Timeout")
+                                }) =>
+                    {
+                        Ok(ic.clone())
+                    }
+                    other => Err(format!("{:?}", other.map(|ic| &ic.status))),
+                })
+            },
+        )
         .await?;
         println!(
             "hung: {:?}",
@@ -643,5 +748,73 @@ async fn serial_ledger_a_hung_guest_holds_up_only_its_own_changes() -> Result<()
     }
     .await;
     let _ = scene.stack.clear_libvirt_latency(OTHER).await;
+    scene.finish(Some(operator), result).await
+}
+
+#[tokio::test]
+async fn serial_ledger_an_abandoned_change_is_dropped_as_is_and_recover_restores_it_later(
+) -> Result<()> {
+    let scene = Scene::start("ledger_abandon").await?;
+    let operator = scene.operator(one_step_health()).await?;
+    let result = async {
+        let (admin, ns) = (&scene.cluster.admin, &scene.cluster.namespace);
+        scene.degrade("payments").await?;
+        let ic = applied_throttle(admin, ns, &scene.noisy).await?;
+        let limit = scene.limit().await?;
+
+        // The hypervisor is unreachable (as if gone for good) when the change is released.
+        scene.stack.stop_libvirtd().await?;
+        scene.cluster.delete_intent("payments").await?;
+        eventually("the change Reverting", PATIENCE, || async {
+            let list = throttle_of(admin, ns, &scene.noisy).await?;
+            Ok(match list.first() {
+                Some(ic) if state(ic).as_deref() == Some("Reverting") => Ok(()),
+                other => Err(format!("{:?}", other.map(|ic| &ic.status))),
+            })
+        })
+        .await?;
+        Api::<InfraChange>::all(admin.clone())
+            .patch(
+                &ic.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    &json!({"metadata": {"annotations": {"plumbline.dev/abandon": "true"}}}),
+                ),
+            )
+            .await?;
+        eventually("the abandoned entry gone", PATIENCE, || async {
+            Ok(if throttle_of(admin, ns, &scene.noisy).await?.is_empty() {
+                Ok(())
+            } else {
+                Err("still there".to_string())
+            })
+        })
+        .await?;
+        scene.stack.start_libvirtd().await?;
+        ensure!(
+            scene.limit().await? == limit,
+            "abandoned means left as it is on the VM"
+        );
+
+        // The original is still recorded on the VM: `plumbline recover` restores it.
+        let out = Command::new(env!("CARGO_BIN_EXE_plumbline"))
+            .args(["recover", "--provider", &scene.provider])
+            .env("KUBECONFIG", scene.stack.get("KUBECONFIG")?)
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("{text}");
+        ensure!(
+            out.status.success(),
+            "recover: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            scene.limit().await? == scene.before,
+            "recover restored the original: {text}"
+        );
+        Ok(())
+    }
+    .await;
     scene.finish(Some(operator), result).await
 }

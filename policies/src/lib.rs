@@ -28,7 +28,9 @@ pub mod validate;
 
 pub use explain::{describe, explain, explain_invalid};
 pub use invalid::{FieldError, Invalid};
-pub use observed::{BackingVm, Observed, ObservedDisruptionBudget, ObservedInfra, ObservedWorkload};
+pub use observed::{
+    BackingVm, Observed, ObservedDisruptionBudget, ObservedInfra, ObservedWorkload,
+};
 pub use plan::{
     Action, Activity, Change, CountOrPercent, Note, Plan, Preemption, PriorityClassSpec, Setting,
     VmRef, WorkloadRef,

@@ -206,13 +206,17 @@ fn critical_intent_in_its_window() {
     assert_eq!(p.layer(Layer::Hypervisor).count(), 0);
     let notes: Vec<&str> = p.notes.iter().map(|n| n.text.as_str()).collect();
     assert!(
-        notes.iter().any(|n| n.contains("VM lab-libvirt/worker-1") && n.contains("4096")),
+        notes
+            .iter()
+            .any(|n| n.contains("VM lab-libvirt/worker-1") && n.contains("4096")),
         "{notes:?}"
     );
     assert!(
-        notes.iter().any(|n| n.starts_with("if VM lab-libvirt/worker-1 went over")
-            && n.contains("lab-libvirt/batch-7 (4000 IOPS)")
-            && n.contains("limiting to 2000 IOPS, step 1 of 3")),
+        notes
+            .iter()
+            .any(|n| n.starts_with("if VM lab-libvirt/worker-1 went over")
+                && n.contains("lab-libvirt/batch-7 (4000 IOPS)")
+                && n.contains("limiting to 2000 IOPS, step 1 of 3")),
         "{notes:?}"
     );
 }
@@ -240,7 +244,10 @@ fn ledger_entries_are_the_hypervisor_actions_with_their_originals() {
             }
         ]
     );
-    assert!(p.actions.iter().any(|a| a.reason.contains("(InfraChange worker-1.cpu-shares.")));
+    assert!(p
+        .actions
+        .iter()
+        .any(|a| a.reason.contains("(InfraChange worker-1.cpu-shares.")));
     // Held already: no "next" note for the VM's shares.
     assert!(!p.notes.iter().any(|n| n.text.starts_with("next,")));
     // Another intent's entries are not this one's.
@@ -478,7 +485,9 @@ fn lower_tiers_do_not_touch_hypervisors() {
         "{notes:?}"
     );
     assert!(
-        notes.contains(&"infrastructure.throttleNoisyNeighbours: tier standard may not throttle neighbours"),
+        notes.contains(
+            &"infrastructure.throttleNoisyNeighbours: tier standard may not throttle neighbours"
+        ),
         "{notes:?}"
     );
     assert!(

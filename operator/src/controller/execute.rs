@@ -384,14 +384,19 @@ fn ledger_outcome(change: &Change, changes: &[plumbline_crds::InfraChange]) -> O
             && c.spec.target.name == vm.name
             && c.spec.target.provider.as_deref() == Some(vm.provider.as_str())
     }) else {
-        return Outcome::pending("decided by the storage-health loop; not in the change ledger yet");
+        return Outcome::pending(
+            "decided by the storage-health loop; not in the change ledger yet",
+        );
     };
     let name = entry.metadata.name.clone().unwrap_or_default();
     let status = entry.status.clone().unwrap_or_default();
     let state = status.state.unwrap_or_else(|| ic::PENDING.to_string());
     let message = format!(
         "InfraChange {name}: {state}{}",
-        status.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+        status
+            .last_error
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
     );
     Outcome {
         state: match state.as_str() {

@@ -14,8 +14,8 @@ use plumbline_crds::{
 };
 use plumbline_policies::health::{
     format_latency, guard, node_condition, plan_neighbour_throttles, pod_readiness, GuardCandidate,
-    HealthState, LatencyBudget, NeighbourCandidate, ReadinessVerdict, Tier,
-    Verdict, Victim, VmVerdict,
+    HealthState, LatencyBudget, NeighbourCandidate, ReadinessVerdict, Tier, Verdict, Victim,
+    VmVerdict,
 };
 use serde_json::{json, Value};
 use std::{
@@ -255,7 +255,11 @@ impl Feedback {
                     taint_wants.push(TaintWant {
                         intents: views
                             .iter()
-                            .filter(|v| v.pods.iter().any(|p| p.node.as_deref() == Some(name.as_str())))
+                            .filter(|v| {
+                                v.pods
+                                    .iter()
+                                    .any(|p| p.node.as_deref() == Some(name.as_str()))
+                            })
                             .map(IntentView::label)
                             .collect(),
                         because: format!(
@@ -413,26 +417,14 @@ impl Feedback {
                 .filter(|v| !leaving.contains(&v.vm.provider))
                 .collect();
             let in_force = throttle::in_force(&changes, operator);
-            actions = plan_neighbour_throttles(
-                now,
-                &victims,
-                &candidates,
-                &in_force,
-                &settings.ladder,
-            );
-            wanted_throttles = throttle::wanted(
-                &changes,
-                operator,
-                &views,
-                in_force,
-                &actions,
-                now,
-                |vm| {
+            actions =
+                plan_neighbour_throttles(now, &victims, &candidates, &in_force, &settings.ladder);
+            wanted_throttles =
+                throttle::wanted(&changes, operator, &views, in_force, &actions, now, |vm| {
                     b.vm(&plumbline_adapters::VmId::new(&vm.id))
                         .map(|p| p.vm.disks.iter().map(|d| d.name.clone()).collect())
                         .unwrap_or_default()
-                },
-            );
+                });
             b.retain_budgets(&wanted);
         }
 
@@ -624,7 +616,10 @@ impl Feedback {
                     }
                 }
             }
-            if let Some(list) = v.get_mut("neighbourCandidates").and_then(Value::as_array_mut) {
+            if let Some(list) = v
+                .get_mut("neighbourCandidates")
+                .and_then(Value::as_array_mut)
+            {
                 for e in list {
                     if let Some(o) = e.as_object_mut() {
                         o.remove("iops");
@@ -719,12 +714,7 @@ impl Feedback {
         }
     }
 
-    async fn write_intent_status(
-        &mut self,
-        ctx: &Context,
-        key: (String, String),
-        body: Value,
-    ) {
+    async fn write_intent_status(&mut self, ctx: &Context, key: (String, String), body: Value) {
         let patch = json!({
             "apiVersion": "plumbline.dev/v1alpha1",
             "kind": "WorkloadIntent",

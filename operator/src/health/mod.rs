@@ -143,11 +143,7 @@ pub async fn run(
         let mut wanted = feedback
             .pass(&ctx, &caches, &book, &settings, &operator, now)
             .await;
-        wanted.extend(
-            protections
-                .pass(&ctx, &caches, &book, &operator, now)
-                .await,
-        );
+        wanted.extend(protections.pass(&ctx, &caches, &book, &operator, now).await);
         if ledger_ready(&ctx, &caches, &book, &operator, started) {
             writer
                 .sync(&ctx, &caches.changes, &caches.providers, wanted)

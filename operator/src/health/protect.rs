@@ -17,8 +17,7 @@ use plumbline_crds::{
 };
 use plumbline_policies::{
     health::{
-        plan_protection, ProtectAction, Protection, ProtectionClaim, ProtectionPlan,
-        SharesSupport,
+        plan_protection, ProtectAction, Protection, ProtectionClaim, ProtectionPlan, SharesSupport,
     },
     ledger::{from_time, protection_spec},
 };
@@ -59,7 +58,10 @@ pub struct Protections {
 }
 
 /// The CPU-share changes of this operator instance, not being deleted, by VM.
-fn share_objects(changes: &[Arc<InfraChange>], operator: &str) -> BTreeMap<VmKey, Arc<InfraChange>> {
+fn share_objects(
+    changes: &[Arc<InfraChange>],
+    operator: &str,
+) -> BTreeMap<VmKey, Arc<InfraChange>> {
     changes
         .iter()
         .filter(|ic| {
@@ -81,7 +83,11 @@ fn share_objects(changes: &[Arc<InfraChange>], operator: &str) -> BTreeMap<VmKey
         .collect()
 }
 
-fn support(book: &HealthBook, objects: &BTreeMap<VmKey, Arc<InfraChange>>, vm: &VmKey) -> SharesSupport {
+fn support(
+    book: &HealthBook,
+    objects: &BTreeMap<VmKey, Arc<InfraChange>>,
+    vm: &VmKey,
+) -> SharesSupport {
     if let Some(status) = objects.get(vm).and_then(|ic| ic.status.as_ref()) {
         if status.state.as_deref() == Some(state::UNSUPPORTED) {
             return SharesSupport::Unsupported(status.last_error.clone().unwrap_or_default());
@@ -200,7 +206,9 @@ impl Protections {
                         .get(vm)
                         .map(|w| w.intents.clone())
                         .unwrap_or_default();
-                    let new = if objects.get(vm).and_then(|ic| ic.spec.desired.parse::<u64>().ok())
+                    let new = if objects
+                        .get(vm)
+                        .and_then(|ic| ic.spec.desired.parse::<u64>().ok())
                         == plan.wanted.get(vm).map(|w| w.shares)
                     {
                         to.difference(&told).cloned().collect()
@@ -208,7 +216,8 @@ impl Protections {
                         to
                     };
                     info!(vm = %vm, provider = %vm.provider, %reason, "backing VM to be protected");
-                    self.publish(ctx, &new, EventType::Normal, event::PROTECTED, reason).await;
+                    self.publish(ctx, &new, EventType::Normal, event::PROTECTED, reason)
+                        .await;
                 }
                 ProtectAction::Release { vm, reason } => {
                     let owners: BTreeSet<String> = objects
@@ -216,7 +225,8 @@ impl Protections {
                         .map(|ic| ic.spec.owners.iter().map(|o| o.intent.clone()).collect())
                         .unwrap_or_default();
                     info!(vm = %vm, %reason, "backing VM to be released");
-                    self.publish(ctx, &owners, EventType::Normal, event::RELEASED, reason).await;
+                    self.publish(ctx, &owners, EventType::Normal, event::RELEASED, reason)
+                        .await;
                 }
             }
         }

@@ -172,7 +172,10 @@ pub fn status_for(
             continue;
         };
         let status = ic.status.clone().unwrap_or_default();
-        let ic_state = status.state.clone().unwrap_or_else(|| state::PENDING.into());
+        let ic_state = status
+            .state
+            .clone()
+            .unwrap_or_else(|| state::PENDING.into());
         let limit = match ic_state.as_str() {
             state::APPLIED => status.observed.as_deref().and_then(|o| o.parse().ok()),
             _ => None,

@@ -196,7 +196,9 @@ async fn run(
                     return;
                 };
                 let done = match target {
-                    Ok(target) => carry_out(&ctx, &ic, target.as_ref(), work, deadline, &policy).await,
+                    Ok(target) => {
+                        carry_out(&ctx, &ic, target.as_ref(), work, deadline, &policy).await
+                    }
                     Err(e) => unusable(&ctx, &ic, e).await,
                 };
                 let _ = done_tx.send((key, name, done));
@@ -205,7 +207,11 @@ async fn run(
     }
 }
 
-fn record(memory: &mut HashMap<String, Memory>, busy: &mut HashSet<String>, done: (String, String, Done)) {
+fn record(
+    memory: &mut HashMap<String, Memory>,
+    busy: &mut HashSet<String>,
+    done: (String, String, Done),
+) {
     let (key, name, done) = done;
     busy.remove(&key);
     let now = SystemTime::now();
@@ -247,13 +253,27 @@ fn count(ctx: &Context, ic: &InfraChange, result: ActionResult) {
 
 /// A change whose setting no actuator understands: never applied, so deleting it just lets go.
 async fn unusable(ctx: &Context, ic: &InfraChange, e: TargetError) -> Done {
-    if ic.metadata.deletion_timestamp.is_some() && ic.status.as_ref().and_then(|s| s.original.as_ref()).is_none() {
+    if ic.metadata.deletion_timestamp.is_some()
+        && ic
+            .status
+            .as_ref()
+            .and_then(|s| s.original.as_ref())
+            .is_none()
+    {
         if let Err(err) = report::remove_finalizer(ctx, ic).await {
             warn!(change = %ic.name_any(), error = %err, "removing the finalizer failed");
         }
-        return Done { attempted: true, read_back: false };
+        return Done {
+            attempted: true,
+            read_back: false,
+        };
     }
-    let status = with_state(ic, ic.status.clone().unwrap_or_default(), state::UNSUPPORTED, &e.to_string());
+    let status = with_state(
+        ic,
+        ic.status.clone().unwrap_or_default(),
+        state::UNSUPPORTED,
+        &e.to_string(),
+    );
     let status = plumbline_crds::InfraChangeStatus {
         last_error: Some(e.to_string()),
         observed_generation: ic.metadata.generation,
@@ -262,7 +282,10 @@ async fn unusable(ctx: &Context, ic: &InfraChange, e: TargetError) -> Done {
     if let Err(err) = report::write_status(ctx, ic, &status).await {
         warn!(change = %ic.name_any(), error = %err, "writing InfraChange status failed");
     }
-    Done { attempted: true, read_back: false }
+    Done {
+        attempted: true,
+        read_back: false,
+    }
 }
 
 /// Does one piece of work. `target` is `None` only for [`Work::Release`], which needs none.
@@ -277,14 +300,27 @@ async fn carry_out(
     let name = ic.name_any();
     if let Work::Release { reason, message } = work {
         info!(change = %name, %message, "letting go of the change");
-        report::event(ctx, ic, false, reason, format!("{} {}: {message}", ic.spec.target, ic.spec.setting)).await;
+        report::event(
+            ctx,
+            ic,
+            false,
+            reason,
+            format!("{} {}: {message}", ic.spec.target, ic.spec.setting),
+        )
+        .await;
         if let Err(e) = report::remove_finalizer(ctx, ic).await {
             warn!(change = %name, error = %e, "removing the finalizer failed");
         }
-        return Done { attempted: true, read_back: false };
+        return Done {
+            attempted: true,
+            read_back: false,
+        };
     }
     let Some(target) = target else {
-        return Done { attempted: false, read_back: false };
+        return Done {
+            attempted: false,
+            read_back: false,
+        };
     };
     let mut status = ic.status.clone().unwrap_or_default();
     let done = |read_back| Done {
@@ -303,10 +339,18 @@ async fn carry_out(
             };
             // An original recorded on the target by an earlier run is the true one: the value
             // now may be that run's change.
-            let original = reading.recorded_original.clone().unwrap_or(reading.current.clone());
+            let original = reading
+                .recorded_original
+                .clone()
+                .unwrap_or(reading.current.clone());
             status.original = Some(original.clone());
             status.observed = Some(reading.current);
-            let status = with_state(ic, status, state::PENDING, &format!("original {original} recorded; applying {}", ic.spec.desired));
+            let status = with_state(
+                ic,
+                status,
+                state::PENDING,
+                &format!("original {original} recorded; applying {}", ic.spec.desired),
+            );
             if let Err(e) = report::write_status(ctx, ic, &status).await {
                 // Never change what could not be recorded first.
                 warn!(change = %name, error = %e, "recording the original failed; not applying");
@@ -321,7 +365,10 @@ async fn carry_out(
                 Ok(r) => r,
                 Err(e) => {
                     debug!(change = %name, error = %e, "reading back failed");
-                    return Done { attempted: false, read_back: true };
+                    return Done {
+                        attempted: false,
+                        read_back: true,
+                    };
                 }
             };
             let current = reading.current;
@@ -345,7 +392,10 @@ async fn carry_out(
                         warn!(change = %name, error = %e, "writing InfraChange status failed");
                     }
                     let result = apply(ctx, ic, target, status, deadline).await;
-                    Done { read_back: true, ..result }
+                    Done {
+                        read_back: true,
+                        ..result
+                    }
                 }
                 Readback::Contested { corrections } => {
                     let message = format!(
@@ -373,7 +423,12 @@ async fn carry_out(
         }
         Work::Revert { original } => {
             if status.state.as_deref() != Some(state::REVERTING) {
-                status = with_state(ic, status, state::REVERTING, &format!("restoring the original {original}"));
+                status = with_state(
+                    ic,
+                    status,
+                    state::REVERTING,
+                    &format!("restoring the original {original}"),
+                );
                 if let Err(e) = report::write_status(ctx, ic, &status).await {
                     debug!(change = %name, error = %e, "writing InfraChange status failed");
                 }
@@ -387,7 +442,10 @@ async fn carry_out(
                         ic,
                         false,
                         state::REVERTED,
-                        format!("{} {} restored to its original {original}", ic.spec.target, ic.spec.setting),
+                        format!(
+                            "{} {} restored to its original {original}",
+                            ic.spec.target, ic.spec.setting
+                        ),
                     )
                     .await;
                     report::node_event(ctx, ic, false).await;
@@ -400,7 +458,10 @@ async fn carry_out(
                     count(ctx, ic, ActionResult::failed);
                     status.attempts += 1;
                     status.last_error = Some(e.to_string());
-                    let message = format!("restoring the original {original} failed (attempt {}): {e}", status.attempts);
+                    let message = format!(
+                        "restoring the original {original} failed (attempt {}): {e}",
+                        status.attempts
+                    );
                     warn!(change = %name, error = %e, attempts = status.attempts, "restoring the original failed");
                     report::event(ctx, ic, true, state::REVERT_FAILED, message.clone()).await;
                     let status = with_state(ic, status, state::REVERTING, &message);

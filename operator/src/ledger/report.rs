@@ -104,13 +104,20 @@ pub async fn node_event(ctx: &Context, ic: &InfraChange, added: bool) {
     if ic.spec.purpose != ChangePurpose::StorageTaint {
         return;
     }
-    let taint = ic.spec.setting.strip_prefix("taint/").unwrap_or(&ic.spec.setting);
+    let taint = ic
+        .spec
+        .setting
+        .strip_prefix("taint/")
+        .unwrap_or(&ic.spec.setting);
     let why: Vec<&str> = ic.spec.owners.iter().map(|o| o.reason.as_str()).collect();
     let note = format!(
         "{taint} {}: {}",
         if added { "added" } else { "removed" },
         if added {
-            why.first().copied().unwrap_or("the node's storage is over budget").to_string()
+            why.first()
+                .copied()
+                .unwrap_or("the node's storage is over budget")
+                .to_string()
         } else {
             "the node's storage is no longer over budget for this operator's intents".to_string()
         }
@@ -124,7 +131,12 @@ pub async fn node_event(ctx: &Context, ic: &InfraChange, added: bool) {
     };
     let event = Event {
         type_: EventType::Normal,
-        reason: if added { "StorageTaintAdded" } else { "StorageTaintRemoved" }.into(),
+        reason: if added {
+            "StorageTaintAdded"
+        } else {
+            "StorageTaintRemoved"
+        }
+        .into(),
         note: Some(note.chars().take(1000).collect()),
         action: "TaintNode".into(),
         secondary: None,
@@ -151,7 +163,11 @@ pub async fn remove_finalizer(ctx: &Context, ic: &InfraChange) -> Result<(), kub
             "metadata": {"resourceVersion": current.resource_version(), "finalizers": finalizers},
         });
         match api
-            .patch(&ic.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &ic.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => return Ok(()),

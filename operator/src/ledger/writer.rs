@@ -121,7 +121,11 @@ impl Writer {
                 "spec": spec,
             });
             match api
-                .patch(&name, &PatchParams::apply(&self.field_manager()), &Patch::Apply(&body))
+                .patch(
+                    &name,
+                    &PatchParams::apply(&self.field_manager()),
+                    &Patch::Apply(&body),
+                )
                 .await
             {
                 Ok(_) => debug!(change = %name, desired = %spec.desired, "ledger entry written"),
@@ -134,7 +138,9 @@ impl Writer {
         }
         for name in plan.delete {
             match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => debug!(change = %name, "ledger entry deleted; its finalizer restores the original"),
+                Ok(_) => {
+                    debug!(change = %name, "ledger entry deleted; its finalizer restores the original")
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => warn!(change = %name, error = %e, "deleting the ledger entry failed"),
             }
@@ -165,8 +171,12 @@ impl Writer {
                 continue;
             }
             match set_provider_finalizer(ctx, name, false).await {
-                Ok(()) => info!(provider = %name, "no change targets the provider any more; letting it go"),
-                Err(e) => warn!(provider = %name, error = %e, "removing the provider finalizer failed"),
+                Ok(()) => {
+                    info!(provider = %name, "no change targets the provider any more; letting it go")
+                }
+                Err(e) => {
+                    warn!(provider = %name, error = %e, "removing the provider finalizer failed")
+                }
             }
         }
     }
@@ -180,7 +190,11 @@ async fn add_provider_finalizer(ctx: &Context, hp: &HypervisorProvider) -> Resul
 }
 
 /// Adds or removes the provider finalizer by read-modify-write guarded by resourceVersion.
-async fn set_provider_finalizer(ctx: &Context, name: &str, present: bool) -> Result<(), kube::Error> {
+async fn set_provider_finalizer(
+    ctx: &Context,
+    name: &str,
+    present: bool,
+) -> Result<(), kube::Error> {
     let api = Api::<HypervisorProvider>::all(ctx.client.clone());
     let mut attempt = 0;
     loop {
@@ -195,11 +209,16 @@ async fn set_provider_finalizer(ctx: &Context, name: &str, present: bool) -> Res
         if present {
             finalizers.push(PROVIDER_FINALIZER.to_string());
         }
-        if finalizers.len() == hp.finalizers().len() && present == hp.finalizers().iter().any(|f| f == PROVIDER_FINALIZER) {
+        if finalizers.len() == hp.finalizers().len()
+            && present == hp.finalizers().iter().any(|f| f == PROVIDER_FINALIZER)
+        {
             return Ok(());
         }
         let patch = json!({"metadata": {"resourceVersion": hp.resource_version(), "finalizers": finalizers}});
-        match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < 3 => {}
             Err(e) => return Err(e),

@@ -333,7 +333,9 @@ pub async fn release_everything(
     let intents = Api::<WorkloadIntent>::namespaced(admin.clone(), namespace);
     if let Ok(list) = intents.list(&ListParams::default()).await {
         for wi in list.items {
-            let _ = intents.delete(&wi.name_any(), &DeleteParams::default()).await;
+            let _ = intents
+                .delete(&wi.name_any(), &DeleteParams::default())
+                .await;
         }
     }
     let drained = eventually(

@@ -236,19 +236,21 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
         {
             continue;
         }
-        let mut eligible: Vec<(&NeighbourCandidate<K>, String)> = neighbours_of(victim, candidates, ladder)
-            .into_iter()
-            .filter(|(c, _)| !touched.contains(&c.vm))
-            .filter(|(c, _)| match throttles.get(&c.vm) {
-                None => true,
-                Some(t) => {
-                    t.level < ladder.steps.len()
-                        && now.duration_since(t.stepped_at).unwrap_or_default() >= ladder.cooldown
-                }
-            })
-            // A step whose limit is not below what the VM does now would throttle nothing.
-            .filter(|(c, _)| (next_step(c).2 as f64) < c.iops)
-            .collect();
+        let mut eligible: Vec<(&NeighbourCandidate<K>, String)> =
+            neighbours_of(victim, candidates, ladder)
+                .into_iter()
+                .filter(|(c, _)| !touched.contains(&c.vm))
+                .filter(|(c, _)| match throttles.get(&c.vm) {
+                    None => true,
+                    Some(t) => {
+                        t.level < ladder.steps.len()
+                            && now.duration_since(t.stepped_at).unwrap_or_default()
+                                >= ladder.cooldown
+                    }
+                })
+                // A step whose limit is not below what the VM does now would throttle nothing.
+                .filter(|(c, _)| (next_step(c).2 as f64) < c.iops)
+                .collect();
         eligible.sort_by(|(a, _), (b, _)| b.iops.total_cmp(&a.iops).then_with(|| a.vm.cmp(&b.vm)));
         let Some((aggressor, shared)) = eligible.into_iter().next() else {
             continue;

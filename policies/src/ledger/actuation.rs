@@ -62,9 +62,14 @@ pub enum Work {
     /// Read the value back to catch drift.
     ReadBack,
     /// Restore the recorded original, then remove the finalizer.
-    Revert { original: String },
+    Revert {
+        original: String,
+    },
     /// Remove the finalizer without touching the target, for the reason given.
-    Release { reason: &'static str, message: String },
+    Release {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// Decides the next step. `last_attempt` and `last_readback` are the actuator's memory of this
@@ -216,10 +221,16 @@ mod tests {
     #[test]
     fn the_original_is_recorded_before_anything_is_applied() {
         let p = ActuationPolicy::default();
-        assert_eq!(next_work(&change(None), at(0), None, None, &p), Work::RecordOriginal);
+        assert_eq!(
+            next_work(&change(None), at(0), None, None, &p),
+            Work::RecordOriginal
+        );
         let mut s = applied();
         s.observed = Some("0".into());
-        assert_eq!(next_work(&change(Some(s)), at(0), None, None, &p), Work::Apply);
+        assert_eq!(
+            next_work(&change(Some(s)), at(0), None, None, &p),
+            Work::Apply
+        );
     }
 
     #[test]
@@ -228,7 +239,10 @@ mod tests {
         let ic = change(Some(applied()));
         assert_eq!(next_work(&ic, at(10), None, None, &p), Work::ReadBack);
         assert_eq!(next_work(&ic, at(10), None, Some(at(0)), &p), Work::Nothing);
-        assert_eq!(next_work(&ic, at(30), None, Some(at(0)), &p), Work::ReadBack);
+        assert_eq!(
+            next_work(&ic, at(30), None, Some(at(0)), &p),
+            Work::ReadBack
+        );
     }
 
     #[test]
@@ -253,15 +267,25 @@ mod tests {
         );
         assert!(matches!(
             next_work(&deleting(change(None)), at(0), None, None, &p),
-            Work::Release { reason: state::REVERTED, .. }
+            Work::Release {
+                reason: state::REVERTED,
+                ..
+            }
         ));
         let mut abandoned = deleting(change(Some(applied())));
         abandoned.metadata.annotations = Some(
-            [(plumbline_crds::names::ABANDON_ANNOTATION.to_string(), "true".to_string())].into(),
+            [(
+                plumbline_crds::names::ABANDON_ANNOTATION.to_string(),
+                "true".to_string(),
+            )]
+            .into(),
         );
         assert!(matches!(
             next_work(&abandoned, at(0), None, None, &p),
-            Work::Release { reason: state::ABANDONED, .. }
+            Work::Release {
+                reason: state::ABANDONED,
+                ..
+            }
         ));
     }
 
@@ -275,9 +299,16 @@ mod tests {
         // 3 failures: 2 s * 2^2 = 8 s.
         assert_eq!(next_work(&ic, at(7), Some(at(0)), None, &p), Work::Nothing);
         assert_eq!(next_work(&ic, at(8), Some(at(0)), None, &p), Work::Apply);
-        assert_eq!(next_work(&ic, at(0), None, None, &p), Work::Apply, "after a restart");
+        assert_eq!(
+            next_work(&ic, at(0), None, None, &p),
+            Work::Apply,
+            "after a restart"
+        );
         let reverting = deleting(ic);
-        assert_eq!(next_work(&reverting, at(7), Some(at(0)), None, &p), Work::Nothing);
+        assert_eq!(
+            next_work(&reverting, at(7), Some(at(0)), None, &p),
+            Work::Nothing
+        );
     }
 
     #[test]

@@ -153,11 +153,7 @@ impl LedgerDiff {
 
 /// Diffs the wanted specs against the objects `operator` owns. Objects of other operators are
 /// never touched: they are neither updated nor deleted, whatever is wanted.
-pub fn diff(
-    wanted: Vec<InfraChangeSpec>,
-    existing: &[&InfraChange],
-    operator: &str,
-) -> LedgerDiff {
+pub fn diff(wanted: Vec<InfraChangeSpec>, existing: &[&InfraChange], operator: &str) -> LedgerDiff {
     let mut by_name: BTreeMap<String, InfraChangeSpec> = BTreeMap::new();
     for spec in wanted {
         let name = InfraChange::name_for(&spec.target, &spec.setting);
@@ -253,9 +249,18 @@ mod tests {
     fn diff_creates_updates_and_deletes_only_its_own_objects() {
         let a = throttle_spec(&vm("noisy"), "vda", &throttle(1, 281), vec![], "cluster");
         let a_next = throttle_spec(&vm("noisy"), "vda", &throttle(2, 141), vec![], "cluster");
-        let b = taint_spec("node-1", "taint/x:NoSchedule", vec![owner("s/a")], "cluster");
+        let b = taint_spec(
+            "node-1",
+            "taint/x:NoSchedule",
+            vec![owner("s/a")],
+            "cluster",
+        );
         let theirs = taint_spec("node-2", "taint/x:NoSchedule", vec![], "namespace/other");
-        let existing = [object(a.clone(), false), object(b.clone(), false), object(theirs, false)];
+        let existing = [
+            object(a.clone(), false),
+            object(b.clone(), false),
+            object(theirs, false),
+        ];
         let refs: Vec<&InfraChange> = existing.iter().collect();
 
         let same = diff(vec![a.clone(), b.clone()], &refs, "cluster");
