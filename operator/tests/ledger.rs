@@ -151,8 +151,21 @@ impl Scene {
         };
         strip_ledger(&self.cluster.admin, &self.cluster.namespace).await;
         delete_provider(&self.cluster.admin, &self.provider).await;
+        // Nothing may be left on the guest: a limit there now is one the ledger lost.
+        let left = self.limit().await.unwrap_or(self.before);
         self.cluster.cleanup().await;
-        result.and(released)
+        if left != self.before {
+            let _ = self.stack.clear_libvirt_latency(&self.noisy).await;
+        }
+        result.and(released).and(if left == self.before {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "{} was left limited to {left} IOPS (before: {})",
+                self.noisy,
+                self.before
+            ))
+        })
     }
 }
 
@@ -492,6 +505,25 @@ async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> 
             scene
                 .wait_for_limit(&format!("drift {round} corrected"), desired)
                 .await?;
+            // Settled (read back and recorded) before the next change, so the next one is
+            // seen as drift rather than racing the correction's own read-back.
+            eventually(
+                &format!("correction {round} recorded"),
+                PATIENCE,
+                || async {
+                    let list = throttle_of(admin, ns, &scene.noisy).await?;
+                    Ok(match list.first().and_then(|ic| ic.status.clone()) {
+                        Some(s)
+                            if s.state.as_deref() == Some("Applied")
+                                && s.corrections.len() == round as usize =>
+                        {
+                            Ok(())
+                        }
+                        other => Err(format!("{other:?}")),
+                    })
+                },
+            )
+            .await?;
             // Events of one reason on one object fold into one series (kube's recorder): the
             // first names the values, the metric counts every drift.
             if round == 1 {

@@ -107,11 +107,18 @@ impl Actuators {
 }
 
 /// What the actuator remembers of one object (none after a restart or a reconnect).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Memory {
     last_attempt: Option<SystemTime>,
     last_readback: Option<SystemTime>,
+    /// The version last acted on, and when: the cache shows the actuator's own status write
+    /// a moment later, and until it does the object is left alone (deciding on the version
+    /// from before the write would apply again, over a change someone made meanwhile).
+    acted_on: Option<(String, SystemTime)>,
 }
+
+/// How long a version acted on is skipped at most (a status write may have failed).
+const SETTLE: Duration = Duration::from_secs(5);
 
 /// How one piece of work ended, for the actuator's memory.
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +135,7 @@ async fn run(
     operator: String,
 ) {
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, String, Done)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, String, String, Done)>();
     let mut memory: HashMap<String, Memory> = HashMap::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut was_connected = false;
@@ -175,7 +182,14 @@ async fn run(
                 continue;
             }
             let name = ic.name_any();
-            let m = memory.get(&name).copied().unwrap_or_default();
+            let version = ic.resource_version().unwrap_or_default();
+            let m = memory.get(&name).cloned().unwrap_or_default();
+            if m.acted_on
+                .as_ref()
+                .is_some_and(|(v, at)| *v == version && now < *at + SETTLE)
+            {
+                continue;
+            }
             let work = next_work(&ic, now, m.last_attempt, m.last_readback, &settings.policy);
             if work == Work::Nothing {
                 continue;
@@ -201,7 +215,7 @@ async fn run(
                     }
                     Err(e) => unusable(&ctx, &ic, e).await,
                 };
-                let _ = done_tx.send((key, name, done));
+                let _ = done_tx.send((key, name, version, done));
             });
         }
     }
@@ -210,14 +224,15 @@ async fn run(
 fn record(
     memory: &mut HashMap<String, Memory>,
     busy: &mut HashSet<String>,
-    done: (String, String, Done),
+    done: (String, String, String, Done),
 ) {
-    let (key, name, done) = done;
+    let (key, name, version, done) = done;
     busy.remove(&key);
     let now = SystemTime::now();
     let m = memory.entry(name).or_default();
     if done.attempted {
         m.last_attempt = Some(now);
+        m.acted_on = Some((version, now));
     }
     if done.read_back {
         m.last_readback = Some(now);

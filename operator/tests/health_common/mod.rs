@@ -361,11 +361,55 @@ pub async fn release_everything(
         },
     )
     .await;
+    // The test's providers (`<namespace>-kvm`, `<namespace>-vc`) go while the operator runs,
+    // so it lets go of their finalizer.
+    let providers = Api::<HypervisorProvider>::all(admin.clone());
+    let ours: Vec<String> = providers
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.name_any())
+        .filter(|n| n == &format!("{namespace}-kvm") || n == &format!("{namespace}-vc"))
+        .collect();
+    for name in &ours {
+        let _ = providers.delete(name, &DeleteParams::default()).await;
+    }
+    let gone = eventually(
+        "the test's providers to go",
+        Duration::from_secs(30),
+        || async {
+            let mut left = Vec::new();
+            for name in &ours {
+                if providers.get_opt(name).await?.is_some() {
+                    left.push(name.clone());
+                }
+            }
+            Ok(if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left.join(", "))
+            })
+        },
+    )
+    .await;
     operator.stop().await;
     if drained.is_err() {
         strip_ledger(admin, namespace).await;
     }
-    drained
+    if gone.is_err() {
+        for name in &ours {
+            let _ = providers
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+        }
+    }
+    drained.and(gone)
 }
 
 /// Removes the namespace operator's InfraChanges without reverting them (test cleanup only).
