@@ -103,7 +103,7 @@ pub async fn run(
     let mut feedback = feedback::Feedback::new(namespace.is_some());
     let mut protections = protect::Protections::default();
     let mut writer = Writer::new(namespace.as_deref());
-    let mut actuators = Actuators::default();
+    let mut actuators = Actuators::new(end.clone());
     let operator = writer.operator().to_string();
     let started = Instant::now();
     info!(

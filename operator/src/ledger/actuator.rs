@@ -32,6 +32,7 @@ use super::{
 use crate::{
     context::Context,
     metrics::{ActionResult, Layer},
+    run::TermEnd,
 };
 
 /// What one actuator looks after.
@@ -53,13 +54,22 @@ impl Scope {
     }
 }
 
-/// The running actuators.
-#[derive(Default)]
+/// The running actuators of one leadership term.
 pub struct Actuators {
     running: BTreeMap<Scope, JoinHandle<()>>,
+    end: TermEnd,
 }
 
 impl Actuators {
+    /// Actuators that stop, with their calls in flight, the moment `end` resolves: a replica
+    /// that lost the lease writes nothing more, whatever the loop that started them is doing.
+    pub fn new(end: TermEnd) -> Self {
+        Self {
+            running: BTreeMap::new(),
+            end,
+        }
+    }
+
     /// Runs one actuator per provider named and one for nodes; stops the others.
     pub fn sync(
         &mut self,
@@ -94,6 +104,7 @@ impl Actuators {
                 scope.clone(),
                 settings.clone(),
                 operator.to_string(),
+                self.end.clone(),
             ));
             self.running.insert(scope, handle);
         }
@@ -133,20 +144,26 @@ async fn run(
     scope: Scope,
     settings: LedgerSettings,
     operator: String,
+    end: TermEnd,
 ) {
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, String, String, Done)>();
     let mut memory: HashMap<String, Memory> = HashMap::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut was_connected = false;
-    // Owned here, so aborting the actuator (the term ended) aborts its calls in flight: a
-    // replica that lost the lease stops writing at once.
+    // Owned here, so returning (or being aborted) aborts the calls in flight.
     let mut calls = JoinSet::new();
+    let ended = end.wait();
+    tokio::pin!(ended);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     debug!(?scope, "actuator starts");
     loop {
         tokio::select! {
+            _ = &mut ended => {
+                debug!(?scope, "the term ended; the actuator stops with its calls in flight");
+                return;
+            }
             _ = tick.tick() => {}
             Some(done) = done_rx.recv() => record(&mut memory, &mut busy, done),
         }
