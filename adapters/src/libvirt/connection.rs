@@ -167,3 +167,19 @@ impl Connection {
         self.lost(epoch, "closed by the adapter");
     }
 }
+
+/// Closing a connection to a daemon that no longer answers (a cut link) blocks in
+/// `virConnectClose`. The adapter is dropped wherever its last user lets go of it, often on an
+/// async runtime's thread: the close then goes to the blocking pool.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let conn = self
+            .slot
+            .get_mut()
+            .map(|slot| slot.conn.take())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().conn.take());
+        if let (Some(conn), Ok(runtime)) = (conn, tokio::runtime::Handle::try_current()) {
+            runtime.spawn_blocking(move || drop(conn));
+        }
+    }
+}
