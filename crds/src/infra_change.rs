@@ -184,6 +184,10 @@ pub struct ThrottleStep {
     /// The degraded VMs the throttle is for; it is released when none needs it any more.
     #[serde(default)]
     pub victims: Vec<VmRef>,
+    /// The storage latency (microseconds) of the victim this step was for, when it was taken:
+    /// a step that does not lower it is undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub victim_latency_micros: Option<i64>,
 }
 
 /// A VM of a provider.

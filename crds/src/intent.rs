@@ -377,8 +377,13 @@ pub struct BackingPod {
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GuardReport {
-    /// Most pods that may be unready for storage reasons (from storage.maxUnready).
+    /// Most pods that may be unready for storage reasons: storage.maxUnready minus the pods
+    /// unready for other reasons, and never the last ready pod.
     pub allowed_unready: i32,
+    /// Pods not Ready for reasons of their own (not marked by Plumbline); they use up the
+    /// budget first.
+    #[serde(default)]
+    pub unready_elsewhere: i32,
     /// Pods currently marked unready for storage reasons.
     #[serde(default)]
     pub marked_unready: Vec<String>,

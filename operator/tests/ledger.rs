@@ -714,7 +714,8 @@ async fn serial_ledger_a_hung_guest_holds_up_only_its_own_changes() -> Result<()
     const OTHER: &str = "pl-vm3";
     let result = async {
         let (admin, ns) = (&scene.cluster.admin, &scene.cluster.namespace);
-        deploy_pinned(admin, ns, "orders", 1, OTHER).await?;
+        // Two pods: the guard never takes a workload's last ready pod.
+        deploy_pinned(admin, ns, "orders", 2, OTHER).await?;
         scene
             .cluster
             .apply_intent("orders", critical_intent("orders"))
@@ -732,8 +733,8 @@ async fn serial_ledger_a_hung_guest_holds_up_only_its_own_changes() -> Result<()
             admin,
             ns,
             "orders",
-            1,
-            "the other VM's pod out of rotation",
+            2,
+            "one of the other VM's pods out of rotation",
             |pods| count(pods, "False", "LatencyOverBudget") == 1,
         )
         .await?;

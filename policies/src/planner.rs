@@ -17,8 +17,8 @@ use std::{
 use crate::{
     health::{
         plan_neighbour_throttles, plan_protection, HealthState, NeighbourAction,
-        NeighbourCandidate, ProtectAction, ProtectionClaim, SharesSupport, Throttle,
-        ThrottleLadder, Tier, Victim,
+        NeighbourCandidate, NeighbourHistory, ProtectAction, ProtectionClaim, SharesSupport,
+        Throttle, ThrottleLadder, Tier, Victim,
     },
     invalid::Invalid,
     ledger::throttle_from_spec,
@@ -476,6 +476,9 @@ impl Planner<'_> {
                 intent: label.clone(),
                 state: HealthState::Degraded,
                 healthy_for: Duration::ZERO,
+                unknown_for: Duration::ZERO,
+                latency: None,
+                sample_interval: Duration::ZERO,
                 active: true,
                 host: b.host.clone(),
                 datastores: b.datastores.iter().cloned().collect(),
@@ -516,6 +519,8 @@ impl Planner<'_> {
                         // As if the last step were long enough ago: the preview shows the next.
                         stepped_at: now - Duration::from_secs(3600),
                         victims: t.victims.iter().map(key).collect(),
+                        // Not judged in a preview.
+                        victim_latency: None,
                     },
                 )
             })
@@ -525,6 +530,7 @@ impl Planner<'_> {
             &victims,
             &candidates,
             &throttles,
+            &NeighbourHistory::default(),
             &ThrottleLadder::default(),
         );
         let mut previewed = false;

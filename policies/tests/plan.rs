@@ -508,6 +508,7 @@ fn the_throttle_preview_continues_the_ladder_from_the_ledger() {
             id: "id-worker-1".into(),
             provider: "lab-libvirt".into(),
         }],
+        victim_latency_micros: Some(31_000),
     });
     o.infra.changes = vec![step];
     o.infra.neighbours[0].iops = 2000;

@@ -169,8 +169,10 @@ impl Connection {
 }
 
 /// Closing a connection to a daemon that no longer answers (a cut link) blocks in
-/// `virConnectClose`. The adapter is dropped wherever its last user lets go of it, often on an
-/// async runtime's thread: the close then goes to the blocking pool.
+/// `virConnectClose` until the socket closes. The adapter is dropped wherever its last user
+/// lets go of it, often on an async runtime's thread, and possibly while that runtime shuts
+/// down (when the blocking pool takes no more work, and waits for what it holds): the close
+/// gets a thread of its own, which nothing waits for.
 impl Drop for Connection {
     fn drop(&mut self) {
         let conn = self
@@ -178,8 +180,13 @@ impl Drop for Connection {
             .get_mut()
             .map(|slot| slot.conn.take())
             .unwrap_or_else(|poisoned| poisoned.into_inner().conn.take());
-        if let (Some(conn), Ok(runtime)) = (conn, tokio::runtime::Handle::try_current()) {
-            runtime.spawn_blocking(move || drop(conn));
+        if let Some(conn) = conn {
+            let closing = std::thread::Builder::new()
+                .name("libvirt-close".into())
+                .spawn(move || drop(conn));
+            if let Err(e) = closing {
+                tracing::warn!(uri = %self.uri, error = %e, "no thread to close the libvirt connection on; it was closed in place");
+            }
         }
     }
 }

@@ -9,13 +9,14 @@ use kube::{
     Api, ResourceExt,
 };
 use plumbline_crds::{
+    conditions::status,
     names::{NODE_STORAGE_CONDITION, STORAGE_READINESS_GATE},
     InfraChange, InfraChangeSpec, VmRef, WorkloadIntent,
 };
 use plumbline_policies::health::{
     format_latency, guard, node_condition, plan_neighbour_throttles, pod_readiness, GuardCandidate,
-    HealthState, LatencyBudget, NeighbourCandidate, ReadinessVerdict, Tier, Verdict, Victim,
-    VmVerdict,
+    GuardPods, HealthState, LatencyBudget, NeighbourCandidate, NeighbourHistory, ReadinessVerdict,
+    Tier, Verdict, Victim, VmVerdict,
 };
 use serde_json::{json, Value};
 use std::{
@@ -43,8 +44,10 @@ const MESSAGE_REFRESH: Duration = Duration::from_secs(30);
 pub struct Feedback {
     pod_written: HashMap<(String, String), Instant>,
     node_written: HashMap<String, Instant>,
-    /// When each VM turned healthy against its strictest budget (for releasing throttles).
-    healthy_since: HashMap<(plumbline_adapters::VmId, LatencyBudget), SystemTime>,
+    /// Each VM's state against each budget and since when (for releasing throttles).
+    state_since: HashMap<(plumbline_adapters::VmId, LatencyBudget), (HealthState, SystemTime)>,
+    /// What the noisy-neighbour ladder remembers between passes.
+    neighbours: NeighbourHistory<VmRef>,
     intent_status: HashMap<(String, String), (Value, Instant)>,
     series: Series,
     /// Scoped to a namespace: only nodes running pods of its intents get a condition, so
@@ -417,8 +420,16 @@ impl Feedback {
                 .filter(|v| !leaving.contains(&v.vm.provider))
                 .collect();
             let in_force = throttle::in_force(&changes, operator);
-            actions =
-                plan_neighbour_throttles(now, &victims, &candidates, &in_force, &settings.ladder);
+            actions = plan_neighbour_throttles(
+                now,
+                &victims,
+                &candidates,
+                &in_force,
+                &self.neighbours,
+                &settings.ladder,
+            );
+            self.neighbours
+                .record(&actions, &victims, now, &settings.ladder);
             wanted_throttles =
                 throttle::wanted(&changes, operator, &views, in_force, &actions, now, |vm| {
                     b.vm(&plumbline_adapters::VmId::new(&vm.id))
@@ -437,7 +448,7 @@ impl Feedback {
         for (key, body) in status_writes {
             self.write_intent_status(ctx, key, body).await;
         }
-        throttle::publish(ctx, &views, &changes, operator, &actions).await;
+        throttle::publish(ctx, &views, &changes, &wanted_throttles, operator, &actions).await;
         let mut wanted = wanted_throttles;
         wanted.extend(taint::wanted(&taint_wants, operator));
         wanted
@@ -483,13 +494,30 @@ impl Feedback {
                     .is_some_and(|c| c.status == "False"),
             })
             .collect();
-        let decision = guard(view.pods.len(), storage.limit, candidates);
+        // Not Ready, and not because of us: these use up the guard's budget first.
+        let unready_elsewhere = view
+            .pods
+            .iter()
+            .filter(|p| {
+                condition_of(&p.pod, "Ready").is_none_or(|c| c.status != status::TRUE)
+                    && condition_of(&p.pod, STORAGE_READINESS_GATE)
+                        .is_none_or(|c| c.status != status::FALSE)
+            })
+            .count();
+        let decision = guard(
+            GuardPods {
+                total: view.pods.len(),
+                unready_elsewhere,
+            },
+            storage.limit,
+            candidates,
+        );
         let held: HashSet<&String> = decision.held_back.iter().collect();
 
         let mut backing = Vec::new();
         for (p, (vm_verdict, readiness)) in view.pods.iter().zip(verdicts) {
             let readiness = if held.contains(&p.name) {
-                readiness.held_by_guard(decision.allowed, decision.total)
+                readiness.held_by_guard(&decision.budget)
             } else {
                 readiness
             };
@@ -518,24 +546,27 @@ impl Feedback {
             if let Some(vm) = &p.vm {
                 let state = vm_verdict.state();
                 let key = (vm.id.clone(), storage.budget);
-                if state == HealthState::Healthy {
-                    self.healthy_since.entry(key).or_insert(now);
-                } else {
-                    self.healthy_since.remove(&key);
-                }
-                let healthy_for = self
-                    .healthy_since
-                    .get(&(vm.id.clone(), storage.budget))
-                    .and_then(|t| now.duration_since(*t).ok())
-                    .unwrap_or_default();
+                let entered = match self.state_since.get(&key) {
+                    Some((was, at)) if *was == state => *at,
+                    _ => now,
+                };
+                self.state_since.insert(key, (state, entered));
+                let in_state = now.duration_since(entered).unwrap_or_default();
+                let only_in = |s: HealthState| if state == s { in_state } else { Duration::ZERO };
+                let (healthy_for, unknown_for) =
+                    (only_in(HealthState::Healthy), only_in(HealthState::Unknown));
                 if view.may_throttle {
                     if let Some(place) = b.vm(&vm.id) {
+                        let latency = latest.map(|(l, _)| l);
                         let v = victims.entry(vm.clone()).or_insert_with(|| Victim {
                             vm: vm.to_ref(),
                             tier: view.tier,
                             intent: view.label(),
                             state,
                             healthy_for,
+                            unknown_for,
+                            latency,
+                            sample_interval: place.provider.interval,
                             active: view.active,
                             host: Some(place.vm.host.clone()),
                             datastores: place.vm.datastores.iter().cloned().collect(),
@@ -544,6 +575,8 @@ impl Feedback {
                         v.tier = v.tier.max(view.tier);
                         v.active |= view.active;
                         v.healthy_for = v.healthy_for.min(healthy_for);
+                        v.unknown_for = v.unknown_for.min(unknown_for);
+                        v.latency = v.latency.max(latency);
                     }
                 }
             }
@@ -589,7 +622,8 @@ impl Feedback {
         }
 
         let guard_report = json!({
-            "allowedUnready": decision.allowed,
+            "allowedUnready": decision.budget.allowed,
+            "unreadyElsewhere": decision.budget.unready_elsewhere,
             "markedUnready": decision.marked,
             "heldReady": decision.held_back,
         });
@@ -777,6 +811,9 @@ fn neighbour_candidates(
             intent: view.label(),
             state: HealthState::Degraded,
             healthy_for: Duration::ZERO,
+            unknown_for: Duration::ZERO,
+            latency: None,
+            sample_interval: place.provider.interval,
             active: true,
             host: Some(place.vm.host.clone()),
             datastores: place.vm.datastores.iter().cloned().collect(),

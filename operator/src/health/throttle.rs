@@ -4,7 +4,11 @@
 //! one per disk of each throttled VM. Every step and release is an Event on the intents
 //! concerned; what is in force goes to their `status.neighbourThrottles`.
 
-use kube::runtime::events::{Event, EventType};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::{
+    runtime::events::{Event, EventType},
+    Resource, ResourceExt,
+};
 use plumbline_crds::{
     conditions::infra_change as state, ChangeOwner, ChangePurpose, InfraChange, InfraChangeSpec,
     NeighbourThrottleStatus, VmRef,
@@ -120,38 +124,69 @@ pub fn wanted(
     out
 }
 
-/// One Event per aggressor and action, on every intent concerned: for a step the intents on
-/// its victim, for a release those that owned the throttle.
+/// The Event for one action on one aggressor: its reason, its action, and the throttle's
+/// `InfraChange` as the related object, so Kubernetes keeps a separate Event per aggressor
+/// and action instead of folding them into one series.
+fn event_for(action: &NeighbourAction<VmRef>, related: Option<ObjectReference>) -> Event {
+    let (reason, kind) = match action {
+        NeighbourAction::Step { level: 1, .. } => ("NoisyNeighbourThrottled", "Throttle".into()),
+        NeighbourAction::Step { level, .. } => ("NoisyNeighbourStepped", format!("StepTo{level}")),
+        NeighbourAction::Undo { level: 0, .. } => ("NoisyNeighbourStepUndone", "Release".into()),
+        NeighbourAction::Undo { level, .. } => {
+            ("NoisyNeighbourStepUndone", format!("StepBackTo{level}"))
+        }
+        NeighbourAction::Release { .. } => ("NoisyNeighbourReleased", "Release".into()),
+    };
+    Event {
+        type_: EventType::Normal,
+        reason: reason.to_string(),
+        note: Some(action.reason().chars().take(1000).collect()),
+        action: kind,
+        secondary: related,
+    }
+}
+
+/// One Event per aggressor and action, on every intent concerned: for a step or an undo the
+/// intents on its victim, for a release those that owned the throttle.
 pub async fn publish(
     ctx: &Context,
     views: &[IntentView],
     changes: &[Arc<InfraChange>],
+    wanted: &[InfraChangeSpec],
     operator: &str,
     actions: &[NeighbourAction<VmRef>],
 ) {
     for action in actions {
-        let (reason, intents) = match action {
-            NeighbourAction::Step { victim, .. } => (
-                "NoisyNeighbourThrottled",
-                intents_on(views, &BTreeSet::from([victim.clone()])),
-            ),
-            NeighbourAction::Release { vm, .. } => (
-                "NoisyNeighbourReleased",
-                throttle_objects(changes, operator)
-                    .filter(|ic| throttle_from_spec(&ic.spec).is_some_and(|t| &t.vm == vm))
-                    .flat_map(|ic| ic.spec.owners.iter().map(|o| o.intent.clone()))
-                    .collect(),
-            ),
+        let vm = action.vm();
+        let owned: Vec<&Arc<InfraChange>> = throttle_objects(changes, operator)
+            .filter(|ic| throttle_from_spec(&ic.spec).is_some_and(|t| &t.vm == vm))
+            .collect();
+        let intents = match action {
+            NeighbourAction::Step { victim, .. } | NeighbourAction::Undo { victim, .. } => {
+                intents_on(views, &BTreeSet::from([victim.clone()]))
+            }
+            NeighbourAction::Release { .. } => owned
+                .iter()
+                .flat_map(|ic| ic.spec.owners.iter().map(|o| o.intent.clone()))
+                .collect(),
         };
+        let related = wanted
+            .iter()
+            .find(|spec| {
+                spec.purpose == ChangePurpose::NeighbourThrottle
+                    && spec.target.vm_id.as_deref() == Some(vm.id.as_str())
+            })
+            .map(|spec| InfraChange::name_for(&spec.target, &spec.setting))
+            .or_else(|| owned.first().map(|ic| ic.name_any()))
+            .map(|name| ObjectReference {
+                api_version: Some(InfraChange::api_version(&()).into_owned()),
+                kind: Some(InfraChange::kind(&()).into_owned()),
+                name: Some(name),
+                ..ObjectReference::default()
+            });
         for view in views.iter().filter(|v| intents.contains(&v.label())) {
-            let event = Event {
-                type_: EventType::Normal,
-                reason: reason.to_string(),
-                note: Some(action.reason().chars().take(1000).collect()),
-                action: "ThrottleNoisyNeighbour".into(),
-                secondary: None,
-            };
-            ctx.publish(view.intent.as_ref(), event).await;
+            ctx.publish(view.intent.as_ref(), event_for(action, related.clone()))
+                .await;
         }
     }
 }

@@ -40,6 +40,13 @@ impl Cluster {
     /// Connects to the stack (failing with how to start it if it is not up), makes sure the
     /// CRDs are installed, and creates a fresh namespace for the test.
     pub async fn connect(test: &str) -> Result<Self> {
+        // The in-process operators' logs, when asked for: RUST_LOG=plumbline_operator=debug.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let stack = plumbline_e2e::Stack::load()
             .context("these tests need the real control plane; start it with `e2e/stack up k8s`")?;
         let admin = stack

@@ -25,11 +25,11 @@ mod state;
 mod tier;
 mod vm;
 
-pub use guard::{guard, GuardCandidate, GuardDecision, GuardLimit};
+pub use guard::{guard, GuardBudget, GuardCandidate, GuardDecision, GuardLimit, GuardPods};
 pub use hysteresis::{DiskHealth, HysteresisPolicy, Observed, Verdict};
 pub use neighbour::{
     apply_neighbour_actions, neighbours_of, plan_neighbour_throttles, NeighbourAction,
-    NeighbourCandidate, Throttle, ThrottleLadder, Victim,
+    NeighbourCandidate, NeighbourHistory, Shared, Throttle, ThrottleLadder, Victim,
 };
 pub use node::{node_condition, node_taints, reason as node_reason, NodeCondition, TAINT_EFFECT};
 pub use protect::{

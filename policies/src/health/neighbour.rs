@@ -27,6 +27,27 @@ pub struct ThrottleLadder {
     pub release_after: Duration,
     /// VMs doing fewer IOPS than this are not anybody's noisy neighbour.
     pub min_aggressor_iops: f64,
+    /// At most this many aggressors are throttled for one victim.
+    pub max_per_victim: usize,
+    /// At most this many VMs sharing one host or one datastore are throttled at once.
+    pub max_per_domain: usize,
+    /// A step is judged this many of the victim's samples after it: when the victim's latency
+    /// has not dropped by [`Self::min_improvement`], the step is undone and the ladder stops
+    /// for that victim. The victim's next step waits for the judgement.
+    pub judge_after_samples: u32,
+    /// The share by which a step must lower the victim's latency to count as helping.
+    pub min_improvement: f64,
+    /// How long the ladder stays stopped for a victim after a step that did not help (or
+    /// until the victim recovers).
+    pub hold_after_no_help: Duration,
+    /// A throttle whose victims have all been unknown this long is released: nobody can
+    /// tell whether it still helps.
+    pub release_after_unknown: Duration,
+    /// Throttling a VM again within this long of its release waits, doubling each time,
+    /// instead of cycling throttle → release → throttle.
+    pub rethrottle_window: Duration,
+    /// The first of those waits.
+    pub rethrottle_backoff: Duration,
 }
 
 impl Default for ThrottleLadder {
@@ -37,6 +58,14 @@ impl Default for ThrottleLadder {
             cooldown: Duration::from_secs(5),
             release_after: Duration::from_secs(10),
             min_aggressor_iops: 10.0,
+            max_per_victim: 2,
+            max_per_domain: 4,
+            judge_after_samples: 3,
+            min_improvement: 0.1,
+            hold_after_no_help: Duration::from_secs(600),
+            release_after_unknown: Duration::from_secs(300),
+            rethrottle_window: Duration::from_secs(600),
+            rethrottle_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -51,6 +80,12 @@ pub struct Victim<K> {
     pub state: HealthState,
     /// How long the VM has been continuously healthy (zero when it is not).
     pub healthy_for: Duration,
+    /// How long the VM's health has been continuously unknown (zero when it is not).
+    pub unknown_for: Duration,
+    /// Its latest storage latency, to judge whether a step helped.
+    pub latency: Option<Duration>,
+    /// How often its provider samples it.
+    pub sample_interval: Duration,
     /// The intent is inside its window and allows throttling neighbours.
     pub active: bool,
     pub host: Option<String>,
@@ -83,6 +118,19 @@ pub struct Throttle<K> {
     pub stepped_at: SystemTime,
     /// The victims this throttle is for; released when none still needs it.
     pub victims: BTreeSet<K>,
+    /// The latency of the victim this step was for, when it was taken.
+    pub victim_latency: Option<Duration>,
+}
+
+/// What the ladder remembers between passes beyond the throttles in force (kept in memory:
+/// after a restart the worst case is one more step, judged and undone again).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeighbourHistory<K: Ord> {
+    /// VMs released recently: when, and how many releases in a row came within
+    /// [`ThrottleLadder::rethrottle_window`] of each other.
+    pub released: BTreeMap<K, (SystemTime, u32)>,
+    /// Victims whose last step did not help, since when.
+    pub held: BTreeMap<K, SystemTime>,
 }
 
 /// One change to make on the hypervisor, with the reason to record in status and Events.
@@ -94,6 +142,17 @@ pub enum NeighbourAction<K> {
         level: usize,
         limit_iops: u64,
         baseline_iops: f64,
+        /// The victim's latency when the step was decided.
+        victim_latency: Option<Duration>,
+        reason: String,
+    },
+    /// The last step for `victim` did not help: back to `level` (0 = released), and the
+    /// ladder stops for `victim`.
+    Undo {
+        vm: K,
+        victim: K,
+        level: usize,
+        limit_iops: u64,
         reason: String,
     },
     Release {
@@ -105,15 +164,42 @@ pub enum NeighbourAction<K> {
 impl<K> NeighbourAction<K> {
     pub fn vm(&self) -> &K {
         match self {
-            NeighbourAction::Step { vm, .. } | NeighbourAction::Release { vm, .. } => vm,
+            NeighbourAction::Step { vm, .. }
+            | NeighbourAction::Undo { vm, .. }
+            | NeighbourAction::Release { vm, .. } => vm,
         }
     }
 
     pub fn reason(&self) -> &str {
         match self {
-            NeighbourAction::Step { reason, .. } | NeighbourAction::Release { reason, .. } => {
-                reason
-            }
+            NeighbourAction::Step { reason, .. }
+            | NeighbourAction::Undo { reason, .. }
+            | NeighbourAction::Release { reason, .. } => reason,
+        }
+    }
+}
+
+/// What a victim and an aggressor share: the domain the per-domain cap counts in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shared {
+    Host(String),
+    Datastore(String),
+}
+
+impl Shared {
+    fn contains<K>(&self, c: &NeighbourCandidate<K>) -> bool {
+        match self {
+            Shared::Host(h) => c.host.as_ref() == Some(h),
+            Shared::Datastore(d) => c.datastores.contains(d),
+        }
+    }
+}
+
+impl Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shared::Host(h) => write!(f, "host {h}"),
+            Shared::Datastore(d) => write!(f, "datastore {d}"),
         }
     }
 }
@@ -121,17 +207,17 @@ impl<K> NeighbourAction<K> {
 fn shares_infrastructure<K>(
     victim: &Victim<K>,
     candidate: &NeighbourCandidate<K>,
-) -> Option<String> {
+) -> Option<Shared> {
     if let (Some(a), Some(b)) = (&victim.host, &candidate.host) {
         if a == b {
-            return Some(format!("host {a}"));
+            return Some(Shared::Host(a.clone()));
         }
     }
     victim
         .datastores
         .intersection(&candidate.datastores)
         .next()
-        .map(|d| format!("datastore {d}"))
+        .map(|d| Shared::Datastore(d.clone()))
 }
 
 /// A VM backing a critical workload is never throttled; any other VM is protected from victims
@@ -147,7 +233,7 @@ pub fn neighbours_of<'a, K: Ord>(
     victim: &Victim<K>,
     candidates: &'a [NeighbourCandidate<K>],
     ladder: &ThrottleLadder,
-) -> Vec<(&'a NeighbourCandidate<K>, String)> {
+) -> Vec<(&'a NeighbourCandidate<K>, Shared)> {
     candidates
         .iter()
         .filter(|c| c.vm != victim.vm && c.can_limit_io)
@@ -157,28 +243,58 @@ pub fn neighbours_of<'a, K: Ord>(
         .collect()
 }
 
-/// Decides this cycle's throttle steps and releases. Pure: the operator applies the actions
-/// and then records the ones that succeeded with [`apply_neighbour_actions`].
+/// How long after a step for `victim` it is judged, and the victim's next step may come.
+fn judge_window<K>(victim: &Victim<K>, ladder: &ThrottleLadder) -> Duration {
+    ladder
+        .cooldown
+        .max(victim.sample_interval * ladder.judge_after_samples)
+}
+
+/// The IOPS limit at `level` for a VM that did `baseline_iops` before its first step.
+fn limit_at(ladder: &ThrottleLadder, baseline_iops: f64, level: usize) -> u64 {
+    let fraction = ladder.steps[(level.max(1) - 1).min(ladder.steps.len() - 1)];
+    ((baseline_iops * fraction).round() as u64).max(ladder.floor_iops)
+}
+
+/// The victim still wants its throttles: active, and neither recovered for long enough nor
+/// unknown for too long.
+fn still_wanted<K>(victim: &Victim<K>, ladder: &ThrottleLadder) -> bool {
+    victim.active
+        && !(victim.state == HealthState::Healthy && victim.healthy_for >= ladder.release_after)
+        && !(victim.state == HealthState::Unknown
+            && victim.unknown_for >= ladder.release_after_unknown)
+}
+
+/// Decides this cycle's throttle steps, undos and releases. Pure: the operator applies the
+/// actions and then records the ones that succeeded with [`apply_neighbour_actions`].
+///
+/// Bounds: at most [`ThrottleLadder::max_per_victim`] aggressors per victim and
+/// [`ThrottleLadder::max_per_domain`] throttled VMs per host or datastore; each step is judged
+/// after [`ThrottleLadder::judge_after_samples`] samples and undone when it did not help,
+/// which stops the ladder for that victim; a VM released recently is throttled again only
+/// after a doubling wait.
 pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
     now: SystemTime,
     victims: &[Victim<K>],
     candidates: &[NeighbourCandidate<K>],
     throttles: &BTreeMap<K, Throttle<K>>,
+    history: &NeighbourHistory<K>,
     ladder: &ThrottleLadder,
 ) -> Vec<NeighbourAction<K>> {
     let mut actions = Vec::new();
     let victim_by_vm: BTreeMap<&K, &Victim<K>> = victims.iter().map(|v| (&v.vm, v)).collect();
     let candidate_by_vm: BTreeMap<&K, &NeighbourCandidate<K>> =
         candidates.iter().map(|c| (&c.vm, c)).collect();
+    let since = |at: SystemTime| now.duration_since(at).unwrap_or_default();
     let mut touched: BTreeSet<K> = BTreeSet::new();
+    // Released (or undone to nothing) in this pass.
+    let mut gone: BTreeSet<K> = BTreeSet::new();
 
     for throttle in throttles.values() {
         let still_needed = throttle.victims.iter().any(|v| {
-            victim_by_vm.get(v).is_some_and(|victim| {
-                victim.active
-                    && !(victim.state == HealthState::Healthy
-                        && victim.healthy_for >= ladder.release_after)
-            })
+            victim_by_vm
+                .get(v)
+                .is_some_and(|victim| still_wanted(victim, ladder))
         });
         let newly_protected = candidate_by_vm
             .get(&throttle.vm)
@@ -200,6 +316,7 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
         };
         if let Some(reason) = reason {
             touched.insert(throttle.vm.clone());
+            gone.insert(throttle.vm.clone());
             actions.push(NeighbourAction::Release {
                 vm: throttle.vm.clone(),
                 reason,
@@ -210,42 +327,120 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
     let mut degraded: Vec<&Victim<K>> = victims
         .iter()
         .filter(|v| v.active && v.state == HealthState::Degraded)
+        .filter(|v| {
+            history
+                .held
+                .get(&v.vm)
+                .is_none_or(|at| since(*at) >= ladder.hold_after_no_help)
+        })
         .collect();
     // Higher tiers pick their aggressor first when two victims compete for one step.
     degraded.sort_by(|a, b| b.tier.cmp(&a.tier).then_with(|| a.vm.cmp(&b.vm)));
+
+    // Judge each victim's last step once its samples are in: undo it when it did not help.
+    let mut judged_badly: BTreeSet<&K> = BTreeSet::new();
+    for victim in &degraded {
+        let Some(last) = throttles
+            .values()
+            .filter(|t| t.victims.contains(&victim.vm) && !touched.contains(&t.vm))
+            .max_by_key(|t| t.stepped_at)
+        else {
+            continue;
+        };
+        let (Some(before), Some(latest)) = (last.victim_latency, victim.latency) else {
+            continue;
+        };
+        if since(last.stepped_at) < judge_window(victim, ladder)
+            || latest.as_secs_f64() < before.as_secs_f64() * (1.0 - ladder.min_improvement)
+        {
+            continue;
+        }
+        let level = last.level - 1;
+        let back_to = match level {
+            0 => "released".to_string(),
+            l => format!("back to step {l}"),
+        };
+        touched.insert(last.vm.clone());
+        if level == 0 {
+            gone.insert(last.vm.clone());
+        }
+        judged_badly.insert(&victim.vm);
+        actions.push(NeighbourAction::Undo {
+            vm: last.vm.clone(),
+            victim: victim.vm.clone(),
+            level,
+            limit_iops: if level == 0 {
+                0
+            } else {
+                limit_at(ladder, last.baseline_iops, level)
+            },
+            reason: format!(
+                "step {} on VM {} did not lower the latency of VM {} ({} before, {} {} samples later): undone ({back_to}); no further steps for VM {} for {} min unless it recovers",
+                last.level,
+                last.vm,
+                victim.vm,
+                super::format_latency(before),
+                super::format_latency(latest),
+                ladder.judge_after_samples,
+                victim.vm,
+                ladder.hold_after_no_help.as_secs() / 60
+            ),
+        });
+    }
+
+    // Throttled VMs after this pass's releases and undos to zero, for the caps.
+    let mut throttled: BTreeMap<K, BTreeSet<K>> = throttles
+        .values()
+        .filter(|t| !gone.contains(&t.vm))
+        .map(|t| (t.vm.clone(), t.victims.clone()))
+        .collect();
     // The next step for a candidate: (level, IOPS before its first step, limit).
     let next_step = |c: &NeighbourCandidate<K>| {
         let (level, baseline_iops) = match throttles.get(&c.vm) {
             Some(t) => (t.level + 1, t.baseline_iops),
             None => (1, c.iops),
         };
-        let fraction = ladder.steps[(level - 1).min(ladder.steps.len() - 1)];
-        (
-            level,
-            baseline_iops,
-            ((baseline_iops * fraction).round() as u64).max(ladder.floor_iops),
-        )
+        (level, baseline_iops, limit_at(ladder, baseline_iops, level))
     };
     for victim in degraded {
+        if judged_badly.contains(&victim.vm) {
+            continue;
+        }
         let last_step = throttles
             .values()
             .filter(|t| t.victims.contains(&victim.vm))
             .map(|t| t.stepped_at)
             .max();
-        if last_step.is_some_and(|at| now.duration_since(at).unwrap_or_default() < ladder.cooldown)
-        {
+        if last_step.is_some_and(|at| since(at) < judge_window(victim, ladder)) {
             continue;
         }
-        let mut eligible: Vec<(&NeighbourCandidate<K>, String)> =
+        let mine = throttled
+            .values()
+            .filter(|victims| victims.contains(&victim.vm))
+            .count();
+        let mut eligible: Vec<(&NeighbourCandidate<K>, Shared)> =
             neighbours_of(victim, candidates, ladder)
                 .into_iter()
                 .filter(|(c, _)| !touched.contains(&c.vm))
-                .filter(|(c, _)| match throttles.get(&c.vm) {
-                    None => true,
+                .filter(|(c, shared)| match throttles.get(&c.vm) {
                     Some(t) => {
-                        t.level < ladder.steps.len()
-                            && now.duration_since(t.stepped_at).unwrap_or_default()
-                                >= ladder.cooldown
+                        t.level < ladder.steps.len() && since(t.stepped_at) >= ladder.cooldown
+                    }
+                    None => {
+                        let in_domain = throttled
+                            .keys()
+                            .filter_map(|vm| candidate_by_vm.get(vm))
+                            .filter(|other| shared.contains(other))
+                            .count();
+                        let backoff = history.released.get(&c.vm).is_some_and(|(at, cycles)| {
+                            since(*at)
+                                < (ladder.rethrottle_backoff
+                                    * 2u32.saturating_pow(cycles.saturating_sub(1)))
+                                .min(ladder.rethrottle_window)
+                        });
+                        mine < ladder.max_per_victim
+                            && in_domain < ladder.max_per_domain
+                            && !backoff
                     }
                 })
                 // A step whose limit is not below what the VM does now would throttle nothing.
@@ -257,12 +452,17 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
         };
         let (level, baseline_iops, limit_iops) = next_step(aggressor);
         touched.insert(aggressor.vm.clone());
+        throttled
+            .entry(aggressor.vm.clone())
+            .or_default()
+            .insert(victim.vm.clone());
         actions.push(NeighbourAction::Step {
             vm: aggressor.vm.clone(),
             victim: victim.vm.clone(),
             level,
             limit_iops,
             baseline_iops,
+            victim_latency: victim.latency,
             reason: format!(
                 "VM {} ({:.0} IOPS) shares {shared} with VM {}, which backs {} ({}) and is over its storage latency budget: limiting to {limit_iops} IOPS, step {level} of {}",
                 aggressor.vm,
@@ -288,6 +488,10 @@ fn release_reason<K: Ord + Display>(
         .map(|v| match victims.get(v) {
             None => format!("VM {v} no longer backs a protected workload"),
             Some(victim) if !victim.active => format!("the window of {} ended", victim.intent),
+            Some(victim) if victim.state == HealthState::Unknown => format!(
+                "the latency of VM {v} has been unknown for {} s",
+                victim.unknown_for.as_secs()
+            ),
             Some(_) => format!(
                 "VM {v} has been within its latency budget for {} s",
                 ladder.release_after.as_secs()
@@ -315,6 +519,7 @@ pub fn apply_neighbour_actions<K: Ord + Clone>(
                 level,
                 limit_iops,
                 baseline_iops,
+                victim_latency,
                 ..
             } => {
                 let t = throttles.entry(vm.clone()).or_insert_with(|| Throttle {
@@ -324,11 +529,29 @@ pub fn apply_neighbour_actions<K: Ord + Clone>(
                     limit_iops: *limit_iops,
                     stepped_at: now,
                     victims: BTreeSet::new(),
+                    victim_latency: None,
                 });
                 t.level = *level;
                 t.limit_iops = *limit_iops;
                 t.stepped_at = now;
                 t.victims.insert(victim.clone());
+                t.victim_latency = *victim_latency;
+            }
+            NeighbourAction::Undo {
+                vm,
+                level,
+                limit_iops,
+                ..
+            } => {
+                if *level == 0 {
+                    throttles.remove(vm);
+                } else if let Some(t) = throttles.get_mut(vm) {
+                    t.level = *level;
+                    t.limit_iops = *limit_iops;
+                    t.stepped_at = now;
+                    // Judged already: not again.
+                    t.victim_latency = None;
+                }
             }
             NeighbourAction::Release { vm, .. } => {
                 throttles.remove(vm);
@@ -337,11 +560,79 @@ pub fn apply_neighbour_actions<K: Ord + Clone>(
     }
 }
 
+impl<K: Ord> Default for NeighbourHistory<K> {
+    fn default() -> Self {
+        Self {
+            released: BTreeMap::new(),
+            held: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> NeighbourHistory<K> {
+    /// Remembers this pass's releases (for the re-throttle backoff) and undos (the ladder
+    /// stops for their victims), and forgets what no longer matters.
+    pub fn record(
+        &mut self,
+        applied: &[NeighbourAction<K>],
+        victims: &[Victim<K>],
+        now: SystemTime,
+        ladder: &ThrottleLadder,
+    ) {
+        let since = |at: SystemTime| now.duration_since(at).unwrap_or_default();
+        for action in applied {
+            let released = match action {
+                NeighbourAction::Release { vm, .. } => Some(vm),
+                NeighbourAction::Undo {
+                    vm, victim, level, ..
+                } => {
+                    self.held.insert(victim.clone(), now);
+                    (*level == 0).then_some(vm)
+                }
+                NeighbourAction::Step { .. } => None,
+            };
+            if let Some(vm) = released {
+                let cycles = match self.released.get(vm) {
+                    Some((at, n)) if since(*at) < ladder.rethrottle_window => n + 1,
+                    _ => 1,
+                };
+                self.released.insert(vm.clone(), (now, cycles));
+            }
+        }
+        self.released
+            .retain(|_, (at, _)| since(*at) < ladder.rethrottle_window * 2);
+        self.held.retain(|vm, at| {
+            since(*at) < ladder.hold_after_no_help
+                && victims
+                    .iter()
+                    .any(|v| &v.vm == vm && v.state != HealthState::Healthy)
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::time::UNIX_EPOCH;
+
+    /// The planner without history (nothing released or held before).
+    fn plan(
+        now: SystemTime,
+        victims: &[Victim<String>],
+        candidates: &[NeighbourCandidate<String>],
+        throttles: &BTreeMap<String, Throttle<String>>,
+        ladder: &ThrottleLadder,
+    ) -> Vec<NeighbourAction<String>> {
+        plan_neighbour_throttles(
+            now,
+            victims,
+            candidates,
+            throttles,
+            &NeighbourHistory::default(),
+            ladder,
+        )
+    }
 
     fn t(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
@@ -354,6 +645,9 @@ mod tests {
             intent: "payments/payment-api".into(),
             state,
             healthy_for: Duration::ZERO,
+            unknown_for: Duration::ZERO,
+            latency: None,
+            sample_interval: Duration::from_secs(1),
             active: true,
             host: Some("h1".into()),
             datastores: ["default".to_string()].into(),
@@ -395,7 +689,7 @@ mod tests {
             cand("pl-batch", 900.0, Some(Tier::Standard)),
             cand("pl-db", 5000.0, Some(Tier::Critical)),
         ];
-        let actions = plan_neighbour_throttles(
+        let actions = plan(
             t(0),
             &[victim("pl-worker-1", HealthState::Degraded)],
             &cands,
@@ -415,7 +709,7 @@ mod tests {
     fn no_action_for_healthy_or_unknown_victims() {
         let ladder = ThrottleLadder::default();
         for state in [HealthState::Healthy, HealthState::Unknown] {
-            let actions = plan_neighbour_throttles(
+            let actions = plan(
                 t(0),
                 &[victim("v", state)],
                 &[cand("pl-noisy", 2000.0, None)],
@@ -433,7 +727,7 @@ mod tests {
         far.datastores = ["other".to_string()].into();
         let mut same_ds = cand("same-ds", 100.0, None);
         same_ds.host = Some("h3".into());
-        let actions = plan_neighbour_throttles(
+        let actions = plan(
             t(0),
             &[victim("v", HealthState::Degraded)],
             &[far, same_ds],
@@ -457,7 +751,7 @@ mod tests {
                 .get("pl-noisy")
                 .map(|t: &Throttle<String>| t.limit_iops as f64)
                 .unwrap_or(2000.0);
-            let actions = plan_neighbour_throttles(
+            let actions = plan(
                 now,
                 &victims,
                 &[cand("pl-noisy", iops, None)],
@@ -481,7 +775,7 @@ mod tests {
 
     #[test]
     fn floor_is_respected() {
-        let actions = plan_neighbour_throttles(
+        let actions = plan(
             t(0),
             &[victim("v", HealthState::Degraded)],
             &[cand("small", 30.0, None)],
@@ -494,7 +788,7 @@ mod tests {
     #[test]
     fn a_vm_already_below_the_next_limit_is_left_alone() {
         // 15 IOPS: even the floor (20) would not cut it, so throttling it only looks busy.
-        let actions = plan_neighbour_throttles(
+        let actions = plan(
             t(0),
             &[victim("v", HealthState::Degraded)],
             &[cand("quiet", 15.0, None)],
@@ -508,6 +802,7 @@ mod tests {
         [(
             vm.to_string(),
             Throttle {
+                victim_latency: None,
                 vm: vm.into(),
                 level: 1,
                 baseline_iops: 2000.0,
@@ -519,6 +814,173 @@ mod tests {
         .into()
     }
 
+    /// Runs the ladder pass after pass as the operator does, with the victim's latency given
+    /// by `latency(pass, throttles)`; returns every action taken.
+    fn run(
+        passes: u64,
+        victims: &[Victim<String>],
+        cands: &[NeighbourCandidate<String>],
+        ladder: &ThrottleLadder,
+        latency: impl Fn(&BTreeMap<String, Throttle<String>>) -> Duration,
+    ) -> (
+        Vec<NeighbourAction<String>>,
+        BTreeMap<String, Throttle<String>>,
+    ) {
+        let mut throttles = BTreeMap::new();
+        let mut history = NeighbourHistory::default();
+        let mut all = Vec::new();
+        for pass in 0..passes {
+            let now = t(pass);
+            let victims: Vec<_> = victims
+                .iter()
+                .cloned()
+                .map(|mut v| {
+                    v.latency = Some(latency(&throttles));
+                    v
+                })
+                .collect();
+            let actions =
+                plan_neighbour_throttles(now, &victims, cands, &throttles, &history, ladder);
+            apply_neighbour_actions(&mut throttles, &actions, now);
+            history.record(&actions, &victims, now, ladder);
+            all.extend(actions);
+        }
+        (all, throttles)
+    }
+
+    #[test]
+    fn at_most_two_aggressors_per_victim_and_four_per_domain() {
+        let ladder = ThrottleLadder {
+            steps: vec![0.5],
+            ..ThrottleLadder::default()
+        };
+        let cands: Vec<_> = (0..8)
+            .map(|i| cand(&format!("n{i}"), 1000.0 + i as f64, None))
+            .collect();
+        // Every step helps a little, so only the caps stop the ladder.
+        let (_, throttles) = run(
+            60,
+            &[victim("v", HealthState::Degraded)],
+            &cands,
+            &ladder,
+            |t| Duration::from_millis(100 - 10 * t.len() as u64),
+        );
+        assert_eq!(throttles.len(), 2, "{throttles:?}");
+        let victims: Vec<_> = (0..4)
+            .map(|i| victim(&format!("v{i}"), HealthState::Degraded))
+            .collect();
+        let (_, throttles) = run(60, &victims, &cands, &ladder, |t| {
+            Duration::from_millis(100 - 10 * t.len() as u64)
+        });
+        assert_eq!(
+            throttles.len(),
+            4,
+            "4 per host, whatever the victims: {throttles:?}"
+        );
+    }
+
+    #[test]
+    fn a_step_that_does_not_help_is_undone_and_the_ladder_stops() {
+        let ladder = ThrottleLadder::default();
+        let cands = [cand("loud", 2000.0, None), cand("quiet", 35.0, None)];
+        // The victim's own disk is slow: no throttle changes anything.
+        let (actions, throttles) = run(
+            120,
+            &[victim("v", HealthState::Degraded)],
+            &cands,
+            &ladder,
+            |_| Duration::from_millis(40),
+        );
+        assert!(throttles.is_empty(), "{throttles:?}");
+        let kinds: Vec<_> = actions
+            .iter()
+            .map(|a| match a {
+                NeighbourAction::Step { vm, level, .. } => format!("step {vm} {level}"),
+                NeighbourAction::Undo { vm, level, .. } => format!("undo {vm} {level}"),
+                NeighbourAction::Release { vm, .. } => format!("release {vm}"),
+            })
+            .collect();
+        assert_eq!(kinds, vec!["step loud 1", "undo loud 0"]);
+        assert!(
+            actions[1].reason().contains("did not lower"),
+            "{}",
+            actions[1].reason()
+        );
+    }
+
+    #[test]
+    fn a_step_that_helps_is_kept_and_the_next_follows() {
+        let ladder = ThrottleLadder::default();
+        let cands = [cand("loud", 2000.0, None)];
+        let (actions, throttles) = run(
+            10,
+            &[victim("v", HealthState::Degraded)],
+            &cands,
+            &ladder,
+            |t| {
+                Duration::from_millis(match t.get("loud").map(|t| t.level) {
+                    None => 40,
+                    Some(l) => 40 - 10 * l as u64,
+                })
+            },
+        );
+        assert!(actions
+            .iter()
+            .all(|a| matches!(a, NeighbourAction::Step { .. })));
+        assert_eq!(
+            throttles["loud"].level, 2,
+            "judged after 3 samples (5 s cooldown), then step 2"
+        );
+    }
+
+    #[test]
+    fn a_victim_unknown_for_five_minutes_releases_its_throttles() {
+        let ladder = ThrottleLadder::default();
+        let throttles = throttled("pl-noisy", "v");
+        let cands = [cand("pl-noisy", 1000.0, None)];
+        let mut v = victim("v", HealthState::Unknown);
+        v.unknown_for = Duration::from_secs(299);
+        assert!(plan(t(400), &[v.clone()], &cands, &throttles, &ladder).is_empty());
+        v.unknown_for = Duration::from_secs(300);
+        let actions = plan(t(400), &[v], &cands, &throttles, &ladder);
+        assert!(
+            matches!(&actions[..], [NeighbourAction::Release { reason, .. }] if reason.contains("unknown for 300 s")),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn throttling_again_soon_after_a_release_backs_off_doubling() {
+        let ladder = ThrottleLadder::default();
+        let cands = [cand("loud", 2000.0, None)];
+        let v = victim("v", HealthState::Degraded);
+        let mut history = NeighbourHistory::default();
+        let release = [NeighbourAction::Release {
+            vm: "loud".to_string(),
+            reason: String::new(),
+        }];
+        history.record(&release, &[v.clone()], t(0), &ladder);
+        let planned = |history: &NeighbourHistory<String>, at| {
+            !plan_neighbour_throttles(
+                t(at),
+                &[v.clone()],
+                &cands,
+                &BTreeMap::new(),
+                history,
+                &ladder,
+            )
+            .is_empty()
+        };
+        assert!(!planned(&history, 29));
+        assert!(planned(&history, 30));
+        history.record(&release, &[v.clone()], t(40), &ladder);
+        assert!(
+            !planned(&history, 40 + 59),
+            "the second release within 10 min waits 60 s"
+        );
+        assert!(planned(&history, 40 + 60));
+    }
+
     #[test]
     fn release_after_the_victim_stays_healthy() {
         let ladder = ThrottleLadder::default();
@@ -526,11 +988,9 @@ mod tests {
         let mut v = victim("v", HealthState::Healthy);
         v.healthy_for = Duration::from_secs(3);
         let cands = [cand("pl-noisy", 1000.0, None)];
-        assert!(
-            plan_neighbour_throttles(t(20), &[v.clone()], &cands, &throttles, &ladder).is_empty()
-        );
+        assert!(plan(t(20), &[v.clone()], &cands, &throttles, &ladder).is_empty());
         v.healthy_for = ladder.release_after;
-        let actions = plan_neighbour_throttles(t(20), &[v], &cands, &throttles, &ladder);
+        let actions = plan(t(20), &[v], &cands, &throttles, &ladder);
         assert!(
             matches!(&actions[..], [NeighbourAction::Release { vm, reason }] if vm == "pl-noisy" && reason.contains("within its latency budget"))
         );
@@ -538,7 +998,7 @@ mod tests {
 
     #[test]
     fn unknown_victim_keeps_its_throttle() {
-        let actions = plan_neighbour_throttles(
+        let actions = plan(
             t(20),
             &[victim("v", HealthState::Unknown)],
             &[cand("pl-noisy", 1000.0, None)],
@@ -554,8 +1014,7 @@ mod tests {
         let mut v = victim("v", HealthState::Degraded);
         v.active = false;
         let cands = [cand("pl-noisy", 1000.0, None)];
-        let actions =
-            plan_neighbour_throttles(t(20), &[v], &cands, &throttled("pl-noisy", "v"), &ladder);
+        let actions = plan(t(20), &[v], &cands, &throttled("pl-noisy", "v"), &ladder);
         assert!(
             actions[0]
                 .reason()
@@ -563,8 +1022,7 @@ mod tests {
             "{:?}",
             actions
         );
-        let actions =
-            plan_neighbour_throttles(t(20), &[], &cands, &throttled("pl-noisy", "v"), &ladder);
+        let actions = plan(t(20), &[], &cands, &throttled("pl-noisy", "v"), &ladder);
         assert!(
             actions[0].reason().contains("no longer backs"),
             "{:?}",
@@ -574,7 +1032,7 @@ mod tests {
 
     #[test]
     fn release_when_the_aggressor_starts_backing_a_critical_workload() {
-        let actions = plan_neighbour_throttles(
+        let actions = plan(
             t(20),
             &[victim("v", HealthState::Degraded)],
             &[cand("pl-noisy", 1000.0, Some(Tier::Critical))],
@@ -590,7 +1048,7 @@ mod tests {
     fn high_victims_may_not_throttle_high_neighbours() {
         let mut v = victim("v", HealthState::Degraded);
         v.tier = Tier::High;
-        let actions = plan_neighbour_throttles(
+        let actions = plan(
             t(0),
             &[v],
             &[
@@ -639,6 +1097,9 @@ mod tests {
             for cycle in 0..30u64 {
                 let now = t(cycle);
                 let victims: Vec<_> = vics.iter().map(|(vm, (tier, states, active, host))| Victim {
+                    unknown_for: Duration::ZERO,
+                    latency: None,
+                    sample_interval: Duration::from_secs(1),
                     vm: format!("vm{vm}"),
                     tier: *tier,
                     intent: "ns/i".into(),
@@ -651,7 +1112,7 @@ mod tests {
                     host: Some(format!("h{host}")),
                     datastores: BTreeSet::new(),
                 }).collect();
-                let actions = plan_neighbour_throttles(now, &victims, &candidates, &throttles, &ladder);
+                let actions = plan(now, &victims, &candidates, &throttles, &ladder);
                 let mut stepped = BTreeSet::new();
                 for a in &actions {
                     if let NeighbourAction::Step { vm, victim, level, limit_iops, .. } = a {
@@ -686,7 +1147,7 @@ mod tests {
                 }
             }
             // When every victim is gone, everything is released in one cycle.
-            let actions = plan_neighbour_throttles(t(100), &[], &candidates, &throttles, &ladder);
+            let actions = plan(t(100), &[], &candidates, &throttles, &ladder);
             apply_neighbour_actions(&mut throttles, &actions, t(100));
             prop_assert!(throttles.is_empty());
         }

@@ -1,7 +1,9 @@
 //! The pod condition `plumbline.dev/storage-healthy`: what a VM verdict means for the pods it
 //! backs, and what *unknown* does to readiness.
 
-use super::{format_latency, sample::LatencyBudget, UnknownCause, Verdict, VmVerdict};
+use super::{
+    format_latency, guard::GuardBudget, sample::LatencyBudget, UnknownCause, Verdict, VmVerdict,
+};
 
 /// Reasons on the pod condition. CamelCase, as Kubernetes expects.
 pub mod reason {
@@ -11,6 +13,8 @@ pub mod reason {
     pub const OVER_BUDGET: &str = "LatencyOverBudget";
     /// Over budget, but the guard kept the pod ready so the workload keeps enough capacity.
     pub const HELD_BY_GUARD: &str = "OverBudgetHeldByGuard";
+    /// Unknown and failing closed, but the guard kept the pod ready.
+    pub const UNKNOWN_HELD_BY_GUARD: &str = "LatencyUnknownHeldByGuard";
     /// No fresh samples; readiness follows the unknown policy.
     pub const UNKNOWN: &str = "LatencyUnknown";
     /// The pod's node is not backed by a VM any provider knows; readiness follows the unknown
@@ -119,16 +123,21 @@ pub fn pod_readiness(
 
 impl ReadinessVerdict {
     /// The verdict for a pod the guard kept ready although its storage says otherwise.
-    pub fn held_by_guard(self, allowed: usize, total: usize) -> Self {
+    pub fn held_by_guard(self, budget: &GuardBudget) -> Self {
         if self.ready {
             return self;
         }
         Self {
             ready: true,
-            reason: reason::HELD_BY_GUARD,
+            reason: if self.reason == reason::OVER_BUDGET {
+                reason::HELD_BY_GUARD
+            } else {
+                reason::UNKNOWN_HELD_BY_GUARD
+            },
             message: format!(
-                "{}; kept ready by the guard: at most {allowed} of {total} pods may be unready for infrastructure reasons",
-                self.message
+                "{}; kept ready by the guard: {}",
+                self.message,
+                budget.describe()
             ),
             severity: self.severity,
         }
@@ -236,7 +245,11 @@ mod tests {
             BUDGET,
             UnknownReadiness::FailOpen,
         )
-        .held_by_guard(1, 3);
+        .held_by_guard(&GuardBudget {
+            total: 3,
+            unready_elsewhere: 0,
+            allowed: 1,
+        });
         assert!(v.ready);
         assert_eq!(v.reason, reason::HELD_BY_GUARD);
         assert!(

@@ -58,6 +58,9 @@ pub fn throttle_spec(
             baseline_iops: throttle.baseline_iops.round() as i64,
             stepped_at: to_time(throttle.stepped_at),
             victims: throttle.victims.iter().cloned().collect(),
+            victim_latency_micros: throttle
+                .victim_latency
+                .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
         }),
     }
 }
@@ -77,6 +80,10 @@ pub fn throttle_from_spec(spec: &InfraChangeSpec) -> Option<Throttle<VmRef>> {
         limit_iops: spec.desired.parse().ok()?,
         stepped_at: from_time(&step.stepped_at),
         victims: step.victims.iter().cloned().collect(),
+        victim_latency: step
+            .victim_latency_micros
+            .and_then(|us| u64::try_from(us).ok())
+            .map(std::time::Duration::from_micros),
     })
 }
 
@@ -203,6 +210,7 @@ mod tests {
 
     fn throttle(level: usize, limit: u64) -> Throttle<VmRef> {
         Throttle {
+            victim_latency: Some(Duration::from_micros(31_500)),
             vm: vm("noisy"),
             level,
             baseline_iops: 562.4,
