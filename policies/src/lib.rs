@@ -40,4 +40,6 @@ pub use revert::{revert, Undo};
 pub use schedule::Schedule;
 pub use status::{action_to_status, actions_from_status, plan_to_status, StatusError};
 pub use tiers::{tier, TierSemantics, TIERS};
-pub use validate::{validate_intent, validate_provider, ValidIntent, ValidProvider, ValidStorage};
+pub use validate::{
+    validate_intent, validate_provider, vsphere_url, ValidIntent, ValidProvider, ValidStorage,
+};

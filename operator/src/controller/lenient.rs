@@ -1,0 +1,144 @@
+//! The intent watch, decoded leniently: one intent the types cannot read (e.g. a number beyond
+//! int32 stored before the schema bounded it) never stops the watch of all the others
+//! (kube-rs#774). Intents are watched as `DynamicObject`s and decoded one by one with
+//! [`plumbline_crds::lenient::decode`]; an unreadable field is dropped and recorded, and the
+//! controller reports it in the intent's `Degraded` condition with its field path.
+
+use futures::{Stream, StreamExt};
+use kube::{
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    runtime::watcher,
+    Api, Client, ResourceExt,
+};
+use plumbline_crds::{
+    conditions::{intent as condition, reason},
+    lenient::{self, DecodeError},
+    names::FIELD_MANAGER,
+    WorkloadIntent,
+};
+use serde_json::json;
+use tracing::warn;
+
+/// Spec fields kept from an intent with unreadable fields: what finds the workload whose
+/// changes must be undone. Everything else is dropped, so nothing acts on half an intent.
+const KEPT: &[&str] = &["target", "priority"];
+
+pub fn resource() -> ApiResource {
+    ApiResource::erase::<WorkloadIntent>(&())
+}
+
+pub fn api(client: &Client, namespace: Option<&str>) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource()),
+        None => Api::all_with(client.clone(), &resource()),
+    }
+}
+
+/// The intent as far as it can be read; `Err` when not even its target can be.
+pub fn decode(obj: DynamicObject) -> Result<WorkloadIntent, (DynamicObject, Vec<DecodeError>)> {
+    let value = match serde_json::to_value(&obj) {
+        Ok(v) => v,
+        Err(e) => {
+            let errors = vec![DecodeError {
+                path: "(object)".into(),
+                message: e.to_string(),
+            }];
+            return Err((obj, errors));
+        }
+    };
+    match lenient::decode::<WorkloadIntent>(value, KEPT) {
+        Ok((wi, errors)) => {
+            if !errors.is_empty() {
+                warn!(
+                    intent = %format!("{}/{}", wi.namespace().unwrap_or_default(), wi.name_any()),
+                    errors = %errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                    "WorkloadIntent has fields that cannot be read; reporting it as invalid"
+                );
+            }
+            Ok(wi)
+        }
+        Err(errors) => Err((obj, errors)),
+    }
+}
+
+/// Every intent the watch sees, decoded leniently. One that cannot be represented at all is
+/// left out of the cache, logged, and marked `Degraded` directly on the API server.
+pub fn watch(
+    client: Client,
+    namespace: Option<&str>,
+) -> impl Stream<Item = Result<watcher::Event<WorkloadIntent>, watcher::Error>> + Send + 'static {
+    use watcher::Event;
+    watcher(api(&client, namespace), watcher::Config::default()).filter_map(move |event| {
+        let client = client.clone();
+        async move {
+            let typed = |obj: DynamicObject| match decode(obj) {
+                Ok(wi) => Some(wi),
+                Err((obj, errors)) => {
+                    tokio::spawn(report_unrepresentable(client.clone(), obj, errors));
+                    None
+                }
+            };
+            Some(event.map(|e| match e {
+                Event::Apply(o) => typed(o).map(Event::Apply),
+                Event::InitApply(o) => typed(o).map(Event::InitApply),
+                // A deleted object needs no decoding beyond its identity; unreadable ones were
+                // never cached.
+                Event::Delete(o) => decode(o).ok().map(Event::Delete),
+                Event::Init => Some(Event::Init),
+                Event::InitDone => Some(Event::InitDone),
+            }))
+            .and_then(|r| r.transpose())
+        }
+    })
+}
+
+/// Intents in `namespace`, read from the API and decoded leniently (for `explain`).
+pub async fn list(client: &Client, namespace: &str) -> kube::Result<Vec<WorkloadIntent>> {
+    Ok(api(client, Some(namespace))
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|o| decode(o).ok())
+        .collect())
+}
+
+/// Marks an intent that cannot be represented at all `Degraded` with the field paths (there is
+/// nothing of it to plan or undo).
+async fn report_unrepresentable(client: Client, obj: DynamicObject, errors: Vec<DecodeError>) {
+    let name = obj.name_any();
+    let namespace = obj.namespace().unwrap_or_default();
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    warn!(intent = %format!("{namespace}/{name}"), %message, "WorkloadIntent cannot be read at all; it is not reconciled");
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let generation = obj.metadata.generation;
+    let body = json!({
+        "apiVersion": "plumbline.dev/v1alpha1",
+        "kind": "WorkloadIntent",
+        "status": {
+            "observedGeneration": generation,
+            "conditions": [
+                { "type": condition::DEGRADED, "status": "True", "reason": reason::INVALID_SPEC,
+                  "message": message, "lastTransitionTime": now, "observedGeneration": generation },
+                { "type": condition::READY, "status": "False", "reason": reason::INVALID_SPEC,
+                  "message": "nothing is applied", "lastTransitionTime": now, "observedGeneration": generation },
+            ],
+        }
+    });
+    if let Err(e) = api(&client, Some(&namespace))
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        warn!(intent = %format!("{namespace}/{name}"), error = %e, "writing the status of an unreadable WorkloadIntent failed");
+    }
+}
