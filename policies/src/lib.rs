@@ -12,6 +12,7 @@
 //! - [`schedule`]: time windows, zones and DST;
 //! - [`health`]: storage verdicts, the readiness guard and noisy-neighbour choice.
 
+pub mod credentials;
 pub mod explain;
 pub mod health;
 pub mod invalid;
