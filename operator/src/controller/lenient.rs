@@ -92,6 +92,41 @@ pub fn watch(
     })
 }
 
+/// `wi` with `finalizer` added on the API server (a JSON patch guarded by the resourceVersion,
+/// as kube's finalizer helper does, but untyped, so the response needs no decoding). Unchanged
+/// when it is already there or the intent is being deleted.
+pub async fn ensure_finalizer(
+    client: &Client,
+    wi: std::sync::Arc<WorkloadIntent>,
+    finalizer: &str,
+) -> kube::Result<std::sync::Arc<WorkloadIntent>> {
+    if wi.metadata.deletion_timestamp.is_some() || wi.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(wi);
+    }
+    let namespace = wi.namespace().unwrap_or_default();
+    let patch: json_patch::Patch = serde_json::from_value(match &wi.metadata.finalizers {
+        Some(list) if !list.is_empty() => json!([
+            { "op": "test", "path": "/metadata/resourceVersion", "value": wi.resource_version() },
+            { "op": "add", "path": "/metadata/finalizers/-", "value": finalizer },
+        ]),
+        _ => json!([
+            { "op": "test", "path": "/metadata/resourceVersion", "value": wi.resource_version() },
+            { "op": "add", "path": "/metadata/finalizers", "value": [finalizer] },
+        ]),
+    })
+    .expect("a well-formed JSON patch");
+    api(client, Some(&namespace))
+        .patch(&wi.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await?;
+    let mut updated = (*wi).clone();
+    updated
+        .metadata
+        .finalizers
+        .get_or_insert_with(Vec::new)
+        .push(finalizer.to_string());
+    Ok(std::sync::Arc::new(updated))
+}
+
 /// Intents in `namespace`, read from the API and decoded leniently (for `explain`).
 pub async fn list(client: &Client, namespace: &str) -> kube::Result<Vec<WorkloadIntent>> {
     Ok(api(client, Some(namespace))

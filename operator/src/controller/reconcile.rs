@@ -66,6 +66,16 @@ pub async fn reconcile(wi: Arc<WorkloadIntent>, ctx: Arc<Context>) -> Result<Act
         ctx.retries.succeeded(&key);
         return Ok(Action::await_change());
     }
+    // The finalizer is added untyped: kube's helper decodes the patched object, which fails
+    // for an intent whose stored status the types cannot read (dropped by lenient decoding).
+    let wi = super::lenient::ensure_finalizer(&ctx.client, wi, INTENT_FINALIZER)
+        .await
+        .map_err(|source| {
+            Error::kube(
+                format!("adding the finalizer to WorkloadIntent {namespace}/{}", key.name),
+                source,
+            )
+        })?;
     let action = finalizer(&api, INTENT_FINALIZER, wi.clone(), |event| async {
         match event {
             Finalizer::Apply(wi) => apply(&wi, &ctx).await,
