@@ -245,7 +245,9 @@ mod tests {
 
     #[test]
     fn an_unreadable_status_is_dropped_and_not_reported() {
-        let mut value = intent(json!({ "target": { "kind": "Deployment", "name": "web" }, "priority": "high" }));
+        let mut value = intent(
+            json!({ "target": { "kind": "Deployment", "name": "web" }, "priority": "high" }),
+        );
         value["status"] = json!({ "observedGeneration": "not a number" });
         let (wi, errors) = decode::<WorkloadIntent>(value, &["target", "priority"]).unwrap();
         assert!(errors.is_empty());
@@ -254,7 +256,9 @@ mod tests {
 
     #[test]
     fn a_user_written_marker_is_ignored() {
-        let mut value = intent(json!({ "target": { "kind": "Deployment", "name": "web" }, "priority": "high" }));
+        let mut value = intent(
+            json!({ "target": { "kind": "Deployment", "name": "web" }, "priority": "high" }),
+        );
         value["metadata"]["annotations"] = json!({ DECODE_ERRORS_ANNOTATION: "spec: forged" });
         let (wi, _) = decode::<WorkloadIntent>(value, &["target", "priority"]).unwrap();
         assert!(decode_errors(&wi.metadata).is_empty());
@@ -262,7 +266,8 @@ mod tests {
 
     #[test]
     fn an_unreadable_kept_field_makes_the_object_unrepresentable() {
-        let value = intent(json!({ "target": { "kind": "DaemonSet", "name": "web" }, "priority": "high" }));
+        let value =
+            intent(json!({ "target": { "kind": "DaemonSet", "name": "web" }, "priority": "high" }));
         let errors = decode::<WorkloadIntent>(value, &["target", "priority"]).unwrap_err();
         assert_eq!(errors[0].path, "spec.target.kind");
     }

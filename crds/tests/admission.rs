@@ -352,7 +352,9 @@ async fn providers_need_exactly_one_hypervisor_kind() -> Result<()> {
         (
             "huge interval",
             json!({ "libvirt": libvirt, "sampleInterval": "6200000000000000000s" }),
-            &[r#"spec.sampleInterval: Invalid value: "6200000000000000000s": spec.sampleInterval in body should be at most 9 chars long"#],
+            &[
+                r#"spec.sampleInterval: Invalid value: "6200000000000000000s": spec.sampleInterval in body should be at most 9 chars long"#,
+            ],
         ),
         (
             "plain http server",

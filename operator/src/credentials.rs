@@ -35,6 +35,8 @@ pub struct Refused {
     pub reason: &'static str,
     pub message: String,
     pub security: Vec<SecurityCondition>,
+    /// The Secret's resourceVersion when it was read: a change ends the retry wait.
+    pub secret_version: Option<String>,
 }
 
 /// The adapter configuration of `hp`, or why no credentials may be sent.
@@ -51,6 +53,7 @@ pub async fn prepare(client: &kube::Client, hp: &HypervisorProvider) -> Result<P
             reason: reason::INVALID_SPEC,
             message: "the spec sets neither libvirt nor vsphere".into(),
             security: Vec::new(),
+            secret_version: None,
         });
     };
     let tls = tls_condition(v);
@@ -58,6 +61,7 @@ pub async fn prepare(client: &kube::Client, hp: &HypervisorProvider) -> Result<P
         reason: reason::INVALID_SPEC,
         message: format!("spec.vsphere.server: {e}"),
         security: vec![tls.clone()],
+        secret_version: None,
     })?;
     let secret_name = format!(
         "{}/{}",
@@ -70,6 +74,7 @@ pub async fn prepare(client: &kube::Client, hp: &HypervisorProvider) -> Result<P
             reason: reason::CREDENTIALS_MISSING,
             message: format!("reading Secret {secret_name}: {e}"),
             security: vec![tls.clone()],
+            secret_version: None,
         })?;
     let pinned = pin(
         &v.server,
@@ -113,6 +118,7 @@ pub async fn prepare(client: &kube::Client, hp: &HypervisorProvider) -> Result<P
                         (false, reason::PINNED_ELSEWHERE, message),
                     ),
                 ],
+                secret_version: secret.resource_version(),
             });
         }
     };
@@ -134,6 +140,7 @@ pub async fn prepare(client: &kube::Client, hp: &HypervisorProvider) -> Result<P
                 reason: reason::CREDENTIALS_MISSING,
                 message: format!("Secret {secret_name} has no key {key}"),
                 security: security.clone(),
+                secret_version: secret.resource_version(),
             })
     };
     let tls_trust = match (&v.ca_bundle, v.insecure_skip_verify) {

@@ -55,13 +55,16 @@ async fn replicas(cluster: &Cluster, name: &str) -> Option<i32> {
 async fn bad_ones_reported(cluster: &Cluster, expected: &[(&str, &str, &str)]) -> Result<()> {
     for (name, reason, field) in expected {
         let api = cluster.intents();
-        eventually(&format!("{name} reported Degraded/{reason} naming {field}"), || {
-            let api = api.clone();
-            async move {
-                let (status, r, message) = degraded(&api, name).await?;
-                (status == "True" && r == *reason && message.contains(field)).then_some(())
-            }
-        })
+        eventually(
+            &format!("{name} reported Degraded/{reason} naming {field}"),
+            || {
+                let api = api.clone();
+                async move {
+                    let (status, r, message) = degraded(&api, name).await?;
+                    (status == "True" && r == *reason && message.contains(field)).then_some(())
+                }
+            },
+        )
         .await?;
     }
     Ok(())
@@ -164,9 +167,10 @@ async fn bad_intents_are_reported_and_valid_ones_reconciled_across_a_restart() -
                        "availability": {"replicaFloor": 3}}),
             )
             .await?;
-        eventually("the edited valid intent reconciled after the restart", || async {
-            (replicas(&cluster, "web").await? == 3).then_some(())
-        })
+        eventually(
+            "the edited valid intent reconciled after the restart",
+            || async { (replicas(&cluster, "web").await? == 3).then_some(()) },
+        )
         .await?;
         bad_ones_reported(&cluster, &expected).await
     }
@@ -194,8 +198,14 @@ async fn bad_providers_are_rejected_or_reported_with_their_field() -> Result<()>
 
     // Rejected at admission, naming the field.
     for (spec, field) in [
-        (json!({"libvirt": {"uri": "qemu:///system"}, "sampleInterval": "6200000000000000000s"}), "spec.sampleInterval"),
-        (json!({"vsphere": {"server": "http://vc.example/sdk", "credentialsSecretRef": {"name": "vc", "namespace": "default"}}}), "spec.vsphere.server"),
+        (
+            json!({"libvirt": {"uri": "qemu:///system"}, "sampleInterval": "6200000000000000000s"}),
+            "spec.sampleInterval",
+        ),
+        (
+            json!({"vsphere": {"server": "http://vc.example/sdk", "credentialsSecretRef": {"name": "vc", "namespace": "default"}}}),
+            "spec.vsphere.server",
+        ),
     ] {
         let e = apply_provider(&admin, &name, spec)
             .await
@@ -213,19 +223,22 @@ async fn bad_providers_are_rejected_or_reported_with_their_field() -> Result<()>
     let operator = cluster.start_operator(Arc::new(SystemClock)).await?;
     let result = async {
         let generation = providers.get(&name).await?.metadata.generation;
-        eventually("the provider reported InvalidSpec naming spec.sampleInterval", || async {
-            let hp = providers.get_status(&name).await.ok()?;
-            let c = hp
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Connected")?;
-            (c.reason == "InvalidSpec"
-                && c.message.contains("spec.sampleInterval")
-                && c.message.contains("longer than 1h")
-                && c.observed_generation == generation)
-                .then_some(())
-        })
+        eventually(
+            "the provider reported InvalidSpec naming spec.sampleInterval",
+            || async {
+                let hp = providers.get_status(&name).await.ok()?;
+                let c = hp
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Connected")?;
+                (c.reason == "InvalidSpec"
+                    && c.message.contains("spec.sampleInterval")
+                    && c.message.contains("longer than 1h")
+                    && c.observed_generation == generation)
+                    .then_some(())
+            },
+        )
         .await?;
         // A fixed spec is a new generation: evaluated again.
         apply_provider(

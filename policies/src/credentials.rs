@@ -56,7 +56,9 @@ pub const MAX_LOGIN_BACKOFF: Duration = Duration::from_secs(3600);
 pub fn login_backoff(previous: Option<Duration>) -> Duration {
     match previous {
         None => FIRST_LOGIN_BACKOFF,
-        Some(d) => d.saturating_mul(2).clamp(FIRST_LOGIN_BACKOFF, MAX_LOGIN_BACKOFF),
+        Some(d) => d
+            .saturating_mul(2)
+            .clamp(FIRST_LOGIN_BACKOFF, MAX_LOGIN_BACKOFF),
     }
 }
 
@@ -66,21 +68,33 @@ mod tests {
 
     #[test]
     fn the_same_server_written_two_ways_is_pinned() {
-        assert_eq!(pin("vc.example", Some("https://VC.example:443/sdk")), Pin::Pinned);
-        assert_eq!(pin("https://10.0.0.5:8989/sdk", Some("10.0.0.5:8989")), Pin::Pinned);
+        assert_eq!(
+            pin("vc.example", Some("https://VC.example:443/sdk")),
+            Pin::Pinned
+        );
+        assert_eq!(
+            pin("https://10.0.0.5:8989/sdk", Some("10.0.0.5:8989")),
+            Pin::Pinned
+        );
         assert_eq!(pin("vc.example", None), Pin::Unpinned);
     }
 
     #[test]
     fn another_server_is_refused() {
         assert_eq!(
-            pin("https://127.0.0.1:9999/sdk", Some("https://127.0.0.1:8989/sdk")),
+            pin(
+                "https://127.0.0.1:9999/sdk",
+                Some("https://127.0.0.1:8989/sdk")
+            ),
             Pin::Elsewhere {
                 pinned: "https://127.0.0.1:8989/sdk".into()
             }
         );
         // An unreadable pin pins nothing but itself.
-        assert!(matches!(pin("vc.example", Some("http://vc.example")), Pin::Elsewhere { .. }));
+        assert!(matches!(
+            pin("vc.example", Some("http://vc.example")),
+            Pin::Elsewhere { .. }
+        ));
     }
 
     #[test]

@@ -153,7 +153,10 @@ pub fn validate_provider(spec: &HypervisorProviderSpec) -> Result<ValidProvider,
             errors.push(FieldError::new("spec.vsphere.server", e));
         }
         secret_ref(&v.credentials_secret_ref, &mut errors);
-        if v.ca_bundle.as_ref().is_some_and(|pem| pem.len() > MAX_CA_BUNDLE_LEN as usize) {
+        if v.ca_bundle
+            .as_ref()
+            .is_some_and(|pem| pem.len() > MAX_CA_BUNDLE_LEN as usize)
+        {
             errors.push(FieldError::new(
                 "spec.vsphere.caBundle",
                 format!("is longer than {MAX_CA_BUNDLE_LEN} bytes"),
@@ -289,7 +292,8 @@ fn secret_ref(r: &SecretRef, errors: &mut Vec<FieldError>) {
 
 /// Why `name` is not a DNS-1123 subdomain of at most `max` characters, if it is not.
 fn object_name(name: &str, max: usize) -> Option<String> {
-    let bad_char = |c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let bad_char =
+        |c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
     if name.is_empty() {
         Some("is empty".into())
     } else if name.len() > max {

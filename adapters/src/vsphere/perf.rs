@@ -32,7 +32,8 @@ fn bounded_interval(reported: Option<i64>) -> u64 {
         None => INTERVAL_SECS as u64,
         Some(i) => {
             // Once per process: every VM of every sample would report it again.
-            static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
             if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 return INTERVAL_SECS as u64;
             }
@@ -259,7 +260,8 @@ mod interval_tests {
             assert_eq!(bounded_interval(Some(nonsense)), INTERVAL_SECS as u64);
         }
         // The freshness window of the largest accepted interval does not overflow.
-        let _ = Duration::from_secs(bounded_interval(Some(MAX_INTERVAL_SECS))) * STALE_AFTER_INTERVALS;
+        let _ =
+            Duration::from_secs(bounded_interval(Some(MAX_INTERVAL_SECS))) * STALE_AFTER_INTERVALS;
     }
 }
 

@@ -283,7 +283,9 @@ fn inline_credentials_are_pinned_and_never_hashed_into_the_pod() {
     ]);
     let secret = objects
         .iter()
-        .find(|o| o["kind"] == "Secret" && o["metadata"]["labels"]["plumbline.dev/provider"] == "vc")
+        .find(|o| {
+            o["kind"] == "Secret" && o["metadata"]["labels"]["plumbline.dev/provider"] == "vc"
+        })
         .expect("the chart makes the credentials Secret");
     assert_eq!(
         secret["metadata"]["annotations"]["plumbline.dev/vsphere-server"],
@@ -293,8 +295,8 @@ fn inline_credentials_are_pinned_and_never_hashed_into_the_pod() {
         .iter()
         .find(|o| o["kind"] == "Deployment")
         .expect("a Deployment");
-    let pod_annotations = serde_yaml::to_string(&deployment["spec"]["template"]["metadata"])
-        .expect("YAML");
+    let pod_annotations =
+        serde_yaml::to_string(&deployment["spec"]["template"]["metadata"]).expect("YAML");
     assert!(
         !pod_annotations.contains("checksum"),
         "no annotation derived from the credentials: {pod_annotations}"

@@ -116,7 +116,11 @@ pub async fn ensure_finalizer(
     })
     .expect("a well-formed JSON patch");
     api(client, Some(&namespace))
-        .patch(&wi.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+        .patch(
+            &wi.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
         .await?;
     let mut updated = (*wi).clone();
     updated
@@ -149,9 +153,8 @@ async fn report_unrepresentable(client: Client, obj: DynamicObject, errors: Vec<
         .collect::<Vec<_>>()
         .join("; ");
     warn!(intent = %format!("{namespace}/{name}"), %message, "WorkloadIntent cannot be read at all; it is not reconciled");
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::now(),
-    );
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     let generation = obj.metadata.generation;
     let body = json!({
         "apiVersion": "plumbline.dev/v1alpha1",

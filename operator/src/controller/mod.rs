@@ -74,10 +74,10 @@ pub fn term_context(
     let (reader, writer) = reflector::store();
     // Decoded one by one: an intent the types cannot read never stops the others' watch.
     let intents = lenient::watch(client.clone(), namespace.as_deref())
-    .default_backoff()
-    .reflect(writer)
-    .applied_objects()
-    .boxed();
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .boxed();
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         recorder: kube::runtime::events::Recorder::new(

@@ -72,7 +72,10 @@ pub async fn reconcile(wi: Arc<WorkloadIntent>, ctx: Arc<Context>) -> Result<Act
         .await
         .map_err(|source| {
             Error::kube(
-                format!("adding the finalizer to WorkloadIntent {namespace}/{}", key.name),
+                format!(
+                    "adding the finalizer to WorkloadIntent {namespace}/{}",
+                    key.name
+                ),
                 source,
             )
         })?;

@@ -228,7 +228,10 @@ async fn sample_provider(
                         }
                         Err(refused) => {
                             security = refused.security;
-                            (Err((refused.reason, refused.message)), None)
+                            (
+                                Err((refused.reason, refused.message)),
+                                refused.secret_version,
+                            )
                         }
                     };
                 match connected {
@@ -251,7 +254,8 @@ async fn sample_provider(
                                 .provider_auth_failures
                                 .get_or_create(&labels)
                                 .inc();
-                            let wait = plumbline_policies::credentials::login_backoff(login_backoff);
+                            let wait =
+                                plumbline_policies::credentials::login_backoff(login_backoff);
                             login_backoff = Some(wait);
                             wait
                         } else {
@@ -279,10 +283,12 @@ async fn sample_provider(
                             security: security.clone(),
                         };
                         maybe_write_status(&ctx, &hp, &book, state, &mut last_written).await;
-                        if refused_login {
+                        if secret_version.is_some() {
                             wait_or_secret_change(&ctx, &hp, wait, secret_version).await;
                         } else {
-                            tokio::time::sleep(backoff).await;
+                            tokio::time::sleep(wait).await;
+                        }
+                        if !refused_login {
                             backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                         continue;
@@ -387,8 +393,8 @@ async fn sample_provider(
     }
 }
 
-/// Waits `wait` after a refused login, or less if the credentials Secret changes meanwhile
-/// (checked every 10 s with a metadata read; nothing is sent to the server).
+/// Waits `wait` after a refused login (or a Secret pinned elsewhere), or less if the credentials Secret changes meanwhile
+/// (checked every 5 s with a metadata read; nothing is sent to the server).
 async fn wait_or_secret_change(
     ctx: &Context,
     hp: &HypervisorProvider,
@@ -401,7 +407,7 @@ async fn wait_or_secret_change(
         if left.is_zero() {
             return;
         }
-        tokio::time::sleep(left.min(Duration::from_secs(10))).await;
+        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
         let now = crate::credentials::secret_version(&ctx.client, hp).await;
         if now.is_some() && now != version {
             info!(provider = %hp.name_any(), "credentials Secret changed; logging in again now");
