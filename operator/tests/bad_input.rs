@@ -4,7 +4,6 @@
 //! read (kube-rs#774) does not stop the watch of the others.
 
 mod common;
-#[allow(dead_code)]
 mod health_common;
 
 use anyhow::{Context as _, Result};

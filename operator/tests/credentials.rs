@@ -5,7 +5,6 @@
 //! verification shows in status and as a metric.
 
 mod common;
-#[allow(dead_code)]
 mod health_common;
 
 use anyhow::{Context as _, Result};

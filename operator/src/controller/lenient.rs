@@ -34,8 +34,11 @@ pub fn api(client: &Client, namespace: Option<&str>) -> Api<DynamicObject> {
     }
 }
 
+/// An intent that cannot be represented at all, with why.
+type Unrepresentable = Box<(DynamicObject, Vec<DecodeError>)>;
+
 /// The intent as far as it can be read; `Err` when not even its target can be.
-pub fn decode(obj: DynamicObject) -> Result<WorkloadIntent, (DynamicObject, Vec<DecodeError>)> {
+pub fn decode(obj: DynamicObject) -> Result<WorkloadIntent, Unrepresentable> {
     let value = match serde_json::to_value(&obj) {
         Ok(v) => v,
         Err(e) => {
@@ -43,7 +46,7 @@ pub fn decode(obj: DynamicObject) -> Result<WorkloadIntent, (DynamicObject, Vec<
                 path: "(object)".into(),
                 message: e.to_string(),
             }];
-            return Err((obj, errors));
+            return Err(Box::new((obj, errors)));
         }
     };
     match lenient::decode::<WorkloadIntent>(value, KEPT) {
@@ -57,7 +60,7 @@ pub fn decode(obj: DynamicObject) -> Result<WorkloadIntent, (DynamicObject, Vec<
             }
             Ok(wi)
         }
-        Err(errors) => Err((obj, errors)),
+        Err(errors) => Err(Box::new((obj, errors))),
     }
 }
 
@@ -73,7 +76,8 @@ pub fn watch(
         async move {
             let typed = |obj: DynamicObject| match decode(obj) {
                 Ok(wi) => Some(wi),
-                Err((obj, errors)) => {
+                Err(bad) => {
+                    let (obj, errors) = *bad;
                     tokio::spawn(report_unrepresentable(client.clone(), obj, errors));
                     None
                 }
