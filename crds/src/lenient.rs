@@ -36,8 +36,18 @@ impl std::fmt::Display for DecodeError {
 ///
 /// `Err` only when even the kept fields cannot be read: the object cannot be represented.
 pub fn decode<K: DeserializeOwned>(
+    value: Value,
+    keep: &[&str],
+) -> Result<(K, Vec<DecodeError>), Vec<DecodeError>> {
+    decode_with(value, keep, Vec::new())
+}
+
+/// [`decode`], with problems found beforehand (e.g. [`unknown_fields`]) counted as unreadable
+/// fields: the object is marked and its spec reduced to the kept fields.
+pub fn decode_with<K: DeserializeOwned>(
     mut value: Value,
     keep: &[&str],
+    found: Vec<DecodeError>,
 ) -> Result<(K, Vec<DecodeError>), Vec<DecodeError>> {
     if let Some(annotations) = value
         .pointer_mut("/metadata/annotations")
@@ -45,7 +55,7 @@ pub fn decode<K: DeserializeOwned>(
     {
         annotations.remove(DECODE_ERRORS_ANNOTATION);
     }
-    let mut errors: Vec<DecodeError> = Vec::new();
+    let mut errors: Vec<DecodeError> = found;
     for _ in 0..MAX_DROPPED {
         match serde_path_to_error::deserialize::<_, K>(&value) {
             Ok(object) if errors.is_empty() => return Ok((object, errors)),
@@ -83,6 +93,49 @@ pub fn decode<K: DeserializeOwned>(
         }
     }
     Err(errors)
+}
+
+/// Fields of `written` (a spec as the user wrote it) that the type `S` does not know, with their
+/// paths under `prefix`: what the apiserver prunes without a word (Kubernetes 1.20 has no
+/// server-side field validation). Empty when `written` cannot be read as `S` at all (that is
+/// reported elsewhere).
+pub fn unknown_fields<S: DeserializeOwned + serde::Serialize>(
+    written: &Value,
+    prefix: &str,
+) -> Vec<DecodeError> {
+    let Ok(typed) = serde_json::from_value::<S>(written.clone()) else {
+        return Vec::new();
+    };
+    let Ok(known) = serde_json::to_value(&typed) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    diff(written, &known, prefix, &mut found);
+    found
+}
+
+fn diff(written: &Value, known: &Value, path: &str, found: &mut Vec<DecodeError>) {
+    match (written, known) {
+        (Value::Object(w), Value::Object(k)) => {
+            for (key, value) in w {
+                let at = format!("{path}.{key}");
+                match k.get(key) {
+                    Some(known) => diff(value, known, &at, found),
+                    None if value.is_null() => {}
+                    None => found.push(DecodeError {
+                        path: at,
+                        message: "unknown field; the API server dropped it, so it has no effect (check its spelling and place)".into(),
+                    }),
+                }
+            }
+        }
+        (Value::Array(w), Value::Array(k)) => {
+            for (i, (w, k)) in w.iter().zip(k).enumerate() {
+                diff(w, k, &format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The fields an object could not be read at, from its in-memory marker.
@@ -262,6 +315,31 @@ mod tests {
         value["metadata"]["annotations"] = json!({ DECODE_ERRORS_ANNOTATION: "spec: forged" });
         let (wi, _) = decode::<WorkloadIntent>(value, &["target", "priority"]).unwrap();
         assert!(decode_errors(&wi.metadata).is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_found_with_their_paths() {
+        let written = json!({
+            "target": { "kind": "Deployment", "name": "web" },
+            "priority": "high",
+            "replicaFloor": 3,
+            "availability": { "replicaFloor": 2, "minAvailabel": 1 },
+            "schedule": [{ "start": "08:00", "end": "20:00", "timeZone": "UTC", "tz": "x" }],
+            "storage": null
+        });
+        let found = unknown_fields::<crate::WorkloadIntentSpec>(&written, "spec");
+        let paths: Vec<&str> = found.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.availability.minAvailabel",
+                "spec.replicaFloor",
+                "spec.schedule[0].tz"
+            ]
+        );
+        let clean = json!({ "target": { "kind": "Deployment", "name": "web" }, "priority": "high",
+            "storage": { "latencyBudget": "20ms", "readinessGate": false, "maxUnready": "34%" } });
+        assert!(unknown_fields::<crate::WorkloadIntentSpec>(&clean, "spec").is_empty());
     }
 
     #[test]

@@ -130,6 +130,24 @@ async fn bad_intents_are_reported_and_valid_ones_reconciled_across_a_restart() -
         cluster.intents().list(&Default::default()).await.is_err(),
         "a typed list of the namespace's intents now fails, as the operator's watch did"
     );
+    // An unknown field, as `kubectl apply` sends it: the apiserver prunes it, and its
+    // last-applied-configuration keeps the record.
+    let typo = json!({
+        "apiVersion": "plumbline.dev/v1alpha1", "kind": "WorkloadIntent",
+        "metadata": {"name": "typo", "namespace": cluster.namespace},
+        "spec": {"target": {"kind": "Deployment", "name": "cache"}, "priority": "high",
+                 "replicaFloor": 3},
+    });
+    let mut with_record = typo.clone();
+    with_record["metadata"]["annotations"] = json!({
+        "kubectl.kubernetes.io/last-applied-configuration": typo.to_string()
+    });
+    cluster.create_deployment("cache", 1).await?;
+    cluster
+        .intents()
+        .create(&Default::default(), &serde_json::from_value(with_record)?)
+        .await
+        .context("creating the intent with an unknown field")?;
     // The valid one, applied while the bad ones are present.
     cluster
         .apply_intent(
@@ -144,6 +162,7 @@ async fn bad_intents_are_reported_and_valid_ones_reconciled_across_a_restart() -
         ("overnight", "InvalidSpec", "spec.schedule[0]"),
         ("slow-budget", "InvalidSpec", "spec.storage.latencyBudget"),
         ("garbled", "TargetNotFound", "spec.target"),
+        ("typo", "InvalidSpec", "spec.replicaFloor: unknown field"),
     ];
     let first = async {
         eventually("the valid intent's replica floor applied", || async {

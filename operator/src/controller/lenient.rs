@@ -2,7 +2,8 @@
 //! int32 stored before the schema bounded it) never stops the watch of all the others
 //! (kube-rs#774). Intents are watched as `DynamicObject`s and decoded one by one with
 //! [`plumbline_crds::lenient::decode`]; an unreadable field is dropped and recorded, and the
-//! controller reports it in the intent's `Degraded` condition with its field path.
+//! controller reports it in the intent's `Degraded` condition with its field path. Fields the
+//! apiserver pruned as unknown are found the same way when `kubectl apply` recorded what it sent.
 
 use futures::{Stream, StreamExt};
 use kube::{
@@ -49,7 +50,10 @@ pub fn decode(obj: DynamicObject) -> Result<WorkloadIntent, Unrepresentable> {
             return Err(Box::new((obj, errors)));
         }
     };
-    match lenient::decode::<WorkloadIntent>(value, KEPT) {
+    let unknown = written_spec(&obj)
+        .map(|spec| lenient::unknown_fields::<plumbline_crds::WorkloadIntentSpec>(&spec, "spec"))
+        .unwrap_or_default();
+    match lenient::decode_with::<WorkloadIntent>(value, KEPT, unknown) {
         Ok((wi, errors)) => {
             if !errors.is_empty() {
                 warn!(
@@ -62,6 +66,16 @@ pub fn decode(obj: DynamicObject) -> Result<WorkloadIntent, Unrepresentable> {
         }
         Err(errors) => Err(Box::new((obj, errors))),
     }
+}
+
+/// The spec as `kubectl apply` last sent it (its `last-applied-configuration` annotation): the
+/// one record of fields the apiserver pruned as unknown.
+fn written_spec(obj: &DynamicObject) -> Option<serde_json::Value> {
+    let text = obj
+        .annotations()
+        .get("kubectl.kubernetes.io/last-applied-configuration")?;
+    let mut applied: serde_json::Value = serde_json::from_str(text).ok()?;
+    Some(applied.get_mut("spec")?.take())
 }
 
 /// Every intent the watch sees, decoded leniently. One that cannot be represented at all is
