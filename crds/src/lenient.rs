@@ -97,13 +97,17 @@ pub fn decode_with<K: DeserializeOwned>(
 
 /// Fields of `written` (a spec as the user wrote it) that the type `S` does not know, with their
 /// paths under `prefix`: what the apiserver prunes without a word (Kubernetes 1.20 has no
-/// server-side field validation). Empty when `written` cannot be read as `S` at all (that is
-/// reported elsewhere).
+/// server-side field validation). Fields that are known but unreadable are left out (they are
+/// reported as such); empty when `written` cannot be represented as `S` at all.
 pub fn unknown_fields<S: DeserializeOwned + serde::Serialize>(
     written: &Value,
     prefix: &str,
 ) -> Vec<DecodeError> {
-    let Ok(typed) = serde_json::from_value::<S>(written.clone()) else {
+    let keep_all: Vec<&str> = written
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let Ok((typed, unreadable)) = decode::<S>(written.clone(), &keep_all) else {
         return Vec::new();
     };
     let Ok(known) = serde_json::to_value(&typed) else {
@@ -111,6 +115,11 @@ pub fn unknown_fields<S: DeserializeOwned + serde::Serialize>(
     };
     let mut found = Vec::new();
     diff(written, &known, prefix, &mut found);
+    let unreadable: Vec<String> = unreadable
+        .iter()
+        .map(|e| format!("{prefix}.{}", e.path))
+        .collect();
+    found.retain(|f| !unreadable.contains(&f.path));
     found
 }
 

@@ -68,6 +68,16 @@ pub fn decode(obj: DynamicObject) -> Result<WorkloadIntent, Unrepresentable> {
     }
 }
 
+/// An intent from a manifest (`explain -f`), decoded as the watch decodes a stored one, with
+/// the manifest's own unknown fields counted (nothing pruned them yet).
+pub fn decode_manifest(value: serde_json::Value) -> Result<WorkloadIntent, Vec<DecodeError>> {
+    let unknown = value
+        .get("spec")
+        .map(|spec| lenient::unknown_fields::<plumbline_crds::WorkloadIntentSpec>(spec, "spec"))
+        .unwrap_or_default();
+    lenient::decode_with::<WorkloadIntent>(value, KEPT, unknown).map(|(wi, _)| wi)
+}
+
 /// The spec as `kubectl apply` last sent it (its `last-applied-configuration` annotation): the
 /// one record of fields the apiserver pruned as unknown.
 fn written_spec(obj: &DynamicObject) -> Option<serde_json::Value> {
@@ -196,5 +206,33 @@ async fn report_unrepresentable(client: Client, obj: DynamicObject, errors: Vec<
         .await
     {
         warn!(intent = %format!("{namespace}/{name}"), error = %e, "writing the status of an unreadable WorkloadIntent failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_with_unknown_and_unreadable_fields_is_marked_with_their_paths() {
+        let manifest = json!({
+            "apiVersion": "plumbline.dev/v1alpha1", "kind": "WorkloadIntent",
+            "metadata": {"name": "web"},
+            "spec": {"target": {"kind": "Deployment", "name": "web"}, "priority": "high",
+                     "replicaFloor": 3, "availability": {"replicaFloor": 2147483648u64}},
+        });
+        let wi = decode_manifest(manifest).expect("representable");
+        let paths: Vec<String> = lenient::decode_errors(&wi.metadata)
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(
+            paths,
+            ["spec.replicaFloor", "spec.availability.replicaFloor"]
+        );
+        assert!(
+            wi.spec.availability.is_none(),
+            "nothing of a bad spec is kept"
+        );
     }
 }
