@@ -19,6 +19,13 @@ pub mod provider {
     pub const CONNECTED: &str = "Connected";
     /// Inventory is known and samples are arriving.
     pub const READY: &str = "Ready";
+    /// vSphere only: the server's TLS certificate is verified (False with
+    /// `InsecureSkipVerify` when `insecureSkipVerify` is set).
+    pub const TLS_VERIFIED: &str = "TlsVerified";
+    /// vSphere only: the credentials Secret names this provider's server in the annotation
+    /// `plumbline.dev/vsphere-server` (False with `Unpinned`: allowed, but the password follows
+    /// the provider's `server` wherever it points; `PinnedElsewhere`: refused, nothing sent).
+    pub const CREDENTIALS_PINNED: &str = "CredentialsPinned";
 }
 
 /// Reasons, shared by both kinds where the meaning is the same.
@@ -62,6 +69,21 @@ pub mod reason {
     pub const CONNECTION_FAILED: &str = "ConnectionFailed";
     /// The referenced credentials Secret is missing or incomplete.
     pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+    /// The server refused the username or password; logins back off (30 s doubling to 1 h)
+    /// so a wrong password does not lock the account. A changed Secret is tried at once.
+    pub const AUTHENTICATION_FAILED: &str = "AuthenticationFailed";
+    /// The Secret is pinned to another server: no credentials are sent.
+    pub const PINNED_ELSEWHERE: &str = "PinnedElsewhere";
+    /// The Secret names this provider's server.
+    pub const PINNED: &str = "Pinned";
+    /// The Secret names no server (allowed for compatibility; pin it).
+    pub const UNPINNED: &str = "Unpinned";
+    /// TLS verified with the provider's `caBundle`.
+    pub const CA_BUNDLE: &str = "CaBundle";
+    /// TLS verified with the built-in public roots.
+    pub const PUBLIC_ROOTS: &str = "PublicRoots";
+    /// `insecureSkipVerify: true`: any certificate is accepted.
+    pub const INSECURE_SKIP_VERIFY: &str = "InsecureSkipVerify";
     /// Samples arrive on schedule.
     pub const SAMPLING: &str = "Sampling";
     /// No sample arrived within a few intervals.

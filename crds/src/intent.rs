@@ -70,9 +70,9 @@ pub struct WorkloadIntentSpec {
     pub priority: Priority,
 
     /// When the intent applies. Absent: always. Overnight spans are two windows, e.g.
-    /// Mon 22:00-24:00 and Tue 00:00-06:00.
+    /// Mon 22:00-24:00 and Tue 00:00-06:00. At most 32 windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = schema::MAX_WINDOWS))]
     pub schedule: Option<Vec<TimeWindow>>,
 
     /// How available the workload must stay while the intent is active.
@@ -187,7 +187,7 @@ pub struct TimeWindow {
 pub struct Availability {
     /// Replica floor: while active, the workload runs at least this many replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = schema::MAX_COUNT))]
     pub replica_floor: Option<i32>,
     /// Minimum available pods during voluntary disruptions (becomes a PodDisruptionBudget):
     /// a count such as 2 or a percentage such as "50%".
@@ -200,8 +200,9 @@ pub struct Availability {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
-    /// Per-operation storage latency budget on the backing VMs, e.g. 20ms, 500us, 1.5s.
-    #[schemars(pattern(schema::LATENCY))]
+    /// Per-operation storage latency budget on the backing VMs, e.g. 20ms, 500us, 1.5s; above
+    /// zero and at most 60s.
+    #[schemars(length(max = 24), pattern(schema::LATENCY))]
     pub latency_budget: String,
     /// Add the readiness gate plumbline.dev/storage-healthy to the workload's pods, so pods on
     /// VMs over budget leave Service endpoints.

@@ -15,10 +15,11 @@ pub mod conditions;
 pub mod generate;
 pub mod infra_change;
 pub mod intent;
+pub mod lenient;
 pub mod names;
 pub mod plan;
 pub mod provider;
-mod schema;
+pub mod schema;
 
 pub use infra_change::{
     ChangeOwner, ChangePurpose, ChangeTarget, ChangeTargetKind, InfraChange, InfraChangeSpec,

@@ -51,3 +51,12 @@ pub const PROVIDER_LABEL: &str = "plumbline.dev/provider";
 /// Field manager of `InfraChange` specs (the ledger) and of their status (the actuators).
 pub const LEDGER_FIELD_MANAGER: &str = "plumbline-ledger";
 pub const ACTUATOR_FIELD_MANAGER: &str = "plumbline-actuator";
+
+/// Annotation on a vSphere credentials Secret: the one server (as a provider's `server` names
+/// it, e.g. `vcenter.example.com` or `https://10.0.0.5/sdk`) its password may be sent to.
+pub const VSPHERE_SERVER_ANNOTATION: &str = "plumbline.dev/vsphere-server";
+
+/// Annotation Plumbline sets *in memory only* on an object that could not be decoded as
+/// written: the fields that could not be read, one `path: reason` per line. It is never
+/// written to the API server, and whatever a user writes there is replaced on decoding.
+pub const DECODE_ERRORS_ANNOTATION: &str = "plumbline.dev/decode-errors";

@@ -59,9 +59,9 @@ pub struct HypervisorProviderSpec {
     /// How Nodes map to this hypervisor's VMs. Default: by spec.providerID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_mapping: Option<NodeMapping>,
-    /// How often storage latency is sampled, e.g. 1s, 500ms, 1m. Default 10s.
+    /// How often storage latency is sampled, e.g. 1s, 500ms, 1m; from 100ms to 1h. Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(schema::INTERVAL))]
+    #[schemars(length(max = 9), pattern(schema::INTERVAL))]
     pub sample_interval: Option<String>,
 }
 
@@ -88,7 +88,7 @@ pub enum Connection<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct LibvirtConnection {
     /// libvirt URI, e.g. qemu:///system or qemu+tls://host/system.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = schema::MAX_URL_LEN))]
     pub uri: String,
 }
 
@@ -96,13 +96,17 @@ pub struct LibvirtConnection {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VsphereConnection {
-    /// Server host name or URL, e.g. vcenter.example.com or https://127.0.0.1:8989/sdk.
-    #[schemars(length(min = 1))]
+    /// Server host name or https:// URL, e.g. vcenter.example.com or
+    /// https://127.0.0.1:8989/sdk. Plain http:// is refused.
+    #[schemars(length(min = 1, max = schema::MAX_URL_LEN), pattern(schema::VSPHERE_SERVER))]
     pub server: String,
-    /// Secret with keys `username` and `password`.
+    /// Secret with keys `username` and `password`. Pin it to this server with the annotation
+    /// `plumbline.dev/vsphere-server` on the Secret: the password is then never sent to any
+    /// other server, whatever the provider says.
     pub credentials_secret_ref: SecretRef,
     /// PEM CA bundle to verify the server with, instead of the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = schema::MAX_CA_BUNDLE_LEN))]
     pub ca_bundle: Option<String>,
     /// Skip TLS verification (test setups only); cannot be combined with caBundle.
     #[serde(default)]
@@ -113,9 +117,9 @@ pub struct VsphereConnection {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253), pattern(schema::OBJECT_NAME))]
     pub name: String,
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 63), pattern(schema::NAMESPACE_NAME))]
     pub namespace: String,
 }
 
@@ -128,6 +132,7 @@ pub struct NodeMapping {
     pub by: NodeMappingStrategy,
     /// Node label holding the VM name, when by is label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = schema::MAX_LABEL_KEY_LEN))]
     pub label: Option<String>,
 }
 

@@ -212,7 +212,7 @@ async fn invalid_intents_are_rejected_with_readable_messages() -> Result<()> {
         (
             "malformed latency budget",
             intent_with("/storage/latencyBudget", Some(json!("20 ms"))),
-            &[r#"spec.storage.latencyBudget: Invalid value: "20 ms": spec.storage.latencyBudget in body should match '^[0-9]+(\.[0-9]+)?(us|ms|s)$'"#],
+            &[r#"spec.storage.latencyBudget: Invalid value: "20 ms": spec.storage.latencyBudget in body should match '^[0-9]{1,9}(\.[0-9]{1,6})?(us|ms|s)$'"#],
         ),
         (
             "percentage over 100",
@@ -250,6 +250,39 @@ async fn invalid_intents_are_rejected_with_readable_messages() -> Result<()> {
             &[r#"spec.schedule.days: Unsupported value: "Funday": supported values: "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun""#],
         ),
         ("empty schedule", intent_with("/schedule", Some(json!([]))), &["spec.schedule: Invalid value: 0: spec.schedule in body should have at least 1 items"]),
+        (
+            "replica floor beyond int32",
+            intent_with("/availability/replicaFloor", Some(json!(2147483648u64))),
+            &["spec.availability.replicaFloor in body should be less than or equal to 2147483647"],
+        ),
+        (
+            "minAvailable beyond int32",
+            intent_with("/availability/minAvailable", Some(json!(2147483648u64))),
+            &["spec.availability.minAvailable in body should be less than or equal to 2147483647"],
+        ),
+        (
+            "maxUnready beyond int32",
+            intent_with("/storage/maxUnready", Some(json!(9007199254740993u64))),
+            &["spec.storage.maxUnready in body should be less than or equal to 2147483647"],
+        ),
+        (
+            "huge latency budget",
+            intent_with("/storage/latencyBudget", Some(json!("99999999999999999999s"))),
+            &["spec.storage.latencyBudget"],
+        ),
+        (
+            "long schedule",
+            intent_with(
+                "/schedule",
+                Some(Value::Array(vec![json!({ "start": "08:00", "end": "20:00", "timeZone": "UTC" }); 33])),
+            ),
+            &["spec.schedule in body should have at most 32 items"],
+        ),
+        (
+            "long target name",
+            intent_with("/target/name", Some(json!("a".repeat(254)))),
+            &["spec.target.name"],
+        ),
         (
             "several problems at once, all reported",
             json!({ "target": { "kind": "Deployment", "name": "Payments_API" }, "priority": "urgent", "storage": { "readinessGate": true } }),
@@ -313,8 +346,25 @@ async fn providers_need_exactly_one_hypervisor_kind() -> Result<()> {
             "malformed interval",
             json!({ "libvirt": libvirt, "sampleInterval": "1.5s" }),
             &[
-                r#"spec.sampleInterval: Invalid value: "1.5s": spec.sampleInterval in body should match '^[0-9]+(ms|s|m)$'"#,
+                r#"spec.sampleInterval: Invalid value: "1.5s": spec.sampleInterval in body should match '^[0-9]{1,7}(ms|s|m)$'"#,
             ],
+        ),
+        (
+            "huge interval",
+            json!({ "libvirt": libvirt, "sampleInterval": "6200000000000000000s" }),
+            &[
+                r#"spec.sampleInterval: Invalid value: "6200000000000000000s": spec.sampleInterval in body should be at most 9 chars long"#,
+            ],
+        ),
+        (
+            "plain http server",
+            json!({ "vsphere": { "server": "http://vc.example/sdk", "credentialsSecretRef": { "name": "vc", "namespace": "plumbline" } } }),
+            &[r#"spec.vsphere.server: Invalid value: "http://vc.example/sdk""#],
+        ),
+        (
+            "malformed secret namespace",
+            json!({ "vsphere": { "server": "vc.example", "credentialsSecretRef": { "name": "vc", "namespace": "Not_A_Namespace" } } }),
+            &["spec.vsphere.credentialsSecretRef.namespace"],
         ),
         (
             "unknown node mapping",

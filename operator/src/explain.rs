@@ -88,9 +88,23 @@ pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<Workload
                 source,
             })?
         };
-        let mut wi: WorkloadIntent = serde_yaml::from_str(&text).map_err(|source| Error::Yaml {
-            what: format!("{} as a WorkloadIntent", path.display()),
-            source,
+        let value: serde_json::Value =
+            serde_yaml::from_str(&text).map_err(|source| Error::Yaml {
+                what: format!("{} as a WorkloadIntent", path.display()),
+                source,
+            })?;
+        // Read as the operator reads a stored intent: unknown and unreadable fields become
+        // field errors the plan reports, not a parse failure.
+        let mut wi = crate::controller::lenient::decode_manifest(value).map_err(|errors| {
+            Error::Usage(format!(
+                "{} is not a WorkloadIntent: {}",
+                path.display(),
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
         })?;
         let namespace = args
             .namespace

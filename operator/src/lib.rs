@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod context;
 pub mod controller;
+pub mod credentials;
 pub mod discovery;
 mod error;
 pub mod explain;

@@ -91,6 +91,11 @@ pub struct Metrics {
     pub intents: Family<IntentStateLabels, Gauge>,
     pub infra_drift: Family<DriftLabels, Counter>,
     pub infra_changes: Family<InfraChangeLabels, Gauge>,
+    /// `plumbline_provider_tls_insecure{provider}`: 1 while a vSphere provider skips TLS
+    /// verification.
+    pub provider_tls_insecure: Family<crate::health::metrics::ProviderLabels, Gauge>,
+    /// `plumbline_provider_auth_failures_total{provider}`: logins the server refused.
+    pub provider_auth_failures: Family<crate::health::metrics::ProviderLabels, Counter>,
     /// The storage-health loop's metrics (crate::health::metrics), in the same registry.
     pub health: crate::health::HealthMetrics,
 }
@@ -108,8 +113,20 @@ impl Metrics {
             intents: Family::default(),
             infra_drift: Family::default(),
             infra_changes: Family::default(),
+            provider_tls_insecure: Family::default(),
+            provider_auth_failures: Family::default(),
             health: crate::health::HealthMetrics::register(registry),
         };
+        registry.register(
+            "provider_tls_insecure",
+            "1 while a vSphere HypervisorProvider skips TLS certificate verification (insecureSkipVerify), else 0",
+            metrics.provider_tls_insecure.clone(),
+        );
+        registry.register(
+            "provider_auth_failures",
+            "Logins a vSphere server refused (wrong username or password), by provider; logins back off",
+            metrics.provider_auth_failures.clone(),
+        );
         registry.register(
             "reconcile_runs",
             "Reconciliations started, by controller",

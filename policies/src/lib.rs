@@ -12,6 +12,7 @@
 //! - [`schedule`]: time windows, zones and DST;
 //! - [`health`]: storage verdicts, the readiness guard and noisy-neighbour choice.
 
+pub mod credentials;
 pub mod explain;
 pub mod health;
 pub mod invalid;
@@ -40,4 +41,6 @@ pub use revert::{revert, Undo};
 pub use schedule::Schedule;
 pub use status::{action_to_status, actions_from_status, plan_to_status, StatusError};
 pub use tiers::{tier, TierSemantics, TIERS};
-pub use validate::{validate_intent, validate_provider, ValidIntent, ValidProvider, ValidStorage};
+pub use validate::{
+    validate_intent, validate_provider, vsphere_url, ValidIntent, ValidProvider, ValidStorage,
+};

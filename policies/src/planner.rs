@@ -41,6 +41,17 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> Result<Plan, Invalid> {
     let spec = &intent.spec;
+    let unreadable = plumbline_crds::lenient::decode_errors(&intent.metadata);
+    if !unreadable.is_empty() {
+        // The object could not be read as written (e.g. a number beyond int32 stored before
+        // the schema bounded it): nothing of it is planned.
+        return Err(crate::Invalid::Spec(
+            unreadable
+                .into_iter()
+                .map(|e| crate::invalid::FieldError::new(e.path, e.message))
+                .collect(),
+        ));
+    }
     let valid = validate_intent(spec)?;
     let target = WorkloadRef {
         kind: spec.target.kind,

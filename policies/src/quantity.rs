@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use plumbline_crds::schema::{MAX_SAMPLE_INTERVAL_MS, MIN_SAMPLE_INTERVAL_MS};
+
 use crate::plan::CountOrPercent;
 
 /// Minutes since midnight of `HH:MM`; `24:00` (1440) only when `allow_end_of_day`.
@@ -47,13 +49,16 @@ pub fn parse_latency(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A sample interval such as `1s`, `500ms`, `2m`, at least 100ms.
+/// A sample interval such as `1s`, `500ms`, `2m`, from 100ms to 1h.
 pub fn parse_interval(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text, &[("ms", 1e-3), ("s", 1.0), ("m", 60.0)])
         .filter(|_| !text.contains('.'))
         .ok_or_else(|| format!("{text:?} is not an interval such as 1s, 500ms or 2m"))?;
-    if d < Duration::from_millis(100) {
+    if d < Duration::from_millis(MIN_SAMPLE_INTERVAL_MS) {
         return Err(format!("{text:?} is shorter than 100ms"));
+    }
+    if d > Duration::from_millis(MAX_SAMPLE_INTERVAL_MS) {
+        return Err(format!("{text:?} is longer than 1h"));
     }
     Ok(d)
 }

@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
-use plumbline_crds::{HypervisorProviderSpec, NodeMappingStrategy, WorkloadIntentSpec};
+use plumbline_crds::{
+    schema::{
+        MAX_CA_BUNDLE_LEN, MAX_LABEL_KEY_LEN, MAX_LATENCY_BUDGET_SECS, MAX_URL_LEN, MAX_WINDOWS,
+    },
+    HypervisorProviderSpec, NodeMappingStrategy, SecretRef, WorkloadIntentSpec,
+};
 
 use crate::{
     invalid::{FieldError, Invalid},
@@ -40,7 +45,17 @@ pub struct ValidStorage {
 pub fn validate_intent(spec: &WorkloadIntentSpec) -> Result<ValidIntent, Invalid> {
     let mut errors: Vec<FieldError> = Vec::new();
 
+    if let Some(e) = object_name(&spec.target.name, 253) {
+        errors.push(FieldError::new("spec.target.name", e));
+    }
     let schedule = match &spec.schedule {
+        Some(windows) if windows.len() > MAX_WINDOWS as usize => {
+            errors.push(FieldError::new(
+                "spec.schedule",
+                format!("has {} windows; at most {MAX_WINDOWS}", windows.len()),
+            ));
+            None
+        }
         None => None,
         Some(windows) => Schedule::parse(windows, "spec.schedule")
             .map_err(|e| errors.extend(e))
@@ -73,6 +88,16 @@ pub fn validate_intent(spec: &WorkloadIntentSpec) -> Result<ValidIntent, Invalid
 
     let storage = spec.storage.as_ref().and_then(|s| {
         let budget = parse_latency(&s.latency_budget)
+            .and_then(|d| {
+                if d > Duration::from_secs(MAX_LATENCY_BUDGET_SECS) {
+                    Err(format!(
+                        "{:?} is more than {MAX_LATENCY_BUDGET_SECS}s; a storage latency budget is milliseconds",
+                        s.latency_budget
+                    ))
+                } else {
+                    Ok(d)
+                }
+            })
             .map_err(|e| errors.push(FieldError::new("spec.storage.latencyBudget", e)))
             .ok();
         let max_unready = match &s.max_unready {
@@ -124,6 +149,19 @@ pub fn validate_provider(spec: &HypervisorProviderSpec) -> Result<ValidProvider,
         _ => {}
     }
     if let Some(v) = &spec.vsphere {
+        if let Err(e) = vsphere_url(&v.server) {
+            errors.push(FieldError::new("spec.vsphere.server", e));
+        }
+        secret_ref(&v.credentials_secret_ref, &mut errors);
+        if v.ca_bundle
+            .as_ref()
+            .is_some_and(|pem| pem.len() > MAX_CA_BUNDLE_LEN as usize)
+        {
+            errors.push(FieldError::new(
+                "spec.vsphere.caBundle",
+                format!("is longer than {MAX_CA_BUNDLE_LEN} bytes"),
+            ));
+        }
         if v.insecure_skip_verify && v.ca_bundle.is_some() {
             errors.push(FieldError::new(
                 "spec.vsphere.insecureSkipVerify",
@@ -132,7 +170,12 @@ pub fn validate_provider(spec: &HypervisorProviderSpec) -> Result<ValidProvider,
         }
     }
     if let Some(l) = &spec.libvirt {
-        if !l.uri.contains(":/") {
+        if l.uri.len() > MAX_URL_LEN as usize {
+            errors.push(FieldError::new(
+                "spec.libvirt.uri",
+                format!("is longer than {MAX_URL_LEN} characters"),
+            ));
+        } else if !l.uri.contains(":/") {
             errors.push(FieldError::new(
                 "spec.libvirt.uri",
                 format!("{:?} is not a libvirt URI such as qemu:///system", l.uri),
@@ -163,6 +206,14 @@ pub fn validate_provider(spec: &HypervisorProviderSpec) -> Result<ValidProvider,
                 "is only used when nodeMapping.by is label",
             ))
         }
+        (NodeMappingStrategy::Label, Some(label))
+            if label.is_empty() || label.len() > MAX_LABEL_KEY_LEN as usize =>
+        {
+            errors.push(FieldError::new(
+                "spec.nodeMapping.label",
+                format!("must be 1 to {MAX_LABEL_KEY_LEN} characters"),
+            ))
+        }
         _ => {}
     }
     if errors.is_empty() {
@@ -173,5 +224,89 @@ pub fn validate_provider(spec: &HypervisorProviderSpec) -> Result<ValidProvider,
         })
     } else {
         Err(Invalid::Spec(errors))
+    }
+}
+
+/// The SDK URL a provider's `server` names: a host (`vcenter.example.com`, `10.0.0.5:8989`)
+/// becomes `https://host/sdk`; an `https://` URL is taken as written. Plain `http://` and
+/// other schemes are refused: the password would cross the network in clear text.
+pub fn vsphere_url(server: &str) -> Result<String, String> {
+    if server.is_empty() {
+        return Err("is empty; name a host such as vcenter.example.com or an https:// URL".into());
+    }
+    if server.len() > MAX_URL_LEN as usize {
+        return Err(format!("is longer than {MAX_URL_LEN} characters"));
+    }
+    if server.chars().any(char::is_whitespace) {
+        return Err(format!("{server:?} contains whitespace"));
+    }
+    if let Some(rest) = server.strip_prefix("https://") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(format!("{server:?} names no host"));
+        }
+        return Ok(server.to_string());
+    }
+    if let Some((scheme, _)) = server.split_once("://") {
+        return Err(format!(
+            "{server:?} uses {scheme}://; only https:// is allowed, so the password never crosses the network in clear text"
+        ));
+    }
+    if server.starts_with('/') || server.contains(':') && !host_port(server) {
+        return Err(format!(
+            "{server:?} is not a host name or https:// URL such as vcenter.example.com"
+        ));
+    }
+    Ok(format!("https://{server}/sdk"))
+}
+
+/// `host:port` with a numeric port (and no other colon).
+fn host_port(server: &str) -> bool {
+    let host_part = server.split('/').next().unwrap_or_default();
+    match host_part.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(':')
+                && !port.is_empty()
+                && port.len() <= 5
+                && port.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => true,
+    }
+}
+
+fn secret_ref(r: &SecretRef, errors: &mut Vec<FieldError>) {
+    if let Some(e) = object_name(&r.name, 253) {
+        errors.push(FieldError::new("spec.vsphere.credentialsSecretRef.name", e));
+    }
+    if let Some(e) = object_name(&r.namespace, 63).or_else(|| {
+        r.namespace
+            .contains('.')
+            .then(|| format!("{:?} is not a namespace name (no dots)", r.namespace))
+    }) {
+        errors.push(FieldError::new(
+            "spec.vsphere.credentialsSecretRef.namespace",
+            e,
+        ));
+    }
+}
+
+/// Why `name` is not a DNS-1123 subdomain of at most `max` characters, if it is not.
+fn object_name(name: &str, max: usize) -> Option<String> {
+    let bad_char =
+        |c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if name.is_empty() {
+        Some("is empty".into())
+    } else if name.len() > max {
+        Some(format!("is longer than {max} characters"))
+    } else if name.chars().any(bad_char)
+        || name
+            .split('.')
+            .any(|part| part.is_empty() || part.starts_with('-') || part.ends_with('-'))
+    {
+        Some(format!(
+            "{name:?} is not a DNS-1123 name (lower-case letters, digits, '-' and '.')"
+        ))
+    } else {
+        None
     }
 }

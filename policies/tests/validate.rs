@@ -176,3 +176,101 @@ proptest! {
         prop_assert!(parse_latency(&text).is_ok(), "{}", text);
     }
 }
+
+#[test]
+fn provider_bounds_have_paths() {
+    let hostile = HypervisorProviderSpec {
+        libvirt: None,
+        vsphere: Some(VsphereConnection {
+            server: "http://vc.example/sdk".into(),
+            credentials_secret_ref: SecretRef {
+                name: "Bad_Name".into(),
+                namespace: "a.b".into(),
+            },
+            ca_bundle: Some("x".repeat(300 * 1024)),
+            insecure_skip_verify: false,
+        }),
+        node_mapping: None,
+        sample_interval: Some("6200000000000000000s".into()),
+    };
+    let errors = messages(validate_provider(&hostile).unwrap_err());
+    let paths: Vec<&str> = errors
+        .iter()
+        .map(|e| e.split_once(':').unwrap().0)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.vsphere.server",
+            "spec.vsphere.credentialsSecretRef.name",
+            "spec.vsphere.credentialsSecretRef.namespace",
+            "spec.vsphere.caBundle",
+            "spec.sampleInterval",
+        ],
+        "{errors:?}"
+    );
+    assert!(errors[0].contains("only https:// is allowed"), "{errors:?}");
+
+    for (interval, ok) in [
+        ("100ms", true),
+        ("60m", true),
+        ("3600s", true),
+        ("3601s", false),
+        ("61m", false),
+        ("99ms", false),
+    ] {
+        let spec = HypervisorProviderSpec {
+            sample_interval: Some(interval.into()),
+            ..libvirt()
+        };
+        assert_eq!(validate_provider(&spec).is_ok(), ok, "{interval}");
+    }
+    for (server, ok) in [
+        ("vc.example", true),
+        ("10.0.0.5:8989", true),
+        ("https://127.0.0.1:8989/sdk", true),
+        ("http://vc.example", false),
+        ("ftp://vc.example", false),
+        ("https://", false),
+        ("vc.example:notaport", false),
+    ] {
+        assert_eq!(
+            plumbline_policies::vsphere_url(server).is_ok(),
+            ok,
+            "{server}"
+        );
+    }
+}
+
+#[test]
+fn intent_bounds_have_paths() {
+    let window = plumbline_crds::TimeWindow {
+        days: None,
+        start: "08:00".into(),
+        end: "20:00".into(),
+        time_zone: "UTC".into(),
+    };
+    let spec = WorkloadIntentSpec {
+        target: WorkloadTarget {
+            kind: TargetKind::Deployment,
+            name: "a".repeat(254),
+        },
+        priority: Priority::High,
+        schedule: Some(vec![window; 33]),
+        availability: None,
+        storage: Some(Storage {
+            latency_budget: "120s".into(),
+            readiness_gate: false,
+            max_unready: None,
+        }),
+        infrastructure: None,
+    };
+    assert_eq!(
+        messages(validate_intent(&spec).unwrap_err()),
+        [
+            "spec.target.name: is longer than 253 characters",
+            "spec.schedule: has 33 windows; at most 32",
+            "spec.storage.latencyBudget: \"120s\" is more than 60s; a storage latency budget is milliseconds",
+        ]
+    );
+}

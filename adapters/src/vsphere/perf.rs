@@ -20,6 +20,33 @@ pub const WRITE_LATENCY: &str = "virtualDisk.totalWriteLatency.average";
 pub const INTERVAL_SECS: i64 = 20;
 /// vCenter's default `config.vpxd.stats.maxQueryMetrics`, used when the server does not say.
 const DEFAULT_MAX_QUERY_METRICS: usize = 64;
+/// The longest sample interval believed from the server (a realtime interval is 20 s; the
+/// longest historical one is a day). Anything beyond would overflow the freshness window.
+const MAX_INTERVAL_SECS: i64 = 86_400;
+
+/// The sample interval vCenter reports, bounded to 1 s … 1 day; absent or out of range: the
+/// realtime interval (logged once, since a server reporting nonsense intervals is worth knowing).
+fn bounded_interval(reported: Option<i64>) -> u64 {
+    match reported {
+        Some(i) if (1..=MAX_INTERVAL_SECS).contains(&i) => i as u64,
+        None => INTERVAL_SECS as u64,
+        Some(i) => {
+            // Once per process: every VM of every sample would report it again.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                return INTERVAL_SECS as u64;
+            }
+            tracing::warn!(
+                reported = i,
+                using = INTERVAL_SECS,
+                "vCenter reported a sample interval outside 1 s … 1 day; using the realtime interval"
+            );
+            INTERVAL_SECS as u64
+        }
+    }
+}
+
 /// A sample older than this many intervals is not reported as current.
 const STALE_AFTER_INTERVALS: u32 = 3;
 
@@ -163,10 +190,7 @@ pub fn latencies(
         };
         // maxSample=1: the newest sample is the last one.
         let sample = metric.all("sampleInfo").last();
-        let interval = sample
-            .and_then(|s| s.path_i64(&["interval"]))
-            .filter(|i| *i > 0)
-            .unwrap_or(INTERVAL_SECS) as u64;
+        let interval = bounded_interval(sample.and_then(|s| s.path_i64(&["interval"])));
         let observed_at = sample
             .and_then(|s| s.path_text(&["timestamp"]))
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.trim()).ok())
@@ -222,6 +246,23 @@ pub fn latencies(
         }
     }
     (disks, unready)
+}
+
+#[cfg(test)]
+mod interval_tests {
+    use super::*;
+
+    #[test]
+    fn reported_intervals_are_bounded() {
+        assert_eq!(bounded_interval(Some(20)), 20);
+        assert_eq!(bounded_interval(None), INTERVAL_SECS as u64);
+        for nonsense in [0, -5, i64::MAX, MAX_INTERVAL_SECS + 1] {
+            assert_eq!(bounded_interval(Some(nonsense)), INTERVAL_SECS as u64);
+        }
+        // The freshness window of the largest accepted interval does not overflow.
+        let _ =
+            Duration::from_secs(bounded_interval(Some(MAX_INTERVAL_SECS))) * STALE_AFTER_INTERVALS;
+    }
 }
 
 #[cfg(test)]

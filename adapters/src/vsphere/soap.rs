@@ -49,6 +49,9 @@ impl SoapClient {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10))
+            // A redirect would re-send the request body (the Login carries the password) to
+            // wherever the server points: never follow one.
+            .redirect(reqwest::redirect::Policy::none())
             .use_rustls_tls();
         builder = match tls {
             TlsTrust::PublicRoots => builder,

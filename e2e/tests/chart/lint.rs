@@ -273,3 +273,34 @@ fn plumbline_resources_get_exactly_the_verbs_the_code_uses() {
         "Events, including those about InfraChanges and Nodes in namespace default"
     );
 }
+
+/// Inline vSphere credentials: the Secret the chart makes is pinned to the provider's server,
+/// no pod annotation is derived from the password, and a plain http:// server is refused.
+#[test]
+fn inline_credentials_are_pinned_and_never_hashed_into_the_pod() {
+    let objects = rendered(&[
+        "providers[0].name=vc,providers[0].vsphere.server=vc.example,providers[0].credentials.username=u,providers[0].credentials.password=hunter2",
+    ]);
+    let secret = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Secret" && o["metadata"]["labels"]["plumbline.dev/provider"] == "vc"
+        })
+        .expect("the chart makes the credentials Secret");
+    assert_eq!(
+        secret["metadata"]["annotations"]["plumbline.dev/vsphere-server"],
+        "vc.example"
+    );
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod_annotations =
+        serde_yaml::to_string(&deployment["spec"]["template"]["metadata"]).expect("YAML");
+    assert!(
+        !pod_annotations.contains("checksum"),
+        "no annotation derived from the credentials: {pod_annotations}"
+    );
+    let refused = rejection("providers[0].name=vc,providers[0].vsphere.server=http://vc.example,providers[0].credentials.existingSecret=s");
+    assert!(refused.contains("/providers/0/vsphere/server"), "{refused}");
+}

@@ -5,6 +5,7 @@ pub mod apply;
 pub(crate) mod conditions;
 mod execute;
 pub mod fields;
+pub mod lenient;
 pub mod observe;
 mod reconcile;
 mod revert;
@@ -71,14 +72,12 @@ pub fn term_context(
     namespace: Option<String>,
 ) -> (Arc<Context>, TermInputs) {
     let (reader, writer) = reflector::store();
-    let intents = watcher(
-        scoped_api::<WorkloadIntent>(&client, namespace.as_deref()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .applied_objects()
-    .boxed();
+    // Decoded one by one: an intent the types cannot read never stops the others' watch.
+    let intents = lenient::watch(client.clone(), namespace.as_deref())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .boxed();
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         recorder: kube::runtime::events::Recorder::new(

@@ -218,10 +218,8 @@ pub fn cached_intents(store: &Store<WorkloadIntent>) -> Vec<WorkloadIntent> {
 
 /// Every intent in `namespace`, read from the API (for `explain`, which has no cache).
 pub async fn list_intents(client: &kube::Client, namespace: &str) -> Result<Vec<WorkloadIntent>> {
-    Api::<WorkloadIntent>::namespaced(client.clone(), namespace)
-        .list(&Default::default())
+    super::lenient::list(client, namespace)
         .await
-        .map(|l| l.items)
         .map_err(|source| Error::kube(format!("listing WorkloadIntents in {namespace}"), source))
 }
 

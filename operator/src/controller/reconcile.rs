@@ -50,6 +50,35 @@ pub async fn reconcile(wi: Arc<WorkloadIntent>, ctx: Arc<Context>) -> Result<Act
     let namespace = wi.namespace().unwrap_or_default();
     let api: Api<WorkloadIntent> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = ObjectRef::from_obj(wi.as_ref());
+    let unreadable = plumbline_crds::lenient::decode_errors(&wi.metadata);
+    if !unreadable.is_empty()
+        && wi.metadata.deletion_timestamp.is_none()
+        && !wi.finalizers().iter().any(|f| f == INTENT_FINALIZER)
+    {
+        // Never planned (no finalizer yet), so nothing to undo: report the unreadable fields
+        // and wait for an edit. Adding the finalizer would need the object decoded as written.
+        let message = unreadable
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        finish_degraded(&ctx, &wi, reason::INVALID_SPEC, &message, None, Vec::new()).await?;
+        ctx.retries.succeeded(&key);
+        return Ok(Action::await_change());
+    }
+    // The finalizer is added untyped: kube's helper decodes the patched object, which fails
+    // for an intent whose stored status the types cannot read (dropped by lenient decoding).
+    let wi = super::lenient::ensure_finalizer(&ctx.client, wi, INTENT_FINALIZER)
+        .await
+        .map_err(|source| {
+            Error::kube(
+                format!(
+                    "adding the finalizer to WorkloadIntent {namespace}/{}",
+                    key.name
+                ),
+                source,
+            )
+        })?;
     let action = finalizer(&api, INTENT_FINALIZER, wi.clone(), |event| async {
         match event {
             Finalizer::Apply(wi) => apply(&wi, &ctx).await,

@@ -7,7 +7,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     api::{Patch, PatchParams},
-    Api, ResourceExt,
+    ResourceExt,
 };
 use plumbline_crds::{names::FIELD_MANAGER, PlannedAction, WorkloadIntent};
 use serde_json::json;
@@ -40,7 +40,9 @@ pub async fn write(ctx: &Context, wi: &WorkloadIntent, status: &ControllerStatus
     if let Some(t) = &status.next_transition {
         body["status"]["nextTransition"] = json!(t);
     }
-    Api::<WorkloadIntent>::namespaced(ctx.client.clone(), &namespace)
+    // Untyped: the response must not need decoding (an intent with unreadable fields is
+    // reported through here).
+    super::lenient::api(&ctx.client, Some(&namespace))
         .patch_status(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),

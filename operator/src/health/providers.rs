@@ -2,17 +2,12 @@
 //! capabilities, sample storage latency every interval into the [`HealthBook`], and report
 //! the provider's status.
 
-use k8s_openapi::{
-    api::core::v1::Secret,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     api::{Patch, PatchParams},
     Api, ResourceExt,
 };
-use plumbline_adapters::{
-    Capability, HypervisorConfig, LibvirtConfig, Support, TlsTrust, VSphereConfig,
-};
+use plumbline_adapters::{Capability, HypervisorConfig, Support};
 use plumbline_crds::{
     conditions::{provider as cond, reason, status},
     HypervisorProvider,
@@ -112,64 +107,16 @@ impl Samplers {
     }
 }
 
-/// The adapter configuration for a provider, reading the vSphere credentials Secret.
+/// The adapter configuration for a provider, reading the vSphere credentials Secret (refused
+/// when the Secret is pinned to another server, see [`crate::credentials`]).
 pub(crate) async fn adapter_config(
     client: &kube::Client,
     hp: &HypervisorProvider,
 ) -> Result<HypervisorConfig, String> {
-    if let Some(l) = &hp.spec.libvirt {
-        return Ok(HypervisorConfig::Libvirt(LibvirtConfig {
-            uri: l.uri.clone(),
-        }));
-    }
-    let Some(v) = &hp.spec.vsphere else {
-        return Err("the spec sets neither libvirt nor vsphere".into());
-    };
-    let secret = Api::<Secret>::namespaced(client.clone(), &v.credentials_secret_ref.namespace)
-        .get(&v.credentials_secret_ref.name)
+    crate::credentials::prepare(client, hp)
         .await
-        .map_err(|e| {
-            format!(
-                "reading Secret {}/{}: {e}",
-                v.credentials_secret_ref.namespace, v.credentials_secret_ref.name
-            )
-        })?;
-    let field = |key: &str| -> Result<String, String> {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .cloned()
-            })
-            .ok_or_else(|| {
-                format!(
-                    "Secret {}/{} has no key {key}",
-                    v.credentials_secret_ref.namespace, v.credentials_secret_ref.name
-                )
-            })
-    };
-    let url = if v.server.starts_with("https://") || v.server.starts_with("http://") {
-        v.server.clone()
-    } else {
-        format!("https://{}/sdk", v.server)
-    };
-    let tls = match (&v.ca_bundle, v.insecure_skip_verify) {
-        (Some(pem), _) => TlsTrust::CaPem(pem.as_bytes().to_vec()),
-        (None, true) => TlsTrust::Insecure,
-        (None, false) => TlsTrust::PublicRoots,
-    };
-    Ok(HypervisorConfig::VSphere(VSphereConfig {
-        url,
-        username: field("username")?,
-        password: field("password")?.into(),
-        tls,
-    }))
+        .map(|p| p.config)
+        .map_err(|r| r.message)
 }
 
 /// Capability names as the provider status lists them.
@@ -192,6 +139,8 @@ fn capability_name(c: Capability) -> &'static str {
 struct ProviderState {
     connected: (bool, &'static str, String),
     ready: (bool, &'static str, String),
+    /// vSphere: `TlsVerified` and `CredentialsPinned` (see [`crate::credentials`]).
+    security: Vec<crate::credentials::SecurityCondition>,
 }
 
 async fn sample_provider(
@@ -207,13 +156,26 @@ async fn sample_provider(
     let valid = match plumbline_policies::validate_provider(&hp.spec) {
         Ok(v) => v,
         Err(invalid) => {
+            // Reported once per generation: this loop then waits until `Samplers::sync` stops
+            // it for a new generation (returning would have it restarted on every pass).
             let message = invalid.to_string();
-            warn!(provider = %name, %message, "invalid HypervisorProvider");
+            warn!(provider = %name, generation = ?hp.metadata.generation, %message, "invalid HypervisorProvider");
             let state = ProviderState {
-                connected: (false, reason::CONNECTION_FAILED, message.clone()),
-                ready: (false, reason::CONNECTION_FAILED, message),
+                connected: (false, reason::INVALID_SPEC, message.clone()),
+                ready: (false, reason::INVALID_SPEC, message),
+                security: hp
+                    .spec
+                    .vsphere
+                    .as_ref()
+                    .map(|v| vec![crate::credentials::tls_condition(v)])
+                    .unwrap_or_default(),
             };
-            write_status(&ctx, &hp, &state, None).await;
+            let mut retry = Duration::from_secs(1);
+            while !write_status(&ctx, &hp, &state, None).await {
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(MAX_BACKOFF);
+            }
+            std::future::pending::<()>().await;
             return;
         }
     };
@@ -227,6 +189,9 @@ async fn sample_provider(
         ),
     );
     let mut backoff = Duration::from_secs(1);
+    // The wait after the last refused login; `None` once a login succeeded.
+    let mut login_backoff: Option<Duration> = None;
+    let mut security: Vec<crate::credentials::SecurityCondition> = Vec::new();
     let mut cycle: u32 = 0;
     let mut last_written: Option<(ProviderState, Instant)> = None;
     let mut ticker = tokio::time::interval(valid.sample_interval);
@@ -236,12 +201,39 @@ async fn sample_provider(
         let adapter = match ctx.adapters.get(&name) {
             Some(a) => a,
             None => {
-                let connected = match adapter_config(&ctx.client, &hp).await {
-                    Ok(config) => plumbline_adapters::connect(config)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                };
+                let (connected, secret_version) =
+                    match crate::credentials::prepare(&ctx.client, &hp).await {
+                        Ok(prepared) => {
+                            security = prepared.security;
+                            let insecure = security.iter().any(|(t, (ok, _, _))| {
+                                *t == plumbline_crds::conditions::provider::TLS_VERIFIED && !ok
+                            });
+                            ctx.metrics
+                                .provider_tls_insecure
+                                .get_or_create(&labels)
+                                .set(insecure as i64);
+                            (
+                                plumbline_adapters::connect(prepared.config)
+                                    .await
+                                    .map_err(|e| {
+                                        let why = if e.kind() == "authentication" {
+                                            reason::AUTHENTICATION_FAILED
+                                        } else {
+                                            reason::CONNECTION_FAILED
+                                        };
+                                        (why, e.to_string())
+                                    }),
+                                prepared.secret_version,
+                            )
+                        }
+                        Err(refused) => {
+                            security = refused.security;
+                            (
+                                Err((refused.reason, refused.message)),
+                                refused.secret_version,
+                            )
+                        }
+                    };
                 match connected {
                     Ok(a) => {
                         info!(provider = %name, endpoint = %a.endpoint(), "connected");
@@ -251,11 +243,33 @@ async fn sample_provider(
                             .expect("adapters lock")
                             .insert(name.clone(), a.clone());
                         backoff = Duration::from_secs(1);
+                        login_backoff = None;
                         cycle = 0;
                         a
                     }
-                    Err(message) => {
-                        warn!(provider = %name, %message, retry_in = ?backoff, "connecting failed");
+                    Err((why, message)) => {
+                        let refused_login = why == reason::AUTHENTICATION_FAILED;
+                        let wait = if refused_login {
+                            ctx.metrics
+                                .provider_auth_failures
+                                .get_or_create(&labels)
+                                .inc();
+                            let wait =
+                                plumbline_policies::credentials::login_backoff(login_backoff);
+                            login_backoff = Some(wait);
+                            wait
+                        } else {
+                            backoff
+                        };
+                        let message = if refused_login {
+                            format!(
+                                "{message}; next login in {}s (refused logins back off from 30s to 1h so the account is not locked; a changed Secret is tried at once)",
+                                wait.as_secs()
+                            )
+                        } else {
+                            message
+                        };
+                        warn!(provider = %name, %message, retry_in = ?wait, "connecting failed");
                         mark_disconnected(&book, &name, &message);
                         ctx.metrics
                             .health
@@ -264,12 +278,19 @@ async fn sample_provider(
                             .set(0);
                         changed.notify_one();
                         let state = ProviderState {
-                            connected: (false, reason::CONNECTION_FAILED, message.clone()),
-                            ready: (false, reason::CONNECTION_FAILED, message),
+                            connected: (false, why, message.clone()),
+                            ready: (false, why, message),
+                            security: security.clone(),
                         };
                         maybe_write_status(&ctx, &hp, &book, state, &mut last_written).await;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        if secret_version.is_some() {
+                            wait_or_secret_change(&ctx, &hp, wait, secret_version).await;
+                        } else {
+                            tokio::time::sleep(wait).await;
+                        }
+                        if !refused_login {
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
                         continue;
                     }
                 }
@@ -311,7 +332,19 @@ async fn sample_provider(
                 b.record_samples(&name, samples.taken_at, &samples.disks);
                 Ok(samples.disks.len())
             }
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => {
+                if e.kind() == "authentication" {
+                    // The session expired and logging in again was refused (password changed):
+                    // drop the adapter, so the next login goes through the backoff above
+                    // instead of being retried on every sample.
+                    ctx.adapters
+                        .hypervisors
+                        .write()
+                        .expect("adapters lock")
+                        .remove(&name);
+                }
+                Err(e.to_string())
+            }
             Err(_) => Err(format!(
                 "sampling {} took longer than {timeout:?}",
                 adapter.endpoint()
@@ -335,6 +368,7 @@ async fn sample_provider(
                     reason::SAMPLING,
                     format!("{n} disks sampled every {:?}", valid.sample_interval),
                 ),
+                security: security.clone(),
             },
             Err(message) => {
                 warn!(provider = %name, %message, "sampling failed");
@@ -350,11 +384,35 @@ async fn sample_provider(
                         (false, reason::CONNECTION_FAILED, message.clone())
                     },
                     ready: (false, reason::SAMPLES_STALE, message.clone()),
+                    security: security.clone(),
                 }
             }
         };
         changed.notify_one();
         maybe_write_status(&ctx, &hp, &book, state, &mut last_written).await;
+    }
+}
+
+/// Waits `wait` after a refused login (or a Secret pinned elsewhere), or less if the credentials Secret changes meanwhile
+/// (checked every 5 s with a metadata read; nothing is sent to the server).
+async fn wait_or_secret_change(
+    ctx: &Context,
+    hp: &HypervisorProvider,
+    wait: Duration,
+    version: Option<String>,
+) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_secs(5))).await;
+        let now = crate::credentials::secret_version(&ctx.client, hp).await;
+        if now.is_some() && now != version {
+            info!(provider = %hp.name_any(), "credentials Secret changed; logging in again now");
+            return;
+        }
     }
 }
 
@@ -430,12 +488,14 @@ async fn write_status(
         .map(|s| s.conditions)
         .unwrap_or_default();
     let generation = hp.metadata.generation;
-    let mut status_body = serde_json::json!({
-        "conditions": [
-            condition(cond::CONNECTED, &state.connected, generation, &previous),
-            condition(cond::READY, &state.ready, generation, &previous),
-        ],
-    });
+    let mut conditions = vec![
+        condition(cond::CONNECTED, &state.connected, generation, &previous),
+        condition(cond::READY, &state.ready, generation, &previous),
+    ];
+    for (type_, verdict) in &state.security {
+        conditions.push(condition(type_, verdict, generation, &previous));
+    }
+    let mut status_body = serde_json::json!({ "conditions": conditions });
     if let Some(g) = generation {
         status_body["observedGeneration"] = g.into();
     }
