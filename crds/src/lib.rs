@@ -19,6 +19,7 @@ pub mod names;
 pub mod plan;
 pub mod provider;
 mod schema;
+pub mod tenant_policy;
 
 pub use infra_change::{
     ChangeOwner, ChangePurpose, ChangeTarget, ChangeTargetKind, InfraChange, InfraChangeSpec,
@@ -34,6 +35,8 @@ pub use provider::{
     Connection, HypervisorProvider, HypervisorProviderSpec, HypervisorProviderStatus,
     LibvirtConnection, NodeMapping, NodeMappingStrategy, SecretRef, VsphereConnection,
 };
+
+pub use tenant_policy::{TenantAction, TenantPolicy, TenantPolicySpec};
 
 /// The API group of every Plumbline resource.
 pub const GROUP: &str = "plumbline.dev";
