@@ -58,6 +58,13 @@ fn chart_renders_and_passes_server_side_dry_run() {
     );
     let applied: Value = serde_json::from_str(&applied).expect("kubectl printed JSON");
     let objects = items(&applied);
+    // Tenant policies from values pass the TenantPolicy CRD's schema.
+    let tenants = of_kind(&objects, "TenantPolicy");
+    assert_eq!(tenants.len(), 1, "{tenants:?}");
+    assert_eq!(
+        tenants[0]["spec"]["actions"],
+        serde_json::json!(["ReadinessGate"])
+    );
 
     for kind in [
         "ServiceAccount",
