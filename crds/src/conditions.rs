@@ -57,6 +57,9 @@ pub mod reason {
     pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
     /// Another intent targets the same workload.
     pub const CONFLICTING_INTENT: &str = "ConflictingIntent";
+    /// The intent asks for a tier or infrastructure action that no TenantPolicy naming its
+    /// namespace allows (the message names the namespace, the tier or action and the policy).
+    pub const NOT_ALLOWED: &str = "NotAllowed";
     /// A VM backing the workload is over the storage latency budget.
     pub const STORAGE_LATENCY_HIGH: &str = "StorageLatencyHigh";
     /// Storage health is unknown (stale or missing samples).

@@ -3,7 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{HypervisorProvider, InfraChange, WorkloadIntent};
+use crate::{HypervisorProvider, InfraChange, TenantPolicy, WorkloadIntent};
 
 /// The command that rewrites `crds/generated/`; failure messages quote it.
 pub const REGENERATE: &str = "cargo run -p plumbline-operator --bin crdgen -- crds/generated";
@@ -17,6 +17,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
             HypervisorProvider::crd(),
         ),
         ("infrachanges.plumbline.dev.yaml", InfraChange::crd()),
+        ("tenantpolicies.plumbline.dev.yaml", TenantPolicy::crd()),
     ]
 }
 

@@ -20,6 +20,7 @@ pub mod names;
 pub mod plan;
 pub mod provider;
 pub mod schema;
+pub mod tenant_policy;
 
 pub use infra_change::{
     ChangeOwner, ChangePurpose, ChangeTarget, ChangeTargetKind, InfraChange, InfraChangeSpec,
@@ -35,6 +36,8 @@ pub use provider::{
     Connection, HypervisorProvider, HypervisorProviderSpec, HypervisorProviderStatus,
     LibvirtConnection, NodeMapping, NodeMappingStrategy, SecretRef, VsphereConnection,
 };
+
+pub use tenant_policy::{TenantAction, TenantPolicy, TenantPolicySpec};
 
 /// The API group of every Plumbline resource.
 pub const GROUP: &str = "plumbline.dev";

@@ -29,6 +29,8 @@ pub const PERCENTAGE: &str = r"^(100|[1-9]?[0-9])%$";
 pub const TIME_ZONE: &str = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$";
 /// A DNS-1123 subdomain, the name of a Deployment or StatefulSet.
 pub const OBJECT_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A namespace name (DNS-1123 label), a prefix ending in `*`, or `*` alone.
+pub const NAMESPACE_PATTERN: &str = r"^([*]|[a-z0-9]([-a-z0-9]*[a-z0-9])?|[a-z0-9][-a-z0-9]*[*])$";
 
 /// The largest count anywhere in the API (replicas, pods): what a Kubernetes int32 holds.
 pub const MAX_COUNT: i64 = i32::MAX as i64;

@@ -507,3 +507,101 @@ async fn operator_identity_is_limited_to_its_role() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The operator identity's cluster-wide rights are the chart's, not a stack-only role:
+/// `stack up` binds it to the ClusterRole rendered from charts/plumbline/templates/rbac.yaml,
+/// so the live rules equal what `helm template` renders now, and a right the old hand-written
+/// role gave (listing ReplicaSets) is gone.
+#[tokio::test]
+async fn operator_identity_is_bound_to_the_charts_rendered_cluster_role() -> anyhow::Result<()> {
+    use k8s_openapi::api::{
+        apps::v1::ReplicaSet,
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    };
+    let stack = Stack::load()?;
+    let admin = stack.admin_client().await?;
+    let operator = stack.operator_client().await?;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository")
+        .to_path_buf();
+    let helm = std::process::Command::new(repo.join("e2e/install-helm"))
+        .output()
+        .context("running e2e/install-helm")?;
+    ensure!(
+        helm.status.success(),
+        "e2e/install-helm: {}",
+        String::from_utf8_lossy(&helm.stderr)
+    );
+    let helm = String::from_utf8(helm.stdout)?.trim().to_string();
+    let out = std::process::Command::new(&helm)
+        .args(["template", "plumbline"])
+        .arg(repo.join("charts/plumbline"))
+        .args([
+            "--set",
+            "fullnameOverride=plumbline-operator-chart",
+            "--set",
+            "operator.taintDegradedNodes=true",
+            "--show-only",
+            "templates/rbac.yaml",
+        ])
+        .output()
+        .context("helm template")?;
+    ensure!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered: ClusterRole = serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout)?)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter_map(|v: serde_json::Value| {
+            (v["kind"] == "ClusterRole")
+                .then(|| serde_json::from_value(v).ok())
+                .flatten()
+        })
+        .next()
+        .context("no ClusterRole in the chart's rbac.yaml")?;
+
+    let live = Api::<ClusterRole>::all(admin.clone())
+        .get("plumbline-operator-chart")
+        .await
+        .context("the chart's ClusterRole in the stack (applied by `e2e/stack up`)")?;
+    ensure!(
+        live.rules == rendered.rules,
+        "the stack's copy of the chart's ClusterRole is stale (re-run `e2e/stack up k8s`):\nlive: {:?}\nchart: {:?}",
+        live.rules,
+        rendered.rules
+    );
+    let binding = Api::<ClusterRoleBinding>::all(admin)
+        .get("plumbline-operator-chart")
+        .await?;
+    ensure!(binding.role_ref.name == "plumbline-operator-chart");
+    ensure!(binding
+        .subjects
+        .unwrap_or_default()
+        .iter()
+        .any(|s| s.kind == "User" && s.name == "plumbline-operator"));
+
+    // Granted by the chart: the provider status read before it is rewritten.
+    let providers = Api::<DynamicObject>::all_with(
+        operator.clone(),
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "plumbline.dev",
+            "v1alpha1",
+            "HypervisorProvider",
+        )),
+    );
+    providers
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("the operator identity listing HypervisorProviders")?;
+    // Not granted any more: what only the old stack role allowed.
+    let replicasets = Api::<ReplicaSet>::all(operator)
+        .list(&ListParams::default())
+        .await;
+    ensure!(
+        is_forbidden(&replicasets),
+        "the operator identity may list ReplicaSets, which the chart does not grant"
+    );
+    Ok(())
+}

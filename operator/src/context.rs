@@ -9,7 +9,7 @@ use kube::{
     Client, Resource,
 };
 use plumbline_adapters::Hypervisor;
-use plumbline_crds::WorkloadIntent;
+use plumbline_crds::{TenantPolicy, WorkloadIntent};
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
@@ -52,6 +52,8 @@ pub struct Context {
     pub adapters: Arc<Adapters>,
     /// Every WorkloadIntent, kept current by the intent controller's watch. Read-only.
     pub intents: Store<WorkloadIntent>,
+    /// Every TenantPolicy, kept current by a watch the intent controller drives. Read-only.
+    pub tenants: Store<TenantPolicy>,
     /// Ask the intent controller to reconcile one intent now (e.g. after a storage verdict
     /// changed and its status should say so).
     pub reconcile: mpsc::UnboundedSender<ObjectRef<WorkloadIntent>>,

@@ -54,6 +54,9 @@ pub enum Error {
 
     #[error("the API server serves no {what}; this operator needs it")]
     Unsupported { what: String },
+
+    #[error("not yet listed: {what}")]
+    NotSynced { what: &'static str },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -94,6 +97,7 @@ impl Error {
             },
             Error::Usage(_) => "usage",
             Error::Unsupported { .. } => "unsupported",
+            Error::NotSynced { .. } => "not_synced",
         }
     }
 }

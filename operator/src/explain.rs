@@ -62,7 +62,8 @@ pub async fn explain_intent(
     if let Some(with) = observed.conflicting {
         return Ok(Explanation::Conflict { with });
     }
-    Ok(match plan_for(wi, &observed, clock.now()) {
+    let tenants = crate::tenancy::list_policies(client).await?;
+    Ok(match plan_for(wi, &observed, &tenants, clock.now()) {
         Ok(plan) => Explanation::Plan(plan),
         Err(invalid) => Explanation::Invalid(invalid),
     })

@@ -5,6 +5,8 @@
 //!   the loops of a leadership term.
 //! - [`controller`] is the WorkloadIntent controller (observe → plan → apply → status).
 //! - [`explain`] prints a plan against the live cluster without changing anything.
+//! - [`tenancy`] reads the TenantPolicies that say which namespaces may use which tiers and
+//!   infrastructure actions.
 //! - [`recover`] restores changes to VMs whose InfraChange objects are lost.
 
 pub mod cli;
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod recover;
 pub mod run;
 pub mod telemetry;
+pub mod tenancy;
 
 pub use error::{Error, Result};
 

@@ -2,7 +2,7 @@
 
 use plumbline_crds::conditions::reason;
 
-use crate::plan::WorkloadRef;
+use crate::{plan::WorkloadRef, tenancy::NotAllowed};
 
 /// One problem at one field, e.g. `spec.schedule[0].timeZone: unknown time zone "Mars/Base"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,9 @@ pub enum Invalid {
     /// The target workload does not exist.
     #[error("spec.target: {0} not found")]
     TargetNotFound(WorkloadRef),
+    /// No TenantPolicy naming the intent's namespace allows what it asks for.
+    #[error("{0}")]
+    NotAllowed(NotAllowed),
 }
 
 impl Invalid {
@@ -44,6 +47,7 @@ impl Invalid {
         match self {
             Invalid::Spec(_) => reason::INVALID_SPEC,
             Invalid::TargetNotFound(_) => reason::TARGET_NOT_FOUND,
+            Invalid::NotAllowed(_) => reason::NOT_ALLOWED,
         }
     }
 
@@ -54,6 +58,7 @@ impl Invalid {
             Invalid::TargetNotFound(w) => {
                 vec![FieldError::new("spec.target", format!("{w} not found"))]
             }
+            Invalid::NotAllowed(n) => vec![FieldError::new("metadata.namespace", n.to_string())],
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`explain()`]: a plan → the text `plumbline explain` prints;
 //! - [`validate_intent()`] / [`validate_provider()`]: what the 1.20 schema cannot check;
 //! - [`status`]: plans to and from `WorkloadIntent.status.plan`;
+//! - [`tenancy`]: which namespaces may use which tiers and infrastructure actions;
 //! - [`tiers`]: what each priority tier means, in one table;
 //! - [`schedule`]: time windows, zones and DST;
 //! - [`health`]: storage verdicts, the readiness guard and noisy-neighbour choice.
@@ -24,6 +25,7 @@ pub mod quantity;
 pub mod revert;
 pub mod schedule;
 pub mod status;
+pub mod tenancy;
 pub mod tiers;
 pub mod validate;
 
@@ -40,6 +42,7 @@ pub use planner::{activity, disruption_budget_name, plan};
 pub use revert::{revert, Undo};
 pub use schedule::Schedule;
 pub use status::{action_to_status, actions_from_status, plan_to_status, StatusError};
+pub use tenancy::{admit, NamedPolicy, NotAllowed, TenantRequest, TenantVerdict};
 pub use tiers::{tier, TierSemantics, TIERS};
 pub use validate::{
     validate_intent, validate_provider, vsphere_url, ValidIntent, ValidProvider, ValidStorage,

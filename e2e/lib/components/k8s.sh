@@ -21,6 +21,9 @@ K8S_ADMIN_KUBECONFIG=$K8S_DIR/admin.kubeconfig
 K8S_OPERATOR_KUBECONFIG=$K8S_DIR/operator.kubeconfig
 K8S_OPERATOR_USER=plumbline-operator
 
+# shellcheck source=../helm.sh
+source "$E2E_DIR/lib/helm.sh"
+
 k8s_binaries_cached() {
     local b
     for b in "${K8S_BINARIES[@]}"; do [ -x "$K8S_BIN_DIR/$b" ] || return 1; done
@@ -28,6 +31,8 @@ k8s_binaries_cached() {
 
 k8s_install() {
     ensure_packages etcd-server openssl
+    # helm renders the chart's RBAC for the operator identity at `up`.
+    helm_install || die "k8s: installing helm (e2e/lib/helm.sh) failed"
     k8s_binaries_cached && return 0
     ensure_packages golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev make xz-utils
     is_running k8s-build && return 0
@@ -237,14 +242,39 @@ k8s_up() {
     wait_until kube-scheduler 60 k8s_secure_healthz 10259
     wait_until kube-controller-manager 60 k8s_default_sa_exists
 
-    kubectl --kubeconfig "$K8S_ADMIN_KUBECONFIG" apply -f "$E2E_DIR/manifests/operator-rbac.yaml" \
-        >>"$LOG_DIR/k8s-rbac.log" 2>&1 || die "k8s: applying operator RBAC failed; see $LOG_DIR/k8s-rbac.log"
+    k8s_apply_operator_rbac
 
     env_set KUBECONFIG "$K8S_ADMIN_KUBECONFIG"
     env_set PLUMBLINE_OPERATOR_KUBECONFIG "$K8S_OPERATOR_KUBECONFIG"
     env_set KUBE_APISERVER_URL "$K8S_API_URL"
     env_set KUBE_CA_FILE "$K8S_PKI/ca.crt"
     env_set PLUMBLINE_KUBELET_SIM_KUBECONFIG "$K8S_DIR/kubelet-sim.kubeconfig"
+}
+
+# The operator identity gets exactly the chart's RBAC: the ClusterRole rendered from
+# charts/plumbline/templates/rbac.yaml, bound to the stack's user by
+# e2e/manifests/operator-rbac.yaml (which also grants the chart's release-namespace Role in
+# every namespace; see there).
+K8S_CHART_ROLE=plumbline-operator-chart
+k8s_apply_operator_rbac() {
+    local helm rendered
+    helm=$(helm_bin) || die "k8s: installing helm (e2e/lib/helm.sh) failed"
+    # The tests run the operator with --taint-degraded-nodes, which the chart grants only with
+    # operator.taintDegradedNodes.
+    rendered=$("$helm" template plumbline "$REPO_DIR/charts/plumbline" \
+        --set fullnameOverride=$K8S_CHART_ROLE --set operator.taintDegradedNodes=true \
+        --show-only templates/rbac.yaml 2>>"$LOG_DIR/k8s-rbac.log") ||
+        die "k8s: rendering the chart's RBAC failed; see $LOG_DIR/k8s-rbac.log"
+    # Only the ClusterRole: the chart binds it to its ServiceAccount, the stack to its user.
+    printf '%s\n---\n' "$rendered" | awk '
+        /^---$/ { if (doc ~ /\nkind: ClusterRole\n/) printf "---%s", doc; doc = "\n"; next }
+        { doc = doc $0 "\n" }' >"$K8S_DIR/operator-chart-role.yaml"
+    grep -q "^  name: $K8S_CHART_ROLE\$" "$K8S_DIR/operator-chart-role.yaml" ||
+        die "k8s: no ClusterRole $K8S_CHART_ROLE in the chart's rendered RBAC; see $K8S_DIR/operator-chart-role.yaml"
+    {
+        kubectl --kubeconfig "$K8S_ADMIN_KUBECONFIG" apply -f "$K8S_DIR/operator-chart-role.yaml" &&
+            kubectl --kubeconfig "$K8S_ADMIN_KUBECONFIG" apply -f "$E2E_DIR/manifests/operator-rbac.yaml"
+    } >>"$LOG_DIR/k8s-rbac.log" 2>&1 || die "k8s: applying operator RBAC failed; see $LOG_DIR/k8s-rbac.log"
 }
 
 k8s_down() {

@@ -58,6 +58,13 @@ fn chart_renders_and_passes_server_side_dry_run() {
     );
     let applied: Value = serde_json::from_str(&applied).expect("kubectl printed JSON");
     let objects = items(&applied);
+    // Tenant policies from values pass the TenantPolicy CRD's schema.
+    let tenants = of_kind(&objects, "TenantPolicy");
+    assert_eq!(tenants.len(), 1, "{tenants:?}");
+    assert_eq!(
+        tenants[0]["spec"]["actions"],
+        serde_json::json!(["ReadinessGate"])
+    );
 
     for kind in [
         "ServiceAccount",
@@ -420,6 +427,14 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["list", "nodes"],
         &["watch", "pods", "-A"],
         &["watch", "hypervisorproviders.plumbline.dev"],
+        // The live provider status, read before it is rewritten (health/providers.rs).
+        &[
+            "get",
+            "hypervisorproviders.plumbline.dev",
+            "--subresource=status",
+        ],
+        // Tenant policies, read only.
+        &["watch", "tenantpolicies.plumbline.dev"],
     ];
     let must_not: &[&[&str]] = &[
         // Secrets: only by the names in values, never listed, never elsewhere.
@@ -444,6 +459,8 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["update", "infrachanges.plumbline.dev"],
         &["deletecollection", "infrachanges.plumbline.dev"],
         &["delete", "priorityclasses.scheduling.k8s.io"],
+        // Tenants cannot be granted anything by the operator.
+        &["patch", "tenantpolicies.plumbline.dev"],
         // Node specs (and so taints) are not touched without operator.taintDegradedNodes;
         // only node status conditions.
         &["patch", "nodes"],

@@ -211,10 +211,23 @@ fn cluster_role_verbs(
     objects: &[serde_yaml::Value],
     group: &str,
 ) -> BTreeMap<String, BTreeSet<String>> {
-    let role = objects
-        .iter()
-        .find(|o| o["kind"] == "ClusterRole")
-        .expect("a ClusterRole");
+    role_verbs(objects, "ClusterRole", None, group)
+}
+
+/// The verbs the first role of `kind` (in `namespace`, for a Role) grants on each resource of
+/// an API group, over all its rules; empty when there is no such role.
+fn role_verbs(
+    objects: &[serde_yaml::Value],
+    kind: &str,
+    namespace: Option<&str>,
+    group: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let Some(role) = objects.iter().find(|o| {
+        o["kind"] == kind
+            && namespace.is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
+    }) else {
+        return BTreeMap::new();
+    };
     let strings = |v: &serde_yaml::Value| -> Vec<String> {
         v.as_sequence()
             .into_iter()
@@ -246,8 +259,9 @@ fn plumbline_resources_get_exactly_the_verbs_the_code_uses() {
         ("workloadintents", &["get", "list", "watch", "patch"]),
         ("workloadintents/status", &["patch"]),
         ("workloadintents/finalizers", &["update"]),
+        ("tenantpolicies", &["get", "list", "watch"]),
         ("hypervisorproviders", &["get", "list", "watch", "patch"]),
-        ("hypervisorproviders/status", &["patch"]),
+        ("hypervisorproviders/status", &["get", "patch"]),
         ("hypervisorproviders/finalizers", &["update"]),
         (
             "infrachanges",
@@ -303,4 +317,64 @@ fn inline_credentials_are_pinned_and_never_hashed_into_the_pod() {
     );
     let refused = rejection("providers[0].name=vc,providers[0].vsphere.server=http://vc.example,providers[0].credentials.existingSecret=s");
     assert!(refused.contains("/providers/0/vsphere/server"), "{refused}");
+}
+
+#[test]
+fn a_namespace_scoped_install_gets_a_role_for_workloads_not_cluster_wide_patch() {
+    let objects = rendered(&["operator.watchNamespace=shop"]);
+    let args = operator_args(&objects);
+    assert!(
+        args.contains(&"--watch-namespace=shop".to_string()),
+        "{args:?}"
+    );
+    // Nothing namespaced that the operator changes is granted cluster-wide.
+    for (group, resource) in [
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("policy", "poddisruptionbudgets"),
+        ("", "pods/status"),
+        ("", "pods"),
+        ("plumbline.dev", "workloadintents"),
+        ("plumbline.dev", "workloadintents/status"),
+    ] {
+        let cluster_wide = cluster_role_verbs(&objects, group);
+        assert!(
+            !cluster_wide.contains_key(resource),
+            "the ClusterRole of a scoped install grants {resource}: {cluster_wide:?}"
+        );
+        let scoped = role_verbs(&objects, "Role", Some("shop"), group);
+        assert!(
+            scoped.contains_key(resource),
+            "the Role in shop lacks {resource}: {scoped:?}"
+        );
+    }
+    let apps = role_verbs(&objects, "Role", Some("shop"), "apps");
+    assert_eq!(
+        apps["deployments"]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        vec!["get", "list", "patch", "watch"]
+    );
+    let binding = objects
+        .iter()
+        .find(|o| o["kind"] == "RoleBinding" && o["metadata"]["namespace"] == "shop")
+        .expect("a RoleBinding in shop");
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+    // Cluster-scoped objects stay in the ClusterRole.
+    let plumbline = cluster_role_verbs(&objects, "plumbline.dev");
+    for resource in ["tenantpolicies", "hypervisorproviders", "infrachanges"] {
+        assert!(
+            plumbline.contains_key(resource),
+            "{resource}: {plumbline:?}"
+        );
+    }
+    // Unscoped (the default): the same rules, cluster-wide, and no workload Role.
+    let default = rendered(&[]);
+    assert!(cluster_role_verbs(&default, "apps").contains_key("deployments"));
+    assert!(!default.iter().any(|o| o["kind"] == "Role"
+        && o["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-workloads"))));
 }

@@ -26,7 +26,7 @@ use kube::{
     },
     Api, Client, Resource, ResourceExt,
 };
-use plumbline_crds::{TargetKind, WorkloadIntent};
+use plumbline_crds::{TargetKind, TenantPolicy, WorkloadIntent};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -43,6 +43,7 @@ use crate::{
 /// The parts of a term's controller that are created with its `Context`.
 pub struct TermInputs {
     intents: BoxStream<'static, Result<WorkloadIntent, watcher::Error>>,
+    tenant_policies: BoxStream<'static, Result<TenantPolicy, watcher::Error>>,
     reconcile_requests: mpsc::UnboundedReceiver<ObjectRef<WorkloadIntent>>,
     concurrency: u16,
     namespace: Option<String>,
@@ -78,6 +79,17 @@ pub fn term_context(
         .reflect(writer)
         .applied_objects()
         .boxed();
+    // Cluster-scoped, and watched even by a namespace-scoped operator: a policy may name its
+    // namespace.
+    let (tenants, tenants_writer) = reflector::store();
+    let tenant_policies = watcher(
+        Api::<TenantPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(tenants_writer)
+    .touched_objects()
+    .boxed();
     let (tx, rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         recorder: kube::runtime::events::Recorder::new(
@@ -90,6 +102,7 @@ pub fn term_context(
         apis,
         adapters,
         intents: reader,
+        tenants,
         reconcile: tx,
         retries: Default::default(),
         identity,
@@ -99,6 +112,7 @@ pub fn term_context(
         ctx,
         TermInputs {
             intents,
+            tenant_policies,
             reconcile_requests: rx,
             concurrency,
             namespace,
@@ -151,12 +165,14 @@ where
 pub async fn run(ctx: Arc<Context>, inputs: TermInputs, end: TermEnd) {
     let TermInputs {
         intents,
+        tenant_policies,
         reconcile_requests,
         concurrency,
         namespace,
     } = inputs;
     let by_deployment = ctx.intents.clone();
     let by_statefulset = ctx.intents.clone();
+    let by_policy = ctx.intents.clone();
     Controller::for_stream(intents, ctx.intents.clone())
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .watches_stream(
@@ -181,6 +197,14 @@ pub async fn run(ctx: Arc<Context>, inputs: TermInputs, end: TermEnd) {
                 )
             },
         )
+        // Any policy change may allow or refuse any intent.
+        .watches_stream(tenant_policies, move |_| {
+            by_policy
+                .state()
+                .iter()
+                .map(|wi| ObjectRef::from_obj(wi.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .reconcile_all_on(ctx.clock.jumps())
         .reconcile_on(futures::stream::unfold(
             reconcile_requests,

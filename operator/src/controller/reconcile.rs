@@ -94,12 +94,17 @@ pub async fn reconcile(wi: Arc<WorkloadIntent>, ctx: Arc<Context>) -> Result<Act
     Ok(action)
 }
 
-/// The plan for `wi` against what was observed, as the controller and `explain` compute it.
+/// The plan for `wi` against what was observed, as the controller and `explain` compute it:
+/// nothing when the tenant policies do not allow the intent.
 pub fn plan_for(
     wi: &WorkloadIntent,
     observed: &Observed,
+    tenants: &[policies::NamedPolicy],
     now: DateTime<Utc>,
 ) -> Result<Plan, Invalid> {
+    if let policies::TenantVerdict::NotAllowed(refusal) = crate::tenancy::verdict(wi, tenants) {
+        return Err(Invalid::NotAllowed(refusal));
+    }
     policies::plan(wi, &to_policy(wi, observed), now)
 }
 
@@ -303,7 +308,8 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(CONFLICT_RETRY));
     }
 
-    let plan = match plan_for(wi, &observed, now) {
+    let tenants = crate::tenancy::cached_policies(&ctx.tenants).await?;
+    let plan = match plan_for(wi, &observed, &tenants, now) {
         Ok(plan) => plan,
         Err(invalid) => {
             // Whatever an earlier, valid version of the intent applied is undone: an intent
@@ -325,7 +331,8 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
                 return Err(e);
             }
             return Ok(match invalid {
-                Invalid::Spec(_) => Action::await_change(),
+                // A policy change triggers a reconcile (controller/mod.rs).
+                Invalid::Spec(_) | Invalid::NotAllowed(_) => Action::await_change(),
                 Invalid::TargetNotFound(_) => Action::requeue(MISSING_TARGET_RETRY),
             });
         }
@@ -576,6 +583,7 @@ fn reason_const(stored: &str) -> &'static str {
         reason::INVALID_SPEC,
         reason::TARGET_NOT_FOUND,
         reason::CONFLICTING_INTENT,
+        reason::NOT_ALLOWED,
     ]
     .into_iter()
     .find(|r| *r == stored)

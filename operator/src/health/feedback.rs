@@ -142,7 +142,9 @@ impl Feedback {
         operator: &str,
         now: SystemTime,
     ) -> Vec<InfraChangeSpec> {
-        let intents: Vec<Arc<WorkloadIntent>> = ctx.intents.state();
+        // Only intents their tenant policies allow may trigger infrastructure actions.
+        let tenancy = crate::tenancy::InfrastructureIntents::read(ctx);
+        let intents: Vec<Arc<WorkloadIntent>> = tenancy.intents.clone();
         let changes: Vec<Arc<InfraChange>> = caches.changes.state();
         let mut pod_writes = Vec::new();
         let mut node_writes = Vec::new();
@@ -169,8 +171,11 @@ impl Feedback {
                     *tier = (*tier).max(view.tier);
                     if let Some(s) = view.storage {
                         wanted.entry(vm.id.clone()).or_default().insert(s.budget);
-                        let e = strictest.entry(vm.id.clone()).or_insert(s.budget);
-                        *e = (*e).min(s.budget);
+                        // A namespace not granted NodeTaints does not judge (or taint) nodes.
+                        if tenancy.may_judge_nodes(&view.namespace, &view.name) {
+                            let e = strictest.entry(vm.id.clone()).or_insert(s.budget);
+                            *e = (*e).min(s.budget);
+                        }
                     }
                 }
             }

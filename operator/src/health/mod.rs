@@ -176,7 +176,8 @@ fn ledger_ready(
         caches.changes.wait_until_ready().now_or_never(),
     ]
     .iter()
-    .all(|r| matches!(r, Some(Ok(()))));
+    .all(|r| matches!(r, Some(Ok(()))))
+        && crate::tenancy::synced(&ctx.tenants);
     if !synced {
         return false;
     }

@@ -132,7 +132,8 @@ impl Protections {
         operator: &str,
         now: SystemTime,
     ) -> Vec<InfraChangeSpec> {
-        let intents = ctx.intents.state();
+        // Only intents their tenant policies allow may protect VMs.
+        let intents = crate::tenancy::InfrastructureIntents::read(ctx).intents;
         let changes = caches.changes.state();
         let objects = share_objects(&changes, operator);
         let in_force: BTreeMap<VmKey, Protection> = objects

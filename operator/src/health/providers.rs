@@ -471,6 +471,9 @@ fn condition(
     }
 }
 
+/// The `controller` label of failures to read or write a provider's status.
+pub const PROVIDER_STATUS: &str = "hypervisorprovider-status";
+
 async fn write_status(
     ctx: &Context,
     hp: &HypervisorProvider,
@@ -480,13 +483,24 @@ async fn write_status(
     let name = hp.name_any();
     // The cached object may be old; the transition times come from the live one.
     let api = Api::<HypervisorProvider>::all(ctx.client.clone());
-    let previous = api
-        .get_status(&name)
-        .await
-        .ok()
-        .and_then(|p| p.status)
-        .map(|s| s.conditions)
-        .unwrap_or_default();
+    let previous = match api.get_status(&name).await {
+        Ok(live) => live.status.map(|s| s.conditions).unwrap_or_default(),
+        Err(e) => {
+            // Reported, not swallowed: a 403 here means the role lacks `get` on
+            // hypervisorproviders/status (charts/plumbline/templates/rbac.yaml). The status is
+            // still written, with transition times from the cached object.
+            let error = crate::Error::kube(
+                format!("reading the status of HypervisorProvider {name}"),
+                e,
+            );
+            warn!(provider = %name, error = %error, kind = error.kind(), "reading the live provider status failed; using the cached one");
+            ctx.metrics.reconcile_failed(PROVIDER_STATUS, error.kind());
+            hp.status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default()
+        }
+    };
     let generation = hp.metadata.generation;
     let mut conditions = vec![
         condition(cond::CONNECTED, &state.connected, generation, &previous),
@@ -530,7 +544,12 @@ async fn write_status(
     {
         Ok(_) => true,
         Err(e) => {
-            warn!(provider = %name, error = %e, "writing HypervisorProvider status failed");
+            let error = crate::Error::kube(
+                format!("writing the status of HypervisorProvider {name}"),
+                e,
+            );
+            warn!(provider = %name, error = %error, kind = error.kind(), "writing HypervisorProvider status failed");
+            ctx.metrics.reconcile_failed(PROVIDER_STATUS, error.kind());
             false
         }
     }
