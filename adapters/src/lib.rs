@@ -32,3 +32,4 @@ pub use hypervisor::{ConnectionState, Endpoint, Hypervisor, HypervisorKind};
 pub use storage::{DiskLatency, NotReady, OpLatency, StorageSamples, UnreadyDisk};
 pub use tuning::{DiskLimit, Setting, Tunable, TunableReport};
 pub use vm::{BackingVm, VmDisk, VmId};
+pub use xml::{XmlError, MAX_DEPTH as MAX_XML_DEPTH};

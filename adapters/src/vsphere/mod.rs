@@ -16,6 +16,8 @@ use std::{
 
 use async_trait::async_trait;
 
+pub use self::{inventory::MAX_PROPERTY_PAGES, soap::MAX_RESPONSE_BYTES};
+
 use self::{inventory::VmRecord, perf::LatencyCounters, session::Session, tuning::Refusal};
 use crate::xml::{Element, MoRef};
 use crate::{
