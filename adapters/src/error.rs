@@ -80,7 +80,9 @@ pub enum Error {
     },
 
     /// The response nests elements deeper than [`crate::MAX_XML_DEPTH`].
-    #[error("{action} via {url}: the response nests elements deeper than {limit} levels; refused it")]
+    #[error(
+        "{action} via {url}: the response nests elements deeper than {limit} levels; refused it"
+    )]
     ResponseTooDeep {
         action: String,
         url: String,

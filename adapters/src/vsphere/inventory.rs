@@ -109,7 +109,7 @@ pub fn disks_of(devices: &Element) -> Vec<DiskRecord> {
 /// Objects returned by one retrieval, as `obj → (property → value element)`.
 type Contents = Vec<(MoRef, HashMap<String, Element>)>;
 
-fn object_contents(returnval: &Element, into: &mut Contents) {
+pub(super) fn object_contents(returnval: &Element, into: &mut Contents) {
     for object in returnval.all("objects") {
         let Some(obj) = object.first("obj").and_then(Element::as_moref) else {
             continue;
@@ -172,7 +172,7 @@ pub async fn retrieve(session: &Session, action: &str, spec_set: Element) -> Res
     Ok(contents)
 }
 
-fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Option<VmRecord> {
+pub(super) fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Option<VmRecord> {
     let text = |name: &str| props.get(name).map(|v| v.text.trim().to_string());
     let uuid = text("config.uuid").filter(|u| !u.is_empty())?;
     let extra_config = props
