@@ -68,7 +68,34 @@ pub enum Error {
     XmlRead {
         what: String,
         #[source]
-        source: quick_xml::Error,
+        source: crate::XmlError,
+    },
+
+    /// The server sent more than [`crate::vsphere::MAX_RESPONSE_BYTES`]; the rest was not read.
+    #[error("{action} via {url}: the response body is larger than the {limit}-byte limit; stopped reading it")]
+    ResponseTooLarge {
+        action: String,
+        url: String,
+        limit: u64,
+    },
+
+    /// The response nests elements deeper than [`crate::MAX_XML_DEPTH`].
+    #[error(
+        "{action} via {url}: the response nests elements deeper than {limit} levels; refused it"
+    )]
+    ResponseTooDeep {
+        action: String,
+        url: String,
+        limit: usize,
+    },
+
+    /// `ContinueRetrievePropertiesEx` still handed out a token after
+    /// [`crate::vsphere::MAX_PROPERTY_PAGES`] pages.
+    #[error("{action} via {url}: the property collector still had more after {limit} pages (RetrievePropertiesEx and its continuations); gave up")]
+    TooManyPages {
+        action: String,
+        url: String,
+        limit: usize,
     },
 
     #[error("{endpoint} is disconnected: {reason}")]
@@ -131,6 +158,9 @@ impl Error {
             Self::Authentication { .. } => "authentication",
             Self::TaskFailed { .. } => "task_failed",
             Self::Protocol { .. } | Self::XmlRead { .. } | Self::XmlWrite { .. } => "protocol",
+            Self::ResponseTooLarge { .. }
+            | Self::ResponseTooDeep { .. }
+            | Self::TooManyPages { .. } => "limit",
             Self::Disconnected { .. } => "disconnected",
             Self::Timeout { .. } => "timeout",
             Self::Unsupported { .. } => "unsupported",

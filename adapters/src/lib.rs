@@ -32,3 +32,13 @@ pub use hypervisor::{ConnectionState, Endpoint, Hypervisor, HypervisorKind};
 pub use storage::{DiskLatency, NotReady, OpLatency, StorageSamples, UnreadyDisk};
 pub use tuning::{DiskLimit, Setting, Tunable, TunableReport};
 pub use vm::{BackingVm, VmDisk, VmId};
+pub use xml::{XmlError, MAX_DEPTH as MAX_XML_DEPTH};
+
+/// Entry points for the fuzz targets in `fuzz/`: every reader of bytes from outside.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    #[cfg(feature = "libvirt")]
+    pub use crate::libvirt::read_any_domain_xml;
+    pub use crate::vsphere::read_any_response;
+    pub use crate::xml::check_round_trip;
+}

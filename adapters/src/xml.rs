@@ -4,12 +4,41 @@
 //! means sending back the device object the server gave us. A tree read and written with
 //! quick-xml's reader and writer handles both without hand-formatted XML: the writer escapes
 //! every name, attribute and text.
+//!
+//! The reader is bounded: documents nest at most [`MAX_DEPTH`] elements deep (the tree is
+//! recursive, and dropping, cloning or writing a deeper one would overflow the stack), and
+//! only the five predefined entities and character references are expanded, so no entity can
+//! grow a document. How many bytes reach it is bounded by the caller (see
+//! `vsphere::soap::MAX_RESPONSE_BYTES`).
 
 use quick_xml::{
     escape::resolve_predefined_entity,
     events::{BytesEnd, BytesStart, BytesText, Event},
     Reader, Writer,
 };
+
+/// How deeply elements may nest in a document [`Element::parse`] accepts. vim25 responses
+/// nest about 15 levels (a virtual disk's backing chain in a property-collector page) and
+/// libvirt domain XML about 6; the limit leaves ample room and keeps every recursive walk of
+/// the tree (drop, clone, write) far from the end of a 2 MiB thread stack.
+pub const MAX_DEPTH: usize = 128;
+
+/// Why a document could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    #[error(transparent)]
+    Syntax(#[from] quick_xml::Error),
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("elements nest deeper than {limit} levels")]
+    TooDeep { limit: usize },
+}
+
+impl From<quick_xml::encoding::EncodingError> for XmlError {
+    fn from(e: quick_xml::encoding::EncodingError) -> Self {
+        Self::Syntax(quick_xml::Error::Encoding(e))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
@@ -163,14 +192,32 @@ impl Element {
         writer.into_inner()
     }
 
-    pub fn parse(xml: &[u8]) -> Result<Element, quick_xml::Error> {
+    /// Reads a document of at most [`MAX_DEPTH`] levels.
+    pub fn parse(xml: &[u8]) -> Result<Element, XmlError> {
+        Self::parse_with_depth(xml, MAX_DEPTH)
+    }
+
+    /// Reads a document whose elements nest at most `max_depth` levels (the root is level 1).
+    /// The tree is built without recursion, so a deeper document is refused before any
+    /// recursive code sees it.
+    pub fn parse_with_depth(xml: &[u8], max_depth: usize) -> Result<Element, XmlError> {
         let text = String::from_utf8_lossy(xml);
         let mut reader = Reader::from_str(&text);
         let mut stack: Vec<Element> = vec![Element::new("#document")];
+        let too_deep = XmlError::TooDeep { limit: max_depth };
         loop {
             match reader.read_event()? {
-                Event::Start(start) => stack.push(open(&start)?),
+                Event::Start(start) => {
+                    // `stack` holds the document and the open elements: this one's level.
+                    if stack.len() > max_depth {
+                        return Err(too_deep);
+                    }
+                    stack.push(open(&start)?)
+                }
                 Event::Empty(start) => {
+                    if stack.len() > max_depth {
+                        return Err(too_deep);
+                    }
                     let e = open(&start)?;
                     top(&mut stack).children.push(e);
                 }
@@ -178,24 +225,24 @@ impl Element {
                     let done = stack.pop().unwrap_or_default();
                     match stack.last_mut() {
                         Some(parent) => parent.children.push(done),
-                        None => return Err(malformed("unbalanced end tag")),
+                        None => return Err(XmlError::Malformed("unbalanced end tag")),
                     }
                 }
                 Event::Text(t) => {
-                    let s = t.decode().map_err(quick_xml::Error::Encoding)?;
+                    let s = t.decode()?;
                     top(&mut stack).text.push_str(&s);
                 }
                 Event::CData(c) => {
-                    let s = c.decode().map_err(quick_xml::Error::Encoding)?;
+                    let s = c.decode()?;
                     top(&mut stack).text.push_str(&s);
                 }
                 Event::GeneralRef(r) => {
                     let resolved = match r.resolve_char_ref()? {
                         Some(ch) => ch.to_string(),
                         None => {
-                            let name = r.decode().map_err(quick_xml::Error::Encoding)?;
+                            let name = r.decode()?;
                             resolve_predefined_entity(&name)
-                                .ok_or_else(|| malformed("unknown entity"))?
+                                .ok_or(XmlError::Malformed("unknown entity"))?
                                 .to_string()
                         }
                     };
@@ -207,10 +254,31 @@ impl Element {
         }
         let mut document = stack.pop().unwrap_or_default();
         if !stack.is_empty() || document.children.len() != 1 {
-            return Err(malformed("expected exactly one root element"));
+            return Err(XmlError::Malformed("expected exactly one root element"));
         }
         Ok(document.children.remove(0))
     }
+}
+
+/// Parses `bytes` and, when they are a document, checks that what the writer makes of the
+/// tree reads back as the same tree: the writer escapes whatever a server sent. The fuzz
+/// target `xml_round_trip` feeds it arbitrary bytes (cargo feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub fn check_round_trip(bytes: &[u8]) {
+    let Ok(tree) = Element::parse(bytes) else {
+        return;
+    };
+    let written = tree.to_xml();
+    let again = Element::parse(&written).unwrap_or_else(|e| {
+        panic!(
+            "the writer made an unreadable document ({e}): {}",
+            String::from_utf8_lossy(&written)
+        )
+    });
+    assert_eq!(again, tree, "the written tree reads back unchanged");
+    let mut rebound = tree;
+    rebound.rebind_xsi();
+    let _ = rebound.to_xml();
 }
 
 fn top(stack: &mut [Element]) -> &mut Element {
@@ -219,15 +287,12 @@ fn top(stack: &mut [Element]) -> &mut Element {
         .expect("the document element is never popped before Eof")
 }
 
-fn malformed(what: &str) -> quick_xml::Error {
-    quick_xml::Error::Io(std::sync::Arc::new(std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        what.to_string(),
-    )))
-}
-
-fn open(start: &BytesStart<'_>) -> Result<Element, quick_xml::Error> {
+fn open(start: &BytesStart<'_>) -> Result<Element, XmlError> {
     let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+    // quick-xml reads `< />` as an element without a name; writing it back gives `</>`.
+    if name.is_empty() {
+        return Err(XmlError::Malformed("an element without a name"));
+    }
     let mut e = Element::new(name);
     for attr in start.attributes() {
         let attr = attr.map_err(quick_xml::Error::InvalidAttr)?;
@@ -350,5 +415,71 @@ mod tests {
     #[test]
     fn rejects_truncated_documents() {
         assert!(Element::parse(b"<a><b></b>").is_err());
+    }
+
+    fn nested(levels: usize, innermost: &str) -> String {
+        format!(
+            "{}{innermost}{}",
+            "<a>".repeat(levels),
+            "</a>".repeat(levels)
+        )
+    }
+
+    #[test]
+    fn documents_up_to_the_depth_limit_are_read() {
+        let root = Element::parse(nested(MAX_DEPTH, "x").as_bytes()).unwrap();
+        let mut e = &root;
+        let mut depth = 1;
+        while let Some(c) = e.first("a") {
+            e = c;
+            depth += 1;
+        }
+        assert_eq!((depth, e.text.as_str()), (MAX_DEPTH, "x"));
+        // An empty element at the last level counts as one.
+        assert!(Element::parse(nested(MAX_DEPTH - 1, "<b/>").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_document_one_level_too_deep_is_refused_by_name() {
+        for doc in [nested(MAX_DEPTH + 1, ""), nested(MAX_DEPTH, "<b/>")] {
+            let err = Element::parse(doc.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, XmlError::TooDeep { limit: MAX_DEPTH }),
+                "{err:?}"
+            );
+            assert_eq!(err.to_string(), "elements nest deeper than 128 levels");
+        }
+    }
+
+    /// A million nested elements used to become a million nested `Element`s, whose recursive
+    /// drop overflowed the stack and aborted the process.
+    #[test]
+    fn a_hostile_depth_is_refused_without_recursing() {
+        let doc = nested(1_000_000, "");
+        let err = Element::parse(doc.as_bytes()).unwrap_err();
+        assert!(matches!(err, XmlError::TooDeep { .. }), "{err:?}");
+        let err = Element::parse_with_depth(b"<a><b><c/></b></a>", 2).unwrap_err();
+        assert!(matches!(err, XmlError::TooDeep { limit: 2 }), "{err:?}");
+    }
+
+    /// Found by the fuzz target `xml_round_trip`: the element was read, and written back as
+    /// `</>`, which no reader accepts.
+    #[test]
+    fn an_element_without_a_name_is_refused() {
+        let err = Element::parse(b"<a><\n/></a>").unwrap_err();
+        assert!(
+            matches!(err, XmlError::Malformed("an element without a name")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_entities_are_not_expanded() {
+        let doc = br#"<!DOCTYPE a [<!ENTITY x "xxxxxxxx">]><a>&x;&x;</a>"#;
+        let err = Element::parse(doc).unwrap_err();
+        assert!(
+            matches!(err, XmlError::Malformed("unknown entity")),
+            "{err:?}"
+        );
     }
 }

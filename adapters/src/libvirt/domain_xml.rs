@@ -2,7 +2,7 @@
 
 use crate::{xml::Element, VmDisk};
 
-pub fn disks(domain_xml: &str) -> Result<Vec<VmDisk>, quick_xml::Error> {
+pub fn disks(domain_xml: &str) -> Result<Vec<VmDisk>, crate::XmlError> {
     let root = Element::parse(domain_xml.as_bytes())?;
     let Some(devices) = root.first("devices") else {
         return Ok(Vec::new());

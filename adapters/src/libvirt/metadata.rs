@@ -75,7 +75,7 @@ fn parse_original(e: &Element) -> Option<Setting> {
 }
 
 /// Parses the legacy element as `virDomainGetMetadata` returns it.
-pub fn legacy_from_xml(xml: &str) -> Result<Vec<Setting>, quick_xml::Error> {
+pub fn legacy_from_xml(xml: &str) -> Result<Vec<Setting>, crate::XmlError> {
     let root = Element::parse(xml.as_bytes())?;
     Ok(root.all("original").filter_map(parse_original).collect())
 }
@@ -90,7 +90,7 @@ pub struct Records {
 }
 
 impl Records {
-    pub fn from_domain_xml(xml: &str) -> Result<Self, quick_xml::Error> {
+    pub fn from_domain_xml(xml: &str) -> Result<Self, crate::XmlError> {
         let root = Element::parse(xml.as_bytes())?;
         let mut records = Records::default();
         let Some(metadata) = root.first("metadata") else {

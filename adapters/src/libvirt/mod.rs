@@ -674,3 +674,31 @@ impl Hypervisor for LibvirtHypervisor {
             })
     }
 }
+
+/// Runs every reader of libvirt XML on one document: the disks of a domain description, the
+/// per-tunable and legacy records of originals in its `<metadata>`, and the legacy element
+/// as `virDomainGetMetadata` returns it. The fuzz target `libvirt_xml` feeds it arbitrary
+/// text (cargo feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub fn read_any_domain_xml(xml: &str) {
+    let _ = domain_xml::disks(xml);
+    if let Ok(records) = Records::from_domain_xml(xml) {
+        for s in records.originals() {
+            let _ = (records.has_own(&s.tunable), records.has_legacy(&s.tunable));
+            // What is read back is what would be written again.
+            let again = Records::from_domain_xml(&format!(
+                "<domain><metadata><{p}:original xmlns:{p}=\"{ns}\" {rest}</metadata></domain>",
+                p = metadata::prefix(&s.tunable),
+                ns = metadata::namespace(&s.tunable),
+                rest = metadata::record_xml(&s).trim_start_matches("<original "),
+            ))
+            .expect("a record we write parses");
+            assert_eq!(again.own, vec![s], "a record reads back as written");
+        }
+    }
+    if let Ok(legacy) = metadata::legacy_from_xml(xml) {
+        let again = metadata::legacy_from_xml(&metadata::legacy_xml(&legacy))
+            .expect("a legacy element we write parses");
+        assert_eq!(again, legacy, "legacy records read back as written");
+    }
+}

@@ -109,7 +109,7 @@ pub fn disks_of(devices: &Element) -> Vec<DiskRecord> {
 /// Objects returned by one retrieval, as `obj → (property → value element)`.
 type Contents = Vec<(MoRef, HashMap<String, Element>)>;
 
-fn object_contents(returnval: &Element, into: &mut Contents) {
+pub(super) fn object_contents(returnval: &Element, into: &mut Contents) {
     for object in returnval.all("objects") {
         let Some(obj) = object.first("obj").and_then(Element::as_moref) else {
             continue;
@@ -128,6 +128,13 @@ fn prop_set(kind: &str, paths: &[&str]) -> Element {
         .children(paths.iter().map(|p| Element::text("pathSet", *p)))
 }
 
+/// How many pages one retrieval may take (`RetrievePropertiesEx` and its
+/// `ContinueRetrievePropertiesEx` calls). Even at a hundred objects a page this covers
+/// 100,000 VMs, hosts and datastores, more than one vCenter holds; a server that keeps
+/// handing out tokens (a bug, or a hostile endpoint) ends the retrieval with
+/// [`Error::TooManyPages`] instead of looping forever.
+pub const MAX_PROPERTY_PAGES: usize = 1000;
+
 /// Runs RetrievePropertiesEx (and its continuations) for one filter spec.
 pub async fn retrieve(session: &Session, action: &str, spec_set: Element) -> Result<Contents> {
     let request = Element::new("RetrievePropertiesEx")
@@ -139,12 +146,21 @@ pub async fn retrieve(session: &Session, action: &str, spec_set: Element) -> Res
         .child(Element::new("options"));
     let mut body = session.invoke(action, request).await?;
     let mut contents = Vec::new();
+    let mut pages = 1;
     // No returnval means nothing matched.
     while let Some(returnval) = body.first("returnval") {
         object_contents(returnval, &mut contents);
         let Some(token) = returnval.path_text(&["token"]).map(str::to_string) else {
             break;
         };
+        if pages >= MAX_PROPERTY_PAGES {
+            return Err(Error::TooManyPages {
+                action: action.to_string(),
+                url: session.url().to_string(),
+                limit: MAX_PROPERTY_PAGES,
+            });
+        }
+        pages += 1;
         let more = Element::new("ContinueRetrievePropertiesEx")
             .child(Element::moref(
                 "_this",
@@ -156,7 +172,7 @@ pub async fn retrieve(session: &Session, action: &str, spec_set: Element) -> Res
     Ok(contents)
 }
 
-fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Option<VmRecord> {
+pub(super) fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Option<VmRecord> {
     let text = |name: &str| props.get(name).map(|v| v.text.trim().to_string());
     let uuid = text("config.uuid").filter(|u| !u.is_empty())?;
     let extra_config = props

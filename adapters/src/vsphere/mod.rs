@@ -16,6 +16,8 @@ use std::{
 
 use async_trait::async_trait;
 
+pub use self::{inventory::MAX_PROPERTY_PAGES, soap::MAX_RESPONSE_BYTES};
+
 use self::{inventory::VmRecord, perf::LatencyCounters, session::Session, tuning::Refusal};
 use crate::xml::{Element, MoRef};
 use crate::{
@@ -274,4 +276,60 @@ impl Hypervisor for VSphereHypervisor {
     async fn close(&self) -> Result<()> {
         self.inner.session.logout().await
     }
+}
+
+/// Runs every reader of vim25 responses on one response body: the SOAP envelope and fault,
+/// property-collector pages into VM records (disks, allocations, recorded originals), the
+/// performance counters and QueryPerf samples. The fuzz target `soap_response` feeds it
+/// arbitrary bytes (cargo feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub fn read_any_response(bytes: &[u8]) {
+    let body = match soap::parse_response(bytes) {
+        Ok(soap::Outcome::Body(body)) => body,
+        Ok(soap::Outcome::Fault(_)) | Err(_) => return,
+    };
+    let _ = soap::localized_fault(&body);
+    let mut contents = Vec::new();
+    for returnval in body.all("returnval") {
+        inventory::object_contents(returnval, &mut contents);
+        let _ = perf::counter_ids(returnval);
+    }
+    let names: HashMap<MoRef, String> = contents
+        .iter()
+        .filter_map(|(obj, props)| Some((obj.clone(), props.get("name")?.text.clone())))
+        .collect();
+    let records: Vec<VmRecord> = contents
+        .into_iter()
+        .filter_map(|(obj, props)| inventory::vm_record(obj, &props))
+        .collect();
+    for record in &records {
+        let _ = inventory::backing_vm(record, &names);
+        let _ = tuning::recorded(record);
+        let tunables = tuning::tunables_of(record);
+        for t in &tunables {
+            let _ = tuning::current(record, t);
+        }
+        let settings: Vec<Setting> = tunables
+            .iter()
+            .map(|t| Setting::new(t.clone(), 7))
+            .collect();
+        if let Ok(edits) = tuning::apply_edits(record, &settings) {
+            let _ = tuning::revert_edits(record, &tunables);
+            let _ = edits;
+        }
+    }
+    let vms: HashMap<MoRef, &VmRecord> = records.iter().map(|r| (r.moref.clone(), r)).collect();
+    // The first two counters the samples name stand for read and write latency.
+    let mut ids = body
+        .all("returnval")
+        .flat_map(|m| m.all("value"))
+        .filter_map(|v| v.path_i64(&["id", "counterId"]));
+    let read = ids.next().unwrap_or(1);
+    let counters = perf::LatencyCounters {
+        read,
+        write: ids.find(|id| *id != read).unwrap_or(2),
+    };
+    // A fixed instant keeps a run reproducible: 2027-01-15T08:00:00Z.
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let _ = perf::latencies(&body, counters, &vms, now);
 }

@@ -4,8 +4,14 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 
-use crate::xml::Element;
+use crate::xml::{Element, XmlError};
 use crate::{Error, Result, TlsTrust};
+
+/// The largest response body read from a vSphere endpoint. A property-collector page for a
+/// few hundred VMs with their devices is a few MiB; a QueryPerf answer for a host's VMs
+/// less. The body is read in chunks and reading stops at the limit, so an endless or huge
+/// body costs at most this much memory (plus the parsed tree).
+pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 
 const SOAP_ENV: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 const VIM25: &str = "urn:vim25";
@@ -23,6 +29,24 @@ pub struct Fault {
 pub enum Outcome {
     Body(Element),
     Fault(Fault),
+}
+
+/// Why a response body is not a SOAP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadResponse {
+    /// Elements nest deeper than the reader's limit.
+    TooDeep { limit: usize },
+    /// Not XML, or not a SOAP envelope with a body.
+    Invalid(String),
+}
+
+impl std::fmt::Display for BadResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooDeep { limit } => write!(f, "elements nest deeper than {limit} levels"),
+            Self::Invalid(message) => f.write_str(message),
+        }
+    }
 }
 
 /// One HTTP client bound to one SDK URL. Holds no session: the caller passes the cookie.
@@ -113,14 +137,52 @@ impl SoapClient {
             .get_all(SET_COOKIE)
             .iter()
             .find_map(session_cookie);
-        let bytes = resp.bytes().await.map_err(http_err)?;
-        let outcome = parse_response(&bytes).map_err(|message| Error::Protocol {
-            action: action.to_string(),
-            url: self.url.clone(),
-            message: format!("HTTP {status}: {message}"),
+        let bytes = match read_body(resp, MAX_RESPONSE_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::Http(source)) => return Err(http_err(source)),
+            Err(BodyError::TooLarge) => {
+                return Err(Error::ResponseTooLarge {
+                    action: action.to_string(),
+                    url: self.url.clone(),
+                    limit: MAX_RESPONSE_BYTES,
+                })
+            }
+        };
+        let outcome = parse_response(&bytes).map_err(|bad| match bad {
+            BadResponse::TooDeep { limit } => Error::ResponseTooDeep {
+                action: action.to_string(),
+                url: self.url.clone(),
+                limit,
+            },
+            BadResponse::Invalid(message) => Error::Protocol {
+                action: action.to_string(),
+                url: self.url.clone(),
+                message: format!("HTTP {status}: {message}"),
+            },
         })?;
         Ok((outcome, new_cookie))
     }
+}
+
+enum BodyError {
+    Http(reqwest::Error),
+    TooLarge,
+}
+
+/// Reads the body chunk by chunk, giving up as soon as it would exceed `limit` bytes (at
+/// once when `Content-Length` says so). Dropping the response closes the connection.
+async fn read_body(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Http)? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn envelope(body: Element) -> Element {
@@ -139,15 +201,18 @@ fn session_cookie(header: &HeaderValue) -> Option<String> {
 }
 
 /// The single element inside `soapenv:Body`, or the fault it carries.
-pub fn parse_response(bytes: &[u8]) -> std::result::Result<Outcome, String> {
-    let root = Element::parse(bytes).map_err(|e| format!("not XML: {e}"))?;
+pub fn parse_response(bytes: &[u8]) -> std::result::Result<Outcome, BadResponse> {
+    let root = Element::parse(bytes).map_err(|e| match e {
+        XmlError::TooDeep { limit } => BadResponse::TooDeep { limit },
+        e => BadResponse::Invalid(format!("not XML: {e}")),
+    })?;
     let body = root
         .first("Body")
-        .ok_or_else(|| format!("no SOAP Body in <{}>", root.name))?;
+        .ok_or_else(|| BadResponse::Invalid(format!("no SOAP Body in <{}>", root.name)))?;
     let inner = body
         .children
         .first()
-        .ok_or_else(|| "empty SOAP Body".to_string())?;
+        .ok_or_else(|| BadResponse::Invalid("empty SOAP Body".to_string()))?;
     if inner.local_name() == "Fault" {
         return Ok(Outcome::Fault(fault_of(inner)));
     }
@@ -224,7 +289,24 @@ mod tests {
             panic!("expected a body")
         };
         assert_eq!(b.path_text(&["returnval", "key"]), Some("52a"));
-        assert!(parse_response(b"<html>502</html>").is_err());
+        assert!(matches!(
+            parse_response(b"<html>502</html>"),
+            Err(BadResponse::Invalid(m)) if m == "no SOAP Body in <html>"
+        ));
+    }
+
+    #[test]
+    fn an_over_deep_body_is_refused_as_too_deep() {
+        let deep = format!(
+            "<s:Envelope xmlns:s=\"{SOAP_ENV}\"><s:Body><R>{}</R></s:Body></s:Envelope>",
+            "<a>".repeat(crate::xml::MAX_DEPTH)
+        );
+        assert_eq!(
+            parse_response(deep.as_bytes()).err(),
+            Some(BadResponse::TooDeep {
+                limit: crate::xml::MAX_DEPTH
+            })
+        );
     }
 
     #[test]
