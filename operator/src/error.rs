@@ -54,6 +54,12 @@ pub enum Error {
 
     #[error("the API server serves no {what}; this operator needs it")]
     Unsupported { what: String },
+
+    #[error("{0}: no answer before the renew deadline")]
+    LeaseDeadline(String),
+
+    #[error("leader loop {0} ended while this replica led")]
+    LoopDied(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -94,6 +100,8 @@ impl Error {
             },
             Error::Usage(_) => "usage",
             Error::Unsupported { .. } => "unsupported",
+            Error::LeaseDeadline(_) => "lease_deadline",
+            Error::LoopDied(_) => "loop_died",
         }
     }
 }

@@ -68,6 +68,18 @@ pub struct HealthSettings {
     pub taint_degraded_nodes: bool,
     /// How the change ledger's actuators behave (read-back interval, deadlines, concurrency).
     pub ledger: LedgerSettings,
+    /// Test-only: break the loop on purpose, to prove that supervision notices.
+    pub fault: Option<HealthFault>,
+}
+
+/// A deliberate failure of the health loop (the hidden `--test-fault` flag), so a test can
+/// show that `/healthz` and the supervisor notice a dead or stalled loop in the real binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HealthFault {
+    /// The loop returns after its first completed pass, as if it had crashed.
+    HealthLoopExit,
+    /// The loop stops passing after its first pass but stays alive, as if it hung.
+    HealthLoopHang,
 }
 
 impl Default for HealthSettings {
@@ -79,6 +91,7 @@ impl Default for HealthSettings {
             resync: Duration::from_secs(1),
             taint_degraded_nodes: false,
             ledger: LedgerSettings::default(),
+            fault: None,
         }
     }
 }
@@ -94,10 +107,13 @@ pub async fn run(
     settings: HealthSettings,
     namespace: Option<String>,
     end: TermEnd,
+    liveness: Arc<crate::liveness::Liveness>,
 ) {
     let changed = Arc::new(Notify::new());
     let (caches, drive) = caches::start(&ctx.client, namespace.as_deref(), changed.clone());
     let watches = tokio::spawn(drive);
+    // Aborted with the loop, too.
+    let _watches = AbortOnDrop(watches.abort_handle());
     let book = Arc::new(Mutex::new(book::HealthBook::default()));
     let mut samplers = providers::Samplers::default();
     let mut feedback = feedback::Feedback::new(namespace.is_some());
@@ -150,6 +166,19 @@ pub async fn run(
                 .await;
         }
         count_changes(&ctx, &caches.changes.state(), &operator);
+        liveness.health_pass_done();
+        match settings.fault {
+            Some(HealthFault::HealthLoopExit) => {
+                tracing::error!("test fault: the storage-health loop exits");
+                break;
+            }
+            Some(HealthFault::HealthLoopHang) => {
+                tracing::error!("test fault: the storage-health loop hangs");
+                end.clone().wait().await;
+                break;
+            }
+            None => {}
+        }
     }
     // No release on the way out: the ledger keeps every change, and the next leader continues
     // from it.
@@ -157,6 +186,14 @@ pub async fn run(
     samplers.stop_all();
     watches.abort();
     info!("storage-health loop stopped");
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The ledger is only diffed against a complete picture: every cache listed, and every
