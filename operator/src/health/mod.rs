@@ -155,7 +155,9 @@ pub async fn run(
             )
             .collect();
         actuators.sync(&ctx, &caches.changes, targeted, &settings.ledger, &operator);
-        let now = SystemTime::now();
+        // One pass, one clock, read once: schedules, verdicts, the throttle ladder and the
+        // protections all judge the same instant (the operator's clock; wall time in production).
+        let now: SystemTime = ctx.clock.now().into();
         let mut wanted = feedback
             .pass(&ctx, &caches, &book, &settings, &operator, now)
             .await;
