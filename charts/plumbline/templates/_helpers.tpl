@@ -51,8 +51,10 @@ app.kubernetes.io/part-of: plumbline
 {{- end }}
 
 {{/* Leader election is on whenever more than one replica runs, or when asked for. */}}
+{{/* Always: Recreate does not cover a node failure or a drain (the old pod may still run,
+     unreachable, while the new one starts), so even one replica takes the Lease. */}}
 {{- define "plumbline.leaderElection" -}}
-{{- if or (gt (int .Values.replicas) 1) .Values.leaderElection.enabled }}true{{ end }}
+true
 {{- end }}
 
 {{- define "plumbline.leaseName" -}}
