@@ -135,6 +135,15 @@ impl OperatorProcess {
         Ok((code, response.text().await?))
     }
 
+    /// `/metrics`, as text.
+    pub async fn metrics(&self) -> Result<String> {
+        let addr = self.http_addr().await?;
+        Ok(reqwest::get(format!("http://{addr}/metrics"))
+            .await?
+            .text()
+            .await?)
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
