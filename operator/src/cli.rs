@@ -6,7 +6,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use plumbline_policies::{health::UnknownReadiness, ledger::ActuationPolicy};
 use std::{net::SocketAddr, path::PathBuf};
 
-use crate::{health::HealthSettings, leader::LeaseConfig, ledger::LedgerSettings, telemetry::LogFormat};
+use crate::{
+    health::HealthSettings, leader::LeaseConfig, ledger::LedgerSettings, telemetry::LogFormat,
+};
 
 #[derive(Debug, Parser)]
 #[command(

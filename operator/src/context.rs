@@ -35,9 +35,7 @@ pub struct Adapters {
 
 impl Adapters {
     pub fn get(&self, provider: &str) -> Option<Arc<dyn Hypervisor>> {
-        crate::locks::read(&self.hypervisors)
-            .get(provider)
-            .cloned()
+        crate::locks::read(&self.hypervisors).get(provider).cloned()
     }
 }
 

@@ -184,8 +184,12 @@ impl LeaderElector {
             let release = tokio::time::timeout(self.config.renew_deadline, self.release());
             match release.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "releasing the lease on shutdown failed; a standby takes over after expiry"),
-                Err(_) => warn!("releasing the lease on shutdown timed out; a standby takes over after expiry"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "releasing the lease on shutdown failed; a standby takes over after expiry")
+                }
+                Err(_) => warn!(
+                    "releasing the lease on shutdown timed out; a standby takes over after expiry"
+                ),
             }
         }
         Ok(())

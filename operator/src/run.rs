@@ -154,14 +154,14 @@ impl Operator {
             None => {
                 leading_tx.send_replace(true);
                 // Keep the sender alive so `leading` never reports a closed channel.
-                tokio::spawn(Supervised::new("leader-election", 0, &ended_tx).run(
-                    async move {
+                tokio::spawn(
+                    Supervised::new("leader-election", 0, &ended_tx).run(async move {
                         let mut stop = elector_stop_rx;
                         let _ = stop.wait_for(|s| *s).await;
                         leading_tx.send_replace(false);
                         Ok(())
-                    },
-                ))
+                    }),
+                )
             }
         };
 
@@ -290,7 +290,11 @@ struct Supervised {
 }
 
 impl Supervised {
-    fn new(name: &'static str, term: u64, ended: &mpsc::UnboundedSender<(&'static str, u64)>) -> Self {
+    fn new(
+        name: &'static str,
+        term: u64,
+        ended: &mpsc::UnboundedSender<(&'static str, u64)>,
+    ) -> Self {
         Self {
             name,
             term,
@@ -390,7 +394,10 @@ async fn supervise(
         }
     }
     if let Some(name) = died {
-        error!(loop_name = name, "a loop ended unexpectedly: /healthz fails, stepping down");
+        error!(
+            loop_name = name,
+            "a loop ended unexpectedly: /healthz fails, stepping down"
+        );
         base.liveness.loop_died(name);
     }
     elector_stop.send_replace(true);
@@ -416,7 +423,8 @@ fn start_term(base: &Base, term: u64, end: TermEnd) -> Vec<(&'static str, JoinHa
         base.settings.namespace.clone(),
     );
     let mut loops = leader_loops(&ctx, inputs, end.clone());
-    base.liveness.health_loop_starts(base.settings.health.resync);
+    base.liveness
+        .health_loop_starts(base.settings.health.resync);
     loops.push(LeaderLoop {
         name: "storage-health",
         future: crate::health::run(

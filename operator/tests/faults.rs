@@ -84,8 +84,7 @@ fn lease_arg(name: &str) -> Duration {
 async fn a_partitioned_leader_stops_writing_before_the_standby_starts() -> Result<()> {
     let setup = Setup::new().await?;
     let cluster = Cluster::connect("partition").await?;
-    let a =
-        OperatorProcess::start("partitioned", &cluster.namespace, &setup.relayed, &[]).await?;
+    let a = OperatorProcess::start("partitioned", &cluster.namespace, &setup.relayed, &[]).await?;
     let mut b = None;
     let result = async {
         eventually("the relayed replica to lead", || async {
@@ -245,12 +244,7 @@ async fn a_429_storm_neither_crashes_the_operator_nor_makes_it_act_twice() -> Re
         );
         // Nothing twice: one budget, the floor as it was.
         let n = budgets(&cluster).await?;
-        let replicas = cluster
-            .deployments()
-            .get("web")
-            .await?
-            .spec
-            .replicas;
+        let replicas = cluster.deployments().get("web").await?.spec.replicas;
         ensure!(
             n == 1 && replicas == Some(2),
             "{n} budgets, {replicas:?} replicas"

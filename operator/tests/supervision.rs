@@ -51,7 +51,10 @@ async fn a_dead_health_loop_fails_healthz_and_the_process_steps_down_and_exits_n
         );
         let status = op.exited().await?;
         println!("the process exited with {status}");
-        ensure!(!status.success(), "a dead loop must exit non-zero: {status}");
+        ensure!(
+            !status.success(),
+            "a dead loop must exit non-zero: {status}"
+        );
         let died = op
             .logged_at("test fault: the storage-health loop exits")
             .context("the fault fired")?;

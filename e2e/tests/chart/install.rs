@@ -771,7 +771,10 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["get", "-n", &ns.name, "poddisruptionbudget", "-o", "name"],
         None,
     );
-    assert!(budgets.trim().is_empty(), "no budget for one replica: {budgets}");
+    assert!(
+        budgets.trim().is_empty(),
+        "no budget for one replica: {budgets}"
+    );
     assert!(
         can_i(&kubeconfig, &["get", "secret/readable-secret"]),
         "the named Secret stays readable"

@@ -26,7 +26,10 @@ fn one_replica_still_takes_the_lease_and_rolls_without_a_budget() {
     ] {
         assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
     }
-    assert!(!args.iter().any(|a| a == "--leader-elect=false"), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a == "--leader-elect=false"),
+        "{args:?}"
+    );
     let d = deployment(&objects);
     assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
     assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
@@ -64,8 +67,7 @@ fn two_replicas_are_spread_over_nodes_and_kept_through_drains() {
     assert_eq!(pdb.len(), 1);
     assert_eq!(pdb[0]["spec"]["maxUnavailable"], 1);
     assert_eq!(
-        pdb[0]["spec"]["selector"]["matchLabels"],
-        d["spec"]["selector"]["matchLabels"],
+        pdb[0]["spec"]["selector"]["matchLabels"], d["spec"]["selector"]["matchLabels"],
         "the budget covers exactly the operator's pods"
     );
 

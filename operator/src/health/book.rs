@@ -243,12 +243,14 @@ impl HealthBook {
             .filter(|p| {
                 p.provider.connected
                     && p.provider.last_sample_at.is_some_and(|at| {
-                        now.duration_since(at).unwrap_or_default() <= p.provider.policy().stale_after
+                        now.duration_since(at).unwrap_or_default()
+                            <= p.provider.policy().stale_after
                     })
             })
             .map(|p| p.vm.id.clone())
             .collect();
-        self.iops.retain(|vm, _| known.contains(vm) && current.contains(vm));
+        self.iops
+            .retain(|vm, _| known.contains(vm) && current.contains(vm));
     }
 
     /// The newest sample of the VM's slowest disk, for status and messages.

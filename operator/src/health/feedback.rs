@@ -748,7 +748,11 @@ impl Feedback {
     ) {
         let pods: HashSet<(&str, &str)> = views
             .iter()
-            .flat_map(|v| v.pods.iter().map(|p| (v.namespace.as_str(), p.name.as_str())))
+            .flat_map(|v| {
+                v.pods
+                    .iter()
+                    .map(|p| (v.namespace.as_str(), p.name.as_str()))
+            })
             .collect();
         self.pod_written
             .retain(|(ns, pod), _| pods.contains(&(ns.as_str(), pod.as_str())));

@@ -72,9 +72,8 @@ impl Samplers {
             }
             if !wanted.contains_key(&name) {
                 info!(provider = %name, "provider deleted, dropping its adapter");
-                crate::locks::write(&ctx.adapters.hypervisors)
-                    .remove(&name);
-                crate::locks::lock(&book).providers.remove(&name);
+                crate::locks::write(&ctx.adapters.hypervisors).remove(&name);
+                crate::locks::lock(book).providers.remove(&name);
                 ctx.metrics
                     .health
                     .provider_connected
@@ -86,8 +85,7 @@ impl Samplers {
                 continue;
             }
             // A changed spec needs a fresh connection.
-            crate::locks::write(&ctx.adapters.hypervisors)
-                .remove(&name);
+            crate::locks::write(&ctx.adapters.hypervisors).remove(&name);
             let handle = tokio::spawn(sample_provider(
                 ctx.clone(),
                 provider.as_ref().clone(),
@@ -358,7 +356,7 @@ async fn sample_provider(
 }
 
 fn mark_disconnected(book: &Arc<Mutex<HealthBook>>, name: &str, message: &str) {
-    let mut b = crate::locks::lock(&book);
+    let mut b = crate::locks::lock(book);
     if let Some(view) = b.providers.get_mut(name) {
         view.connected = false;
         view.connection_message = message.to_string();
@@ -379,7 +377,7 @@ async fn maybe_write_status(
     if !due {
         return;
     }
-    let view = crate::locks::lock(&book)
+    let view = crate::locks::lock(book)
         .providers
         .get(&hp.name_any())
         .cloned();

@@ -167,7 +167,11 @@ impl OperatorProcess {
     pub async fn exited(&mut self) -> Result<std::process::ExitStatus> {
         match tokio::time::timeout(super::PATIENCE, self.child.wait()).await {
             Ok(status) => Ok(status?),
-            Err(_) => bail!("{} did not exit within {:?}", self.identity, super::PATIENCE),
+            Err(_) => bail!(
+                "{} did not exit within {:?}",
+                self.identity,
+                super::PATIENCE
+            ),
         }
     }
 
