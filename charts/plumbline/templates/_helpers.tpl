@@ -57,6 +57,11 @@ app.kubernetes.io/part-of: plumbline
 true
 {{- end }}
 
+{{/* policy/v1 where served (Kubernetes 1.21+), else policy/v1beta1. */}}
+{{- define "plumbline.pdbApiVersion" -}}
+{{- if .Capabilities.APIVersions.Has "policy/v1/PodDisruptionBudget" }}policy/v1{{ else }}policy/v1beta1{{ end }}
+{{- end }}
+
 {{- define "plumbline.leaseName" -}}
 {{- default (printf "%s-leader" (include "plumbline.fullname" .)) .Values.leaderElection.leaseName }}
 {{- end }}

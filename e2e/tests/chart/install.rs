@@ -33,6 +33,8 @@ fn chart_renders_and_passes_server_side_dry_run() {
             "template",
             "dry",
             chart.to_str().unwrap(),
+            // The server's API versions (the budget's policy/v1 or v1beta1), as an install sees.
+            "--validate",
             "-n",
             &ns.name,
             "-f",
