@@ -158,11 +158,15 @@ pub async fn run(
         // One pass, one clock, read once: schedules, verdicts, the throttle ladder and the
         // protections all judge the same instant (the operator's clock; wall time in production).
         let now: SystemTime = ctx.clock.now().into();
+        // Decided before the pass reads the book: a provider's inventory arriving during the
+        // pass must not make the ledger diff against views built without it (a new leader
+        // released a throttle it had just inherited, its victim's pod not yet mapped to a VM).
+        let ready = ledger_ready(&ctx, &caches, &book, &operator, started);
         let mut wanted = feedback
             .pass(&ctx, &caches, &book, &settings, &operator, now)
             .await;
         wanted.extend(protections.pass(&ctx, &caches, &book, &operator, now).await);
-        if ledger_ready(&ctx, &caches, &book, &operator, started) {
+        if ready {
             writer
                 .sync(&ctx, &caches.changes, &caches.providers, wanted)
                 .await;
