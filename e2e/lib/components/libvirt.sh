@@ -171,7 +171,16 @@ libvirt_start_daemon() {
         log "$name already running (pid $(cat "$pidfile")) and not started by the stack; using it"
         return 0
     fi
-    "$@" >>"$LOG_DIR/$name.log" 2>&1 || die "$name failed to start; see $LOG_DIR/$name.log"
+    # The daemon must not inherit the caller's descriptors: a test run under
+    # `flock /tmp/plumbline-serial.lock` passes the lock down (fd 3), and a daemon holding it
+    # would block every serial test for as long as it runs.
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        exec "$@"
+    ) >>"$LOG_DIR/$name.log" 2>&1 || die "$name failed to start; see $LOG_DIR/$name.log"
     local deadline=$((SECONDS + 15)) pid=""
     until [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
         [ $SECONDS -ge $deadline ] && die "$name is not running (no live pid in $pidfile); see $LOG_DIR/$name.log"
