@@ -59,7 +59,7 @@ true
 
 {{/* policy/v1 where served (Kubernetes 1.21+), else policy/v1beta1. */}}
 {{- define "plumbline.pdbApiVersion" -}}
-{{- if .Capabilities.APIVersions.Has "policy/v1/PodDisruptionBudget" }}policy/v1{{ else }}policy/v1beta1{{ end }}
+{{- if .Capabilities.APIVersions.Has "policy/v1" }}policy/v1{{ else }}policy/v1beta1{{ end }}
 {{- end }}
 
 {{- define "plumbline.leaseName" -}}
