@@ -10,6 +10,7 @@ pub mod latency;
 pub mod libvirtd;
 pub mod poll;
 pub mod qemu;
+pub mod relay;
 
 use std::{
     collections::HashMap,

@@ -6,7 +6,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use plumbline_policies::{health::UnknownReadiness, ledger::ActuationPolicy};
 use std::{net::SocketAddr, path::PathBuf};
 
-use crate::{health::HealthSettings, ledger::LedgerSettings, telemetry::LogFormat};
+use crate::{
+    health::HealthSettings, leader::LeaseConfig, ledger::LedgerSettings, telemetry::LogFormat,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +59,20 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "plumbline-system")]
     pub lease_namespace: String,
 
+    /// How long a Lease stays valid after its last renewal; a standby takes over after it has
+    /// seen the Lease unchanged this long.
+    #[arg(long, default_value = "15s", value_parser = plumbline_policies::quantity::parse_interval, env = "PLUMBLINE_LEASE_DURATION")]
+    pub lease_duration: std::time::Duration,
+
+    /// The leader steps down (stops every write) when it could not renew for this long;
+    /// shorter than --lease-duration, so it has stopped before a standby may start.
+    #[arg(long, default_value = "10s", value_parser = plumbline_policies::quantity::parse_interval, env = "PLUMBLINE_LEASE_RENEW_DEADLINE")]
+    pub lease_renew_deadline: std::time::Duration,
+
+    /// How often the Lease is renewed (or, by a standby, looked at).
+    #[arg(long, default_value = "2s", value_parser = plumbline_policies::quantity::parse_interval, env = "PLUMBLINE_LEASE_RETRY_PERIOD")]
+    pub lease_retry_period: std::time::Duration,
+
     /// This replica's identity in the Lease; defaults to the pod name.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -102,6 +118,11 @@ pub struct RunArgs {
         env = "PLUMBLINE_INFRA_READBACK_INTERVAL"
     )]
     pub infra_readback_interval: std::time::Duration,
+
+    /// Test-only: make a loop fail on purpose (`health-loop-exit`, `health-loop-hang`), to
+    /// prove that `/healthz` and the supervisor notice. Never set it in production.
+    #[arg(long, hide = true, value_enum, env = "PLUMBLINE_TEST_FAULT")]
+    pub test_fault: Option<crate::health::HealthFault>,
 }
 
 /// `--unknown-readiness`: see [`UnknownReadiness`].
@@ -125,11 +146,30 @@ impl From<UnknownReadinessArg> for UnknownReadiness {
 }
 
 impl RunArgs {
+    /// The Lease these flags choose, or why they do not fit together.
+    pub fn lease(&self, identity: &str) -> Result<LeaseConfig, String> {
+        if self.lease_retry_period >= self.lease_renew_deadline
+            || self.lease_renew_deadline >= self.lease_duration
+        {
+            return Err(format!(
+                "--lease-retry-period ({:?}) < --lease-renew-deadline ({:?}) < --lease-duration ({:?}) is required: the leader must stop before a standby may start",
+                self.lease_retry_period, self.lease_renew_deadline, self.lease_duration
+            ));
+        }
+        Ok(LeaseConfig {
+            lease_duration: self.lease_duration,
+            renew_deadline: self.lease_renew_deadline,
+            retry_period: self.lease_retry_period,
+            ..LeaseConfig::new(&self.lease_namespace, &self.lease_name, identity)
+        })
+    }
+
     /// The storage-health settings these flags choose; the rest keep their defaults.
     pub fn health(&self) -> HealthSettings {
         HealthSettings {
             unknown: self.unknown_readiness.into(),
             taint_degraded_nodes: self.taint_degraded_nodes,
+            fault: self.test_fault,
             ledger: LedgerSettings {
                 policy: ActuationPolicy {
                     readback_every: self.infra_readback_interval,

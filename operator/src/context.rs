@@ -35,11 +35,7 @@ pub struct Adapters {
 
 impl Adapters {
     pub fn get(&self, provider: &str) -> Option<Arc<dyn Hypervisor>> {
-        self.hypervisors
-            .read()
-            .expect("adapters lock poisoned")
-            .get(provider)
-            .cloned()
+        crate::locks::read(&self.hypervisors).get(provider).cloned()
     }
 }
 
@@ -77,14 +73,14 @@ impl RetryBackoff {
     const MAX: Duration = Duration::from_secs(300);
 
     pub fn failed(&self, key: &ObjectRef<WorkloadIntent>) -> Duration {
-        let mut failures = self.0.lock().expect("retry map poisoned");
+        let mut failures = crate::locks::lock(&self.0);
         let n = failures.entry(key.clone()).or_insert(0);
         *n = n.saturating_add(1);
         Duration::from_secs(1u64 << (*n - 1).min(9)).min(Self::MAX)
     }
 
     pub fn succeeded(&self, key: &ObjectRef<WorkloadIntent>) {
-        self.0.lock().expect("retry map poisoned").remove(key);
+        crate::locks::lock(&self.0).remove(key);
     }
 }
 

@@ -57,6 +57,11 @@ pub enum Error {
 
     #[error("not yet listed: {what}")]
     NotSynced { what: &'static str },
+    #[error("{0}: no answer before the renew deadline")]
+    LeaseDeadline(String),
+
+    #[error("leader loop {0} ended while this replica led")]
+    LoopDied(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -98,6 +103,8 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::Unsupported { .. } => "unsupported",
             Error::NotSynced { .. } => "not_synced",
+            Error::LeaseDeadline(_) => "lease_deadline",
+            Error::LoopDied(_) => "loop_died",
         }
     }
 }

@@ -18,7 +18,7 @@ use std::{
 };
 use tokio::net::TcpListener;
 
-use crate::{exposition, Error, Result};
+use crate::{exposition, liveness::Liveness, Error, Result};
 
 /// What `/readyz` reports. A standby replica (not leader) is ready: it is healthy and can take
 /// over. It is not ready before it has talked to the API server once.
@@ -41,6 +41,7 @@ impl Readiness {
 struct Served {
     registry: Arc<Registry>,
     readiness: Arc<Readiness>,
+    liveness: Arc<Liveness>,
 }
 
 async fn metrics(State(served): State<Served>, headers: HeaderMap) -> impl IntoResponse {
@@ -67,8 +68,12 @@ async fn metrics(State(served): State<Served>, headers: HeaderMap) -> impl IntoR
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Fails when a leader loop died or the health pass stalled (see [`Liveness`]).
+async fn healthz(State(served): State<Served>) -> impl IntoResponse {
+    match served.liveness.check() {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
 }
 
 async fn readyz(State(served): State<Served>) -> impl IntoResponse {
@@ -82,7 +87,11 @@ async fn readyz(State(served): State<Served>) -> impl IntoResponse {
     }
 }
 
-pub fn router(registry: Arc<Registry>, readiness: Arc<Readiness>) -> Router {
+pub fn router(
+    registry: Arc<Registry>,
+    readiness: Arc<Readiness>,
+    liveness: Arc<Liveness>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -90,6 +99,7 @@ pub fn router(registry: Arc<Registry>, readiness: Arc<Readiness>) -> Router {
         .with_state(Served {
             registry,
             readiness,
+            liveness,
         })
 }
 
@@ -98,6 +108,7 @@ pub async fn bind(
     addr: SocketAddr,
     registry: Arc<Registry>,
     readiness: Arc<Readiness>,
+    liveness: Arc<Liveness>,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = Result<()>>)> {
     let listener = TcpListener::bind(addr)
         .await
@@ -105,7 +116,7 @@ pub async fn bind(
     let bound = listener
         .local_addr()
         .map_err(|source| Error::Http { addr, source })?;
-    let app = router(registry, readiness);
+    let app = router(registry, readiness, liveness);
     Ok((bound, async move {
         axum::serve(listener, app)
             .await

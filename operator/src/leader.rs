@@ -4,6 +4,12 @@
 //! clock, so wall-clock skew between replicas does not matter); the leader renews every
 //! `retry_period` and steps down if it could not renew within `renew_deadline`, which is shorter
 //! than the lease duration, so it has stopped acting before anybody else may start.
+//!
+//! The renew deadline is enforced, not hoped for: the lease talks to the API server through a
+//! client of its own, with a read timeout and without kube's retry layer (which retries a 429
+//! up to 15 times with up to 1000 s of delay), and every round is cut off at the time left
+//! before the renew deadline. When the deadline passes the replica steps down at that moment,
+//! whatever the API server is doing.
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -29,6 +35,10 @@ pub struct LeaseConfig {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// How to reach the API server for the lease. When set, the lease gets a client of its
+    /// own built from it (see [`lease_client`]); when not, it shares the operator's client,
+    /// and only the per-round time limit bounds an attempt.
+    pub kube: Option<kube::Config>,
 }
 
 impl LeaseConfig {
@@ -44,8 +54,21 @@ impl LeaseConfig {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            kube: None,
         }
     }
+}
+
+/// The lease's own client: a read timeout (a hung API server cannot hold a round past the
+/// deadline) and no retries (a 429 or 503 is one failed round, retried on the next tick).
+pub fn lease_client(mut config: kube::Config, lease: &LeaseConfig) -> Result<Client> {
+    let limit = lease.renew_deadline.max(Duration::from_millis(100));
+    config.default_retry = false;
+    config.read_timeout = Some(limit);
+    config.connect_timeout = Some(limit);
+    config.write_timeout = Some(limit);
+    config.reset_reader_on_write = true;
+    Client::try_from(config).map_err(|source| Error::kube("building the lease's client", source))
 }
 
 /// The part of the lease record whose change proves the holder is alive.
@@ -102,7 +125,21 @@ impl LeaderElector {
         self.set_gauge(false);
         loop {
             let is_leader = *leading.borrow();
-            match self.try_acquire_or_renew().await {
+            // A leader's round may only use the time left before its renew deadline; a
+            // candidate's round gets a whole deadline.
+            let budget = match (is_leader, self.last_renewed) {
+                (true, Some(at)) => self.config.renew_deadline.saturating_sub(at.elapsed()),
+                _ => self.config.renew_deadline,
+            };
+            let round = if budget.is_zero() {
+                Err(Error::LeaseDeadline(self.what()))
+            } else {
+                match tokio::time::timeout(budget, self.try_acquire_or_renew()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::LeaseDeadline(self.what())),
+                }
+            };
+            match round {
                 Ok(true) => {
                     self.last_renewed = Some(Instant::now());
                     if !is_leader {
@@ -128,15 +165,31 @@ impl LeaderElector {
                     }
                 }
             }
+            // A leader that failed to renew tries again no later than its deadline, so it
+            // steps down at the deadline and not up to a retry period after it.
+            let pause = match (*leading.borrow(), self.last_renewed) {
+                (true, Some(at)) => self
+                    .config
+                    .retry_period
+                    .min(self.config.renew_deadline.saturating_sub(at.elapsed())),
+                _ => self.config.retry_period,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.config.retry_period) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
         if *leading.borrow() {
             self.step_down(&leading);
-            if let Err(e) = self.release().await {
-                warn!(error = %e, "releasing the lease on shutdown failed; a standby takes over after expiry");
+            let release = tokio::time::timeout(self.config.renew_deadline, self.release());
+            match release.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "releasing the lease on shutdown failed; a standby takes over after expiry")
+                }
+                Err(_) => warn!(
+                    "releasing the lease on shutdown timed out; a standby takes over after expiry"
+                ),
             }
         }
         Ok(())

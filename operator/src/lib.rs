@@ -22,6 +22,8 @@ pub mod health;
 pub mod http;
 pub mod leader;
 pub mod ledger;
+pub mod liveness;
+pub mod locks;
 pub mod metrics;
 pub mod recover;
 pub mod run;
@@ -39,15 +41,22 @@ pub async fn main_with_args(
     telemetry::init(cli.log_format);
     match cli.command {
         cli::Command::Run(args) => {
-            let client = kube::Client::try_default()
+            let config = kube::Config::infer()
                 .await
                 .map_err(|e| Error::KubeConfig(e.to_string()))?;
+            let client = kube::Client::try_from(config.clone())
+                .map_err(|e| Error::KubeConfig(e.to_string()))?;
             let identity = args.identity.clone().unwrap_or_else(default_identity);
+            let leader_election = match args.leader_elect {
+                true => Some(leader::LeaseConfig {
+                    kube: Some(config),
+                    ..args.lease(&identity).map_err(Error::Usage)?
+                }),
+                false => None,
+            };
             let settings = run::Settings {
                 metrics_addr: args.metrics_addr,
-                leader_election: args.leader_elect.then(|| {
-                    leader::LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity)
-                }),
+                leader_election,
                 concurrency: args.concurrency,
                 identity,
                 namespace: args.watch_namespace.clone(),

@@ -5,12 +5,21 @@
 //! starts when this replica acquires the Lease and is stopped when the Lease is lost, so two
 //! replicas never both act. Loops are declared in [`leader_loops`]; that is where another
 //! loop (e.g. storage-health sampling) is added.
+//!
+//! Every loop is supervised. When the Lease is lost the term's loops are aborted at once, calls
+//! in flight included: there is no grace period for writes. When a loop ends on its own
+//! (returns or panics) while it should run, `/healthz` fails, the replica steps down (ends
+//! the term, releases the Lease) and [`run`] returns an error, so the process exits non-zero
+//! and Kubernetes restarts it.
 
 use futures::{future::BoxFuture, FutureExt};
 use kube::Client;
 use prometheus_client::registry::Registry;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -20,8 +29,9 @@ use crate::{
     discovery::ServedApis,
     http::{self, Readiness},
     leader::{LeaderElector, LeaseConfig},
+    liveness::Liveness,
     metrics::{self, Metrics},
-    Result,
+    Error, Result,
 };
 
 #[derive(Debug, Clone)]
@@ -77,6 +87,9 @@ struct Base {
     metrics: Metrics,
     apis: ServedApis,
     adapters: Arc<Adapters>,
+    liveness: Arc<Liveness>,
+    /// Where supervised tasks report that they ended.
+    ended_tx: mpsc::UnboundedSender<(&'static str, u64)>,
 }
 
 /// A running operator. Dropping it does not stop it; call [`Operator::stop`].
@@ -87,6 +100,8 @@ pub struct Operator {
     pub registry: Arc<Registry>,
     leading: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
+    /// Set, once, to the loop whose end made the operator step down.
+    failed: watch::Receiver<Option<String>>,
     supervisor: JoinHandle<()>,
     http: JoinHandle<()>,
 }
@@ -99,14 +114,23 @@ impl Operator {
         let metrics = Metrics::register(&mut registry);
         let registry = Arc::new(registry);
         let readiness = Arc::new(Readiness::default());
+        let liveness = Arc::new(Liveness::default());
+        let (ended_tx, ended) = mpsc::unbounded_channel();
 
-        let (http_addr, serve) =
-            http::bind(settings.metrics_addr, registry.clone(), readiness.clone()).await?;
-        let http = tokio::spawn(async move {
-            if let Err(e) = serve.await {
-                error!(error = %e, "metrics/probe server stopped");
-            }
-        });
+        let (http_addr, serve) = http::bind(
+            settings.metrics_addr,
+            registry.clone(),
+            readiness.clone(),
+            liveness.clone(),
+        )
+        .await?;
+        let http = tokio::spawn(Supervised::new("metrics-and-probes", 0, &ended_tx).run(
+            async move {
+                if let Err(e) = serve.await {
+                    error!(error = %e, "metrics/probe server stopped");
+                }
+            },
+        ));
         info!(%http_addr, "serving /metrics, /healthz and /readyz");
 
         let apis = ServedApis::discover(&client).await?;
@@ -117,18 +141,27 @@ impl Operator {
         let (elector_stop, elector_stop_rx) = watch::channel(false);
         let elector = match settings.leader_election.clone() {
             Some(lease) => {
-                let elector = LeaderElector::new(client.clone(), lease, metrics.clone());
-                Some(tokio::spawn(elector.run(leading_tx, elector_stop_rx)))
+                let lease_client = match &lease.kube {
+                    Some(config) => crate::leader::lease_client(config.clone(), &lease)?,
+                    None => client.clone(),
+                };
+                let elector = LeaderElector::new(lease_client, lease, metrics.clone());
+                tokio::spawn(
+                    Supervised::new("leader-election", 0, &ended_tx)
+                        .run(elector.run(leading_tx, elector_stop_rx)),
+                )
             }
             None => {
                 leading_tx.send_replace(true);
                 // Keep the sender alive so `leading` never reports a closed channel.
-                Some(tokio::spawn(async move {
-                    let mut stop = elector_stop_rx;
-                    let _ = stop.wait_for(|s| *s).await;
-                    leading_tx.send_replace(false);
-                    Ok(())
-                }))
+                tokio::spawn(
+                    Supervised::new("leader-election", 0, &ended_tx).run(async move {
+                        let mut stop = elector_stop_rx;
+                        let _ = stop.wait_for(|s| *s).await;
+                        leading_tx.send_replace(false);
+                        Ok(())
+                    }),
+                )
             }
         };
 
@@ -139,13 +172,18 @@ impl Operator {
             metrics: metrics.clone(),
             apis,
             adapters: Arc::new(Adapters::default()),
+            liveness,
+            ended_tx,
         };
+        let (failed_tx, failed) = watch::channel(None);
         let supervisor = tokio::spawn(supervise(
             base,
             leading.clone(),
             stop_rx,
             elector_stop,
             elector,
+            ended,
+            failed_tx,
         ));
         Ok(Self {
             http_addr,
@@ -153,6 +191,7 @@ impl Operator {
             registry,
             leading,
             stop,
+            failed,
             supervisor,
             http,
         })
@@ -167,6 +206,18 @@ impl Operator {
         self.leading.clone()
     }
 
+    /// Resolves with the loop's name if a loop ended on its own: the operator has then
+    /// stepped down and acts no more, and the process should exit non-zero.
+    pub async fn failure(&self) -> String {
+        let mut failed = self.failed.clone();
+        let name = match failed.wait_for(Option::is_some).await {
+            Ok(name) => name.clone().unwrap_or_default(),
+            // The supervisor is gone without naming a loop: that is a failure too.
+            Err(_) => "supervisor".to_string(),
+        };
+        name
+    }
+
     /// Ends the current term (in-flight reconciles finish), releases the Lease and stops serving.
     pub async fn stop(self) {
         self.stop.send_replace(true);
@@ -177,13 +228,31 @@ impl Operator {
     }
 }
 
-/// Runs the operator until SIGINT or SIGTERM.
+/// How long a failed operator keeps answering `/healthz` (failing, naming the dead loop)
+/// before the process exits, so a probe or a scrape records why it went.
+const FAILED_LINGER: Duration = Duration::from_secs(2);
+
+/// Runs the operator until SIGINT or SIGTERM, or until a loop ends on its own (then it has
+/// stepped down, and this returns an error so the process exits non-zero and is restarted).
 pub async fn run(client: Client, settings: Settings, clock: Arc<dyn Clock>) -> Result<()> {
     let operator = Operator::start(client, settings, clock).await?;
-    shutdown_signal().await;
-    info!("shutting down");
-    operator.stop().await;
-    Ok(())
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        name = operator.failure() => Some(name),
+    };
+    match failed {
+        None => {
+            info!("shutting down");
+            operator.stop().await;
+            Ok(())
+        }
+        Some(name) => {
+            error!(loop_name = %name, "a loop ended unexpectedly; stepped down, exiting");
+            tokio::time::sleep(FAILED_LINGER).await;
+            operator.stop().await;
+            Err(Error::LoopDied(name))
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -208,54 +277,141 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// How long a term's loops get to finish in-flight work after it ends, before they are aborted.
+/// How long a term's loops get to finish in-flight work after a shutdown, before they are
+/// aborted. When the Lease is lost there is no grace: the loops are aborted at once.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
+/// A supervised task: when it ends, for whatever reason (returned, panicked, aborted), the
+/// supervisor hears its name and term (0: lives as long as the operator).
+struct Supervised {
+    name: &'static str,
+    term: u64,
+    ended: mpsc::UnboundedSender<(&'static str, u64)>,
+}
+
+impl Supervised {
+    fn new(
+        name: &'static str,
+        term: u64,
+        ended: &mpsc::UnboundedSender<(&'static str, u64)>,
+    ) -> Self {
+        Self {
+            name,
+            term,
+            ended: ended.clone(),
+        }
+    }
+
+    async fn run<T>(self, future: impl std::future::Future<Output = T>) -> T {
+        future.await
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        let _ = self.ended.send((self.name, self.term));
+    }
+}
+
+/// Why a term ended.
+enum TermOver {
+    Lost,
+    Stop,
+    Died(&'static str),
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     base: Base,
     mut leading: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
     elector_stop: watch::Sender<bool>,
-    elector: Option<JoinHandle<Result<()>>>,
+    elector: JoinHandle<Result<()>>,
+    mut ended: mpsc::UnboundedReceiver<(&'static str, u64)>,
+    failed: watch::Sender<Option<String>>,
 ) {
-    loop {
+    let mut term = 0u64;
+    // Between terms, only the operator-wide tasks (term 0) matter.
+    let mut died: Option<&'static str> = None;
+    'terms: loop {
         tokio::select! {
-            r = leading.wait_for(|l| *l) => if r.is_err() { break },
-            _ = stop.wait_for(|s| *s) => break,
-        }
-        info!(identity = %base.settings.identity, "leadership term starts");
-        let (end_tx, end_rx) = watch::channel(false);
-        let handles = start_term(&base, TermEnd(end_rx));
-        tokio::select! {
-            _ = leading.wait_for(|l| !*l) => info!("leadership lost, stopping leader loops"),
-            _ = stop.wait_for(|s| *s) => {}
-        }
-        end_tx.send_replace(true);
-        for (name, handle) in handles {
-            let abort = handle.abort_handle();
-            if tokio::time::timeout(TERM_GRACE, handle).await.is_err() {
-                warn!(
-                    loop_name = name,
-                    "leader loop did not stop in time, aborting it"
-                );
-                abort.abort();
+            r = leading.wait_for(|l| *l) => if r.is_err() { died = Some("leader-election"); break 'terms },
+            _ = stop.wait_for(|s| *s) => break 'terms,
+            Some((name, t)) = ended.recv() => {
+                if t == 0 {
+                    died = Some(name);
+                    break 'terms;
+                }
+                continue 'terms;
             }
         }
-        if *stop.borrow() {
-            break;
+        term += 1;
+        info!(identity = %base.settings.identity, term, "leadership term starts");
+        let (end_tx, end_rx) = watch::channel(false);
+        let handles = start_term(&base, term, TermEnd(end_rx));
+        let over = loop {
+            tokio::select! {
+                _ = leading.wait_for(|l| !*l) => break TermOver::Lost,
+                _ = stop.wait_for(|s| *s) => break TermOver::Stop,
+                Some((name, t)) = ended.recv() => {
+                    if t == term || t == 0 {
+                        break TermOver::Died(name);
+                    }
+                }
+            }
+        };
+        end_tx.send_replace(true);
+        base.liveness.health_loop_stops();
+        match over {
+            TermOver::Stop => {
+                for (name, handle) in handles {
+                    let abort = handle.abort_handle();
+                    if tokio::time::timeout(TERM_GRACE, handle).await.is_err() {
+                        warn!(
+                            loop_name = name,
+                            "leader loop did not stop in time, aborting it"
+                        );
+                        abort.abort();
+                    }
+                }
+                break 'terms;
+            }
+            TermOver::Lost | TermOver::Died(_) => {
+                // Not the leader any more (or not fit to lead): every write stops now, calls
+                // in flight included.
+                for (_, handle) in &handles {
+                    handle.abort();
+                }
+                for (_, handle) in handles {
+                    let _ = handle.await;
+                }
+                info!(identity = %base.settings.identity, term, "leader loops stopped; this replica writes nothing until it leads again");
+                if let TermOver::Died(name) = over {
+                    died = Some(name);
+                    break 'terms;
+                }
+            }
         }
     }
+    if let Some(name) = died {
+        error!(
+            loop_name = name,
+            "a loop ended unexpectedly: /healthz fails, stepping down"
+        );
+        base.liveness.loop_died(name);
+    }
     elector_stop.send_replace(true);
-    if let Some(elector) = elector {
-        match elector.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "leader election ended with an error"),
-            Err(e) => warn!(error = %e, "leader election task failed"),
-        }
+    match elector.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "leader election ended with an error"),
+        Err(e) => warn!(error = %e, "leader election task failed"),
+    }
+    if let Some(name) = died {
+        failed.send_replace(Some(name.to_string()));
     }
 }
 
-fn start_term(base: &Base, end: TermEnd) -> Vec<(&'static str, JoinHandle<()>)> {
+fn start_term(base: &Base, term: u64, end: TermEnd) -> Vec<(&'static str, JoinHandle<()>)> {
     let (ctx, inputs) = controller::term_context(
         base.client.clone(),
         base.settings.identity.clone(),
@@ -267,6 +423,8 @@ fn start_term(base: &Base, end: TermEnd) -> Vec<(&'static str, JoinHandle<()>)> 
         base.settings.namespace.clone(),
     );
     let mut loops = leader_loops(&ctx, inputs, end.clone());
+    base.liveness
+        .health_loop_starts(base.settings.health.resync);
     loops.push(LeaderLoop {
         name: "storage-health",
         future: crate::health::run(
@@ -274,11 +432,15 @@ fn start_term(base: &Base, end: TermEnd) -> Vec<(&'static str, JoinHandle<()>)> 
             base.settings.health.clone(),
             base.settings.namespace.clone(),
             end,
+            base.liveness.clone(),
         )
         .boxed(),
     });
     loops
         .into_iter()
-        .map(|l| (l.name, tokio::spawn(l.future)))
+        .map(|l| {
+            let supervised = Supervised::new(l.name, term, &base.ended_tx);
+            (l.name, tokio::spawn(supervised.run(l.future)))
+        })
         .collect()
 }

@@ -441,6 +441,117 @@ async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_th
     scene.finish(next, result).await
 }
 
+/// Leader and standby as their own processes, as two pods of the chart: the leader is
+/// SIGKILLed right after its throttle is in force. The standby takes over once the Lease has
+/// gone unrenewed for its duration, adopts the change as it is (nothing stranded, nothing
+/// applied again, the original kept) and releases it when the victim recovers.
+#[tokio::test]
+async fn serial_ledger_a_killed_leaders_standby_takes_over_mid_throttle() -> Result<()> {
+    use chrono::Utc;
+    use common::process::OperatorProcess;
+    let scene = Scene::start("ledger_standby").await?;
+    let kubeconfig = std::path::PathBuf::from(scene.stack.get("PLUMBLINE_OPERATOR_KUBECONFIG")?);
+    let ns = scene.cluster.namespace.clone();
+    let mut first = Some(OperatorProcess::start("replica-a", &ns, &kubeconfig, &[]).await?);
+    let mut second = Some(OperatorProcess::start("replica-b", &ns, &kubeconfig, &[]).await?);
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        scene.cluster.admin.clone(),
+        &ns,
+    );
+    let result = async {
+        let admin = &scene.cluster.admin;
+        let leader = eventually("one replica to lead", PATIENCE, || async {
+            let holder = lease
+                .get_opt("plumbline-operator")
+                .await?
+                .and_then(|l| l.spec?.holder_identity);
+            Ok(holder.ok_or_else(|| "no holder yet".to_string()))
+        })
+        .await?;
+        let (leading, standing_by) = if leader == "replica-a" {
+            (&mut first, &mut second)
+        } else {
+            (&mut second, &mut first)
+        };
+        let standby = standing_by.as_ref().context("the standby")?;
+        scene.degrade("payments").await?;
+        let ic = applied_throttle(admin, &ns, &scene.noisy).await?;
+        let limit = scene.limit().await?;
+        ensure!(limit.to_string() == ic.spec.desired, "in force: {limit}");
+
+        // SIGKILL: no release of the Lease, no release of anything.
+        let killed = leading.take().context("the leader")?;
+        killed.signal("KILL").await?;
+        let killed_at = chrono::Utc::now();
+        drop(killed);
+        let took_over = eventually("the standby to take over", PATIENCE, || async {
+            Ok(standby
+                .logged_at("leadership term starts")
+                .ok_or_else(|| "still standing by".to_string()))
+        })
+        .await?;
+        let takeover = (took_over - killed_at).to_std().unwrap_or_default();
+        println!(
+            "the standby took over {takeover:.1?} after the SIGKILL (lease duration {})",
+            common::process::LEASE_ARGS[0]
+        );
+        ensure!(
+            takeover < Duration::from_secs(30),
+            "the takeover waited for more than the Lease: {takeover:?}"
+        );
+        // The victim is still degraded: the new leader keeps the throttle in force (nothing
+        // stranded, nothing released and applied again), with the original of before.
+        eventually("the new leader to run a few passes", PATIENCE, || async {
+            Ok(standby
+                .logged_all("connected")
+                .first()
+                .filter(|at| Utc::now() - **at > chrono::Duration::seconds(5))
+                .map(|_| ())
+                .ok_or_else(|| "not yet".to_string()))
+        })
+        .await?;
+        let entries = throttle_of(admin, &ns, &scene.noisy).await?;
+        ensure!(entries.len() == 1, "one entry: {entries:?}");
+        let status = entries[0].status.clone().unwrap_or_default();
+        ensure!(
+            status.original == Some(scene.before.to_string()),
+            "the original is still the value before any throttle: {status:?}"
+        );
+        // Still limited (the ladder may have taken its next step meanwhile: the same entry).
+        let now_limit = scene.limit().await?;
+        ensure!(
+            now_limit != scene.before,
+            "the throttle stays in force: {now_limit} (entry wants {})",
+            entries[0].spec.desired
+        );
+        ensure!(
+            standby.logged_at("original restored").is_none()
+                && standby.logged_at("original recorded").is_none(),
+            "the new leader neither released the inherited throttle nor recorded it again"
+        );
+
+        scene.stack.clear_libvirt_latency(VICTIM).await?;
+        // The new leader lets the change go once the victim has been healthy long enough.
+        scene
+            .wait_for_limit("the original limit back", scene.before)
+            .await?;
+        eventually("the entry gone", PATIENCE, || async {
+            Ok(if throttle_of(admin, &ns, &scene.noisy).await?.is_empty() {
+                Ok(())
+            } else {
+                Err("still there".to_string())
+            })
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    for p in [first, second].into_iter().flatten() {
+        let _ = p.stop().await;
+    }
+    scene.finish(None, result).await
+}
+
 async fn metrics_text(operator: &Operator) -> Result<String> {
     Ok(
         reqwest::get(format!("http://{}/metrics", operator.http_addr))

@@ -51,8 +51,15 @@ app.kubernetes.io/part-of: plumbline
 {{- end }}
 
 {{/* Leader election is on whenever more than one replica runs, or when asked for. */}}
+{{/* Always: Recreate does not cover a node failure or a drain (the old pod may still run,
+     unreachable, while the new one starts), so even one replica takes the Lease. */}}
 {{- define "plumbline.leaderElection" -}}
-{{- if or (gt (int .Values.replicas) 1) .Values.leaderElection.enabled }}true{{ end }}
+true
+{{- end }}
+
+{{/* policy/v1 where served (Kubernetes 1.21+), else policy/v1beta1. */}}
+{{- define "plumbline.pdbApiVersion" -}}
+{{- if .Capabilities.APIVersions.Has "policy/v1" }}policy/v1{{ else }}policy/v1beta1{{ end }}
 {{- end }}
 
 {{- define "plumbline.leaseName" -}}

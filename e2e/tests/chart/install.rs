@@ -33,6 +33,8 @@ fn chart_renders_and_passes_server_side_dry_run() {
             "template",
             "dry",
             chart.to_str().unwrap(),
+            // The server's API versions (the budget's policy/v1 or v1beta1), as an install sees.
+            "--validate",
             "-n",
             &ns.name,
             "-f",
@@ -747,8 +749,17 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     drop(ledger);
     drop(operator);
 
-    // Upgrade to one replica: leader election and its Lease grant go, the strategy becomes
-    // Recreate so two operators never overlap.
+    let budgets = cluster.kubectl_ok(
+        &["get", "-n", &ns.name, "poddisruptionbudget", "-o", "name"],
+        None,
+    );
+    assert!(
+        budgets.contains(&format!("poddisruptionbudget.policy/{fullname}")),
+        "two replicas get a budget: {budgets}"
+    );
+
+    // Upgrade to one replica: leader election stays (Recreate would not cover a node failure
+    // or a drain), and so does the Lease grant; the budget for two replicas goes.
     let upgraded = run(
         cluster.helm([
             "upgrade",
@@ -765,16 +776,24 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
     .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
     assert!(upgraded.contains("STATUS: deployed"), "{upgraded}");
     let deployment = cluster.kubectl_json(&["get", "-n", &ns.name, "deployment", &fullname]);
-    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
     let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
-    assert!(args.contains("--leader-elect=false"), "{args}");
-    assert!(!can_i(
+    assert!(args.contains("--leader-elect=true"), "{args}");
+    assert!(can_i(
         &kubeconfig,
         &[
             "update",
             &format!("lease.coordination.k8s.io/{fullname}-leader")
         ]
     ));
+    let budgets = cluster.kubectl_ok(
+        &["get", "-n", &ns.name, "poddisruptionbudget", "-o", "name"],
+        None,
+    );
+    assert!(
+        budgets.trim().is_empty(),
+        "no budget for one replica: {budgets}"
+    );
     assert!(
         can_i(&kubeconfig, &["get", "secret/readable-secret"]),
         "the named Secret stays readable"

@@ -118,7 +118,7 @@ fn good_values_render() {
 }
 
 /// Every object `helm template` renders with these `--set` values.
-fn rendered(set: &[&str]) -> Vec<serde_yaml::Value> {
+pub(crate) fn rendered(set: &[&str]) -> Vec<serde_yaml::Value> {
     let chart = chart_dir();
     let mut args = vec!["template", "t", chart.to_str().unwrap()];
     for s in set {
@@ -131,7 +131,7 @@ fn rendered(set: &[&str]) -> Vec<serde_yaml::Value> {
         .collect()
 }
 
-fn operator_args(objects: &[serde_yaml::Value]) -> Vec<String> {
+pub(crate) fn operator_args(objects: &[serde_yaml::Value]) -> Vec<String> {
     let d = objects
         .iter()
         .find(|o| o["kind"] == "Deployment")

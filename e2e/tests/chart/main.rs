@@ -3,6 +3,7 @@
 
 mod dashboards;
 mod install;
+mod leader;
 mod lint;
 mod metrics;
 mod support;

@@ -171,6 +171,15 @@ impl HealthBook {
                     .observe(sample, &policy);
             }
         }
+        // A VM of this provider that reported no operations this cycle has no current rate: an
+        // old one would keep it looking noisy (or quiet) forever.
+        let sampled: BTreeSet<VmId> = self.providers[provider]
+            .inventory
+            .iter()
+            .map(|vm| vm.id.clone())
+            .filter(|id| self.owner_of(id) == Some(provider))
+            .collect();
+        self.iops.retain(|vm, _| !sampled.contains(vm));
         self.iops.extend(iops);
     }
 
@@ -212,9 +221,13 @@ impl HealthBook {
         VmVerdict::worst_of(verdicts)
     }
 
-    /// Forgets budgets (and their trackers) nobody asked for in the last feedback pass, and
-    /// disks of VMs that left the inventory.
-    pub fn retain_budgets(&mut self, wanted: &BTreeMap<VmId, BTreeSet<LatencyBudget>>) {
+    /// Forgets budgets (and their trackers) nobody asked for in the last feedback pass, disks
+    /// of VMs that left the inventory, and I/O rates that are not current at `now`.
+    pub fn retain_budgets(
+        &mut self,
+        wanted: &BTreeMap<VmId, BTreeSet<LatencyBudget>>,
+        now: SystemTime,
+    ) {
         self.budgets.retain(|vm, budgets| {
             budgets.retain(|b| wanted.get(vm).is_some_and(|w| w.contains(b)));
             !budgets.is_empty()
@@ -224,7 +237,20 @@ impl HealthBook {
             .retain(|(vm, _, b), _| budgets.get(vm).is_some_and(|set| set.contains(b)));
         let known: BTreeSet<VmId> = self.all_vms().map(|p| p.vm.id.clone()).collect();
         self.disks.retain(|(vm, _), _| known.contains(vm));
-        self.iops.retain(|vm, _| known.contains(vm));
+        // Rates of a provider that lost its connection or stopped sampling are stale.
+        let current: BTreeSet<VmId> = self
+            .all_vms()
+            .filter(|p| {
+                p.provider.connected
+                    && p.provider.last_sample_at.is_some_and(|at| {
+                        now.duration_since(at).unwrap_or_default()
+                            <= p.provider.policy().stale_after
+                    })
+            })
+            .map(|p| p.vm.id.clone())
+            .collect();
+        self.iops
+            .retain(|vm, _| known.contains(vm) && current.contains(vm));
     }
 
     /// The newest sample of the VM's slowest disk, for status and messages.
@@ -345,5 +371,26 @@ mod tests {
         assert_eq!(v.state(), HealthState::Unknown);
         let v = b.verdict(&VmId::new("zz"), LatencyBudget::from_millis(20), UNIX_EPOCH);
         assert_eq!(v.state(), HealthState::Unknown);
+    }
+
+    #[test]
+    fn stale_and_disconnected_iops_are_forgotten() {
+        let mut b = book();
+        b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 1, 50, 10)]);
+        assert_eq!(b.iops[&VmId::new("a")], 20.0);
+        let wanted = BTreeMap::new();
+        b.retain_budgets(&wanted, UNIX_EPOCH + Duration::from_secs(1));
+        assert!(b.iops.contains_key(&VmId::new("a")), "current");
+        b.retain_budgets(&wanted, UNIX_EPOCH + Duration::from_secs(3600));
+        assert!(!b.iops.contains_key(&VmId::new("a")), "an hour old");
+        b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 2, 50, 10)]);
+        b.providers.get_mut("kvm").unwrap().connected = false;
+        b.retain_budgets(&wanted, UNIX_EPOCH);
+        assert!(!b.iops.contains_key(&VmId::new("a")), "disconnected");
+        // A cycle that no longer reports the VM drops its old rate.
+        b.providers.get_mut("kvm").unwrap().connected = true;
+        b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 3, 50, 10)]);
+        b.record_samples("kvm", UNIX_EPOCH, &[]);
+        assert!(!b.iops.contains_key(&VmId::new("a")));
     }
 }

@@ -158,7 +158,7 @@ impl Feedback {
                 Ok(b) => b,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            views = graph::build(caches, &b, ctx.clock.now(), &intents);
+            views = graph::build(caches, &b, now.into(), &intents);
             let mut wanted: BTreeMap<plumbline_adapters::VmId, BTreeSet<LatencyBudget>> =
                 BTreeMap::new();
             // The strictest budget each VM serves, for node conditions and the VM verdict metric.
@@ -441,7 +441,8 @@ impl Feedback {
                         .map(|p| p.vm.disks.iter().map(|d| d.name.clone()).collect())
                         .unwrap_or_default()
                 });
-            b.retain_budgets(&wanted);
+            b.retain_budgets(&wanted, now);
+            self.forget_gone(&views, &caches.nodes.state(), &wanted);
         }
 
         for w in pod_writes {
@@ -774,6 +775,36 @@ impl Feedback {
                 warn!(intent = %format!("{}/{}", key.0, key.1), error = %e, "writing backing map and guard to status failed")
             }
         }
+    }
+
+    /// What the pass remembers only for pods, nodes, VMs and intents that are still there: a
+    /// long-running operator sees many come and go, and must not keep them all.
+    fn forget_gone(
+        &mut self,
+        views: &[IntentView],
+        nodes: &[Arc<Node>],
+        wanted: &BTreeMap<plumbline_adapters::VmId, BTreeSet<LatencyBudget>>,
+    ) {
+        let pods: HashSet<(&str, &str)> = views
+            .iter()
+            .flat_map(|v| {
+                v.pods
+                    .iter()
+                    .map(|p| (v.namespace.as_str(), p.name.as_str()))
+            })
+            .collect();
+        self.pod_written
+            .retain(|(ns, pod), _| pods.contains(&(ns.as_str(), pod.as_str())));
+        let nodes: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+        self.node_written.retain(|n, _| nodes.contains(n));
+        self.state_since
+            .retain(|(vm, budget), _| wanted.get(vm).is_some_and(|b| b.contains(budget)));
+        let intents: HashSet<(&str, &str)> = views
+            .iter()
+            .map(|v| (v.namespace.as_str(), v.name.as_str()))
+            .collect();
+        self.intent_status
+            .retain(|(ns, name), _| intents.contains(&(ns.as_str(), name.as_str())));
     }
 
     fn replace_series(&mut self, ctx: &Context, new: Series) {

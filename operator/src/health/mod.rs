@@ -68,6 +68,18 @@ pub struct HealthSettings {
     pub taint_degraded_nodes: bool,
     /// How the change ledger's actuators behave (read-back interval, deadlines, concurrency).
     pub ledger: LedgerSettings,
+    /// Test-only: break the loop on purpose, to prove that supervision notices.
+    pub fault: Option<HealthFault>,
+}
+
+/// A deliberate failure of the health loop (the hidden `--test-fault` flag), so a test can
+/// show that `/healthz` and the supervisor notice a dead or stalled loop in the real binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HealthFault {
+    /// The loop returns after its first completed pass, as if it had crashed.
+    HealthLoopExit,
+    /// The loop stops passing after its first pass but stays alive, as if it hung.
+    HealthLoopHang,
 }
 
 impl Default for HealthSettings {
@@ -79,6 +91,7 @@ impl Default for HealthSettings {
             resync: Duration::from_secs(1),
             taint_degraded_nodes: false,
             ledger: LedgerSettings::default(),
+            fault: None,
         }
     }
 }
@@ -94,10 +107,13 @@ pub async fn run(
     settings: HealthSettings,
     namespace: Option<String>,
     end: TermEnd,
+    liveness: Arc<crate::liveness::Liveness>,
 ) {
     let changed = Arc::new(Notify::new());
     let (caches, drive) = caches::start(&ctx.client, namespace.as_deref(), changed.clone());
     let watches = tokio::spawn(drive);
+    // Aborted with the loop, too.
+    let _watches = AbortOnDrop(watches.abort_handle());
     let book = Arc::new(Mutex::new(book::HealthBook::default()));
     let mut samplers = providers::Samplers::default();
     let mut feedback = feedback::Feedback::new(namespace.is_some());
@@ -139,17 +155,36 @@ pub async fn run(
             )
             .collect();
         actuators.sync(&ctx, &caches.changes, targeted, &settings.ledger, &operator);
-        let now = SystemTime::now();
+        // One pass, one clock, read once: schedules, verdicts, the throttle ladder and the
+        // protections all judge the same instant (the operator's clock; wall time in production).
+        let now: SystemTime = ctx.clock.now().into();
+        // Decided before the pass reads the book: a provider's inventory arriving during the
+        // pass must not make the ledger diff against views built without it (a new leader
+        // released a throttle it had just inherited, its victim's pod not yet mapped to a VM).
+        let ready = ledger_ready(&ctx, &caches, &book, &operator, started);
         let mut wanted = feedback
             .pass(&ctx, &caches, &book, &settings, &operator, now)
             .await;
         wanted.extend(protections.pass(&ctx, &caches, &book, &operator, now).await);
-        if ledger_ready(&ctx, &caches, &book, &operator, started) {
+        if ready {
             writer
                 .sync(&ctx, &caches.changes, &caches.providers, wanted)
                 .await;
         }
         count_changes(&ctx, &caches.changes.state(), &operator);
+        liveness.health_pass_done();
+        match settings.fault {
+            Some(HealthFault::HealthLoopExit) => {
+                tracing::error!("test fault: the storage-health loop exits");
+                break;
+            }
+            Some(HealthFault::HealthLoopHang) => {
+                tracing::error!("test fault: the storage-health loop hangs");
+                end.clone().wait().await;
+                break;
+            }
+            None => {}
+        }
     }
     // No release on the way out: the ledger keeps every change, and the next leader continues
     // from it.
@@ -157,6 +192,14 @@ pub async fn run(
     samplers.stop_all();
     watches.abort();
     info!("storage-health loop stopped");
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The ledger is only diffed against a complete picture: every cache listed, and every

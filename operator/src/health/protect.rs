@@ -159,7 +159,7 @@ impl Protections {
                 Ok(b) => b,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            let views = graph::build(caches, &b, ctx.clock.now(), &intents);
+            let views = graph::build(caches, &b, now.into(), &intents);
             let plan = plan_protection(
                 now,
                 &claims(&views),

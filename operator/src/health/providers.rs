@@ -67,12 +67,8 @@ impl Samplers {
             }
             if !wanted.contains_key(&name) {
                 info!(provider = %name, "provider deleted, dropping its adapter");
-                ctx.adapters
-                    .hypervisors
-                    .write()
-                    .expect("adapters lock")
-                    .remove(&name);
-                book.lock().expect("health book").providers.remove(&name);
+                crate::locks::write(&ctx.adapters.hypervisors).remove(&name);
+                crate::locks::lock(book).providers.remove(&name);
                 ctx.metrics
                     .health
                     .provider_connected
@@ -84,11 +80,7 @@ impl Samplers {
                 continue;
             }
             // A changed spec needs a fresh connection.
-            ctx.adapters
-                .hypervisors
-                .write()
-                .expect("adapters lock")
-                .remove(&name);
+            crate::locks::write(&ctx.adapters.hypervisors).remove(&name);
             let handle = tokio::spawn(sample_provider(
                 ctx.clone(),
                 provider.as_ref().clone(),
@@ -104,6 +96,14 @@ impl Samplers {
         for (_, (_, handle)) in std::mem::take(&mut self.running) {
             handle.abort();
         }
+    }
+}
+
+/// The health loop may be aborted (the lease lost): its samplers, which write provider
+/// status, go with it.
+impl Drop for Samplers {
+    fn drop(&mut self) {
+        self.stop_all();
     }
 }
 
@@ -179,7 +179,7 @@ async fn sample_provider(
             return;
         }
     };
-    book.lock().expect("health book").providers.insert(
+    crate::locks::lock(&book).providers.insert(
         name.clone(),
         ProviderView::new(
             &name,
@@ -237,10 +237,7 @@ async fn sample_provider(
                 match connected {
                     Ok(a) => {
                         info!(provider = %name, endpoint = %a.endpoint(), "connected");
-                        ctx.adapters
-                            .hypervisors
-                            .write()
-                            .expect("adapters lock")
+                        crate::locks::write(&ctx.adapters.hypervisors)
                             .insert(name.clone(), a.clone());
                         backoff = Duration::from_secs(1);
                         login_backoff = None;
@@ -301,7 +298,7 @@ async fn sample_provider(
             match adapter.inventory().await {
                 Ok(vms) => {
                     let caps = adapter.capabilities().await.ok();
-                    let mut b = book.lock().expect("health book");
+                    let mut b = crate::locks::lock(&book);
                     if let Some(view) = b.providers.get_mut(&name) {
                         view.inventory = vms;
                         if let Some(caps) = caps {
@@ -324,7 +321,7 @@ async fn sample_provider(
             .observe(started.elapsed().as_secs_f64());
         let outcome = match result {
             Ok(Ok(samples)) => {
-                let mut b = book.lock().expect("health book");
+                let mut b = crate::locks::lock(&book);
                 if let Some(view) = b.providers.get_mut(&name) {
                     view.connected = true;
                     view.connection_message = format!("connected to {}", adapter.endpoint());
@@ -417,7 +414,7 @@ async fn wait_or_secret_change(
 }
 
 fn mark_disconnected(book: &Arc<Mutex<HealthBook>>, name: &str, message: &str) {
-    let mut b = book.lock().expect("health book");
+    let mut b = crate::locks::lock(book);
     if let Some(view) = b.providers.get_mut(name) {
         view.connected = false;
         view.connection_message = message.to_string();
@@ -438,9 +435,7 @@ async fn maybe_write_status(
     if !due {
         return;
     }
-    let view = book
-        .lock()
-        .expect("health book")
+    let view = crate::locks::lock(book)
         .providers
         .get(&hp.name_any())
         .cloned();

@@ -117,6 +117,13 @@ impl Actuators {
     }
 }
 
+/// The loop that owns the actuators may be aborted (the lease lost): they go with it.
+impl Drop for Actuators {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
 /// What the actuator remembers of one object (none after a restart or a reconnect).
 #[derive(Debug, Clone, Default)]
 struct Memory {

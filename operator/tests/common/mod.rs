@@ -26,6 +26,8 @@ use plumbline_operator::{
 use serde_json::json;
 use std::{future::Future, sync::Arc, time::Duration};
 
+pub mod process;
+
 /// How long anything the operator does may take before a test gives up. Generous: the
 /// machine has two cores shared with builds.
 pub const PATIENCE: Duration = Duration::from_secs(60);

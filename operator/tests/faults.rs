@@ -1,0 +1,259 @@
+//! The fault list, on the real binary and the real API server, through a relay of the
+//! tests' own (`plumbline_e2e::relay`): a leader partitioned from the API server stops every
+//! write before the standby starts (the gap is measured and printed), and a 429 storm neither
+//! crashes the operator nor makes it act twice.
+//!
+//! Needs `e2e/stack up`; fails saying so otherwise.
+
+mod common;
+
+use anyhow::{ensure, Context as _, Result};
+use chrono::Utc;
+use common::{
+    eventually,
+    process::{OperatorProcess, LEASE_ARGS},
+    Cluster,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+    Api,
+};
+use plumbline_e2e::relay::{ApiRelay, Mode};
+use serde_json::json;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+struct Setup {
+    stack: plumbline_e2e::Stack,
+    relay: ApiRelay,
+    /// The operator's kubeconfig, through the relay.
+    relayed: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new() -> Result<Self> {
+        let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+        let url = stack.apiserver_url()?;
+        let upstream: SocketAddr = url
+            .trim_start_matches("https://")
+            .parse()
+            .with_context(|| format!("the API server address in {url}"))?;
+        let ca = std::fs::read(stack.get("KUBE_CA_FILE")?)?;
+        let relay = ApiRelay::start(upstream, &ca).await?;
+        let dir = tempfile::tempdir()?;
+        let relayed = dir.path().join("operator-via-relay.kubeconfig");
+        relay.kubeconfig(
+            std::path::Path::new(stack.get("PLUMBLINE_OPERATOR_KUBECONFIG")?),
+            &relayed,
+        )?;
+        Ok(Self {
+            stack,
+            relay,
+            relayed,
+            _dir: dir,
+        })
+    }
+
+    fn direct(&self) -> Result<PathBuf> {
+        Ok(PathBuf::from(
+            self.stack.get("PLUMBLINE_OPERATOR_KUBECONFIG")?,
+        ))
+    }
+}
+
+async fn lease_holder(cluster: &Cluster) -> Option<String> {
+    Api::<Lease>::namespaced(cluster.admin.clone(), &cluster.namespace)
+        .get_opt("plumbline-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+fn lease_arg(name: &str) -> Duration {
+    LEASE_ARGS
+        .iter()
+        .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+        .and_then(|v| v.strip_suffix('s')?.parse().ok())
+        .map(Duration::from_secs)
+        .expect("lease flag")
+}
+
+#[tokio::test]
+async fn a_partitioned_leader_stops_writing_before_the_standby_starts() -> Result<()> {
+    let setup = Setup::new().await?;
+    let cluster = Cluster::connect("partition").await?;
+    let a = OperatorProcess::start("partitioned", &cluster.namespace, &setup.relayed, &[]).await?;
+    let mut b = None;
+    let result = async {
+        eventually("the relayed replica to lead", || async {
+            (lease_holder(&cluster).await.as_deref() == Some("partitioned")).then_some(())
+        })
+        .await?;
+        let standby = b.insert(
+            OperatorProcess::start("standby", &cluster.namespace, &setup.direct()?, &[]).await?,
+        );
+        standby.http_addr().await?;
+        // The leader acts: an intent reconciled to a status (its target is missing).
+        cluster
+            .apply_intent(
+                "before",
+                json!({"target": {"kind": "Deployment", "name": "absent"}, "priority": "high"}),
+            )
+            .await?;
+        eventually("the leader to write the intent's status", || async {
+            let wi = cluster.intents().get("before").await.ok()?;
+            wi.status.filter(|s| !s.conditions.is_empty()).map(|_| ())
+        })
+        .await?;
+
+        let cut = Utc::now();
+        setup.relay.set(Mode::Blackhole);
+        let took_over = eventually("the standby to take over", || async {
+            standby.logged_at("leadership term starts")
+        })
+        .await?;
+        let stopped = a
+            .logged_all("leader loops stopped")
+            .last()
+            .copied()
+            .context("the partitioned leader never stopped its loops")?;
+        let gap = took_over - stopped;
+        println!(
+            "partition at {cut}; old leader stopped every write at +{} ms; standby started at +{} ms; gap {} ms (lease {:?}, renew deadline {:?})",
+            (stopped - cut).num_milliseconds(),
+            (took_over - cut).num_milliseconds(),
+            gap.num_milliseconds(),
+            lease_arg("lease-duration"),
+            lease_arg("lease-renew-deadline"),
+        );
+        ensure!(
+            gap > chrono::Duration::zero(),
+            "the standby started writing {} ms before the old leader stopped",
+            -gap.num_milliseconds()
+        );
+        ensure!(
+            lease_holder(&cluster).await.as_deref() == Some("standby"),
+            "the Lease moved"
+        );
+        // The new leader acts.
+        cluster
+            .apply_intent(
+                "after",
+                json!({"target": {"kind": "Deployment", "name": "absent-too"}, "priority": "high"}),
+            )
+            .await?;
+        eventually("the new leader to write the new intent's status", || async {
+            let wi = cluster.intents().get("after").await.ok()?;
+            wi.status.filter(|s| !s.conditions.is_empty()).map(|_| ())
+        })
+        .await?;
+
+        // The partition heals: the old leader sees the Lease held and stays a standby.
+        setup.relay.set(Mode::Pass);
+        tokio::time::sleep(lease_arg("lease-duration")).await;
+        ensure!(
+            a.logged_all("became leader").len() == 1,
+            "the old leader took the Lease back from a live leader"
+        );
+        ensure!(lease_holder(&cluster).await.as_deref() == Some("standby"));
+        Ok(())
+    }
+    .await;
+    setup.relay.set(Mode::Pass);
+    let _ = a.stop().await;
+    if let Some(b) = b {
+        let _ = b.stop().await;
+    }
+    cluster.cleanup().await;
+    result
+}
+
+/// How many PodDisruptionBudgets the test's namespace has, in whichever version the API
+/// server serves (the operator discovers it the same way).
+async fn budgets(cluster: &Cluster) -> Result<usize> {
+    let mut last = None;
+    for version in ["v1", "v1beta1"] {
+        let gvk = GroupVersionKind::gvk("policy", version, "PodDisruptionBudget");
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            cluster.admin.clone(),
+            &cluster.namespace,
+            &ApiResource::from_gvk(&gvk),
+        );
+        match api.list(&Default::default()).await {
+            Ok(list) => return Ok(list.items.len()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried a version").into())
+}
+
+#[tokio::test]
+async fn a_429_storm_neither_crashes_the_operator_nor_makes_it_act_twice() -> Result<()> {
+    let setup = Setup::new().await?;
+    let cluster = Cluster::connect("storm").await?;
+    let mut op = OperatorProcess::start("stormed", &cluster.namespace, &setup.relayed, &[]).await?;
+    let result = async {
+        let pid = op.pid();
+        cluster.create_deployment("web", 1).await?;
+        cluster
+            .apply_intent(
+                "web",
+                json!({"target": {"kind": "Deployment", "name": "web"}, "priority": "high",
+                       "availability": {"replicaFloor": 2, "minAvailable": 1}}),
+            )
+            .await?;
+        eventually("the floor and the budget in force", || async {
+            let d = cluster.deployments().get("web").await.ok()?;
+            let replicas = d.spec.replicas?;
+            let n = budgets(&cluster).await.ok()?;
+            (replicas == 2 && n == 1).then_some(())
+        })
+        .await?;
+
+        // The storm lasts longer than the renew deadline: the lease cannot be renewed.
+        setup.relay.set(Mode::TooManyRequests);
+        let storm = lease_arg("lease-duration") + Duration::from_secs(2);
+        tokio::time::sleep(storm).await;
+        setup.relay.set(Mode::Pass);
+        let rejected = setup.relay.rejected();
+        println!("the relay answered {rejected} requests 429 in {storm:?}");
+        ensure!(rejected > 0, "the storm reached the operator");
+        ensure!(op.running()?, "the operator survived the storm");
+
+        // It works again: a new intent is reconciled, by the same process.
+        cluster
+            .apply_intent(
+                "later",
+                json!({"target": {"kind": "Deployment", "name": "absent"}, "priority": "high"}),
+            )
+            .await?;
+        eventually("the operator to reconcile after the storm", || async {
+            let wi = cluster.intents().get("later").await.ok()?;
+            wi.status.filter(|s| !s.conditions.is_empty()).map(|_| ())
+        })
+        .await?;
+        ensure!(op.running()? && op.pid() == pid, "no restart");
+        let terms = op.logged_all("became leader").len();
+        let stepped_down = op.logged_all("stepping down").len();
+        println!("leadership terms: {terms}; step-downs during the storm: {stepped_down}");
+        ensure!(
+            op.logged_all("a loop ended unexpectedly").is_empty(),
+            "no loop died in the storm"
+        );
+        // Nothing twice: one budget, the floor as it was.
+        let n = budgets(&cluster).await?;
+        let replicas = cluster.deployments().get("web").await?.spec.replicas;
+        ensure!(
+            n == 1 && replicas == Some(2),
+            "{n} budgets, {replicas:?} replicas"
+        );
+        Ok(())
+    }
+    .await;
+    setup.relay.set(Mode::Pass);
+    let _ = op.stop().await;
+    cluster.cleanup().await;
+    result
+}
