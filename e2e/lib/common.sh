@@ -37,17 +37,17 @@ is_running() {
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
-# without_inherited_fds CMD...: runs CMD with only stdin, stdout and stderr open. A daemon
-# started from a test must not keep the caller's descriptors: a lock taken with flock(1)
-# around a test run would otherwise be held for as long as the daemon lives.
-without_inherited_fds() {
-    (
-        for fd in /proc/$BASHPID/fd/*; do
-            fd=${fd##*/}
-            [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
-        done
-        exec "$@"
-    )
+# close_inherited_fds: closes every descriptor above stderr in the current (sub)shell. A daemon
+# started from a test must not keep the caller's descriptors: a lock taken with flock(1) around
+# a test run would otherwise be held for as long as the daemon lives. Call it in the subshell
+# that then execs the daemon, so the recorded pid stays the daemon's.
+close_inherited_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+    done
+    return 0
 }
 
 # start_bg NAME CMD...: start CMD in the background, logging to $LOG_DIR/NAME.log,
@@ -58,7 +58,10 @@ start_bg() {
     if is_running "$name"; then
         return 0
     fi
-    without_inherited_fds setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+    (
+        close_inherited_fds
+        exec setsid "$@"
+    ) >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$PID_DIR/$name.pid"
     # setsid made it a process-group leader: stop_pid signals the whole group, so children
     # it spawned (e.g. a build's compilers) stop with it.

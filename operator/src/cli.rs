@@ -3,7 +3,10 @@
 //! The same program answers as `kubectl-plumbline`, so it works as a kubectl plugin.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use plumbline_policies::{health::UnknownReadiness, ledger::ActuationPolicy};
+use plumbline_policies::{
+    health::{ThrottleLadder, UnknownReadiness},
+    ledger::ActuationPolicy,
+};
 use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
@@ -109,6 +112,19 @@ pub struct RunArgs {
     )]
     pub taint_degraded_nodes: bool,
 
+    /// At most this many noisy neighbours are throttled for one degraded VM.
+    #[arg(long, default_value_t = 2, env = "PLUMBLINE_THROTTLE_MAX_PER_VICTIM")]
+    pub throttle_max_per_victim: usize,
+
+    /// At most this many VMs sharing one host or one datastore are throttled at once.
+    #[arg(long, default_value_t = 4, env = "PLUMBLINE_THROTTLE_MAX_PER_HOST")]
+    pub throttle_max_per_host: usize,
+
+    /// A throttle step is judged this many of the victim's samples after it, and undone when
+    /// the victim's latency did not drop; 0 never judges (every step is kept).
+    #[arg(long, default_value_t = 3, env = "PLUMBLINE_THROTTLE_JUDGE_SAMPLES")]
+    pub throttle_judge_samples: u32,
+
     /// How often each InfraChange in force is read back from its target, so a value changed
     /// behind Plumbline's back is reported (Drifted) and corrected, e.g. 30s, 500ms, 2m.
     #[arg(
@@ -170,6 +186,12 @@ impl RunArgs {
             unknown: self.unknown_readiness.into(),
             taint_degraded_nodes: self.taint_degraded_nodes,
             fault: self.test_fault,
+            ladder: ThrottleLadder {
+                max_per_victim: self.throttle_max_per_victim,
+                max_per_domain: self.throttle_max_per_host,
+                judge_after_samples: self.throttle_judge_samples,
+                ..ThrottleLadder::default()
+            },
             ledger: LedgerSettings {
                 policy: ActuationPolicy {
                     readback_every: self.infra_readback_interval,

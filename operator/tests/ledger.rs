@@ -40,7 +40,7 @@ fn one_step_health() -> HealthSettings {
     let mut health = common::test_health();
     health.ladder = ThrottleLadder {
         steps: vec![0.5],
-        ..ThrottleLadder::default()
+        ..health.ladder
     };
     health.ledger.call_deadline = Duration::from_secs(5);
     health

@@ -171,7 +171,10 @@ libvirt_start_daemon() {
         log "$name already running (pid $(cat "$pidfile")) and not started by the stack; using it"
         return 0
     fi
-    without_inherited_fds "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null || die "$name failed to start; see $LOG_DIR/$name.log"
+    (
+        close_inherited_fds
+        exec "$@"
+    ) >>"$LOG_DIR/$name.log" 2>&1 </dev/null || die "$name failed to start; see $LOG_DIR/$name.log"
     local deadline=$((SECONDS + 15)) pid=""
     until [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
         [ $SECONDS -ge $deadline ] && die "$name is not running (no live pid in $pidfile); see $LOG_DIR/$name.log"

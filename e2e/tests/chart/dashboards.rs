@@ -405,7 +405,7 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
         {{"apiVersion":"plumbline.dev/v1alpha1","kind":"HypervisorProvider","metadata":{{"name":"{provider}"}},
           "spec":{{"libvirt":{{"uri":"{libvirt_uri}"}},"sampleInterval":"1s"}}}},
         {{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"payments","namespace":"{ns}"}},
-          "spec":{{"replicas":1,"selector":{{"matchLabels":{{"app":"payments"}}}},
+          "spec":{{"replicas":2,"selector":{{"matchLabels":{{"app":"payments"}}}},
           "template":{{"metadata":{{"labels":{{"app":"payments"}}}},
           "spec":{{"nodeName":"{victim}","containers":[{{"name":"api","image":"registry.invalid/payments:1"}}]}}}}}}}},
         {{"apiVersion":"plumbline.dev/v1alpha1","kind":"WorkloadIntent","metadata":{{"name":"payments","namespace":"{ns}"}},

@@ -54,6 +54,9 @@ impl OperatorProcess {
                 "--identity",
                 identity,
                 "--infra-readback-interval=2s",
+                // As in `test_health`: the stack's latency is on the victim's own disk, so the
+                // ladder's judgement would undo every step.
+                "--throttle-judge-samples=0",
             ])
             .args(LEASE_ARGS)
             .args(extra)

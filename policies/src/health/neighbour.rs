@@ -33,7 +33,7 @@ pub struct ThrottleLadder {
     pub max_per_domain: usize,
     /// A step is judged this many of the victim's samples after it: when the victim's latency
     /// has not dropped by [`Self::min_improvement`], the step is undone and the ladder stops
-    /// for that victim. The victim's next step waits for the judgement.
+    /// for that victim. The victim's next step waits for the judgement. 0 never judges.
     pub judge_after_samples: u32,
     /// The share by which a step must lower the victim's latency to count as helping.
     pub min_improvement: f64,
@@ -339,7 +339,8 @@ pub fn plan_neighbour_throttles<K: Ord + Clone + Display>(
 
     // Judge each victim's last step once its samples are in: undo it when it did not help.
     let mut judged_badly: BTreeSet<&K> = BTreeSet::new();
-    for victim in &degraded {
+    let judging = ladder.judge_after_samples > 0;
+    for victim in degraded.iter().filter(|_| judging) {
         let Some(last) = throttles
             .values()
             .filter(|t| t.victims.contains(&victim.vm) && !touched.contains(&t.vm))
