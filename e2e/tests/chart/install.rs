@@ -728,9 +728,18 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
 
     let metrics = operator.metrics();
     let logs = operator.logs();
+    // Providers are cluster-scoped: tests running meanwhile add their own, whose Secrets live
+    // in namespaces the chart rightly does not let this install read. Only refusals about this
+    // release's own objects count.
+    let refused: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .filter(|l| !l.contains("provider=") || l.contains(&format!("provider={release}-")))
+        .collect();
     assert!(
-        !logs.to_lowercase().contains("forbidden"),
-        "the operator was refused something under the chart's RBAC:\n{logs}"
+        refused.is_empty(),
+        "the operator was refused something under the chart's RBAC:\n{}\nthe whole log:\n{logs}",
+        refused.join("\n")
     );
     assert!(
         metrics.contains("plumbline_reconcile_runs_total"),
