@@ -11,10 +11,9 @@ use anyhow::{ensure, Context as _, Result};
 use chrono::Utc;
 use common::{
     eventually,
-    process::{OperatorProcess, LEASE_ARGS},
+    process::{lease_holder, OperatorProcess, LEASE_ARGS},
     Cluster,
 };
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind},
     Api,
@@ -60,15 +59,6 @@ impl Setup {
             self.stack.get("PLUMBLINE_OPERATOR_KUBECONFIG")?,
         ))
     }
-}
-
-async fn lease_holder(cluster: &Cluster) -> Option<String> {
-    Api::<Lease>::namespaced(cluster.admin.clone(), &cluster.namespace)
-        .get_opt("plumbline-operator")
-        .await
-        .ok()??
-        .spec?
-        .holder_identity
 }
 
 fn lease_arg(name: &str) -> Duration {

@@ -7,23 +7,16 @@
 mod common;
 
 use anyhow::{ensure, Context as _, Result};
-use common::{eventually, process::OperatorProcess, Cluster};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
+use common::{
+    eventually,
+    process::{lease_holder, OperatorProcess},
+    Cluster,
+};
 use std::{path::PathBuf, time::Instant};
 
 fn operator_kubeconfig() -> Result<PathBuf> {
     let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
     Ok(PathBuf::from(stack.get("PLUMBLINE_OPERATOR_KUBECONFIG")?))
-}
-
-async fn lease_holder(cluster: &Cluster) -> Option<String> {
-    Api::<Lease>::namespaced(cluster.admin.clone(), &cluster.namespace)
-        .get_opt("plumbline-operator")
-        .await
-        .ok()??
-        .spec?
-        .holder_identity
 }
 
 #[tokio::test]

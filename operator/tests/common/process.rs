@@ -191,3 +191,16 @@ impl OperatorProcess {
         Ok(())
     }
 }
+
+/// Who holds the operators' Lease (`plumbline-operator`) in the cluster's namespace.
+pub async fn lease_holder(cluster: &super::Cluster) -> Option<String> {
+    kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        cluster.admin.clone(),
+        &cluster.namespace,
+    )
+    .get_opt("plumbline-operator")
+    .await
+    .ok()??
+    .spec?
+    .holder_identity
+}
