@@ -14,9 +14,7 @@ use anyhow::{ensure, Context as _, Result};
 use health_common::*;
 use k8s_openapi::api::core::v1::Event;
 use kube::{api::ListParams, Api};
-use plumbline_adapters::{
-    Hypervisor, HypervisorConfig, Secret as Password, TlsTrust, Tunable, VSphereConfig, VmId,
-};
+use plumbline_adapters::{Hypervisor, Tunable, VmId};
 use plumbline_operator::{clock::SystemClock, run::Operator};
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
@@ -35,16 +33,6 @@ fn protected_intent() -> serde_json::Value {
         "storage": {"latencyBudget": "500ms"},
         "infrastructure": {"protectBackingVms": true},
     })
-}
-
-async fn vsphere_adapter(stack: &plumbline_e2e::Stack) -> Result<Arc<dyn Hypervisor>> {
-    let config = VSphereConfig {
-        url: stack.get("VSPHERE_URL")?.to_string(),
-        username: stack.get("VSPHERE_USERNAME")?.to_string(),
-        password: Password::new(stack.get("VSPHERE_PASSWORD")?.to_string()),
-        tls: TlsTrust::CaPem(stack.vsphere_ca_pem()?),
-    };
-    Ok(plumbline_adapters::connect(HypervisorConfig::VSphere(config)).await?)
 }
 
 /// (current, recorded original) CPU shares of the VM.
@@ -108,15 +96,7 @@ impl VsphereCase {
     async fn start(test: &str) -> Result<Self> {
         let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
         let hv = vsphere_adapter(&stack).await?;
-        let vm = hv
-            .inventory()
-            .await?
-            .into_iter()
-            .find(|v| v.name == VM)
-            .with_context(|| format!("the simulator has no VM {VM}"))?
-            .id;
-        // A leftover from an earlier, interrupted run would hide the real original.
-        hv.revert(&vm, &[Tunable::CpuShares]).await?;
+        let vm = vsphere_vm_with_its_own_shares(hv.as_ref(), VM).await?;
         let (before, recorded) = cpu_shares(hv.as_ref(), &vm).await?;
         ensure!(recorded.is_none(), "no original recorded before the test");
         ensure!(

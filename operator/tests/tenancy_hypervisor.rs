@@ -15,9 +15,7 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams},
     Api,
 };
-use plumbline_adapters::{
-    Hypervisor, HypervisorConfig, Secret as Password, TlsTrust, Tunable, VSphereConfig,
-};
+use plumbline_adapters::Tunable;
 use plumbline_crds::TenantPolicy;
 use plumbline_operator::clock::SystemClock;
 use serde_json::json;
@@ -26,16 +24,6 @@ use std::{sync::Arc, time::Duration};
 const VM: &str = "DC0_H0_VM1";
 const NODE: &str = "dc0-h0-vm1";
 const PATIENCE: Duration = Duration::from_secs(90);
-
-async fn vsphere(stack: &plumbline_e2e::Stack) -> Result<Arc<dyn Hypervisor>> {
-    let config = VSphereConfig {
-        url: stack.get("VSPHERE_URL")?.to_string(),
-        username: stack.get("VSPHERE_USERNAME")?.to_string(),
-        password: Password::new(stack.get("VSPHERE_PASSWORD")?.to_string()),
-        tls: TlsTrust::CaPem(stack.vsphere_ca_pem()?),
-    };
-    Ok(plumbline_adapters::connect(HypervisorConfig::VSphere(config)).await?)
-}
 
 fn protecting(target: &str, priority: &str) -> serde_json::Value {
     json!({
@@ -48,16 +36,8 @@ fn protecting(target: &str, priority: &str) -> serde_json::Value {
 #[tokio::test]
 async fn serial_tenancy_a_not_allowed_intent_changes_nothing_on_the_hypervisor() -> Result<()> {
     let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
-    let hv = vsphere(&stack).await?;
-    let vm = hv
-        .inventory()
-        .await?
-        .into_iter()
-        .find(|v| v.name == VM)
-        .with_context(|| format!("the simulator has no VM {VM}"))?
-        .id;
-    // A leftover from an interrupted run would hide the real original.
-    hv.revert(&vm, &[Tunable::CpuShares]).await?;
+    let hv = vsphere_adapter(&stack).await?;
+    let vm = vsphere_vm_with_its_own_shares(hv.as_ref(), VM).await?;
     let before = hv.tunables(&vm).await?.current(&Tunable::CpuShares);
 
     let cluster = common::Cluster::connect("tenancy_hv").await?;

@@ -442,3 +442,35 @@ pub async fn kubectl(stack: &plumbline_e2e::Stack, args: &[&str]) -> Result<Stri
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// An adapter for the stack's vSphere simulator, as the operator would build one.
+pub async fn vsphere_adapter(
+    stack: &plumbline_e2e::Stack,
+) -> Result<std::sync::Arc<dyn plumbline_adapters::Hypervisor>> {
+    use plumbline_adapters::{HypervisorConfig, Secret as Password, TlsTrust, VSphereConfig};
+    let config = VSphereConfig {
+        url: stack.get("VSPHERE_URL")?.to_string(),
+        username: stack.get("VSPHERE_USERNAME")?.to_string(),
+        password: Password::new(stack.get("VSPHERE_PASSWORD")?.to_string()),
+        tls: TlsTrust::CaPem(stack.vsphere_ca_pem()?),
+    };
+    Ok(plumbline_adapters::connect(HypervisorConfig::VSphere(config)).await?)
+}
+
+/// The simulator VM `name`, with any CPU shares an interrupted earlier run left on it
+/// restored, so the test sees the real original.
+pub async fn vsphere_vm_with_its_own_shares(
+    hv: &dyn plumbline_adapters::Hypervisor,
+    name: &str,
+) -> Result<plumbline_adapters::VmId> {
+    let vm = hv
+        .inventory()
+        .await?
+        .into_iter()
+        .find(|v| v.name == name)
+        .with_context(|| format!("the simulator has no VM {name}"))?
+        .id;
+    hv.revert(&vm, &[plumbline_adapters::Tunable::CpuShares])
+        .await?;
+    Ok(vm)
+}
