@@ -4,7 +4,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use plumbline_policies::{
-    health::{ThrottleLadder, UnknownReadiness},
+    health::{TaintCap, ThrottleLadder, UnknownReadiness},
     ledger::ActuationPolicy,
 };
 use std::{net::SocketAddr, path::PathBuf};
@@ -112,6 +112,16 @@ pub struct RunArgs {
     )]
     pub taint_degraded_nodes: bool,
 
+    /// At most this percent of all nodes (rounded down) carry the storage taint at once; a
+    /// workload's last schedulable node never does.
+    #[arg(
+        long,
+        default_value_t = 33,
+        value_parser = clap::value_parser!(u8).range(0..=100),
+        env = "PLUMBLINE_TAINT_MAX_NODES_PERCENT"
+    )]
+    pub taint_max_nodes_percent: u8,
+
     /// At most this many noisy neighbours are throttled for one degraded VM.
     #[arg(long, default_value_t = 2, env = "PLUMBLINE_THROTTLE_MAX_PER_VICTIM")]
     pub throttle_max_per_victim: usize,
@@ -185,6 +195,9 @@ impl RunArgs {
         HealthSettings {
             unknown: self.unknown_readiness.into(),
             taint_degraded_nodes: self.taint_degraded_nodes,
+            taint_cap: TaintCap {
+                max_nodes_percent: self.taint_max_nodes_percent,
+            },
             fault: self.test_fault,
             ladder: ThrottleLadder {
                 max_per_victim: self.throttle_max_per_victim,
@@ -385,6 +398,19 @@ mod tests {
         );
         assert!(
             Cli::try_parse_from(["plumbline", "run", "--taint-degraded-nodes=sometimes"]).is_err()
+        );
+    }
+
+    #[test]
+    fn the_taint_cap_is_a_third_unless_set_and_a_percent() {
+        assert_eq!(
+            run_args(&["plumbline", "run"]).health().taint_cap,
+            TaintCap::default()
+        );
+        let half = run_args(&["plumbline", "run", "--taint-max-nodes-percent", "50"]).health();
+        assert_eq!(half.taint_cap.max_nodes_percent, 50);
+        assert!(
+            Cli::try_parse_from(["plumbline", "run", "--taint-max-nodes-percent", "101"]).is_err()
         );
     }
 }

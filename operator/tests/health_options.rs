@@ -17,7 +17,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use health_common::*;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::{
-    api::{ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     Api, Client, ResourceExt,
 };
 use plumbline_operator::{
@@ -41,7 +41,6 @@ use tokio::{
 const PATIENCE: Duration = Duration::from_secs(90);
 /// Where `qemu:///system` connects (libvirtd's read-write socket).
 const LIBVIRTD_SOCKET: &str = "/run/libvirt/libvirt-sock";
-const STORAGE_TAINT: &str = "plumbline.dev/storage-latency-high";
 
 /// A unix-socket relay between the operator's libvirt client and libvirtd. Cutting it is
 /// what a network partition does to a remote hypervisor, without stopping the daemon that
@@ -243,14 +242,6 @@ async fn serial_health_fail_closed_takes_pods_out_of_rotation_while_the_hypervis
     result.and(released)
 }
 
-async fn taints(admin: &Client, node: &str) -> Result<Vec<Taint>> {
-    let n = Api::<Node>::all(admin.clone())
-        .get(node)
-        .await
-        .with_context(|| format!("reading Node {node}"))?;
-    Ok(n.spec.and_then(|s| s.taints).unwrap_or_default())
-}
-
 /// Changes the node's taints as a careful admin tool would: read, change, write back guarded
 /// by the resourceVersion read, again on a conflict.
 async fn edit_taints(admin: &Client, node: &str, edit: impl Fn(&mut Vec<Taint>)) -> Result<()> {
@@ -287,31 +278,6 @@ fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
 fn has(list: &[Taint], t: &Taint) -> bool {
     list.iter()
         .any(|x| x.key == t.key && x.value == t.value && x.effect == t.effect)
-}
-
-/// Reasons of Events about the node created since `since`.
-async fn node_event_reasons(
-    admin: &Client,
-    node: &str,
-    since: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<(String, String)>> {
-    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), "default")
-        .list(&ListParams::default())
-        .await
-        .context("listing Events in default")?;
-    Ok(events
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.involved_object.kind.as_deref() == Some("Node")
-                && e.involved_object.name.as_deref() == Some(node)
-                && e.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .is_some_and(|t| t.0.as_second() >= since.timestamp())
-        })
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-        .collect())
 }
 
 #[tokio::test]

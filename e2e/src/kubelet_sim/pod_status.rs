@@ -1,8 +1,9 @@
 //! The status a kubelet reports for a running pod, computed without I/O.
 //!
 //! Containers have no real process behind them, so they are running and ready as soon as
-//! the pod is bound. Pod readiness then follows the kubelet's rule: `ContainersReady` AND
-//! every `spec.readinessGates` condition True. Only the conditions the kubelet owns
+//! the pod is bound, unless the pod is annotated [`PROBE_ANNOTATION`]`: fail`, which stands
+//! for the application's own readiness probe failing. Pod readiness then follows the
+//! kubelet's rule: `ContainersReady` AND every `spec.readinessGates` condition True. Only the conditions the kubelet owns
 //! (Initialized, ContainersReady, Ready) are written; readiness-gate conditions belong to
 //! whoever sets them.
 
@@ -18,6 +19,19 @@ pub const INITIALIZED: &str = "Initialized";
 pub const CONTAINERS_READY: &str = "ContainersReady";
 pub const READY: &str = "Ready";
 const RUNNING: &str = "Running";
+
+/// `fail` makes the pod's containers unready, as a failing readiness probe would; anything
+/// else (or nothing) leaves them ready.
+pub const PROBE_ANNOTATION: &str = "sim.plumbline.dev/probe";
+
+/// Whether the pod's containers pass their (simulated) readiness probe.
+pub fn containers_ready(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROBE_ANNOTATION))
+        .is_none_or(|v| v != "fail")
+}
 
 /// Where a pod runs: its own IP and its node's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +57,20 @@ fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
         .find(|c| c.type_ == type_)
 }
 
-/// Ready iff every readiness gate has a True condition (containers are always ready here).
+/// Ready iff the containers are ready and every readiness gate has a True condition.
 pub fn readiness(pod: &Pod) -> Readiness {
+    if !containers_ready(pod) {
+        return Readiness {
+            ready: false,
+            why_not: Some((
+                "ContainersNotReady",
+                format!(
+                    "containers with unready status: [{}]",
+                    container_names(pod).join(" ")
+                ),
+            )),
+        };
+    }
     let gates = pod
         .spec
         .as_ref()
@@ -103,7 +129,7 @@ pub fn is_current(pod: &Pod, placement: PodPlacement) -> bool {
         reported.len() == names.len()
             && reported.iter().zip(&names).all(|(s, name)| {
                 s.name == *name
-                    && s.ready
+                    && s.ready == containers_ready(pod)
                     && s.state
                         .as_ref()
                         .and_then(|st| st.running.as_ref())
@@ -114,7 +140,7 @@ pub fn is_current(pod: &Pod, placement: PodPlacement) -> bool {
         && status.pod_ip.as_deref() == Some(placement.pod_ip.to_string().as_str())
         && status.host_ip.as_deref() == Some(placement.host_ip.to_string().as_str())
         && condition_is(INITIALIZED, true)
-        && condition_is(CONTAINERS_READY, true)
+        && condition_is(CONTAINERS_READY, containers_ready(pod))
         && condition_is(READY, readiness(pod).ready)
         && containers_current
 }
@@ -137,6 +163,7 @@ pub fn status_patch(pod: &Pod, placement: PodPlacement, now: &Time) -> Value {
         .unwrap_or_else(|| now.clone());
 
     let verdict = readiness(pod);
+    let containers_ready = containers_ready(pod);
     let mut ready = json!({
         "type": READY,
         "status": status_str(verdict.ready),
@@ -166,7 +193,7 @@ pub fn status_patch(pod: &Pod, placement: PodPlacement, now: &Time) -> Value {
                 "image": c.image.clone().unwrap_or_default(),
                 "imageID": "",
                 "containerID": format!("kubelet-sim://{uid}/{}", c.name),
-                "ready": true,
+                "ready": containers_ready,
                 "started": true,
                 "restartCount": 0,
                 "state": {"running": {"startedAt": started_at}},
@@ -187,8 +214,8 @@ pub fn status_patch(pod: &Pod, placement: PodPlacement, now: &Time) -> Value {
             "conditions": [
                 {"type": INITIALIZED, "status": "True", "lastProbeTime": null,
                  "lastTransitionTime": since(INITIALIZED, true)},
-                {"type": CONTAINERS_READY, "status": "True", "lastProbeTime": null,
-                 "lastTransitionTime": since(CONTAINERS_READY, true)},
+                {"type": CONTAINERS_READY, "status": status_str(containers_ready), "lastProbeTime": null,
+                 "lastTransitionTime": since(CONTAINERS_READY, containers_ready)},
                 ready,
             ],
             "containerStatuses": containers,
@@ -287,5 +314,32 @@ mod tests {
             }
         }
         assert!(!is_current(&p, placement()));
+    }
+
+    #[test]
+    fn a_failing_probe_makes_containers_and_pod_unready_and_a_passing_one_ready_again() {
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let mut p = pod(&[GATE], &[(GATE, "True")]);
+        p.metadata.annotations = Some([(PROBE_ANNOTATION.to_string(), "fail".to_string())].into());
+        let verdict = readiness(&p);
+        assert!(!verdict.ready);
+        assert_eq!(verdict.why_not.unwrap().0, "ContainersNotReady");
+        let patch = status_patch(&p, placement(), &now);
+        assert_eq!(patch["status"]["conditions"][1]["status"], "False");
+        assert_eq!(patch["status"]["conditions"][2]["status"], "False");
+        assert_eq!(patch["status"]["containerStatuses"][0]["ready"], false);
+        let mut status: k8s_openapi::api::core::v1::PodStatus =
+            serde_json::from_value(patch["status"].clone()).unwrap();
+        status
+            .conditions
+            .as_mut()
+            .unwrap()
+            .push(serde_json::from_value(json!({"type": GATE, "status": "True"})).unwrap());
+        p.status = Some(status);
+        assert!(is_current(&p, placement()));
+        // The probe passes again: the status is stale until rewritten.
+        p.metadata.annotations = None;
+        assert!(!is_current(&p, placement()));
+        assert!(readiness(&p).ready);
     }
 }

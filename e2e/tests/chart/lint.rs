@@ -50,6 +50,9 @@ fn bad_values_are_rejected_with_a_message_naming_the_field() {
         ("operator.port=70000", &["/operator/port", "maximum"]),
         ("operator.unknownReadiness=maybe", &["/operator/unknownReadiness", "fail-open", "fail-closed"]),
         ("operator.taintDegradedNodes=sometimes", &["/operator/taintDegradedNodes"]),
+        ("operator.taintMaxNodesPercent=101", &["/operator/taintMaxNodesPercent", "maximum"]),
+        ("operator.throttleMaxPerVictim=-1", &["/operator/throttleMaxPerVictim", "minimum"]),
+        ("operator.throttleJudgeSamples=often", &["/operator/throttleJudgeSamples"]),
         // Only what `plumbline run --infra-readback-interval` parses: whole ms, s or m, >= 100ms.
         ("operator.infraReadbackInterval=1h", &["/operator/infraReadbackInterval", "does not match"]),
         ("operator.infraReadbackInterval=1.5s", &["/operator/infraReadbackInterval"]),
@@ -180,6 +183,17 @@ fn health_options_become_flags_and_only_tainting_grants_patch_on_nodes() {
         args.contains(&"--infra-readback-interval=30s".to_string()),
         "the ledger's read-back interval, default 30s: {args:?}"
     );
+    for default in [
+        "--taint-max-nodes-percent=33",
+        "--throttle-max-per-victim=2",
+        "--throttle-max-per-host=4",
+        "--throttle-judge-samples=3",
+    ] {
+        assert!(
+            args.contains(&default.to_string()),
+            "the operator's own default {default}: {args:?}"
+        );
+    }
     assert!(
         !args.iter().any(|a| a.contains("recover-leftovers")),
         "the flag is gone from the operator: {args:?}"
@@ -189,6 +203,8 @@ fn health_options_become_flags_and_only_tainting_grants_patch_on_nodes() {
         "operator.unknownReadiness=fail-closed",
         "operator.taintDegradedNodes=true",
         "operator.infraReadbackInterval=2m",
+        "operator.taintMaxNodesPercent=50",
+        "operator.throttleJudgeSamples=0",
     ]);
     let args = operator_args(&on);
     assert!(
@@ -199,10 +215,13 @@ fn health_options_become_flags_and_only_tainting_grants_patch_on_nodes() {
         args.contains(&"--taint-degraded-nodes=true".to_string()),
         "{args:?}"
     );
-    assert!(
-        args.contains(&"--infra-readback-interval=2m".to_string()),
-        "{args:?}"
-    );
+    for set in [
+        "--infra-readback-interval=2m",
+        "--taint-max-nodes-percent=50",
+        "--throttle-judge-samples=0",
+    ] {
+        assert!(args.contains(&set.to_string()), "{set}: {args:?}");
+    }
     assert!(may_patch_nodes(&on), "tainting needs patch on nodes");
 }
 

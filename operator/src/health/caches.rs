@@ -2,7 +2,7 @@
 //! scale), Nodes, and HypervisorProviders.
 
 use futures::{future::BoxFuture, FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Affinity, Node, Pod, PodSpec, PodStatus};
 use kube::{
     runtime::{
         reflector::{self, Store},
@@ -22,6 +22,16 @@ pub fn prune_pod(pod: &mut Pod) {
     pod.spec = Some(PodSpec {
         node_name: spec.node_name,
         readiness_gates: spec.readiness_gates,
+        // Where the pod may be scheduled, for the taint guard.
+        node_selector: spec.node_selector,
+        tolerations: spec.tolerations,
+        affinity: spec
+            .affinity
+            .and_then(|a| a.node_affinity)
+            .map(|n| Affinity {
+                node_affinity: Some(n),
+                ..Affinity::default()
+            }),
         ..PodSpec::default()
     });
     let status = pod.status.take().unwrap_or_default();

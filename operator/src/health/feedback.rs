@@ -31,7 +31,7 @@ use super::{
     caches::Caches,
     graph::{self, IntentView, VmKey},
     metrics::{BackingLabels, DiskLabels, PodLabels, TransitionLabels, VerdictLabels, VmLabels},
-    taint::{self, TaintWant},
+    taint::{self, TaintGuard, TaintWant},
     throttle, HealthSettings, HEALTH_FIELD_MANAGER,
 };
 use crate::context::Context;
@@ -50,6 +50,7 @@ pub struct Feedback {
     neighbours: NeighbourHistory<VmRef>,
     intent_status: HashMap<(String, String), (Value, Instant)>,
     series: Series,
+    taints: TaintGuard,
     /// Scoped to a namespace: only nodes running pods of its intents get a condition, so
     /// operators scoped to different namespaces (tests, tenants) never fight over a node.
     scoped: bool,
@@ -153,6 +154,7 @@ impl Feedback {
         let actions;
         let views;
         let wanted_throttles;
+        let taint_plan;
         {
             let mut b = match book.lock() {
                 Ok(b) => b,
@@ -311,6 +313,18 @@ impl Feedback {
                 }
             }
 
+            taint_plan = self.taints.plan(
+                &taint_wants,
+                &caches.nodes.state(),
+                &views,
+                settings.taint_cap,
+                operator,
+            );
+            ctx.metrics
+                .health
+                .taints_held
+                .set(self.taints.held() as i64);
+
             // Metrics per VM and disk.
             let mut series = Series::default();
             for vm in &all_vms {
@@ -455,8 +469,9 @@ impl Feedback {
             self.write_intent_status(ctx, key, body).await;
         }
         throttle::publish(ctx, &views, &changes, &wanted_throttles, operator, &actions).await;
+        taint::publish(ctx, taint_plan.newly_held).await;
         let mut wanted = wanted_throttles;
-        wanted.extend(taint::wanted(&taint_wants, operator));
+        wanted.extend(taint_plan.wanted);
         wanted
     }
 

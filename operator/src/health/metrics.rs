@@ -87,6 +87,7 @@ pub struct HealthMetrics {
     pub provider_connected: Family<ProviderLabels, Gauge>,
     pub sample_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     pub detection_latency: Histogram,
+    pub taints_held: Gauge,
 }
 
 impl HealthMetrics {
@@ -102,6 +103,7 @@ impl HealthMetrics {
             provider_connected: Family::default(),
             sample_duration: Family::new_with_constructor(sample_histogram),
             detection_latency: detection_histogram(),
+            taints_held: Gauge::default(),
         };
         registry.register_with_unit(
             "vm_storage_latency",
@@ -150,6 +152,11 @@ impl HealthMetrics {
             "From the first over-budget sample window to the pod condition turning False",
             Unit::Seconds,
             m.detection_latency.clone(),
+        );
+        registry.register(
+            "storage_taints_held",
+            "Nodes whose storage is over budget but that do not get the storage taint: the cap is reached, or a workload has no other node",
+            m.taints_held.clone(),
         );
         m
     }

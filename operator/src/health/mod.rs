@@ -32,7 +32,7 @@ pub use metrics::HealthMetrics;
 use futures::FutureExt;
 use kube::ResourceExt;
 use plumbline_crds::{conditions::infra_change as ic_state, ChangePurpose, InfraChange};
-use plumbline_policies::health::{LatencyBudget, ThrottleLadder, UnknownReadiness};
+use plumbline_policies::health::{LatencyBudget, TaintCap, ThrottleLadder, UnknownReadiness};
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
@@ -66,6 +66,8 @@ pub struct HealthSettings {
     /// Taint nodes whose storage is degraded (`NoSchedule`), and untaint them on recovery.
     /// Off by default: it needs `patch` on nodes.
     pub taint_degraded_nodes: bool,
+    /// How many nodes the storage taint may cover at once.
+    pub taint_cap: TaintCap,
     /// How the change ledger's actuators behave (read-back interval, deadlines, concurrency).
     pub ledger: LedgerSettings,
     /// Test-only: break the loop on purpose, to prove that supervision notices.
@@ -90,6 +92,7 @@ impl Default for HealthSettings {
             ladder: ThrottleLadder::default(),
             resync: Duration::from_secs(1),
             taint_degraded_nodes: false,
+            taint_cap: TaintCap::default(),
             ledger: LedgerSettings::default(),
             fault: None,
         }

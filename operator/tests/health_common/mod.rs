@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use anyhow::{bail, Context as _, Result};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Taint};
 use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     Api, Client, ResourceExt,
@@ -16,6 +16,7 @@ use tokio::process::Command;
 
 pub const GATE: &str = "plumbline.dev/storage-healthy";
 pub const NODE_CONDITION: &str = "StorageLatencyHigh";
+pub const STORAGE_TAINT: &str = "plumbline.dev/storage-latency-high";
 
 /// Creates (or replaces) a cluster-scoped HypervisorProvider.
 pub async fn apply_provider(
@@ -106,6 +107,36 @@ pub async fn deploy_pinned(
     replicas: i32,
     node: &str,
 ) -> Result<()> {
+    deploy_placed(admin, namespace, name, replicas, json!({"nodeName": node})).await
+}
+
+/// A Deployment whose pods the scheduler may only place on `node` (a `nodeSelector`): the
+/// node is the workload's only schedulable node.
+pub async fn deploy_selecting(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+    node: &str,
+) -> Result<()> {
+    let placement = json!({"nodeSelector": {"kubernetes.io/hostname": node}});
+    deploy_placed(admin, namespace, name, replicas, placement).await
+}
+
+async fn deploy_placed(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+    placement: serde_json::Value,
+) -> Result<()> {
+    let mut pod_spec = json!({
+        "automountServiceAccountToken": false,
+        "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
+    });
+    for (k, v) in placement.as_object().into_iter().flatten() {
+        pod_spec[k] = v.clone();
+    }
     let body = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -113,14 +144,7 @@ pub async fn deploy_pinned(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeName": node,
-                    "automountServiceAccountToken": false,
-                    "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
-                }
-            }
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}
         }
     });
     Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), namespace)
@@ -473,4 +497,38 @@ pub async fn vsphere_vm_with_its_own_shares(
     hv.revert(&vm, &[plumbline_adapters::Tunable::CpuShares])
         .await?;
     Ok(vm)
+}
+
+/// The node's taints.
+pub async fn taints(admin: &Client, node: &str) -> Result<Vec<Taint>> {
+    let n = Api::<Node>::all(admin.clone())
+        .get(node)
+        .await
+        .with_context(|| format!("reading Node {node}"))?;
+    Ok(n.spec.and_then(|s| s.taints).unwrap_or_default())
+}
+
+/// Reasons of Events about the node created since `since`.
+pub async fn node_event_reasons(
+    admin: &Client,
+    node: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<(String, String)>> {
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .context("listing Events in default")?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.kind.as_deref() == Some("Node")
+                && e.involved_object.name.as_deref() == Some(node)
+                && e.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|t| t.0.as_second() >= since.timestamp())
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect())
 }

@@ -10,7 +10,8 @@
 //! 1. [`DiskHealth::observe`] each fresh [`StorageSample`] against a [`LatencyBudget`];
 //! 2. [`DiskHealth::verdict`] at `now`, folded per VM with [`VmVerdict::worst_of`];
 //! 3. [`pod_readiness`] per pod, then [`guard`] per workload;
-//! 4. [`node_condition`] per node, and [`node_taints`] when degraded nodes are tainted;
+//! 4. [`node_condition`] per node, and [`node_taints`] when degraded nodes are tainted, within
+//!    [`cap_taints`];
 //! 5. [`plan_neighbour_throttles`] over all victims and candidates;
 //! 6. [`plan_protection`]: CPU shares for the VMs backing protected intents.
 
@@ -22,6 +23,7 @@ mod protect;
 mod readiness;
 mod sample;
 mod state;
+mod taint_cap;
 mod tier;
 mod vm;
 
@@ -39,6 +41,7 @@ pub use protect::{
 pub use readiness::{pod_readiness, reason as pod_reason, ReadinessVerdict, UnknownReadiness};
 pub use sample::{format_latency, LatencyBudget, StorageSample};
 pub use state::{HealthState, UnknownCause};
+pub use taint_cap::{cap_taints, NodeFacts, TaintCap, TaintDecision, TaintHeld, WorkloadPlacement};
 pub use tier::Tier;
 pub use vm::VmVerdict;
 

@@ -960,11 +960,11 @@ mod tests {
             vm: "loud".to_string(),
             reason: String::new(),
         }];
-        history.record(&release, &[v.clone()], t(0), &ladder);
+        history.record(&release, std::slice::from_ref(&v), t(0), &ladder);
         let planned = |history: &NeighbourHistory<String>, at| {
             !plan_neighbour_throttles(
                 t(at),
-                &[v.clone()],
+                std::slice::from_ref(&v),
                 &cands,
                 &BTreeMap::new(),
                 history,
@@ -974,7 +974,7 @@ mod tests {
         };
         assert!(!planned(&history, 29));
         assert!(planned(&history, 30));
-        history.record(&release, &[v.clone()], t(40), &ladder);
+        history.record(&release, std::slice::from_ref(&v), t(40), &ladder);
         assert!(
             !planned(&history, 40 + 59),
             "the second release within 10 min waits 60 s"
