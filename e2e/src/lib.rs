@@ -4,6 +4,7 @@
 //! fails with a message that says how to start the stack, so a test that needs it never
 //! silently passes without it.
 
+pub mod apiserver;
 pub mod cluster;
 pub mod kubelet_sim;
 pub mod latency;

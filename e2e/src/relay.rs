@@ -115,23 +115,33 @@ impl ApiRelay {
 
     /// Writes a copy of the kubeconfig at `original` whose clusters point at this relay.
     pub fn kubeconfig(&self, original: &Path, out: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(original)
-            .with_context(|| format!("reading {}", original.display()))?;
-        let mut config: serde_json::Value = kubeconfig_as_json(&text)?;
-        let Some(clusters) = config["clusters"].as_array_mut() else {
-            bail!("no clusters in {}", original.display());
-        };
-        for c in clusters {
-            let cluster = &mut c["cluster"];
+        rewrite_kubeconfig(original, out, |cluster| {
             cluster["server"] = serde_json::Value::String(self.url());
             if let Some(o) = cluster.as_object_mut() {
                 o.remove("certificate-authority-data");
                 o.remove("certificate-authority");
             }
-        }
-        std::fs::write(out, serde_json::to_string_pretty(&config)?)?;
-        Ok(())
+        })
     }
+}
+
+/// Copies the kubeconfig at `original` to `out`, with `edit` applied to each cluster entry.
+pub fn rewrite_kubeconfig(
+    original: &Path,
+    out: &Path,
+    edit: impl Fn(&mut serde_json::Value),
+) -> Result<()> {
+    let text = std::fs::read_to_string(original)
+        .with_context(|| format!("reading {}", original.display()))?;
+    let mut config: serde_json::Value = kubeconfig_as_json(&text)?;
+    let Some(clusters) = config["clusters"].as_array_mut() else {
+        bail!("no clusters in {}", original.display());
+    };
+    for c in clusters {
+        edit(&mut c["cluster"]);
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&config)?)?;
+    Ok(())
 }
 
 /// Kubeconfigs are YAML; kube's own types read them (JSON is YAML, so the copy is written as

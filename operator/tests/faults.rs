@@ -1,7 +1,9 @@
 //! The fault list, on the real binary and the real API server, through a relay of the
 //! tests' own (`plumbline_e2e::relay`): a leader partitioned from the API server stops every
 //! write before the standby starts (the gap is measured and printed), and a 429 storm neither
-//! crashes the operator nor makes it act twice.
+//! crashes the operator nor makes it act twice. And an API server of the test's own
+//! (`plumbline_e2e::apiserver`) restarted under the operator: what changed meanwhile is acted
+//! on once it is back.
 //!
 //! Needs `e2e/stack up`; fails saying so otherwise.
 
@@ -244,6 +246,107 @@ async fn a_429_storm_neither_crashes_the_operator_nor_makes_it_act_twice() -> Re
     .await;
     setup.relay.set(Mode::Pass);
     let _ = op.stop().await;
+    cluster.cleanup().await;
+    result
+}
+
+/// The operator talks to an API server of the test's own (on the stack's etcd), which is
+/// stopped and started again: while it is down, an intent is created, another changed and a
+/// third deleted through the shared API server. Once it is back, the operator's watches
+/// relist and every one of the three is acted on, by the same process, once.
+#[tokio::test]
+async fn an_apiserver_restart_loses_nothing() -> Result<()> {
+    let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+    let mut server = plumbline_e2e::apiserver::ExtraApiserver::start(&stack).await?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("operator-via-extra-apiserver.kubeconfig");
+    server.kubeconfig(
+        std::path::Path::new(stack.get("PLUMBLINE_OPERATOR_KUBECONFIG")?),
+        &kubeconfig,
+    )?;
+    let cluster = Cluster::connect("apiserver_restart").await?;
+    let mut op = OperatorProcess::start("restarted", &cluster.namespace, &kubeconfig, &[]).await?;
+    let floor = |n: i32| {
+        json!({"target": {"kind": "Deployment", "name": "web"}, "priority": "high",
+               "availability": {"replicaFloor": n, "minAvailable": 1}})
+    };
+    let result = async {
+        let pid = op.pid();
+        cluster.create_deployment("web", 1).await?;
+        cluster.create_deployment("api", 1).await?;
+        cluster.apply_intent("web", floor(2)).await?;
+        cluster
+            .apply_intent(
+                "api",
+                json!({"target": {"kind": "Deployment", "name": "api"}, "priority": "high",
+                       "availability": {"replicaFloor": 2}}),
+            )
+            .await?;
+        eventually("both intents in force", || async {
+            let web = cluster.deployments().get("web").await.ok()?.spec.replicas?;
+            let api = cluster.deployments().get("api").await.ok()?.spec.replicas?;
+            (web == 2 && api == 2 && budgets(&cluster).await.ok()? == 1).then_some(())
+        })
+        .await?;
+
+        server.stop().await?;
+        println!("the operator's API server stopped");
+        // Meanwhile, through the shared API server:
+        cluster.apply_intent("web", floor(3)).await?;
+        cluster.delete_intent("api").await?;
+        cluster.create_deployment("late", 1).await?;
+        cluster
+            .apply_intent(
+                "late",
+                json!({"target": {"kind": "Deployment", "name": "late"}, "priority": "high",
+                       "availability": {"replicaFloor": 2}}),
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let restarted = std::time::Instant::now();
+        server.restart().await?;
+        println!(
+            "the operator's API server answered again after {:?}",
+            restarted.elapsed()
+        );
+        eventually(
+            "the change, the deletion and the new intent acted on",
+            || async {
+                let web = cluster.deployments().get("web").await.ok()?.spec.replicas?;
+                let late = cluster
+                    .deployments()
+                    .get("late")
+                    .await
+                    .ok()?
+                    .spec
+                    .replicas?;
+                let api_gone = cluster.intents().get_opt("api").await.ok()?.is_none();
+                (web == 3 && late == 2 && api_gone).then_some(())
+            },
+        )
+        .await?;
+        println!(
+            "caught up {:?} after the API server was back",
+            back.elapsed()
+        );
+        ensure!(
+            op.running()? && op.pid() == pid,
+            "no restart of the operator"
+        );
+        ensure!(
+            op.logged_all("a loop ended unexpectedly").is_empty(),
+            "no loop died"
+        );
+        // Once: still one budget (web's), and api's floor reverted to what it was.
+        let api = cluster.deployments().get("api").await?.spec.replicas;
+        let n = budgets(&cluster).await?;
+        ensure!(api == Some(1), "api's replicas back to 1, not {api:?}");
+        ensure!(n == 1, "{n} budgets");
+        Ok(())
+    }
+    .await;
+    let _ = op.stop().await;
+    let _ = server.stop().await;
     cluster.cleanup().await;
     result
 }
