@@ -56,6 +56,8 @@ pub fn decode_with<K: DeserializeOwned>(
         annotations.remove(DECODE_ERRORS_ANNOTATION);
     }
     let mut errors: Vec<DecodeError> = found;
+    // The field dropped last: its parent then missing it is a consequence, not news.
+    let mut dropped: Option<Vec<String>> = None;
     for _ in 0..MAX_DROPPED {
         match serde_path_to_error::deserialize::<_, K>(&value) {
             Ok(object) if errors.is_empty() => return Ok((object, errors)),
@@ -79,6 +81,14 @@ pub fn decode_with<K: DeserializeOwned>(
             }
             Err(e) => {
                 let segments = segments(e.path());
+                if let Some((field, parent)) = dropped.as_ref().and_then(|d| d.split_last()) {
+                    if parent == segments.as_slice()
+                        && e.inner().to_string() == format!("missing field `{field}`")
+                    {
+                        // A required field was unreadable: the object cannot be represented.
+                        return Err(errors);
+                    }
+                }
                 if segments.first().map(String::as_str) != Some("status") {
                     errors.push(DecodeError {
                         path: render(&segments),
@@ -89,6 +99,7 @@ pub fn decode_with<K: DeserializeOwned>(
                     // A required or structural field: the object cannot be represented.
                     return Err(errors);
                 }
+                dropped = Some(segments);
             }
         }
     }
@@ -357,5 +368,12 @@ mod tests {
             intent(json!({ "target": { "kind": "DaemonSet", "name": "web" }, "priority": "high" }));
         let errors = decode::<WorkloadIntent>(value, &["target", "priority"]).unwrap_err();
         assert_eq!(errors[0].path, "spec.target.kind");
+        // A newer chart's priority: the one field is named, not the parents that then lack it.
+        let value = intent(json!({ "target": { "kind": "Deployment", "name": "web" },
+            "priority": "platinum" }));
+        let errors = decode::<WorkloadIntent>(value, &["target", "priority"]).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "spec.priority");
+        assert!(errors[0].message.contains("unknown variant `platinum`"));
     }
 }

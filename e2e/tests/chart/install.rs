@@ -5,7 +5,8 @@
 //! needed.
 
 use crate::support::{
-    chart_dir, full_values, poll, run, Cluster, LedgerRelease, OperatorProcess, LEDGER_PATIENCE,
+    chart_dir, full_values, poll, run, service_account_kubeconfig, Cluster, LedgerRelease,
+    OperatorProcess, Uninstall, LEDGER_PATIENCE,
 };
 use serde_json::Value;
 use std::{path::Path, process::Command, time::Duration};
@@ -205,65 +206,6 @@ fn chart_renders_and_passes_server_side_dry_run() {
             "ServiceMonitor lacks {want:?}:\n{monitor}"
         );
     }
-}
-
-/// A token kubeconfig for a ServiceAccount, through a legacy token Secret (1.20 has no
-/// TokenRequest in kubectl); the tokens controller of the stack's controller-manager fills it.
-fn service_account_kubeconfig(cluster: &Cluster, namespace: &str, account: &str, path: &Path) {
-    let secret = format!("{account}-test-token");
-    let manifest = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": secret,
-            "namespace": namespace,
-            "annotations": {"kubernetes.io/service-account.name": account},
-        },
-        "type": "kubernetes.io/service-account-token",
-    });
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&manifest.to_string()));
-    let token_b64 = poll(
-        "the tokens controller to fill the token Secret",
-        Duration::from_secs(60),
-        || {
-            let out = run(
-                cluster.kubectl([
-                    "get",
-                    "secret",
-                    "-n",
-                    namespace,
-                    &secret,
-                    "-o",
-                    "jsonpath={.data.token}",
-                ]),
-                None,
-            )?;
-            if out.trim().is_empty() {
-                Err("no token yet".into())
-            } else {
-                Ok(out)
-            }
-        },
-    );
-    let token = run(Command::new("base64").arg("-d"), Some(token_b64.trim()))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let server = cluster
-        .stack
-        .get("KUBE_APISERVER_URL")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let ca = cluster
-        .stack
-        .get("KUBE_CA_FILE")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let kubeconfig = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "stack", "cluster": {"server": server, "certificate-authority": ca}}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": account, "context": {"cluster": "stack", "user": account, "namespace": namespace}}],
-        "current-context": account,
-    });
-    std::fs::write(path, kubeconfig.to_string()).expect("writing the ServiceAccount kubeconfig");
 }
 
 /// `kubectl auth can-i` as the ServiceAccount itself (its own token).
@@ -841,29 +783,3 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
 /// A simulator VM no other test changes, and the Node it backs.
 const PROTECTED_VM: &str = "DC0_C0_RP0_VM0";
 const PROTECTED_NODE: &str = "dc0-c0-rp0-vm0";
-
-/// `helm uninstall` at the end, even when an assertion failed.
-struct Uninstall<'a> {
-    cluster: &'a Cluster,
-    release: String,
-    namespace: String,
-}
-
-impl Drop for Uninstall<'_> {
-    fn drop(&mut self) {
-        let out = run(
-            self.cluster.helm([
-                "uninstall",
-                &self.release,
-                "-n",
-                &self.namespace,
-                "--wait",
-                "--timeout=60s",
-            ]),
-            None,
-        );
-        if let Err(e) = out {
-            eprintln!("helm uninstall {}: {e}", self.release);
-        }
-    }
-}

@@ -7,3 +7,4 @@ mod leader;
 mod lint;
 mod metrics;
 mod support;
+mod upgrade;

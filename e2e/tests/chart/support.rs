@@ -548,3 +548,88 @@ pub fn http_get(url: &str) -> Result<String, String> {
         Err(format!("GET {url}: {head}"))
     }
 }
+
+/// A token kubeconfig for a ServiceAccount, through a legacy token Secret (1.20 has no
+/// TokenRequest in kubectl); the tokens controller of the stack's controller-manager fills it.
+pub fn service_account_kubeconfig(cluster: &Cluster, namespace: &str, account: &str, path: &Path) {
+    let secret = format!("{account}-test-token");
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret,
+            "namespace": namespace,
+            "annotations": {"kubernetes.io/service-account.name": account},
+        },
+        "type": "kubernetes.io/service-account-token",
+    });
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&manifest.to_string()));
+    let token_b64 = poll(
+        "the tokens controller to fill the token Secret",
+        Duration::from_secs(60),
+        || {
+            let out = run(
+                cluster.kubectl([
+                    "get",
+                    "secret",
+                    "-n",
+                    namespace,
+                    &secret,
+                    "-o",
+                    "jsonpath={.data.token}",
+                ]),
+                None,
+            )?;
+            if out.trim().is_empty() {
+                Err("no token yet".into())
+            } else {
+                Ok(out)
+            }
+        },
+    );
+    let token = run(Command::new("base64").arg("-d"), Some(token_b64.trim()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let server = cluster
+        .stack
+        .get("KUBE_APISERVER_URL")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ca = cluster
+        .stack
+        .get("KUBE_CA_FILE")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "stack", "cluster": {"server": server, "certificate-authority": ca}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "stack", "user": account, "namespace": namespace}}],
+        "current-context": account,
+    });
+    std::fs::write(path, kubeconfig.to_string()).expect("writing the ServiceAccount kubeconfig");
+}
+
+/// `helm uninstall` at the end, even when an assertion failed.
+pub struct Uninstall<'a> {
+    pub cluster: &'a Cluster,
+    pub release: String,
+    pub namespace: String,
+}
+
+impl Drop for Uninstall<'_> {
+    fn drop(&mut self) {
+        let out = run(
+            self.cluster.helm([
+                "uninstall",
+                &self.release,
+                "-n",
+                &self.namespace,
+                "--wait",
+                "--timeout=60s",
+            ]),
+            None,
+        );
+        if let Err(e) = out {
+            eprintln!("helm uninstall {}: {e}", self.release);
+        }
+    }
+}
