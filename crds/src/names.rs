@@ -48,6 +48,16 @@ pub const OPERATOR_LABEL: &str = "plumbline.dev/operator";
 /// Label on a VM's `InfraChange`: its HypervisorProvider.
 pub const PROVIDER_LABEL: &str = "plumbline.dev/provider";
 
+/// Field manager of everything the health loop writes (pod and node conditions, the intent's
+/// `backing`/`guard`/`neighbourThrottles`, provider status). Separate from [`FIELD_MANAGER`],
+/// so neither apply removes the other's fields.
+pub const HEALTH_FIELD_MANAGER: &str = "plumbline-health";
+
+/// Field manager of the intent's `status.protectedVms`. Not [`HEALTH_FIELD_MANAGER`]: that
+/// manager's apply of the backing map and guard would otherwise remove the list, and this
+/// one's would remove theirs.
+pub const PROTECT_FIELD_MANAGER: &str = "plumbline-protect";
+
 /// Field manager of `InfraChange` specs (the ledger) and of their status (the actuators).
 pub const LEDGER_FIELD_MANAGER: &str = "plumbline-ledger";
 pub const ACTUATOR_FIELD_MANAGER: &str = "plumbline-actuator";

@@ -29,6 +29,7 @@ pub mod recover;
 pub mod run;
 pub mod telemetry;
 pub mod tenancy;
+pub mod term;
 
 pub use error::{Error, Result};
 

@@ -31,6 +31,7 @@ use crate::{
     leader::{LeaderElector, LeaseConfig},
     liveness::Liveness,
     metrics::{self, Metrics},
+    term::TermEnd,
     Error, Result,
 };
 
@@ -46,21 +47,6 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// How the storage-health loop treats unknown verdicts and degraded nodes.
     pub health: crate::health::HealthSettings,
-}
-
-/// Resolves when the current leadership term ends (Lease lost, or shutdown). Every leader
-/// loop must return soon after this resolves.
-#[derive(Clone)]
-pub struct TermEnd(watch::Receiver<bool>);
-
-impl TermEnd {
-    pub async fn wait(mut self) {
-        let _ = self.0.wait_for(|ended| *ended).await;
-    }
-
-    pub fn has_ended(&self) -> bool {
-        *self.0.borrow()
-    }
 }
 
 /// A named loop that runs only while this replica leads.

@@ -326,8 +326,8 @@ async fn an_apiserver_restart_loses_nothing() -> Result<()> {
         )
         .await?;
         println!(
-            "caught up {:?} after the API server was back",
-            back.elapsed()
+            "caught up {:?} after the restart began",
+            restarted.elapsed()
         );
         ensure!(
             op.running()? && op.pid() == pid,

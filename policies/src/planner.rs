@@ -24,7 +24,7 @@ use crate::{
     ledger::throttle_from_spec,
     observed::{Observed, ObservedInfra, ObservedWorkload},
     plan::{Action, Activity, Change, Note, Plan, Setting, VmRef, WorkloadRef},
-    revert::revert,
+    revert::{revert, sort_reverts},
     schedule::Schedule,
     tiers::tier,
     validate::{validate_intent, ValidIntent},
@@ -597,11 +597,6 @@ impl Planner<'_> {
         self.plan.notes.extend(undo.notes);
         sort_reverts(&mut self.plan.reverts);
     }
-}
-
-/// Reverts run hypervisor first, then Kubernetes (the reverse of holding).
-pub(crate) fn sort_reverts(reverts: &mut [Action]) {
-    reverts.sort_by_key(|a| std::cmp::Reverse(a.layer()));
 }
 
 /// Name of the PodDisruptionBudget Plumbline owns for a workload.

@@ -6,8 +6,12 @@ use plumbline_crds::{names::STORAGE_READINESS_GATE, Layer};
 use crate::{
     observed::Observed,
     plan::{Action, Change, Note},
-    planner::sort_reverts,
 };
+
+/// Reverts run hypervisor first, then Kubernetes (the reverse of holding).
+pub(crate) fn sort_reverts(reverts: &mut [Action]) {
+    reverts.sort_by_key(|a| std::cmp::Reverse(a.layer()));
+}
 
 /// The actions that restore previous values, and what was left alone and why.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -36,7 +36,7 @@ use crate::{
     context::{Adapters, Context},
     discovery::ServedApis,
     metrics::Metrics,
-    run::TermEnd,
+    term::TermEnd,
     Error,
 };
 

@@ -10,7 +10,7 @@ use kube::{
 };
 use plumbline_crds::{
     conditions::status,
-    names::{NODE_STORAGE_CONDITION, STORAGE_READINESS_GATE},
+    names::{HEALTH_FIELD_MANAGER, NODE_STORAGE_CONDITION, STORAGE_READINESS_GATE},
     InfraChange, InfraChangeSpec, VmRef, WorkloadIntent,
 };
 use plumbline_policies::health::{
@@ -30,11 +30,16 @@ use super::{
     book::HealthBook,
     caches::Caches,
     graph::{self, IntentView, VmKey},
-    metrics::{BackingLabels, DiskLabels, PodLabels, TransitionLabels, VerdictLabels, VmLabels},
+    settings::HealthSettings,
     taint::{self, TaintGuard, TaintWant},
-    throttle, HealthSettings, HEALTH_FIELD_MANAGER,
+    throttle,
 };
-use crate::context::Context;
+use crate::{
+    context::Context,
+    metrics::health::{
+        BackingLabels, DiskLabels, PodLabels, TransitionLabels, VerdictLabels, VmLabels,
+    },
+};
 
 /// Messages carry the latest latency; refreshing them is worth a write this often, no more.
 const MESSAGE_REFRESH: Duration = Duration::from_secs(30);

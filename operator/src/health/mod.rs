@@ -21,18 +21,17 @@ pub mod book;
 pub mod caches;
 pub mod feedback;
 pub mod graph;
-pub mod metrics;
 pub mod protect;
 pub mod providers;
+mod settings;
 pub mod taint;
 pub mod throttle;
 
-pub use metrics::HealthMetrics;
+pub use settings::{HealthFault, HealthSettings};
 
 use futures::FutureExt;
 use kube::ResourceExt;
 use plumbline_crds::{conditions::infra_change as ic_state, ChangePurpose, InfraChange};
-use plumbline_policies::health::{LatencyBudget, TaintCap, ThrottleLadder, UnknownReadiness};
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
@@ -43,61 +42,10 @@ use tracing::info;
 
 use crate::{
     context::Context,
-    ledger::{actuator::Actuators, writer::Writer, LedgerSettings},
+    ledger::{actuator::Actuators, writer::Writer},
     metrics::InfraChangeLabels,
-    run::TermEnd,
+    term::TermEnd,
 };
-
-/// The field manager of everything the health loop writes (pod and node conditions, the
-/// intent's `backing`/`guard`/`neighbourThrottles`, provider status). Separate from the
-/// controller's, so neither apply removes the other's fields.
-pub const HEALTH_FIELD_MANAGER: &str = "plumbline-health";
-
-/// How the health loop behaves; the defaults are documented in docs/health.md.
-#[derive(Debug, Clone)]
-pub struct HealthSettings {
-    /// What an unknown verdict does to the pod condition (default: fail open).
-    pub unknown: UnknownReadiness,
-    /// Budget for node conditions of nodes running no pod of a storage intent.
-    pub default_node_budget: LatencyBudget,
-    pub ladder: ThrottleLadder,
-    /// A pass runs at least this often even without news (staleness turns into unknown).
-    pub resync: Duration,
-    /// Taint nodes whose storage is degraded (`NoSchedule`), and untaint them on recovery.
-    /// Off by default: it needs `patch` on nodes.
-    pub taint_degraded_nodes: bool,
-    /// How many nodes the storage taint may cover at once.
-    pub taint_cap: TaintCap,
-    /// How the change ledger's actuators behave (read-back interval, deadlines, concurrency).
-    pub ledger: LedgerSettings,
-    /// Test-only: break the loop on purpose, to prove that supervision notices.
-    pub fault: Option<HealthFault>,
-}
-
-/// A deliberate failure of the health loop (the hidden `--test-fault` flag), so a test can
-/// show that `/healthz` and the supervisor notice a dead or stalled loop in the real binary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum HealthFault {
-    /// The loop returns after its first completed pass, as if it had crashed.
-    HealthLoopExit,
-    /// The loop stops passing after its first pass but stays alive, as if it hung.
-    HealthLoopHang,
-}
-
-impl Default for HealthSettings {
-    fn default() -> Self {
-        Self {
-            unknown: UnknownReadiness::FailOpen,
-            default_node_budget: LatencyBudget::from_millis(100),
-            ladder: ThrottleLadder::default(),
-            resync: Duration::from_secs(1),
-            taint_degraded_nodes: false,
-            taint_cap: TaintCap::default(),
-            ledger: LedgerSettings::default(),
-            fault: None,
-        }
-    }
-}
 
 /// How long after the loop starts the ledger waits, at most, for every provider its entries
 /// target to report an inventory: until then a VM that is merely not listed yet would look

@@ -13,6 +13,7 @@ use kube::{
 use plumbline_adapters::{Capability, Support};
 use plumbline_crds::{
     conditions::{infra_change as state, protection as reason},
+    names::PROTECT_FIELD_MANAGER,
     ChangePurpose, InfraChange, InfraChangeSpec, ProtectedVmStatus, WorkloadIntent,
 };
 use plumbline_policies::{
@@ -35,10 +36,6 @@ use super::{
     graph::{self, IntentView, VmKey},
 };
 use crate::context::Context;
-
-/// Field manager of `status.protectedVms`. Not `plumbline-health`: that manager's apply of the
-/// backing map and guard would otherwise remove the list, and this one's would remove theirs.
-pub const PROTECT_FIELD_MANAGER: &str = "plumbline-protect";
 
 mod event {
     pub const PROTECTED: &str = "BackingVmProtected";

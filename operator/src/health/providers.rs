@@ -10,6 +10,7 @@ use kube::{
 use plumbline_adapters::{Capability, HypervisorConfig, Support};
 use plumbline_crds::{
     conditions::{provider as cond, reason, status},
+    names::HEALTH_FIELD_MANAGER,
     HypervisorProvider,
 };
 use std::{
@@ -20,12 +21,8 @@ use std::{
 use tokio::{sync::Notify, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::{
-    book::{HealthBook, ProviderView},
-    metrics::ProviderLabels,
-    HEALTH_FIELD_MANAGER,
-};
-use crate::context::Context;
+use super::book::{HealthBook, ProviderView};
+use crate::{context::Context, metrics::health::ProviderLabels};
 
 /// Inventory is re-read every this many cycles (VMs come and go rarely; samples every cycle).
 const INVENTORY_EVERY: u32 = 10;

@@ -32,7 +32,7 @@ use super::{
 use crate::{
     context::Context,
     metrics::{ActionResult, Layer},
-    run::TermEnd,
+    term::TermEnd,
 };
 
 /// What one actuator looks after.

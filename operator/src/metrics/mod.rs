@@ -14,6 +14,8 @@ use prometheus_client::{
 };
 use std::time::Instant;
 
+pub mod health;
+
 pub const REGISTRY_PREFIX: &str = "plumbline";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,11 +95,11 @@ pub struct Metrics {
     pub infra_changes: Family<InfraChangeLabels, Gauge>,
     /// `plumbline_provider_tls_insecure{provider}`: 1 while a vSphere provider skips TLS
     /// verification.
-    pub provider_tls_insecure: Family<crate::health::metrics::ProviderLabels, Gauge>,
+    pub provider_tls_insecure: Family<health::ProviderLabels, Gauge>,
     /// `plumbline_provider_auth_failures_total{provider}`: logins the server refused.
-    pub provider_auth_failures: Family<crate::health::metrics::ProviderLabels, Counter>,
-    /// The storage-health loop's metrics (crate::health::metrics), in the same registry.
-    pub health: crate::health::HealthMetrics,
+    pub provider_auth_failures: Family<health::ProviderLabels, Counter>,
+    /// The storage-health loop's metrics (`health`), in the same registry.
+    pub health: health::HealthMetrics,
 }
 
 impl Metrics {
@@ -115,7 +117,7 @@ impl Metrics {
             infra_changes: Family::default(),
             provider_tls_insecure: Family::default(),
             provider_auth_failures: Family::default(),
-            health: crate::health::HealthMetrics::register(registry),
+            health: health::HealthMetrics::register(registry),
         };
         registry.register(
             "provider_tls_insecure",
