@@ -103,6 +103,62 @@ pub mod protection {
     pub const PROTECT_FAILED: &str = "ProtectFailed";
 }
 
+/// Reasons on the pod condition `plumbline.dev/storage-healthy`.
+pub mod pod {
+    /// The backing VM's storage is within the intent's latency budget.
+    pub const WITHIN_BUDGET: &str = "LatencyWithinBudget";
+    /// The backing VM's storage is over budget: the pod is taken out of rotation.
+    pub const OVER_BUDGET: &str = "LatencyOverBudget";
+    /// Over budget, but the guard kept the pod ready so the workload keeps enough capacity.
+    pub const HELD_BY_GUARD: &str = "OverBudgetHeldByGuard";
+    /// Unknown and failing closed, but the guard kept the pod ready.
+    pub const UNKNOWN_HELD_BY_GUARD: &str = "LatencyUnknownHeldByGuard";
+    /// No fresh samples; readiness follows the unknown policy.
+    pub const UNKNOWN: &str = "LatencyUnknown";
+    /// The pod's node is not backed by a VM any provider knows; readiness follows the unknown
+    /// policy.
+    pub const NOT_BACKED: &str = "NoBackingVm";
+}
+
+/// Reasons on the node condition `StorageLatencyHigh` (a problem condition: `True` is bad).
+pub mod node {
+    pub const OVER_BUDGET: &str = "StorageLatencyOverBudget";
+    pub const WITHIN_BUDGET: &str = "StorageLatencyWithinBudget";
+    pub const UNKNOWN: &str = "StorageLatencyUnknown";
+}
+
+/// Event reasons that are not also condition reasons (those are in [`reason`] and
+/// [`infra_change`]).
+pub mod event {
+    /// A degraded intent is no longer degraded.
+    pub const RECOVERED: &str = "Recovered";
+    /// A noisy neighbour got its first I/O limit.
+    pub const NOISY_NEIGHBOUR_THROTTLED: &str = "NoisyNeighbourThrottled";
+    /// A noisy neighbour's limit went one step further.
+    pub const NOISY_NEIGHBOUR_STEPPED: &str = "NoisyNeighbourStepped";
+    /// A step that did not lower the victim's latency was undone.
+    pub const NOISY_NEIGHBOUR_STEP_UNDONE: &str = "NoisyNeighbourStepUndone";
+    /// A noisy neighbour's limit was released.
+    pub const NOISY_NEIGHBOUR_RELEASED: &str = "NoisyNeighbourReleased";
+    /// A VM backing a protected intent got the tier's CPU shares.
+    pub const BACKING_VM_PROTECTED: &str = "BackingVmProtected";
+    /// A VM no longer backs a protected intent: its shares are restored.
+    pub const BACKING_VM_RELEASED: &str = "BackingVmReleased";
+    /// The node got the storage taint.
+    pub const STORAGE_TAINT_ADDED: &str = "StorageTaintAdded";
+    /// The node's storage taint was removed.
+    pub const STORAGE_TAINT_REMOVED: &str = "StorageTaintRemoved";
+    /// The node deserves the storage taint, but the taint cap holds it back.
+    pub const STORAGE_TAINT_HELD: &str = "StorageTaintHeld";
+}
+
+/// A VM's storage verdict, as `status.backing[].verdict` shows it.
+pub mod verdict {
+    pub const HEALTHY: &str = "Healthy";
+    pub const DEGRADED: &str = "Degraded";
+    pub const UNKNOWN: &str = "Unknown";
+}
+
 /// Condition status values.
 pub mod status {
     pub const TRUE: &str = "True";

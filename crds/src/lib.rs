@@ -11,6 +11,7 @@
 // kube-derive repeats `type_` across printcolumn attributes, which this lint mistakes for duplicates.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod apply;
 pub mod conditions;
 pub mod generate;
 pub mod infra_change;

@@ -62,6 +62,15 @@ pub const PROTECT_FIELD_MANAGER: &str = "plumbline-protect";
 pub const LEDGER_FIELD_MANAGER: &str = "plumbline-ledger";
 pub const ACTUATOR_FIELD_MANAGER: &str = "plumbline-actuator";
 
+/// Annotation on a workload Plumbline changes: the values it found before, as JSON, which the
+/// finalizer restores.
+pub const BASELINE_ANNOTATION: &str = "plumbline.dev/baseline";
+
+/// Annotation naming the intent whose settings Plumbline holds on the workload. All intents
+/// share one field manager, so this is how a second intent on the same workload (a conflict)
+/// knows that the fields are not its own to apply or revert.
+pub const HOLDER_ANNOTATION: &str = "plumbline.dev/held-by";
+
 /// Annotation on a vSphere credentials Secret: the one server (as a provider's `server` names
 /// it, e.g. `vcenter.example.com` or `https://10.0.0.5/sdk`) its password may be sent to.
 pub const VSPHERE_SERVER_ANNOTATION: &str = "plumbline.dev/vsphere-server";

@@ -22,8 +22,9 @@ use plumbline_crds::{
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-use super::fields::{Baseline, WorkloadField, BASELINE_ANNOTATION, HOLDER_ANNOTATION};
+use super::fields::{Baseline, WorkloadField};
 use crate::{context::Context, Error, Result};
+use plumbline_crds::names::{BASELINE_ANNOTATION, HOLDER_ANNOTATION};
 
 /// The workload an intent targets.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,15 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-use plumbline_crds::names::FIELD_MANAGER;
-
-/// Annotation holding the [`Baseline`] as JSON.
-pub const BASELINE_ANNOTATION: &str = "plumbline.dev/baseline";
-
-/// Annotation naming the intent whose settings Plumbline holds on the workload. All intents
-/// share one field manager, so this is how a second intent on the same workload (a conflict)
-/// knows that the fields are not its own to apply or revert.
-pub const HOLDER_ANNOTATION: &str = "plumbline.dev/held-by";
+use plumbline_crds::names::{BASELINE_ANNOTATION, FIELD_MANAGER, HOLDER_ANNOTATION};
 
 /// The intent holding the workload, if any.
 pub fn holder(obj: &DynamicObject) -> Option<&str> {

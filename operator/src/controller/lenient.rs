@@ -12,7 +12,7 @@ use kube::{
     Api, Client, ResourceExt,
 };
 use plumbline_crds::{
-    conditions::{intent as condition, reason},
+    conditions::{intent as condition, reason, status},
     lenient::{self, DecodeError},
     names::FIELD_MANAGER,
     WorkloadIntent,
@@ -184,19 +184,15 @@ async fn report_unrepresentable(client: Client, obj: DynamicObject, errors: Vec<
     let now =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     let generation = obj.metadata.generation;
-    let body = json!({
-        "apiVersion": "plumbline.dev/v1alpha1",
-        "kind": "WorkloadIntent",
-        "status": {
-            "observedGeneration": generation,
-            "conditions": [
-                { "type": condition::DEGRADED, "status": "True", "reason": reason::INVALID_SPEC,
-                  "message": message, "lastTransitionTime": now, "observedGeneration": generation },
-                { "type": condition::READY, "status": "False", "reason": reason::INVALID_SPEC,
-                  "message": "nothing is applied", "lastTransitionTime": now, "observedGeneration": generation },
-            ],
-        }
-    });
+    let body = plumbline_crds::apply::status::<WorkloadIntent>(json!({
+        "observedGeneration": generation,
+        "conditions": [
+            { "type": condition::DEGRADED, "status": status::TRUE, "reason": reason::INVALID_SPEC,
+              "message": message, "lastTransitionTime": now, "observedGeneration": generation },
+            { "type": condition::READY, "status": status::FALSE, "reason": reason::INVALID_SPEC,
+              "message": "nothing is applied", "lastTransitionTime": now, "observedGeneration": generation },
+        ],
+    }));
     if let Err(e) = api(&client, Some(&namespace))
         .patch_status(
             &name,

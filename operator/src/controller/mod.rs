@@ -26,7 +26,7 @@ use kube::{
     },
     Api, Client, Resource, ResourceExt,
 };
-use plumbline_crds::{TargetKind, TenantPolicy, WorkloadIntent};
+use plumbline_crds::{conditions::status as cond_status, TargetKind, TenantPolicy, WorkloadIntent};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -237,7 +237,7 @@ fn count_intents(ctx: &Context) {
         let is = |t: &str| {
             conditions
                 .iter()
-                .any(|c| c.type_ == t && c.status == "True")
+                .any(|c| c.type_ == t && c.status == cond_status::TRUE)
         };
         if is(plumbline_crds::conditions::intent::DEGRADED) {
             degraded += 1;

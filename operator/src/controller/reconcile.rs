@@ -13,7 +13,7 @@ use kube::{
     Api, ResourceExt,
 };
 use plumbline_crds::{
-    conditions::{intent as condition, reason},
+    conditions::{event, intent as condition, reason, status as cond_status},
     names::{FIELD_MANAGER, INTENT_FINALIZER, STORAGE_READINESS_GATE},
     ActionState, PlannedAction, WorkloadIntent,
 };
@@ -533,7 +533,7 @@ async fn finish_degraded(
         // Keep what is known; a conflicting or invalid intent's window does not matter yet.
         Some(c) => Verdict::new(
             condition::ACTIVE,
-            c.status == "True",
+            c.status == cond_status::TRUE,
             reason_const(&c.reason),
             c.message.clone(),
         ),
@@ -557,7 +557,7 @@ async fn finish_degraded(
     };
     status::write(ctx, wi, &status).await?;
     let was = previous.iter().find(|c| c.type_ == condition::DEGRADED);
-    if was.is_none_or(|c| c.status != "True" || c.reason != why) {
+    if was.is_none_or(|c| c.status != cond_status::TRUE || c.reason != why) {
         warn!(reason = why, %message, "intent degraded");
         ctx.publish(
             wi,
@@ -669,13 +669,13 @@ async fn announce(
     }
     let was_degraded = previous
         .iter()
-        .any(|c| c.type_ == condition::DEGRADED && c.status == "True");
+        .any(|c| c.type_ == condition::DEGRADED && c.status == cond_status::TRUE);
     if was_degraded && !degraded.is_true {
         ctx.publish(
             wi,
             Event {
                 type_: EventType::Normal,
-                reason: "Recovered".to_string(),
+                reason: event::RECOVERED.to_string(),
                 note: Some("the intent is no longer degraded".to_string()),
                 action: "Plan".to_string(),
                 secondary: None,

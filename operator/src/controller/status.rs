@@ -26,14 +26,10 @@ pub struct ControllerStatus {
 pub async fn write(ctx: &Context, wi: &WorkloadIntent, status: &ControllerStatus) -> Result<()> {
     let name = wi.name_any();
     let namespace = wi.namespace().unwrap_or_default();
-    let mut body = json!({
-        "apiVersion": "plumbline.dev/v1alpha1",
-        "kind": "WorkloadIntent",
-        "status": {
-            "conditions": status.conditions,
-            "plan": status.plan,
-        }
-    });
+    let mut body = plumbline_crds::apply::status::<WorkloadIntent>(json!({
+        "conditions": status.conditions,
+        "plan": status.plan,
+    }));
     if let Some(g) = status.observed_generation {
         body["status"]["observedGeneration"] = json!(g);
     }

@@ -9,7 +9,7 @@ use kube::{
     Api, ResourceExt,
 };
 use plumbline_crds::{
-    conditions::status,
+    conditions::{status, verdict},
     names::{HEALTH_FIELD_MANAGER, NODE_STORAGE_CONDITION, STORAGE_READINESS_GATE},
     InfraChange, InfraChangeSpec, VmRef, WorkloadIntent,
 };
@@ -111,17 +111,17 @@ fn node_condition_of<'a>(
 
 fn status_word(ready: bool) -> &'static str {
     if ready {
-        "True"
+        status::TRUE
     } else {
-        "False"
+        status::FALSE
     }
 }
 
 fn verdict_word(state: HealthState) -> &'static str {
     match state {
-        HealthState::Healthy => "Healthy",
-        HealthState::Degraded => "Degraded",
-        HealthState::Unknown => "Unknown",
+        HealthState::Healthy => verdict::HEALTHY,
+        HealthState::Degraded => verdict::DEGRADED,
+        HealthState::Unknown => verdict::UNKNOWN,
     }
 }
 
@@ -416,8 +416,8 @@ impl Feedback {
                     continue;
                 }
                 for p in &view.pods {
-                    let ready =
-                        condition_of(&p.pod, STORAGE_READINESS_GATE).map(|c| c.status == "True");
+                    let ready = condition_of(&p.pod, STORAGE_READINESS_GATE)
+                        .map(|c| c.status == status::TRUE);
                     let labels = PodLabels {
                         namespace: view.namespace.clone(),
                         pod: p.name.clone(),
@@ -517,7 +517,7 @@ impl Feedback {
                 pod: p.name.clone(),
                 severity: r.severity,
                 currently_unready: condition_of(&p.pod, STORAGE_READINESS_GATE)
-                    .is_some_and(|c| c.status == "False"),
+                    .is_some_and(|c| c.status == status::FALSE),
             })
             .collect();
         // Not Ready, and not because of us: these use up the guard's budget first.
@@ -775,11 +775,7 @@ impl Feedback {
     }
 
     async fn write_intent_status(&mut self, ctx: &Context, key: (String, String), body: Value) {
-        let patch = json!({
-            "apiVersion": "plumbline.dev/v1alpha1",
-            "kind": "WorkloadIntent",
-            "status": body.clone(),
-        });
+        let patch = plumbline_crds::apply::status::<WorkloadIntent>(body.clone());
         match Api::<WorkloadIntent>::namespaced(ctx.client.clone(), &key.0)
             .patch_status(
                 &key.1,

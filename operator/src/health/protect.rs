@@ -12,7 +12,7 @@ use kube::{
 };
 use plumbline_adapters::{Capability, Support};
 use plumbline_crds::{
-    conditions::{infra_change as state, protection as reason},
+    conditions::{event, infra_change as state, protection as reason},
     names::PROTECT_FIELD_MANAGER,
     ChangePurpose, InfraChange, InfraChangeSpec, ProtectedVmStatus, WorkloadIntent,
 };
@@ -36,12 +36,6 @@ use super::{
     graph::{self, IntentView, VmKey},
 };
 use crate::context::Context;
-
-mod event {
-    pub const PROTECTED: &str = "BackingVmProtected";
-    pub const RELEASED: &str = "BackingVmReleased";
-    pub const UNSUPPORTED: &str = "CpuSharesUnsupported";
-}
 
 /// What the loop remembers between passes: only what it told, never what is in force.
 #[derive(Default)]
@@ -214,8 +208,14 @@ impl Protections {
                         to
                     };
                     info!(vm = %vm, provider = %vm.provider, %reason, "backing VM to be protected");
-                    self.publish(ctx, &new, EventType::Normal, event::PROTECTED, reason)
-                        .await;
+                    self.publish(
+                        ctx,
+                        &new,
+                        EventType::Normal,
+                        event::BACKING_VM_PROTECTED,
+                        reason,
+                    )
+                    .await;
                 }
                 ProtectAction::Release { vm, reason } => {
                     let owners: BTreeSet<String> = objects
@@ -223,8 +223,14 @@ impl Protections {
                         .map(|ic| ic.spec.owners.iter().map(|o| o.intent.clone()).collect())
                         .unwrap_or_default();
                     info!(vm = %vm, %reason, "backing VM to be released");
-                    self.publish(ctx, &owners, EventType::Normal, event::RELEASED, reason)
-                        .await;
+                    self.publish(
+                        ctx,
+                        &owners,
+                        EventType::Normal,
+                        event::BACKING_VM_RELEASED,
+                        reason,
+                    )
+                    .await;
                 }
             }
         }
@@ -261,8 +267,14 @@ impl Protections {
                 "VM {vm} (provider {}) cannot be given CPU shares: {why}; it is not protected",
                 vm.provider
             );
-            self.publish(ctx, &new, EventType::Warning, event::UNSUPPORTED, &note)
-                .await;
+            self.publish(
+                ctx,
+                &new,
+                EventType::Warning,
+                reason::CPU_SHARES_UNSUPPORTED,
+                &note,
+            )
+            .await;
             self.told_unsupported
                 .extend(new.into_iter().map(|i| (vm.clone(), i)));
         }
@@ -339,11 +351,8 @@ impl Protections {
             if shown == entries {
                 continue;
             }
-            let patch = json!({
-                "apiVersion": "plumbline.dev/v1alpha1",
-                "kind": "WorkloadIntent",
-                "status": { "protectedVms": entries },
-            });
+            let patch =
+                plumbline_crds::apply::status::<WorkloadIntent>(json!({ "protectedVms": entries }));
             match Api::<WorkloadIntent>::namespaced(ctx.client.clone(), &view.namespace)
                 .patch_status(
                     &view.name,

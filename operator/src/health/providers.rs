@@ -521,11 +521,7 @@ async fn write_status(
             }
         }
     }
-    let body = serde_json::json!({
-        "apiVersion": "plumbline.dev/v1alpha1",
-        "kind": "HypervisorProvider",
-        "status": status_body,
-    });
+    let body = plumbline_crds::apply::status::<HypervisorProvider>(status_body);
     match api
         .patch_status(
             &name,

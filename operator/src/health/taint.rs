@@ -12,7 +12,11 @@ use kube::{
     runtime::events::{Event, EventType},
     ResourceExt,
 };
-use plumbline_crds::{names::NODE_STORAGE_TAINT, ChangeOwner, InfraChangeSpec};
+use plumbline_crds::{
+    conditions::{event, status},
+    names::NODE_STORAGE_TAINT,
+    ChangeOwner, InfraChangeSpec,
+};
 use plumbline_policies::{
     health::{cap_taints, NodeFacts, TaintCap, TaintHeld, WorkloadPlacement, TAINT_EFFECT},
     ledger::{taint_setting, taint_spec},
@@ -105,7 +109,7 @@ pub async fn publish(ctx: &Context, newly_held: Vec<(Arc<Node>, TaintHeld)>) {
     for (node, why) in newly_held {
         let event = Event {
             type_: EventType::Warning,
-            reason: "StorageTaintHeld".into(),
+            reason: event::STORAGE_TAINT_HELD.into(),
             note: Some(format!(
                 "storage latency is over budget, but the {NODE_STORAGE_TAINT} taint is held back: {}",
                 why.describe()
@@ -124,7 +128,7 @@ fn node_facts(node: &Node) -> NodeFacts {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True");
+        .is_some_and(|c| c.status == status::TRUE);
     let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
     let (storage, taints): (Vec<_>, Vec<_>) = spec
         .and_then(|s| s.taints.clone())

@@ -10,8 +10,8 @@ use kube::{
     Resource, ResourceExt,
 };
 use plumbline_crds::{
-    conditions::infra_change as state, ChangeOwner, ChangePurpose, InfraChange, InfraChangeSpec,
-    NeighbourThrottleStatus, VmRef,
+    conditions::{event, infra_change as state},
+    ChangeOwner, ChangePurpose, InfraChange, InfraChangeSpec, NeighbourThrottleStatus, VmRef,
 };
 use plumbline_policies::{
     health::{apply_neighbour_actions, NeighbourAction, Throttle},
@@ -129,13 +129,20 @@ pub fn wanted(
 /// and action instead of folding them into one series.
 fn event_for(action: &NeighbourAction<VmRef>, related: Option<ObjectReference>) -> Event {
     let (reason, kind) = match action {
-        NeighbourAction::Step { level: 1, .. } => ("NoisyNeighbourThrottled", "Throttle".into()),
-        NeighbourAction::Step { level, .. } => ("NoisyNeighbourStepped", format!("StepTo{level}")),
-        NeighbourAction::Undo { level: 0, .. } => ("NoisyNeighbourStepUndone", "Release".into()),
-        NeighbourAction::Undo { level, .. } => {
-            ("NoisyNeighbourStepUndone", format!("StepBackTo{level}"))
+        NeighbourAction::Step { level: 1, .. } => {
+            (event::NOISY_NEIGHBOUR_THROTTLED, "Throttle".into())
         }
-        NeighbourAction::Release { .. } => ("NoisyNeighbourReleased", "Release".into()),
+        NeighbourAction::Step { level, .. } => {
+            (event::NOISY_NEIGHBOUR_STEPPED, format!("StepTo{level}"))
+        }
+        NeighbourAction::Undo { level: 0, .. } => {
+            (event::NOISY_NEIGHBOUR_STEP_UNDONE, "Release".into())
+        }
+        NeighbourAction::Undo { level, .. } => (
+            event::NOISY_NEIGHBOUR_STEP_UNDONE,
+            format!("StepBackTo{level}"),
+        ),
+        NeighbourAction::Release { .. } => (event::NOISY_NEIGHBOUR_RELEASED, "Release".into()),
     };
     Event {
         type_: EventType::Normal,

@@ -9,7 +9,7 @@ use kube::{
     Api, ResourceExt,
 };
 use plumbline_crds::{
-    conditions::infra_change as ic_state,
+    conditions::{event, infra_change as ic_state},
     names::{ACTUATOR_FIELD_MANAGER, INFRA_CHANGE_FINALIZER},
     ChangePurpose, InfraChange, InfraChangeStatus,
 };
@@ -67,11 +67,7 @@ pub async fn write_status(
     ic: &InfraChange,
     status: &InfraChangeStatus,
 ) -> Result<(), kube::Error> {
-    let body = json!({
-        "apiVersion": "plumbline.dev/v1alpha1",
-        "kind": "InfraChange",
-        "status": status,
-    });
+    let body = plumbline_crds::apply::status::<InfraChange>(json!(status));
     Api::<InfraChange>::all(ctx.client.clone())
         .patch_status(
             &ic.name_any(),
@@ -132,9 +128,9 @@ pub async fn node_event(ctx: &Context, ic: &InfraChange, added: bool) {
     let event = Event {
         type_: EventType::Normal,
         reason: if added {
-            "StorageTaintAdded"
+            event::STORAGE_TAINT_ADDED
         } else {
-            "StorageTaintRemoved"
+            event::STORAGE_TAINT_REMOVED
         }
         .into(),
         note: Some(note.chars().take(1000).collect()),

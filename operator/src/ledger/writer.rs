@@ -114,12 +114,10 @@ impl Writer {
             if let Some(p) = &spec.target.provider {
                 labels[PROVIDER_LABEL] = json!(p);
             }
-            let body = json!({
-                "apiVersion": "plumbline.dev/v1alpha1",
-                "kind": "InfraChange",
+            let body = plumbline_crds::apply::body::<InfraChange>(json!({
                 "metadata": {"name": name, "labels": labels, "finalizers": [INFRA_CHANGE_FINALIZER]},
                 "spec": spec,
-            });
+            }));
             match api
                 .patch(
                     &name,

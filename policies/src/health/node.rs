@@ -2,19 +2,15 @@
 //! condition, so `True` is bad; and the optional `NoSchedule` taint that goes with it.
 
 use k8s_openapi::api::core::v1::Taint;
-use plumbline_crds::names::NODE_STORAGE_TAINT;
+use plumbline_crds::{conditions::status, names::NODE_STORAGE_TAINT};
 
 use super::{format_latency, sample::LatencyBudget, Verdict, VmVerdict};
 
 /// The effect of the storage taint: keep new pods off, leave running ones alone.
 pub const TAINT_EFFECT: &str = "NoSchedule";
 
-/// Reasons on the node condition.
-pub mod reason {
-    pub const OVER_BUDGET: &str = "StorageLatencyOverBudget";
-    pub const WITHIN_BUDGET: &str = "StorageLatencyWithinBudget";
-    pub const UNKNOWN: &str = "StorageLatencyUnknown";
-}
+/// Reasons on the node condition (defined with every other reason in `plumbline_crds`).
+pub use plumbline_crds::conditions::node as reason;
 
 /// The value of the node condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +35,7 @@ pub fn node_condition(vm_name: &str, vm: &VmVerdict, budget: LatencyBudget) -> N
     let budget_text = format_latency(budget.0);
     match vm.verdict {
         Verdict::Degraded { latest, .. } => NodeCondition {
-            status: "True",
+            status: status::TRUE,
             reason: reason::OVER_BUDGET,
             message: format!(
                 "VM {vm_name}{disk}: {} per storage operation, over budget {budget_text}",
@@ -48,7 +44,7 @@ pub fn node_condition(vm_name: &str, vm: &VmVerdict, budget: LatencyBudget) -> N
             taint: true,
         },
         Verdict::Healthy { latest } => NodeCondition {
-            status: "False",
+            status: status::FALSE,
             reason: reason::WITHIN_BUDGET,
             message: format!(
                 "VM {vm_name}{disk}: {} per storage operation, within budget {budget_text}",
@@ -57,7 +53,7 @@ pub fn node_condition(vm_name: &str, vm: &VmVerdict, budget: LatencyBudget) -> N
             taint: false,
         },
         Verdict::Unknown { cause } => NodeCondition {
-            status: "Unknown",
+            status: status::UNKNOWN,
             reason: reason::UNKNOWN,
             message: format!("VM {vm_name}: {}", cause.describe()),
             taint: false,

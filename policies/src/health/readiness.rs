@@ -5,22 +5,8 @@ use super::{
     format_latency, guard::GuardBudget, sample::LatencyBudget, UnknownCause, Verdict, VmVerdict,
 };
 
-/// Reasons on the pod condition. CamelCase, as Kubernetes expects.
-pub mod reason {
-    /// The backing VM's storage is within the intent's latency budget.
-    pub const WITHIN_BUDGET: &str = "LatencyWithinBudget";
-    /// The backing VM's storage is over budget: the pod is taken out of rotation.
-    pub const OVER_BUDGET: &str = "LatencyOverBudget";
-    /// Over budget, but the guard kept the pod ready so the workload keeps enough capacity.
-    pub const HELD_BY_GUARD: &str = "OverBudgetHeldByGuard";
-    /// Unknown and failing closed, but the guard kept the pod ready.
-    pub const UNKNOWN_HELD_BY_GUARD: &str = "LatencyUnknownHeldByGuard";
-    /// No fresh samples; readiness follows the unknown policy.
-    pub const UNKNOWN: &str = "LatencyUnknown";
-    /// The pod's node is not backed by a VM any provider knows; readiness follows the unknown
-    /// policy.
-    pub const NOT_BACKED: &str = "NoBackingVm";
-}
+/// Reasons on the pod condition (defined with every other reason in `plumbline_crds`).
+pub use plumbline_crds::conditions::pod as reason;
 
 /// What an unknown verdict does to readiness.
 ///
