@@ -605,3 +605,23 @@ async fn operator_identity_is_bound_to_the_charts_rendered_cluster_role() -> any
     );
     Ok(())
 }
+
+#[test]
+fn stack_env_prints_export_lines_a_shell_can_eval() -> anyhow::Result<()> {
+    let stack = plumbline_e2e::Stack::load()?;
+    let script = plumbline_e2e::Stack::script();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "eval \"$({} env)\" && printf '%s\\n%s' \"$KUBECONFIG\" \"$PROMETHEUS_URL\"",
+            script.display()
+        ))
+        .env_remove("KUBECONFIG")
+        .output()?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout)?;
+    let mut lines = text.lines();
+    ensure!(lines.next() == Some(stack.get("KUBECONFIG")?), "{text}");
+    ensure!(lines.next() == Some(stack.get("PROMETHEUS_URL")?), "{text}");
+    Ok(())
+}
