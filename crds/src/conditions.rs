@@ -60,10 +60,6 @@ pub mod reason {
     /// The intent asks for a tier or infrastructure action that no TenantPolicy naming its
     /// namespace allows (the message names the namespace, the tier or action and the policy).
     pub const NOT_ALLOWED: &str = "NotAllowed";
-    /// A VM backing the workload is over the storage latency budget.
-    pub const STORAGE_LATENCY_HIGH: &str = "StorageLatencyHigh";
-    /// Storage health is unknown (stale or missing samples).
-    pub const STORAGE_HEALTH_UNKNOWN: &str = "StorageHealthUnknown";
 
     // Connected / Ready on providers
     /// The session is open.
@@ -194,7 +190,6 @@ pub mod infra_change {
     pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const NOT_APPLIED: &str = "NotApplied";
     pub const DRIFT_DETECTED: &str = "DriftDetected";
-    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
     pub const NO_DRIFT: &str = "NoDrift";
     pub const REVERTED: &str = "Reverted";
     pub const REVERT_FAILED: &str = "RevertFailed";

@@ -83,13 +83,14 @@ pub fn decode_with<K: DeserializeOwned>(
                 let segments = segments(e.path());
                 // The parent of a required field just dropped now misses it: a consequence,
                 // not news, so it is dropped in turn without being reported again.
-                let consequence = dropped
-                    .as_ref()
-                    .and_then(|d| d.split_last())
-                    .is_some_and(|(field, parent)| {
-                        parent == segments.as_slice()
-                            && e.inner().to_string() == format!("missing field `{field}`")
-                    });
+                let consequence =
+                    dropped
+                        .as_ref()
+                        .and_then(|d| d.split_last())
+                        .is_some_and(|(field, parent)| {
+                            parent == segments.as_slice()
+                                && e.inner().to_string() == format!("missing field `{field}`")
+                        });
                 if !consequence && segments.first().map(String::as_str) != Some("status") {
                     errors.push(DecodeError {
                         path: render(&segments),

@@ -618,7 +618,11 @@ fn stack_env_prints_export_lines_a_shell_can_eval() -> anyhow::Result<()> {
         ))
         .env_remove("KUBECONFIG")
         .output()?;
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout)?;
     let mut lines = text.lines();
     ensure!(lines.next() == Some(stack.get("KUBECONFIG")?), "{text}");

@@ -281,6 +281,17 @@ pub struct WorkloadRef {
     pub name: String,
 }
 
+impl WorkloadRef {
+    /// The workload `wi` targets.
+    pub fn of(wi: &plumbline_crds::WorkloadIntent) -> Self {
+        Self {
+            kind: wi.spec.target.kind,
+            namespace: wi.metadata.namespace.clone().unwrap_or_default(),
+            name: wi.spec.target.name.clone(),
+        }
+    }
+}
+
 impl std::fmt::Display for WorkloadRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?} {}/{}", self.kind, self.namespace, self.name)

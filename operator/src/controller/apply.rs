@@ -25,46 +25,17 @@ use std::collections::BTreeMap;
 use super::fields::{Baseline, WorkloadField};
 use crate::{context::Context, Error, Result};
 use plumbline_crds::names::{BASELINE_ANNOTATION, HOLDER_ANNOTATION};
+pub use plumbline_policies::WorkloadRef;
 
-/// The workload an intent targets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadRef {
-    pub kind: TargetKind,
-    pub namespace: String,
-    pub name: String,
+/// The workload's objects, untyped: Deployments and StatefulSets are handled alike.
+pub fn workload_api(client: &kube::Client, target: &WorkloadRef) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), &target.namespace, &resource(target.kind))
 }
 
-impl WorkloadRef {
-    pub fn of(wi: &WorkloadIntent) -> Self {
-        Self {
-            kind: wi.spec.target.kind,
-            namespace: wi.namespace().unwrap_or_default(),
-            name: wi.spec.target.name.clone(),
-        }
-    }
-
-    pub fn resource(&self) -> ApiResource {
-        match self.kind {
-            TargetKind::Deployment => ApiResource::erase::<Deployment>(&()),
-            TargetKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
-        }
-    }
-
-    pub fn api(&self, client: &kube::Client) -> Api<DynamicObject> {
-        Api::namespaced_with(client.clone(), &self.namespace, &self.resource())
-    }
-
-    pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            TargetKind::Deployment => "Deployment",
-            TargetKind::StatefulSet => "StatefulSet",
-        }
-    }
-}
-
-impl std::fmt::Display for WorkloadRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind_name(), self.namespace, self.name)
+fn resource(kind: TargetKind) -> ApiResource {
+    match kind {
+        TargetKind::Deployment => ApiResource::erase::<Deployment>(&()),
+        TargetKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
     }
 }
 
@@ -91,7 +62,7 @@ pub async fn apply_workload(
     holder: Option<&str>,
     resource_version: Option<&str>,
 ) -> Result<()> {
-    let resource = target.resource();
+    let resource = resource(target.kind);
     let mut body = json!({
         "apiVersion": resource.api_version,
         "kind": resource.kind,
@@ -109,8 +80,7 @@ pub async fn apply_workload(
     for (field, value) in fields {
         field.insert(&mut body, value.clone());
     }
-    target
-        .api(&ctx.client)
+    workload_api(&ctx.client, target)
         .patch(&target.name, &ssa(), &Patch::Apply(&body))
         .await
         .map_err(|source| {
@@ -151,8 +121,7 @@ pub async fn hand_back(
         field_manager: Some(manager.to_string()),
         ..Default::default()
     };
-    target
-        .api(&ctx.client)
+    workload_api(&ctx.client, target)
         .patch(&target.name, &params, &Patch::Merge(&body))
         .await
         .map(|updated| updated.resource_version())

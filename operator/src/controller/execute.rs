@@ -116,11 +116,7 @@ fn field_workload(change: &Change) -> Option<WorkloadRef> {
     match change {
         Change::Replicas { workload, .. }
         | Change::PriorityClassName { workload, .. }
-        | Change::ReadinessGate { workload, .. } => Some(WorkloadRef {
-            kind: workload.kind,
-            namespace: workload.namespace.clone(),
-            name: workload.name.clone(),
-        }),
+        | Change::ReadinessGate { workload, .. } => Some(workload.clone()),
         _ => None,
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use crate::discovery::ServedApis;
 
 use super::{
-    apply::WorkloadRef,
+    apply::{self, WorkloadRef},
     fields::{self, Baseline, Previous, WorkloadField},
 };
 use crate::{Error, Result};
@@ -88,8 +88,7 @@ pub async fn observe(
     intents: &[WorkloadIntent],
 ) -> Result<Observed> {
     let target = WorkloadRef::of(wi);
-    let object = target
-        .api(client)
+    let object = apply::workload_api(client, &target)
         .get_opt(&target.name)
         .await
         .map_err(|source| Error::kube(format!("reading {target}"), source))?;

@@ -126,11 +126,7 @@ fn applied(wi: &WorkloadIntent, observed: &Observed) -> Vec<policies::Action> {
     let Some(w) = &observed.workload else {
         return applied;
     };
-    let target = policies::WorkloadRef {
-        kind: w.target.kind,
-        namespace: w.target.namespace.clone(),
-        name: w.target.name.clone(),
-    };
+    let target = w.target.clone();
     let mut recorded = Vec::new();
     if w.holder.as_deref() == Some(wi.name_any().as_str()) {
         for (field, previous) in &Baseline::from_annotation(&w.object).0 {
@@ -237,11 +233,7 @@ fn to_policy_workload(w: &ObservedWorkload) -> policies::ObservedWorkload {
         })
         .unwrap_or_default();
     policies::ObservedWorkload {
-        workload: policies::WorkloadRef {
-            kind: w.target.kind,
-            namespace: w.target.namespace.clone(),
-            name: w.target.name.clone(),
-        },
+        workload: w.target.clone(),
         replicas: WorkloadField::Replicas
             .get(live)
             .and_then(|v| v.as_i64())
@@ -689,11 +681,7 @@ async fn announce(
 fn undo_plan(wi: &WorkloadIntent, observed: &Observed, why: &str, now: DateTime<Utc>) -> Plan {
     let undo = policies::revert(&applied(wi, observed), &to_policy(wi, observed), why);
     Plan {
-        workload: policies::WorkloadRef {
-            kind: wi.spec.target.kind,
-            namespace: wi.namespace().unwrap_or_default(),
-            name: wi.spec.target.name.clone(),
-        },
+        workload: WorkloadRef::of(wi),
         priority: wi.spec.priority,
         activity: policies::activity(None, now),
         actions: Vec::new(),

@@ -44,8 +44,7 @@ pub async fn release_workload(
     target: &WorkloadRef,
 ) -> Result<Vec<String>> {
     let mut released = Vec::new();
-    let live = target
-        .api(&ctx.client)
+    let live = apply::workload_api(&ctx.client, target)
         .get_opt(&target.name)
         .await
         .map_err(|source| Error::kube(format!("reading {target} to revert it"), source))?;
