@@ -1,6 +1,7 @@
-//! The middle test tier: the intent controller's reconcile against a scripted API server (a
-//! `tower` service standing in for the client's connection, in the spirit of controller-rs'
-//! `fixtures.rs`), asserting the exact requests it makes. No stack; runs in milliseconds.
+//! The middle test tier: the intent controller's reconcile and one storage-health pass against a
+//! scripted API server (a `tower` service standing in for the client's connection, in the
+//! spirit of controller-rs' `fixtures.rs`), asserting the exact requests they make. No stack;
+//! runs in milliseconds.
 //!
 //! The fake server keeps what it is given: GETs of objects it holds return them, lists return
 //! what it holds under the path, and writes (apply, merge patch, create) are recorded and
@@ -246,12 +247,15 @@ fn client(server: Arc<Mutex<FakeApiServer>>) -> Client {
 }
 
 fn context(client: Client) -> Arc<Context> {
+    context_with(client, Vec::new())
+}
+
+/// A context whose intent cache holds `cached`.
+fn context_with(client: Client, cached: Vec<WorkloadIntent>) -> Arc<Context> {
     let mut registry = prometheus_client::registry::Registry::default();
     // Both caches synced and empty: no other intent, no TenantPolicy (everything allowed).
-    let (intents, mut intents_writer) = reflector::store();
-    let (tenants, mut tenants_writer) = reflector::store();
-    intents_writer.apply_watcher_event(&watcher::Event::InitDone);
-    tenants_writer.apply_watcher_event(&watcher::Event::InitDone);
+    let intents = store_of(cached);
+    let tenants = store_of(Vec::new());
     let (reconcile, _) = tokio::sync::mpsc::unbounded_channel();
     Arc::new(Context {
         recorder: Recorder::new(client.clone(), Context::reporter("fixture")),
@@ -430,4 +434,174 @@ async fn an_intent_deleted_reverts_with_exactly_these_requests() {
         json!([]),
         "the finalizer removed (a JSON patch guarded by a test of its position)"
     );
+}
+
+/// A store holding `objects`, synced.
+fn store_of<K>(objects: Vec<K>) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+fn pod(name: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web", "pod-template-hash": "abc"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc",
+                                          "uid": "rs1", "controller": true}]},
+        "spec": {"nodeName": "n1", "readinessGates": [{"conditionType": "plumbline.dev/storage-healthy"}],
+                 "containers": [{"name": "app"}]},
+        "status": {"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "plumbline.dev/storage-healthy", "status": "True", "reason": "LatencyWithinBudget"}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_health_pass_marks_pods_unready_under_the_guard_with_exactly_these_requests() {
+    use plumbline_adapters::{BackingVm, DiskLatency, OpLatency, VmDisk, VmId};
+    use plumbline_operator::health::{
+        book::{HealthBook, ProviderView},
+        caches::Caches,
+        feedback::Feedback,
+        HealthSettings,
+    };
+    use std::time::{Duration, SystemTime};
+
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("plumbline_operator=debug")
+        .with_test_writer()
+        .try_init();
+    let server = Arc::new(Mutex::new(FakeApiServer::default()));
+    let wi: WorkloadIntent = serde_json::from_value(json!({
+        "apiVersion": "plumbline.dev/v1alpha1", "kind": "WorkloadIntent",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "i1", "generation": 1},
+        "spec": {"target": {"kind": "Deployment", "name": "web"}, "priority": "critical",
+                 "storage": {"latencyBudget": "5ms", "readinessGate": true, "maxUnready": 2}}
+    }))
+    .unwrap();
+    server
+        .lock()
+        .unwrap()
+        .objects
+        .insert(INTENT.into(), serde_json::to_value(&wi).unwrap());
+    let ctx = context_with(client(server.clone()), vec![wi]);
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+        "metadata": {"name": "n1"}, "spec": {"providerID": "libvirt:///u1"}
+    }))
+    .unwrap();
+    let caches = Caches {
+        pods: store_of(vec![pod("web-abc-1"), pod("web-abc-2"), pod("web-abc-3")]),
+        nodes: store_of(vec![node]),
+        providers: store_of(Vec::new()),
+        changes: store_of(Vec::new()),
+    };
+    // One libvirt guest backing n1, its disk at 40 ms per operation for three samples.
+    let mut provider = ProviderView::new(
+        "kvm",
+        Duration::from_secs(1),
+        plumbline_crds::NodeMappingStrategy::ProviderId,
+        None,
+    );
+    provider.connected = true;
+    provider.inventory = vec![BackingVm {
+        id: VmId::new("u1"),
+        name: "vm1".into(),
+        provider_id: "libvirt:///u1".into(),
+        host: "h1".into(),
+        datastores: vec!["/ds".into()],
+        disks: vec![VmDisk {
+            name: "vda".into(),
+            path: None,
+            datastore: Some("/ds".into()),
+        }],
+        running: true,
+    }];
+    let mut book = HealthBook::default();
+    book.providers.insert("kvm".into(), provider);
+    let now = SystemTime::now();
+    for i in (0..3).rev() {
+        let at = now - Duration::from_secs(i);
+        let slow = Some(OpLatency {
+            mean: Duration::from_millis(40),
+            ops: Some(100),
+        });
+        book.record_samples(
+            "kvm",
+            at,
+            &[DiskLatency {
+                vm: VmId::new("u1"),
+                disk: "vda".into(),
+                read: slow,
+                write: slow,
+                flush: None,
+                window: Duration::from_secs(1),
+                observed_at: at,
+            }],
+        );
+    }
+    let book = Arc::new(Mutex::new(book));
+
+    let wanted = Feedback::new(true)
+        .pass(
+            &ctx,
+            &caches,
+            &book,
+            &HealthSettings::default(),
+            "namespace/shop",
+            now,
+        )
+        .await;
+
+    assert_eq!(
+        writes(&server),
+        [
+            "PATCH /api/v1/namespaces/shop/pods/web-abc-1/status",
+            "PATCH /api/v1/namespaces/shop/pods/web-abc-2/status",
+            "PATCH /api/v1/namespaces/shop/pods/web-abc-3/status",
+            "PATCH /api/v1/nodes/n1/status",
+            "PATCH /apis/plumbline.dev/v1alpha1/namespaces/shop/workloadintents/web/status",
+        ]
+    );
+    let reasons: Vec<String> = (1..=3)
+        .map(|i| {
+            let body = body_of(
+                &server,
+                Method::PATCH,
+                &format!("/api/v1/namespaces/shop/pods/web-abc-{i}/status"),
+            );
+            let c = &body["status"]["conditions"][0];
+            format!(
+                "{} {}",
+                c["status"].as_str().unwrap(),
+                c["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| *r == "False LatencyOverBudget")
+            .count(),
+        2,
+        "maxUnready 2: {reasons:?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| *r == "True OverBudgetHeldByGuard")
+            .count(),
+        1,
+        "the last ready pod is held: {reasons:?}"
+    );
+    let status = body_of(&server, Method::PATCH, &format!("{INTENT}/status"));
+    assert_eq!(status["status"]["guard"]["allowedUnready"], 2, "{status:#}");
+    assert!(wanted.is_empty(), "no throttle asked for: {wanted:?}");
 }
