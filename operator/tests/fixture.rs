@@ -134,16 +134,18 @@ fn record_apply(object: &mut Value, manager: &str, body: &Value) {
         }
     }
     let mut sent = body.clone();
-    for key in ["apiVersion", "kind"] {
-        sent.as_object_mut().map(|o| o.remove(key));
+    if let Some(o) = sent.as_object_mut() {
+        o.remove("apiVersion");
+        o.remove("kind");
     }
     if let Some(meta) = sent.get_mut("metadata").and_then(Value::as_object_mut) {
         for key in ["name", "namespace", "resourceVersion"] {
             meta.remove(key);
         }
     }
-    sent.as_object_mut()
-        .map(|o| o.retain(|_, v| v.as_object().is_none_or(|m| !m.is_empty())));
+    if let Some(o) = sent.as_object_mut() {
+        o.retain(|_, v| v.as_object().is_none_or(|m| !m.is_empty()));
+    }
     let entries = object["metadata"]["managedFields"]
         .as_array()
         .cloned()
@@ -464,9 +466,20 @@ fn pod(name: &str) -> k8s_openapi::api::core::v1::Pod {
     .unwrap()
 }
 
-#[tokio::test]
-async fn a_health_pass_marks_pods_unready_under_the_guard_with_exactly_these_requests() {
-    use plumbline_adapters::{BackingVm, DiskLatency, OpLatency, VmDisk, VmId};
+/// One storage-health pass: three pods of `web` (critical, 5 ms budget, `maxUnready: 2`) on
+/// node `n1`, backed by libvirt guest `vm1` whose disk took 40 ms per operation in the last
+/// three samples; with `noisy`, a guest `vm2` on the same datastore doing 400 IOPS, and the
+/// intent allowed to throttle noisy neighbours. Returns the server and the changes the pass
+/// wants in the ledger.
+async fn health_pass(
+    noisy: bool,
+) -> (
+    Arc<Mutex<FakeApiServer>>,
+    Vec<plumbline_crds::InfraChangeSpec>,
+) {
+    use plumbline_adapters::{
+        BackingVm, Capability, DiskLatency, OpLatency, Support, VmDisk, VmId,
+    };
     use plumbline_operator::health::{
         book::{HealthBook, ProviderView},
         caches::Caches,
@@ -475,16 +488,13 @@ async fn a_health_pass_marks_pods_unready_under_the_guard_with_exactly_these_req
     };
     use std::time::{Duration, SystemTime};
 
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("plumbline_operator=debug")
-        .with_test_writer()
-        .try_init();
     let server = Arc::new(Mutex::new(FakeApiServer::default()));
     let wi: WorkloadIntent = serde_json::from_value(json!({
         "apiVersion": "plumbline.dev/v1alpha1", "kind": "WorkloadIntent",
         "metadata": {"name": "web", "namespace": "shop", "uid": "i1", "generation": 1},
         "spec": {"target": {"kind": "Deployment", "name": "web"}, "priority": "critical",
-                 "storage": {"latencyBudget": "5ms", "readinessGate": true, "maxUnready": 2}}
+                 "storage": {"latencyBudget": "5ms", "readinessGate": true, "maxUnready": 2},
+                 "infrastructure": {"throttleNoisyNeighbours": noisy}}
     }))
     .unwrap();
     server
@@ -503,18 +513,10 @@ async fn a_health_pass_marks_pods_unready_under_the_guard_with_exactly_these_req
         providers: store_of(Vec::new()),
         changes: store_of(Vec::new()),
     };
-    // One libvirt guest backing n1, its disk at 40 ms per operation for three samples.
-    let mut provider = ProviderView::new(
-        "kvm",
-        Duration::from_secs(1),
-        plumbline_crds::NodeMappingStrategy::ProviderId,
-        None,
-    );
-    provider.connected = true;
-    provider.inventory = vec![BackingVm {
-        id: VmId::new("u1"),
-        name: "vm1".into(),
-        provider_id: "libvirt:///u1".into(),
+    let guest = |id: &str, name: &str| BackingVm {
+        id: VmId::new(id),
+        name: name.into(),
+        provider_id: format!("libvirt:///{id}"),
         host: "h1".into(),
         datastores: vec!["/ds".into()],
         disks: vec![VmDisk {
@@ -523,32 +525,45 @@ async fn a_health_pass_marks_pods_unready_under_the_guard_with_exactly_these_req
             datastore: Some("/ds".into()),
         }],
         running: true,
-    }];
+    };
+    let mut provider = ProviderView::new(
+        "kvm",
+        Duration::from_secs(1),
+        plumbline_crds::NodeMappingStrategy::ProviderId,
+        None,
+    );
+    provider.connected = true;
+    provider
+        .capabilities
+        .entries
+        .insert(Capability::DiskIopsLimit, Support::Supported);
+    provider.inventory = vec![guest("u1", "vm1")];
+    if noisy {
+        provider.inventory.push(guest("u2", "vm2"));
+    }
     let mut book = HealthBook::default();
     book.providers.insert("kvm".into(), provider);
     let now = SystemTime::now();
     for i in (0..3).rev() {
         let at = now - Duration::from_secs(i);
-        let slow = Some(OpLatency {
-            mean: Duration::from_millis(40),
-            ops: Some(100),
-        });
-        book.record_samples(
-            "kvm",
-            at,
-            &[DiskLatency {
-                vm: VmId::new("u1"),
+        let disk = |vm: &str, ms: u64, ops: u64| {
+            let op = Some(OpLatency {
+                mean: Duration::from_millis(ms),
+                ops: Some(ops),
+            });
+            DiskLatency {
+                vm: VmId::new(vm),
                 disk: "vda".into(),
-                read: slow,
-                write: slow,
+                read: op,
+                write: op,
                 flush: None,
                 window: Duration::from_secs(1),
                 observed_at: at,
-            }],
-        );
+            }
+        };
+        book.record_samples("kvm", at, &[disk("u1", 40, 100), disk("u2", 1, 200)]);
     }
     let book = Arc::new(Mutex::new(book));
-
     let wanted = Feedback::new(true)
         .pass(
             &ctx,
@@ -559,7 +574,12 @@ async fn a_health_pass_marks_pods_unready_under_the_guard_with_exactly_these_req
             now,
         )
         .await;
+    (server, wanted)
+}
 
+#[tokio::test]
+async fn a_health_pass_marks_pods_unready_under_the_guard_with_exactly_these_requests() {
+    let (server, wanted) = health_pass(false).await;
     assert_eq!(
         writes(&server),
         [
@@ -572,11 +592,8 @@ async fn a_health_pass_marks_pods_unready_under_the_guard_with_exactly_these_req
     );
     let reasons: Vec<String> = (1..=3)
         .map(|i| {
-            let body = body_of(
-                &server,
-                Method::PATCH,
-                &format!("/api/v1/namespaces/shop/pods/web-abc-{i}/status"),
-            );
+            let path = format!("/api/v1/namespaces/shop/pods/web-abc-{i}/status");
+            let body = body_of(&server, Method::PATCH, &path);
             let c = &body["status"]["conditions"][0];
             format!(
                 "{} {}",
@@ -604,4 +621,30 @@ async fn a_health_pass_marks_pods_unready_under_the_guard_with_exactly_these_req
     let status = body_of(&server, Method::PATCH, &format!("{INTENT}/status"));
     assert_eq!(status["status"]["guard"]["allowedUnready"], 2, "{status:#}");
     assert!(wanted.is_empty(), "no throttle asked for: {wanted:?}");
+}
+
+#[tokio::test]
+async fn a_health_pass_decides_a_throttle_and_asks_the_ledger_for_it() {
+    let (server, wanted) = health_pass(true).await;
+    // The pass writes what it writes without a throttle; the throttle itself is a ledger
+    // entry it returns (the writer creates it, an actuator carries it out), never a call.
+    assert_eq!(writes(&server).len(), 5, "{:?}", writes(&server));
+    assert_eq!(wanted.len(), 1, "{wanted:#?}");
+    let throttle = &wanted[0];
+    assert_eq!(
+        throttle.purpose,
+        plumbline_crds::ChangePurpose::NeighbourThrottle
+    );
+    assert_eq!(throttle.target.name, "vm2");
+    assert_eq!(throttle.operator, "namespace/shop");
+    let limit: u64 = throttle.desired.parse().expect("an IOPS figure");
+    // 200 reads and 200 writes a second: the first step is a fraction of 400 IOPS.
+    assert!(
+        limit > 0 && limit < 400,
+        "below the 400 IOPS it did: {limit}"
+    );
+    assert!(
+        throttle.owners.iter().any(|o| o.intent == "shop/web"),
+        "{throttle:#?}"
+    );
 }
