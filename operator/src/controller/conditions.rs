@@ -4,7 +4,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
-use plumbline_crds::conditions::status;
+use plumbline_crds::conditions::{intent as condition, reason, status};
 
 /// One condition as decided by a reconcile, before timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,58 @@ impl Verdict {
             message: message.into(),
         }
     }
+}
+
+/// Ready, Active and Degraded of an intent degraded for `why`: nothing is applied (or, with
+/// `revert_error`, reverting what was failed), and Active keeps what is known of the window.
+pub fn degraded(
+    previous: &[Condition],
+    why: &'static str,
+    message: &str,
+    revert_error: Option<String>,
+) -> [Verdict; 3] {
+    let ready = match revert_error {
+        Some(e) => Verdict::new(
+            condition::READY,
+            false,
+            reason::APPLY_FAILED,
+            format!("reverting failed: {e}"),
+        ),
+        None => Verdict::new(condition::READY, false, why, "nothing is applied"),
+    };
+    let active = match previous.iter().find(|c| c.type_ == condition::ACTIVE) {
+        // Keep what is known; a conflicting or invalid intent's window does not matter yet.
+        Some(c) => Verdict::new(
+            condition::ACTIVE,
+            c.status == status::TRUE,
+            known_reason(&c.reason),
+            c.message.clone(),
+        ),
+        None => Verdict::new(
+            condition::ACTIVE,
+            false,
+            why,
+            "not evaluated: the intent is degraded",
+        ),
+    };
+    let degraded = Verdict::new(condition::DEGRADED, true, why, message);
+    [ready, active, degraded]
+}
+
+/// The reason constant a stored condition carries (reasons are `&'static str` here).
+fn known_reason(stored: &str) -> &'static str {
+    [
+        reason::ALWAYS_ACTIVE,
+        reason::WINDOW_OPEN,
+        reason::WINDOW_CLOSED,
+        reason::INVALID_SPEC,
+        reason::TARGET_NOT_FOUND,
+        reason::CONFLICTING_INTENT,
+        reason::NOT_ALLOWED,
+    ]
+    .into_iter()
+    .find(|r| *r == stored)
+    .unwrap_or(reason::AS_EXPECTED)
 }
 
 /// The conditions to write: `verdicts` in order, each keeping its previous transition time if

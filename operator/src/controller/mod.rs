@@ -1,18 +1,21 @@
 //! The WorkloadIntent controller: watches intents and the Deployments/StatefulSets they
 //! target, and reconciles each intent into the Kubernetes half of its plan.
 
+mod announce;
 pub mod apply;
 pub(crate) mod conditions;
 mod execute;
 pub mod fields;
 pub mod lenient;
 pub mod observe;
+mod plan;
 mod reconcile;
 mod revert;
 mod status;
 
 pub use observe::{conflicting_intent, list_intents, observe, Observed, ObservedWorkload};
-pub use reconcile::{plan_for, reconcile, CONTROLLER};
+pub use plan::plan_for;
+pub use reconcile::{reconcile, CONTROLLER};
 
 use futures::{stream::BoxStream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};

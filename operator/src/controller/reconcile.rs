@@ -1,5 +1,7 @@
-//! One reconcile of a WorkloadIntent: observe → plan (pure, in `plumbline-policies`) →
-//! execute the Kubernetes actions → write status and Events.
+//! One reconcile of a WorkloadIntent, as a pipeline with one file per step:
+//! observe (`observe.rs`) → plan (`plan.rs`, pure, deciding in `plumbline-policies`) →
+//! execute (`execute.rs`) → status (`conditions.rs` chooses the conditions, `status.rs` writes
+//! them) → announce (`announce.rs`, the Events). The finalizer's revert is `revert.rs`.
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -13,20 +15,20 @@ use kube::{
     Api, ResourceExt,
 };
 use plumbline_crds::{
-    conditions::{event, intent as condition, reason, status as cond_status},
-    names::{FIELD_MANAGER, INTENT_FINALIZER, STORAGE_READINESS_GATE},
+    conditions::{intent as condition, reason},
+    names::INTENT_FINALIZER,
     ActionState, PlannedAction, WorkloadIntent,
 };
-use plumbline_policies::{self as policies, Change, CountOrPercent, Invalid, Plan, Setting};
+use plumbline_policies::Invalid;
 use std::{sync::Arc, time::Duration};
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument};
 
 use super::{
-    apply::WorkloadRef,
-    conditions::{merge, Verdict},
-    execute::{execute, Execution},
-    fields::{self, Baseline, WorkloadField},
-    observe::{cached_intents, observe, Observed, ObservedWorkload},
+    announce::{announce, announce_degraded},
+    conditions::{self, merge, Verdict},
+    execute::execute,
+    observe::{cached_intents, observe},
+    plan::{plan_for, status_plan, undo_plan},
     revert,
     status::{self, ControllerStatus},
 };
@@ -92,165 +94,6 @@ pub async fn reconcile(wi: Arc<WorkloadIntent>, ctx: Arc<Context>) -> Result<Act
     })?;
     ctx.retries.succeeded(&key);
     Ok(action)
-}
-
-/// The plan for `wi` against what was observed, as the controller and `explain` compute it:
-/// nothing when the tenant policies do not allow the intent.
-pub fn plan_for(
-    wi: &WorkloadIntent,
-    observed: &Observed,
-    tenants: &[policies::NamedPolicy],
-    now: DateTime<Utc>,
-) -> Result<Plan, Invalid> {
-    if let policies::TenantVerdict::NotAllowed(refusal) = crate::tenancy::verdict(wi, tenants) {
-        return Err(Invalid::NotAllowed(refusal));
-    }
-    policies::plan(wi, &to_policy(wi, observed), now)
-}
-
-/// What Plumbline applied before: `status.plan`, completed from the workload itself (the
-/// baseline annotation and the intent's own budgets) so that a lost status never leaks a change.
-fn applied(wi: &WorkloadIntent, observed: &Observed) -> Vec<policies::Action> {
-    let entries = wi
-        .status
-        .as_ref()
-        .map(|s| s.plan.as_slice())
-        .unwrap_or_default();
-    let mut applied = match policies::actions_from_status(entries) {
-        Ok(actions) => actions,
-        Err(e) => {
-            warn!(error = %e, "status.plan is unreadable; relying on what the workload records");
-            Vec::new()
-        }
-    };
-    let Some(w) = &observed.workload else {
-        return applied;
-    };
-    let target = w.target.clone();
-    let mut recorded = Vec::new();
-    if w.holder.as_deref() == Some(wi.name_any().as_str()) {
-        for (field, previous) in &Baseline::from_annotation(&w.object).0 {
-            if !fields::owned_by(&w.object, *field, FIELD_MANAGER) {
-                continue;
-            }
-            let live = field.get(&w.object);
-            let change = match field {
-                WorkloadField::Replicas => Change::Replicas {
-                    workload: target.clone(),
-                    value: Setting::new(
-                        live.and_then(|v| v.as_i64())
-                            .and_then(|v| i32::try_from(v).ok()),
-                        previous
-                            .value
-                            .as_ref()
-                            .and_then(|v| v.as_i64())
-                            .and_then(|v| i32::try_from(v).ok()),
-                    ),
-                },
-                WorkloadField::PriorityClassName => Change::PriorityClassName {
-                    workload: target.clone(),
-                    value: Setting::new(
-                        live.and_then(|v| v.as_str()).map(str::to_string),
-                        previous
-                            .value
-                            .as_ref()
-                            .and_then(|v| v.as_str())
-                            .map(str::to_string),
-                    ),
-                },
-                WorkloadField::ReadinessGates => {
-                    let has_gate = |v: Option<&serde_json::Value>| {
-                        v.and_then(|v| v.as_array())
-                            .is_some_and(|gates| {
-                                gates.iter().any(|g| {
-                                    g.get("conditionType").and_then(|c| c.as_str())
-                                        == Some(STORAGE_READINESS_GATE)
-                                })
-                            })
-                            .then(|| STORAGE_READINESS_GATE.to_string())
-                    };
-                    Change::ReadinessGate {
-                        workload: target.clone(),
-                        value: Setting::new(has_gate(live), has_gate(previous.value.as_ref())),
-                    }
-                }
-            };
-            recorded.push(change);
-        }
-    }
-    for budget in w
-        .disruption_budgets
-        .iter()
-        .filter(|b| b.managed_by_plumbline)
-    {
-        if budget.name == policies::disruption_budget_name(&target) {
-            recorded.push(Change::PodDisruptionBudget {
-                namespace: target.namespace.clone(),
-                name: budget.name.clone(),
-                selector: Default::default(),
-                value: Setting::new(budget.min_available, None::<CountOrPercent>),
-            });
-        }
-    }
-    for change in recorded {
-        if !applied.iter().any(|a| a.change.same_target(&change)) {
-            applied.push(policies::Action {
-                change,
-                reason: "recorded on the workload by Plumbline".to_string(),
-            });
-        }
-    }
-    applied
-}
-
-/// The planner's view of what was observed.
-fn to_policy(wi: &WorkloadIntent, observed: &Observed) -> policies::Observed {
-    policies::Observed {
-        workload: observed.workload.as_ref().map(to_policy_workload),
-        infra: observed.infra.clone(),
-        // Hypervisor changes are the ledger's: their originals live in their InfraChanges.
-        applied: applied(wi, observed)
-            .into_iter()
-            .filter(|a| a.layer() == plumbline_crds::Layer::Kubernetes)
-            .collect(),
-    }
-}
-
-fn to_policy_workload(w: &ObservedWorkload) -> policies::ObservedWorkload {
-    let live = &w.object;
-    let gates = WorkloadField::ReadinessGates
-        .get(live)
-        .and_then(|v| v.as_array())
-        .map(|gates| {
-            gates
-                .iter()
-                .filter_map(|g| {
-                    g.get("conditionType")
-                        .and_then(|c| c.as_str())
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    policies::ObservedWorkload {
-        workload: w.target.clone(),
-        replicas: WorkloadField::Replicas
-            .get(live)
-            .and_then(|v| v.as_i64())
-            .and_then(|v| i32::try_from(v).ok()),
-        priority_class_name: WorkloadField::PriorityClassName
-            .get(live)
-            .and_then(|v| v.as_str())
-            .map(str::to_string),
-        readiness_gates: gates,
-        selector: w
-            .selector
-            .as_ref()
-            .and_then(|s| s.get("matchLabels"))
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default(),
-        disruption_budgets: w.disruption_budgets.clone(),
-    }
 }
 
 fn requeue_until(next: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Action {
@@ -330,7 +173,7 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         }
     };
 
-    release_former_targets(ctx, wi).await?;
+    revert::release_former_targets(ctx, wi).await?;
     let execution = execute(ctx, wi, &plan, &observed).await;
     if execution.error.as_ref().is_some_and(Error::is_conflict) {
         // Someone changed the workload while we decided; decide again on what they wrote.
@@ -406,98 +249,8 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     Ok(requeue_until(plan.activity.next_transition, now))
 }
 
-/// After a retarget, `status.plan` still names the workload the intent governed before; the
-/// planner only sees the current target, so the old one is released here.
-async fn release_former_targets(ctx: &Context, wi: &WorkloadIntent) -> Result<()> {
-    let current = WorkloadRef::of(wi);
-    let mut former: Vec<WorkloadRef> = Vec::new();
-    for entry in wi
-        .status
-        .as_ref()
-        .map(|s| s.plan.as_slice())
-        .unwrap_or_default()
-    {
-        let kind = match entry.target.kind.as_str() {
-            "Deployment" => plumbline_crds::TargetKind::Deployment,
-            "StatefulSet" => plumbline_crds::TargetKind::StatefulSet,
-            _ => continue,
-        };
-        let target = WorkloadRef {
-            kind,
-            namespace: entry
-                .target
-                .namespace
-                .clone()
-                .unwrap_or_else(|| current.namespace.clone()),
-            name: entry.target.name.clone(),
-        };
-        if target != current && !former.contains(&target) {
-            former.push(target);
-        }
-    }
-    for target in former {
-        let fields = revert::release_workload(ctx, wi, &target).await?;
-        if !fields.is_empty() {
-            info!(%target, ?fields, "released the intent's former target");
-            ctx.publish(
-                wi,
-                Event {
-                    type_: EventType::Normal,
-                    reason: reason::REVERTED.to_string(),
-                    note: Some(format!(
-                        "no longer the target: released {} on {target}",
-                        fields.join(", ")
-                    )),
-                    action: "Revert".to_string(),
-                    secondary: None,
-                },
-            )
-            .await;
-        }
-    }
-    Ok(())
-}
-
-/// What `status.plan` records after an execution: the held actions with how far each got, plus
-/// applied actions whose revert has not succeeded yet (so it is retried).
-fn status_plan(wi: &WorkloadIntent, plan: &Plan, execution: &Execution) -> Vec<PlannedAction> {
-    let mut entries: Vec<PlannedAction> = plan
-        .actions
-        .iter()
-        .zip(&execution.actions)
-        .map(|(action, outcome)| {
-            policies::action_to_status(action, outcome.state, outcome.message.clone())
-        })
-        .collect();
-    let previous = wi
-        .status
-        .as_ref()
-        .map(|s| s.plan.as_slice())
-        .unwrap_or_default();
-    for (revert, outcome) in plan.reverts.iter().zip(&execution.reverts) {
-        if outcome.state == ActionState::Applied {
-            continue;
-        }
-        let key = policies::action_to_status(revert, ActionState::Pending, None);
-        if let Some(entry) = previous
-            .iter()
-            .find(|p| p.kind == key.kind && p.target == key.target)
-        {
-            let mut entry = entry.clone();
-            entry.message = Some(format!(
-                "revert pending: {}",
-                outcome
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "not attempted yet".to_string())
-            ));
-            entries.push(entry);
-        }
-    }
-    entries
-}
-
-/// Writes a Degraded status. `plan` is what remains applied (normally nothing).
+/// Reports the intent `Degraded` for `why` (nothing applied, or reverting failed), keeping what
+/// is known of its window, and tells it once.
 async fn finish_degraded(
     ctx: &Context,
     wi: &WorkloadIntent,
@@ -511,35 +264,11 @@ async fn finish_degraded(
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let ready = match error {
-        Some(e) => Verdict::new(
-            condition::READY,
-            false,
-            reason::APPLY_FAILED,
-            format!("reverting failed: {e}"),
-        ),
-        None => Verdict::new(condition::READY, false, why, "nothing is applied"),
-    };
-    let degraded = Verdict::new(condition::DEGRADED, true, why, message);
-    let active = match previous.iter().find(|c| c.type_ == condition::ACTIVE) {
-        // Keep what is known; a conflicting or invalid intent's window does not matter yet.
-        Some(c) => Verdict::new(
-            condition::ACTIVE,
-            c.status == cond_status::TRUE,
-            reason_const(&c.reason),
-            c.message.clone(),
-        ),
-        None => Verdict::new(
-            condition::ACTIVE,
-            false,
-            why,
-            "not evaluated: the intent is degraded",
-        ),
-    };
+    let verdicts = conditions::degraded(previous, why, message, error.map(ToString::to_string));
     let status = ControllerStatus {
         conditions: merge(
             previous,
-            &[ready, active, degraded.clone()],
+            &verdicts,
             wi.metadata.generation,
             Timestamp::now(),
         ),
@@ -548,146 +277,8 @@ async fn finish_degraded(
         next_transition: None,
     };
     status::write(ctx, wi, &status).await?;
-    let was = previous.iter().find(|c| c.type_ == condition::DEGRADED);
-    if was.is_none_or(|c| c.status != cond_status::TRUE || c.reason != why) {
-        warn!(reason = why, %message, "intent degraded");
-        ctx.publish(
-            wi,
-            Event {
-                type_: EventType::Warning,
-                reason: why.to_string(),
-                note: Some(truncate(message)),
-                action: "Plan".to_string(),
-                secondary: None,
-            },
-        )
-        .await;
-    }
+    announce_degraded(ctx, wi, previous, why, message).await;
     Ok(())
-}
-
-/// Condition reasons are `&'static str` constants; map a stored one back to its constant.
-fn reason_const(stored: &str) -> &'static str {
-    [
-        reason::ALWAYS_ACTIVE,
-        reason::WINDOW_OPEN,
-        reason::WINDOW_CLOSED,
-        reason::INVALID_SPEC,
-        reason::TARGET_NOT_FOUND,
-        reason::CONFLICTING_INTENT,
-        reason::NOT_ALLOWED,
-    ]
-    .into_iter()
-    .find(|r| *r == stored)
-    .unwrap_or(reason::AS_EXPECTED)
-}
-
-fn truncate(message: &str) -> String {
-    // Event notes are limited to 1 kB.
-    message.chars().take(1000).collect()
-}
-
-/// Events for what changed on the cluster, and for recovering from Degraded.
-async fn announce(
-    ctx: &Context,
-    wi: &WorkloadIntent,
-    plan: &Plan,
-    execution: &Execution,
-    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    degraded: &Verdict,
-) {
-    if execution.changed {
-        let reverted: Vec<String> = plan
-            .reverts
-            .iter()
-            .zip(&execution.reverts)
-            .filter(|(_, o)| o.state == ActionState::Applied)
-            .map(|(a, _)| policies::describe(&a.change))
-            .collect();
-        let applied: Vec<String> = plan
-            .actions
-            .iter()
-            .zip(&execution.actions)
-            .filter(|(a, o)| {
-                o.state == ActionState::Applied && !matches!(a.change, Change::PriorityClass { .. })
-            })
-            .map(|(a, _)| policies::describe(&a.change))
-            .collect();
-        if !reverted.is_empty() {
-            info!(changes = ?reverted, "reverted");
-            ctx.publish(
-                wi,
-                Event {
-                    type_: EventType::Normal,
-                    reason: reason::REVERTED.to_string(),
-                    note: Some(truncate(&format!(
-                        "{}: {}",
-                        plan.activity.message,
-                        reverted.join("; ")
-                    ))),
-                    action: "Revert".to_string(),
-                    secondary: None,
-                },
-            )
-            .await;
-        }
-        if !applied.is_empty() {
-            info!(changes = ?applied, "applied");
-            ctx.publish(
-                wi,
-                Event {
-                    type_: EventType::Normal,
-                    reason: reason::APPLIED.to_string(),
-                    note: Some(truncate(&applied.join("; "))),
-                    action: "Apply".to_string(),
-                    secondary: None,
-                },
-            )
-            .await;
-        }
-    }
-    if let Some(e) = &execution.error {
-        ctx.publish(
-            wi,
-            Event {
-                type_: EventType::Warning,
-                reason: reason::APPLY_FAILED.to_string(),
-                note: Some(truncate(&e.to_string())),
-                action: "Apply".to_string(),
-                secondary: None,
-            },
-        )
-        .await;
-    }
-    let was_degraded = previous
-        .iter()
-        .any(|c| c.type_ == condition::DEGRADED && c.status == cond_status::TRUE);
-    if was_degraded && !degraded.is_true {
-        ctx.publish(
-            wi,
-            Event {
-                type_: EventType::Normal,
-                reason: event::RECOVERED.to_string(),
-                note: Some("the intent is no longer degraded".to_string()),
-                action: "Plan".to_string(),
-                secondary: None,
-            },
-        )
-        .await;
-    }
-}
-
-/// A plan that holds nothing and undoes whatever the intent applied before, for `why`.
-fn undo_plan(wi: &WorkloadIntent, observed: &Observed, why: &str, now: DateTime<Utc>) -> Plan {
-    let undo = policies::revert(&applied(wi, observed), &to_policy(wi, observed), why);
-    Plan {
-        workload: WorkloadRef::of(wi),
-        priority: wi.spec.priority,
-        activity: policies::activity(None, now),
-        actions: Vec::new(),
-        reverts: undo.actions,
-        notes: undo.notes,
-    }
 }
 
 /// The intent is being deleted: revert everything it holds, then let it go.

@@ -2,9 +2,13 @@
 //! previous values and owners, the intent's PodDisruptionBudget goes away. Fields that other
 //! managers own were never Plumbline's and are not touched.
 
-use kube::ResourceExt;
-use plumbline_crds::{names::FIELD_MANAGER, WorkloadIntent};
+use kube::{
+    runtime::events::{Event, EventType},
+    ResourceExt,
+};
+use plumbline_crds::{conditions::reason, names::FIELD_MANAGER, WorkloadIntent};
 use std::collections::BTreeMap;
+use tracing::info;
 
 use super::{
     apply::{self, WorkloadRef},
@@ -79,4 +83,30 @@ pub async fn release_workload(
         .await?;
     }
     Ok(released)
+}
+
+/// After a retarget, `status.plan` still names the workload the intent governed before; the
+/// planner only sees the current target, so the old one is released here.
+pub async fn release_former_targets(ctx: &Context, wi: &WorkloadIntent) -> Result<()> {
+    for target in super::plan::former_targets(wi) {
+        let fields = release_workload(ctx, wi, &target).await?;
+        if !fields.is_empty() {
+            info!(%target, ?fields, "released the intent's former target");
+            ctx.publish(
+                wi,
+                Event {
+                    type_: EventType::Normal,
+                    reason: reason::REVERTED.to_string(),
+                    note: Some(format!(
+                        "no longer the target: released {} on {target}",
+                        fields.join(", ")
+                    )),
+                    action: "Revert".to_string(),
+                    secondary: None,
+                },
+            )
+            .await;
+        }
+    }
+    Ok(())
 }
