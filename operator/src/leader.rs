@@ -73,7 +73,7 @@ pub fn lease_client(mut config: kube::Config, lease: &LeaseConfig) -> Result<Cli
 
 /// The part of the lease record whose change proves the holder is alive.
 #[derive(Debug, Clone, PartialEq)]
-struct Observed {
+struct SeenLease {
     holder: Option<String>,
     renew_time: Option<Timestamp>,
     transitions: i32,
@@ -83,7 +83,7 @@ pub struct LeaderElector {
     api: Api<Lease>,
     config: LeaseConfig,
     metrics: Metrics,
-    observed: Option<(Observed, Instant)>,
+    observed: Option<(SeenLease, Instant)>,
     last_renewed: Option<Instant>,
 }
 
@@ -226,7 +226,7 @@ impl LeaderElector {
         };
 
         let spec = lease.spec.clone().unwrap_or_default();
-        let observed = Observed {
+        let observed = SeenLease {
             holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
             renew_time: spec.renew_time.as_ref().map(|t| t.0),
             transitions: spec.lease_transitions.unwrap_or(0),

@@ -23,7 +23,7 @@ use kube::{
 use plumbline_operator::{
     clock::SystemClock,
     health::HealthSettings,
-    metrics::{ActionLabels, ActionResult, Layer},
+    metrics::{ActionLabels, ActionLayer, ActionResult},
     run::Operator,
 };
 use plumbline_policies::health::UnknownReadiness;
@@ -138,7 +138,7 @@ fn actions(operator: &Operator, result: ActionResult) -> u64 {
         .metrics
         .actions
         .get_or_create(&ActionLabels {
-            layer: Layer::kubernetes,
+            layer: ActionLayer::kubernetes,
             action: "node_taint".into(),
             result,
         })

@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use super::{
     apply::{self, WorkloadRef},
     fields::{self, Baseline, WorkloadField},
-    observe::ObservedWorkload,
+    observe::LiveWorkload,
     revert,
 };
 use crate::{
     context::Context,
-    metrics::{ActionResult, Layer as MetricLayer},
+    metrics::{ActionLayer as MetricLayer, ActionResult},
     Error, Result,
 };
 
@@ -83,7 +83,7 @@ fn min_available_json(v: CountOrPercent) -> Value {
 }
 
 /// The workload field a change holds, with the value Plumbline applies for it.
-fn held_field(change: &Change, workload: &ObservedWorkload) -> Option<(WorkloadField, Value)> {
+fn held_field(change: &Change, workload: &LiveWorkload) -> Option<(WorkloadField, Value)> {
     match change {
         Change::Replicas { value, .. } => Some((WorkloadField::Replicas, json!(value.desired?))),
         Change::PriorityClassName { value, .. } => Some((
@@ -205,7 +205,7 @@ pub async fn execute(
     ctx: &Context,
     wi: &WorkloadIntent,
     plan: &Plan,
-    observed: &super::Observed,
+    observed: &super::IntentObservation,
 ) -> Execution {
     let workload = observed.workload.as_ref();
     let mut book = Book {
@@ -411,7 +411,7 @@ async fn pdb(
     wi: &WorkloadIntent,
     name: &str,
     desired: Option<CountOrPercent>,
-    workload: Option<&ObservedWorkload>,
+    workload: Option<&LiveWorkload>,
 ) -> Result<bool> {
     match (desired, workload.and_then(|w| w.selector.clone())) {
         (Some(min), Some(selector)) => {
@@ -428,7 +428,7 @@ async fn pdb(
 /// with nothing to hold, releases everything). Returns whether anything changed hands.
 async fn sync_workload(
     ctx: &Context,
-    workload: &ObservedWorkload,
+    workload: &LiveWorkload,
     hold: &BTreeMap<WorkloadField, Value>,
     held_by_me: bool,
     me: &str,

@@ -13,7 +13,7 @@ mod reconcile;
 mod revert;
 mod status;
 
-pub use observe::{conflicting_intent, list_intents, observe, Observed, ObservedWorkload};
+pub use observe::{conflicting_intent, list_intents, observe, IntentObservation, LiveWorkload};
 pub use plan::plan_for;
 pub use reconcile::{reconcile, CONTROLLER};
 

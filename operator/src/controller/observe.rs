@@ -19,7 +19,7 @@ use crate::{Error, Result};
 
 /// The target workload as it would be without Plumbline.
 #[derive(Debug, Clone)]
-pub struct ObservedWorkload {
+pub struct LiveWorkload {
     pub target: WorkloadRef,
     pub object: DynamicObject,
     /// Each settable field as it was before Plumbline set it (live value if Plumbline does
@@ -33,7 +33,7 @@ pub struct ObservedWorkload {
     pub disruption_budgets: Vec<ObservedDisruptionBudget>,
 }
 
-impl ObservedWorkload {
+impl LiveWorkload {
     pub fn replicas(&self) -> Option<i32> {
         self.without_plumbline
             .get(&WorkloadField::Replicas)
@@ -69,9 +69,9 @@ impl ObservedWorkload {
 
 /// What `wi` finds in the cluster.
 #[derive(Debug, Clone)]
-pub struct Observed {
+pub struct IntentObservation {
     /// None: the target does not exist.
-    pub workload: Option<ObservedWorkload>,
+    pub workload: Option<LiveWorkload>,
     /// Another intent that holds (or, being older, has the first claim on) the same workload.
     pub conflicting: Option<String>,
     /// What the change ledger holds for the intent and what the storage-health loop last saw
@@ -86,7 +86,7 @@ pub async fn observe(
     apis: &ServedApis,
     wi: &WorkloadIntent,
     intents: &[WorkloadIntent],
-) -> Result<Observed> {
+) -> Result<IntentObservation> {
     let target = WorkloadRef::of(wi);
     let object = apply::workload_api(client, &target)
         .get_opt(&target.name)
@@ -107,7 +107,7 @@ pub async fn observe(
             .into_iter()
             .map(|f| (f, baseline.without_plumbline(&object, f)))
             .collect();
-        ObservedWorkload {
+        LiveWorkload {
             selector: object
                 .data
                 .get("spec")
@@ -128,7 +128,7 @@ pub async fn observe(
         workload.as_ref().and_then(|w| w.holder.as_deref()),
         intents,
     );
-    Ok(Observed {
+    Ok(IntentObservation {
         workload,
         conflicting,
         infra: observe_infra(client, wi).await?,

@@ -15,14 +15,14 @@ use super::{
     apply::WorkloadRef,
     execute::Execution,
     fields::{self, Baseline, WorkloadField},
-    observe::{Observed, ObservedWorkload},
+    observe::{IntentObservation, LiveWorkload},
 };
 
 /// The plan for `wi` against what was observed, as the controller and `explain` compute it:
 /// nothing when the tenant policies do not allow the intent.
 pub fn plan_for(
     wi: &WorkloadIntent,
-    observed: &Observed,
+    observed: &IntentObservation,
     tenants: &[policies::NamedPolicy],
     now: DateTime<Utc>,
 ) -> Result<Plan, Invalid> {
@@ -34,7 +34,7 @@ pub fn plan_for(
 
 /// What Plumbline applied before: `status.plan`, completed from the workload itself (the
 /// baseline annotation and the intent's own budgets) so that a lost status never leaks a change.
-pub(super) fn applied(wi: &WorkloadIntent, observed: &Observed) -> Vec<policies::Action> {
+pub(super) fn applied(wi: &WorkloadIntent, observed: &IntentObservation) -> Vec<policies::Action> {
     let entries = wi
         .status
         .as_ref()
@@ -128,7 +128,7 @@ pub(super) fn applied(wi: &WorkloadIntent, observed: &Observed) -> Vec<policies:
 }
 
 /// The planner's view of what was observed.
-pub(super) fn to_policy(wi: &WorkloadIntent, observed: &Observed) -> policies::Observed {
+pub(super) fn to_policy(wi: &WorkloadIntent, observed: &IntentObservation) -> policies::Observed {
     policies::Observed {
         workload: observed.workload.as_ref().map(to_policy_workload),
         infra: observed.infra.clone(),
@@ -140,7 +140,7 @@ pub(super) fn to_policy(wi: &WorkloadIntent, observed: &Observed) -> policies::O
     }
 }
 
-pub(super) fn to_policy_workload(w: &ObservedWorkload) -> policies::ObservedWorkload {
+pub(super) fn to_policy_workload(w: &LiveWorkload) -> policies::ObservedWorkload {
     let live = &w.object;
     let gates = WorkloadField::ReadinessGates
         .get(live)
@@ -180,7 +180,7 @@ pub(super) fn to_policy_workload(w: &ObservedWorkload) -> policies::ObservedWork
 /// A plan that holds nothing and undoes whatever the intent applied before, for `why`.
 pub(super) fn undo_plan(
     wi: &WorkloadIntent,
-    observed: &Observed,
+    observed: &IntentObservation,
     why: &str,
     now: DateTime<Utc>,
 ) -> Plan {

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     context::Context,
-    metrics::{ActionResult, Layer},
+    metrics::{ActionLayer, ActionResult},
     term::TermEnd,
 };
 
@@ -277,11 +277,11 @@ fn target_key(ic: &InfraChange) -> String {
 }
 
 /// The `plumbline_actions_total` labels of a change.
-fn metric(ic: &InfraChange) -> (Layer, &'static str) {
+fn metric(ic: &InfraChange) -> (ActionLayer, &'static str) {
     match ic.spec.purpose {
-        ChangePurpose::NeighbourThrottle => (Layer::hypervisor, "disk_iops_limit"),
-        ChangePurpose::BackingVmProtection => (Layer::hypervisor, "cpu_shares"),
-        ChangePurpose::StorageTaint => (Layer::kubernetes, "node_taint"),
+        ChangePurpose::NeighbourThrottle => (ActionLayer::hypervisor, "disk_iops_limit"),
+        ChangePurpose::BackingVmProtection => (ActionLayer::hypervisor, "cpu_shares"),
+        ChangePurpose::StorageTaint => (ActionLayer::kubernetes, "node_taint"),
     }
 }
 

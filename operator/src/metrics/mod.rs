@@ -33,7 +33,7 @@ pub struct FailureLabels {
 // Variant names are the label values.
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Layer {
+pub enum ActionLayer {
     kubernetes,
     hypervisor,
 }
@@ -48,7 +48,7 @@ pub enum ActionResult {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
-    pub layer: Layer,
+    pub layer: ActionLayer,
     /// The kind of action, e.g. `priority_class`, `replica_floor`, `pdb`, `readiness_gate`.
     pub action: String,
     pub result: ActionResult,
@@ -207,7 +207,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn action(&self, layer: Layer, action: &str, result: ActionResult) {
+    pub fn action(&self, layer: ActionLayer, action: &str, result: ActionResult) {
         self.actions
             .get_or_create(&ActionLabels {
                 layer,
@@ -254,7 +254,7 @@ mod tests {
         let metrics = Metrics::register(&mut registry);
         drop(metrics.reconcile_started("workloadintent"));
         metrics.reconcile_failed("workloadintent", "kube");
-        metrics.action(Layer::kubernetes, "pdb", ActionResult::applied);
+        metrics.action(ActionLayer::kubernetes, "pdb", ActionResult::applied);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
