@@ -289,18 +289,36 @@ fn top(stack: &mut [Element]) -> &mut Element {
 
 fn open(start: &BytesStart<'_>) -> Result<Element, XmlError> {
     let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
-    // quick-xml reads `< />` as an element without a name; writing it back gives `</>`.
-    if name.is_empty() {
-        return Err(XmlError::Malformed("an element without a name"));
+    // quick-xml reads `< />` as an element without a name (written back: `</>`), and
+    // `<\x11/ >` as one named `\x11/` (written back: `<\x11/>`, an empty element): neither
+    // is an XML name.
+    if !is_name(&name) {
+        return Err(XmlError::Malformed(
+            "an element name that is not an XML name",
+        ));
     }
     let mut e = Element::new(name);
     for attr in start.attributes() {
         let attr = attr.map_err(quick_xml::Error::InvalidAttr)?;
         let key = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
+        if !is_name(&key) {
+            return Err(XmlError::Malformed(
+                "an attribute name that is not an XML name",
+            ));
+        }
         let value = attr.unescape_value()?.into_owned();
         e.attrs.push((key, value));
     }
     Ok(e)
+}
+
+/// Whether `name` can be written back as the same name: not empty, and free of the characters
+/// that end or break a tag (whitespace, controls, `/ < > = " ' &`).
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "/<>=\"'&".contains(c))
 }
 
 fn write(writer: &mut Writer<Vec<u8>>, e: &Element) {
@@ -468,9 +486,26 @@ mod tests {
     fn an_element_without_a_name_is_refused() {
         let err = Element::parse(b"<a><\n/></a>").unwrap_err();
         assert!(
-            matches!(err, XmlError::Malformed("an element without a name")),
+            matches!(
+                err,
+                XmlError::Malformed("an element name that is not an XML name")
+            ),
             "{err:?}"
         );
+    }
+
+    /// Found by the fuzz target `xml_round_trip` (CI, 2026-12-01): `<\x11/\r>` was read as an
+    /// element named `\x11/`, written back as `<\x11/>`, an empty element named `\x11`.
+    #[test]
+    fn a_name_with_a_slash_or_a_control_character_is_refused() {
+        for doc in [
+            &b"\x00/<\x11/\r>\x00</\x11/\r>"[..],
+            b"<a b/c=\"1\"/>",
+            b"<a\x01>x</a\x01>",
+        ] {
+            let err = Element::parse(doc).unwrap_err();
+            assert!(matches!(err, XmlError::Malformed(_)), "{doc:?}: {err:?}");
+        }
     }
 
     #[test]

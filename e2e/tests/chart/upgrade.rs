@@ -188,8 +188,12 @@ fn serial_helm_up_to_a_new_crd_enum_value_and_back_down_the_older_operator_keeps
     for name in ["web", "gold", "api"] {
         apply(&cluster, deployment(&ns.name, name));
     }
-    // The new value is admitted now (the API server checks it, not the operator).
-    apply(&cluster, intent(&ns.name, "gold", NEW_PRIORITY));
+    // The new value is admitted now (the API server checks it, not the operator), once every
+    // API server handler has the new schema: Established comes a moment before that.
+    let gold = intent(&ns.name, "gold", NEW_PRIORITY).to_string();
+    poll("the new priority admitted", PATIENCE, || {
+        run(cluster.kubectl(["apply", "-f", "-"]), Some(&gold))
+    });
     apply(&cluster, intent(&ns.name, "web", "high"));
 
     // Down.
