@@ -152,6 +152,24 @@ impl Cluster {
     /// validated and created. Idempotent; the chart's CRDs are identical to crds/generated.
     pub fn ensure_crds(&self) {
         let crds = chart_dir().join("crds");
+        // Held by the upgrade test (a newer, superset schema): leave it (see `hold_crds`).
+        let held = run(
+            self.kubectl([
+                "get",
+                "crd",
+                "workloadintents.plumbline.dev",
+                "-o",
+                &format!(
+                    "jsonpath={{.metadata.annotations.{}}}",
+                    CRD_HELD_ANNOTATION.replace('.', "\\.")
+                ),
+            ]),
+            None,
+        )
+        .is_ok_and(|out| !out.trim().is_empty());
+        if held {
+            return;
+        }
         self.kubectl_ok(
             &[
                 "apply",
@@ -180,6 +198,10 @@ impl Cluster {
         }
     }
 }
+
+/// On a CRD a test has replaced with a newer one for its duration (the same annotation the
+/// operator tests' `install_crds` honours): other tests leave it as it is.
+pub const CRD_HELD_ANNOTATION: &str = "e2e.plumbline.dev/held-by";
 
 /// Patience for an operator to revert its InfraChanges once nothing wants them.
 pub const LEDGER_PATIENCE: Duration = Duration::from_secs(90);

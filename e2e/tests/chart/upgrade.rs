@@ -6,7 +6,7 @@
 
 use crate::support::{
     chart_dir, poll, run, service_account_kubeconfig, unique_suffix, Cluster, OperatorProcess,
-    Uninstall,
+    Uninstall, CRD_HELD_ANNOTATION,
 };
 use serde_json::{json, Value};
 use std::{path::Path, process::Command, time::Duration};
@@ -55,6 +55,12 @@ struct RestoreCrds<'a>(&'a Cluster);
 
 impl Drop for RestoreCrds<'_> {
     fn drop(&mut self) {
+        let unheld = format!("{CRD_HELD_ANNOTATION}-");
+        let _ = run(
+            self.0
+                .kubectl(["annotate", "crd", "workloadintents.plumbline.dev", &unheld]),
+            None,
+        );
         self.0.ensure_crds();
     }
 }
@@ -165,6 +171,18 @@ fn serial_helm_up_to_a_new_crd_enum_value_and_back_down_the_older_operator_keeps
             "--for=condition=Established",
             "--timeout=60s",
             "crd/workloadintents.plumbline.dev",
+        ],
+        None,
+    );
+    // Other tests re-install the generated CRDs when they start: held, they leave this one.
+    let held = format!("{CRD_HELD_ANNOTATION}=chart-upgrade");
+    cluster.kubectl_ok(
+        &[
+            "annotate",
+            "--overwrite",
+            "crd",
+            "workloadintents.plumbline.dev",
+            &held,
         ],
         None,
     );
