@@ -79,6 +79,19 @@ async fn throttled(admin: &Client, namespace: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Clears the injected latency and reads it back, a few times if need be: the next test must
+/// find the guest unlimited.
+async fn clear_for_sure(stack: &plumbline_e2e::Stack, uri: &str, guest: &str) -> Result<()> {
+    for _ in 0..5 {
+        let _ = stack.clear_libvirt_latency(guest).await;
+        if total_iops_limit(uri, guest).await? == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("{guest} still limited after clearing its injected latency")
+}
+
 #[tokio::test]
 async fn serial_blast_radius_a_whole_datastore_degraded_keeps_a_ready_pod_per_workload_and_caps_taints(
 ) -> Result<()> {
@@ -303,13 +316,14 @@ async fn serial_blast_radius_a_whole_datastore_degraded_keeps_a_ready_pod_per_wo
     // The ledger reverts what it holds (throttles back to the injected limits, taints off)
     // before the injected latency is cleared, so nothing it restores is stale.
     let released = release_everything(&cluster.admin, &cluster.namespace, operator).await;
+    let mut cleared = Ok(());
     for guest in &guests {
-        let _ = stack.clear_libvirt_latency(guest).await;
+        cleared = cleared.and(clear_for_sure(&stack, &uri, guest).await);
     }
     delete_provider(&cluster.admin, &provider).await;
     let left = storage_tainted(&cluster.admin).await;
     cluster.cleanup().await;
-    result.and(released)?;
+    result.and(released).and(cleared)?;
     let left = left?;
     ensure!(left.is_empty(), "storage taints left behind: {left:?}");
     Ok(())
@@ -354,11 +368,18 @@ async fn serial_blast_radius_latency_on_the_victims_own_disk_undoes_the_step_and
         )
         .await?;
 
+        let mut quiet_before = Vec::new();
+        for q in &quiet {
+            quiet_before.push((q.clone(), total_iops_limit(&uri, q).await?));
+        }
         stack.inject_libvirt_latency(VICTIM, 20).await?;
         let quiet_untouched = || async {
-            for q in &quiet {
+            for (q, before) in &quiet_before {
                 let l = total_iops_limit(&uri, q).await?;
-                ensure!(l == 0, "quiet guest {q} limited to {l} IOPS");
+                ensure!(
+                    l == *before,
+                    "quiet guest {q} limited to {l} IOPS (before: {before})"
+                );
             }
             Ok(())
         };
