@@ -79,11 +79,6 @@ impl ExtraApiserver {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    /// The pid of the running process.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-
     /// Copies the kubeconfig at `original` with this server as the cluster's address.
     pub fn kubeconfig(&self, original: &Path, out: &Path) -> Result<()> {
         crate::relay::rewrite_kubeconfig(original, out, |cluster| {

@@ -237,35 +237,3 @@ pub(super) fn status_plan(
     }
     entries
 }
-
-/// The workloads `wi` held before (as its `status.plan` records) that are no longer its
-/// target: after a retarget they are released.
-pub(super) fn former_targets(wi: &WorkloadIntent) -> Vec<WorkloadRef> {
-    let current = WorkloadRef::of(wi);
-    let mut former: Vec<WorkloadRef> = Vec::new();
-    for entry in wi
-        .status
-        .as_ref()
-        .map(|s| s.plan.as_slice())
-        .unwrap_or_default()
-    {
-        let kind = match entry.target.kind.as_str() {
-            "Deployment" => plumbline_crds::TargetKind::Deployment,
-            "StatefulSet" => plumbline_crds::TargetKind::StatefulSet,
-            _ => continue,
-        };
-        let target = WorkloadRef {
-            kind,
-            namespace: entry
-                .target
-                .namespace
-                .clone()
-                .unwrap_or_else(|| current.namespace.clone()),
-            name: entry.target.name.clone(),
-        };
-        if target != current && !former.contains(&target) {
-            former.push(target);
-        }
-    }
-    former
-}

@@ -88,7 +88,7 @@ pub async fn release_workload(
 /// After a retarget, `status.plan` still names the workload the intent governed before; the
 /// planner only sees the current target, so the old one is released here.
 pub async fn release_former_targets(ctx: &Context, wi: &WorkloadIntent) -> Result<()> {
-    for target in super::plan::former_targets(wi) {
+    for target in former_targets(wi) {
         let fields = release_workload(ctx, wi, &target).await?;
         if !fields.is_empty() {
             info!(%target, ?fields, "released the intent's former target");
@@ -109,4 +109,36 @@ pub async fn release_former_targets(ctx: &Context, wi: &WorkloadIntent) -> Resul
         }
     }
     Ok(())
+}
+
+/// The workloads `wi` held before (as its `status.plan` records) that are no longer its
+/// target: after a retarget they are released.
+fn former_targets(wi: &WorkloadIntent) -> Vec<WorkloadRef> {
+    let current = WorkloadRef::of(wi);
+    let mut former: Vec<WorkloadRef> = Vec::new();
+    for entry in wi
+        .status
+        .as_ref()
+        .map(|s| s.plan.as_slice())
+        .unwrap_or_default()
+    {
+        let kind = match entry.target.kind.as_str() {
+            "Deployment" => plumbline_crds::TargetKind::Deployment,
+            "StatefulSet" => plumbline_crds::TargetKind::StatefulSet,
+            _ => continue,
+        };
+        let target = WorkloadRef {
+            kind,
+            namespace: entry
+                .target
+                .namespace
+                .clone()
+                .unwrap_or_else(|| current.namespace.clone()),
+            name: entry.target.name.clone(),
+        };
+        if target != current && !former.contains(&target) {
+            former.push(target);
+        }
+    }
+    former
 }
