@@ -72,6 +72,9 @@ impl FakeApiServer {
             Method::PATCH | Method::PUT => {
                 let key = path.trim_end_matches("/status").to_string();
                 let mut object = self.objects.get(&key).cloned().unwrap_or_else(|| json!({}));
+                if let Some(failed) = failed_test(&object, body) {
+                    return (StatusCode::UNPROCESSABLE_ENTITY, invalid(path, &failed));
+                }
                 match body {
                     Value::Array(ops) => json_patch(&mut object, ops),
                     _ => merge(&mut object, body),
@@ -90,6 +93,15 @@ impl FakeApiServer {
                     .to_string();
                 self.objects.insert(format!("{path}/{name}"), body.clone());
                 (StatusCode::CREATED, body.clone())
+            }
+            Method::DELETE
+                if body["preconditions"]["uid"].as_str().is_some_and(|uid| {
+                    self.objects
+                        .get(path)
+                        .is_some_and(|o| o["metadata"]["uid"].as_str() != Some(uid))
+                }) =>
+            {
+                (StatusCode::CONFLICT, conflict(path))
             }
             Method::DELETE => match self.objects.remove(path) {
                 Some(_) => (
@@ -163,7 +175,28 @@ fn record_apply(object: &mut Value, manager: &str, body: &Value) {
     object["metadata"]["managedFields"] = json!(entries);
 }
 
-/// The JSON Patch operations kube's finalizer helper sends (test, add, replace, remove).
+/// The first JSON Patch `test` operation that fails on `object`, if any: the whole patch is
+/// then refused, as the API server does.
+fn failed_test(object: &Value, patch: &Value) -> Option<String> {
+    patch.as_array()?.iter().find_map(|op| {
+        let path = op["path"].as_str()?;
+        (op["op"] == "test" && object.pointer(path) != Some(&op["value"]))
+            .then(|| format!("test of {path} failed"))
+    })
+}
+
+fn invalid(path: &str, why: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid",
+           "code": 422, "message": format!("{path}: {why}")})
+}
+
+fn conflict(path: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict",
+           "code": 409, "message": format!("{path}: Precondition failed: UID in precondition")})
+}
+
+/// The JSON Patch operations kube's finalizer helper sends (add, replace, remove; tests are
+/// checked first by [`failed_test`]).
 fn json_patch(into: &mut Value, ops: &[Value]) {
     for op in ops {
         let path = op["path"].as_str().unwrap_or_default();
@@ -646,5 +679,68 @@ async fn a_health_pass_decides_a_throttle_and_asks_the_ledger_for_it() {
     assert!(
         throttle.owners.iter().any(|o| o.intent == "shop/web"),
         "{throttle:#?}"
+    );
+}
+
+const CHANGE: &str = "/apis/plumbline.dev/v1alpha1/infrachanges/vm2.disk.vda.total-iops-sec.1";
+
+/// The ledger entry `CHANGE` as instance `operator` made it, with `uid`, deleted and held by
+/// its finalizer.
+fn change(uid: &str, operator: &str) -> plumbline_crds::InfraChange {
+    serde_json::from_value(json!({
+        "apiVersion": "plumbline.dev/v1alpha1", "kind": "InfraChange",
+        "metadata": {"name": "vm2.disk.vda.total-iops-sec.1", "uid": uid, "resourceVersion": "1",
+                     "finalizers": [plumbline_crds::names::INFRA_CHANGE_FINALIZER],
+                     "deletionTimestamp": "2026-12-01T00:00:00Z"},
+        "spec": {"target": {"kind": "VirtualMachine", "name": "vm2", "provider": "kvm", "vmId": "vm2"},
+                 "setting": "disk.vda.total_iops_sec", "desired": "120",
+                 "purpose": "NeighbourThrottle", "operator": operator},
+        "status": {"state": "Applied", "original": "0"}
+    }))
+    .unwrap()
+}
+
+/// One instance's view lags: its entry is gone and another instance made a new one of the
+/// same name (the same setting on the same VM). Nothing the first one still does about its
+/// own entry may land on the new one: no finalizer removed, no status written, no delete.
+#[tokio::test]
+async fn a_lagging_instance_never_touches_a_new_entry_of_the_same_name() {
+    use plumbline_operator::ledger::{report, writer::Writer};
+    let server = Arc::new(Mutex::new(FakeApiServer::default()));
+    let theirs = serde_json::to_value(change("new", "namespace/b")).unwrap();
+    server
+        .lock()
+        .unwrap()
+        .objects
+        .insert(CHANGE.into(), theirs.clone());
+    let ctx = context(client(server.clone()));
+    let ours = change("old", "namespace/a");
+
+    report::remove_finalizer(&ctx, &ours)
+        .await
+        .expect("ours is gone: nothing to do");
+    let refused = report::write_status(&ctx, &ours, &Default::default()).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422),
+        "the status patch tests the uid first: {refused:?}"
+    );
+    let mut writer = Writer::new(Some("a"));
+    let mut not_deleting = ours.clone();
+    not_deleting.metadata.deletion_timestamp = None;
+    writer
+        .sync(
+            &ctx,
+            &store_of(vec![not_deleting]),
+            &store_of(Vec::new()),
+            Vec::new(),
+        )
+        .await;
+
+    let delete = body_of(&server, Method::DELETE, CHANGE);
+    assert_eq!(delete["preconditions"]["uid"], "old", "{delete:#}");
+    assert_eq!(
+        server.lock().unwrap().objects.get(CHANGE),
+        Some(&theirs),
+        "the other instance's entry is as it made it"
     );
 }

@@ -154,14 +154,14 @@ impl Scene {
         // Nothing may be left on the guest: a limit there now is one the ledger lost.
         let left = self.limit().await.unwrap_or(self.before);
         self.cluster.cleanup().await;
-        if left != self.before {
-            let _ = self.stack.clear_libvirt_latency(&self.noisy).await;
-        }
         result.and(released).and(if left == self.before {
             Ok(())
         } else {
+            let cleaned = restore_guest_iops(&self.uri, &self.noisy)
+                .await
+                .unwrap_or_else(|e| format!("restoring it failed: {e:#}"));
             Err(anyhow::anyhow!(
-                "{} was left limited to {left} IOPS (before: {})",
+                "{} was left limited to {left} IOPS (before: {}); {cleaned}",
                 self.noisy,
                 self.before
             ))

@@ -124,9 +124,15 @@ impl Drop for Actuators {
     }
 }
 
-/// What the actuator remembers of one object (none after a restart or a reconnect).
+/// What the actuator remembers of one object (none after a restart or a reconnect), by name
+/// and for one uid: an object deleted and created again under the same name (by another
+/// instance, once ours is gone) is another object.
 #[derive(Debug, Clone, Default)]
 struct Memory {
+    uid: Option<String>,
+    /// Its finalizer is off: the object is on its way out and is never acted on again, even
+    /// while the cache still shows it (a second revert could undo the next holder's change).
+    let_go: bool,
     last_attempt: Option<SystemTime>,
     last_readback: Option<SystemTime>,
     /// The version last acted on, and when: the cache shows the actuator's own status write
@@ -139,10 +145,52 @@ struct Memory {
 const SETTLE: Duration = Duration::from_secs(5);
 
 /// How one piece of work ended, for the actuator's memory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Done {
     attempted: bool,
     read_back: bool,
+    let_go: bool,
+}
+
+impl Done {
+    const NOTHING: Done = Done {
+        attempted: false,
+        read_back: false,
+        let_go: false,
+    };
+    const ATTEMPTED: Done = Done {
+        attempted: true,
+        read_back: false,
+        let_go: false,
+    };
+    const READ_BACK: Done = Done {
+        attempted: false,
+        read_back: true,
+        let_go: false,
+    };
+
+    /// After removing the finalizer: let go once it is off (or the object gone).
+    fn released(removed: Result<(), kube::Error>, ic: &InfraChange) -> Done {
+        match removed {
+            Ok(()) => Done {
+                let_go: true,
+                ..Done::ATTEMPTED
+            },
+            Err(e) => {
+                warn!(change = %ic.name_any(), error = %e, "removing the finalizer failed");
+                Done::ATTEMPTED
+            }
+        }
+    }
+}
+
+/// One piece of work finished, sent back to the actuator's loop.
+struct Finished {
+    key: String,
+    name: String,
+    uid: Option<String>,
+    version: String,
+    done: Done,
 }
 
 async fn run(
@@ -154,7 +202,7 @@ async fn run(
     end: TermEnd,
 ) {
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, String, String, Done)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let mut memory: HashMap<String, Memory> = HashMap::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut was_connected = false;
@@ -207,8 +255,13 @@ async fn run(
             }
             let name = ic.name_any();
             let version = ic.resource_version().unwrap_or_default();
-            let m = memory.get(&name).cloned().unwrap_or_default();
-            if m.acted_on
+            let m = memory
+                .get(&name)
+                .filter(|m| m.uid == ic.metadata.uid)
+                .cloned()
+                .unwrap_or_default();
+            if m.let_go
+                || m.acted_on
                 .as_ref()
                 .is_some_and(|(v, at)| *v == version && now < *at + SETTLE)
             {
@@ -239,21 +292,37 @@ async fn run(
                     }
                     Err(e) => unusable(&ctx, &ic, e).await,
                 };
-                let _ = done_tx.send((key, name, version, done));
+                let uid = ic.metadata.uid.clone();
+                let _ = done_tx.send(Finished {
+                    key,
+                    name,
+                    uid,
+                    version,
+                    done,
+                });
             });
         }
     }
 }
 
-fn record(
-    memory: &mut HashMap<String, Memory>,
-    busy: &mut HashSet<String>,
-    done: (String, String, String, Done),
-) {
-    let (key, name, version, done) = done;
+fn record(memory: &mut HashMap<String, Memory>, busy: &mut HashSet<String>, finished: Finished) {
+    let Finished {
+        key,
+        name,
+        uid,
+        version,
+        done,
+    } = finished;
     busy.remove(&key);
     let now = SystemTime::now();
     let m = memory.entry(name).or_default();
+    if m.uid != uid {
+        *m = Memory {
+            uid,
+            ..Memory::default()
+        };
+    }
+    m.let_go |= done.let_go;
     if done.attempted {
         m.last_attempt = Some(now);
         m.acted_on = Some((version, now));
@@ -299,13 +368,7 @@ async fn unusable(ctx: &Context, ic: &InfraChange, e: TargetError) -> Done {
             .and_then(|s| s.original.as_ref())
             .is_none()
     {
-        if let Err(err) = report::remove_finalizer(ctx, ic).await {
-            warn!(change = %ic.name_any(), error = %err, "removing the finalizer failed");
-        }
-        return Done {
-            attempted: true,
-            read_back: false,
-        };
+        return Done::released(report::remove_finalizer(ctx, ic).await, ic);
     }
     let status = with_state(
         ic,
@@ -321,10 +384,7 @@ async fn unusable(ctx: &Context, ic: &InfraChange, e: TargetError) -> Done {
     if let Err(err) = report::write_status(ctx, ic, &status).await {
         warn!(change = %ic.name_any(), error = %err, "writing InfraChange status failed");
     }
-    Done {
-        attempted: true,
-        read_back: false,
-    }
+    Done::ATTEMPTED
 }
 
 /// Does one piece of work. `target` is `None` only for [`Work::Release`], which needs none.
@@ -347,30 +407,18 @@ async fn carry_out(
             format!("{} {}: {message}", ic.spec.target, ic.spec.setting),
         )
         .await;
-        if let Err(e) = report::remove_finalizer(ctx, ic).await {
-            warn!(change = %name, error = %e, "removing the finalizer failed");
-        }
-        return Done {
-            attempted: true,
-            read_back: false,
-        };
+        return Done::released(report::remove_finalizer(ctx, ic).await, ic);
     }
     let Some(target) = target else {
-        return Done {
-            attempted: false,
-            read_back: false,
-        };
+        return Done::NOTHING;
     };
     let mut status = ic.status.clone().unwrap_or_default();
     let done = |read_back| Done {
-        attempted: true,
         read_back,
+        ..Done::ATTEMPTED
     };
     match work {
-        Work::Nothing => Done {
-            attempted: false,
-            read_back: false,
-        },
+        Work::Nothing => Done::NOTHING,
         Work::RecordOriginal => {
             let reading = match target.read(deadline).await {
                 Ok(r) => r,
@@ -404,18 +452,12 @@ async fn carry_out(
                 Ok(r) => r,
                 Err(e) => {
                     debug!(change = %name, error = %e, "reading back failed");
-                    return Done {
-                        attempted: false,
-                        read_back: true,
-                    };
+                    return Done::READ_BACK;
                 }
             };
             let current = reading.current;
             match after_readback(ic, &current, SystemTime::now(), policy) {
-                Readback::InSync => Done {
-                    attempted: false,
-                    read_back: true,
-                },
+                Readback::InSync => Done::READ_BACK,
                 Readback::Correct { corrections } => {
                     let message = format!(
                         "{} {} was changed behind Plumbline's back: {} -> {current}; setting it back to {}",
@@ -488,10 +530,7 @@ async fn carry_out(
                     )
                     .await;
                     report::node_event(ctx, ic, false).await;
-                    if let Err(e) = report::remove_finalizer(ctx, ic).await {
-                        warn!(change = %name, error = %e, "removing the finalizer failed");
-                    }
-                    done(false)
+                    Done::released(report::remove_finalizer(ctx, ic).await, ic)
                 }
                 Err(e) => {
                     count(ctx, ic, ActionResult::failed);
@@ -565,8 +604,8 @@ async fn apply(
         warn!(change = %name, error = %e, "writing InfraChange status failed");
     }
     Done {
-        attempted: true,
         read_back: true,
+        ..Done::ATTEMPTED
     }
 }
 
@@ -599,8 +638,5 @@ async fn failed(
     if let Err(e) = report::write_status(ctx, ic, &status).await {
         debug!(change = %name, error = %e, "writing InfraChange status failed");
     }
-    Done {
-        attempted: true,
-        read_back: false,
-    }
+    Done::ATTEMPTED
 }

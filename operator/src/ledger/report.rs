@@ -61,18 +61,29 @@ pub fn with_state(
     status
 }
 
-/// Writes the whole status (what this manager wrote before and omits now is removed).
+/// Writes the whole status, to this very object: a JSON patch that first tests the object's
+/// uid, so a status meant for an object that was deleted meanwhile never lands on a new one
+/// of the same name (another instance's change to the same setting). The status subresource
+/// ignores a uid in an apply body, and a resourceVersion would fail on every write of the
+/// writer in between.
 pub async fn write_status(
     ctx: &Context,
     ic: &InfraChange,
     status: &InfraChangeStatus,
 ) -> Result<(), kube::Error> {
-    let body = plumbline_crds::apply::status::<InfraChange>(json!(status));
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/uid", "value": ic.uid()},
+        {"op": "add", "path": "/status", "value": status},
+    ]))
+    .expect("a JSON patch of a test and an add");
     Api::<InfraChange>::all(ctx.client.clone())
         .patch_status(
             &ic.name_any(),
-            &PatchParams::apply(ACTUATOR_FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
+            &PatchParams {
+                field_manager: Some(ACTUATOR_FIELD_MANAGER.to_string()),
+                ..PatchParams::default()
+            },
+            &Patch::Json::<()>(patch),
         )
         .await
         .map(|_| ())
@@ -140,12 +151,19 @@ pub async fn node_event(ctx: &Context, ic: &InfraChange, added: bool) {
     ctx.publish_cluster_scoped(&node, event).await;
 }
 
-/// Removes the finalizer, guarded by the resourceVersion read so a concurrent change to the
-/// list is never overwritten.
+/// Removes the finalizer from this very object, guarded by the resourceVersion read so a
+/// concurrent change to the list is never overwritten. An object of the same name with
+/// another uid is a new one (another instance's change to the same setting): it is left
+/// alone, since ours is already gone.
 pub async fn remove_finalizer(ctx: &Context, ic: &InfraChange) -> Result<(), kube::Error> {
     let api = Api::<InfraChange>::all(ctx.client.clone());
-    let mut current = api.get(&ic.name_any()).await?;
     for attempt in 1..=3 {
+        let Some(current) = api.get_opt(&ic.name_any()).await? else {
+            return Ok(());
+        };
+        if current.uid() != ic.uid() {
+            return Ok(());
+        }
         let finalizers: Vec<String> = current
             .finalizers()
             .iter()
@@ -167,9 +185,7 @@ pub async fn remove_finalizer(ctx: &Context, ic: &InfraChange) -> Result<(), kub
             .await
         {
             Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 3 => {
-                current = api.get(&ic.name_any()).await?;
-            }
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 3 => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(e) => return Err(e),
         }

@@ -5,7 +5,7 @@
 //! changes target it, so deleting it waits until their originals are back.
 
 use kube::{
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
     runtime::reflector::Store,
     Api, ResourceExt,
 };
@@ -114,10 +114,13 @@ impl Writer {
             if let Some(p) = &spec.target.provider {
                 labels[PROVIDER_LABEL] = json!(p);
             }
-            let body = plumbline_crds::apply::body::<InfraChange>(json!({
-                "metadata": {"name": name, "labels": labels, "finalizers": [INFRA_CHANGE_FINALIZER]},
-                "spec": spec,
-            }));
+            let mut metadata = json!({"name": name, "labels": labels, "finalizers": [INFRA_CHANGE_FINALIZER]});
+            // An update is for the object the cache shows, never a new one of the same name.
+            if let Some(uid) = by_name.get(&name).and_then(|ic| ic.metadata.uid.as_ref()) {
+                metadata["uid"] = json!(uid);
+            }
+            let body =
+                plumbline_crds::apply::body::<InfraChange>(json!({"metadata": metadata, "spec": spec}));
             match api
                 .patch(
                     &name,
@@ -135,11 +138,21 @@ impl Writer {
             }
         }
         for name in plan.delete {
-            match api.delete(&name, &DeleteParams::default()).await {
+            // Only the object the cache shows: the cache may lag behind its deletion and
+            // another instance's new object of the same name.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: by_name.get(&name).and_then(|ic| ic.metadata.uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&name, &params).await {
                 Ok(_) => {
                     debug!(change = %name, "ledger entry deleted; its finalizer restores the original")
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                // Gone already, or replaced by another instance's object.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
                 Err(e) => warn!(change = %name, error = %e, "deleting the ledger entry failed"),
             }
         }

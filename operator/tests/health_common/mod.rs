@@ -269,6 +269,42 @@ pub async fn total_iops_limit(uri: &str, domain: &str) -> Result<u64> {
         .with_context(|| format!("no total_iops_sec in:\n{text}"))
 }
 
+/// Puts a guest's `total_iops_sec` back after a test that left it changed: the original its
+/// record names is restored and the record removed (a record left behind would poison the
+/// next test that reads records), and without a record the limit is lifted. What it found,
+/// for the test's error.
+pub async fn restore_guest_iops(uri: &str, domain: &str) -> Result<String> {
+    use plumbline_adapters::{DiskLimit, HypervisorConfig, LibvirtConfig, Tunable};
+    let hv = plumbline_adapters::connect(HypervisorConfig::Libvirt(LibvirtConfig {
+        uri: uri.to_string(),
+    }))
+    .await?;
+    let vm = hv
+        .inventory()
+        .await?
+        .into_iter()
+        .find(|vm| vm.name == domain)
+        .with_context(|| format!("guest {domain} is not in the inventory of {uri}"))?;
+    let iops = Tunable::DiskLimit {
+        disk: "vda".into(),
+        limit: DiskLimit::TotalIops,
+    };
+    let restored = hv.revert(&vm.id, &[iops]).await?;
+    let _ = hv.close().await;
+    if let Some(s) = restored.first() {
+        return Ok(format!("restored the recorded original {}", s.value));
+    }
+    let out = Command::new("virsh")
+        .args(["-q", "-c", uri, "blkdeviotune", domain, "vda", "--total-iops-sec", "0", "--live"])
+        .output()
+        .await
+        .context("running virsh blkdeviotune")?;
+    if !out.status.success() {
+        bail!("lifting the limit of {domain}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok("no original was recorded; lifted the limit".into())
+}
+
 /// Polls `check` every 250 ms until it returns `Some`, failing after `timeout` with `what` and
 /// the last observation.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
