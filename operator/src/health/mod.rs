@@ -6,7 +6,9 @@
 //! - [`providers`]: one sampling loop per provider (adapter, inventory, samples, status);
 //! - [`book`]: what the samplers learnt, with the hysteresis trackers;
 //! - [`graph`]: Pod → Node → VM → host/datastore, rebuilt each pass;
-//! - [`feedback`]: verdicts, guard, pod/node conditions, intent status, metrics;
+//! - [`decide`]: one pass decided, with no I/O: verdicts, guard, pod/node conditions, intent
+//!   status, throttles and taints wanted, metric series;
+//! - [`feedback`]: one pass carried out: the writes, Events and metrics [`decide`] asks for;
 //! - [`taint`]: the optional `NoSchedule` taint on degraded nodes, as ledger entries;
 //! - [`throttle`]: noisy-neighbour I/O limits, as ledger entries;
 //! - [`protect`]: CPU shares for the VMs backing protected intents, as ledger entries.
@@ -19,6 +21,7 @@
 
 pub mod book;
 pub mod caches;
+pub mod decide;
 pub mod feedback;
 pub mod graph;
 pub mod protect;

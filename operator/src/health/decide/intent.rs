@@ -1,0 +1,308 @@
+//! One intent's share of a feedback pass: its pods' readiness through the guard, the pod
+//! conditions to write, its status (backing map, guard report, throttles, candidates), and the
+//! victims among its VMs for the noisy-neighbour ladder.
+
+use plumbline_crds::{
+    conditions::{status, verdict},
+    names::STORAGE_READINESS_GATE,
+    NeighbourCandidateStatus, VmRef,
+};
+use plumbline_policies::health::{
+    format_latency, guard, neighbours_of, pod_readiness, GuardCandidate, GuardPods, HealthState,
+    NeighbourCandidate, ReadinessVerdict, ThrottleLadder, UnknownCause, Verdict, Victim, VmVerdict,
+};
+use serde_json::{json, Value};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
+
+use super::{
+    memory::{refresh_due, PassInput, PassMemory},
+    writes::{condition_of, rfc3339, status_word, PodWrite, StatusWrite},
+};
+use crate::health::{
+    book::HealthBook,
+    graph::{IntentView, StorageView, VmKey},
+    throttle,
+};
+
+/// How many neighbours an intent's status lists.
+const LISTED_NEIGHBOURS: usize = 5;
+
+/// What the intents' share of a pass decided so far.
+#[derive(Default)]
+pub(super) struct IntentsDecided {
+    pub(super) pods: Vec<PodWrite>,
+    pub(super) statuses: Vec<StatusWrite>,
+    /// Victims for the noisy-neighbour logic: merged per VM, worst state and highest tier.
+    pub(super) victims: BTreeMap<VmKey, Victim<VmRef>>,
+}
+
+/// One intent with a storage section: its pods' readiness through the guard, its status, and
+/// the victims among its VMs.
+pub(super) fn decide_intent(
+    memory: &mut PassMemory,
+    input: &PassInput<'_>,
+    b: &mut HealthBook,
+    view: &IntentView,
+    storage: StorageView,
+    neighbours: &[NeighbourCandidate<VmRef>],
+    out: &mut IntentsDecided,
+) {
+    let (now, settings) = (input.now, input.settings);
+    let throttles = throttle::status_for(input.changes, input.operator, &view.label());
+    let mut verdicts: Vec<(VmVerdict, ReadinessVerdict)> = Vec::new();
+    for p in &view.pods {
+        let vm_verdict = match &p.vm {
+            Some(vm) => b.verdict(&vm.id, storage.budget, now),
+            None => VmVerdict::unknown(UnknownCause::NotBacked),
+        };
+        let readiness = pod_readiness(
+            p.vm.as_ref().map(|v| v.name.as_str()),
+            &vm_verdict,
+            storage.budget,
+            settings.unknown,
+        );
+        verdicts.push((vm_verdict, readiness));
+    }
+    let candidates = view
+        .pods
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, (_, r))| !r.ready)
+        .map(|(p, (_, r))| GuardCandidate {
+            pod: p.name.clone(),
+            severity: r.severity,
+            currently_unready: condition_of(&p.pod, STORAGE_READINESS_GATE)
+                .is_some_and(|c| c.status == status::FALSE),
+        })
+        .collect();
+    // Not Ready, and not because of us: these use up the guard's budget first.
+    let unready_elsewhere = view
+        .pods
+        .iter()
+        .filter(|p| {
+            condition_of(&p.pod, "Ready").is_none_or(|c| c.status != status::TRUE)
+                && condition_of(&p.pod, STORAGE_READINESS_GATE)
+                    .is_none_or(|c| c.status != status::FALSE)
+        })
+        .count();
+    let decision = guard(
+        GuardPods {
+            total: view.pods.len(),
+            unready_elsewhere,
+        },
+        storage.limit,
+        candidates,
+    );
+    let held: HashSet<&String> = decision.held_back.iter().collect();
+
+    let mut backing = Vec::new();
+    for (p, (vm_verdict, readiness)) in view.pods.iter().zip(verdicts) {
+        let readiness = if held.contains(&p.name) {
+            readiness.held_by_guard(&decision.budget)
+        } else {
+            readiness
+        };
+        let latest = p.vm.as_ref().and_then(|vm| b.latest_latency(&vm.id));
+        let mut entry = json!({ "pod": p.name, "verdict": verdict_word(vm_verdict.state()) });
+        if let Some(n) = &p.node {
+            entry["node"] = json!(n);
+        }
+        if let Some(vm) = &p.vm {
+            entry["vm"] = json!(vm.name);
+            entry["provider"] = json!(vm.provider);
+            if let Some(place) = b.vm(&vm.id) {
+                entry["host"] = json!(place.vm.host);
+                if !place.vm.datastores.is_empty() {
+                    entry["datastores"] = json!(place.vm.datastores);
+                }
+            }
+        }
+        if let Some((latency, at)) = latest {
+            entry["latency"] = json!(format_latency(latency));
+            entry["sampledAt"] = json!(rfc3339(at));
+        }
+        backing.push(entry);
+
+        if let Some(vm) = &p.vm {
+            let state = vm_verdict.state();
+            let key = (vm.id.clone(), storage.budget);
+            let entered = match memory.state_since.get(&key) {
+                Some((was, at)) if *was == state => *at,
+                _ => now,
+            };
+            memory.state_since.insert(key, (state, entered));
+            let in_state = now.duration_since(entered).unwrap_or_default();
+            let only_in = |s: HealthState| if state == s { in_state } else { Duration::ZERO };
+            let (healthy_for, unknown_for) =
+                (only_in(HealthState::Healthy), only_in(HealthState::Unknown));
+            if view.may_throttle {
+                if let Some(place) = b.vm(&vm.id) {
+                    let latency = latest.map(|(l, _)| l);
+                    let v = out.victims.entry(vm.clone()).or_insert_with(|| Victim {
+                        vm: vm.to_ref(),
+                        tier: view.tier,
+                        intent: view.label(),
+                        state,
+                        healthy_for,
+                        unknown_for,
+                        latency,
+                        sample_interval: place.provider.interval,
+                        active: view.active,
+                        host: Some(place.vm.host.clone()),
+                        datastores: place.vm.datastores.iter().cloned().collect(),
+                    });
+                    v.state = v.state.max(state);
+                    v.tier = v.tier.max(view.tier);
+                    v.active |= view.active;
+                    v.healthy_for = v.healthy_for.min(healthy_for);
+                    v.unknown_for = v.unknown_for.min(unknown_for);
+                    v.latency = v.latency.max(latency);
+                }
+            }
+        }
+
+        if !storage.gate {
+            continue;
+        }
+        let current = condition_of(&p.pod, STORAGE_READINESS_GATE);
+        let want = status_word(readiness.ready);
+        let differs = current
+            .is_none_or(|c| c.status != want || c.reason.as_deref() != Some(readiness.reason));
+        let key = (view.namespace.clone(), p.name.clone());
+        let stale_message = current
+            .is_some_and(|c| c.message.as_deref() != Some(readiness.message.as_str()))
+            && refresh_due(memory.pod_written.get(&key), input.instant);
+        if differs || stale_message {
+            let transition = current.is_some_and(|c| c.status != want);
+            let detection = match vm_verdict.verdict {
+                Verdict::Degraded { onset, .. }
+                    if !readiness.ready && (transition || current.is_none()) =>
+                {
+                    let window =
+                        p.vm.as_ref()
+                            .and_then(|vm| b.vm(&vm.id))
+                            .map(|place| place.provider.interval)
+                            .unwrap_or_default();
+                    now.duration_since(onset).ok().map(|d| d + window)
+                }
+                _ => None,
+            };
+            out.pods.push(PodWrite {
+                namespace: view.namespace.clone(),
+                pod: p.name.clone(),
+                intent: view.name.clone(),
+                verdict: readiness,
+                transition,
+                detection,
+            });
+        }
+    }
+
+    let guard_report = json!({
+        "allowedUnready": decision.budget.allowed,
+        "unreadyElsewhere": decision.budget.unready_elsewhere,
+        "markedUnready": decision.marked,
+        "heldReady": decision.held_back,
+    });
+    let mut body = json!({ "backing": backing, "guard": guard_report });
+    if !throttles.is_empty() {
+        body["neighbourThrottles"] = json!(throttles);
+    }
+    if view.may_throttle {
+        let near = neighbour_candidates(view, b, neighbours, &settings.ladder);
+        if !near.is_empty() {
+            body["neighbourCandidates"] = json!(near);
+        }
+    }
+    let key = (view.namespace.clone(), view.name.clone());
+    let due = match memory.intent_status.get(&key) {
+        None => true,
+        Some((prev, at)) => {
+            status_shape(prev) != status_shape(&body)
+                || (prev != &body && refresh_due(Some(at), input.instant))
+        }
+    };
+    if due {
+        out.statuses.push(StatusWrite { intent: key, body });
+    }
+}
+
+fn verdict_word(state: HealthState) -> &'static str {
+    match state {
+        HealthState::Healthy => verdict::HEALTHY,
+        HealthState::Degraded => verdict::DEGRADED,
+        HealthState::Unknown => verdict::UNKNOWN,
+    }
+}
+
+/// The status without its figures: the shape decides whether to write now; figures refresh
+/// slowly, so status churn does not wake the intent controller every second.
+fn status_shape(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(list) = v.get_mut("backing").and_then(Value::as_array_mut) {
+        for e in list {
+            if let Some(o) = e.as_object_mut() {
+                o.remove("latency");
+                o.remove("sampledAt");
+            }
+        }
+    }
+    if let Some(list) = v
+        .get_mut("neighbourCandidates")
+        .and_then(Value::as_array_mut)
+    {
+        for e in list {
+            if let Some(o) = e.as_object_mut() {
+                o.remove("iops");
+            }
+        }
+    }
+    v
+}
+
+/// The busiest VMs the ladder could throttle for any of the intent's VMs, by name.
+fn neighbour_candidates(
+    view: &IntentView,
+    b: &HealthBook,
+    candidates: &[NeighbourCandidate<VmRef>],
+    ladder: &ThrottleLadder,
+) -> Vec<NeighbourCandidateStatus> {
+    let mut near: BTreeMap<&VmRef, &NeighbourCandidate<VmRef>> = BTreeMap::new();
+    for vm in view.pods.iter().filter_map(|p| p.vm.as_ref()) {
+        let Some(place) = b.vm(&vm.id) else { continue };
+        let victim = Victim {
+            vm: vm.to_ref(),
+            tier: view.tier,
+            intent: view.label(),
+            state: HealthState::Degraded,
+            healthy_for: Duration::ZERO,
+            unknown_for: Duration::ZERO,
+            latency: None,
+            sample_interval: place.provider.interval,
+            active: true,
+            host: Some(place.vm.host.clone()),
+            datastores: place.vm.datastores.iter().cloned().collect(),
+        };
+        for (c, _) in neighbours_of(&victim, candidates, ladder) {
+            near.insert(&c.vm, c);
+        }
+    }
+    let mut busiest: Vec<&NeighbourCandidate<VmRef>> = near.into_values().collect();
+    busiest.sort_by(|a, b| b.iops.total_cmp(&a.iops).then_with(|| a.vm.cmp(&b.vm)));
+    busiest.truncate(LISTED_NEIGHBOURS);
+    busiest.sort_by(|a, b| a.vm.cmp(&b.vm));
+    busiest
+        .into_iter()
+        .map(|c| NeighbourCandidateStatus {
+            vm: c.vm.name.clone(),
+            vm_id: c.vm.id.clone(),
+            provider: c.vm.provider.clone(),
+            host: c.host.clone(),
+            datastores: c.datastores.iter().cloned().collect(),
+            iops: c.iops.round() as i64,
+        })
+        .collect()
+}
