@@ -10,7 +10,7 @@ use plumbline_crds::{
 use plumbline_policies::{self as policies, Change, Plan};
 use tracing::{info, warn};
 
-use super::{conditions::Verdict, execute::Execution};
+use super::{conditions::ConditionVerdict, execute::Execution};
 use crate::context::Context;
 
 /// Events for what changed on the cluster, and for recovering from Degraded.
@@ -20,7 +20,7 @@ pub(super) async fn announce(
     plan: &Plan,
     execution: &Execution,
     previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    degraded: &Verdict,
+    degraded: &ConditionVerdict,
 ) {
     if execution.changed {
         let reverted: Vec<String> = plan

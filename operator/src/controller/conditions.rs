@@ -4,18 +4,24 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
-use plumbline_crds::conditions::{intent as condition, reason, status};
+use plumbline_crds::{
+    conditions::{intent as condition, reason, status},
+    ActionState, Layer,
+};
+use plumbline_policies::Plan;
+
+use super::execute::Execution;
 
 /// One condition as decided by a reconcile, before timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub struct ConditionVerdict {
     pub type_: &'static str,
     pub is_true: bool,
     pub reason: &'static str,
     pub message: String,
 }
 
-impl Verdict {
+impl ConditionVerdict {
     pub fn new(
         type_: &'static str,
         is_true: bool,
@@ -31,6 +37,61 @@ impl Verdict {
     }
 }
 
+/// Ready, Active and Degraded after a plan was executed: Ready unless applying failed or
+/// hypervisor actions are still pending, Degraded only when applying failed, Active as the
+/// plan's window says.
+pub fn applied(plan: &Plan, execution: &Execution) -> [ConditionVerdict; 3] {
+    let hypervisor_pending = execution
+        .actions
+        .iter()
+        .zip(&plan.actions)
+        .any(|(o, a)| o.state == ActionState::Pending && a.layer() == Layer::Hypervisor);
+    let ready = match (&execution.error, plan.activity.active) {
+        (Some(e), _) => {
+            ConditionVerdict::new(condition::READY, false, reason::APPLY_FAILED, e.to_string())
+        }
+        (None, _) if hypervisor_pending => ConditionVerdict::new(
+            condition::READY,
+            false,
+            reason::APPLYING,
+            "Kubernetes actions applied; hypervisor actions pending",
+        ),
+        (None, true) => ConditionVerdict::new(
+            condition::READY,
+            true,
+            reason::APPLIED,
+            format!("{} action(s) applied", plan.actions.len()),
+        ),
+        (None, false) => ConditionVerdict::new(
+            condition::READY,
+            true,
+            reason::REVERTED,
+            "outside the schedule: every change is reverted",
+        ),
+    };
+    let active = ConditionVerdict::new(
+        condition::ACTIVE,
+        plan.activity.active,
+        plan.activity.reason,
+        plan.activity.message.clone(),
+    );
+    let degraded = match &execution.error {
+        Some(e) => ConditionVerdict::new(
+            condition::DEGRADED,
+            true,
+            reason::APPLY_FAILED,
+            e.to_string(),
+        ),
+        None => ConditionVerdict::new(
+            condition::DEGRADED,
+            false,
+            reason::AS_EXPECTED,
+            "no problems",
+        ),
+    };
+    [ready, active, degraded]
+}
+
 /// Ready, Active and Degraded of an intent degraded for `why`: nothing is applied (or, with
 /// `revert_error`, reverting what was failed), and Active keeps what is known of the window.
 pub fn degraded(
@@ -38,32 +99,32 @@ pub fn degraded(
     why: &'static str,
     message: &str,
     revert_error: Option<String>,
-) -> [Verdict; 3] {
+) -> [ConditionVerdict; 3] {
     let ready = match revert_error {
-        Some(e) => Verdict::new(
+        Some(e) => ConditionVerdict::new(
             condition::READY,
             false,
             reason::APPLY_FAILED,
             format!("reverting failed: {e}"),
         ),
-        None => Verdict::new(condition::READY, false, why, "nothing is applied"),
+        None => ConditionVerdict::new(condition::READY, false, why, "nothing is applied"),
     };
     let active = match previous.iter().find(|c| c.type_ == condition::ACTIVE) {
         // Keep what is known; a conflicting or invalid intent's window does not matter yet.
-        Some(c) => Verdict::new(
+        Some(c) => ConditionVerdict::new(
             condition::ACTIVE,
             c.status == status::TRUE,
             known_reason(&c.reason),
             c.message.clone(),
         ),
-        None => Verdict::new(
+        None => ConditionVerdict::new(
             condition::ACTIVE,
             false,
             why,
             "not evaluated: the intent is degraded",
         ),
     };
-    let degraded = Verdict::new(condition::DEGRADED, true, why, message);
+    let degraded = ConditionVerdict::new(condition::DEGRADED, true, why, message);
     [ready, active, degraded]
 }
 
@@ -88,7 +149,7 @@ fn known_reason(stored: &str) -> &'static str {
 /// keyed on `type`, so a server-side apply of these entries leaves other owners' entries alone.
 pub fn merge(
     previous: &[Condition],
-    verdicts: &[Verdict],
+    verdicts: &[ConditionVerdict],
     generation: Option<i64>,
     now: Timestamp,
 ) -> Vec<Condition> {
@@ -128,7 +189,7 @@ mod tests {
         let t1 = Timestamp::from_second(2_000).unwrap();
         let first = merge(
             &[],
-            &[Verdict::new(
+            &[ConditionVerdict::new(
                 intent::ACTIVE,
                 true,
                 reason::WINDOW_OPEN,
@@ -139,7 +200,7 @@ mod tests {
         );
         let same = merge(
             &first,
-            &[Verdict::new(
+            &[ConditionVerdict::new(
                 intent::ACTIVE,
                 true,
                 reason::WINDOW_OPEN,
@@ -152,7 +213,7 @@ mod tests {
         assert_eq!(same[0].message, "still open");
         let flipped = merge(
             &same,
-            &[Verdict::new(
+            &[ConditionVerdict::new(
                 intent::ACTIVE,
                 false,
                 reason::WINDOW_CLOSED,

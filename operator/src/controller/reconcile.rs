@@ -14,18 +14,14 @@ use kube::{
     },
     Api, ResourceExt,
 };
-use plumbline_crds::{
-    conditions::{intent as condition, reason},
-    names::INTENT_FINALIZER,
-    ActionState, PlannedAction, WorkloadIntent,
-};
+use plumbline_crds::{conditions::reason, names::INTENT_FINALIZER, PlannedAction, WorkloadIntent};
 use plumbline_policies::Invalid;
 use std::{sync::Arc, time::Duration};
 use tracing::{info, instrument};
 
 use super::{
     announce::{announce, announce_degraded},
-    conditions::{self, merge, Verdict},
+    conditions::{self, merge},
     execute::execute,
     observe::{cached_intents, observe},
     plan::{plan_for, status_plan, undo_plan},
@@ -181,62 +177,15 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(CONFLICT_REOBSERVE));
     }
     let plan_status = status_plan(wi, &plan, &execution);
-    let hypervisor_pending = execution.actions.iter().zip(&plan.actions).any(|(o, a)| {
-        o.state == ActionState::Pending && a.layer() == plumbline_crds::Layer::Hypervisor
-    });
-    let ready = match (&execution.error, plan.activity.active) {
-        (Some(e), _) => Verdict::new(condition::READY, false, reason::APPLY_FAILED, e.to_string()),
-        (None, _) if hypervisor_pending => Verdict::new(
-            condition::READY,
-            false,
-            reason::APPLYING,
-            "Kubernetes actions applied; hypervisor actions pending",
-        ),
-        (None, true) => Verdict::new(
-            condition::READY,
-            true,
-            reason::APPLIED,
-            format!("{} action(s) applied", plan.actions.len()),
-        ),
-        (None, false) => Verdict::new(
-            condition::READY,
-            true,
-            reason::REVERTED,
-            "outside the schedule: every change is reverted",
-        ),
-    };
-    let degraded = match &execution.error {
-        Some(e) => Verdict::new(
-            condition::DEGRADED,
-            true,
-            reason::APPLY_FAILED,
-            e.to_string(),
-        ),
-        None => Verdict::new(
-            condition::DEGRADED,
-            false,
-            reason::AS_EXPECTED,
-            "no problems",
-        ),
-    };
-    let active = Verdict::new(
-        condition::ACTIVE,
-        plan.activity.active,
-        plan.activity.reason,
-        plan.activity.message.clone(),
-    );
+    let verdicts = conditions::applied(&plan, &execution);
+    let degraded = verdicts[2].clone();
     let previous = wi
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let status = ControllerStatus {
-        conditions: merge(
-            previous,
-            &[ready, active, degraded.clone()],
-            generation,
-            Timestamp::now(),
-        ),
+        conditions: merge(previous, &verdicts, generation, Timestamp::now()),
         observed_generation: generation,
         plan: plan_status,
         next_transition: plan.activity.next_transition.and_then(to_time),

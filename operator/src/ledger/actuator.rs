@@ -262,8 +262,8 @@ async fn run(
                 .unwrap_or_default();
             if m.let_go
                 || m.acted_on
-                .as_ref()
-                .is_some_and(|(v, at)| *v == version && now < *at + SETTLE)
+                    .as_ref()
+                    .is_some_and(|(v, at)| *v == version && now < *at + SETTLE)
             {
                 continue;
             }

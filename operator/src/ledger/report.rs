@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::{
     context::Context,
-    controller::conditions::{merge, Verdict},
+    controller::conditions::{merge, ConditionVerdict},
 };
 
 /// The conditions that go with a state: Applied, Drifted, Reverting.
@@ -30,16 +30,16 @@ pub fn with_state(
 ) -> InfraChangeStatus {
     use ic_state::*;
     let applied = match state {
-        APPLIED => Verdict::new(COND_APPLIED, true, APPLIED_REASON, message),
-        DRIFTED => Verdict::new(COND_APPLIED, false, DRIFT_DETECTED, message),
-        CONTESTED => Verdict::new(COND_APPLIED, false, CONTESTED, message),
-        FAILED => Verdict::new(COND_APPLIED, false, APPLY_FAILED, message),
-        UNSUPPORTED => Verdict::new(COND_APPLIED, false, UNSUPPORTED, message),
-        _ => Verdict::new(COND_APPLIED, false, NOT_APPLIED, message),
+        APPLIED => ConditionVerdict::new(COND_APPLIED, true, APPLIED_REASON, message),
+        DRIFTED => ConditionVerdict::new(COND_APPLIED, false, DRIFT_DETECTED, message),
+        CONTESTED => ConditionVerdict::new(COND_APPLIED, false, CONTESTED, message),
+        FAILED => ConditionVerdict::new(COND_APPLIED, false, APPLY_FAILED, message),
+        UNSUPPORTED => ConditionVerdict::new(COND_APPLIED, false, UNSUPPORTED, message),
+        _ => ConditionVerdict::new(COND_APPLIED, false, NOT_APPLIED, message),
     };
     let drifted = match state {
-        DRIFTED | CONTESTED => Verdict::new(COND_DRIFTED, true, DRIFT_DETECTED, message),
-        _ => Verdict::new(
+        DRIFTED | CONTESTED => ConditionVerdict::new(COND_DRIFTED, true, DRIFT_DETECTED, message),
+        _ => ConditionVerdict::new(
             COND_DRIFTED,
             false,
             NO_DRIFT,
@@ -47,8 +47,8 @@ pub fn with_state(
         ),
     };
     let reverting = match state {
-        REVERTING => Verdict::new(COND_REVERTING, true, REVERTING, message),
-        _ => Verdict::new(COND_REVERTING, false, NOT_REVERTING, "not being deleted"),
+        REVERTING => ConditionVerdict::new(COND_REVERTING, true, REVERTING, message),
+        _ => ConditionVerdict::new(COND_REVERTING, false, NOT_REVERTING, "not being deleted"),
     };
     status.conditions = merge(
         &status.conditions,

@@ -114,13 +114,15 @@ impl Writer {
             if let Some(p) = &spec.target.provider {
                 labels[PROVIDER_LABEL] = json!(p);
             }
-            let mut metadata = json!({"name": name, "labels": labels, "finalizers": [INFRA_CHANGE_FINALIZER]});
+            let mut metadata =
+                json!({"name": name, "labels": labels, "finalizers": [INFRA_CHANGE_FINALIZER]});
             // An update is for the object the cache shows, never a new one of the same name.
             if let Some(uid) = by_name.get(&name).and_then(|ic| ic.metadata.uid.as_ref()) {
                 metadata["uid"] = json!(uid);
             }
-            let body =
-                plumbline_crds::apply::body::<InfraChange>(json!({"metadata": metadata, "spec": spec}));
+            let body = plumbline_crds::apply::body::<InfraChange>(
+                json!({"metadata": metadata, "spec": spec}),
+            );
             match api
                 .patch(
                     &name,

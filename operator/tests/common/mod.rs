@@ -239,7 +239,7 @@ pub async fn install_crds(admin: &Client) -> Result<()> {
             .is_some_and(|c| c.annotations().contains_key(CRD_HELD_ANNOTATION));
         // Other test processes may install them at the same moment; retry a conflict.
         let mut attempt = 0;
-        while !held {
+        while !held && attempt <= 10 {
             match api
                 .patch(
                     &name,

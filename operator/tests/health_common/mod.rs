@@ -295,12 +295,25 @@ pub async fn restore_guest_iops(uri: &str, domain: &str) -> Result<String> {
         return Ok(format!("restored the recorded original {}", s.value));
     }
     let out = Command::new("virsh")
-        .args(["-q", "-c", uri, "blkdeviotune", domain, "vda", "--total-iops-sec", "0", "--live"])
+        .args([
+            "-q",
+            "-c",
+            uri,
+            "blkdeviotune",
+            domain,
+            "vda",
+            "--total-iops-sec",
+            "0",
+            "--live",
+        ])
         .output()
         .await
         .context("running virsh blkdeviotune")?;
     if !out.status.success() {
-        bail!("lifting the limit of {domain}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "lifting the limit of {domain}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok("no original was recorded; lifted the limit".into())
 }

@@ -133,7 +133,7 @@ pub struct DiskHealth {
 
 /// What [`DiskHealth::observe`] did with a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observed {
+pub enum SampleUse {
     /// The sample was new and counted.
     Counted,
     /// The sample was not newer than the last one (a cached value handed out again) and was
@@ -161,10 +161,10 @@ impl DiskHealth {
         self.last
     }
 
-    pub fn observe(&mut self, sample: StorageSample, policy: &HysteresisPolicy) -> Observed {
+    pub fn observe(&mut self, sample: StorageSample, policy: &HysteresisPolicy) -> SampleUse {
         if let Some(last) = self.last {
             if sample.at <= last.at {
-                return Observed::NotNewer;
+                return SampleUse::NotNewer;
             }
             let gap = sample.at.duration_since(last.at).unwrap_or_default();
             if gap > policy.stale_after {
@@ -202,7 +202,7 @@ impl DiskHealth {
             }
             unchanged => unchanged,
         };
-        Observed::Counted
+        SampleUse::Counted
     }
 
     /// The verdict at `now`. Missing or stale data gives *unknown*, whatever came before.
@@ -389,11 +389,11 @@ mod tests {
         let p = HysteresisPolicy::default();
         let mut disk = DiskHealth::new(BUDGET);
         let s = StorageSample::new(t(1), ms(50));
-        assert_eq!(disk.observe(s, &p), Observed::Counted);
-        assert_eq!(disk.observe(s, &p), Observed::NotNewer);
+        assert_eq!(disk.observe(s, &p), SampleUse::Counted);
+        assert_eq!(disk.observe(s, &p), SampleUse::NotNewer);
         assert_eq!(
             disk.observe(StorageSample::new(t(0), ms(50)), &p),
-            Observed::NotNewer
+            SampleUse::NotNewer
         );
         assert_eq!(disk.verdict(t(1), &p).state(), U);
     }

@@ -28,7 +28,7 @@ mod tier;
 mod vm;
 
 pub use guard::{guard, GuardBudget, GuardCandidate, GuardDecision, GuardLimit, GuardPods};
-pub use hysteresis::{DiskHealth, HysteresisPolicy, Observed, Verdict};
+pub use hysteresis::{DiskHealth, HysteresisPolicy, SampleUse, Verdict};
 pub use neighbour::{
     apply_neighbour_actions, neighbours_of, plan_neighbour_throttles, NeighbourAction,
     NeighbourCandidate, NeighbourHistory, Shared, Throttle, ThrottleLadder, Victim,
