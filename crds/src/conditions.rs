@@ -196,3 +196,45 @@ pub mod infra_change {
     pub const ABANDONED: &str = "Abandoned";
     pub const NOT_REVERTING: &str = "NotReverting";
 }
+
+/// `HostMaintenance` phases (`status.phase`), condition types, reasons and Event reasons.
+pub mod maintenance {
+    // status.phase
+    /// Accepted; nothing cordoned yet.
+    pub const PENDING: &str = "Pending";
+    /// Nodes are cordoned and their pods evicted.
+    pub const DRAINING: &str = "Draining";
+    /// Every node on the host is empty (DaemonSet and mirror pods aside).
+    pub const DRAINED: &str = "Drained";
+    /// Nothing can move now: `DrainBlocked` says what blocks it.
+    pub const BLOCKED: &str = "Blocked";
+    /// The drain timeout passed with `onTimeout: Wait`; still trying.
+    pub const TIMED_OUT: &str = "TimedOut";
+    /// Over: aborted after the timeout, or the spec cannot be acted on. Nothing is cordoned.
+    pub const ENDED: &str = "Ended";
+
+    // Condition types.
+    pub const DRAIN_BLOCKED: &str = "DrainBlocked";
+    pub const READY_FOR_MAINTENANCE: &str = "ReadyForMaintenance";
+
+    // Reasons (also Event reasons on the HostMaintenance).
+    /// A PodDisruptionBudget allows no more disruptions.
+    pub const DISRUPTION_BUDGET: &str = "DisruptionBudget";
+    /// Evicting would take an active intent's workload below its replica floor.
+    pub const REPLICA_FLOOR: &str = "ReplicaFloor";
+    /// Evicting would take the workload's last ready pod.
+    pub const LAST_READY_POD: &str = "LastReadyPod";
+    pub const NOT_BLOCKED: &str = "NotBlocked";
+    pub const UNKNOWN_PROVIDER: &str = "UnknownProvider";
+    pub const UNKNOWN_HOST: &str = "UnknownHost";
+    /// Another HostMaintenance for the same host came first.
+    pub const CONFLICTING_MAINTENANCE: &str = "ConflictingMaintenance";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const ABORTED: &str = "Aborted";
+    pub const DRAINED_REASON: &str = "Drained";
+    pub const NOT_DRAINED: &str = "NotDrained";
+    /// A pod was evicted through the Eviction API.
+    pub const POD_EVICTED: &str = "PodEvicted";
+    /// After the timeout with `onTimeout: Force`, a pod was deleted.
+    pub const POD_DELETED: &str = "PodDeleted";
+}

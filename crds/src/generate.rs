@@ -3,7 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{HypervisorProvider, InfraChange, TenantPolicy, WorkloadIntent};
+use crate::{HostMaintenance, HypervisorProvider, InfraChange, TenantPolicy, WorkloadIntent};
 
 /// The command that rewrites `crds/generated/`; failure messages quote it.
 pub const REGENERATE: &str = "cargo run -p plumbline-operator --bin crdgen -- crds/generated";
@@ -18,6 +18,10 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ),
         ("infrachanges.plumbline.dev.yaml", InfraChange::crd()),
         ("tenantpolicies.plumbline.dev.yaml", TenantPolicy::crd()),
+        (
+            "hostmaintenances.plumbline.dev.yaml",
+            HostMaintenance::crd(),
+        ),
     ]
 }
 

@@ -150,6 +150,8 @@ pub enum ChangePurpose {
     BackingVmProtection,
     /// The `NoSchedule` taint on a Node whose storage is over budget.
     StorageTaint,
+    /// A Node cordoned (`spec.unschedulable`) because its VM's host goes into maintenance.
+    MaintenanceCordon,
 }
 
 impl ChangePurpose {
@@ -158,6 +160,7 @@ impl ChangePurpose {
             Self::NeighbourThrottle => "NeighbourThrottle",
             Self::BackingVmProtection => "BackingVmProtection",
             Self::StorageTaint => "StorageTaint",
+            Self::MaintenanceCordon => "MaintenanceCordon",
         }
     }
 }
@@ -166,7 +169,7 @@ impl ChangePurpose {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeOwner {
-    /// `namespace/name` of the WorkloadIntent.
+    /// `namespace/name` of the WorkloadIntent, or `HostMaintenance/NAME` for a cordon.
     pub intent: String,
     pub reason: String,
 }

@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod conditions;
 pub mod generate;
+pub mod host_maintenance;
 pub mod infra_change;
 pub mod intent;
 pub mod lenient;
@@ -23,6 +24,10 @@ pub mod provider;
 pub mod schema;
 pub mod tenant_policy;
 
+pub use host_maintenance::{
+    HostMaintenance, HostMaintenanceSpec, HostMaintenanceStatus, MaintenanceNode,
+    MaintenanceWorkload, OnTimeout,
+};
 pub use infra_change::{
     ChangeOwner, ChangePurpose, ChangeTarget, ChangeTargetKind, InfraChange, InfraChangeSpec,
     InfraChangeStatus, ThrottleStep, VmRef,

@@ -21,6 +21,8 @@ pub const INTERVAL: &str = r"^[0-9]{1,7}(ms|s|m)$";
 /// Plain `http://` (or any other scheme) is refused: the password would cross the network in
 /// clear text.
 pub const VSPHERE_SERVER: &str = r"^(https://[^\s]+|[^:/\s]+(:[0-9]{1,5})?(/[^\s]*)?)$";
+/// A duration such as `90s`, `10m`, `1h`; at most 6 digits.
+pub const DURATION: &str = r"^[0-9]{1,6}(s|m|h)$";
 /// A DNS-1123 label, the name of a namespace.
 pub const NAMESPACE_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A whole percentage from 0% to 100%.

@@ -18,6 +18,7 @@ pub mod explain;
 pub mod health;
 pub mod invalid;
 pub mod ledger;
+pub mod maintenance;
 pub mod observed;
 pub mod plan;
 pub mod planner;

@@ -351,6 +351,7 @@ fn metric(ic: &InfraChange) -> (ActionLayer, &'static str) {
         ChangePurpose::NeighbourThrottle => (ActionLayer::hypervisor, "disk_iops_limit"),
         ChangePurpose::BackingVmProtection => (ActionLayer::hypervisor, "cpu_shares"),
         ChangePurpose::StorageTaint => (ActionLayer::kubernetes, "node_taint"),
+        ChangePurpose::MaintenanceCordon => (ActionLayer::kubernetes, "node_cordon"),
     }
 }
 

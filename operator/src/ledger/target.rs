@@ -10,7 +10,7 @@ use kube::{
 };
 use plumbline_adapters::{Hypervisor, Setting, Tunable, VmId};
 use plumbline_crds::{ChangeTargetKind, InfraChange};
-use plumbline_policies::ledger::{ABSENT, PRESENT};
+use plumbline_policies::ledger::{ABSENT, PRESENT, UNSCHEDULABLE};
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 use tracing::debug;
@@ -50,9 +50,31 @@ pub enum Target {
     Node {
         client: Client,
         name: String,
-        key: String,
-        effect: String,
+        setting: NodeSetting,
     },
+}
+
+/// What is changed on a Node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeSetting {
+    /// `taint/KEY:EFFECT`: a taint with no value.
+    Taint { key: String, effect: String },
+    /// `unschedulable`: the cordon (`spec.unschedulable`).
+    Cordon,
+}
+
+impl NodeSetting {
+    /// The setting as an `InfraChange` names it.
+    pub fn parse(setting: &str) -> Option<Self> {
+        if setting == UNSCHEDULABLE {
+            return Some(Self::Cordon);
+        }
+        let (key, effect) = setting.strip_prefix("taint/")?.rsplit_once(':')?;
+        Some(Self::Taint {
+            key: key.to_string(),
+            effect: effect.to_string(),
+        })
+    }
 }
 
 impl Target {
@@ -82,21 +104,16 @@ impl Target {
                 }))
             }
             ChangeTargetKind::Node => {
-                let taint = spec.setting.strip_prefix("taint/").and_then(|t| {
-                    t.rsplit_once(':')
-                        .map(|(k, e)| (k.to_string(), e.to_string()))
-                });
-                let Some((key, effect)) = taint else {
+                let Some(setting) = NodeSetting::parse(&spec.setting) else {
                     return Err(TargetError::Unsupported(format!(
-                        "unknown node setting {:?} (expected taint/KEY:EFFECT)",
+                        "unknown node setting {:?} (expected taint/KEY:EFFECT or {UNSCHEDULABLE})",
                         spec.setting
                     )));
                 };
                 Ok(Some(Self::Node {
                     client: client.clone(),
                     name: spec.target.name.clone(),
-                    key,
-                    effect,
+                    setting,
                 }))
             }
         }
@@ -126,8 +143,7 @@ impl Target {
             Self::Node {
                 client,
                 name,
-                key,
-                effect,
+                setting,
             } => {
                 let node = bounded(
                     deadline,
@@ -135,7 +151,14 @@ impl Target {
                     Api::<Node>::all(client.clone()).get(name),
                 )
                 .await?;
-                let present = taints_of(&node).iter().any(|t| is(t, key, effect));
+                let present = match setting {
+                    NodeSetting::Taint { key, effect } => {
+                        taints_of(&node).iter().any(|t| is(t, key, effect))
+                    }
+                    NodeSetting::Cordon => {
+                        node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+                    }
+                };
                 Ok(Reading {
                     current: if present { PRESENT } else { ABSENT }.to_string(),
                     recorded_original: None,
@@ -164,16 +187,27 @@ impl Target {
             Self::Node {
                 client,
                 name,
-                key,
-                effect,
+                setting,
             } => {
                 let want = value == PRESENT;
-                bounded(
-                    deadline,
-                    "changing the taint",
-                    set_taint(client, name, key, effect, want),
-                )
-                .await
+                match setting {
+                    NodeSetting::Taint { key, effect } => {
+                        bounded(
+                            deadline,
+                            "changing the taint",
+                            set_taint(client, name, key, effect, want),
+                        )
+                        .await
+                    }
+                    NodeSetting::Cordon => {
+                        bounded(
+                            deadline,
+                            if want { "cordoning" } else { "uncordoning" },
+                            set_cordon(client, name, want),
+                        )
+                        .await
+                    }
+                }
             }
         }
     }
@@ -257,6 +291,16 @@ fn taints_of(node: &Node) -> &[Taint] {
 
 fn is(t: &Taint, key: &str, effect: &str) -> bool {
     t.key == key && t.effect == effect
+}
+
+/// `spec.unschedulable` is one scalar: a merge patch sets it (`null` uncordons, as
+/// `kubectl uncordon` leaves it).
+async fn set_cordon(client: &Client, name: &str, want: bool) -> Result<(), kube::Error> {
+    let patch = json!({"spec": {"unschedulable": if want { json!(true) } else { json!(null) }}});
+    Api::<Node>::all(client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }
 
 /// Attempts per taint change when others write the node at the same moment.

@@ -15,6 +15,8 @@ use crate::health::{Throttle, Wanted};
 pub const PRESENT: &str = "present";
 /// The original of a taint change when the node did not carry it.
 pub const ABSENT: &str = "absent";
+/// The setting of a Node's cordon (`spec.unschedulable`), `present` when cordoned.
+pub const UNSCHEDULABLE: &str = "unschedulable";
 
 /// The setting name of a taint: `taint/KEY:EFFECT`.
 pub fn taint_setting(key: &str, effect: &str) -> String {

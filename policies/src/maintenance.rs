@@ -1,0 +1,674 @@
+//! Host maintenance, decided: which of the host's nodes to cordon, which pods to evict now, and
+//! what blocks the rest. Plain data in, a plan out; the operator observes and carries it out,
+//! and `plumbline explain` shows the same plan.
+//!
+//! - Nodes go `maxUnavailableNodes` at a time, in name order; a node stays cordoned until the
+//!   maintenance ends.
+//! - A pod on a cordoned node is evicted unless that would take its workload below what is
+//!   allowed: a PodDisruptionBudget's headroom, an active intent's replica floor, or (for a
+//!   workload an intent governs) its last ready pod. DaemonSet and mirror pods stay, as with
+//!   `kubectl drain`; the Eviction API checks the budgets again.
+//! - After `drainTimeout`: `Wait` keeps trying, `Force` deletes what is left except pods of
+//!   critical intents inside their window, `Abort` uncordons and ends.
+
+use plumbline_crds::{conditions::maintenance as m, OnTimeout, Priority};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, SystemTime},
+};
+
+/// The spec, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceSpec {
+    pub drain_timeout: Duration,
+    pub on_timeout: OnTimeout,
+    pub max_unavailable_nodes: usize,
+}
+
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl MaintenanceSpec {
+    /// The spec with its defaults, or why it cannot be used (with the field path).
+    pub fn from_crd(spec: &plumbline_crds::HostMaintenanceSpec) -> Result<Self, String> {
+        let drain_timeout = match &spec.drain_timeout {
+            None => DEFAULT_DRAIN_TIMEOUT,
+            Some(t) => parse_duration(t)
+                .ok_or_else(|| format!("spec.drainTimeout: {t:?} is not a duration like 10m"))?,
+        };
+        let max = spec.max_unavailable_nodes.unwrap_or(1);
+        if max < 1 {
+            return Err(format!("spec.maxUnavailableNodes: {max} is below 1"));
+        }
+        Ok(Self {
+            drain_timeout,
+            on_timeout: spec.on_timeout,
+            max_unavailable_nodes: max as usize,
+        })
+    }
+}
+
+/// `90s`, `10m`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let unit = text.chars().last()?;
+    let n: u64 = text[..text.len() - 1].parse().ok()?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60)?,
+        'h' => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+/// One of the host's nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNode {
+    pub name: String,
+    pub vm: String,
+    /// `spec.unschedulable` now (by anyone).
+    pub unschedulable: bool,
+}
+
+/// A pod on one of the host's nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPod {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    /// `namespace/Kind/name` of its owning workload, or `namespace/Pod/name`.
+    pub workload: String,
+    /// Owned by a DaemonSet, or a mirror pod: left where it is.
+    pub stays: bool,
+    pub ready: bool,
+    /// Already being deleted (evicted before, or by someone else).
+    pub terminating: bool,
+}
+
+/// What the drain needs to know about a workload with pods on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkloadFacts {
+    /// Its ready pods in the whole cluster.
+    pub ready: usize,
+    pub intent: Option<IntentFacts>,
+    /// PodDisruptionBudgets selecting its pods: name and `status.disruptionsAllowed`.
+    pub budgets: Vec<(String, usize)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentFacts {
+    /// `namespace/name`.
+    pub name: String,
+    pub priority: Priority,
+    /// Inside its window (or without a schedule).
+    pub active: bool,
+    pub replica_floor: Option<usize>,
+}
+
+/// Everything one decision looks at.
+#[derive(Debug, Clone)]
+pub struct MaintenanceView {
+    pub spec: MaintenanceSpec,
+    /// When the drain started (`status.startedAt`); `None` before the first pass.
+    pub started_at: Option<SystemTime>,
+    /// The phase written last: `Ended` stays ended.
+    pub previous_phase: Option<String>,
+    pub nodes: Vec<HostNode>,
+    pub pods: Vec<HostPod>,
+    pub workloads: BTreeMap<String, WorkloadFacts>,
+    /// Nodes this maintenance cordons already (its ledger entries).
+    pub cordoned_by_us: BTreeSet<String>,
+}
+
+/// One node's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProgress {
+    pub name: String,
+    pub vm: String,
+    /// `Waiting`, `Draining` or `Drained`.
+    pub state: &'static str,
+    pub pending_pods: usize,
+}
+
+/// One workload's row in the pre-flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRow {
+    pub workload: String,
+    pub intent: Option<String>,
+    pub pods_on_host: usize,
+    pub ready: usize,
+    pub evictable: bool,
+    pub message: String,
+}
+
+/// What blocks the drain, for `DrainBlocked`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenancePlan {
+    pub phase: &'static str,
+    /// Nodes that should be cordoned (all of them while draining; none once ended).
+    pub cordon: Vec<String>,
+    /// Pods to evict now, as `namespace/name`.
+    pub evict: Vec<(String, String)>,
+    /// Pods to delete now (`onTimeout: Force`).
+    pub delete: Vec<(String, String)>,
+    pub nodes: Vec<NodeProgress>,
+    pub workloads: Vec<WorkloadRow>,
+    pub pending_pods: usize,
+    pub blockers: Vec<Blocker>,
+    pub timed_out: bool,
+}
+
+impl MaintenancePlan {
+    /// Nothing cordoned, nothing moved: the maintenance ended, or cannot be acted on.
+    pub fn ended(blockers: Vec<Blocker>) -> Self {
+        Self {
+            phase: m::ENDED,
+            cordon: Vec::new(),
+            evict: Vec::new(),
+            delete: Vec::new(),
+            nodes: Vec::new(),
+            workloads: Vec::new(),
+            pending_pods: 0,
+            blockers,
+            timed_out: false,
+        }
+    }
+
+    pub fn ready_for_maintenance(&self) -> bool {
+        self.phase == m::DRAINED
+    }
+}
+
+/// Why a pod may not be evicted now, given the evictions already planned in this pass.
+fn hold_back(
+    facts: &WorkloadFacts,
+    evicting: usize,
+    budget_used: &BTreeMap<String, usize>,
+) -> Option<Blocker> {
+    for (name, allowed) in &facts.budgets {
+        if budget_used.get(name).copied().unwrap_or(0) >= *allowed {
+            return Some(Blocker {
+                reason: m::DISRUPTION_BUDGET,
+                message: format!(
+                    "PodDisruptionBudget {name} allows {} more disruption(s) now",
+                    allowed.saturating_sub(budget_used.get(name).copied().unwrap_or(0))
+                ),
+            });
+        }
+    }
+    let intent = facts.intent.as_ref()?;
+    let left = facts.ready.saturating_sub(evicting + 1);
+    if intent.active {
+        if let Some(floor) = intent.replica_floor {
+            if left < floor {
+                return Some(Blocker {
+                    reason: m::REPLICA_FLOOR,
+                    message: format!(
+                        "WorkloadIntent {} keeps at least {floor} ready replica(s); {} ready now",
+                        intent.name, facts.ready
+                    ),
+                });
+            }
+        }
+    }
+    (left == 0).then(|| Blocker {
+        reason: m::LAST_READY_POD,
+        message: format!(
+            "evicting would take the last ready pod of a workload WorkloadIntent {} governs",
+            intent.name
+        ),
+    })
+}
+
+/// The pods that still have to leave a node.
+fn leaving<'a>(pods: &'a [HostPod], node: &str) -> impl Iterator<Item = &'a HostPod> {
+    let node = node.to_string();
+    pods.iter()
+        .filter(move |p| p.node == node && !p.stays && !p.terminating)
+}
+
+/// Decides one pass of a maintenance.
+pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenancePlan {
+    if view.previous_phase.as_deref() == Some(m::ENDED) {
+        return MaintenancePlan::ended(Vec::new());
+    }
+    let timed_out = view
+        .started_at
+        .and_then(|s| now.duration_since(s).ok())
+        .is_some_and(|elapsed| elapsed >= view.spec.drain_timeout);
+
+    let mut nodes: Vec<&HostNode> = view.nodes.iter().collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let pending = |n: &HostNode| leaving(&view.pods, &n.name).count();
+    // Nodes in progress: cordoned by us and not yet empty, topped up to the limit in order.
+    let mut cordon: Vec<String> = nodes
+        .iter()
+        .filter(|n| view.cordoned_by_us.contains(&n.name))
+        .map(|n| n.name.clone())
+        .collect();
+    let busy = nodes
+        .iter()
+        .filter(|n| view.cordoned_by_us.contains(&n.name) && pending(n) > 0)
+        .count();
+    let mut room = view.spec.max_unavailable_nodes.saturating_sub(busy);
+    for n in &nodes {
+        if room == 0 {
+            break;
+        }
+        if !cordon.contains(&n.name) {
+            cordon.push(n.name.clone());
+            if pending(n) > 0 {
+                room -= 1;
+            }
+        }
+    }
+
+    let mut evict = Vec::new();
+    let mut delete = Vec::new();
+    let mut blockers: Vec<Blocker> = Vec::new();
+    let mut evicting: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut budget_used: BTreeMap<String, usize> = BTreeMap::new();
+    let mut held: BTreeMap<&str, Blocker> = BTreeMap::new();
+    let none = WorkloadFacts::default();
+    for n in &nodes {
+        // Only once the cordon is in force: nothing evicted may land on the node again.
+        if !(view.cordoned_by_us.contains(&n.name) && n.unschedulable) {
+            continue;
+        }
+        for pod in leaving(&view.pods, &n.name) {
+            let facts = view.workloads.get(&pod.workload).unwrap_or(&none);
+            let count = evicting.entry(&pod.workload).or_default();
+            let counted = if pod.ready { *count } else { 0 };
+            let blocked = if pod.ready {
+                hold_back(facts, counted, &budget_used)
+            } else {
+                // An unready pod serves no traffic: moving it costs nothing.
+                None
+            };
+            match blocked {
+                None => {
+                    if pod.ready {
+                        *count += 1;
+                        for (name, _) in &facts.budgets {
+                            *budget_used.entry(name.clone()).or_default() += 1;
+                        }
+                    }
+                    evict.push((pod.namespace.clone(), pod.name.clone()));
+                }
+                Some(b) => {
+                    let critical_in_window = facts
+                        .intent
+                        .as_ref()
+                        .is_some_and(|i| i.active && i.priority == Priority::Critical);
+                    if timed_out && view.spec.on_timeout == OnTimeout::Force && !critical_in_window
+                    {
+                        delete.push((pod.namespace.clone(), pod.name.clone()));
+                    } else {
+                        held.entry(&pod.workload).or_insert(b);
+                    }
+                }
+            }
+        }
+    }
+    for b in held.values() {
+        if !blockers.contains(b) {
+            blockers.push(b.clone());
+        }
+    }
+
+    let progress: Vec<NodeProgress> = nodes
+        .iter()
+        .map(|n| {
+            let pending_pods = pending(n);
+            NodeProgress {
+                name: n.name.clone(),
+                vm: n.vm.clone(),
+                state: if !cordon.contains(&n.name) {
+                    "Waiting"
+                } else if pending_pods == 0 {
+                    "Drained"
+                } else {
+                    "Draining"
+                },
+                pending_pods,
+            }
+        })
+        .collect();
+    let pending_pods: usize = progress.iter().map(|p| p.pending_pods).sum();
+    let workloads = preflight(view);
+
+    if timed_out && pending_pods > 0 && view.spec.on_timeout == OnTimeout::Abort {
+        let mut plan = MaintenancePlan::ended(vec![Blocker {
+            reason: m::ABORTED,
+            message: format!(
+                "not drained within {:?} ({pending_pods} pod(s) left); onTimeout: Abort uncordons the nodes",
+                view.spec.drain_timeout
+            ),
+        }]);
+        plan.nodes = progress;
+        plan.workloads = workloads;
+        return plan;
+    }
+    let phase = if pending_pods == 0 && cordon.len() == nodes.len() {
+        m::DRAINED
+    } else if view.cordoned_by_us.is_empty() {
+        m::PENDING
+    } else if timed_out {
+        m::TIMED_OUT
+    } else if evict.is_empty() && delete.is_empty() && !blockers.is_empty() {
+        m::BLOCKED
+    } else {
+        m::DRAINING
+    };
+    MaintenancePlan {
+        phase,
+        cordon,
+        evict,
+        delete,
+        nodes: progress,
+        workloads,
+        pending_pods,
+        blockers,
+        timed_out,
+    }
+}
+
+/// Each workload with pods on the host: can one of its pods be evicted now, and what happens.
+fn preflight(view: &MaintenanceView) -> Vec<WorkloadRow> {
+    let mut on_host: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in view.pods.iter().filter(|p| !p.stays) {
+        *on_host.entry(&p.workload).or_default() += 1;
+    }
+    let none = WorkloadFacts::default();
+    on_host
+        .into_iter()
+        .map(|(workload, pods_on_host)| {
+            let facts = view.workloads.get(workload).unwrap_or(&none);
+            let blocked = hold_back(facts, 0, &BTreeMap::new());
+            let message = match &blocked {
+                Some(b) => format!("held: {}", b.message),
+                None if facts.ready <= pods_on_host => format!(
+                    "evicted one at a time; all {} ready pod(s) are on the host, so it may run short until replacements are ready elsewhere",
+                    facts.ready
+                ),
+                None => "evicted through the Eviction API, respecting its budgets".to_string(),
+            };
+            WorkloadRow {
+                workload: workload.to_string(),
+                intent: facts.intent.as_ref().map(|i| i.name.clone()),
+                pods_on_host,
+                ready: facts.ready,
+                evictable: blocked.is_none(),
+                message,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> MaintenanceSpec {
+        MaintenanceSpec {
+            drain_timeout: Duration::from_secs(600),
+            on_timeout: OnTimeout::Wait,
+            max_unavailable_nodes: 1,
+        }
+    }
+
+    fn node(name: &str, unschedulable: bool) -> HostNode {
+        HostNode {
+            name: name.into(),
+            vm: format!("vm-{name}"),
+            unschedulable,
+        }
+    }
+
+    fn pod(name: &str, node: &str, workload: &str) -> HostPod {
+        HostPod {
+            namespace: "shop".into(),
+            name: name.into(),
+            node: node.into(),
+            workload: workload.into(),
+            stays: false,
+            ready: true,
+            terminating: false,
+        }
+    }
+
+    fn view(nodes: Vec<HostNode>, pods: Vec<HostPod>) -> MaintenanceView {
+        MaintenanceView {
+            spec: spec(),
+            started_at: Some(SystemTime::UNIX_EPOCH),
+            previous_phase: None,
+            nodes,
+            pods,
+            workloads: BTreeMap::new(),
+            cordoned_by_us: BTreeSet::new(),
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn the_first_pass_cordons_one_node_and_evicts_nothing_yet() {
+        let v = view(
+            vec![node("b", false), node("a", false)],
+            vec![
+                pod("p1", "a", "shop/Deployment/web"),
+                pod("p2", "b", "shop/Deployment/web"),
+            ],
+        );
+        let plan = plan_maintenance(&v, at(1));
+        assert_eq!(plan.phase, m::PENDING);
+        assert_eq!(plan.cordon, vec!["a".to_string()]);
+        assert!(plan.evict.is_empty(), "the cordon comes first: {plan:?}");
+        assert_eq!(plan.pending_pods, 2);
+    }
+
+    #[test]
+    fn a_cordoned_node_is_emptied_then_the_next_one_goes() {
+        let mut v = view(
+            vec![node("a", true), node("b", false)],
+            vec![
+                pod("p1", "a", "shop/Deployment/web"),
+                pod("p2", "b", "shop/Deployment/web"),
+            ],
+        );
+        v.workloads.insert(
+            "shop/Deployment/web".into(),
+            WorkloadFacts {
+                ready: 4,
+                ..WorkloadFacts::default()
+            },
+        );
+        v.cordoned_by_us.insert("a".into());
+        let plan = plan_maintenance(&v, at(1));
+        assert_eq!(plan.phase, m::DRAINING);
+        assert_eq!(plan.cordon, vec!["a".to_string()]);
+        assert_eq!(plan.evict, vec![("shop".into(), "p1".into())]);
+
+        // p1 left: a is drained, b is next.
+        v.pods.remove(0);
+        let plan = plan_maintenance(&v, at(2));
+        assert_eq!(plan.cordon, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(plan.nodes[0].state, "Drained");
+        assert_eq!(plan.nodes[1].state, "Draining");
+    }
+
+    #[test]
+    fn daemonset_and_mirror_pods_stay_and_do_not_hold_the_drain() {
+        let mut v = view(
+            vec![node("a", true)],
+            vec![pod("ds", "a", "shop/DaemonSet/agent")],
+        );
+        v.pods[0].stays = true;
+        v.cordoned_by_us.insert("a".into());
+        let plan = plan_maintenance(&v, at(1));
+        assert_eq!(plan.phase, m::DRAINED);
+        assert!(plan.ready_for_maintenance());
+        assert!(plan.evict.is_empty());
+    }
+
+    #[test]
+    fn a_budget_with_no_headroom_blocks_and_is_named() {
+        let mut v = view(
+            vec![node("a", true)],
+            vec![pod("p1", "a", "shop/Deployment/web")],
+        );
+        v.workloads.insert(
+            "shop/Deployment/web".into(),
+            WorkloadFacts {
+                ready: 3,
+                intent: None,
+                budgets: vec![("web-pdb".into(), 0)],
+            },
+        );
+        v.cordoned_by_us.insert("a".into());
+        let plan = plan_maintenance(&v, at(1));
+        assert_eq!(plan.phase, m::BLOCKED);
+        assert!(plan.evict.is_empty());
+        assert_eq!(plan.blockers[0].reason, m::DISRUPTION_BUDGET);
+        assert!(plan.blockers[0].message.contains("web-pdb"), "{plan:?}");
+        assert!(!plan.workloads[0].evictable);
+    }
+
+    #[test]
+    fn evictions_in_one_pass_never_go_below_the_replica_floor() {
+        let mut v = view(
+            vec![node("a", true)],
+            vec![
+                pod("p1", "a", "shop/Deployment/pay"),
+                pod("p2", "a", "shop/Deployment/pay"),
+                pod("p3", "a", "shop/Deployment/pay"),
+            ],
+        );
+        v.workloads.insert(
+            "shop/Deployment/pay".into(),
+            WorkloadFacts {
+                ready: 4,
+                intent: Some(IntentFacts {
+                    name: "shop/pay".into(),
+                    priority: Priority::Critical,
+                    active: true,
+                    replica_floor: Some(2),
+                }),
+                budgets: Vec::new(),
+            },
+        );
+        v.cordoned_by_us.insert("a".into());
+        let plan = plan_maintenance(&v, at(1));
+        assert_eq!(plan.evict.len(), 2, "4 ready, floor 2: {plan:?}");
+        assert_eq!(plan.blockers[0].reason, m::REPLICA_FLOOR);
+        assert!(plan.blockers[0].message.contains("shop/pay"));
+    }
+
+    #[test]
+    fn after_the_timeout_force_deletes_all_but_critical_pods_in_their_window() {
+        let mut v = view(
+            vec![node("a", true)],
+            vec![
+                pod("crit", "a", "shop/Deployment/pay"),
+                pod("other", "a", "shop/Deployment/web"),
+            ],
+        );
+        let intent = |name: &str, priority| IntentFacts {
+            name: name.into(),
+            priority,
+            active: true,
+            replica_floor: Some(1),
+        };
+        v.workloads.insert(
+            "shop/Deployment/pay".into(),
+            WorkloadFacts {
+                ready: 1,
+                intent: Some(intent("shop/pay", Priority::Critical)),
+                budgets: Vec::new(),
+            },
+        );
+        v.workloads.insert(
+            "shop/Deployment/web".into(),
+            WorkloadFacts {
+                ready: 1,
+                intent: Some(intent("shop/web", Priority::High)),
+                budgets: Vec::new(),
+            },
+        );
+        v.cordoned_by_us.insert("a".into());
+        v.spec.on_timeout = OnTimeout::Force;
+        let before = plan_maintenance(&v, at(599));
+        assert!(before.delete.is_empty() && before.evict.is_empty());
+        assert_eq!(before.phase, m::BLOCKED);
+        let after = plan_maintenance(&v, at(600));
+        assert_eq!(after.delete, vec![("shop".into(), "other".into())]);
+        assert_eq!(after.phase, m::TIMED_OUT);
+    }
+
+    #[test]
+    fn abort_after_the_timeout_uncordons_and_ends_for_good() {
+        let mut v = view(
+            vec![node("a", true)],
+            vec![pod("p1", "a", "shop/Deployment/web")],
+        );
+        v.workloads.insert(
+            "shop/Deployment/web".into(),
+            WorkloadFacts {
+                ready: 1,
+                intent: None,
+                budgets: vec![("web-pdb".into(), 0)],
+            },
+        );
+        v.cordoned_by_us.insert("a".into());
+        v.spec.on_timeout = OnTimeout::Abort;
+        let plan = plan_maintenance(&v, at(601));
+        assert_eq!(plan.phase, m::ENDED);
+        assert!(plan.cordon.is_empty());
+        assert_eq!(plan.blockers[0].reason, m::ABORTED);
+        v.previous_phase = Some(m::ENDED.into());
+        v.pods.clear();
+        assert_eq!(plan_maintenance(&v, at(700)).phase, m::ENDED);
+    }
+
+    #[test]
+    fn two_nodes_at_once_when_allowed() {
+        let mut v = view(
+            vec![node("a", false), node("b", false), node("c", false)],
+            vec![
+                pod("p1", "a", "w"),
+                pod("p2", "b", "w"),
+                pod("p3", "c", "w"),
+            ],
+        );
+        v.spec.max_unavailable_nodes = 2;
+        let plan = plan_maintenance(&v, at(1));
+        assert_eq!(plan.cordon, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn durations_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("10"), None);
+        let bad = plumbline_crds::HostMaintenanceSpec {
+            provider: "p".into(),
+            host: "h".into(),
+            reason: None,
+            drain_timeout: Some("soon".into()),
+            on_timeout: OnTimeout::Wait,
+            max_unavailable_nodes: None,
+        };
+        assert!(MaintenanceSpec::from_crd(&bad)
+            .unwrap_err()
+            .starts_with("spec.drainTimeout"));
+    }
+}
