@@ -112,6 +112,20 @@ pub struct RunArgs {
     )]
     pub taint_degraded_nodes: bool,
 
+    /// Carry out HostMaintenances (cordon and drain the nodes on a host going into
+    /// maintenance). Needs `patch` on nodes, `create` on pods/eviction and `delete` on pods.
+    /// With --watch-namespace only that namespace's pods are moved.
+    #[arg(
+        long,
+        default_value_t = false,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        env = "PLUMBLINE_HOST_MAINTENANCE"
+    )]
+    pub host_maintenance: bool,
+
     /// At most this percent of all nodes (rounded down) carry the storage taint at once; a
     /// workload's last schedulable node never does.
     #[arg(
@@ -195,6 +209,7 @@ impl RunArgs {
         HealthSettings {
             unknown: self.unknown_readiness.into(),
             taint_degraded_nodes: self.taint_degraded_nodes,
+            host_maintenance: self.host_maintenance,
             taint_cap: TaintCap {
                 max_nodes_percent: self.taint_max_nodes_percent,
             },

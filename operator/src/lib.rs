@@ -24,6 +24,7 @@ pub mod leader;
 pub mod ledger;
 pub mod liveness;
 pub mod locks;
+pub mod maintenance;
 pub mod metrics;
 pub mod recover;
 pub mod run;

@@ -545,6 +545,7 @@ async fn health_pass(
         nodes: store_of(vec![node]),
         providers: store_of(Vec::new()),
         changes: store_of(Vec::new()),
+        maintenances: store_of(Vec::new()),
     };
     let guest = |id: &str, name: &str| BackingVm {
         id: VmId::new(id),

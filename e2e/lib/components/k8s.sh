@@ -259,10 +259,11 @@ K8S_CHART_ROLE=plumbline-operator-chart
 k8s_apply_operator_rbac() {
     local helm rendered
     helm=$(helm_bin) || die "k8s: installing helm (e2e/lib/helm.sh) failed"
-    # The tests run the operator with --taint-degraded-nodes, which the chart grants only with
-    # operator.taintDegradedNodes.
+    # The tests run the operator with --taint-degraded-nodes and --host-maintenance, which the
+    # chart grants only with operator.taintDegradedNodes and operator.hostMaintenance.
     rendered=$("$helm" template plumbline "$REPO_DIR/charts/plumbline" \
         --set fullnameOverride=$K8S_CHART_ROLE --set operator.taintDegradedNodes=true \
+        --set operator.hostMaintenance=true \
         --show-only templates/rbac.yaml 2>>"$LOG_DIR/k8s-rbac.log") ||
         die "k8s: rendering the chart's RBAC failed; see $LOG_DIR/k8s-rbac.log"
     # Only the ClusterRole: the chart binds it to its ServiceAccount, the stack to its user.

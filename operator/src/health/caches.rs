@@ -10,7 +10,7 @@ use kube::{
     },
     Api, Client, ResourceExt,
 };
-use plumbline_crds::{HypervisorProvider, InfraChange};
+use plumbline_crds::{HostMaintenance, HypervisorProvider, InfraChange};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -57,6 +57,8 @@ pub struct Caches {
     pub providers: Store<HypervisorProvider>,
     /// Every InfraChange (of every operator instance: a provider's finalizer waits for all).
     pub changes: Store<InfraChange>,
+    /// Every HostMaintenance; watched only with `--host-maintenance`, empty otherwise.
+    pub maintenances: Store<HostMaintenance>,
 }
 
 /// Starts the watches. The returned future drives them and wakes `changed` on every event,
@@ -64,6 +66,7 @@ pub struct Caches {
 pub fn start(
     client: &Client,
     namespace: Option<&str>,
+    host_maintenance: bool,
     changed: Arc<Notify>,
 ) -> (Caches, BoxFuture<'static, ()>) {
     let pods_api: Api<Pod> = match namespace {
@@ -74,6 +77,26 @@ pub fn start(
     let (nodes, nodes_writer) = reflector::store();
     let (providers, providers_writer) = reflector::store();
     let (changes, changes_writer) = reflector::store();
+    let (maintenances, maintenances_writer) = reflector::store();
+    let maintenance_watch = match host_maintenance {
+        false => futures::future::ready(()).boxed(),
+        true => watcher(
+            Api::<HostMaintenance>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(maintenances_writer)
+        .touched_objects()
+        .filter_map(|r| futures::future::ready(r.ok()))
+        .for_each({
+            let changed = changed.clone();
+            move |_| {
+                changed.notify_one();
+                futures::future::ready(())
+            }
+        })
+        .boxed(),
+    };
     let pod_watch = watcher(pods_api, watcher::Config::default())
         .default_backoff()
         .modify(prune_pod)
@@ -129,7 +152,13 @@ pub fn start(
         futures::future::ready(())
     });
     let drive = async move {
-        futures::join!(pod_watch, node_watch, provider_watch, change_watch);
+        futures::join!(
+            pod_watch,
+            node_watch,
+            provider_watch,
+            change_watch,
+            maintenance_watch
+        );
     }
     .boxed();
     (
@@ -138,6 +167,7 @@ pub fn start(
             nodes,
             providers,
             changes,
+            maintenances,
         },
         drive,
     )

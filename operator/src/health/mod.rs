@@ -64,7 +64,12 @@ pub async fn run(
     liveness: Arc<crate::liveness::Liveness>,
 ) {
     let changed = Arc::new(Notify::new());
-    let (caches, drive) = caches::start(&ctx.client, namespace.as_deref(), changed.clone());
+    let (caches, drive) = caches::start(
+        &ctx.client,
+        namespace.as_deref(),
+        settings.host_maintenance,
+        changed.clone(),
+    );
     let watches = tokio::spawn(drive);
     // Aborted with the loop, too.
     let _watches = AbortOnDrop(watches.abort_handle());
@@ -72,6 +77,7 @@ pub async fn run(
     let mut samplers = providers::Samplers::default();
     let mut feedback = feedback::Feedback::new(namespace.is_some());
     let mut protections = protect::Protections::default();
+    let mut maintenances = crate::maintenance::Maintenances::default();
     let mut writer = Writer::new(namespace.as_deref());
     let mut actuators = Actuators::new(end.clone());
     let operator = writer.operator().to_string();
@@ -120,6 +126,13 @@ pub async fn run(
             .pass(&ctx, &caches, &book, &settings, &operator, now)
             .await;
         wanted.extend(protections.pass(&ctx, &caches, &book, &operator, now).await);
+        if settings.host_maintenance {
+            wanted.extend(
+                maintenances
+                    .pass(&ctx, &caches, &book, &operator, now)
+                    .await,
+            );
+        }
         if ready {
             writer
                 .sync(&ctx, &caches.changes, &caches.providers, wanted)

@@ -18,6 +18,11 @@ pub struct HealthSettings {
     /// Taint nodes whose storage is degraded (`NoSchedule`), and untaint them on recovery.
     /// Off by default: it needs `patch` on nodes.
     pub taint_degraded_nodes: bool,
+    /// Carry out HostMaintenances: cordon and drain the nodes on a host going into
+    /// maintenance. Off by default: it needs `patch` on nodes, `create` on pods/eviction and
+    /// `delete` on pods (for `onTimeout: Force`). An operator scoped to a namespace moves only
+    /// that namespace's pods (the chart turns it on only for an operator of the whole cluster).
+    pub host_maintenance: bool,
     /// How many nodes the storage taint may cover at once.
     pub taint_cap: TaintCap,
     /// How the change ledger's actuators behave (read-back interval, deadlines, concurrency).
@@ -44,6 +49,7 @@ impl Default for HealthSettings {
             ladder: ThrottleLadder::default(),
             resync: Duration::from_secs(1),
             taint_degraded_nodes: false,
+            host_maintenance: false,
             taint_cap: TaintCap::default(),
             ledger: LedgerSettings::default(),
             fault: None,

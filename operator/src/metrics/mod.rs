@@ -66,6 +66,19 @@ pub struct DriftLabels {
     pub purpose: String,
 }
 
+/// `plumbline_maintenance_phase`: 1 for a HostMaintenance's current phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MaintenanceLabels {
+    pub maintenance: String,
+    pub phase: String,
+}
+
+/// `plumbline_maintenance_pods_moved_total`: by result (`evicted`, `deleted`, `refused`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MovedLabels {
+    pub result: String,
+}
+
 /// `plumbline_infra_changes`: the ledger by purpose and state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InfraChangeLabels {
@@ -93,6 +106,8 @@ pub struct Metrics {
     pub intents: Family<IntentStateLabels, Gauge>,
     pub infra_drift: Family<DriftLabels, Counter>,
     pub infra_changes: Family<InfraChangeLabels, Gauge>,
+    pub maintenance_phase: Family<MaintenanceLabels, Gauge>,
+    pub maintenance_moved: Family<MovedLabels, Counter>,
     /// `plumbline_provider_tls_insecure{provider}`: 1 while a vSphere provider skips TLS
     /// verification.
     pub provider_tls_insecure: Family<health::ProviderLabels, Gauge>,
@@ -115,6 +130,8 @@ impl Metrics {
             intents: Family::default(),
             infra_drift: Family::default(),
             infra_changes: Family::default(),
+            maintenance_phase: Family::default(),
+            maintenance_moved: Family::default(),
             provider_tls_insecure: Family::default(),
             provider_auth_failures: Family::default(),
             health: health::HealthMetrics::register(registry),
@@ -171,6 +188,16 @@ impl Metrics {
             metrics.infra_changes.clone(),
         );
         registry.register(
+            "maintenance_phase",
+            "1 for each HostMaintenance's current phase (Pending, Draining, Drained, Blocked, TimedOut, Ended), else 0",
+            metrics.maintenance_phase.clone(),
+        );
+        registry.register(
+            "maintenance_pods_moved",
+            "Pods a HostMaintenance moved off its host's nodes, by result (evicted, deleted after the timeout, refused by a budget)",
+            metrics.maintenance_moved.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -195,6 +222,34 @@ impl Metrics {
             .get_or_create(&FailureLabels {
                 controller: controller.to_string(),
                 error: error_kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets `maintenance`'s phase gauge: 1 for `phase`, 0 for the others.
+    pub fn maintenance_phase(&self, maintenance: &str, phase: &str) {
+        use plumbline_crds::conditions::maintenance as m;
+        for p in [
+            m::PENDING,
+            m::DRAINING,
+            m::DRAINED,
+            m::BLOCKED,
+            m::TIMED_OUT,
+            m::ENDED,
+        ] {
+            self.maintenance_phase
+                .get_or_create(&MaintenanceLabels {
+                    maintenance: maintenance.to_string(),
+                    phase: p.to_string(),
+                })
+                .set(i64::from(p == phase));
+        }
+    }
+
+    pub fn maintenance_moved(&self, result: &str) {
+        self.maintenance_moved
+            .get_or_create(&MovedLabels {
+                result: result.to_string(),
             })
             .inc();
     }

@@ -326,6 +326,7 @@ mod tests {
                 nodes: store_of(vec![self.node.clone()]),
                 providers: store_of(Vec::new()),
                 changes: store_of(Vec::new()),
+                maintenances: store_of(Vec::new()),
             };
             let intents = [Arc::new(self.intent.clone())];
             let views = graph::build(&caches, &self.book, self.now.into(), &intents);

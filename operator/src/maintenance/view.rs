@@ -1,0 +1,237 @@
+//! What one HostMaintenance looks at, read from the health loop's caches and book (and the
+//! PodDisruptionBudgets, listed once per pass while a maintenance has pods to move): the
+//! host's nodes, their pods, and what each of those pods' workloads can spare.
+
+use k8s_openapi::{
+    api::core::v1::{Node, Pod},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
+use kube::{api::DynamicObject, Api, ResourceExt};
+use plumbline_crds::{ChangePurpose, HostMaintenance, InfraChange, WorkloadIntent};
+use plumbline_policies::maintenance::{HostNode, HostPod, IntentFacts, WorkloadFacts};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use crate::{
+    context::Context,
+    health::{book::HealthBook, caches::owning_workload, graph::vm_for_node},
+};
+
+/// The `ChangeOwner.intent` of a maintenance's cordons.
+pub fn owner_name(hm: &HostMaintenance) -> String {
+    format!("HostMaintenance/{}", hm.name_any())
+}
+
+/// Where the host stands in the provider's inventory.
+pub enum HostNodes {
+    /// The provider has reported no inventory yet: unknown, so nothing is done.
+    NoInventory,
+    /// The provider reports no VM on that host.
+    UnknownHost {
+        hosts: BTreeSet<String>,
+    },
+    Found(Vec<HostNode>),
+}
+
+/// The nodes whose VMs the provider reports on the host.
+pub fn host_nodes(book: &HealthBook, nodes: &[Arc<Node>], provider: &str, host: &str) -> HostNodes {
+    let Some(view) = book.providers.get(provider) else {
+        return HostNodes::NoInventory;
+    };
+    if view.inventory.is_empty() {
+        return HostNodes::NoInventory;
+    }
+    if !view.inventory.iter().any(|vm| vm.host == host) {
+        return HostNodes::UnknownHost {
+            hosts: view.inventory.iter().map(|vm| vm.host.clone()).collect(),
+        };
+    }
+    let found = nodes
+        .iter()
+        .filter_map(|node| {
+            let key = vm_for_node(book, node)?;
+            let place = book.vm(&key.id)?;
+            (key.provider == provider && place.vm.host == host).then(|| HostNode {
+                name: node.name_any(),
+                vm: key.name.clone(),
+                unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true),
+            })
+        })
+        .collect();
+    HostNodes::Found(found)
+}
+
+/// `namespace/Kind/name` of the pod's workload, or `namespace/Pod/name`.
+fn workload_key(pod: &Pod) -> String {
+    let ns = pod.namespace().unwrap_or_default();
+    match owning_workload(pod) {
+        Some((kind, name)) => format!("{ns}/{kind:?}/{name}"),
+        None => format!("{ns}/Pod/{}", pod.name_any()),
+    }
+}
+
+/// DaemonSet pods and mirror pods (owned by their Node) stay, as with `kubectl drain`.
+fn stays(pod: &Pod) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|o| o.kind == "DaemonSet" || o.kind == "Node")
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The pods on `nodes`.
+pub fn host_pods(pods: &[Arc<Pod>], nodes: &[HostNode]) -> Vec<HostPod> {
+    let names: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    pods.iter()
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.clone()?;
+            names.contains(node.as_str()).then(|| HostPod {
+                namespace: p.namespace().unwrap_or_default(),
+                name: p.name_any(),
+                node,
+                workload: workload_key(p),
+                stays: stays(p),
+                ready: is_ready(p),
+                terminating: p.metadata.deletion_timestamp.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// A PodDisruptionBudget as the drain needs it.
+pub struct Budget {
+    namespace: String,
+    name: String,
+    selector: LabelSelector,
+    allowed: usize,
+}
+
+/// Every PodDisruptionBudget, in the served version.
+pub async fn budgets(ctx: &Context) -> Result<Vec<Budget>, kube::Error> {
+    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ctx.apis.pdb);
+    Ok(api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|o| {
+            let selector: LabelSelector =
+                serde_json::from_value(o.data["spec"]["selector"].clone()).ok()?;
+            Some(Budget {
+                namespace: o.namespace().unwrap_or_default(),
+                name: o.name_any(),
+                selector,
+                allowed: o.data["status"]["disruptionsAllowed"].as_u64().unwrap_or(0) as usize,
+            })
+        })
+        .collect())
+}
+
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let by_expressions = selector.match_expressions.as_ref().is_none_or(|exprs| {
+        exprs.iter().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let value = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+    });
+    // An empty selector selects nothing in policy/v1beta1 and everything in policy/v1; a
+    // budget that selects nothing never blocks.
+    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty());
+    !empty && by_labels && by_expressions
+}
+
+/// For each workload with pods to move: its ready pods cluster-wide, its intent and budgets.
+pub fn workload_facts(
+    moving: &[HostPod],
+    pods: &[Arc<Pod>],
+    intents: &[Arc<WorkloadIntent>],
+    budgets: &[Budget],
+    now: SystemTime,
+) -> BTreeMap<String, WorkloadFacts> {
+    let wanted: BTreeSet<&str> = moving.iter().map(|p| p.workload.as_str()).collect();
+    let mut facts: BTreeMap<String, WorkloadFacts> = BTreeMap::new();
+    for pod in pods {
+        let key = workload_key(pod);
+        if !wanted.contains(key.as_str()) {
+            continue;
+        }
+        let entry = facts.entry(key).or_default();
+        if is_ready(pod) && pod.metadata.deletion_timestamp.is_none() {
+            entry.ready += 1;
+        }
+        let ns = pod.namespace().unwrap_or_default();
+        for b in budgets {
+            if b.namespace == ns
+                && selects(&b.selector, pod.labels())
+                && !entry.budgets.iter().any(|(n, _)| n == &b.name)
+            {
+                entry.budgets.push((b.name.clone(), b.allowed));
+            }
+        }
+    }
+    let schedule_now = chrono::DateTime::<chrono::Utc>::from(now);
+    for wi in intents {
+        let Ok(valid) = plumbline_policies::validate_intent(&wi.spec) else {
+            continue;
+        };
+        let ns = wi.namespace().unwrap_or_default();
+        let key = format!("{ns}/{:?}/{}", wi.spec.target.kind, wi.spec.target.name);
+        if let Some(f) = facts.get_mut(&key) {
+            f.intent = Some(IntentFacts {
+                name: format!("{ns}/{}", wi.name_any()),
+                priority: wi.spec.priority,
+                active: wi.metadata.deletion_timestamp.is_none()
+                    && plumbline_policies::activity(valid.schedule.as_ref(), schedule_now).active,
+                replica_floor: wi
+                    .spec
+                    .availability
+                    .as_ref()
+                    .and_then(|a| a.replica_floor)
+                    .map(|f| f.max(0) as usize),
+            });
+        }
+    }
+    facts
+}
+
+/// The nodes `hm` cordons already: its ledger entries in force.
+pub fn cordoned_by(
+    hm: &HostMaintenance,
+    changes: &[Arc<InfraChange>],
+    operator: &str,
+) -> BTreeSet<String> {
+    let owner = owner_name(hm);
+    changes
+        .iter()
+        .filter(|ic| {
+            ic.spec.operator == operator
+                && ic.spec.purpose == ChangePurpose::MaintenanceCordon
+                && ic.metadata.deletion_timestamp.is_none()
+                && ic.spec.owners.iter().any(|o| o.intent == owner)
+        })
+        .map(|ic| ic.spec.target.name.clone())
+        .collect()
+}
