@@ -60,6 +60,10 @@ pub struct HostMaintenanceSpec {
     /// (uncordon and end). Default `Wait`.
     #[serde(default)]
     pub on_timeout: OnTimeout,
+    /// Only show what would happen: the pre-flight in status, nothing cordoned or evicted.
+    /// Set it to false (or remove it) to start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// Nodes cordoned and drained at once. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]

@@ -20,6 +20,8 @@ use std::{
 /// The spec, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaintenanceSpec {
+    /// Show the pre-flight only.
+    pub dry_run: bool,
     pub drain_timeout: Duration,
     pub on_timeout: OnTimeout,
     pub max_unavailable_nodes: usize,
@@ -40,6 +42,7 @@ impl MaintenanceSpec {
             return Err(format!("spec.maxUnavailableNodes: {max} is below 1"));
         }
         Ok(Self {
+            dry_run: spec.dry_run,
             drain_timeout,
             on_timeout: spec.on_timeout,
             max_unavailable_nodes: max as usize,
@@ -238,6 +241,23 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
     if view.previous_phase.as_deref() == Some(m::ENDED) {
         return MaintenancePlan::ended(Vec::new());
     }
+    if view.spec.dry_run {
+        let mut plan = MaintenancePlan::ended(Vec::new());
+        plan.phase = m::PENDING;
+        plan.nodes = view
+            .nodes
+            .iter()
+            .map(|n| NodeProgress {
+                name: n.name.clone(),
+                vm: n.vm.clone(),
+                state: "Waiting",
+                pending_pods: leaving(&view.pods, &n.name).count(),
+            })
+            .collect();
+        plan.pending_pods = plan.nodes.iter().map(|n| n.pending_pods).sum();
+        plan.workloads = preflight(view);
+        return plan;
+    }
     let timed_out = view
         .started_at
         .and_then(|s| now.duration_since(s).ok())
@@ -353,6 +373,7 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
         }]);
         plan.nodes = progress;
         plan.workloads = workloads;
+        plan.pending_pods = pending_pods;
         return plan;
     }
     let phase = if pending_pods == 0 && cordon.len() == nodes.len() {
@@ -417,6 +438,7 @@ mod tests {
 
     fn spec() -> MaintenanceSpec {
         MaintenanceSpec {
+            dry_run: false,
             drain_timeout: Duration::from_secs(600),
             on_timeout: OnTimeout::Wait,
             max_unavailable_nodes: 1,
@@ -639,6 +661,20 @@ mod tests {
     }
 
     #[test]
+    fn a_dry_run_shows_the_preflight_and_touches_nothing() {
+        let mut v = view(
+            vec![node("a", false)],
+            vec![pod("p1", "a", "shop/Deployment/web")],
+        );
+        v.spec.dry_run = true;
+        let plan = plan_maintenance(&v, at(1));
+        assert_eq!(plan.phase, m::PENDING);
+        assert!(plan.cordon.is_empty() && plan.evict.is_empty());
+        assert_eq!(plan.pending_pods, 1);
+        assert_eq!(plan.workloads[0].workload, "shop/Deployment/web");
+    }
+
+    #[test]
     fn two_nodes_at_once_when_allowed() {
         let mut v = view(
             vec![node("a", false), node("b", false), node("c", false)],
@@ -666,6 +702,7 @@ mod tests {
             drain_timeout: Some("soon".into()),
             on_timeout: OnTimeout::Wait,
             max_unavailable_nodes: None,
+            dry_run: false,
         };
         assert!(MaintenanceSpec::from_crd(&bad)
             .unwrap_err()

@@ -196,6 +196,10 @@ impl Maintenances {
         now: SystemTime,
     ) {
         let previous = hm.status.clone().unwrap_or_default();
+        // Once ended, the status stays as it was when it ended (why it ended, what was left).
+        if previous.phase.as_deref() == Some(m::ENDED) && plan.phase == m::ENDED {
+            return;
+        }
         let blocked = plan.blockers.first();
         let verdicts = [
             match blocked {

@@ -123,7 +123,7 @@ pub async fn deploy_selecting(
     deploy_placed(admin, namespace, name, replicas, placement).await
 }
 
-async fn deploy_placed(
+pub async fn deploy_placed(
     admin: &Client,
     namespace: &str,
     name: &str,
