@@ -213,6 +213,11 @@ pub mod maintenance {
     /// Over: aborted after the timeout, or the spec cannot be acted on. Nothing is cordoned.
     pub const ENDED: &str = "Ended";
 
+    // status.nodes[].state
+    pub const NODE_WAITING: &str = "Waiting";
+    pub const NODE_DRAINING: &str = "Draining";
+    pub const NODE_DRAINED: &str = "Drained";
+
     // Condition types.
     pub const DRAIN_BLOCKED: &str = "DrainBlocked";
     pub const READY_FOR_MAINTENANCE: &str = "ReadyForMaintenance";

@@ -250,7 +250,7 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
             .map(|n| NodeProgress {
                 name: n.name.clone(),
                 vm: n.vm.clone(),
-                state: "Waiting",
+                state: m::NODE_WAITING,
                 pending_pods: leaving(&view.pods, &n.name).count(),
             })
             .collect();
@@ -350,11 +350,11 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
                 name: n.name.clone(),
                 vm: n.vm.clone(),
                 state: if !cordon.contains(&n.name) {
-                    "Waiting"
+                    m::NODE_WAITING
                 } else if pending_pods == 0 {
-                    "Drained"
+                    m::NODE_DRAINED
                 } else {
-                    "Draining"
+                    m::NODE_DRAINING
                 },
                 pending_pods,
             }
@@ -523,8 +523,8 @@ mod tests {
         v.pods.remove(0);
         let plan = plan_maintenance(&v, at(2));
         assert_eq!(plan.cordon, vec!["a".to_string(), "b".to_string()]);
-        assert_eq!(plan.nodes[0].state, "Drained");
-        assert_eq!(plan.nodes[1].state, "Draining");
+        assert_eq!(plan.nodes[0].state, m::NODE_DRAINED);
+        assert_eq!(plan.nodes[1].state, m::NODE_DRAINING);
     }
 
     #[test]

@@ -318,6 +318,15 @@ impl Scenario<'_> {
     /// held by `plumbline.dev/infra-changes` until no change targets it).
     fn release(&mut self) -> Result<(), String> {
         self.released = true;
+        let _ = self
+            .cluster
+            .kubectl([
+                "delete",
+                "hostmaintenance",
+                &self.provider,
+                "--ignore-not-found",
+            ])
+            .output();
         let _ = run(
             Command::new(repo().join("e2e/stack")).args(["clear-latency", &self.victim]),
             None,
@@ -379,6 +388,8 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
             "--leader-elect=true",
             &format!("--lease-name=dashboards-{suffix}"),
             &format!("--watch-namespace={}", ns.name),
+            // The maintenance row: a dry-run HostMaintenance (below) moves nothing.
+            "--host-maintenance=true",
         ],
     );
     let instance = operator
@@ -411,7 +422,9 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
         {{"apiVersion":"plumbline.dev/v1alpha1","kind":"WorkloadIntent","metadata":{{"name":"payments","namespace":"{ns}"}},
           "spec":{{"target":{{"kind":"Deployment","name":"payments"}},"priority":"critical",
           "storage":{{"latencyBudget":"20ms","readinessGate":true,"maxUnready":"100%"}},
-          "infrastructure":{{"protectBackingVms":true,"throttleNoisyNeighbours":true}}}}}}]}}"#,
+          "infrastructure":{{"protectBackingVms":true,"throttleNoisyNeighbours":true}}}}}},
+        {{"apiVersion":"plumbline.dev/v1alpha1","kind":"HostMaintenance","metadata":{{"name":"{provider}"}},
+          "spec":{{"provider":"{provider}","host":"dashboards-dry-run","dryRun":true}}}}]}}"#,
         ns = ns.name
     );
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&manifests));

@@ -65,8 +65,13 @@ impl Maintenances {
         let mut all = caches.maintenances.state();
         all.retain(|hm| hm.metadata.deletion_timestamp.is_none());
         all.sort_by_key(|hm| (hm.metadata.creation_timestamp.clone(), hm.name_any()));
-        self.written
-            .retain(|name, _| all.iter().any(|hm| &hm.name_any() == name));
+        self.written.retain(|name, _| {
+            let here = all.iter().any(|hm| &hm.name_any() == name);
+            if !here {
+                ctx.metrics.forget_maintenance(name);
+            }
+            here
+        });
         if all.is_empty() {
             return Vec::new();
         }
@@ -277,6 +282,9 @@ impl Maintenances {
             observed_generation: hm.metadata.generation,
         };
         let name = hm.name_any();
+        let states: Vec<&str> = plan.nodes.iter().map(|n| n.state).collect();
+        ctx.metrics
+            .maintenance(&name, plan.phase, plan.pending_pods, &states);
         if self.written.get(&name) == Some(&status) || previous == status {
             self.written.insert(name, status);
             return;
@@ -304,7 +312,7 @@ impl Maintenances {
             )
             .await;
         }
-        ctx.metrics.maintenance_phase(&name, plan.phase);
+
         let body = plumbline_crds::apply::status::<HostMaintenance>(serde_json::json!(status));
         match Api::<HostMaintenance>::all(ctx.client.clone())
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))

@@ -7,7 +7,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 use kube::{api::DynamicObject, Api, ResourceExt};
-use plumbline_crds::{ChangePurpose, HostMaintenance, InfraChange, WorkloadIntent};
+use plumbline_crds::{
+    conditions::status, ChangePurpose, HostMaintenance, InfraChange, WorkloadIntent,
+};
 use plumbline_policies::maintenance::{HostNode, HostPod, IntentFacts, WorkloadFacts};
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -84,7 +86,10 @@ fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Ready" && c.status == status::TRUE)
+        })
 }
 
 /// The pods on `nodes`.

@@ -66,11 +66,40 @@ pub struct DriftLabels {
     pub purpose: String,
 }
 
+const MAINTENANCE_PHASES: [&str; 6] = {
+    use plumbline_crds::conditions::maintenance as m;
+    [
+        m::PENDING,
+        m::DRAINING,
+        m::DRAINED,
+        m::BLOCKED,
+        m::TIMED_OUT,
+        m::ENDED,
+    ]
+};
+const MAINTENANCE_NODE_STATES: [&str; 3] = {
+    use plumbline_crds::conditions::maintenance as m;
+    [m::NODE_WAITING, m::NODE_DRAINING, m::NODE_DRAINED]
+};
+
 /// `plumbline_maintenance_phase`: 1 for a HostMaintenance's current phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MaintenanceLabels {
     pub maintenance: String,
     pub phase: String,
+}
+
+/// `plumbline_maintenance_nodes`: a HostMaintenance's nodes by state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MaintenanceNodeLabels {
+    pub maintenance: String,
+    pub state: String,
+}
+
+/// `plumbline_maintenance_pending_pods`: by HostMaintenance.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MaintenanceNameLabels {
+    pub maintenance: String,
 }
 
 /// `plumbline_maintenance_pods_moved_total`: by result (`evicted`, `deleted`, `refused`).
@@ -108,6 +137,8 @@ pub struct Metrics {
     pub infra_changes: Family<InfraChangeLabels, Gauge>,
     pub maintenance_phase: Family<MaintenanceLabels, Gauge>,
     pub maintenance_moved: Family<MovedLabels, Counter>,
+    pub maintenance_nodes: Family<MaintenanceNodeLabels, Gauge>,
+    pub maintenance_pending: Family<MaintenanceNameLabels, Gauge>,
     /// `plumbline_provider_tls_insecure{provider}`: 1 while a vSphere provider skips TLS
     /// verification.
     pub provider_tls_insecure: Family<health::ProviderLabels, Gauge>,
@@ -132,6 +163,8 @@ impl Metrics {
             infra_changes: Family::default(),
             maintenance_phase: Family::default(),
             maintenance_moved: Family::default(),
+            maintenance_nodes: Family::default(),
+            maintenance_pending: Family::default(),
             provider_tls_insecure: Family::default(),
             provider_auth_failures: Family::default(),
             health: health::HealthMetrics::register(registry),
@@ -193,6 +226,16 @@ impl Metrics {
             metrics.maintenance_phase.clone(),
         );
         registry.register(
+            "maintenance_nodes",
+            "A HostMaintenance's nodes by state (Waiting, Draining, Drained)",
+            metrics.maintenance_nodes.clone(),
+        );
+        registry.register(
+            "maintenance_pending_pods",
+            "Pods still to leave a HostMaintenance's nodes",
+            metrics.maintenance_pending.clone(),
+        );
+        registry.register(
             "maintenance_pods_moved",
             "Pods a HostMaintenance moved off its host's nodes, by result (evicted, deleted after the timeout, refused by a budget)",
             metrics.maintenance_moved.clone(),
@@ -226,23 +269,48 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets `maintenance`'s phase gauge: 1 for `phase`, 0 for the others.
-    pub fn maintenance_phase(&self, maintenance: &str, phase: &str) {
-        use plumbline_crds::conditions::maintenance as m;
-        for p in [
-            m::PENDING,
-            m::DRAINING,
-            m::DRAINED,
-            m::BLOCKED,
-            m::TIMED_OUT,
-            m::ENDED,
-        ] {
+    /// A HostMaintenance's gauges: 1 for its `phase` (0 for the others), its pods still to
+    /// move, and its nodes by state.
+    pub fn maintenance(&self, maintenance: &str, phase: &str, pending: usize, nodes: &[&str]) {
+        for p in MAINTENANCE_PHASES {
             self.maintenance_phase
                 .get_or_create(&MaintenanceLabels {
                     maintenance: maintenance.to_string(),
                     phase: p.to_string(),
                 })
                 .set(i64::from(p == phase));
+        }
+        self.maintenance_pending
+            .get_or_create(&MaintenanceNameLabels {
+                maintenance: maintenance.to_string(),
+            })
+            .set(pending as i64);
+        for state in MAINTENANCE_NODE_STATES {
+            self.maintenance_nodes
+                .get_or_create(&MaintenanceNodeLabels {
+                    maintenance: maintenance.to_string(),
+                    state: state.to_string(),
+                })
+                .set(nodes.iter().filter(|s| **s == state).count() as i64);
+        }
+    }
+
+    /// Drops the series of a HostMaintenance that is gone.
+    pub fn forget_maintenance(&self, maintenance: &str) {
+        for p in MAINTENANCE_PHASES {
+            self.maintenance_phase.remove(&MaintenanceLabels {
+                maintenance: maintenance.to_string(),
+                phase: p.to_string(),
+            });
+        }
+        self.maintenance_pending.remove(&MaintenanceNameLabels {
+            maintenance: maintenance.to_string(),
+        });
+        for state in MAINTENANCE_NODE_STATES {
+            self.maintenance_nodes.remove(&MaintenanceNodeLabels {
+                maintenance: maintenance.to_string(),
+                state: state.to_string(),
+            });
         }
     }
 
