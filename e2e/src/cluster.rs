@@ -1,6 +1,6 @@
 //! Helpers for tests against the stack's Kubernetes control plane.
 
-use std::{fmt::Display, future::Future, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
@@ -9,33 +9,10 @@ use kube::{
     Api, Client,
 };
 
+use crate::poll::until;
+
 /// Generous, since 2 shared cores also run QEMU guests and builds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
-const POLL_EVERY: Duration = Duration::from_millis(250);
-
-/// Polls `probe` until it yields `Some`, failing after `timeout` with the last thing seen.
-pub async fn eventually<T, Fut>(
-    what: impl Display,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Fut,
-) -> anyhow::Result<T>
-where
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::from("nothing yet");
-    loop {
-        match probe().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what} (last error: {last})");
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
 
 /// A namespace of its own for one test, ready for pods (its `default` service account exists).
 pub struct TestNamespace {
@@ -60,7 +37,7 @@ impl TestNamespace {
         // Pods that mount a token are refused until the token controller has given the
         // namespace's default service account its token Secret (1.20's legacy tokens).
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        eventually(
+        until(
             format!("service account default in {name} with its token"),
             DEFAULT_TIMEOUT,
             || async {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use plumbline_e2e::{latency::MeasuredLatency, poll::eventually, stack, Stack};
+use plumbline_e2e::{latency::MeasuredLatency, poll::until, stack, Stack};
 
 // Serial: other tests throttle guests (pl-noisy above all), which would skew the comparison.
 #[tokio::test]
@@ -19,7 +19,7 @@ async fn serial_every_guest_does_disk_io_and_the_noisy_one_does_most() {
     let mut ops = Vec::new();
     for domain in &domains {
         let before = stack.block_counters(domain).await.unwrap();
-        let after = eventually(
+        let after = until(
             &format!("{domain}'s reads and writes advance"),
             Duration::from_secs(60),
             || async {
@@ -30,7 +30,8 @@ async fn serial_every_guest_does_disk_io_and_the_noisy_one_does_most() {
                 .then_some(now)
             },
         )
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
         println!("{domain}: {before:?} -> {after:?}");
         let m = stack
             .measure_latency(domain, Duration::from_secs(3), 1, Duration::from_secs(60))
@@ -121,7 +122,7 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
     };
     stack.inject_libvirt_latency(domain, 20).await.unwrap();
     // The first window after a change mixes both regimes, so poll until a window is fully throttled.
-    let injected: MeasuredLatency = eventually(
+    let injected: MeasuredLatency = until(
         &format!(
             "{domain}'s per-op latency rises 10x over {:?} under a 20 IOPS limit",
             baseline.per_op
@@ -133,10 +134,11 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
             (m.per_op >= baseline.per_op * 10).then_some(m)
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
 
     stack.clear_libvirt_latency(domain).await.unwrap();
-    let restored: MeasuredLatency = eventually(
+    let restored: MeasuredLatency = until(
         &format!("{domain}'s per-op latency falls back near {control}'s after clearing"),
         Duration::from_secs(180),
         || async {
@@ -146,7 +148,8 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
             (m.per_op * 10 <= injected.per_op && m.per_op <= yardstick * 3).then_some(m)
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     println!(
         "{domain}: baseline {:?}, injected {:?} ({:.0}x), restored {:?}",
         baseline.per_op,
@@ -434,7 +437,7 @@ async fn prometheus_is_ready_and_scrapes_itself_and_file_sd_targets() {
         ready.status()
     );
 
-    eventually(
+    until(
         "Prometheus reports its own target up",
         Duration::from_secs(60),
         || async {
@@ -445,7 +448,8 @@ async fn prometheus_is_ready_and_scrapes_itself_and_file_sd_targets() {
             .then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
 
     // The libvirt exporter is listed in the file_sd targets dir, where later targets go too.
     let targets = std::path::Path::new(stack.get("PROMETHEUS_TARGETS_DIR").unwrap())
@@ -455,12 +459,13 @@ async fn prometheus_is_ready_and_scrapes_itself_and_file_sd_targets() {
     let query = format!(
         r#"libvirt_domain_block_stats_write_requests_total{{job="plumbline",domain="{domain}"}}"#
     );
-    let writes = eventually(
+    let writes = until(
         &format!("Prometheus has {query}"),
         Duration::from_secs(60),
         || async { prometheus_value(&http, url, &query).await },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     println!("{query} = {writes}");
 }
 

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Namespace},
@@ -275,22 +275,13 @@ pub async fn install_crds(admin: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Polls `check` until it returns Some, for up to [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {PATIENCE:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// [`plumbline_e2e::poll::until`] with the operator's [`PATIENCE`], for the plain `Option`
+/// probes of these tests: `None` is "not yet".
+pub async fn eventually<T, Fut: Future<Output = Option<T>>>(
+    what: &str,
+    check: impl FnMut() -> Fut,
+) -> Result<T> {
+    plumbline_e2e::poll::until(what, PATIENCE, check).await
 }
 
 pub fn at(rfc3339: &str) -> DateTime<Utc> {

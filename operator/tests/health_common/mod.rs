@@ -14,6 +14,9 @@ use serde_json::json;
 use std::time::Duration;
 use tokio::process::Command;
 
+/// The one polling loop (`Err(seen)` is "not yet", reported on timeout; an error fails at once).
+pub use plumbline_e2e::poll::until as eventually;
+
 pub const GATE: &str = "plumbline.dev/storage-healthy";
 pub const NODE_CONDITION: &str = "StorageLatencyHigh";
 pub const STORAGE_TAINT: &str = "plumbline.dev/storage-latency-high";
@@ -316,26 +319,6 @@ pub async fn restore_guest_iops(uri: &str, domain: &str) -> Result<String> {
         );
     }
     Ok("no original was recorded; lifted the limit".into())
-}
-
-/// Polls `check` every 250 ms until it returns `Some`, failing after `timeout` with `what` and
-/// the last observation.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Result<T, String>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match check().await? {
-            Ok(v) => return Ok(v),
-            Err(seen) => seen,
-        };
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Pods whose storage condition has this status and reason.
