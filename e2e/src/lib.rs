@@ -9,7 +9,9 @@ pub mod cluster;
 pub mod kubelet_sim;
 pub mod latency;
 pub mod libvirtd;
+pub mod net;
 pub mod poll;
+pub mod process;
 pub mod qemu;
 pub mod relay;
 

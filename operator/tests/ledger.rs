@@ -387,11 +387,8 @@ async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_th
 
         // SIGKILL right after the throttle: nothing runs on the way out.
         let pid = process.id().context("the operator's pid")?;
-        let killed = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .await?;
-        ensure!(killed.success(), "kill -KILL {pid}");
+        let killed = plumbline_e2e::process::kill(pid, "KILL").await?;
+        ensure!(killed, "kill -KILL {pid}");
         process.wait().await?;
         ensure!(
             scene.limit().await? == limit,

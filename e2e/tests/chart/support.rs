@@ -1,7 +1,7 @@
 //! Shared by the chart tests: helm from the project's installer, commands with readable
 //! failures, and a namespace per test on the stack's cluster.
 
-use plumbline_e2e::Stack;
+use plumbline_e2e::{net::free_port, process, Stack};
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -452,14 +452,6 @@ pub fn operator_binary() -> &'static Path {
     })
 }
 
-/// A free loopback port for the operator's /metrics (bound and released at once).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding a loopback port")
-}
-
 /// `plumbline run` started by a test; stopped with SIGTERM (by its pid) when dropped.
 pub struct OperatorProcess {
     child: std::process::Child,
@@ -470,7 +462,7 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts the operator with `kubeconfig` as its only identity.
     pub fn start(kubeconfig: &Path, namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
-        let port = free_port();
+        let port = free_port().unwrap_or_else(|e| panic!("{e}"));
         let log = std::env::temp_dir().join(format!("plumbline-chart-test-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("creating the operator log");
         let child = Command::new(operator_binary())
@@ -510,12 +502,11 @@ impl OperatorProcess {
     }
 
     pub fn assert_alive(&self) {
-        let pid = self.child.id();
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z ");
-        assert!(alive, "the operator exited; its log:\n{}", self.logs());
+        assert!(
+            process::is_running(self.child.id()),
+            "the operator exited; its log:\n{}",
+            self.logs()
+        );
     }
 
     pub fn metrics(&self) -> String {
@@ -526,8 +517,7 @@ impl OperatorProcess {
 impl Drop for OperatorProcess {
     fn drop(&mut self) {
         // SIGTERM lets it release the Lease; it is our own child, stopped by its pid.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = process::kill_blocking(self.child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

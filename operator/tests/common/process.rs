@@ -153,11 +153,8 @@ impl OperatorProcess {
 
     /// Sends `signal` (e.g. "KILL", "TERM", "STOP") to this process only.
     pub async fn signal(&self, signal: &str) -> Result<()> {
-        let sent = Command::new("kill")
-            .args([format!("-{signal}"), self.pid.to_string()])
-            .status()
-            .await?;
-        ensure!(sent.success(), "kill -{signal} {}", self.pid);
+        let sent = plumbline_e2e::process::kill(self.pid, signal).await?;
+        ensure!(sent, "kill -{signal} {}", self.pid);
         Ok(())
     }
 
