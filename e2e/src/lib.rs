@@ -6,10 +6,10 @@
 
 pub mod apiserver;
 pub mod cluster;
-pub mod kubelet_sim;
 pub mod latency;
 pub mod libvirtd;
 pub mod net;
+pub mod node_list;
 pub mod poll;
 pub mod process;
 pub mod qemu;
@@ -45,6 +45,24 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: kube::Error,
+    },
+    #[error("reading node list {path}: {source}")]
+    ReadNodeList {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing node list {path}: {source}")]
+    ParseNodeList {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("node {name} is listed twice ({first} and {second})")]
+    DuplicateNode {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
     },
 }
 

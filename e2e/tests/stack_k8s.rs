@@ -22,7 +22,7 @@ use kube::{
 };
 use plumbline_e2e::{
     cluster::{is_vm_backed, vm_backed_nodes, TestNamespace, DEFAULT_TIMEOUT},
-    kubelet_sim::inventory::read_nodes_dir,
+    node_list::read_nodes_dir,
     poll::until,
     Stack,
 };
