@@ -14,6 +14,10 @@ use crate::poll::until;
 /// Generous, since 2 shared cores also run QEMU guests and builds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// On a CRD a test has replaced with a newer one for its duration (the chart upgrade test):
+/// other tests' CRD installs leave it as it is.
+pub const CRD_HELD_ANNOTATION: &str = "e2e.plumbline.dev/held-by";
+
 /// A namespace of its own for one test, ready for pods (its `default` service account exists).
 pub struct TestNamespace {
     pub name: String,

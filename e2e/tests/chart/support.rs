@@ -93,16 +93,16 @@ pub fn full_values() -> PathBuf {
 /// The stack's cluster as its admin, for setting up and inspecting.
 pub struct Cluster {
     pub stack: Stack,
-    pub kubeconfig: String,
+    pub kubeconfig: PathBuf,
 }
 
 impl Cluster {
     pub fn load() -> Self {
         let stack = plumbline_e2e::stack();
         let kubeconfig = stack
-            .get("KUBECONFIG")
+            .admin_kubeconfig()
             .unwrap_or_else(|e| panic!("{e}"))
-            .to_string();
+            .to_path_buf();
         Self { stack, kubeconfig }
     }
 
@@ -199,9 +199,7 @@ impl Cluster {
     }
 }
 
-/// On a CRD a test has replaced with a newer one for its duration (the same annotation the
-/// operator tests' `install_crds` honours): other tests leave it as it is.
-pub const CRD_HELD_ANNOTATION: &str = "e2e.plumbline.dev/held-by";
+pub use plumbline_e2e::cluster::CRD_HELD_ANNOTATION;
 
 /// Patience for an operator to revert its InfraChanges once nothing wants them.
 pub const LEDGER_PATIENCE: Duration = Duration::from_secs(90);

@@ -488,7 +488,7 @@ pub async fn strip_ledger(admin: &Client, namespace: &str) {
 pub async fn kubectl(stack: &plumbline_e2e::Stack, args: &[&str]) -> Result<String> {
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
-        .arg(stack.get("KUBECONFIG")?)
+        .arg(stack.admin_kubeconfig()?)
         .args(args)
         .output()
         .await
