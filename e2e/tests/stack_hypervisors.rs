@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use plumbline_e2e::{latency::MeasuredLatency, poll::until, stack, Stack};
+use plumbline_e2e::{
+    latency::{total_iops_limit, MeasuredLatency},
+    poll::until,
+    stack, Stack,
+};
 
 // Serial: other tests throttle guests (pl-noisy above all), which would skew the comparison.
 #[tokio::test]
@@ -104,7 +108,9 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
     // (e.g. the adapters' tests) is throttling the same guests.
     let untouched = || async {
         for d in [domain, control] {
-            let limit = iops_limit(&stack, d).await;
+            let limit = total_iops_limit(stack.libvirt_uri().unwrap(), d)
+                .await
+                .unwrap();
             assert_eq!(
                 limit, 0,
                 "{d} already has an IOPS limit of {limit}: is another test run using it?"
@@ -483,34 +489,6 @@ fn stack_script(args: &[&str]) {
     );
 }
 
-/// The `total_iops_sec` libvirt reports for the guest's disk.
-async fn iops_limit(stack: &Stack, domain: &str) -> u64 {
-    let out = tokio::process::Command::new("virsh")
-        .args([
-            "-q",
-            "-c",
-            stack.libvirt_uri().unwrap(),
-            "blkdeviotune",
-            domain,
-            "vda",
-        ])
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("total_iops_sec")?
-                .trim()
-                .strip_prefix(':')
-        })
-        .unwrap_or_else(|| panic!("no total_iops_sec for {domain}: {text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn serial_stack_script_injects_and_clears_latency_on_both_hypervisors() {
     let stack = stack();
@@ -520,9 +498,19 @@ async fn serial_stack_script_injects_and_clears_latency_on_both_hypervisors() {
     };
     // `vm3` is short for the domain pl-vm3.
     stack_script(&["inject-latency", "vm3", "--iops", "35"]);
-    assert_eq!(iops_limit(&stack, "pl-vm3").await, 35);
+    assert_eq!(
+        total_iops_limit(stack.libvirt_uri().unwrap(), "pl-vm3")
+            .await
+            .unwrap(),
+        35
+    );
     stack_script(&["clear-latency", "vm3"]);
-    assert_eq!(iops_limit(&stack, "pl-vm3").await, 0);
+    assert_eq!(
+        total_iops_limit(stack.libvirt_uri().unwrap(), "pl-vm3")
+            .await
+            .unwrap(),
+        0
+    );
 
     let control = stack.get("VCSIM_CONTROL_URL").unwrap();
     let _guard = ClearSimulatorLatency(control.to_string(), "dc0-h0-vm1".to_string());

@@ -126,7 +126,7 @@ impl Scene {
     }
 
     async fn limit(&self) -> Result<u64> {
-        total_iops_limit(&self.uri, &self.noisy).await
+        Ok(total_iops_limit(&self.uri, &self.noisy).await?)
     }
 
     async fn wait_for_limit(&self, what: &str, want: u64) -> Result<()> {
@@ -414,7 +414,7 @@ async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_th
             })
         })
         .await?;
-        let metrics = metrics_text(operator).await?;
+        let metrics = common::metrics(operator.http_addr).await?;
         ensure!(
             !metrics
                 .lines()
@@ -549,38 +549,6 @@ async fn serial_ledger_a_killed_leaders_standby_takes_over_mid_throttle() -> Res
     scene.finish(None, result).await
 }
 
-async fn metrics_text(operator: &Operator) -> Result<String> {
-    Ok(
-        reqwest::get(format!("http://{}/metrics", operator.http_addr))
-            .await?
-            .text()
-            .await?,
-    )
-}
-
-async fn set_limit_behind_our_back(uri: &str, domain: &str, iops: u64) -> Result<()> {
-    let out = Command::new("virsh")
-        .args([
-            "-q",
-            "-c",
-            uri,
-            "blkdeviotune",
-            domain,
-            "vda",
-            "--total-iops-sec",
-            &iops.to_string(),
-            "--live",
-        ])
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "virsh blkdeviotune: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 async fn infra_change_events(admin: &kube::Client, name: &str) -> Result<Vec<(String, String)>> {
     let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), "default")
         .list(&ListParams::default())
@@ -609,7 +577,7 @@ async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> 
 
         for round in 1..=2u64 {
             let foreign = 700 + round;
-            set_limit_behind_our_back(&scene.uri, &scene.noisy, foreign).await?;
+            set_total_iops_limit(&scene.uri, &scene.noisy, foreign).await?;
             scene
                 .wait_for_limit(&format!("drift {round} corrected"), desired)
                 .await?;
@@ -653,7 +621,7 @@ async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> 
                 .await?;
             }
         }
-        let metrics = metrics_text(&operator).await?;
+        let metrics = common::metrics(operator.http_addr).await?;
         ensure!(
             metrics
                 .lines()
@@ -669,7 +637,7 @@ async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> 
         );
 
         // The third change within the window: Plumbline stops fighting.
-        set_limit_behind_our_back(&scene.uri, &scene.noisy, 733).await?;
+        set_total_iops_limit(&scene.uri, &scene.noisy, 733).await?;
         let contested = eventually("Contested", PATIENCE, || async {
             let list = throttle_of(admin, ns, &scene.noisy).await?;
             Ok(match list.first() {

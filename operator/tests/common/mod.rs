@@ -273,6 +273,14 @@ pub async fn eventually<T, Fut: Future<Output = Option<T>>>(
     plumbline_e2e::poll::until(what, PATIENCE, check).await
 }
 
+/// `/metrics` of an operator serving at `addr` (its `http_addr`), as text.
+pub async fn metrics(addr: std::net::SocketAddr) -> Result<String> {
+    Ok(reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?)
+}
+
 pub fn at(rfc3339: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(rfc3339)
         .expect("test timestamp")

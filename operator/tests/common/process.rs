@@ -140,11 +140,7 @@ impl OperatorProcess {
 
     /// `/metrics`, as text.
     pub async fn metrics(&self) -> Result<String> {
-        let addr = self.http_addr().await?;
-        Ok(reqwest::get(format!("http://{addr}/metrics"))
-            .await?
-            .text()
-            .await?)
+        super::metrics(self.http_addr().await?).await
     }
 
     pub fn pid(&self) -> u32 {

@@ -14,6 +14,9 @@ use serde_json::json;
 use std::time::Duration;
 use tokio::process::Command;
 
+/// The guests' disk limits, as virsh reports and sets them (not every test reads them).
+#[allow(unused_imports)]
+pub use plumbline_e2e::latency::{set_total_iops_limit, total_iops_limit};
 /// The one polling loop (`Err(seen)` is "not yet", reported on timeout; an error fails at once).
 pub use plumbline_e2e::poll::until as eventually;
 
@@ -251,27 +254,6 @@ pub async fn intent_event_reasons(
         .collect())
 }
 
-/// The disk's `total_iops_sec` as virsh reports it (0 = unlimited).
-pub async fn total_iops_limit(uri: &str, domain: &str) -> Result<u64> {
-    let out = Command::new("virsh")
-        .args(["-q", "-c", uri, "blkdeviotune", domain, "vda"])
-        .output()
-        .await
-        .context("running virsh blkdeviotune")?;
-    if !out.status.success() {
-        bail!(
-            "virsh blkdeviotune {domain} vda: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim() == "total_iops_sec")
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .with_context(|| format!("no total_iops_sec in:\n{text}"))
-}
-
 /// Puts a guest's `total_iops_sec` back after a test that left it changed: the original its
 /// record names is restored and the record removed (a record left behind would poison the
 /// next test that reads records), and without a record the limit is lifted. What it found,
@@ -297,27 +279,9 @@ pub async fn restore_guest_iops(uri: &str, domain: &str) -> Result<String> {
     if let Some(s) = restored.first() {
         return Ok(format!("restored the recorded original {}", s.value));
     }
-    let out = Command::new("virsh")
-        .args([
-            "-q",
-            "-c",
-            uri,
-            "blkdeviotune",
-            domain,
-            "vda",
-            "--total-iops-sec",
-            "0",
-            "--live",
-        ])
-        .output()
+    set_total_iops_limit(uri, domain, 0)
         .await
-        .context("running virsh blkdeviotune")?;
-    if !out.status.success() {
-        bail!(
-            "lifting the limit of {domain}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+        .with_context(|| format!("lifting the limit of {domain}"))?;
     Ok("no original was recorded; lifted the limit".into())
 }
 
