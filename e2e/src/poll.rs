@@ -97,6 +97,20 @@ pub async fn until<T, P: Probe<T>, Fut: Future<Output = P>>(
     }
 }
 
+/// [`until`] for synchronous tests (the chart's, which drive kubectl and helm): it runs on a
+/// runtime of its own, so it must not be called from inside one.
+pub fn until_blocking<T, P: Probe<T>>(
+    what: impl Display,
+    timeout: Duration,
+    mut probe: impl FnMut() -> P,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| anyhow::anyhow!("a runtime to wait for {what} on: {e}"))?
+        .block_on(until(&what, timeout, || std::future::ready(probe())))
+}
+
 /// [`until`] for tests that fail by panicking: panics with its message.
 ///
 /// Kept for the adapters' stack tests (`adapters/tests/{libvirt,vsphere}.rs`), which are
@@ -183,6 +197,21 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!((e.to_string(), calls), ("broken".to_string(), 1));
+    }
+
+    #[test]
+    fn the_blocking_form_waits_outside_any_runtime() {
+        let mut n = 0;
+        let found = until_blocking("n to reach 2", SHORT, || {
+            n += 1;
+            anyhow::Ok(if n >= 2 {
+                Ok(n)
+            } else {
+                Err(format!("n = {n}"))
+            })
+        })
+        .unwrap();
+        assert_eq!(found, 2);
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Shared by the chart tests: helm from the project's installer, commands with readable
 //! failures, and a namespace per test on the stack's cluster.
 
-use plumbline_e2e::{net::free_port, process, Stack};
+use plumbline_e2e::{net::free_port, poll::until_blocking, process, Stack};
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -408,18 +408,10 @@ pub fn unique_suffix() -> String {
     format!("{:x}{:05x}", std::process::id() & 0xfff, nanos & 0xfffff)
 }
 
-/// Polls `check` until it returns Some, or panics after `timeout` with the last reason.
+/// Polls `check` (every 250 ms) until it returns `Ok`, or panics after `timeout` with the last
+/// reason: [`plumbline_e2e::poll::until_blocking`] for these synchronous tests.
 pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(reason) if Instant::now() >= deadline => {
-                panic!("{what}: not done after {timeout:?}; last: {reason}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
+    until_blocking(what, timeout, || anyhow::Ok(check())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The operator binary, built once per test process with the workspace's cargo.
