@@ -9,7 +9,7 @@ use kube::{
     Api, Client,
 };
 
-use crate::poll::until;
+use crate::{poll::until, Stack};
 
 /// Generous, since 2 shared cores also run QEMU guests and builds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -62,6 +62,24 @@ impl TestNamespace {
         let _ = namespaces
             .delete(&self.name, &DeleteParams::default())
             .await;
+    }
+}
+
+impl Stack {
+    /// `kubectl` as the stack's admin ([`Stack::admin_kubeconfig`]); its output, or an error
+    /// with what it printed on stderr.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.admin_kubeconfig()?)
+            .args(args)
+            .output()
+            .await
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 

@@ -236,19 +236,10 @@ async fn deployment_applied_with_kubectl_runs_ready_on_vm_backed_nodes() -> anyh
     let ns = TestNamespace::create(&client, "deploy").await?;
     let manifest =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/test/web-deployment.yaml");
-    let out = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(stack.get("KUBECONFIG")?)
-        .args(["-n", &ns.name, "apply", "-f"])
-        .arg(&manifest)
-        .output()
-        .await
-        .context("running kubectl apply")?;
-    ensure!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let manifest = manifest.to_str().context("the manifest's path")?;
+    stack
+        .kubectl(&["-n", &ns.name, "apply", "-f", manifest])
+        .await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     until(

@@ -196,7 +196,10 @@ async fn serial_ledger_a_throttle_is_recorded_and_restored_once_libvirtd_is_back
         );
         ensure!(ic.has_finalizer(), "the finalizer restores the original");
         // What a user sees.
-        let table = kubectl(&scene.stack, &["get", "infrachanges", &ic.name_any()]).await?;
+        let table = scene
+            .stack
+            .kubectl(&["get", "infrachanges", &ic.name_any()])
+            .await?;
         println!("{table}");
         for column in [
             "TARGET", "SETTING", "DESIRED", "ORIGINAL", "STATE", "OWNERS",

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Taint};
 use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
@@ -12,7 +12,6 @@ use kube::{
 use plumbline_crds::{HypervisorProvider, InfraChange, WorkloadIntent};
 use serde_json::json;
 use std::time::Duration;
-use tokio::process::Command;
 
 /// The guests' disk limits, as virsh reports and sets them (not every test reads them).
 #[allow(unused_imports)]
@@ -446,21 +445,6 @@ pub async fn strip_ledger(admin: &Client, namespace: &str) {
             .await;
         let _ = api.delete(&name, &DeleteParams::default()).await;
     }
-}
-
-/// `kubectl` as the stack's admin; its output.
-pub async fn kubectl(stack: &plumbline_e2e::Stack, args: &[&str]) -> Result<String> {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(stack.admin_kubeconfig()?)
-        .args(args)
-        .output()
-        .await
-        .context("running kubectl")?;
-    if !out.status.success() {
-        bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// An adapter for the stack's vSphere simulator, as the operator would build one.
