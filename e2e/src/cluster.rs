@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodCondition, ServiceAccount};
 use kube::{
     api::{DeleteParams, ListParams, PostParams},
     Api, Client,
@@ -81,6 +81,16 @@ impl Stack {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// The pod's condition of this type (`Ready`, a readiness gate…), if it has one.
+pub fn pod_condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 /// Provider ID prefixes of nodes backed by a hypervisor VM (cloud-provider conventions).

@@ -21,7 +21,7 @@ use kube::{
     Api, Client, ResourceExt,
 };
 use plumbline_e2e::{
-    cluster::{is_vm_backed, vm_backed_nodes, TestNamespace, DEFAULT_TIMEOUT},
+    cluster::{is_vm_backed, pod_condition, vm_backed_nodes, TestNamespace, DEFAULT_TIMEOUT},
     node_list::read_nodes_dir,
     poll::until,
     Stack,
@@ -32,16 +32,6 @@ const STORAGE_GATE: &str = "plumbline.dev/storage-healthy";
 
 fn is_forbidden<T: std::fmt::Debug>(result: &Result<T, kube::Error>) -> bool {
     matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
-}
-
-fn condition_status(pod: &Pod, type_: &str) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
 }
 
 fn pod_ip(pod: &Pod) -> Option<String> {
@@ -272,7 +262,7 @@ async fn deployment_applied_with_kubectl_runs_ready_on_vm_backed_nodes() -> anyh
             pod.name_any()
         );
         assert_eq!(
-            condition_status(pod, "Ready").as_deref(),
+            pod_condition(pod, "Ready").map(|c| c.status.as_str()),
             Some("True"),
             "{}",
             pod.name_any()
@@ -371,7 +361,7 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
     })
     .await?;
     assert_eq!(
-        condition_status(&pods.get("gated-0").await?, "Ready").as_deref(),
+        pod_condition(&pods.get("gated-0").await?, "Ready").map(|c| c.status.as_str()),
         Some("False")
     );
 
@@ -393,14 +383,17 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
     )
     .await?;
     let pod = pods.get("gated-0").await?;
-    assert_eq!(condition_status(&pod, "Ready").as_deref(), Some("False"));
     assert_eq!(
-        condition_status(&pod, "ContainersReady").as_deref(),
+        pod_condition(&pod, "Ready").map(|c| c.status.as_str()),
+        Some("False")
+    );
+    assert_eq!(
+        pod_condition(&pod, "ContainersReady").map(|c| c.status.as_str()),
         Some("True")
     );
     // kubelet-sim's status writes must leave the gate condition alone.
     assert_eq!(
-        condition_status(&pod, STORAGE_GATE).as_deref(),
+        pod_condition(&pod, STORAGE_GATE).map(|c| c.status.as_str()),
         Some("False")
     );
 
@@ -412,8 +405,9 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
         "gated-0 to become Ready and a ready endpoint",
         DEFAULT_TIMEOUT,
         || async {
-            let ready_now =
-                condition_status(&pods.get("gated-0").await?, "Ready").as_deref() == Some("True");
+            let ready_now = pod_condition(&pods.get("gated-0").await?, "Ready")
+                .map(|c| c.status.as_str())
+                == Some("True");
             let (ready, not_ready) = addresses().await?;
             Ok((ready_now && ready.contains(&ip) && !not_ready.contains(&ip)).then_some(()))
         },
@@ -447,7 +441,7 @@ async fn deleted_pods_on_vm_backed_nodes_terminate() -> anyhow::Result<()> {
     pods.create(&PostParams::default(), &pod).await?;
     until("doomed to be Ready", DEFAULT_TIMEOUT, || async {
         let pod = pods.get("doomed").await?;
-        Ok((condition_status(&pod, "Ready").as_deref() == Some("True")).then_some(()))
+        Ok((pod_condition(&pod, "Ready").map(|c| c.status.as_str()) == Some("True")).then_some(()))
     })
     .await?;
     // A graceful delete (default 30 s grace) only marks the pod; the kubelet's side finishes it.

@@ -10,6 +10,7 @@ use kube::{
     Api, Client, ResourceExt,
 };
 use plumbline_crds::{HypervisorProvider, InfraChange, WorkloadIntent};
+use plumbline_e2e::cluster::pod_condition;
 use serde_json::json;
 use std::time::Duration;
 
@@ -174,13 +175,7 @@ pub async fn pods(admin: &Client, namespace: &str, app: &str) -> Result<Vec<Pod>
 
 /// (status, reason, message) of the pod's storage condition.
 pub fn storage_condition(pod: &Pod) -> Option<(String, String, String)> {
-    let c = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == GATE)?;
+    let c = pod_condition(pod, GATE)?;
     Some((
         c.status.clone(),
         c.reason.clone().unwrap_or_default(),
@@ -196,10 +191,7 @@ pub fn has_gate(pod: &Pod) -> bool {
 }
 
 pub fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod_condition(pod, "Ready").is_some_and(|c| c.status == "True")
 }
 
 /// (status, reason, message) of the node's StorageLatencyHigh condition.
