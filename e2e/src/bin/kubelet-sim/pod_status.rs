@@ -242,6 +242,19 @@ mod tests {
 
     const GATE: &str = "plumbline.dev/storage-healthy";
 
+    /// The pod's status as the API server has it once `patch` is applied, with the gate
+    /// condition its owner set to `gate`.
+    fn apply(p: &mut Pod, patch: &Value, gate: &str) {
+        let mut status: k8s_openapi::api::core::v1::PodStatus =
+            serde_json::from_value(patch["status"].clone()).unwrap();
+        status
+            .conditions
+            .as_mut()
+            .unwrap()
+            .push(serde_json::from_value(json!({"type": GATE, "status": gate})).unwrap());
+        p.status = Some(status);
+    }
+
     #[test]
     fn ready_without_gates() {
         assert!(readiness(&pod(&[], &[])).ready);
@@ -288,14 +301,7 @@ mod tests {
         let mut p = pod(&[GATE], &[(GATE, "False")]);
         assert!(!is_current(&p, placement()));
         let patch = status_patch(&p, placement(), &now);
-        let mut status: k8s_openapi::api::core::v1::PodStatus =
-            serde_json::from_value(patch["status"].clone()).unwrap();
-        status
-            .conditions
-            .as_mut()
-            .unwrap()
-            .push(serde_json::from_value(json!({"type": GATE, "status": "False"})).unwrap());
-        p.status = Some(status);
+        apply(&mut p, &patch, "False");
         assert!(is_current(&p, placement()));
         for c in p.status.as_mut().unwrap().conditions.as_mut().unwrap() {
             if c.type_ == GATE {
@@ -317,14 +323,7 @@ mod tests {
         assert_eq!(patch["status"]["conditions"][1]["status"], "False");
         assert_eq!(patch["status"]["conditions"][2]["status"], "False");
         assert_eq!(patch["status"]["containerStatuses"][0]["ready"], false);
-        let mut status: k8s_openapi::api::core::v1::PodStatus =
-            serde_json::from_value(patch["status"].clone()).unwrap();
-        status
-            .conditions
-            .as_mut()
-            .unwrap()
-            .push(serde_json::from_value(json!({"type": GATE, "status": "True"})).unwrap());
-        p.status = Some(status);
+        apply(&mut p, &patch, "True");
         assert!(is_current(&p, placement()));
         // The probe passes again: the status is stale until rewritten.
         p.metadata.annotations = None;
