@@ -113,8 +113,8 @@ pub fn until_blocking<T, P: Probe<T>>(
 
 /// [`until`] for tests that fail by panicking: panics with its message.
 ///
-/// Kept for the adapters' stack tests (`adapters/tests/{libvirt,vsphere}.rs`), which are
-/// outside the test-support crates; new code uses [`until`] and handles the error.
+/// Kept only for the adapters' stack tests (`adapters/tests/{libvirt,vsphere}.rs`); once they
+/// call [`until`] themselves, this goes. New code uses [`until`].
 pub async fn eventually<T, Fut: Future<Output = Option<T>>>(
     what: &str,
     timeout: Duration,
