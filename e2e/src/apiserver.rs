@@ -8,7 +8,6 @@
 //! port; dropping it kills it.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -16,7 +15,7 @@ use std::{
 
 use tokio::process::{Child, Command};
 
-use crate::{libvirtd::kill, stack_error, Result, Stack};
+use crate::{net::free_port, process::kill, stack_error, Result, Stack};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,7 +92,7 @@ impl ExtraApiserver {
             return Ok(());
         };
         if let Some(pid) = child.id() {
-            kill("-TERM", &pid.to_string()).await?;
+            kill(pid, "TERM").await?;
         }
         match tokio::time::timeout(EXIT_TIMEOUT, child.wait()).await {
             Ok(status) => status
@@ -174,11 +173,4 @@ impl ExtraApiserver {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-}
-
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| stack_error("finding a free port", e))
 }

@@ -1,41 +1,22 @@
 //! Helpers for tests against the stack's Kubernetes control plane.
 
-use std::{fmt::Display, future::Future, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodCondition, ServiceAccount};
 use kube::{
     api::{DeleteParams, ListParams, PostParams},
     Api, Client,
 };
 
+use crate::{poll::until, Stack};
+
 /// Generous, since 2 shared cores also run QEMU guests and builds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
-const POLL_EVERY: Duration = Duration::from_millis(250);
 
-/// Polls `probe` until it yields `Some`, failing after `timeout` with the last thing seen.
-pub async fn eventually<T, Fut>(
-    what: impl Display,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Fut,
-) -> anyhow::Result<T>
-where
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::from("nothing yet");
-    loop {
-        match probe().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what} (last error: {last})");
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
+/// On a CRD a test has replaced with a newer one for its duration (the chart upgrade test):
+/// other tests' CRD installs leave it as it is.
+pub const CRD_HELD_ANNOTATION: &str = "e2e.plumbline.dev/held-by";
 
 /// A namespace of its own for one test, ready for pods (its `default` service account exists).
 pub struct TestNamespace {
@@ -60,7 +41,7 @@ impl TestNamespace {
         // Pods that mount a token are refused until the token controller has given the
         // namespace's default service account its token Secret (1.20's legacy tokens).
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        eventually(
+        until(
             format!("service account default in {name} with its token"),
             DEFAULT_TIMEOUT,
             || async {
@@ -82,6 +63,34 @@ impl TestNamespace {
             .delete(&self.name, &DeleteParams::default())
             .await;
     }
+}
+
+impl Stack {
+    /// `kubectl` as the stack's admin ([`Stack::admin_kubeconfig`]); its output, or an error
+    /// with what it printed on stderr.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.admin_kubeconfig()?)
+            .args(args)
+            .output()
+            .await
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The pod's condition of this type (`Ready`, a readiness gate…), if it has one.
+pub fn pod_condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 /// Provider ID prefixes of nodes backed by a hypervisor VM (cloud-provider conventions).

@@ -76,6 +76,54 @@ pub fn per_op_latency(before: &BlockCounters, after: &BlockCounters) -> Option<D
     (ops > 0).then(|| Duration::from_nanos(busy / ops))
 }
 
+/// The `total_iops_sec` of the guest's disk, as `virsh blkdeviotune` reports it (0: unlimited).
+pub async fn total_iops_limit(uri: &str, domain: &str) -> Result<u64> {
+    let what = format!("reading the IOPS limit of domain {domain}");
+    let text = virsh(uri, &what, &["blkdeviotune", domain, GUEST_DISK]).await?;
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "total_iops_sec")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| stack_error(what, format!("no total_iops_sec in:\n{text}")))
+}
+
+/// Sets the `total_iops_sec` of the guest's disk, live (0 lifts the limit).
+pub async fn set_total_iops_limit(uri: &str, domain: &str, iops: u64) -> Result<()> {
+    let iops = iops.to_string();
+    virsh(
+        uri,
+        &format!("setting total-iops-sec {iops} on domain {domain}"),
+        &[
+            "blkdeviotune",
+            domain,
+            GUEST_DISK,
+            "--total-iops-sec",
+            &iops,
+            "--live",
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+async fn virsh(uri: &str, what: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("virsh")
+        .arg("-q")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| stack_error(format!("{what} via {uri}"), format!("running virsh: {e}")))?;
+    if !out.status.success() {
+        return Err(stack_error(
+            format!("{what} via {uri}"),
+            String::from_utf8_lossy(&out.stderr).trim(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A guest's per-op latency measured over a window.
 #[derive(Debug, Clone, Copy)]
 pub struct MeasuredLatency {
@@ -105,66 +153,22 @@ impl Stack {
         self.get("LIBVIRT_NOISY_DOMAIN")
     }
 
-    async fn virsh(&self, what: &str, args: &[&str]) -> Result<String> {
-        let uri = self.libvirt_uri()?;
-        let out = Command::new("virsh")
-            .arg("-q")
-            .arg("-c")
-            .arg(uri)
-            .args(args)
-            .output()
-            .await
-            .map_err(|e| stack_error(format!("{what} via {uri}"), format!("running virsh: {e}")))?;
-        if !out.status.success() {
-            return Err(stack_error(
-                format!("{what} via {uri}"),
-                String::from_utf8_lossy(&out.stderr).trim(),
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
     /// Current cumulative counters of the guest's disk.
     pub async fn block_counters(&self, domain: &str) -> Result<BlockCounters> {
         let what = format!("reading block stats of domain {domain}");
-        let text = self.virsh(&what, &["domstats", "--block", domain]).await?;
+        let text = virsh(self.libvirt_uri()?, &what, &["domstats", "--block", domain]).await?;
         BlockCounters::parse_domstats(&text, GUEST_DISK)
             .ok_or_else(|| stack_error(what, format!("no disk {GUEST_DISK} in:\n{text}")))
     }
 
     /// Limits the guest's disk to `iops` operations per second (total), live.
     pub async fn inject_libvirt_latency(&self, domain: &str, iops: u32) -> Result<()> {
-        let iops = iops.to_string();
-        self.virsh(
-            &format!("setting total-iops-sec {iops} on domain {domain}"),
-            &[
-                "blkdeviotune",
-                domain,
-                GUEST_DISK,
-                "--total-iops-sec",
-                &iops,
-                "--live",
-            ],
-        )
-        .await
-        .map(drop)
+        set_total_iops_limit(self.libvirt_uri()?, domain, iops.into()).await
     }
 
     /// Removes the guest's IOPS limit.
     pub async fn clear_libvirt_latency(&self, domain: &str) -> Result<()> {
-        self.virsh(
-            &format!("clearing the IOPS limit on domain {domain}"),
-            &[
-                "blkdeviotune",
-                domain,
-                GUEST_DISK,
-                "--total-iops-sec",
-                "0",
-                "--live",
-            ],
-        )
-        .await
-        .map(drop)
+        set_total_iops_limit(self.libvirt_uri()?, domain, 0).await
     }
 
     /// The guest's mean per-op latency over at least `window` and at least `min_ops`

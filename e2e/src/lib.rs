@@ -6,10 +6,12 @@
 
 pub mod apiserver;
 pub mod cluster;
-pub mod kubelet_sim;
 pub mod latency;
 pub mod libvirtd;
+pub mod net;
+pub mod node_list;
 pub mod poll;
+pub mod process;
 pub mod qemu;
 pub mod relay;
 
@@ -43,6 +45,24 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: kube::Error,
+    },
+    #[error("reading node list {path}: {source}")]
+    ReadNodeList {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing node list {path}: {source}")]
+    ParseNodeList {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("node {name} is listed twice ({first} and {second})")]
+    DuplicateNode {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
     },
 }
 
@@ -102,15 +122,26 @@ impl Stack {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("stack")
     }
 
-    /// A client with cluster-admin rights (`system:masters`), for test setup and checks.
-    pub async fn admin_client(&self) -> Result<kube::Client> {
-        client_from_kubeconfig(Path::new(self.get("KUBECONFIG")?)).await
+    /// The kubeconfig with cluster-admin rights (`system:masters`), for test setup and checks.
+    pub fn admin_kubeconfig(&self) -> Result<&Path> {
+        self.get("KUBECONFIG").map(Path::new)
     }
 
-    /// A client as the restricted `plumbline-operator` identity, bound to the ClusterRole in
-    /// `e2e/manifests/operator-rbac.yaml`: what the operator may do, and nothing more.
+    /// The kubeconfig of the restricted `plumbline-operator` identity, bound to the
+    /// ClusterRole in `e2e/manifests/operator-rbac.yaml`: what the operator may do, and
+    /// nothing more.
+    pub fn operator_kubeconfig(&self) -> Result<&Path> {
+        self.get("PLUMBLINE_OPERATOR_KUBECONFIG").map(Path::new)
+    }
+
+    /// A client as [`Self::admin_kubeconfig`].
+    pub async fn admin_client(&self) -> Result<kube::Client> {
+        client_from_kubeconfig(self.admin_kubeconfig()?).await
+    }
+
+    /// A client as [`Self::operator_kubeconfig`].
     pub async fn operator_client(&self) -> Result<kube::Client> {
-        client_from_kubeconfig(Path::new(self.get("PLUMBLINE_OPERATOR_KUBECONFIG")?)).await
+        client_from_kubeconfig(self.operator_kubeconfig()?).await
     }
 
     /// `https://127.0.0.1:6443`; its CA is in the kubeconfigs and at `KUBE_CA_FILE`.

@@ -6,19 +6,12 @@ use std::{path::Path, time::Duration};
 
 use tokio::process::Command;
 
-use crate::{stack_error, Result, Stack};
+use crate::{
+    process::{is_running, kill},
+    stack_error, Result, Stack,
+};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `kill -<signal> <pid>` succeeded (`-0`: the process exists).
-pub(crate) async fn kill(signal: &str, pid: &str) -> Result<bool> {
-    Command::new("kill")
-        .args([signal, pid])
-        .status()
-        .await
-        .map(|status| status.success())
-        .map_err(|e| stack_error(format!("running kill {signal} {pid}"), e))
-}
 
 impl Stack {
     /// The pid the stack recorded for the libvirtd it started.
@@ -36,14 +29,17 @@ impl Stack {
     /// Stops the stack's libvirtd by its recorded pid and waits until it has exited.
     pub async fn stop_libvirtd(&self) -> Result<()> {
         let pid = self.libvirtd_pid()?;
-        if !kill("-TERM", &pid).await? {
+        let pid: u32 = pid
+            .parse()
+            .map_err(|e| stack_error(format!("libvirtd's recorded pid {pid:?}"), e))?;
+        if !kill(pid, "TERM").await? {
             return Err(stack_error(
                 "stopping libvirtd",
                 format!("kill -TERM {pid} failed"),
             ));
         }
         let deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
-        while kill("-0", &pid).await? {
+        while is_running(pid) {
             if tokio::time::Instant::now() >= deadline {
                 return Err(stack_error(
                     "stopping libvirtd",

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use crate::{libvirtd::kill, stack_error, Result, Stack};
+use crate::{
+    process::{self, kill, kill_blocking},
+    stack_error, Result, Stack,
+};
 
 /// Where libvirt's system QEMU driver writes each running guest's pid.
 const PID_DIR: &str = "/run/libvirt/qemu";
@@ -21,12 +24,9 @@ pub struct FrozenGuest {
 impl Drop for FrozenGuest {
     fn drop(&mut self) {
         // Synchronous: drop may run while a panic unwinds, outside any runtime.
-        let pid = self.pid.to_string();
-        match std::process::Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-        {
-            Ok(s) if s.success() => {}
+        let pid = self.pid;
+        match kill_blocking(pid as u32, "CONT") {
+            Ok(true) => {}
             other => eprintln!(
                 "thawing guest {} (pid {pid}) failed: {other:?}; run `kill -CONT {pid}`",
                 self.domain
@@ -35,16 +35,10 @@ impl Drop for FrozenGuest {
     }
 }
 
-/// The state letter of `/proc/<pid>/stat` (`T`: stopped), after the parenthesised command name.
-fn process_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 async fn wait_for_state(domain: &str, pid: i32, stopped: bool) -> Result<()> {
     let deadline = tokio::time::Instant::now() + STATE_TIMEOUT;
     loop {
-        let state = process_state(pid);
+        let state = process::state(pid as u32);
         if (state == Some('T')) == stopped {
             return Ok(());
         }
@@ -62,12 +56,12 @@ async fn wait_for_state(domain: &str, pid: i32, stopped: bool) -> Result<()> {
 }
 
 async fn signal(domain: &str, pid: i32, signal: &str) -> Result<()> {
-    if kill(signal, &pid.to_string()).await? {
+    if kill(pid as u32, signal).await? {
         Ok(())
     } else {
         Err(stack_error(
             format!("signalling guest {domain}"),
-            format!("kill {signal} {pid} failed"),
+            format!("kill -{signal} {pid} failed"),
         ))
     }
 }
@@ -105,7 +99,7 @@ impl Stack {
     /// guard thaws it when dropped.
     pub async fn freeze_guest(&self, domain: &str) -> Result<FrozenGuest> {
         let pid = self.qemu_pid(domain)?;
-        signal(domain, pid, "-STOP").await?;
+        signal(domain, pid, "STOP").await?;
         let frozen = FrozenGuest {
             domain: domain.to_string(),
             pid,
@@ -117,7 +111,7 @@ impl Stack {
     /// Lets the guest's QEMU run again (SIGCONT, by pid) and waits until it does.
     pub async fn thaw_guest(&self, domain: &str) -> Result<()> {
         let pid = self.qemu_pid(domain)?;
-        signal(domain, pid, "-CONT").await?;
+        signal(domain, pid, "CONT").await?;
         wait_for_state(domain, pid, false).await
     }
 }

@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use plumbline_e2e::{latency::MeasuredLatency, poll::eventually, stack, Stack};
+use plumbline_e2e::{
+    latency::{total_iops_limit, MeasuredLatency},
+    poll::until,
+    stack, Stack,
+};
 
 // Serial: other tests throttle guests (pl-noisy above all), which would skew the comparison.
 #[tokio::test]
@@ -19,7 +23,7 @@ async fn serial_every_guest_does_disk_io_and_the_noisy_one_does_most() {
     let mut ops = Vec::new();
     for domain in &domains {
         let before = stack.block_counters(domain).await.unwrap();
-        let after = eventually(
+        let after = until(
             &format!("{domain}'s reads and writes advance"),
             Duration::from_secs(60),
             || async {
@@ -30,7 +34,8 @@ async fn serial_every_guest_does_disk_io_and_the_noisy_one_does_most() {
                 .then_some(now)
             },
         )
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
         println!("{domain}: {before:?} -> {after:?}");
         let m = stack
             .measure_latency(domain, Duration::from_secs(3), 1, Duration::from_secs(60))
@@ -103,7 +108,9 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
     // (e.g. the adapters' tests) is throttling the same guests.
     let untouched = || async {
         for d in [domain, control] {
-            let limit = iops_limit(&stack, d).await;
+            let limit = total_iops_limit(stack.libvirt_uri().unwrap(), d)
+                .await
+                .unwrap();
             assert_eq!(
                 limit, 0,
                 "{d} already has an IOPS limit of {limit}: is another test run using it?"
@@ -121,7 +128,7 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
     };
     stack.inject_libvirt_latency(domain, 20).await.unwrap();
     // The first window after a change mixes both regimes, so poll until a window is fully throttled.
-    let injected: MeasuredLatency = eventually(
+    let injected: MeasuredLatency = until(
         &format!(
             "{domain}'s per-op latency rises 10x over {:?} under a 20 IOPS limit",
             baseline.per_op
@@ -133,10 +140,11 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
             (m.per_op >= baseline.per_op * 10).then_some(m)
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
 
     stack.clear_libvirt_latency(domain).await.unwrap();
-    let restored: MeasuredLatency = eventually(
+    let restored: MeasuredLatency = until(
         &format!("{domain}'s per-op latency falls back near {control}'s after clearing"),
         Duration::from_secs(180),
         || async {
@@ -146,7 +154,8 @@ async fn serial_injected_libvirt_latency_raises_per_op_latency_tenfold_and_clear
             (m.per_op * 10 <= injected.per_op && m.per_op <= yardstick * 3).then_some(m)
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     println!(
         "{domain}: baseline {:?}, injected {:?} ({:.0}x), restored {:?}",
         baseline.per_op,
@@ -434,7 +443,7 @@ async fn prometheus_is_ready_and_scrapes_itself_and_file_sd_targets() {
         ready.status()
     );
 
-    eventually(
+    until(
         "Prometheus reports its own target up",
         Duration::from_secs(60),
         || async {
@@ -445,7 +454,8 @@ async fn prometheus_is_ready_and_scrapes_itself_and_file_sd_targets() {
             .then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
 
     // The libvirt exporter is listed in the file_sd targets dir, where later targets go too.
     let targets = std::path::Path::new(stack.get("PROMETHEUS_TARGETS_DIR").unwrap())
@@ -455,12 +465,13 @@ async fn prometheus_is_ready_and_scrapes_itself_and_file_sd_targets() {
     let query = format!(
         r#"libvirt_domain_block_stats_write_requests_total{{job="plumbline",domain="{domain}"}}"#
     );
-    let writes = eventually(
+    let writes = until(
         &format!("Prometheus has {query}"),
         Duration::from_secs(60),
         || async { prometheus_value(&http, url, &query).await },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     println!("{query} = {writes}");
 }
 
@@ -478,34 +489,6 @@ fn stack_script(args: &[&str]) {
     );
 }
 
-/// The `total_iops_sec` libvirt reports for the guest's disk.
-async fn iops_limit(stack: &Stack, domain: &str) -> u64 {
-    let out = tokio::process::Command::new("virsh")
-        .args([
-            "-q",
-            "-c",
-            stack.libvirt_uri().unwrap(),
-            "blkdeviotune",
-            domain,
-            "vda",
-        ])
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("total_iops_sec")?
-                .trim()
-                .strip_prefix(':')
-        })
-        .unwrap_or_else(|| panic!("no total_iops_sec for {domain}: {text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn serial_stack_script_injects_and_clears_latency_on_both_hypervisors() {
     let stack = stack();
@@ -515,9 +498,19 @@ async fn serial_stack_script_injects_and_clears_latency_on_both_hypervisors() {
     };
     // `vm3` is short for the domain pl-vm3.
     stack_script(&["inject-latency", "vm3", "--iops", "35"]);
-    assert_eq!(iops_limit(&stack, "pl-vm3").await, 35);
+    assert_eq!(
+        total_iops_limit(stack.libvirt_uri().unwrap(), "pl-vm3")
+            .await
+            .unwrap(),
+        35
+    );
     stack_script(&["clear-latency", "vm3"]);
-    assert_eq!(iops_limit(&stack, "pl-vm3").await, 0);
+    assert_eq!(
+        total_iops_limit(stack.libvirt_uri().unwrap(), "pl-vm3")
+            .await
+            .unwrap(),
+        0
+    );
 
     let control = stack.get("VCSIM_CONTROL_URL").unwrap();
     let _guard = ClearSimulatorLatency(control.to_string(), "dc0-h0-vm1".to_string());

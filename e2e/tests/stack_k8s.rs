@@ -21,8 +21,9 @@ use kube::{
     Api, Client, ResourceExt,
 };
 use plumbline_e2e::{
-    cluster::{eventually, is_vm_backed, vm_backed_nodes, TestNamespace, DEFAULT_TIMEOUT},
-    kubelet_sim::inventory::read_nodes_dir,
+    cluster::{is_vm_backed, pod_condition, vm_backed_nodes, TestNamespace, DEFAULT_TIMEOUT},
+    node_list::read_nodes_dir,
+    poll::until,
     Stack,
 };
 use serde_json::json;
@@ -31,16 +32,6 @@ const STORAGE_GATE: &str = "plumbline.dev/storage-healthy";
 
 fn is_forbidden<T: std::fmt::Debug>(result: &Result<T, kube::Error>) -> bool {
     matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
-}
-
-fn condition_status(pod: &Pod, type_: &str) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.clone())
 }
 
 fn pod_ip(pod: &Pod) -> Option<String> {
@@ -78,7 +69,7 @@ async fn apiserver_serves_a_crd_with_custom_resources_and_status() -> anyhow::Re
     )
     .await
     .context("applying the StackProbe CRD")?;
-    eventually(
+    until(
         "the StackProbe CRD to be Established",
         DEFAULT_TIMEOUT,
         || async {
@@ -106,7 +97,7 @@ async fn apiserver_serves_a_crd_with_custom_resources_and_status() -> anyhow::Re
         "metadata": {"name": "probe"}, "spec": {"message": "hello"},
     });
     // Discovery of a just-established CRD can lag a little behind the condition.
-    eventually("creating a StackProbe", DEFAULT_TIMEOUT, || async {
+    until("creating a StackProbe", DEFAULT_TIMEOUT, || async {
         Ok(Some(
             probes
                 .patch(
@@ -162,7 +153,7 @@ async fn vm_backed_nodes_are_registered_ready_and_heartbeating() -> anyhow::Resu
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     for vm in &listed {
-        let node = eventually(
+        let node = until(
             format!("node {} to be Ready and untainted", vm.name),
             DEFAULT_TIMEOUT,
             || async {
@@ -215,7 +206,7 @@ async fn vm_backed_nodes_are_registered_ready_and_heartbeating() -> anyhow::Resu
         .spec
         .and_then(|s| s.renew_time);
     ensure!(first.is_some(), "lease of {name} has no renewTime");
-    eventually(
+    until(
         format!("the lease of {name} to be renewed"),
         DEFAULT_TIMEOUT,
         || async {
@@ -235,22 +226,13 @@ async fn deployment_applied_with_kubectl_runs_ready_on_vm_backed_nodes() -> anyh
     let ns = TestNamespace::create(&client, "deploy").await?;
     let manifest =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/test/web-deployment.yaml");
-    let out = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(stack.get("KUBECONFIG")?)
-        .args(["-n", &ns.name, "apply", "-f"])
-        .arg(&manifest)
-        .output()
-        .await
-        .context("running kubectl apply")?;
-    ensure!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let manifest = manifest.to_str().context("the manifest's path")?;
+    stack
+        .kubectl(&["-n", &ns.name, "apply", "-f", manifest])
+        .await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    eventually(
+    until(
         "e2e-web to have 4 available replicas",
         DEFAULT_TIMEOUT,
         || async {
@@ -280,7 +262,7 @@ async fn deployment_applied_with_kubectl_runs_ready_on_vm_backed_nodes() -> anyh
             pod.name_any()
         );
         assert_eq!(
-            condition_status(pod, "Ready").as_deref(),
+            pod_condition(pod, "Ready").map(|c| c.status.as_str()),
             Some("True"),
             "{}",
             pod.name_any()
@@ -372,14 +354,14 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
     let gate_writer = PatchParams::apply("plumbline-e2e-gate").force();
 
     // Running with an IP, but the gate condition does not exist yet: not Ready.
-    let ip = eventually("gated-0 to run with a pod IP", DEFAULT_TIMEOUT, || async {
+    let ip = until("gated-0 to run with a pod IP", DEFAULT_TIMEOUT, || async {
         let pod = pods.get("gated-0").await?;
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         Ok(pod_ip(&pod).filter(|_| running))
     })
     .await?;
     assert_eq!(
-        condition_status(&pods.get("gated-0").await?, "Ready").as_deref(),
+        pod_condition(&pods.get("gated-0").await?, "Ready").map(|c| c.status.as_str()),
         Some("False")
     );
 
@@ -387,7 +369,7 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
         .patch_status("gated-0", &gate_writer, &Patch::Apply(gate("False")))
         .await
         .context("setting the readiness gate False as the operator")?;
-    eventually(
+    until(
         "gated-0 to be listed as not ready in Endpoints",
         DEFAULT_TIMEOUT,
         || async {
@@ -401,14 +383,17 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
     )
     .await?;
     let pod = pods.get("gated-0").await?;
-    assert_eq!(condition_status(&pod, "Ready").as_deref(), Some("False"));
     assert_eq!(
-        condition_status(&pod, "ContainersReady").as_deref(),
+        pod_condition(&pod, "Ready").map(|c| c.status.as_str()),
+        Some("False")
+    );
+    assert_eq!(
+        pod_condition(&pod, "ContainersReady").map(|c| c.status.as_str()),
         Some("True")
     );
     // kubelet-sim's status writes must leave the gate condition alone.
     assert_eq!(
-        condition_status(&pod, STORAGE_GATE).as_deref(),
+        pod_condition(&pod, STORAGE_GATE).map(|c| c.status.as_str()),
         Some("False")
     );
 
@@ -416,12 +401,13 @@ async fn readiness_gate_holds_pod_out_of_service_endpoints_until_true() -> anyho
         .patch_status("gated-0", &gate_writer, &Patch::Apply(gate("True")))
         .await
         .context("setting the readiness gate True as the operator")?;
-    eventually(
+    until(
         "gated-0 to become Ready and a ready endpoint",
         DEFAULT_TIMEOUT,
         || async {
-            let ready_now =
-                condition_status(&pods.get("gated-0").await?, "Ready").as_deref() == Some("True");
+            let ready_now = pod_condition(&pods.get("gated-0").await?, "Ready")
+                .map(|c| c.status.as_str())
+                == Some("True");
             let (ready, not_ready) = addresses().await?;
             Ok((ready_now && ready.contains(&ip) && !not_ready.contains(&ip)).then_some(()))
         },
@@ -453,14 +439,14 @@ async fn deleted_pods_on_vm_backed_nodes_terminate() -> anyhow::Result<()> {
         "spec": {"containers": [{"name": "app", "image": "nginx:1.25"}]},
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
-    eventually("doomed to be Ready", DEFAULT_TIMEOUT, || async {
+    until("doomed to be Ready", DEFAULT_TIMEOUT, || async {
         let pod = pods.get("doomed").await?;
-        Ok((condition_status(&pod, "Ready").as_deref() == Some("True")).then_some(()))
+        Ok((pod_condition(&pod, "Ready").map(|c| c.status.as_str()) == Some("True")).then_some(()))
     })
     .await?;
     // A graceful delete (default 30 s grace) only marks the pod; the kubelet's side finishes it.
     pods.delete("doomed", &DeleteParams::default()).await?;
-    eventually("doomed to be gone", DEFAULT_TIMEOUT, || async {
+    until("doomed to be gone", DEFAULT_TIMEOUT, || async {
         Ok(pods.get_opt("doomed").await?.is_none().then_some(()))
     })
     .await?;

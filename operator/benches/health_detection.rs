@@ -18,12 +18,12 @@
 //! PLUMBLINE_BENCH_BUDGET (default 20ms), PLUMBLINE_BENCH_PROMETHEUS=0 skips the comparison. Method and figures: docs/health.md.
 
 use anyhow::{bail, Context as _, Result};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     Api, Client, ResourceExt,
 };
-use plumbline_e2e::Stack;
+use plumbline_e2e::{cluster::TestNamespace, Stack};
 use plumbline_operator::{
     clock::SystemClock,
     run::{Operator, Settings},
@@ -146,11 +146,8 @@ async fn main() -> Result<()> {
             .await
             .context("installing CRDs")?;
     }
-    let ns = format!("bench-health-{:x}", std::process::id());
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-    Api::<Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &namespace)
-        .await?;
+    let namespace = TestNamespace::create(&admin, "bench-health").await?;
+    let ns = namespace.name.clone();
     let provider = format!("{ns}-kvm");
     let hp = json!({
         "apiVersion": "plumbline.dev/v1alpha1", "kind": "HypervisorProvider",
@@ -192,9 +189,7 @@ async fn main() -> Result<()> {
     let _ = Api::<plumbline_crds::HypervisorProvider>::all(admin.clone())
         .delete(&provider, &DeleteParams::default())
         .await;
-    let _ = Api::<Namespace>::all(admin.clone())
-        .delete(&ns, &DeleteParams::default())
-        .await;
+    namespace.delete().await;
     result
 }
 

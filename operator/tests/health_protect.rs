@@ -11,6 +11,7 @@ mod common;
 mod health_common;
 
 use anyhow::{ensure, Context as _, Result};
+use common::metrics;
 use health_common::*;
 use k8s_openapi::api::core::v1::Event;
 use kube::{api::ListParams, Api};
@@ -76,11 +77,6 @@ fn protected_vms(status: &serde_json::Value) -> Vec<serde_json::Value> {
         .and_then(|v| v.as_array())
         .cloned()
         .unwrap_or_default()
-}
-
-async fn metrics(operator: &Operator) -> Result<String> {
-    let url = format!("http://{}/metrics", operator.http_addr);
-    Ok(reqwest::get(&url).await?.text().await?)
 }
 
 /// A vSphere provider for a fresh test namespace, and the VM with its shares before the test.
@@ -239,7 +235,7 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
             "the Event names the VM and the shares: {notes:?}"
         );
         ensure!(
-            counted(&metrics(&operator).await?, "applied"),
+            counted(&metrics(operator.http_addr).await?, "applied"),
             "plumbline_actions_total counts the change"
         );
         // The health loop's own status apply (backing map, guard) and the controller's do not
@@ -258,7 +254,7 @@ async fn serial_protect_vsphere_backing_vm_gets_the_tier_shares_and_the_original
         case.wait_for_shares("the original CPU shares back", case.before, None)
             .await?;
         ensure!(
-            counted(&metrics(&operator).await?, "reverted"),
+            counted(&metrics(operator.http_addr).await?, "reverted"),
             "plumbline_actions_total counts the release"
         );
         let (_, notes) = eventually("a BackingVmReleased Event", PATIENCE, || async {
@@ -306,7 +302,7 @@ async fn serial_protect_vsphere_after_a_restart_keeps_what_is_wanted_and_restore
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         case.wait_for_status().await?;
-        let text = metrics(second).await?;
+        let text = metrics(second.http_addr).await?;
         ensure!(
             !counted(&text, "reverted") && !counted(&text, "applied"),
             "the second operator neither restored nor set the shares"
@@ -319,7 +315,7 @@ async fn serial_protect_vsphere_after_a_restart_keeps_what_is_wanted_and_restore
         case.wait_for_shares("the original CPU shares back", case.before, None)
             .await?;
         ensure!(
-            counted(&metrics(third).await?, "reverted"),
+            counted(&metrics(third.http_addr).await?, "reverted"),
             "plumbline_actions_total counts the restore"
         );
         Ok(())
@@ -450,7 +446,7 @@ async fn serial_protect_libvirt_sets_real_cpu_shares_where_the_host_has_the_cont
         ensure!(unsupported == 1, "told once, not {unsupported} times");
         let (failed, _) = event_count(&cluster, "payments", "BackingVmProtectFailed").await?;
         ensure!(failed == 0, "no failure Events: {failed}");
-        let text = metrics(&operator).await?;
+        let text = metrics(operator.http_addr).await?;
         ensure!(
             !text.lines().any(|l| l.contains("action=\"cpu_shares\"")),
             "no CPU shares action attempted"

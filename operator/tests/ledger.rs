@@ -126,7 +126,7 @@ impl Scene {
     }
 
     async fn limit(&self) -> Result<u64> {
-        total_iops_limit(&self.uri, &self.noisy).await
+        Ok(total_iops_limit(&self.uri, &self.noisy).await?)
     }
 
     async fn wait_for_limit(&self, what: &str, want: u64) -> Result<()> {
@@ -196,7 +196,10 @@ async fn serial_ledger_a_throttle_is_recorded_and_restored_once_libvirtd_is_back
         );
         ensure!(ic.has_finalizer(), "the finalizer restores the original");
         // What a user sees.
-        let table = kubectl(&scene.stack, &["get", "infrachanges", &ic.name_any()]).await?;
+        let table = scene
+            .stack
+            .kubectl(&["get", "infrachanges", &ic.name_any()])
+            .await?;
         println!("{table}");
         for column in [
             "TARGET", "SETTING", "DESIRED", "ORIGINAL", "STATE", "OWNERS",
@@ -387,11 +390,8 @@ async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_th
 
         // SIGKILL right after the throttle: nothing runs on the way out.
         let pid = process.id().context("the operator's pid")?;
-        let killed = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .await?;
-        ensure!(killed.success(), "kill -KILL {pid}");
+        let killed = plumbline_e2e::process::kill(pid, "KILL").await?;
+        ensure!(killed, "kill -KILL {pid}");
         process.wait().await?;
         ensure!(
             scene.limit().await? == limit,
@@ -417,7 +417,7 @@ async fn serial_ledger_a_killed_operators_throttle_is_adopted_and_released_by_th
             })
         })
         .await?;
-        let metrics = metrics_text(operator).await?;
+        let metrics = common::metrics(operator.http_addr).await?;
         ensure!(
             !metrics
                 .lines()
@@ -552,38 +552,6 @@ async fn serial_ledger_a_killed_leaders_standby_takes_over_mid_throttle() -> Res
     scene.finish(None, result).await
 }
 
-async fn metrics_text(operator: &Operator) -> Result<String> {
-    Ok(
-        reqwest::get(format!("http://{}/metrics", operator.http_addr))
-            .await?
-            .text()
-            .await?,
-    )
-}
-
-async fn set_limit_behind_our_back(uri: &str, domain: &str, iops: u64) -> Result<()> {
-    let out = Command::new("virsh")
-        .args([
-            "-q",
-            "-c",
-            uri,
-            "blkdeviotune",
-            domain,
-            "vda",
-            "--total-iops-sec",
-            &iops.to_string(),
-            "--live",
-        ])
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "virsh blkdeviotune: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 async fn infra_change_events(admin: &kube::Client, name: &str) -> Result<Vec<(String, String)>> {
     let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), "default")
         .list(&ListParams::default())
@@ -612,7 +580,7 @@ async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> 
 
         for round in 1..=2u64 {
             let foreign = 700 + round;
-            set_limit_behind_our_back(&scene.uri, &scene.noisy, foreign).await?;
+            set_total_iops_limit(&scene.uri, &scene.noisy, foreign).await?;
             scene
                 .wait_for_limit(&format!("drift {round} corrected"), desired)
                 .await?;
@@ -656,7 +624,7 @@ async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> 
                 .await?;
             }
         }
-        let metrics = metrics_text(&operator).await?;
+        let metrics = common::metrics(operator.http_addr).await?;
         ensure!(
             metrics
                 .lines()
@@ -672,7 +640,7 @@ async fn serial_ledger_drift_is_corrected_until_it_is_contested() -> Result<()> 
         );
 
         // The third change within the window: Plumbline stops fighting.
-        set_limit_behind_our_back(&scene.uri, &scene.noisy, 733).await?;
+        set_total_iops_limit(&scene.uri, &scene.noisy, 733).await?;
         let contested = eventually("Contested", PATIENCE, || async {
             let list = throttle_of(admin, ns, &scene.noisy).await?;
             Ok(match list.first() {

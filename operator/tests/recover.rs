@@ -257,8 +257,10 @@ impl Scene {
             match total_iops_limit(&self.uri, &guest.name).await {
                 Ok(l) if l == guest.before => {}
                 _ => {
-                    if let Err(e) = set_limit(&self.uri, &guest.name, guest.before).await {
-                        restored = Err(e.context(format!("restoring {}", guest.name)));
+                    if let Err(e) = set_total_iops_limit(&self.uri, &guest.name, guest.before).await
+                    {
+                        restored =
+                            Err(anyhow::Error::new(e).context(format!("restoring {}", guest.name)));
                     }
                 }
             }
@@ -271,20 +273,6 @@ impl Scene {
         self.cluster.cleanup().await;
         result.and(restored)
     }
-}
-
-async fn set_limit(uri: &str, domain: &str, iops: u64) -> Result<()> {
-    let out = Command::new("virsh")
-        .args(["-q", "-c", uri, "blkdeviotune", domain, "vda"])
-        .args(["--total-iops-sec", &iops.to_string(), "--live"])
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "virsh blkdeviotune {domain}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 # VM-backed nodes: kubelet-sim registers every VM listed in $STATE_DIR/nodes.d/*.json (written
 # by the hypervisor components) as a Node, keeps it Ready with Lease and status heartbeats,
-# and plays the kubelet's part for pods bound to it (see e2e/src/kubelet_sim/).
+# and plays the kubelet's part for pods bound to it (see e2e/src/bin/kubelet-sim/).
 
 NODES_DIR=$STATE_DIR/nodes.d
 NODES_SIM_BIN=$STATE_DIR/bin/kubelet-sim
@@ -10,7 +10,7 @@ NODES_SIM_BIN=$STATE_DIR/bin/kubelet-sim
 nodes_sim_cached() {
     local hash
     hash=$(cd "$REPO_DIR" &&
-        find e2e/src/kubelet_sim e2e/src/bin/kubelet-sim.rs e2e/src/lib.rs e2e/Cargo.toml -type f | sort |
+        find e2e/src/bin/kubelet-sim e2e/src/node_list.rs e2e/src/cluster.rs e2e/src/lib.rs e2e/Cargo.toml -type f | sort |
         xargs sha256sum | sha256sum | cut -c1-12)
     echo "$PLUMBLINE_CACHE_DIR/kubelet-sim-$hash/kubelet-sim"
 }

@@ -1,7 +1,7 @@
 //! Shared by the chart tests: helm from the project's installer, commands with readable
 //! failures, and a namespace per test on the stack's cluster.
 
-use plumbline_e2e::Stack;
+use plumbline_e2e::{net::free_port, poll::until_blocking, process, Stack};
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -93,16 +93,16 @@ pub fn full_values() -> PathBuf {
 /// The stack's cluster as its admin, for setting up and inspecting.
 pub struct Cluster {
     pub stack: Stack,
-    pub kubeconfig: String,
+    pub kubeconfig: PathBuf,
 }
 
 impl Cluster {
     pub fn load() -> Self {
         let stack = plumbline_e2e::stack();
         let kubeconfig = stack
-            .get("KUBECONFIG")
+            .admin_kubeconfig()
             .unwrap_or_else(|e| panic!("{e}"))
-            .to_string();
+            .to_path_buf();
         Self { stack, kubeconfig }
     }
 
@@ -199,9 +199,7 @@ impl Cluster {
     }
 }
 
-/// On a CRD a test has replaced with a newer one for its duration (the same annotation the
-/// operator tests' `install_crds` honours): other tests leave it as it is.
-pub const CRD_HELD_ANNOTATION: &str = "e2e.plumbline.dev/held-by";
+pub use plumbline_e2e::cluster::CRD_HELD_ANNOTATION;
 
 /// Patience for an operator to revert its InfraChanges once nothing wants them.
 pub const LEDGER_PATIENCE: Duration = Duration::from_secs(90);
@@ -410,18 +408,10 @@ pub fn unique_suffix() -> String {
     format!("{:x}{:05x}", std::process::id() & 0xfff, nanos & 0xfffff)
 }
 
-/// Polls `check` until it returns Some, or panics after `timeout` with the last reason.
+/// Polls `check` (every 250 ms) until it returns `Ok`, or panics after `timeout` with the last
+/// reason: [`plumbline_e2e::poll::until_blocking`] for these synchronous tests.
 pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(reason) if Instant::now() >= deadline => {
-                panic!("{what}: not done after {timeout:?}; last: {reason}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
+    until_blocking(what, timeout, || anyhow::Ok(check())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The operator binary, built once per test process with the workspace's cargo.
@@ -452,14 +442,6 @@ pub fn operator_binary() -> &'static Path {
     })
 }
 
-/// A free loopback port for the operator's /metrics (bound and released at once).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding a loopback port")
-}
-
 /// `plumbline run` started by a test; stopped with SIGTERM (by its pid) when dropped.
 pub struct OperatorProcess {
     child: std::process::Child,
@@ -470,7 +452,7 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts the operator with `kubeconfig` as its only identity.
     pub fn start(kubeconfig: &Path, namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
-        let port = free_port();
+        let port = free_port().unwrap_or_else(|e| panic!("{e}"));
         let log = std::env::temp_dir().join(format!("plumbline-chart-test-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("creating the operator log");
         let child = Command::new(operator_binary())
@@ -510,12 +492,11 @@ impl OperatorProcess {
     }
 
     pub fn assert_alive(&self) {
-        let pid = self.child.id();
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z ");
-        assert!(alive, "the operator exited; its log:\n{}", self.logs());
+        assert!(
+            process::is_running(self.child.id()),
+            "the operator exited; its log:\n{}",
+            self.logs()
+        );
     }
 
     pub fn metrics(&self) -> String {
@@ -526,8 +507,7 @@ impl OperatorProcess {
 impl Drop for OperatorProcess {
     fn drop(&mut self) {
         // SIGTERM lets it release the Lease; it is our own child, stopped by its pid.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = process::kill_blocking(self.child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

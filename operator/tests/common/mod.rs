@@ -6,17 +6,18 @@
 
 #![allow(dead_code)]
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Namespace},
+    api::apps::v1::Deployment,
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams},
     Api, Client, ResourceExt,
 };
 use plumbline_crds::WorkloadIntent;
+use plumbline_e2e::cluster::{TestNamespace, CRD_HELD_ANNOTATION};
 use plumbline_operator::{
     clock::{Clock, ManualClock},
     health::HealthSettings,
@@ -35,7 +36,9 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub struct Cluster {
     pub admin: Client,
     pub operator_identity: Client,
+    /// The test's own namespace (`op-<test>-<random>`), the operator's scope.
     pub namespace: String,
+    test_namespace: TestNamespace,
 }
 
 impl Cluster {
@@ -60,22 +63,13 @@ impl Cluster {
             .await
             .context("operator client for the stack")?;
         install_crds(&admin).await?;
-        let suffix = format!(
-            "{:x}",
-            std::process::id() ^ (Utc::now().timestamp_subsec_nanos())
-        );
-        let namespace = format!("op-{test}-{suffix}").replace('_', "-");
-        let ns: Namespace = serde_json::from_value(
-            json!({"metadata": {"name": namespace, "labels": {"plumbline.dev/test": test.replace('_', "-")}}}),
-        )?;
-        Api::<Namespace>::all(admin.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .with_context(|| format!("creating test namespace {namespace}"))?;
+        let test_namespace =
+            TestNamespace::create(&admin, &format!("op-{}", test.replace('_', "-"))).await?;
         Ok(Self {
             admin,
             operator_identity,
-            namespace,
+            namespace: test_namespace.name.clone(),
+            test_namespace,
         })
     }
 
@@ -205,9 +199,7 @@ impl Cluster {
 
     /// Removes the namespace.
     pub async fn cleanup(self) {
-        let _ = Api::<Namespace>::all(self.admin.clone())
-            .delete(&self.namespace, &DeleteParams::default())
-            .await;
+        self.test_namespace.delete().await;
     }
 }
 
@@ -224,9 +216,6 @@ pub fn test_health() -> HealthSettings {
 }
 
 /// Applies the generated CRDs (idempotent) and waits until they are established.
-/// On a CRD a test has replaced with a newer one for its duration: leave it as it is.
-pub const CRD_HELD_ANNOTATION: &str = "e2e.plumbline.dev/held-by";
-
 pub async fn install_crds(admin: &Client) -> Result<()> {
     let api = Api::<CustomResourceDefinition>::all(admin.clone());
     for (_, crd) in plumbline_crds::generate::crds() {
@@ -275,22 +264,21 @@ pub async fn install_crds(admin: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Polls `check` until it returns Some, for up to [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {PATIENCE:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// [`plumbline_e2e::poll::until`] with the operator's [`PATIENCE`], for the plain `Option`
+/// probes of these tests: `None` is "not yet".
+pub async fn eventually<T, Fut: Future<Output = Option<T>>>(
+    what: &str,
+    check: impl FnMut() -> Fut,
+) -> Result<T> {
+    plumbline_e2e::poll::until(what, PATIENCE, check).await
+}
+
+/// `/metrics` of an operator serving at `addr` (its `http_addr`), as text.
+pub async fn metrics(addr: std::net::SocketAddr) -> Result<String> {
+    Ok(reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?)
 }
 
 pub fn at(rfc3339: &str) -> DateTime<Utc> {

@@ -140,11 +140,7 @@ impl OperatorProcess {
 
     /// `/metrics`, as text.
     pub async fn metrics(&self) -> Result<String> {
-        let addr = self.http_addr().await?;
-        Ok(reqwest::get(format!("http://{addr}/metrics"))
-            .await?
-            .text()
-            .await?)
+        super::metrics(self.http_addr().await?).await
     }
 
     pub fn pid(&self) -> u32 {
@@ -153,11 +149,8 @@ impl OperatorProcess {
 
     /// Sends `signal` (e.g. "KILL", "TERM", "STOP") to this process only.
     pub async fn signal(&self, signal: &str) -> Result<()> {
-        let sent = Command::new("kill")
-            .args([format!("-{signal}"), self.pid.to_string()])
-            .status()
-            .await?;
-        ensure!(sent.success(), "kill -{signal} {}", self.pid);
+        let sent = plumbline_e2e::process::kill(self.pid, signal).await?;
+        ensure!(sent, "kill -{signal} {}", self.pid);
         Ok(())
     }
 

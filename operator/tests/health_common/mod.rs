@@ -3,16 +3,22 @@
 
 #![allow(dead_code)]
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Taint};
 use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     Api, Client, ResourceExt,
 };
 use plumbline_crds::{HypervisorProvider, InfraChange, WorkloadIntent};
+use plumbline_e2e::cluster::pod_condition;
 use serde_json::json;
 use std::time::Duration;
-use tokio::process::Command;
+
+/// The guests' disk limits, as virsh reports and sets them (not every test reads them).
+#[allow(unused_imports)]
+pub use plumbline_e2e::latency::{set_total_iops_limit, total_iops_limit};
+/// The one polling loop (`Err(seen)` is "not yet", reported on timeout; an error fails at once).
+pub use plumbline_e2e::poll::until as eventually;
 
 pub const GATE: &str = "plumbline.dev/storage-healthy";
 pub const NODE_CONDITION: &str = "StorageLatencyHigh";
@@ -169,13 +175,7 @@ pub async fn pods(admin: &Client, namespace: &str, app: &str) -> Result<Vec<Pod>
 
 /// (status, reason, message) of the pod's storage condition.
 pub fn storage_condition(pod: &Pod) -> Option<(String, String, String)> {
-    let c = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == GATE)?;
+    let c = pod_condition(pod, GATE)?;
     Some((
         c.status.clone(),
         c.reason.clone().unwrap_or_default(),
@@ -191,10 +191,7 @@ pub fn has_gate(pod: &Pod) -> bool {
 }
 
 pub fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod_condition(pod, "Ready").is_some_and(|c| c.status == "True")
 }
 
 /// (status, reason, message) of the node's StorageLatencyHigh condition.
@@ -248,27 +245,6 @@ pub async fn intent_event_reasons(
         .collect())
 }
 
-/// The disk's `total_iops_sec` as virsh reports it (0 = unlimited).
-pub async fn total_iops_limit(uri: &str, domain: &str) -> Result<u64> {
-    let out = Command::new("virsh")
-        .args(["-q", "-c", uri, "blkdeviotune", domain, "vda"])
-        .output()
-        .await
-        .context("running virsh blkdeviotune")?;
-    if !out.status.success() {
-        bail!(
-            "virsh blkdeviotune {domain} vda: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim() == "total_iops_sec")
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .with_context(|| format!("no total_iops_sec in:\n{text}"))
-}
-
 /// Puts a guest's `total_iops_sec` back after a test that left it changed: the original its
 /// record names is restored and the record removed (a record left behind would poison the
 /// next test that reads records), and without a record the limit is lifted. What it found,
@@ -294,48 +270,10 @@ pub async fn restore_guest_iops(uri: &str, domain: &str) -> Result<String> {
     if let Some(s) = restored.first() {
         return Ok(format!("restored the recorded original {}", s.value));
     }
-    let out = Command::new("virsh")
-        .args([
-            "-q",
-            "-c",
-            uri,
-            "blkdeviotune",
-            domain,
-            "vda",
-            "--total-iops-sec",
-            "0",
-            "--live",
-        ])
-        .output()
+    set_total_iops_limit(uri, domain, 0)
         .await
-        .context("running virsh blkdeviotune")?;
-    if !out.status.success() {
-        bail!(
-            "lifting the limit of {domain}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+        .with_context(|| format!("lifting the limit of {domain}"))?;
     Ok("no original was recorded; lifted the limit".into())
-}
-
-/// Polls `check` every 250 ms until it returns `Some`, failing after `timeout` with `what` and
-/// the last observation.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Result<T, String>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match check().await? {
-            Ok(v) => return Ok(v),
-            Err(seen) => seen,
-        };
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Pods whose storage condition has this status and reason.
@@ -499,21 +437,6 @@ pub async fn strip_ledger(admin: &Client, namespace: &str) {
             .await;
         let _ = api.delete(&name, &DeleteParams::default()).await;
     }
-}
-
-/// `kubectl` as the stack's admin; its output.
-pub async fn kubectl(stack: &plumbline_e2e::Stack, args: &[&str]) -> Result<String> {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(stack.get("KUBECONFIG")?)
-        .args(args)
-        .output()
-        .await
-        .context("running kubectl")?;
-    if !out.status.success() {
-        bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// An adapter for the stack's vSphere simulator, as the operator would build one.

@@ -17,14 +17,12 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, Preconditions},
     Api, Client,
 };
+use plumbline_e2e::node_list::{read_nodes_dir, SimNode};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::{
-    error::is_not_found,
-    inventory::{read_nodes_dir, SimNode},
-    pod_ips::PodCidr,
-    Error, RegisteredNodes, Result, Settings, FIELD_MANAGER,
+    error::is_not_found, pod_ips::PodCidr, Error, RegisteredNodes, Result, Settings, FIELD_MANAGER,
 };
 
 const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";

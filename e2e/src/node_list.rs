@@ -1,5 +1,6 @@
-//! The VM-backed nodes to simulate, as listed by the hypervisor components in
-//! `$PLUMBLINE_STACK_DIR/nodes.d/*.json`.
+//! The VM-backed nodes, as the hypervisor components list them in
+//! `$PLUMBLINE_STACK_DIR/nodes.d/*.json` ([`crate::Stack::nodes_dir`]): what kubelet-sim
+//! registers, and what the tests expect to find registered.
 
 use std::{
     collections::BTreeMap,
@@ -8,7 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{Error, Result};
+use crate::{Error, Result};
 
 /// One guest VM that should appear as a Kubernetes Node.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

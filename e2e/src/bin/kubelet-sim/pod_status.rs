@@ -9,10 +9,8 @@
 
 use std::net::Ipv4Addr;
 
-use k8s_openapi::{
-    api::core::v1::{Pod, PodCondition},
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
+use plumbline_e2e::cluster::pod_condition;
 use serde_json::{json, Value};
 
 pub const INITIALIZED: &str = "Initialized";
@@ -48,15 +46,6 @@ pub struct Readiness {
     pub why_not: Option<(&'static str, String)>,
 }
 
-fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-}
-
 /// Ready iff the containers are ready and every readiness gate has a True condition.
 pub fn readiness(pod: &Pod) -> Readiness {
     if !containers_ready(pod) {
@@ -78,7 +67,7 @@ pub fn readiness(pod: &Pod) -> Readiness {
         .map(Vec::as_slice)
         .unwrap_or_default();
     for gate in gates {
-        let message = match condition(pod, &gate.condition_type) {
+        let message = match pod_condition(pod, &gate.condition_type) {
             None => format!(
                 "corresponding condition of pod readiness gate \"{}\" does not exist.",
                 gate.condition_type
@@ -121,7 +110,7 @@ pub fn is_current(pod: &Pod, placement: PodPlacement) -> bool {
         return false;
     };
     let condition_is = |type_: &str, want: bool| {
-        condition(pod, type_).is_some_and(|c| c.status == status_str(want))
+        pod_condition(pod, type_).is_some_and(|c| c.status == status_str(want))
     };
     let containers_current = {
         let reported = status.container_statuses.as_deref().unwrap_or_default();
@@ -153,7 +142,7 @@ pub fn status_patch(pod: &Pod, placement: PodPlacement, now: &Time) -> Value {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     let status = pod.status.as_ref();
     let since = |type_: &str, value: bool| -> Time {
-        condition(pod, type_)
+        pod_condition(pod, type_)
             .filter(|c| c.status == status_str(value))
             .and_then(|c| c.last_transition_time.clone())
             .unwrap_or_else(|| now.clone())
@@ -253,6 +242,19 @@ mod tests {
 
     const GATE: &str = "plumbline.dev/storage-healthy";
 
+    /// The pod's status as the API server has it once `patch` is applied, with the gate
+    /// condition its owner set to `gate`.
+    fn apply(p: &mut Pod, patch: &Value, gate: &str) {
+        let mut status: k8s_openapi::api::core::v1::PodStatus =
+            serde_json::from_value(patch["status"].clone()).unwrap();
+        status
+            .conditions
+            .as_mut()
+            .unwrap()
+            .push(serde_json::from_value(json!({"type": GATE, "status": gate})).unwrap());
+        p.status = Some(status);
+    }
+
     #[test]
     fn ready_without_gates() {
         assert!(readiness(&pod(&[], &[])).ready);
@@ -299,14 +301,7 @@ mod tests {
         let mut p = pod(&[GATE], &[(GATE, "False")]);
         assert!(!is_current(&p, placement()));
         let patch = status_patch(&p, placement(), &now);
-        let mut status: k8s_openapi::api::core::v1::PodStatus =
-            serde_json::from_value(patch["status"].clone()).unwrap();
-        status
-            .conditions
-            .as_mut()
-            .unwrap()
-            .push(serde_json::from_value(json!({"type": GATE, "status": "False"})).unwrap());
-        p.status = Some(status);
+        apply(&mut p, &patch, "False");
         assert!(is_current(&p, placement()));
         for c in p.status.as_mut().unwrap().conditions.as_mut().unwrap() {
             if c.type_ == GATE {
@@ -328,14 +323,7 @@ mod tests {
         assert_eq!(patch["status"]["conditions"][1]["status"], "False");
         assert_eq!(patch["status"]["conditions"][2]["status"], "False");
         assert_eq!(patch["status"]["containerStatuses"][0]["ready"], false);
-        let mut status: k8s_openapi::api::core::v1::PodStatus =
-            serde_json::from_value(patch["status"].clone()).unwrap();
-        status
-            .conditions
-            .as_mut()
-            .unwrap()
-            .push(serde_json::from_value(json!({"type": GATE, "status": "True"})).unwrap());
-        p.status = Some(status);
+        apply(&mut p, &patch, "True");
         assert!(is_current(&p, placement()));
         // The probe passes again: the status is stale until rewritten.
         p.metadata.annotations = None;

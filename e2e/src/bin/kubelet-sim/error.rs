@@ -1,25 +1,5 @@
-use std::path::PathBuf;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading node list {path}: {source}")]
-    ReadNodeList {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("parsing node list {path}: {source}")]
-    ParseNodeList {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("node {name} is listed twice ({first} and {second})")]
-    DuplicateNode {
-        name: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
     #[error("{action} {object}: {source}")]
     Kube {
         action: &'static str,
