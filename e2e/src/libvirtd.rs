@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 use tokio::process::Command;
 
 use crate::{
-    process::{is_running, kill},
+    process::{self, kill},
     stack_error, Result, Stack,
 };
 
@@ -39,7 +39,9 @@ impl Stack {
             ));
         }
         let deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
-        while is_running(pid) {
+        // Until its parent has reaped it: the stack's `up` (like `kill -0`) counts a zombie
+        // as running and would not start a new daemon yet.
+        while process::state(pid).is_some() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(stack_error(
                     "stopping libvirtd",

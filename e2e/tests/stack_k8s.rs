@@ -528,6 +528,8 @@ async fn operator_identity_is_bound_to_the_charts_rendered_cluster_role() -> any
             "fullnameOverride=plumbline-operator-chart",
             "--set",
             "operator.taintDegradedNodes=true",
+            "--set",
+            "operator.hostMaintenance=true",
             "--show-only",
             "templates/rbac.yaml",
         ])

@@ -540,3 +540,93 @@ async fn serial_maintenance_bad_input_is_reported_and_cordons_nothing() -> Resul
     .await;
     scene.finish(result).await
 }
+
+#[tokio::test]
+async fn serial_maintenance_resumes_after_the_operator_is_killed_mid_drain() -> Result<()> {
+    use common::process::OperatorProcess;
+    let mut scene = Scene::start("maint-restart").await?;
+    let mut second = None;
+    let result = async {
+        let (admin, ns) = (scene.cluster.admin.clone(), scene.cluster.namespace.clone());
+        let uri = scene.stack.libvirt_uri()?.to_string();
+        let provider = apply_libvirt_provider(&admin, &ns, &uri).await?;
+        let (host, guests) = libvirt_host(&scene.stack).await?;
+        deploy_pinned(&admin, &ns, "ledger", 1, &guests[0]).await?;
+        no_disruption_budget(&admin, &ns, "ledger").await?;
+        let kubeconfig = scene.stack.operator_kubeconfig()?.to_path_buf();
+        let args = ["--host-maintenance=true"];
+        let mut first = OperatorProcess::start("maint-first", &ns, &kubeconfig, &args).await?;
+        let name = scene
+            .maintain(
+                "restart",
+                json!({"provider": provider, "host": host, "maxUnavailableNodes": guests.len(),
+                       "drainTimeout": "1h"}),
+            )
+            .await?;
+        scene
+            .status_until(&name, "blocked mid-drain by the budget", |s| {
+                s.phase.as_deref() == Some("Blocked")
+            })
+            .await?;
+        eventually("every guest's node cordoned", PATIENCE, || async {
+            let now = cordoned(&admin).await?;
+            let missing: Vec<&String> = guests.iter().filter(|g| !now.contains(*g)).collect();
+            Ok(if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not cordoned yet: {missing:?}"))
+            })
+        })
+        .await?;
+
+        // SIGKILL mid-drain: nothing is released, nothing is lost.
+        first.signal("KILL").await?;
+        first.exited().await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = cordoned(&admin).await?;
+        ensure!(
+            guests.iter().all(|g| now.contains(g)) && scene.cordons().await?.len() == guests.len(),
+            "the cordons and their ledger entries outlive the killed operator: {now:?}"
+        );
+
+        // The next operator continues from status and the ledger: once the budget allows it,
+        // the pod leaves and the host is drained; deleting the maintenance uncordons.
+        let next =
+            second.insert(OperatorProcess::start("maint-second", &ns, &kubeconfig, &args).await?);
+        next.http_addr().await?;
+        let budgets = plumbline_operator::discovery::ServedApis::discover(&admin).await?;
+        Api::<kube::api::DynamicObject>::namespaced_with(admin.clone(), &ns, &budgets.pdb)
+            .delete("ledger-frozen", &DeleteParams::default())
+            .await?;
+        let drained = scene
+            .status_until(&name, "Drained by the next operator", |s| {
+                s.phase.as_deref() == Some("Drained")
+            })
+            .await?;
+        ensure!(drained.started_at.is_some(), "{drained:?}");
+        scene.end(&name).await?;
+        eventually(
+            "the guests' nodes uncordoned by the next operator",
+            PATIENCE,
+            || async {
+                let now = cordoned(&admin).await?;
+                let still: Vec<&String> = guests
+                    .iter()
+                    .filter(|g| now.contains(*g) && !scene.cordoned_before.contains(*g))
+                    .collect();
+                Ok(if still.is_empty() && scene.cordons().await?.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("still cordoned: {still:?}"))
+                })
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    if let Some(op) = second {
+        let _ = op.stop().await;
+    }
+    scene.finish(result).await
+}

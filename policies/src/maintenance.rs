@@ -2,7 +2,8 @@
 //! what blocks the rest. Plain data in, a plan out; the operator observes and carries it out,
 //! and `plumbline explain` shows the same plan.
 //!
-//! - Nodes go `maxUnavailableNodes` at a time, in name order; a node stays cordoned until the
+//! - Every node of the host is cordoned at once (they all go down with it); pods leave
+//!   `maxUnavailableNodes` nodes at a time, in name order. The cordons stay until the
 //!   maintenance ends.
 //! - A pod on a cordoned node is evicted unless that would take its workload below what is
 //!   allowed: a PodDisruptionBudget's headroom, an active intent's replica floor, or (for a
@@ -266,28 +267,15 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
     let mut nodes: Vec<&HostNode> = view.nodes.iter().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let pending = |n: &HostNode| leaving(&view.pods, &n.name).count();
-    // Nodes in progress: cordoned by us and not yet empty, topped up to the limit in order.
-    let mut cordon: Vec<String> = nodes
+    // Every node of the host is cordoned at once, so nothing evicted lands on a node that is
+    // going down too; pods leave `maxUnavailableNodes` nodes at a time, in name order.
+    let cordon: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let draining: BTreeSet<&str> = nodes
         .iter()
-        .filter(|n| view.cordoned_by_us.contains(&n.name))
-        .map(|n| n.name.clone())
+        .filter(|n| pending(n) > 0)
+        .take(view.spec.max_unavailable_nodes)
+        .map(|n| n.name.as_str())
         .collect();
-    let busy = nodes
-        .iter()
-        .filter(|n| view.cordoned_by_us.contains(&n.name) && pending(n) > 0)
-        .count();
-    let mut room = view.spec.max_unavailable_nodes.saturating_sub(busy);
-    for n in &nodes {
-        if room == 0 {
-            break;
-        }
-        if !cordon.contains(&n.name) {
-            cordon.push(n.name.clone());
-            if pending(n) > 0 {
-                room -= 1;
-            }
-        }
-    }
 
     let mut evict = Vec::new();
     let mut delete = Vec::new();
@@ -298,7 +286,10 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
     let none = WorkloadFacts::default();
     for n in &nodes {
         // Only once the cordon is in force: nothing evicted may land on the node again.
-        if !(view.cordoned_by_us.contains(&n.name) && n.unschedulable) {
+        if !(draining.contains(n.name.as_str())
+            && view.cordoned_by_us.contains(&n.name)
+            && n.unschedulable)
+        {
             continue;
         }
         for pod in leaving(&view.pods, &n.name) {
@@ -349,12 +340,12 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
             NodeProgress {
                 name: n.name.clone(),
                 vm: n.vm.clone(),
-                state: if !cordon.contains(&n.name) {
-                    m::NODE_WAITING
-                } else if pending_pods == 0 {
+                state: if pending_pods == 0 && view.cordoned_by_us.contains(&n.name) {
                     m::NODE_DRAINED
-                } else {
+                } else if draining.contains(n.name.as_str()) {
                     m::NODE_DRAINING
+                } else {
+                    m::NODE_WAITING
                 },
                 pending_pods,
             }
@@ -376,7 +367,7 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
         plan.pending_pods = pending_pods;
         return plan;
     }
-    let phase = if pending_pods == 0 && cordon.len() == nodes.len() {
+    let phase = if pending_pods == 0 && view.cordoned_by_us.len() >= nodes.len() {
         m::DRAINED
     } else if view.cordoned_by_us.is_empty() {
         m::PENDING
@@ -482,7 +473,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_pass_cordons_one_node_and_evicts_nothing_yet() {
+    fn the_first_pass_cordons_every_node_and_evicts_nothing_yet() {
         let v = view(
             vec![node("b", false), node("a", false)],
             vec![
@@ -492,7 +483,7 @@ mod tests {
         );
         let plan = plan_maintenance(&v, at(1));
         assert_eq!(plan.phase, m::PENDING);
-        assert_eq!(plan.cordon, vec!["a".to_string()]);
+        assert_eq!(plan.cordon, vec!["a".to_string(), "b".to_string()]);
         assert!(plan.evict.is_empty(), "the cordon comes first: {plan:?}");
         assert_eq!(plan.pending_pods, 2);
     }
@@ -500,7 +491,7 @@ mod tests {
     #[test]
     fn a_cordoned_node_is_emptied_then_the_next_one_goes() {
         let mut v = view(
-            vec![node("a", true), node("b", false)],
+            vec![node("a", true), node("b", true)],
             vec![
                 pod("p1", "a", "shop/Deployment/web"),
                 pod("p2", "b", "shop/Deployment/web"),
@@ -513,16 +504,20 @@ mod tests {
                 ..WorkloadFacts::default()
             },
         );
-        v.cordoned_by_us.insert("a".into());
+        v.cordoned_by_us.extend(["a".to_string(), "b".to_string()]);
         let plan = plan_maintenance(&v, at(1));
         assert_eq!(plan.phase, m::DRAINING);
-        assert_eq!(plan.cordon, vec!["a".to_string()]);
-        assert_eq!(plan.evict, vec![("shop".into(), "p1".into())]);
+        assert_eq!(
+            plan.evict,
+            vec![("shop".into(), "p1".into())],
+            "one node at a time"
+        );
+        assert_eq!(plan.nodes[1].state, m::NODE_WAITING);
 
         // p1 left: a is drained, b is next.
         v.pods.remove(0);
         let plan = plan_maintenance(&v, at(2));
-        assert_eq!(plan.cordon, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(plan.evict, vec![("shop".into(), "p2".into())]);
         assert_eq!(plan.nodes[0].state, m::NODE_DRAINED);
         assert_eq!(plan.nodes[1].state, m::NODE_DRAINING);
     }
@@ -677,7 +672,7 @@ mod tests {
     #[test]
     fn two_nodes_at_once_when_allowed() {
         let mut v = view(
-            vec![node("a", false), node("b", false), node("c", false)],
+            vec![node("a", true), node("b", true), node("c", true)],
             vec![
                 pod("p1", "a", "w"),
                 pod("p2", "b", "w"),
@@ -685,8 +680,19 @@ mod tests {
             ],
         );
         v.spec.max_unavailable_nodes = 2;
+        v.cordoned_by_us.extend(["a", "b", "c"].map(String::from));
+        v.workloads.insert(
+            "w".into(),
+            WorkloadFacts {
+                ready: 6,
+                ..WorkloadFacts::default()
+            },
+        );
         let plan = plan_maintenance(&v, at(1));
-        assert_eq!(plan.cordon, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(
+            plan.evict,
+            vec![("shop".into(), "p1".into()), ("shop".into(), "p2".into())]
+        );
     }
 
     #[test]

@@ -297,6 +297,33 @@ fn plumbline_resources_get_exactly_the_verbs_the_code_uses() {
             .collect();
         assert_eq!(got, want, "plumbline.dev rules with --set {set:?}");
     }
+    // With operator.hostMaintenance, HostMaintenances are read and their status written;
+    // never for an operator scoped to a namespace.
+    let got = cluster_role_verbs(
+        &rendered(&["operator.hostMaintenance=true"]),
+        "plumbline.dev",
+    );
+    assert_eq!(
+        got.get("hostmaintenances"),
+        Some(
+            &["get", "list", "watch"]
+                .iter()
+                .map(|v| v.to_string())
+                .collect()
+        )
+    );
+    assert_eq!(
+        got.get("hostmaintenances/status"),
+        Some(&["patch"].iter().map(|v| v.to_string()).collect())
+    );
+    let scoped = cluster_role_verbs(
+        &rendered(&[
+            "operator.hostMaintenance=true",
+            "operator.watchNamespace=shop",
+        ]),
+        "plumbline.dev",
+    );
+    assert!(!scoped.contains_key("hostmaintenances"), "{scoped:?}");
     let events = cluster_role_verbs(&rendered(&[]), "events.k8s.io");
     assert_eq!(
         events
