@@ -12,7 +12,7 @@ use plumbline_adapters::{
     connect, Capability, DiskLatency, DiskLimit, Error, HypervisorConfig, LibvirtConfig, NotReady,
     Setting, StorageSamples, Support, Tunable, VmId,
 };
-use plumbline_e2e::{poll::eventually, stack, Stack};
+use plumbline_e2e::{poll::until, stack, Stack};
 use tokio::process::Command;
 
 fn libvirt(stack: &Stack) -> HypervisorConfig {
@@ -125,7 +125,7 @@ async fn samples_report_every_guest_disk_after_a_baseline() {
         .all(|u| u.reason == NotReady::Baseline));
     for domain in stack.libvirt_domains().unwrap() {
         let id = uuid_of(&stack, &domain).await;
-        let d = eventually(
+        let d = until(
             &format!("{domain}'s vda has a latency window"),
             Duration::from_secs(30),
             || async {
@@ -133,7 +133,8 @@ async fn samples_report_every_guest_disk_after_a_baseline() {
                 vda(&s, &id).filter(|d| per_op(d).is_some()).cloned()
             },
         )
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
         let (latency, _) = per_op(&d).unwrap();
         assert!(
             latency > Duration::ZERO && latency < Duration::from_secs(1),
@@ -156,7 +157,7 @@ async fn serial_injected_latency_appears_at_the_right_magnitude_and_clears() {
     let result = async {
         // Let the throttle take hold, then measure one window with the adapter and, over the
         // same window, independently with `virsh domstats`.
-        eventually(
+        until(
             "the limit shows in the samples",
             Duration::from_secs(60),
             || async {
@@ -166,7 +167,8 @@ async fn serial_injected_latency_appears_at_the_right_magnitude_and_clears() {
                     .filter(|(l, _)| *l >= Duration::from_millis(5))
             },
         )
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
         hv.sample_storage().await.unwrap();
         let independent = stack
             .measure_latency(domain, Duration::from_secs(3), 20, Duration::from_secs(60))
@@ -190,7 +192,7 @@ async fn serial_injected_latency_appears_at_the_right_magnitude_and_clears() {
         independent.per_op
     );
 
-    let cleared = eventually(
+    let cleared = until(
         "latency back to normal",
         Duration::from_secs(60),
         || async {
@@ -200,7 +202,8 @@ async fn serial_injected_latency_appears_at_the_right_magnitude_and_clears() {
                 .filter(|(l, _)| *l < Duration::from_millis(5))
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(
         cleared.0 < ours / 2,
         "{cleared:?} after clearing, {ours:?} under the limit"
@@ -703,12 +706,13 @@ async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let outage = async {
-        let err = eventually(
+        let err = until(
             "the adapter reports the daemon gone",
             Duration::from_secs(30),
             || async { hv.sample_storage().await.err() },
         )
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
         assert!(err.is_disconnected(), "{err:?}");
         assert!(!hv.connection().is_connected(), "{:?}", hv.connection());
         // While the daemon is down every call fails fast, without panicking or stale data.
@@ -723,12 +727,13 @@ async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes()
         .unwrap_or_else(|e| panic!("{e}"));
     let () = outage;
 
-    let first = eventually(
+    let first = until(
         "sampling resumes after the restart",
         Duration::from_secs(90),
         || async { hv.sample_storage().await.ok() },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(hv.connection().is_connected());
     assert!(
         first.disks.is_empty(),
@@ -738,7 +743,7 @@ async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes()
         .not_ready
         .iter()
         .all(|u| u.reason == NotReady::Baseline));
-    eventually(
+    until(
         "fresh latency after the restart",
         Duration::from_secs(30),
         || async {
@@ -746,7 +751,8 @@ async fn serial_libvirtd_restart_is_seen_as_disconnected_then_sampling_resumes()
             vda(&s, &id).and_then(per_op)
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// The adapter's deadline for one libvirt call (`CALL_TIMEOUT` in src/libvirt/mod.rs).
@@ -883,7 +889,7 @@ async fn serial_a_frozen_guest_fails_its_own_calls_in_time_while_the_others_are_
         .unwrap_or_else(|e| panic!("{e}"));
     drop(guard);
 
-    eventually(
+    until(
         &format!("{frozen} is sampled again after the thaw"),
         Duration::from_secs(60),
         || async {
@@ -891,7 +897,8 @@ async fn serial_a_frozen_guest_fails_its_own_calls_in_time_while_the_others_are_
             vda(&s, &frozen_id).and_then(per_op)
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     // The change that timed out may still land once the guest answers again (the blocked call
     // is not cancelled, only abandoned); its record lets revert undo it.
     let late = hv.tunables(&frozen_id).await.unwrap();

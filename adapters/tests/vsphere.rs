@@ -9,7 +9,7 @@ use plumbline_adapters::{
 };
 use plumbline_e2e::{
     latency::{SessionFault, SimReconfiguration},
-    poll::eventually,
+    poll::until,
     stack, Stack,
 };
 
@@ -119,7 +119,7 @@ async fn serial_injected_latency_appears_in_samples_and_disappears_when_cleared(
         .unwrap();
 
     // The simulator answers QueryPerf with the new value at once; one 20 s interval is the bound.
-    let seen = eventually(
+    let seen = until(
         "injected latency in the samples",
         Duration::from_secs(25),
         || async {
@@ -128,13 +128,14 @@ async fn serial_injected_latency_appears_in_samples_and_disappears_when_cleared(
             (disk.read?.mean == Duration::from_millis(read_ms)).then_some(disk)
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(seen.write.unwrap().mean, Duration::from_millis(write_ms));
     assert_eq!(seen.window, Duration::from_secs(20));
     assert_eq!(seen.disk, vm.disks[0].name);
 
     stack.clear_vsphere_latency(vm.id.as_str()).await.unwrap();
-    let cleared = eventually(
+    let cleared = until(
         "latency back to baseline",
         Duration::from_secs(25),
         || async {
@@ -143,7 +144,8 @@ async fn serial_injected_latency_appears_in_samples_and_disappears_when_cleared(
             (disk.worst()? < Duration::from_millis(read_ms)).then_some(disk)
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(
         cleared.worst().unwrap() < Duration::from_millis(100),
         "{cleared:?}"

@@ -111,20 +111,6 @@ pub fn until_blocking<T, P: Probe<T>>(
         .block_on(until(&what, timeout, || std::future::ready(probe())))
 }
 
-/// [`until`] for tests that fail by panicking: panics with its message.
-///
-/// Kept only for the adapters' stack tests (`adapters/tests/{libvirt,vsphere}.rs`); once they
-/// call [`until`] themselves, this goes. New code uses [`until`].
-pub async fn eventually<T, Fut: Future<Output = Option<T>>>(
-    what: &str,
-    timeout: Duration,
-    check: impl FnMut() -> Fut,
-) -> T {
-    until(what, timeout, check)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,11 +198,5 @@ mod tests {
         })
         .unwrap();
         assert_eq!(found, 2);
-    }
-
-    #[tokio::test]
-    #[should_panic(expected = "timed out after 300ms waiting for never")]
-    async fn the_panicking_form_panics_with_the_message() {
-        eventually("never", SHORT, || std::future::ready(None::<()>)).await;
     }
 }
