@@ -7,7 +7,7 @@ use plumbline_crds::Layer;
 
 use crate::{
     invalid::Invalid,
-    plan::{Action, Change, Plan, Setting},
+    plan::{Action, Change, Plan, ValueChange},
     revert::describe_target,
 };
 
@@ -110,7 +110,7 @@ pub fn describe(change: &Change) -> String {
     }
 }
 
-fn arrow<T: ToString>(s: &Setting<T>, absent: &str) -> String {
+fn arrow<T: ToString>(s: &ValueChange<T>, absent: &str) -> String {
     let show = |v: &Option<T>| {
         v.as_ref()
             .map(ToString::to_string)

@@ -33,11 +33,11 @@ pub mod validate;
 pub use explain::{describe, explain, explain_invalid};
 pub use invalid::{FieldError, Invalid};
 pub use observed::{
-    BackingVm, Observed, ObservedDisruptionBudget, ObservedInfra, ObservedWorkload,
+    Observed, ObservedBackingVm, ObservedDisruptionBudget, ObservedInfra, ObservedWorkload,
 };
 pub use plan::{
-    Action, Activity, Change, CountOrPercent, Note, Plan, Preemption, PriorityClassSpec, Setting,
-    VmRef, WorkloadRef,
+    Action, Activity, Change, CountOrPercent, Note, Plan, Preemption, PriorityClassSpec,
+    ValueChange, VmRef, WorkloadRef,
 };
 pub use planner::{activity, disruption_budget_name, plan};
 pub use revert::{revert, Undo};

@@ -52,7 +52,7 @@ pub struct ObservedInfra {
     /// owners.
     pub changes: Vec<plumbline_crds::InfraChange>,
     /// The VMs backing the workload's pods (`status.backing`), deduplicated.
-    pub backing: Vec<BackingVm>,
+    pub backing: Vec<ObservedBackingVm>,
     /// VMs sharing a host or datastore with them, with their I/O rates
     /// (`status.neighbourCandidates`).
     pub neighbours: Vec<plumbline_crds::NeighbourCandidateStatus>,
@@ -60,7 +60,7 @@ pub struct ObservedInfra {
 
 /// A VM under one or more of the workload's pods, and where it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackingVm {
+pub struct ObservedBackingVm {
     pub vm: crate::plan::VmRef,
     pub host: Option<String>,
     pub datastores: Vec<String>,

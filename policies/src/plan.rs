@@ -1,7 +1,7 @@
 //! The plan: what Plumbline will change, on which layer, from what to what, and why.
 //!
 //! A [`Plan`] is an ordered list of [`Action`]s (Kubernetes layer first, then hypervisor).
-//! Every action names its target and carries a [`Setting`]: the `desired` value Plumbline sets
+//! Every action names its target and carries a [`ValueChange`]: the `desired` value Plumbline sets
 //! and the `previous` value it found there. `None` means "absent" (field unset, object missing,
 //! gate not present, no limit), so a revert is the same action with the two swapped
 //! ([`Action::reverted`]). Previous values are the originals: once applied, they are kept in
@@ -98,12 +98,12 @@ impl Action {
 
 /// Desired and previous value of one setting. `None` means absent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Setting<T> {
+pub struct ValueChange<T> {
     pub desired: Option<T>,
     pub previous: Option<T>,
 }
 
-impl<T> Setting<T> {
+impl<T> ValueChange<T> {
     pub fn new(desired: Option<T>, previous: Option<T>) -> Self {
         Self { desired, previous }
     }
@@ -131,12 +131,12 @@ pub enum Change {
     /// Kubernetes: the workload's `spec.template.spec.priorityClassName`.
     PriorityClassName {
         workload: WorkloadRef,
-        value: Setting<String>,
+        value: ValueChange<String>,
     },
     /// Kubernetes: the workload's `spec.replicas`, raised to the intent's replica floor.
     Replicas {
         workload: WorkloadRef,
-        value: Setting<i32>,
+        value: ValueChange<i32>,
     },
     /// Kubernetes: a PodDisruptionBudget Plumbline owns, selecting the workload's pods.
     /// `value` is its `minAvailable`; `desired: None` deletes it.
@@ -144,23 +144,23 @@ pub enum Change {
         namespace: String,
         name: String,
         selector: BTreeMap<String, String>,
-        value: Setting<CountOrPercent>,
+        value: ValueChange<CountOrPercent>,
     },
     /// Kubernetes: a readiness gate in the workload's pod template; `value` is the gate's condition
     /// type when present (`plumbline.dev/storage-healthy`), `None` when absent.
     ReadinessGate {
         workload: WorkloadRef,
-        value: Setting<String>,
+        value: ValueChange<String>,
     },
     /// Hypervisor: a VM's CPU shares (protecting the VMs that back the workload). `desired: None`
     /// (a revert of shares that could not be read before) means: restore the original the
     /// adapter recorded on the VM.
-    CpuShares { vm: VmRef, value: Setting<u64> },
+    CpuShares { vm: VmRef, value: ValueChange<u64> },
     /// Hypervisor: a VM disk's total IOPS limit (noisy-neighbour throttle); `None` is unlimited.
     DiskIopsLimit {
         vm: VmRef,
         disk: String,
-        value: Setting<u64>,
+        value: ValueChange<u64>,
     },
 }
 

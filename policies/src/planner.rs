@@ -23,7 +23,7 @@ use crate::{
     invalid::Invalid,
     ledger::throttle_from_spec,
     observed::{Observed, ObservedInfra, ObservedWorkload},
-    plan::{Action, Activity, Change, Note, Plan, Setting, VmRef, WorkloadRef},
+    plan::{Action, Activity, Change, Note, Plan, ValueChange, VmRef, WorkloadRef},
     revert::{revert, sort_reverts},
     schedule::Schedule,
     tiers::tier,
@@ -136,9 +136,9 @@ pub fn activity(schedule: Option<&Schedule>, now: DateTime<Utc>) -> Activity {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Decision<T> {
     /// Set `desired`; `previous` is the baseline a revert restores.
-    Hold(Setting<T>),
+    Hold(ValueChange<T>),
     /// Plumbline set it earlier and no longer needs to: put the baseline back.
-    Restore(Setting<T>),
+    Restore(ValueChange<T>),
     /// Already as wanted, and Plumbline owes nothing.
     Nothing,
 }
@@ -147,7 +147,7 @@ pub(crate) enum Decision<T> {
 pub(crate) fn decide<T: PartialEq + Clone>(
     desired: Option<T>,
     observed: Option<T>,
-    applied: Option<Setting<T>>,
+    applied: Option<ValueChange<T>>,
 ) -> Decision<T> {
     let ours_still_there = applied.as_ref().is_some_and(|a| a.desired == observed);
     let baseline = match applied {
@@ -155,9 +155,9 @@ pub(crate) fn decide<T: PartialEq + Clone>(
         _ => observed.clone(),
     };
     if desired != baseline {
-        Decision::Hold(Setting::new(desired, baseline))
+        Decision::Hold(ValueChange::new(desired, baseline))
     } else if observed != baseline {
-        Decision::Restore(Setting::new(baseline, observed))
+        Decision::Restore(ValueChange::new(baseline, observed))
     } else {
         Decision::Nothing
     }
@@ -183,12 +183,12 @@ impl Planner<'_> {
     fn record<T: PartialEq + Clone>(
         &mut self,
         decision: Decision<T>,
-        change: impl Fn(Setting<T>) -> Change,
+        change: impl Fn(ValueChange<T>) -> Change,
         reason: String,
         already: String,
     ) {
         self.visited
-            .push(change(Setting::new(None, None)).target_key());
+            .push(change(ValueChange::new(None, None)).target_key());
         match decision {
             Decision::Hold(s) => self.plan.actions.push(Action {
                 change: change(s),
@@ -202,7 +202,7 @@ impl Planner<'_> {
             }),
             Decision::Nothing if already.is_empty() => {}
             Decision::Nothing => {
-                let layer = change(Setting::new(None, None)).layer();
+                let layer = change(ValueChange::new(None, None)).layer();
                 self.plan.notes.push(Note {
                     layer,
                     text: already,
@@ -234,7 +234,7 @@ impl Planner<'_> {
 
         let probe = Change::PriorityClassName {
             workload: w.clone(),
-            value: Setting::new(None, None),
+            value: ValueChange::new(None, None),
         };
         let applied = match self.applied(&probe) {
             Some(Change::PriorityClassName { value, .. }) => Some(value.clone()),
@@ -262,7 +262,7 @@ impl Planner<'_> {
 
         let probe = Change::Replicas {
             workload: w.clone(),
-            value: Setting::new(None, None),
+            value: ValueChange::new(None, None),
         };
         let applied = match self.applied(&probe) {
             Some(Change::Replicas { value, .. }) => Some(value.clone()),
@@ -309,7 +309,7 @@ impl Planner<'_> {
 
         let probe = Change::ReadinessGate {
             workload: w.clone(),
-            value: Setting::new(None, None),
+            value: ValueChange::new(None, None),
         };
         let applied = match self.applied(&probe) {
             Some(Change::ReadinessGate { value, .. }) => Some(value.clone()),
@@ -366,7 +366,7 @@ impl Planner<'_> {
             namespace: w.namespace.clone(),
             name: name.clone(),
             selector: workload.selector.clone(),
-            value: Setting::new(None, None),
+            value: ValueChange::new(None, None),
         };
         let applied = match self.applied(&probe) {
             Some(Change::PodDisruptionBudget { value, .. }) => Some(value.clone()),
@@ -639,7 +639,7 @@ pub fn ledger_actions(intent: &WorkloadIntent, infra: &ObservedInfra) -> Vec<Act
                 .as_ref()
                 .and_then(|s| s.original.as_deref())
                 .and_then(|o| o.parse().ok());
-            let value = Setting::new(ic.spec.desired.parse().ok(), original);
+            let value = ValueChange::new(ic.spec.desired.parse().ok(), original);
             let change = match ic.spec.setting.as_str() {
                 "cpu_shares" => Change::CpuShares { vm, value },
                 setting => Change::DiskIopsLimit {

@@ -7,7 +7,7 @@
 use plumbline_crds::{ActionKind, ActionState, PlannedAction, PlannedTarget, TargetKind};
 
 use crate::{
-    plan::{Action, Change, CountOrPercent, Plan, Setting, VmRef, WorkloadRef},
+    plan::{Action, Change, CountOrPercent, Plan, ValueChange, VmRef, WorkloadRef},
     tiers::tier_of_priority_class,
 };
 
@@ -156,7 +156,7 @@ fn action_from_status(index: usize, e: &PlannedAction) -> Result<Action, StatusE
             name: e.target.name.clone(),
         })
     };
-    let strings = || Setting::new(e.desired.clone(), e.previous.clone());
+    let strings = || ValueChange::new(e.desired.clone(), e.previous.clone());
     let change = match e.kind {
         ActionKind::PriorityClass => {
             let tier = tier_of_priority_class(&e.target.name).ok_or_else(|| {
@@ -221,13 +221,13 @@ fn action_from_status(index: usize, e: &PlannedAction) -> Result<Action, StatusE
 fn parsed<T>(
     e: &PlannedAction,
     parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<Setting<T>, String> {
+) -> Result<ValueChange<T>, String> {
     let one = |v: &Option<String>, which: &str| -> Result<Option<T>, String> {
         v.as_deref()
             .map(|s| parse(s).map_err(|p| format!("{which} {s:?}: {p}")))
             .transpose()
     };
-    Ok(Setting::new(
+    Ok(ValueChange::new(
         one(&e.desired, "desired")?,
         one(&e.previous, "previous")?,
     ))

@@ -11,9 +11,9 @@ use plumbline_crds::{
     WorkloadIntent, WorkloadIntentSpec, WorkloadTarget,
 };
 use plumbline_policies::{
-    actions_from_status, explain, explain_invalid, plan, plan_to_status, revert, Action, BackingVm,
-    Change, CountOrPercent, Invalid, Observed, ObservedDisruptionBudget, ObservedInfra,
-    ObservedWorkload, Plan, Setting, VmRef, WorkloadRef,
+    actions_from_status, explain, explain_invalid, plan, plan_to_status, revert, Action, Change,
+    CountOrPercent, Invalid, Observed, ObservedBackingVm, ObservedDisruptionBudget, ObservedInfra,
+    ObservedWorkload, Plan, ValueChange, VmRef, WorkloadRef,
 };
 use proptest::prelude::*;
 
@@ -97,7 +97,7 @@ fn observed() -> Observed {
     Observed {
         workload: Some(observed_payments()),
         infra: ObservedInfra {
-            backing: vec![BackingVm {
+            backing: vec![ObservedBackingVm {
                 vm: vm("worker-1"),
                 host: Some("kvm-1".into()),
                 datastores: vec![],
@@ -176,7 +176,7 @@ fn critical_intent_in_its_window() {
         changes[1],
         &Change::PriorityClassName {
             workload: payments(),
-            value: Setting::new(Some("plumbline-critical".into()), None)
+            value: ValueChange::new(Some("plumbline-critical".into()), None)
         }
     );
     assert_eq!(
@@ -185,21 +185,21 @@ fn critical_intent_in_its_window() {
             namespace: "shop".into(),
             name: "payments-plumbline".into(),
             selector: BTreeMap::from([("app".into(), "payments".into())]),
-            value: Setting::new(Some(CountOrPercent::Percent(50)), None)
+            value: ValueChange::new(Some(CountOrPercent::Percent(50)), None)
         }
     );
     assert_eq!(
         changes[3],
         &Change::Replicas {
             workload: payments(),
-            value: Setting::new(Some(3), Some(2))
+            value: ValueChange::new(Some(3), Some(2))
         }
     );
     assert_eq!(
         changes[4],
         &Change::ReadinessGate {
             workload: payments(),
-            value: Setting::new(Some(STORAGE_READINESS_GATE.into()), None)
+            value: ValueChange::new(Some(STORAGE_READINESS_GATE.into()), None)
         }
     );
     // Nothing in the ledger yet: the hypervisor half is what the health loop will do.
@@ -235,12 +235,12 @@ fn ledger_entries_are_the_hypervisor_actions_with_their_originals() {
         [
             &Change::CpuShares {
                 vm: vm("worker-1"),
-                value: Setting::new(Some(4096), Some(1024))
+                value: ValueChange::new(Some(4096), Some(1024))
             },
             &Change::DiskIopsLimit {
                 vm: vm("batch-7"),
                 disk: "vda".into(),
-                value: Setting::new(Some(2000), Some(0))
+                value: ValueChange::new(Some(2000), Some(0))
             }
         ]
     );
@@ -418,7 +418,7 @@ fn scaling_above_the_floor_needs_no_floor() {
     assert!(p.actions.iter().any(|a| a.change
         == Change::Replicas {
             workload: payments(),
-            value: Setting::new(Some(3), None)
+            value: ValueChange::new(Some(3), None)
         }));
 }
 
@@ -682,7 +682,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
                 workload: Some(w),
                 infra: ObservedInfra {
                     backing: (0..vms)
-                        .map(|i| BackingVm {
+                        .map(|i| ObservedBackingVm {
                             vm: vm(&format!("worker-{i}")),
                             host: Some("kvm-1".into()),
                             datastores: vec![],

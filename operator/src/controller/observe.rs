@@ -155,7 +155,7 @@ async fn observe_infra(
         Err(source) => return Err(Error::kube("listing InfraChanges", source)),
     };
     let status = wi.status.clone().unwrap_or_default();
-    let mut backing: Vec<plumbline_policies::BackingVm> = Vec::new();
+    let mut backing: Vec<plumbline_policies::ObservedBackingVm> = Vec::new();
     for pod in &status.backing {
         let (Some(vm), Some(provider)) = (&pod.vm, &pod.provider) else {
             continue;
@@ -167,7 +167,7 @@ async fn observe_infra(
         if backing.iter().any(|b| b.vm == vm) {
             continue;
         }
-        backing.push(plumbline_policies::BackingVm {
+        backing.push(plumbline_policies::ObservedBackingVm {
             vm,
             host: pod.host.clone(),
             datastores: pod.datastores.clone(),

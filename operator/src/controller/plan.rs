@@ -8,7 +8,7 @@ use plumbline_crds::{
     names::{FIELD_MANAGER, STORAGE_READINESS_GATE},
     ActionState, PlannedAction, WorkloadIntent,
 };
-use plumbline_policies::{self as policies, Change, CountOrPercent, Invalid, Plan, Setting};
+use plumbline_policies::{self as policies, Change, CountOrPercent, Invalid, Plan, ValueChange};
 use tracing::warn;
 
 use super::{
@@ -61,7 +61,7 @@ pub(super) fn applied(wi: &WorkloadIntent, observed: &IntentObservation) -> Vec<
             let change = match field {
                 WorkloadField::Replicas => Change::Replicas {
                     workload: target.clone(),
-                    value: Setting::new(
+                    value: ValueChange::new(
                         live.and_then(|v| v.as_i64())
                             .and_then(|v| i32::try_from(v).ok()),
                         previous
@@ -73,7 +73,7 @@ pub(super) fn applied(wi: &WorkloadIntent, observed: &IntentObservation) -> Vec<
                 },
                 WorkloadField::PriorityClassName => Change::PriorityClassName {
                     workload: target.clone(),
-                    value: Setting::new(
+                    value: ValueChange::new(
                         live.and_then(|v| v.as_str()).map(str::to_string),
                         previous
                             .value
@@ -95,7 +95,7 @@ pub(super) fn applied(wi: &WorkloadIntent, observed: &IntentObservation) -> Vec<
                     };
                     Change::ReadinessGate {
                         workload: target.clone(),
-                        value: Setting::new(has_gate(live), has_gate(previous.value.as_ref())),
+                        value: ValueChange::new(has_gate(live), has_gate(previous.value.as_ref())),
                     }
                 }
             };
@@ -112,7 +112,7 @@ pub(super) fn applied(wi: &WorkloadIntent, observed: &IntentObservation) -> Vec<
                 namespace: target.namespace.clone(),
                 name: budget.name.clone(),
                 selector: Default::default(),
-                value: Setting::new(budget.min_available, None::<CountOrPercent>),
+                value: ValueChange::new(budget.min_available, None::<CountOrPercent>),
             });
         }
     }
