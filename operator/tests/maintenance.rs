@@ -630,3 +630,132 @@ async fn serial_maintenance_resumes_after_the_operator_is_killed_mid_drain() -> 
     }
     scene.finish(result).await
 }
+
+#[tokio::test]
+async fn serial_maintenance_of_a_vsphere_host_drains_its_nodes_under_a_budget() -> Result<()> {
+    let mut scene = Scene::start("maint-vc").await?;
+    let result = async {
+        let (admin, ns) = (scene.cluster.admin.clone(), scene.cluster.namespace.clone());
+        let provider = apply_vsphere_provider(&scene.stack, &admin, &ns).await?;
+        let hv = vsphere_adapter(&scene.stack).await?;
+        let inventory = hv.inventory().await?;
+        let _ = hv.close().await;
+        // The simulator's host with the most VMs: its nodes (found by providerID) are drained.
+        let mut by_host: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for vm in &inventory {
+            by_host
+                .entry(vm.host.clone())
+                .or_default()
+                .push(vm.provider_id.clone());
+        }
+        let (host, provider_ids) = by_host
+            .into_iter()
+            .max_by_key(|(_, ids)| ids.len())
+            .context("the simulator reports no VMs")?;
+        let vms: Vec<String> = Api::<Node>::all(admin.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|n| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.provider_id.as_ref())
+                    .is_some_and(|id| provider_ids.contains(id))
+            })
+            .map(|n| n.name_any())
+            .collect();
+        ensure!(!vms.is_empty(), "no node is a VM on {host}: {provider_ids:?}");
+        println!("draining simulator host {host}: nodes {vms:?}");
+        // Three pods preferring the host's nodes, at most one away at a time.
+        deploy_placed(
+            &admin,
+            &ns,
+            "orders",
+            3,
+            json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "preference": {"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": vms}]}}]}}}),
+        )
+        .await?;
+        let on_host = |pods: &[Pod]| {
+            pods.iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_ref())
+                        .is_some_and(|n| vms.contains(n))
+                })
+                .count()
+        };
+        eventually("3 ready pods, on the host's nodes", PATIENCE, || async {
+            let list = pods(&admin, &ns, "orders").await?;
+            Ok(if ready_pods(&list) == 3 && on_host(&list) >= 1 {
+                Ok(())
+            } else {
+                Err(summary(&list))
+            })
+        })
+        .await?;
+        let apis = plumbline_operator::discovery::ServedApis::discover(&admin).await?;
+        let budget = json!({
+            "apiVersion": apis.pdb.api_version, "kind": "PodDisruptionBudget",
+            "metadata": {"name": "orders", "namespace": ns},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "orders"}}},
+        });
+        Api::<kube::api::DynamicObject>::namespaced_with(admin.clone(), &ns, &apis.pdb)
+            .patch("orders", &PatchParams::apply("e2e-user"), &Patch::Apply(&budget))
+            .await?;
+        scene.run_operator().await?;
+        let name = scene
+            .maintain("vc", json!({"provider": provider, "host": host, "reason": "firmware"}))
+            .await?;
+        let mut fewest = usize::MAX;
+        let started = tokio::time::Instant::now();
+        loop {
+            let list = pods(&admin, &ns, "orders").await?;
+            fewest = fewest.min(ready_pods(&list));
+            let status = Api::<HostMaintenance>::all(admin.clone())
+                .get(&name)
+                .await?
+                .status
+                .unwrap_or_default();
+            if status.phase.as_deref() == Some("Drained") && on_host(&list) == 0 {
+                ensure!(
+                    status.nodes.len() == vms.len(),
+                    "the host's nodes, and only those: {:?}",
+                    status.nodes
+                );
+                break;
+            }
+            ensure!(
+                started.elapsed() < PATIENCE,
+                "not drained in {PATIENCE:?}: {status:?}, pods {}",
+                summary(&list)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        println!("drained in {:?}; fewest ready pods: {fewest}", started.elapsed());
+        ensure!(fewest >= 2, "the budget of 2 was breached: {fewest} ready");
+        let now = cordoned(&admin).await?;
+        ensure!(vms.iter().all(|v| now.contains(v)), "{now:?}");
+        scene.end(&name).await?;
+        eventually("the host's nodes uncordoned", PATIENCE, || async {
+            let now = cordoned(&admin).await?;
+            let still: Vec<&String> = vms
+                .iter()
+                .filter(|v| now.contains(*v) && !scene.cordoned_before.contains(*v))
+                .collect();
+            Ok(if still.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still cordoned: {still:?}"))
+            })
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    scene.finish(result).await
+}
