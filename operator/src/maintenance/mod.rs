@@ -82,7 +82,7 @@ impl Maintenances {
         let mut budgets = None;
         let mut wanted = Vec::new();
         for (i, hm) in all.iter().enumerate() {
-            let plan = match self.decide_one(hm, &all[..i], caches, book, &nodes) {
+            let plan = match Self::decide_one(hm, &all[..i], caches, book, &nodes) {
                 Err(blocker) => MaintenancePlan {
                     phase: m::PENDING,
                     ..MaintenancePlan::ended(vec![blocker])
@@ -129,7 +129,6 @@ impl Maintenances {
 
     /// The checked spec and the host's nodes, or what stops this maintenance from acting.
     fn decide_one(
-        &self,
         hm: &HostMaintenance,
         earlier: &[Arc<HostMaintenance>],
         caches: &Caches,
