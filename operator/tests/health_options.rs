@@ -342,10 +342,20 @@ async fn serial_health_taint_degraded_node_on_latency_and_untaint_on_recovery_ke
             matches!(&c, Some((s, _, _)) if s == "True"),
             "tainted with the condition True: {c:?}"
         );
-        ensure!(
-            actions(&operator, ActionResult::applied) >= 1,
-            "plumbline_actions_total node_taint applied"
-        );
+        // The actuator counts the change once it has read it back, a moment after the node
+        // shows it.
+        eventually(
+            "plumbline_actions_total node_taint applied",
+            PATIENCE,
+            || async {
+                Ok(if actions(&operator, ActionResult::applied) >= 1 {
+                    Ok(())
+                } else {
+                    Err("0".to_string())
+                })
+            },
+        )
+        .await?;
         let added = eventually("an Event about the taint", PATIENCE, || async {
             let e = node_event_reasons(&cluster.admin, NODE, started).await?;
             Ok(match e.iter().find(|(r, _)| r == "StorageTaintAdded") {
@@ -377,10 +387,20 @@ async fn serial_health_taint_degraded_node_on_latency_and_untaint_on_recovery_ke
             has(&untainted, &before) && has(&untainted, &between),
             "the others' taints are kept: {untainted:?}"
         );
-        ensure!(
-            actions(&operator, ActionResult::reverted) >= 1,
-            "plumbline_actions_total node_taint reverted"
-        );
+        // The actuator counts the change once it has read it back, a moment after the node
+        // shows it.
+        eventually(
+            "plumbline_actions_total node_taint reverted",
+            PATIENCE,
+            || async {
+                Ok(if actions(&operator, ActionResult::reverted) >= 1 {
+                    Ok(())
+                } else {
+                    Err("0".to_string())
+                })
+            },
+        )
+        .await?;
         eventually("an Event about the removal", PATIENCE, || async {
             let e = node_event_reasons(&cluster.admin, NODE, started).await?;
             Ok(if e.iter().any(|(r, _)| r == "StorageTaintRemoved") {
