@@ -3,7 +3,7 @@
 
 use kube::{
     runtime::{
-        events::{Event, Recorder, Reporter},
+        events::{Event, EventType, Recorder, Reporter},
         reflector::{ObjectRef, Store},
     },
     Client, Resource,
@@ -22,6 +22,22 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::{clock::Clock, discovery::ServedApis, metrics::Metrics};
+
+/// An Event: Warning or Normal, its reason, the note (cut to the 1000 characters the API
+/// keeps) and the action.
+pub fn event(warning: bool, reason: &str, note: &str, action: &str) -> Event {
+    Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.to_string(),
+        secondary: None,
+    }
+}
 
 /// Reporter name on Events (`kubectl describe` shows it as "From").
 pub const CONTROLLER_NAME: &str = "plumbline";

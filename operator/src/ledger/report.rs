@@ -5,7 +5,6 @@
 use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
 use kube::{
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
     Api, ResourceExt,
 };
 use plumbline_crds::{
@@ -17,7 +16,7 @@ use plumbline_policies::ledger::owner_summary;
 use serde_json::json;
 
 use crate::{
-    context::Context,
+    context::{self, Context},
     controller::conditions::{merge, ConditionVerdict},
 };
 
@@ -91,18 +90,11 @@ pub async fn write_status(
 
 /// An Event about the change (best effort).
 pub async fn event(ctx: &Context, ic: &InfraChange, warning: bool, reason: &str, note: String) {
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "ChangeInfrastructure".into(),
-        secondary: None,
-    };
-    ctx.publish_cluster_scoped(ic, event).await;
+    ctx.publish_cluster_scoped(
+        ic,
+        context::event(warning, reason, &note, "ChangeInfrastructure"),
+    )
+    .await;
 }
 
 /// For a node taint, an Event on the Node too (`kubectl describe node` shows it):
@@ -136,18 +128,12 @@ pub async fn node_event(ctx: &Context, ic: &InfraChange, added: bool) {
         },
         ..Default::default()
     };
-    let event = Event {
-        type_: EventType::Normal,
-        reason: if added {
-            event::STORAGE_TAINT_ADDED
-        } else {
-            event::STORAGE_TAINT_REMOVED
-        }
-        .into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "TaintNode".into(),
-        secondary: None,
+    let reason = if added {
+        event::STORAGE_TAINT_ADDED
+    } else {
+        event::STORAGE_TAINT_REMOVED
     };
+    let event = context::event(false, reason, &note, "TaintNode");
     ctx.publish_cluster_scoped(&node, event).await;
 }
 

@@ -17,7 +17,6 @@ pub mod view;
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::{DeleteParams, Patch, PatchParams},
-    runtime::events::{Event, EventType},
     Api, ResourceExt,
 };
 use plumbline_crds::{
@@ -424,16 +423,6 @@ async fn evict(ctx: &Context, namespace: &str, name: &str) -> Result<(), kube::E
 }
 
 async fn publish(ctx: &Context, hm: &HostMaintenance, warning: bool, reason: &str, note: String) {
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Drain".into(),
-        secondary: None,
-    };
-    ctx.publish_cluster_scoped(hm, event).await;
+    ctx.publish_cluster_scoped(hm, crate::context::event(warning, reason, &note, "Drain"))
+        .await;
 }
