@@ -135,6 +135,28 @@ impl Scene {
             .collect())
     }
 
+    /// Waits until none of `nodes` is cordoned (unless it was before the test) and this test's
+    /// operator holds no cordon in the ledger.
+    async fn uncordoned(&self, what: &str, nodes: &[String]) -> Result<()> {
+        eventually(&format!("{what} uncordoned"), PATIENCE, || async {
+            let left = self.cordons().await?;
+            let now = cordoned(&self.cluster.admin).await?;
+            let still: Vec<&String> = nodes
+                .iter()
+                .filter(|n| now.contains(*n) && !self.cordoned_before.contains(*n))
+                .collect();
+            Ok(if left.is_empty() && still.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} cordon(s) in the ledger, still cordoned {still:?}",
+                    left.len()
+                ))
+            })
+        })
+        .await
+    }
+
     /// Ends every maintenance while the operator runs (so the cordons are reverted through
     /// their finalizers), releases the rest, and uncordons by hand, as an error, any node this
     /// test left cordoned.
@@ -364,19 +386,7 @@ async fn serial_maintenance_of_the_libvirt_host_moves_pods_to_vsphere_nodes_keep
 
         // The maintenance ends: the nodes are uncordoned through the ledger.
         scene.end(&name).await?;
-        eventually("the guests' nodes uncordoned", PATIENCE, || async {
-            let now = cordoned(&admin).await?;
-            let still: Vec<&String> = guests
-                .iter()
-                .filter(|g| now.contains(*g) && !scene.cordoned_before.contains(*g))
-                .collect();
-            Ok(if still.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("still cordoned: {still:?}"))
-            })
-        })
-        .await?;
+        scene.uncordoned("the guests' nodes", &guests).await?;
         Ok(())
     }
     .await;
@@ -439,23 +449,9 @@ async fn serial_maintenance_blocked_by_a_budget_names_it_and_abort_uncordons() -
             "{:?}",
             ended.conditions
         );
-        eventually("the cordons reverted after Abort", PATIENCE, || async {
-            let left = scene.cordons().await?;
-            let now = cordoned(&admin).await?;
-            let still: Vec<&String> = guests
-                .iter()
-                .filter(|g| now.contains(*g) && !scene.cordoned_before.contains(*g))
-                .collect();
-            Ok(if left.is_empty() && still.is_empty() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{} cordon(s), still cordoned {still:?}",
-                    left.len()
-                ))
-            })
-        })
-        .await?;
+        scene
+            .uncordoned("the guests' nodes after Abort", &guests)
+            .await?;
         Ok(())
     }
     .await;
@@ -605,23 +601,9 @@ async fn serial_maintenance_resumes_after_the_operator_is_killed_mid_drain() -> 
             .await?;
         ensure!(drained.started_at.is_some(), "{drained:?}");
         scene.end(&name).await?;
-        eventually(
-            "the guests' nodes uncordoned by the next operator",
-            PATIENCE,
-            || async {
-                let now = cordoned(&admin).await?;
-                let still: Vec<&String> = guests
-                    .iter()
-                    .filter(|g| now.contains(*g) && !scene.cordoned_before.contains(*g))
-                    .collect();
-                Ok(if still.is_empty() && scene.cordons().await?.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("still cordoned: {still:?}"))
-                })
-            },
-        )
-        .await?;
+        scene
+            .uncordoned("the guests' nodes, by the next operator", &guests)
+            .await?;
         Ok(())
     }
     .await;
@@ -741,19 +723,7 @@ async fn serial_maintenance_of_a_vsphere_host_drains_its_nodes_under_a_budget() 
         let now = cordoned(&admin).await?;
         ensure!(vms.iter().all(|v| now.contains(v)), "{now:?}");
         scene.end(&name).await?;
-        eventually("the host's nodes uncordoned", PATIENCE, || async {
-            let now = cordoned(&admin).await?;
-            let still: Vec<&String> = vms
-                .iter()
-                .filter(|v| now.contains(*v) && !scene.cordoned_before.contains(*v))
-                .collect();
-            Ok(if still.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("still cordoned: {still:?}"))
-            })
-        })
-        .await?;
+        scene.uncordoned("the host's nodes", &vms).await?;
         Ok(())
     }
     .await;
