@@ -18,10 +18,24 @@
 //	DELETE /faults?vm=<name|dns-name|uuid>
 //	GET    /reconfigures?vm=<name|dns-name|uuid>   every ReconfigVM_Task the VM received
 //	GET    /config?vm=<name|dns-name|uuid>         the VM's CPU shares and extraConfig
+//	GET    /hosts                        each host's inMaintenanceMode, recentTask and lingering tasks
+//	POST   /hosts/maintenance {"host": "<name|moid>", "running_s": N}
+//	                                     starts an EnterMaintenanceMode_Task on the host, as another
+//	                                     vSphere client would; it stays running N s, then the host is
+//	                                     in maintenance mode
+//	DELETE /hosts/maintenance?host=<name|moid>   cancels the host's running ones and takes it out
+//	                                     of maintenance mode (a test's cleanup)
+//	PUT    /hosts/linger {"host": "<name|moid>", "running_s": N}
+//	                                     the host's next EnterMaintenanceMode_Task over SOAP stays
+//	                                     running N s (its timeout argument honoured)
+//	DELETE /hosts/linger?host=<name|moid>
 //
 // A session fault ends the calling session once, at one point of the VM's next
 // ReconfigVM_Task (see faultPoint). Ended sessions are refused with NotAuthenticated on
 // every call, as vCenter does; the simulator alone would serve property reads to them.
+//
+// Host maintenance (see maintenance.go): every HostSystem's recentTask lists its tasks, as on
+// vCenter; the simulator alone leaves it empty and runs each task to its end inside the call.
 //
 // QueryPerf: an unset maxSample returns up to 180 samples (the simulator alone returns none).
 package main
@@ -532,7 +546,7 @@ func configOf(ref types.ManagedObjectReference) vmConfig {
 	return out
 }
 
-func control(latency *latencyTable, faults *sessionFaults, vms []inventoryVM) http.Handler {
+func control(latency *latencyTable, faults *sessionFaults, hosts *hostMaintenance, vms []inventoryVM) http.Handler {
 	mux := http.NewServeMux()
 	reply := func(w http.ResponseWriter, code int, v interface{}) {
 		w.Header().Set("Content-Type", "application/json")
@@ -671,6 +685,7 @@ func control(latency *latencyTable, faults *sessionFaults, vms []inventoryVM) ht
 	perVM("/config", func(ref types.ManagedObjectReference) interface{} {
 		return configOf(ref)
 	})
+	maintenanceControl(mux, hosts, reply, fail)
 	return mux
 }
 
@@ -716,9 +731,12 @@ func main() {
 		writeKey:           counterKey(pm, "virtualDisk", "totalWriteLatency"),
 	})
 
+	simulator.Map.AddHandler(recentTasks{})
+	maintenance := newHostMaintenance()
+
 	sdk := &url.URL{Scheme: "https", Host: *listen, Path: "/sdk", User: url.UserPassword(*username, *password)}
 	faults := &sessionFaults{
-		sdk: model.Service.ServeSDK,
+		sdk: (&lingeringCalls{sdk: model.Service.ServeSDK, hosts: maintenance}).ServeHTTP,
 		end: func(ctx context.Context, keys []string) ([]string, error) {
 			return terminateSessions(ctx, sdk, *caFile, keys)
 		},
@@ -754,7 +772,7 @@ func main() {
 		log.Fatalf("listening for control on %s: %v", *controlAddr, err)
 	}
 	go func() {
-		if err := http.Serve(ln, control(latency, faults, vms)); err != nil {
+		if err := http.Serve(ln, control(latency, faults, maintenance, vms)); err != nil {
 			log.Printf("control endpoint stopped: %v", err)
 		}
 	}()

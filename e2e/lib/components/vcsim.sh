@@ -5,7 +5,9 @@
 # TLS: a CA generated here signs the server certificate (127.0.0.1, localhost);
 # clients verify with VSPHERE_CA_FILE.
 # Control endpoint (test-only, plain HTTP on loopback, see main.go): VCSIM_CONTROL_URL
-#   PUT /latency {"vm","read_ms","write_ms"}, DELETE /latency?vm=, POST /sessions/terminate, GET /vms
+#   PUT /latency {"vm","read_ms","write_ms"}, DELETE /latency?vm=, POST /sessions/terminate, GET /vms,
+#   GET /hosts, POST /hosts/maintenance {"host","running_s"}, DELETE /hosts/maintenance?host=,
+#   PUT /hosts/linger {"host","running_s"}
 #
 # Writes:  $PLUMBLINE_STACK_DIR/nodes.d/vsphere.json  (Nodes for kubelet-sim)
 #          env VSPHERE_URL, VSPHERE_USERNAME, VSPHERE_PASSWORD, VSPHERE_CA_FILE, VCSIM_CONTROL_URL
@@ -18,7 +20,7 @@ VCSIM_STATE=$STATE_DIR/vcsim
 vcsim_bin() {
     local govmomi src
     govmomi=$(dpkg-query -W -f='${Version}' golang-github-vmware-govmomi-dev 2>/dev/null || echo none)
-    src=$(sha256sum "$E2E_DIR/vcsim/main.go" | cut -c1-12)
+    src=$(cat "$E2E_DIR"/vcsim/*.go | sha256sum | cut -c1-12)
     echo "$PLUMBLINE_CACHE_DIR/vcsim-${govmomi}-${src}/plumbline-vcsim"
 }
 
