@@ -209,11 +209,11 @@ impl Stack {
         }
     }
 
-    fn vcsim_control(&self) -> Result<&str> {
+    pub(crate) fn vcsim_control(&self) -> Result<&str> {
         self.get("VCSIM_CONTROL_URL")
     }
 
-    async fn vcsim_call(
+    pub(crate) async fn vcsim_call(
         &self,
         what: String,
         req: reqwest::RequestBuilder,

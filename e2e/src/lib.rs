@@ -14,6 +14,7 @@ pub mod poll;
 pub mod process;
 pub mod qemu;
 pub mod relay;
+pub mod vsphere_hosts;
 
 use std::{
     collections::HashMap,
