@@ -116,6 +116,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// An operation the endpoint's kind of hypervisor has no counterpart for, such as
+    /// maintenance mode on libvirt. (What an endpoint supports of VM tuning and sampling is a
+    /// [`Capability`], reported by `capabilities()`; see [`Error::Unsupported`].)
+    #[error("{operation} is not supported by {endpoint}: {reason}")]
+    UnsupportedOperation {
+        operation: &'static str,
+        endpoint: String,
+        reason: String,
+    },
+
+    #[error("host {host} not found on {endpoint}; its hosts are: {}", .known.join(", "))]
+    HostNotFound {
+        host: String,
+        endpoint: String,
+        /// Every host the endpoint has, by the names the inventory uses.
+        known: Vec<String>,
+    },
+
     #[error("VM {vm} not found on {endpoint}")]
     VmNotFound { vm: VmId, endpoint: String },
 
@@ -163,11 +181,22 @@ impl Error {
             | Self::TooManyPages { .. } => "limit",
             Self::Disconnected { .. } => "disconnected",
             Self::Timeout { .. } => "timeout",
-            Self::Unsupported { .. } => "unsupported",
-            Self::VmNotFound { .. } | Self::DiskNotFound { .. } => "not_found",
+            Self::Unsupported { .. } | Self::UnsupportedOperation { .. } => "unsupported",
+            Self::VmNotFound { .. } | Self::DiskNotFound { .. } | Self::HostNotFound { .. } => {
+                "not_found"
+            }
             Self::Config { .. } | Self::Tls { .. } => "config",
             Self::Worker { .. } => "worker",
         }
+    }
+
+    /// The endpoint cannot do this at all ([`Error::Unsupported`],
+    /// [`Error::UnsupportedOperation`]); retrying will not help.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self,
+            Self::Unsupported { .. } | Self::UnsupportedOperation { .. }
+        )
     }
 
     /// The endpoint cannot be reached right now; retrying later may succeed.

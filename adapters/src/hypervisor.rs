@@ -1,12 +1,16 @@
 //! The one interface every hypervisor adapter implements.
 
-use std::{fmt, time::SystemTime};
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BackingVm, Capabilities, Result, Setting, StorageSamples, Tunable, TunableReport, VmId,
+    BackingVm, Capabilities, HostState, Result, Setting, StorageSamples, Tunable, TunableReport,
+    VmId,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -102,6 +106,28 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
         }
         self.revert(vm, &recorded).await
     }
+
+    /// Every host of the endpoint, and whether it is in or entering maintenance mode, in
+    /// one bulk query. libvirt: its one host, never in maintenance (libvirt has no
+    /// maintenance mode; taking the host down is up to whoever runs it).
+    async fn host_states(&self) -> Result<Vec<HostState>>;
+
+    /// Puts the host (named as [`BackingVm::host`] names it) into maintenance mode and waits
+    /// until it is in it. vSphere: `EnterMaintenanceMode_Task` with `timeout` (whole seconds,
+    /// at least 1; the server fails the task with `Timedout` after it, an
+    /// [`crate::Error::TaskFailed`]) and powered-off VMs left on the host. A maintenance-mode
+    /// task already in flight on the host (someone's `EnterMaintenanceMode_Task`) is waited
+    /// for first, as long as `timeout`; then nothing is called when the host is in
+    /// maintenance mode. libvirt: [`crate::Error::UnsupportedOperation`]. An unknown host:
+    /// [`crate::Error::HostNotFound`].
+    async fn enter_maintenance(&self, host: &str, timeout: Duration) -> Result<()>;
+
+    /// Takes the host out of maintenance mode (vSphere: `ExitMaintenanceMode_Task` with
+    /// `timeout`) and waits until it is out. A maintenance-mode task in flight is waited for
+    /// first, as long as `timeout`, so that an `EnterMaintenanceMode_Task` does not put the
+    /// host back afterwards; then nothing is called when the host is not in maintenance mode.
+    /// libvirt: [`crate::Error::UnsupportedOperation`].
+    async fn exit_maintenance(&self, host: &str, timeout: Duration) -> Result<()>;
 
     /// Ends the session (vSphere logout, libvirt close). Later calls reconnect.
     async fn close(&self) -> Result<()>;

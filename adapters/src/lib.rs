@@ -2,18 +2,20 @@
 //!
 //! Everything above this crate sees domain types: [`BackingVm`] (identity, host, disks),
 //! [`StorageSamples`] (per-operation latency per disk), [`Setting`]s of [`Tunable`]s with their
-//! recorded originals, and [`Capabilities`]. Both adapters sit behind the [`Hypervisor`] trait;
-//! build one from plain configuration with [`connect`].
+//! recorded originals, [`Capabilities`], and [`HostState`]s for maintenance. Both adapters sit
+//! behind the [`Hypervisor`] trait; build one from plain configuration with [`connect`].
 //!
 //! - libvirt (cargo feature `libvirt`): bulk domain stats, block I/O tune, scheduler and blkio
 //!   parameters; originals recorded in the domain's `<metadata>`.
 //! - vSphere (always built): SOAP vim25 over reqwest, PropertyCollector inventory, QueryPerf
-//!   latency, ReconfigVM_Task; originals recorded in the VM's extraConfig.
+//!   latency, ReconfigVM_Task; originals recorded in the VM's extraConfig; host maintenance
+//!   mode (EnterMaintenanceMode_Task, ExitMaintenanceMode_Task).
 
 mod capability;
 mod config;
 mod counters;
 mod error;
+mod host;
 mod hypervisor;
 mod storage;
 mod tuning;
@@ -28,6 +30,7 @@ pub use capability::{Capabilities, Capability, Support};
 pub use config::{connect, HypervisorConfig, LibvirtConfig, Secret, TlsTrust, VSphereConfig};
 pub use counters::{CounterHistory, DiskCounters, DiskReading, OpCounters};
 pub use error::{Error, Result};
+pub use host::HostState;
 pub use hypervisor::{ConnectionState, Endpoint, Hypervisor, HypervisorKind};
 pub use storage::{DiskLatency, NotReady, OpLatency, StorageSamples, UnreadyDisk};
 pub use tuning::{DiskLimit, Setting, Tunable, TunableReport};

@@ -19,8 +19,8 @@ use virt_sys as sys;
 use self::{connection::Connection, metadata::Records};
 use crate::{
     BackingVm, Capabilities, Capability, ConnectionState, CounterHistory, DiskLimit, Endpoint,
-    Error, Hypervisor, HypervisorKind, LibvirtConfig, Result, Setting, StorageSamples, Support,
-    Tunable, TunableReport, VmId,
+    Error, HostState, Hypervisor, HypervisorKind, LibvirtConfig, Result, Setting, StorageSamples,
+    Support, Tunable, TunableReport, VmId,
 };
 
 /// How long one libvirt call may take before the cycle gives up on it. Bulk stats use the
@@ -104,6 +104,14 @@ impl LibvirtHypervisor {
     /// Runs `f` with the live connection on the blocking pool, bounded by [`CALL_TIMEOUT`].
     /// A failure that leaves the connection dead marks it lost and is reported as
     /// [`Error::Disconnected`]; the next call reconnects (with backoff).
+    fn no_maintenance_mode(&self, operation: &'static str) -> Error {
+        Error::UnsupportedOperation {
+            operation,
+            endpoint: self.uri().to_string(),
+            reason: "libvirt has no host maintenance mode".into(),
+        }
+    }
+
     async fn run<T, F>(&self, action: &'static str, target: String, f: F) -> Result<(T, u64)>
     where
         T: Send + 'static,
@@ -661,6 +669,31 @@ impl Hypervisor for LibvirtHypervisor {
             })
             .await?;
         Ok(restored)
+    }
+
+    /// The one host of the connection, by the hostname [`Hypervisor::inventory`] gives its
+    /// VMs. libvirt has no maintenance mode, so it is never in or entering one: a host that
+    /// goes down unannounced is seen only when it is gone.
+    async fn host_states(&self) -> Result<Vec<HostState>> {
+        let (name, _) = self
+            .run("reading the hostname", "the host".into(), |conn, uri| {
+                conn.hostname()
+                    .map_err(libvirt_err("reading the hostname", "the host", uri))
+            })
+            .await?;
+        Ok(vec![HostState {
+            name,
+            in_maintenance: false,
+            entering: false,
+        }])
+    }
+
+    async fn enter_maintenance(&self, _host: &str, _timeout: Duration) -> Result<()> {
+        Err(self.no_maintenance_mode("entering maintenance mode"))
+    }
+
+    async fn exit_maintenance(&self, _host: &str, _timeout: Duration) -> Result<()> {
+        Err(self.no_maintenance_mode("leaving maintenance mode"))
     }
 
     async fn close(&self) -> Result<()> {

@@ -107,7 +107,7 @@ pub fn disks_of(devices: &Element) -> Vec<DiskRecord> {
 }
 
 /// Objects returned by one retrieval, as `obj → (property → value element)`.
-type Contents = Vec<(MoRef, HashMap<String, Element>)>;
+pub(super) type Contents = Vec<(MoRef, HashMap<String, Element>)>;
 
 pub(super) fn object_contents(returnval: &Element, into: &mut Contents) {
     for object in returnval.all("objects") {
@@ -122,7 +122,7 @@ pub(super) fn object_contents(returnval: &Element, into: &mut Contents) {
     }
 }
 
-fn prop_set(kind: &str, paths: &[&str]) -> Element {
+pub(super) fn prop_set(kind: &str, paths: &[&str]) -> Element {
     Element::new("propSet")
         .child(Element::text("type", kind))
         .children(paths.iter().map(|p| Element::text("pathSet", *p)))
@@ -215,56 +215,18 @@ pub async fn all_vms(
     session: &Session,
     paths: &[&str],
 ) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
-    let s = &session.services;
-    let view = session
-        .invoke(
-            "creating an inventory view",
-            Element::new("CreateContainerView")
-                .child(Element::moref("_this", &s.view_manager))
-                .child(Element::moref("container", &s.root_folder))
-                .child(Element::text("type", "VirtualMachine"))
-                .child(Element::text("type", "HostSystem"))
-                .child(Element::text("type", "Datastore"))
-                .child(Element::text("recursive", "true")),
-        )
-        .await?;
-    let view = view
-        .first("returnval")
-        .and_then(Element::as_moref)
-        .ok_or_else(|| Error::Protocol {
-            action: "creating an inventory view".into(),
-            url: session.url().to_string(),
-            message: "no view in CreateContainerView response".into(),
-        })?;
-    let spec = Element::new("specSet")
-        .child(prop_set("VirtualMachine", paths))
-        .child(prop_set("HostSystem", &["name"]))
-        .child(prop_set("Datastore", &["name"]))
-        .child(
-            Element::new("objectSet")
-                .child(Element::moref("obj", &view))
-                .child(Element::text("skip", "true"))
-                .child(
-                    Element::new("selectSet")
-                        .xsi_type("TraversalSpec")
-                        .child(Element::text("name", "view"))
-                        .child(Element::text("type", "ContainerView"))
-                        .child(Element::text("path", "view"))
-                        .child(Element::text("skip", "false")),
-                ),
-        );
-    let contents = retrieve(session, "retrieving the inventory", spec).await;
-    // The view is per session and only needed for this retrieval.
-    let destroyed = session
-        .invoke(
-            "destroying the inventory view",
-            Element::new("DestroyView").child(Element::moref("_this", &view)),
-        )
-        .await;
-    if let Err(e) = destroyed {
-        tracing::debug!(error = %e, "could not destroy the inventory view; it dies with the session");
-    }
-    let contents = contents?;
+    let contents = retrieve_in_view(
+        session,
+        "the inventory",
+        &["VirtualMachine", "HostSystem", "Datastore"],
+        vec![
+            prop_set("VirtualMachine", paths),
+            prop_set("HostSystem", &["name"]),
+            prop_set("Datastore", &["name"]),
+        ],
+        Vec::new(),
+    )
+    .await?;
     let names = contents
         .iter()
         .filter(|(obj, _)| obj.kind != "VirtualMachine")
@@ -276,6 +238,65 @@ pub async fn all_vms(
         .filter_map(|(obj, props)| vm_record(obj.clone(), props))
         .collect();
     Ok((vms, names))
+}
+
+/// One retrieval of every object of `kinds` in the inventory, through a container view that
+/// lives only for this call. `prop_sets` say what to read of each type; `follow` are
+/// traversal specs from the objects in the view to others (a host's tasks), read as well.
+/// `subject` names what is read in errors ("retrieving the inventory").
+pub async fn retrieve_in_view(
+    session: &Session,
+    subject: &str,
+    kinds: &[&str],
+    prop_sets: Vec<Element>,
+    follow: Vec<Element>,
+) -> Result<Contents> {
+    let s = &session.services;
+    let creating = format!("creating a view of {subject}");
+    let view = session
+        .invoke(
+            &creating,
+            Element::new("CreateContainerView")
+                .child(Element::moref("_this", &s.view_manager))
+                .child(Element::moref("container", &s.root_folder))
+                .children(kinds.iter().map(|k| Element::text("type", *k)))
+                .child(Element::text("recursive", "true")),
+        )
+        .await?;
+    let view = view
+        .first("returnval")
+        .and_then(Element::as_moref)
+        .ok_or_else(|| Error::Protocol {
+            action: creating.clone(),
+            url: session.url().to_string(),
+            message: "no view in CreateContainerView response".into(),
+        })?;
+    let spec = Element::new("specSet").children(prop_sets).child(
+        Element::new("objectSet")
+            .child(Element::moref("obj", &view))
+            .child(Element::text("skip", "true"))
+            .child(
+                Element::new("selectSet")
+                    .xsi_type("TraversalSpec")
+                    .child(Element::text("name", "view"))
+                    .child(Element::text("type", "ContainerView"))
+                    .child(Element::text("path", "view"))
+                    .child(Element::text("skip", "false"))
+                    .children(follow),
+            ),
+    );
+    let contents = retrieve(session, &format!("retrieving {subject}"), spec).await;
+    // The view is per session and only needed for this retrieval.
+    let destroyed = session
+        .invoke(
+            &format!("destroying the view of {subject}"),
+            Element::new("DestroyView").child(Element::moref("_this", &view)),
+        )
+        .await;
+    if let Err(e) = destroyed {
+        tracing::debug!(error = %e, %subject, "could not destroy a container view; it dies with the session");
+    }
+    contents
 }
 
 /// One VM's current properties, read fresh (for read-back after a change).

@@ -1,6 +1,7 @@
 //! The vSphere adapter: SOAP vim25 over reqwest.
 
 mod inventory;
+mod maintenance;
 mod perf;
 mod reconfigure;
 mod session;
@@ -21,7 +22,7 @@ pub use self::{inventory::MAX_PROPERTY_PAGES, soap::MAX_RESPONSE_BYTES};
 use self::{inventory::VmRecord, perf::LatencyCounters, session::Session, tuning::Refusal};
 use crate::xml::{Element, MoRef};
 use crate::{
-    BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error, Hypervisor,
+    BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error, HostState, Hypervisor,
     HypervisorKind, Result, Setting, StorageSamples, Support, Tunable, TunableReport,
     VSphereConfig, VmId,
 };
@@ -273,15 +274,30 @@ impl Hypervisor for VSphereHypervisor {
         .await
     }
 
+    #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
+    async fn host_states(&self) -> Result<Vec<HostState>> {
+        Ok(maintenance::states(&maintenance::hosts(self).await?))
+    }
+
+    #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
+    async fn enter_maintenance(&self, host: &str, timeout: Duration) -> Result<()> {
+        self.enter_maintenance_mode(host, timeout).await
+    }
+
+    #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
+    async fn exit_maintenance(&self, host: &str, timeout: Duration) -> Result<()> {
+        self.exit_maintenance_mode(host, timeout).await
+    }
+
     async fn close(&self) -> Result<()> {
         self.inner.session.logout().await
     }
 }
 
 /// Runs every reader of vim25 responses on one response body: the SOAP envelope and fault,
-/// property-collector pages into VM records (disks, allocations, recorded originals), the
-/// performance counters and QueryPerf samples. The fuzz target `soap_response` feeds it
-/// arbitrary bytes (cargo feature `fuzzing`).
+/// property-collector pages into VM records (disks, allocations, recorded originals) and host
+/// maintenance states, the performance counters and QueryPerf samples. The fuzz target
+/// `soap_response` feeds it arbitrary bytes (cargo feature `fuzzing`).
 #[cfg(feature = "fuzzing")]
 pub fn read_any_response(bytes: &[u8]) {
     let body = match soap::parse_response(bytes) {
@@ -298,6 +314,7 @@ pub fn read_any_response(bytes: &[u8]) {
         .iter()
         .filter_map(|(obj, props)| Some((obj.clone(), props.get("name")?.text.clone())))
         .collect();
+    let _ = maintenance::states(&maintenance::host_records(&contents));
     let records: Vec<VmRecord> = contents
         .into_iter()
         .filter_map(|(obj, props)| inventory::vm_record(obj, &props))

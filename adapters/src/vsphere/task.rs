@@ -25,6 +25,18 @@ pub enum Submission {
 /// result was lost on the way (the session ended while waiting) is looked up again, never
 /// started again.
 pub async fn submit(session: &Session, action: &str, target: &str, request: Element) -> Submission {
+    submit_within(session, action, target, request, TASK_TIMEOUT).await
+}
+
+/// [`submit`] for a task that may run longer than the usual bound: a task still queued or
+/// running after `limit` is an [`Submission::Unknown`].
+pub async fn submit_within(
+    session: &Session,
+    action: &str,
+    target: &str,
+    request: Element,
+    limit: Duration,
+) -> Submission {
     let body = match session.invoke_once(action, request).await {
         Ok(body) => body,
         Err(e @ (Error::SoapFault { .. } | Error::Authentication { .. })) => {
@@ -39,7 +51,7 @@ pub async fn submit(session: &Session, action: &str, target: &str, request: Elem
             message: "no task in the response".into(),
         });
     };
-    match wait(session, action, target, &task).await {
+    match wait_within(session, action, target, &task, limit).await {
         Ok(()) => Submission::Finished(Ok(())),
         Err(e @ Error::TaskFailed { .. }) => Submission::Finished(Err(e)),
         Err(e) => Submission::Unknown(e),
@@ -108,6 +120,36 @@ async fn info(session: &Session, task: &MoRef) -> Result<Option<Element>> {
 }
 
 async fn wait(session: &Session, action: &str, target: &str, task: &MoRef) -> Result<()> {
+    wait_within(session, action, target, task, TASK_TIMEOUT).await
+}
+
+/// Waits until the task succeeds (`Ok`) or fails ([`Error::TaskFailed`]); a task still queued
+/// or running after `limit` is an [`Error::Protocol`], and so is one the server forgot.
+pub async fn wait_within(
+    session: &Session,
+    action: &str,
+    target: &str,
+    task: &MoRef,
+    limit: Duration,
+) -> Result<()> {
+    match ended_within(session, action, target, task, limit).await? {
+        Some(result) => result,
+        None => Err(Error::Protocol {
+            action: action.to_string(),
+            url: session.url().to_string(),
+            message: format!("task {} has not ended after {limit:?}", task.value),
+        }),
+    }
+}
+
+/// How the task ended, `None` while it is still queued or running after `limit`.
+pub async fn ended_within(
+    session: &Session,
+    action: &str,
+    target: &str,
+    task: &MoRef,
+    limit: Duration,
+) -> Result<Option<Result<()>>> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(100);
     loop {
@@ -118,7 +160,7 @@ async fn wait(session: &Session, action: &str, target: &str, task: &MoRef) -> Re
         })?;
         let state = info.path_text(&["state"]).unwrap_or("");
         match state {
-            "success" => return Ok(()),
+            "success" => return Ok(Some(Ok(()))),
             "error" => {
                 let fault = info.first("error").map(localized_fault).unwrap_or_else(|| {
                     super::soap::Fault {
@@ -126,23 +168,18 @@ async fn wait(session: &Session, action: &str, target: &str, task: &MoRef) -> Re
                         message: "the task failed without saying why".into(),
                     }
                 });
-                return Err(Error::TaskFailed {
+                return Ok(Some(Err(Error::TaskFailed {
                     action: action.to_string(),
                     target: target.to_string(),
                     url: session.url().to_string(),
                     fault: fault.kind,
                     message: fault.message,
-                });
+                })));
             }
-            _ if started.elapsed() > TASK_TIMEOUT => {
-                return Err(Error::Protocol {
-                    action: action.to_string(),
-                    url: session.url().to_string(),
-                    message: format!("task {} still {state:?} after {TASK_TIMEOUT:?}", task.value),
-                })
-            }
+            _ if started.elapsed() > limit => return Ok(None),
             _ => {
-                tokio::time::sleep(pause).await;
+                let left = limit.saturating_sub(started.elapsed());
+                tokio::time::sleep(pause.min(left).max(Duration::from_millis(10))).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
         }
