@@ -9,8 +9,8 @@ use std::{
 };
 
 use plumbline_adapters::{
-    connect, Capability, DiskLatency, DiskLimit, Error, HypervisorConfig, LibvirtConfig, NotReady,
-    Setting, StorageSamples, Support, Tunable, VmId,
+    connect, Capability, DiskLatency, DiskLimit, Error, HostState, HypervisorConfig, LibvirtConfig,
+    NotReady, Setting, StorageSamples, Support, Tunable, VmId,
 };
 use plumbline_e2e::{poll::until, stack, Stack};
 use tokio::process::Command;
@@ -636,6 +636,37 @@ async fn assert_unknown_domain_is_not_found() {
 #[tokio::test]
 async fn unknown_domain_is_a_not_found_error() {
     assert_unknown_domain_is_not_found().await;
+}
+
+#[tokio::test]
+async fn the_one_host_is_never_in_maintenance_and_maintenance_mode_is_unsupported() {
+    let stack = stack();
+    let hv = connect(libvirt(&stack)).await.unwrap();
+    let host = virsh(&stack, &["hostname"]).await;
+    assert_eq!(
+        hv.host_states().await.unwrap(),
+        [HostState {
+            name: host.clone(),
+            in_maintenance: false,
+            entering: false,
+        }]
+    );
+    let vms = hv.inventory().await.unwrap();
+    assert!(vms.iter().all(|vm| vm.host == host), "{vms:?}");
+    for result in [
+        hv.enter_maintenance(&host, Duration::from_secs(5)).await,
+        hv.exit_maintenance(&host, Duration::from_secs(5)).await,
+    ] {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedOperation { .. }) && err.is_unsupported(),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("no host maintenance mode"),
+            "{err}"
+        );
+    }
 }
 
 /// Set in the child process of the test below.

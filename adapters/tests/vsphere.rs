@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use plumbline_adapters::{
     connect, vsphere::VSphereHypervisor, Capability, DiskLimit, Error, Hypervisor,
-    HypervisorConfig, Secret, Setting, Support, TlsTrust, Tunable, VSphereConfig, VmId,
+    HypervisorConfig, Secret, Setting, Support, TlsTrust, Tunable, VmId,
 };
 use plumbline_e2e::{
     latency::{SessionFault, SimReconfiguration},
@@ -13,22 +13,9 @@ use plumbline_e2e::{
     stack, Stack,
 };
 
-fn stack_value(stack: &Stack, key: &str) -> String {
-    stack.get(key).unwrap_or_else(|e| panic!("{e}")).to_string()
-}
+mod common;
 
-fn vsphere_config(stack: &Stack) -> VSphereConfig {
-    VSphereConfig {
-        url: stack_value(stack, "VSPHERE_URL"),
-        username: stack_value(stack, "VSPHERE_USERNAME"),
-        password: Secret::new(stack_value(stack, "VSPHERE_PASSWORD")),
-        tls: TlsTrust::CaPem(stack.vsphere_ca_pem().unwrap_or_else(|e| panic!("{e}"))),
-    }
-}
-
-fn vsphere(stack: &Stack) -> HypervisorConfig {
-    HypervisorConfig::VSphere(vsphere_config(stack))
-}
+use common::{stack_value, vsphere, vsphere_config};
 
 #[derive(Debug, Clone, serde::Deserialize)]
 struct SimVm {
