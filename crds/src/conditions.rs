@@ -229,6 +229,10 @@ pub mod maintenance {
     pub const REPLICA_FLOOR: &str = "ReplicaFloor";
     /// Evicting would take the workload's last ready pod.
     pub const LAST_READY_POD: &str = "LastReadyPod";
+    /// A surged workload's extra pods are not all ready yet: its pods wait for them.
+    pub const SURGE_PENDING: &str = "SurgePending";
+    /// A workload was surged (also an Event reason).
+    pub const SURGED: &str = "Surged";
     pub const NOT_BLOCKED: &str = "NotBlocked";
     pub const UNKNOWN_PROVIDER: &str = "UnknownProvider";
     pub const UNKNOWN_HOST: &str = "UnknownHost";

@@ -64,11 +64,13 @@ use crate::schema;
 pub struct InfraChangeSpec {
     /// What is changed.
     pub target: ChangeTarget,
-    /// The setting: a hypervisor tunable (`disk.vda.total_iops_sec`, `cpu_shares`) or a node
-    /// taint (`taint/plumbline.dev/storage-latency-high:NoSchedule`).
+    /// The setting: a hypervisor tunable (`disk.vda.total_iops_sec`, `cpu_shares`), a node
+    /// taint (`taint/plumbline.dev/storage-latency-high:NoSchedule`), a node's cordon
+    /// (`unschedulable`) or a workload's `replicas`.
     #[schemars(length(min = 1))]
     pub setting: String,
-    /// The value wanted: a whole number for a tunable (0 = unlimited), `present` for a taint.
+    /// The value wanted: a whole number for a tunable (0 = unlimited) or replicas, `present`
+    /// for a taint or cordon.
     #[schemars(length(min = 1))]
     pub desired: String,
     /// Why the change exists; also decides how owners that disagree are combined.
@@ -85,14 +87,17 @@ pub struct InfraChangeSpec {
     pub throttle: Option<ThrottleStep>,
 }
 
-/// A VM of a HypervisorProvider, or a Node.
+/// A VM of a HypervisorProvider, a Node, or a workload (Deployment or StatefulSet).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeTarget {
     pub kind: ChangeTargetKind,
-    /// The VM's name on its hypervisor, or the Node's name.
+    /// The VM's name on its hypervisor, the Node's name, or the workload's name.
     #[schemars(length(min = 1))]
     pub name: String,
+    /// The workload's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// HypervisorProvider of the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
@@ -106,6 +111,7 @@ impl ChangeTarget {
         Self {
             kind: ChangeTargetKind::VirtualMachine,
             name: name.to_string(),
+            namespace: None,
             provider: Some(provider.to_string()),
             vm_id: Some(id.to_string()),
         }
@@ -115,8 +121,31 @@ impl ChangeTarget {
         Self {
             kind: ChangeTargetKind::Node,
             name: name.to_string(),
+            namespace: None,
             provider: None,
             vm_id: None,
+        }
+    }
+
+    pub fn workload(kind: crate::TargetKind, namespace: &str, name: &str) -> Self {
+        Self {
+            kind: match kind {
+                crate::TargetKind::Deployment => ChangeTargetKind::Deployment,
+                crate::TargetKind::StatefulSet => ChangeTargetKind::StatefulSet,
+            },
+            name: name.to_string(),
+            namespace: Some(namespace.to_string()),
+            provider: None,
+            vm_id: None,
+        }
+    }
+
+    /// The workload kind, for a Deployment or StatefulSet target.
+    pub fn workload_kind(&self) -> Option<crate::TargetKind> {
+        match self.kind {
+            ChangeTargetKind::Deployment => Some(crate::TargetKind::Deployment),
+            ChangeTargetKind::StatefulSet => Some(crate::TargetKind::StatefulSet),
+            ChangeTargetKind::VirtualMachine | ChangeTargetKind::Node => None,
         }
     }
 }
@@ -127,6 +156,12 @@ impl std::fmt::Display for ChangeTarget {
             (ChangeTargetKind::VirtualMachine, Some(p)) => write!(f, "VM {} ({p})", self.name),
             (ChangeTargetKind::VirtualMachine, None) => write!(f, "VM {}", self.name),
             (ChangeTargetKind::Node, _) => write!(f, "Node {}", self.name),
+            (kind, _) => write!(
+                f,
+                "{kind:?} {}/{}",
+                self.namespace.as_deref().unwrap_or_default(),
+                self.name
+            ),
         }
     }
 }
@@ -137,6 +172,8 @@ impl std::fmt::Display for ChangeTarget {
 pub enum ChangeTargetKind {
     VirtualMachine,
     Node,
+    Deployment,
+    StatefulSet,
 }
 
 /// Why a change exists.
@@ -152,6 +189,10 @@ pub enum ChangePurpose {
     StorageTaint,
     /// A Node cordoned (`spec.unschedulable`) because its VM's host goes into maintenance.
     MaintenanceCordon,
+    /// More replicas for a workload of an active critical or high intent while a host it runs
+    /// on is drained, so it never drops below its floor or budget; removed when the
+    /// maintenance ends.
+    MaintenanceSurge,
 }
 
 impl ChangePurpose {
@@ -161,6 +202,7 @@ impl ChangePurpose {
             Self::BackingVmProtection => "BackingVmProtection",
             Self::StorageTaint => "StorageTaint",
             Self::MaintenanceCordon => "MaintenanceCordon",
+            Self::MaintenanceSurge => "MaintenanceSurge",
         }
     }
 }
@@ -169,7 +211,7 @@ impl ChangePurpose {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeOwner {
-    /// `namespace/name` of the WorkloadIntent, or `HostMaintenance/NAME` for a cordon.
+    /// `namespace/name` of the WorkloadIntent, or `HostMaintenance/NAME` for a cordon or surge.
     pub intent: String,
     pub reason: String,
 }
@@ -254,12 +296,16 @@ impl InfraChange {
     /// name differ and two providers of one hypervisor meet on the same object.
     pub fn name_for(target: &ChangeTarget, setting: &str) -> String {
         // Not the provider: two providers reaching one hypervisor must meet on one object.
+        let name = match &target.namespace {
+            Some(ns) => format!("{ns}/{}", target.name),
+            None => target.name.clone(),
+        };
         let identity = format!(
             "{:?}|{}|{setting}",
             target.kind,
-            target.vm_id.as_deref().unwrap_or(&target.name),
+            target.vm_id.as_deref().unwrap_or(&name),
         );
-        let readable = format!("{}.{}", dns_part(&target.name), dns_part(setting));
+        let readable = format!("{}.{}", dns_part(&name), dns_part(setting));
         let mut labels: Vec<String> = Vec::new();
         let mut length = 0;
         for label in readable.split('.') {

@@ -5,6 +5,10 @@
 //! - **libvirt**: the libvirt host (every libvirt guest's node at once) is drained while the
 //!   vSphere simulator's nodes take the pods; a critical intent's workload keeps its 2 ready
 //!   pods throughout, sampled every 0.5 s.
+//! - **vSphere**: a simulator host's nodes are drained while a critical intent's workload (2
+//!   pods, both on the host, floor 2, budget 2) is first surged to 4 through the ledger; the
+//!   new pods are ready elsewhere before any pod leaves, it never has fewer than 2 ready, and
+//!   ending the maintenance uncordons and scales back to 2.
 //! - **Blocked**: a PodDisruptionBudget allowing no disruption is named in `DrainBlocked`,
 //!   and `onTimeout: Abort` uncordons after the timeout.
 //! - **Bad input**: an unknown provider or host, and a second maintenance for one host, are
@@ -251,6 +255,19 @@ async fn no_disruption_budget(admin: &Client, namespace: &str, app: &str) -> Res
     Ok(())
 }
 
+/// A Deployment's `spec.replicas`.
+async fn replicas(admin: &Client, namespace: &str, name: &str) -> Result<i32> {
+    Ok(
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), namespace)
+            .get(name)
+            .await
+            .with_context(|| format!("reading Deployment {name}"))?
+            .spec
+            .replicas
+            .unwrap_or(1),
+    )
+}
+
 fn ready_pods(pods: &[Pod]) -> usize {
     pods.iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
@@ -374,9 +391,13 @@ async fn serial_maintenance_of_the_libvirt_host_moves_pods_to_vsphere_nodes_keep
             scene.cordons().await?.len() == guests.len(),
             "one ledger entry per cordon"
         );
-        eventually("4 ready pods elsewhere", PATIENCE, || async {
+        // The workload was surged by its pods on the host (its floor of 2 could not have
+        // held otherwise when most of its pods were there), and all of them are ready elsewhere.
+        let surged = replicas(&admin, &ns, "pay").await?;
+        ensure!(surged > 4, "a critical workload at its floor is surged: {surged} replicas");
+        eventually("every replica ready elsewhere", PATIENCE, || async {
             let list = pods(&admin, &ns, "pay").await?;
-            Ok(if ready_pods(&list) == 4 {
+            Ok(if ready_pods(&list) == surged as usize {
                 Ok(())
             } else {
                 Err(summary(&list))
@@ -384,9 +405,15 @@ async fn serial_maintenance_of_the_libvirt_host_moves_pods_to_vsphere_nodes_keep
         })
         .await?;
 
-        // The maintenance ends: the nodes are uncordoned through the ledger.
+        // The maintenance ends: the nodes are uncordoned and the surge removed, through the
+        // ledger.
         scene.end(&name).await?;
         scene.uncordoned("the guests' nodes", &guests).await?;
+        eventually("back to 4 replicas", PATIENCE, || async {
+            let now = replicas(&admin, &ns, "pay").await?;
+            Ok(if now == 4 { Ok(()) } else { Err(format!("{now} replicas")) })
+        })
+        .await?;
         Ok(())
     }
     .await;
@@ -614,7 +641,8 @@ async fn serial_maintenance_resumes_after_the_operator_is_killed_mid_drain() -> 
 }
 
 #[tokio::test]
-async fn serial_maintenance_of_a_vsphere_host_drains_its_nodes_under_a_budget() -> Result<()> {
+async fn serial_maintenance_of_a_vsphere_host_surges_a_critical_workload_then_drains_it(
+) -> Result<()> {
     let mut scene = Scene::start("maint-vc").await?;
     let result = async {
         let (admin, ns) = (scene.cluster.admin.clone(), scene.cluster.namespace.clone());
@@ -649,12 +677,13 @@ async fn serial_maintenance_of_a_vsphere_host_drains_its_nodes_under_a_budget() 
             .collect();
         ensure!(!vms.is_empty(), "no node is a VM on {host}: {provider_ids:?}");
         println!("draining simulator host {host}: nodes {vms:?}");
-        // Three pods preferring the host's nodes, at most one away at a time.
+        // Two pods preferring the host's nodes, a critical intent with a floor of 2 and a
+        // budget of 2: without a surge, neither could leave.
         deploy_placed(
             &admin,
             &ns,
             "orders",
-            3,
+            2,
             json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
                 {"weight": 100, "preference": {"matchExpressions": [
                     {"key": "kubernetes.io/hostname", "operator": "In", "values": vms}]}}]}}}),
@@ -671,15 +700,6 @@ async fn serial_maintenance_of_a_vsphere_host_drains_its_nodes_under_a_budget() 
                 })
                 .count()
         };
-        eventually("3 ready pods, on the host's nodes", PATIENCE, || async {
-            let list = pods(&admin, &ns, "orders").await?;
-            Ok(if ready_pods(&list) == 3 && on_host(&list) >= 1 {
-                Ok(())
-            } else {
-                Err(summary(&list))
-            })
-        })
-        .await?;
         let apis = plumbline_operator::discovery::ServedApis::discover(&admin).await?;
         let budget = json!({
             "apiVersion": apis.pdb.api_version, "kind": "PodDisruptionBudget",
@@ -689,15 +709,57 @@ async fn serial_maintenance_of_a_vsphere_host_drains_its_nodes_under_a_budget() 
         Api::<kube::api::DynamicObject>::namespaced_with(admin.clone(), &ns, &apis.pdb)
             .patch("orders", &PatchParams::apply("e2e-user"), &Patch::Apply(&budget))
             .await?;
+        scene
+            .cluster
+            .apply_intent(
+                "orders",
+                json!({"target": {"kind": "Deployment", "name": "orders"}, "priority": "critical",
+                       "availability": {"replicaFloor": 2}}),
+            )
+            .await?;
         scene.run_operator().await?;
+        // The intent's template change has rolled out: 2 ready pods of the critical class,
+        // both on the host's nodes.
+        eventually("2 ready critical pods, on the host's nodes", PATIENCE, || async {
+            let list: Vec<Pod> = pods(&admin, &ns, "orders")
+                .await?
+                .into_iter()
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.priority_class_name.as_deref())
+                        == Some("plumbline-critical")
+                })
+                .collect();
+            Ok(if ready_pods(&list) == 2 && on_host(&list) == 2 {
+                Ok(())
+            } else {
+                Err(summary(&list))
+            })
+        })
+        .await?;
         let name = scene
             .maintain("vc", json!({"provider": provider, "host": host, "reason": "firmware"}))
             .await?;
-        let mut fewest = usize::MAX;
+        let (mut fewest, mut most_replicas) = (usize::MAX, 0);
+        // Ready pods off the host when the first pod on it went away.
+        let mut elsewhere_at_first_move = None;
         let started = tokio::time::Instant::now();
         loop {
             let list = pods(&admin, &ns, "orders").await?;
             fewest = fewest.min(ready_pods(&list));
+            most_replicas = most_replicas.max(replicas(&admin, &ns, "orders").await?);
+            if elsewhere_at_first_move.is_none() && on_host(&list) < 2 {
+                let elsewhere: Vec<Pod> = list
+                    .iter()
+                    .filter(|p| {
+                        p.spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.as_ref())
+                            .is_some_and(|n| !vms.contains(n))
+                    })
+                    .cloned()
+                    .collect();
+                elsewhere_at_first_move = Some(ready_pods(&elsewhere));
+            }
             let status = Api::<HostMaintenance>::all(admin.clone())
                 .get(&name)
                 .await?
@@ -718,12 +780,48 @@ async fn serial_maintenance_of_a_vsphere_host_drains_its_nodes_under_a_budget() 
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        println!("drained in {:?}; fewest ready pods: {fewest}", started.elapsed());
-        ensure!(fewest >= 2, "the budget of 2 was breached: {fewest} ready");
+        println!(
+            "drained in {:?}; fewest ready pods: {fewest}; replicas up to {most_replicas}; \
+             ready elsewhere when the first pod left: {elsewhere_at_first_move:?}",
+            started.elapsed()
+        );
+        ensure!(fewest >= 2, "the floor and budget of 2 were breached: {fewest} ready");
+        ensure!(most_replicas == 4, "surged to 4 replicas, saw {most_replicas}");
+        ensure!(
+            elsewhere_at_first_move >= Some(2),
+            "the surge's pods were ready elsewhere before a pod left the host: {elsewhere_at_first_move:?}"
+        );
+        let surge: Vec<InfraChange> = ledger(&admin, &ns)
+            .await?
+            .into_iter()
+            .filter(|ic| ic.spec.purpose == ChangePurpose::MaintenanceSurge)
+            .collect();
+        ensure!(
+            surge.len() == 1
+                && surge[0].spec.desired == "4"
+                && surge[0].status.as_ref().and_then(|s| s.original.as_deref()) == Some("2"),
+            "one surge in the ledger, 2 -> 4: {surge:?}"
+        );
         let now = cordoned(&admin).await?;
         ensure!(vms.iter().all(|v| now.contains(v)), "{now:?}");
         scene.end(&name).await?;
         scene.uncordoned("the host's nodes", &vms).await?;
+        eventually("the surge removed", PATIENCE, || async {
+            let (replicas, left) = (
+                replicas(&admin, &ns, "orders").await?,
+                ledger(&admin, &ns)
+                    .await?
+                    .into_iter()
+                    .filter(|ic| ic.spec.purpose == ChangePurpose::MaintenanceSurge)
+                    .count(),
+            );
+            Ok(if replicas == 2 && left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{replicas} replicas, {left} surge(s) in the ledger"))
+            })
+        })
+        .await?;
         Ok(())
     }
     .await;

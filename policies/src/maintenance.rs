@@ -9,6 +9,11 @@
 //!   allowed: a PodDisruptionBudget's headroom, an active intent's replica floor, or (for a
 //!   workload an intent governs) its last ready pod. DaemonSet and mirror pods stay, as with
 //!   `kubectl drain`; the Eviction API checks the budgets again.
+//! - A workload of an active critical or high intent that would otherwise run short (below its
+//!   floor or budget, or out of ready pods) is first surged: its replicas are raised by the
+//!   number of its ready pods on the host, and its pods there leave one at a time, each only
+//!   while it has as many ready pods as the surge asks for. The surge stays until the
+//!   maintenance ends.
 //! - After `drainTimeout`: `Wait` keeps trying, `Force` deletes what is left except pods of
 //!   critical intents inside their window, `Abort` uncordons and ends.
 
@@ -96,6 +101,11 @@ pub struct WorkloadFacts {
     pub intent: Option<IntentFacts>,
     /// PodDisruptionBudgets selecting its pods: name and `status.disruptionsAllowed`.
     pub budgets: Vec<(String, usize)>,
+    /// `spec.replicas` without a surge (the surge's recorded original while one is in
+    /// force); `None` when not read (only workloads that may need a surge are read).
+    pub replicas: Option<usize>,
+    /// The replicas this maintenance's surge in force asks for.
+    pub surge: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +161,18 @@ pub struct Blocker {
     pub message: String,
 }
 
+/// A workload scaled up for the drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Surge {
+    pub workload: String,
+    /// The replicas asked for.
+    pub replicas: usize,
+    /// How many above the workload's own replicas.
+    pub by: usize,
+    /// The intent it is for.
+    pub intent: String,
+}
+
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaintenancePlan {
@@ -161,6 +183,8 @@ pub struct MaintenancePlan {
     pub evict: Vec<(String, String)>,
     /// Pods to delete now (`onTimeout: Force`).
     pub delete: Vec<(String, String)>,
+    /// Workloads scaled up until the maintenance ends (none once ended).
+    pub surge: Vec<Surge>,
     pub nodes: Vec<NodeProgress>,
     pub workloads: Vec<WorkloadRow>,
     pub pending_pods: usize,
@@ -176,6 +200,7 @@ impl MaintenancePlan {
             cordon: Vec::new(),
             evict: Vec::new(),
             delete: Vec::new(),
+            surge: Vec::new(),
             nodes: Vec::new(),
             workloads: Vec::new(),
             pending_pods: 0,
@@ -189,12 +214,26 @@ impl MaintenancePlan {
     }
 }
 
-/// Why a pod may not be evicted now, given the evictions already planned in this pass.
+/// Why a pod may not be evicted now, given the evictions already planned in this pass and
+/// the replicas its surge asks for.
 fn hold_back(
     facts: &WorkloadFacts,
     evicting: usize,
     budget_used: &BTreeMap<String, usize>,
+    surge: Option<&Surge>,
 ) -> Option<Blocker> {
+    if let Some(s) = surge {
+        let ready = facts.ready.saturating_sub(evicting);
+        if ready < s.replicas {
+            return Some(Blocker {
+                reason: m::SURGE_PENDING,
+                message: format!(
+                    "{} is surged to {} replicas for WorkloadIntent {}; {ready} ready, its pods on the host leave one at a time once the rest are ready",
+                    s.workload, s.replicas, s.intent
+                ),
+            });
+        }
+    }
     for (name, allowed) in &facts.budgets {
         if budget_used.get(name).copied().unwrap_or(0) >= *allowed {
             return Some(Blocker {
@@ -230,6 +269,51 @@ fn hold_back(
     })
 }
 
+/// The surges the drain needs: the ones in force stay as they are; a workload of an active
+/// critical or high intent whose ready pods on the host could not all leave without taking it
+/// below a budget, its floor or its last ready pod gets one, by that many pods.
+fn surges(view: &MaintenanceView) -> Vec<Surge> {
+    let mut ready_here: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in view.pods.iter().filter(|p| !p.stays && !p.terminating && p.ready) {
+        *ready_here.entry(&p.workload).or_default() += 1;
+    }
+    let mut out = Vec::new();
+    for (workload, facts) in &view.workloads {
+        let intent_name = facts.intent.as_ref().map(|i| i.name.clone());
+        if let Some(replicas) = facts.surge {
+            out.push(Surge {
+                workload: workload.clone(),
+                replicas,
+                by: facts.replicas.map_or(0, |own| replicas.saturating_sub(own)),
+                intent: intent_name.unwrap_or_default(),
+            });
+            continue;
+        }
+        let Some(intent) = &facts.intent else {
+            continue;
+        };
+        let eligible =
+            intent.active && matches!(intent.priority, Priority::Critical | Priority::High);
+        let need = ready_here.get(workload.as_str()).copied().unwrap_or(0);
+        let (Some(own), true, true) = (facts.replicas, eligible, need > 0) else {
+            continue;
+        };
+        let left = facts.ready.saturating_sub(need);
+        let short = left == 0
+            || facts.budgets.iter().any(|(_, allowed)| *allowed < need)
+            || intent.replica_floor.is_some_and(|floor| left < floor);
+        if short {
+            out.push(Surge {
+                workload: workload.clone(),
+                replicas: own + need,
+                by: need,
+                intent: intent.name.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// The pods that still have to leave a node.
 fn leaving<'a>(pods: &'a [HostPod], node: &str) -> impl Iterator<Item = &'a HostPod> {
     let node = node.to_string();
@@ -256,7 +340,7 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
             })
             .collect();
         plan.pending_pods = plan.nodes.iter().map(|n| n.pending_pods).sum();
-        plan.workloads = preflight(view);
+        plan.workloads = preflight(view, &surges(view));
         return plan;
     }
     let timed_out = view
@@ -277,6 +361,8 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
         .map(|n| n.name.as_str())
         .collect();
 
+    let surge = surges(view);
+    let surge_of = |workload: &str| surge.iter().find(|s| s.workload == workload);
     let mut evict = Vec::new();
     let mut delete = Vec::new();
     let mut blockers: Vec<Blocker> = Vec::new();
@@ -297,7 +383,7 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
             let count = evicting.entry(&pod.workload).or_default();
             let counted = if pod.ready { *count } else { 0 };
             let blocked = if pod.ready {
-                hold_back(facts, counted, &budget_used)
+                hold_back(facts, counted, &budget_used, surge_of(&pod.workload))
             } else {
                 // An unready pod serves no traffic: moving it costs nothing.
                 None
@@ -352,7 +438,7 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
         })
         .collect();
     let pending_pods: usize = progress.iter().map(|p| p.pending_pods).sum();
-    let workloads = preflight(view);
+    let workloads = preflight(view, &surge);
 
     if timed_out && pending_pods > 0 && view.spec.on_timeout == OnTimeout::Abort {
         let mut plan = MaintenancePlan::ended(vec![Blocker {
@@ -373,7 +459,10 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
         m::PENDING
     } else if timed_out {
         m::TIMED_OUT
-    } else if evict.is_empty() && delete.is_empty() && !blockers.is_empty() {
+    } else if evict.is_empty()
+        && delete.is_empty()
+        && blockers.iter().any(|b| b.reason != m::SURGE_PENDING)
+    {
         m::BLOCKED
     } else {
         m::DRAINING
@@ -383,6 +472,7 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
         cordon,
         evict,
         delete,
+        surge,
         nodes: progress,
         workloads,
         pending_pods,
@@ -392,7 +482,7 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
 }
 
 /// Each workload with pods on the host: can one of its pods be evicted now, and what happens.
-fn preflight(view: &MaintenanceView) -> Vec<WorkloadRow> {
+fn preflight(view: &MaintenanceView, surges: &[Surge]) -> Vec<WorkloadRow> {
     let mut on_host: BTreeMap<&str, usize> = BTreeMap::new();
     for p in view.pods.iter().filter(|p| !p.stays) {
         *on_host.entry(&p.workload).or_default() += 1;
@@ -402,21 +492,28 @@ fn preflight(view: &MaintenanceView) -> Vec<WorkloadRow> {
         .into_iter()
         .map(|(workload, pods_on_host)| {
             let facts = view.workloads.get(workload).unwrap_or(&none);
-            let blocked = hold_back(facts, 0, &BTreeMap::new());
-            let message = match &blocked {
-                Some(b) => format!("held: {}", b.message),
-                None if facts.ready <= pods_on_host => format!(
+            let surge = surges.iter().find(|s| s.workload == workload);
+            let blocked = hold_back(facts, 0, &BTreeMap::new(), surge);
+            let message = match (&blocked, surge) {
+                (_, Some(s)) => format!(
+                    "surged by {} to {} replicas for WorkloadIntent {} first; its pods on the host leave one at a time once the new ones are ready elsewhere",
+                    s.by, s.replicas, s.intent
+                ),
+                (Some(b), None) => format!("held: {}", b.message),
+                (None, None) if facts.ready <= pods_on_host => format!(
                     "evicted one at a time; all {} ready pod(s) are on the host, so it may run short until replacements are ready elsewhere",
                     facts.ready
                 ),
-                None => "evicted through the Eviction API, respecting its budgets".to_string(),
+                (None, None) => {
+                    "evicted through the Eviction API, respecting its budgets".to_string()
+                }
             };
             WorkloadRow {
                 workload: workload.to_string(),
                 intent: facts.intent.as_ref().map(|i| i.name.clone()),
                 pods_on_host,
                 ready: facts.ready,
-                evictable: blocked.is_none(),
+                evictable: blocked.is_none() || surge.is_some(),
                 message,
             }
         })
@@ -548,6 +645,7 @@ mod tests {
                 ready: 3,
                 intent: None,
                 budgets: vec![("web-pdb".into(), 0)],
+                ..WorkloadFacts::default()
             },
         );
         v.cordoned_by_us.insert("a".into());
@@ -580,6 +678,7 @@ mod tests {
                     replica_floor: Some(2),
                 }),
                 budgets: Vec::new(),
+                ..WorkloadFacts::default()
             },
         );
         v.cordoned_by_us.insert("a".into());
@@ -610,6 +709,7 @@ mod tests {
                 ready: 1,
                 intent: Some(intent("shop/pay", Priority::Critical)),
                 budgets: Vec::new(),
+                ..WorkloadFacts::default()
             },
         );
         v.workloads.insert(
@@ -618,6 +718,7 @@ mod tests {
                 ready: 1,
                 intent: Some(intent("shop/web", Priority::High)),
                 budgets: Vec::new(),
+                ..WorkloadFacts::default()
             },
         );
         v.cordoned_by_us.insert("a".into());
@@ -642,6 +743,7 @@ mod tests {
                 ready: 1,
                 intent: None,
                 budgets: vec![("web-pdb".into(), 0)],
+                ..WorkloadFacts::default()
             },
         );
         v.cordoned_by_us.insert("a".into());
@@ -693,6 +795,101 @@ mod tests {
             plan.evict,
             vec![("shop".into(), "p1".into()), ("shop".into(), "p2".into())]
         );
+    }
+
+    fn critical(floor: usize) -> IntentFacts {
+        IntentFacts {
+            name: "shop/pay".into(),
+            priority: Priority::Critical,
+            active: true,
+            replica_floor: Some(floor),
+        }
+    }
+
+    #[test]
+    fn a_critical_workload_that_would_run_short_is_surged_first_then_leaves_one_pod_at_a_time() {
+        let mut v = view(
+            vec![node("a", true)],
+            vec![
+                pod("p1", "a", "shop/Deployment/pay"),
+                pod("p2", "a", "shop/Deployment/pay"),
+            ],
+        );
+        v.cordoned_by_us.insert("a".into());
+        let facts = |ready, allowed, surge| WorkloadFacts {
+            ready,
+            intent: Some(critical(2)),
+            budgets: vec![("pay-pdb".into(), allowed)],
+            replicas: Some(2),
+            surge,
+        };
+        // Both ready pods are on the host and the budget allows none: surge by 2 first.
+        v.workloads
+            .insert("shop/Deployment/pay".into(), facts(2, 0, None));
+        let plan = plan_maintenance(&v, at(1));
+        assert_eq!(
+            plan.surge,
+            vec![Surge {
+                workload: "shop/Deployment/pay".into(),
+                replicas: 4,
+                by: 2,
+                intent: "shop/pay".into(),
+            }]
+        );
+        assert!(plan.evict.is_empty(), "{plan:?}");
+        assert_eq!(plan.blockers[0].reason, m::SURGE_PENDING);
+        assert_eq!(plan.phase, m::DRAINING, "waiting for a surge is not blocked");
+        assert!(plan.workloads[0].message.contains("surged by 2 to 4"));
+
+        // In force, the new pods not ready yet: still waiting, and the surge is kept as is.
+        v.workloads
+            .insert("shop/Deployment/pay".into(), facts(3, 1, Some(4)));
+        let plan = plan_maintenance(&v, at(2));
+        assert!(plan.evict.is_empty());
+        assert_eq!(plan.surge[0].replicas, 4);
+
+        // All 4 ready: one pod leaves, the next waits for its replacement.
+        v.workloads
+            .insert("shop/Deployment/pay".into(), facts(4, 2, Some(4)));
+        let plan = plan_maintenance(&v, at(3));
+        assert_eq!(plan.evict, vec![("shop".into(), "p1".into())]);
+
+        // Drained: the surge stays until the maintenance ends.
+        v.pods.clear();
+        let plan = plan_maintenance(&v, at(4));
+        assert_eq!(plan.phase, m::DRAINED);
+        assert_eq!(plan.surge.len(), 1);
+    }
+
+    #[test]
+    fn only_active_critical_or_high_intents_that_would_run_short_are_surged() {
+        let mut v = view(
+            vec![node("a", true)],
+            vec![pod("p1", "a", "shop/Deployment/pay")],
+        );
+        v.cordoned_by_us.insert("a".into());
+        let mut facts = WorkloadFacts {
+            ready: 1,
+            intent: Some(critical(1)),
+            replicas: Some(1),
+            ..WorkloadFacts::default()
+        };
+        let mut with = |f: &WorkloadFacts| {
+            v.workloads.insert("shop/Deployment/pay".into(), f.clone());
+            plan_maintenance(&v, at(1)).surge.len()
+        };
+        assert_eq!(with(&facts), 1, "its only ready pod is on the host");
+        facts.intent.as_mut().unwrap().priority = Priority::Standard;
+        assert_eq!(with(&facts), 0, "standard tier");
+        facts.intent.as_mut().unwrap().priority = Priority::High;
+        facts.intent.as_mut().unwrap().active = false;
+        assert_eq!(with(&facts), 0, "outside its window");
+        facts.intent.as_mut().unwrap().active = true;
+        facts.ready = 3;
+        assert_eq!(with(&facts), 0, "enough ready elsewhere");
+        facts.ready = 1;
+        facts.replicas = None;
+        assert_eq!(with(&facts), 0, "replicas unknown");
     }
 
     #[test]

@@ -287,11 +287,19 @@ pub async fn execute(
             })
             .collect();
         if let Some(workload) = workload {
-            let hold: BTreeMap<WorkloadField, Value> = steps
+            let mut hold: BTreeMap<WorkloadField, Value> = steps
                 .iter()
                 .filter(|s| matches!(s, Step::Action(_)))
                 .filter_map(|s| held_field(book.change(*s), workload))
                 .collect();
+            // A maintenance surge in force: the floor Plumbline holds is held at the surged
+            // value, which the surge's actuator writes too.
+            if let (Some(replicas), Some(held)) = (
+                workload.surge.and_then(|s| s.replicas),
+                hold.get_mut(&WorkloadField::Replicas),
+            ) {
+                *held = Value::from(replicas);
+            }
             let live = &workload.object;
             let held_by_me =
                 fields::holder(live) == Some(me.as_str()) && fields::has_plumbline_fields(live);

@@ -31,6 +31,19 @@ pub struct LiveWorkload {
     pub holder: Option<String>,
     /// PodDisruptionBudgets in the namespace whose selector covers the workload's pods.
     pub disruption_budgets: Vec<ObservedDisruptionBudget>,
+    /// A host maintenance's replica surge on the workload, while its ledger entry exists.
+    pub surge: Option<Surge>,
+}
+
+/// A maintenance surge as the intent controller honours it: the planner sees the workload's
+/// own replicas (the surge's recorded original), and while Plumbline holds the replicas field
+/// it holds it at the surged value, so the two never fight over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Surge {
+    /// The replicas recorded before the surge.
+    pub original: i32,
+    /// The replicas the surge asks for; `None` while its entry is being deleted (reverting).
+    pub replicas: Option<i32>,
 }
 
 impl LiveWorkload {
@@ -96,6 +109,7 @@ pub async fn observe(
         Some(_) => list_pdbs(client, apis, &target.namespace).await?,
         None => Vec::new(),
     };
+    let changes = list_changes(client).await?;
     let workload = object.map(|object| {
         let pod_labels: BTreeMap<String, String> = object
             .data
@@ -118,6 +132,7 @@ pub async fn observe(
                 .iter()
                 .filter_map(|pdb| covering_budget(pdb, &pod_labels))
                 .collect(),
+            surge: surge_on(&target, &changes),
             target: target.clone(),
             without_plumbline,
             object,
@@ -131,29 +146,55 @@ pub async fn observe(
     Ok(IntentObservation {
         workload,
         conflicting,
-        infra: observe_infra(client, wi).await?,
+        infra: observe_infra(wi, changes),
+    })
+}
+
+/// Every InfraChange. A cluster without the InfraChange CRD has no ledger entries.
+async fn list_changes(client: &kube::Client) -> Result<Vec<InfraChange>> {
+    match Api::<InfraChange>::all(client.clone())
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => Ok(list.items),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+        Err(source) => Err(Error::kube("listing InfraChanges", source)),
+    }
+}
+
+/// The surge on `target` whose original is recorded (before that, nothing has changed yet).
+fn surge_on(target: &WorkloadRef, changes: &[InfraChange]) -> Option<Surge> {
+    changes.iter().find_map(|ic| {
+        let t = &ic.spec.target;
+        let ours = ic.spec.purpose == plumbline_crds::ChangePurpose::MaintenanceSurge
+            && t.workload_kind() == Some(target.kind)
+            && t.namespace.as_deref() == Some(target.namespace.as_str())
+            && t.name == target.name
+            && ic.has_finalizer();
+        let original = ic.status.as_ref()?.original.as_deref()?.parse().ok()?;
+        ours.then(|| Surge {
+            original,
+            replicas: ic
+                .metadata
+                .deletion_timestamp
+                .is_none()
+                .then(|| ic.spec.desired.parse().ok())
+                .flatten(),
+        })
     })
 }
 
 /// The InfraChanges naming the intent among their owners, and the VMs and neighbours its
-/// status reports. A cluster without the InfraChange CRD has no ledger entries.
-async fn observe_infra(
-    client: &kube::Client,
+/// status reports.
+fn observe_infra(
     wi: &WorkloadIntent,
-) -> Result<plumbline_policies::ObservedInfra> {
+    changes: Vec<InfraChange>,
+) -> plumbline_policies::ObservedInfra {
     let label = format!("{}/{}", wi.namespace().unwrap_or_default(), wi.name_any());
-    let changes = match Api::<InfraChange>::all(client.clone())
-        .list(&Default::default())
-        .await
-    {
-        Ok(list) => list
-            .items
-            .into_iter()
-            .filter(|ic| ic.spec.owners.iter().any(|o| o.intent == label))
-            .collect(),
-        Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
-        Err(source) => return Err(Error::kube("listing InfraChanges", source)),
-    };
+    let changes = changes
+        .into_iter()
+        .filter(|ic| ic.spec.owners.iter().any(|o| o.intent == label))
+        .collect();
     let status = wi.status.clone().unwrap_or_default();
     let mut backing: Vec<plumbline_policies::ObservedBackingVm> = Vec::new();
     for pod in &status.backing {
@@ -173,11 +214,11 @@ async fn observe_infra(
             datastores: pod.datastores.clone(),
         });
     }
-    Ok(plumbline_policies::ObservedInfra {
+    plumbline_policies::ObservedInfra {
         changes,
         backing,
         neighbours: status.neighbour_candidates,
-    })
+    }
 }
 
 /// The intent that has the first claim on `wi`'s workload, if it is not `wi`: the intent that

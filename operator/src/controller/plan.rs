@@ -158,10 +158,14 @@ pub(super) fn to_policy_workload(w: &LiveWorkload) -> policies::ObservedWorkload
         .unwrap_or_default();
     policies::ObservedWorkload {
         workload: w.target.clone(),
-        replicas: WorkloadField::Replicas
-            .get(live)
-            .and_then(|v| v.as_i64())
-            .and_then(|v| i32::try_from(v).ok()),
+        // During a maintenance surge the planner sees the workload's own replicas.
+        replicas: match w.surge {
+            Some(s) => Some(s.original),
+            None => WorkloadField::Replicas
+                .get(live)
+                .and_then(|v| v.as_i64())
+                .and_then(|v| i32::try_from(v).ok()),
+        },
         priority_class_name: WorkloadField::PriorityClassName
             .get(live)
             .and_then(|v| v.as_str())

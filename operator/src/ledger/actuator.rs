@@ -39,7 +39,8 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope {
     Provider(String),
-    Nodes,
+    /// Nodes and workloads.
+    Kubernetes,
 }
 
 impl Scope {
@@ -49,7 +50,7 @@ impl Scope {
                 ic.spec.target.kind == ChangeTargetKind::VirtualMachine
                     && ic.spec.target.provider.as_deref() == Some(p.as_str())
             }
-            Scope::Nodes => ic.spec.target.kind == ChangeTargetKind::Node,
+            Scope::Kubernetes => ic.spec.target.kind != ChangeTargetKind::VirtualMachine,
         }
     }
 }
@@ -82,7 +83,7 @@ impl Actuators {
         let wanted: HashSet<Scope> = providers
             .into_iter()
             .map(Scope::Provider)
-            .chain([Scope::Nodes])
+            .chain([Scope::Kubernetes])
             .collect();
         self.running.retain(|scope, handle| {
             let keep = wanted.contains(scope);
@@ -342,6 +343,12 @@ fn target_key(ic: &InfraChange) -> String {
             t.vm_id.as_deref().unwrap_or(&t.name)
         ),
         ChangeTargetKind::Node => format!("node/{}", t.name),
+        ChangeTargetKind::Deployment | ChangeTargetKind::StatefulSet => format!(
+            "{:?}/{}/{}",
+            t.kind,
+            t.namespace.as_deref().unwrap_or(""),
+            t.name
+        ),
     }
 }
 
@@ -352,6 +359,7 @@ fn metric(ic: &InfraChange) -> (ActionLayer, &'static str) {
         ChangePurpose::BackingVmProtection => (ActionLayer::hypervisor, "cpu_shares"),
         ChangePurpose::StorageTaint => (ActionLayer::kubernetes, "node_taint"),
         ChangePurpose::MaintenanceCordon => (ActionLayer::kubernetes, "node_cordon"),
+        ChangePurpose::MaintenanceSurge => (ActionLayer::kubernetes, "replica_surge"),
     }
 }
 

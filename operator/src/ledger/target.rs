@@ -1,19 +1,29 @@
 //! One setting on one target, as the actuators need it: read the current value (and an
 //! original an earlier run recorded on the target), set a value, restore the original. VM
 //! settings go through the provider's adapter, which also records the original on the VM
-//! itself; node taints are a read-modify-write of the node guarded by its resourceVersion.
+//! itself; node taints are a read-modify-write of the node guarded by its resourceVersion; a
+//! workload's replicas (a maintenance surge) are written in the name of the field's owner.
 
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::{
-    api::{Patch, PatchParams},
+    api::{DynamicObject, Patch, PatchParams},
     Api, Client, ResourceExt,
 };
 use plumbline_adapters::{Hypervisor, Setting, Tunable, VmId};
 use plumbline_crds::{ChangeTargetKind, InfraChange};
-use plumbline_policies::ledger::{ABSENT, PRESENT, UNSCHEDULABLE};
+use plumbline_policies::{
+    ledger::{ABSENT, PRESENT, REPLICAS, UNSCHEDULABLE},
+    WorkloadRef,
+};
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 use tracing::debug;
+
+use crate::controller::{
+    apply::workload_api,
+    fields::{self, WorkloadField},
+};
+use plumbline_crds::names::FIELD_MANAGER;
 
 /// Why a call on a target failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +61,11 @@ pub enum Target {
         client: Client,
         name: String,
         setting: NodeSetting,
+    },
+    /// A Deployment's or StatefulSet's `spec.replicas`.
+    Replicas {
+        client: Client,
+        workload: WorkloadRef,
     },
 }
 
@@ -116,6 +131,29 @@ impl Target {
                     setting,
                 }))
             }
+            ChangeTargetKind::Deployment | ChangeTargetKind::StatefulSet => {
+                let (Some(kind), Some(namespace)) =
+                    (spec.target.workload_kind(), spec.target.namespace.clone())
+                else {
+                    return Err(TargetError::Unsupported(
+                        "the target names no namespace".into(),
+                    ));
+                };
+                if spec.setting != REPLICAS {
+                    return Err(TargetError::Unsupported(format!(
+                        "unknown workload setting {:?} (expected {REPLICAS})",
+                        spec.setting
+                    )));
+                }
+                Ok(Some(Self::Replicas {
+                    client: client.clone(),
+                    workload: WorkloadRef {
+                        kind,
+                        namespace,
+                        name: spec.target.name.clone(),
+                    },
+                }))
+            }
         }
     }
 
@@ -164,6 +202,13 @@ impl Target {
                     recorded_original: None,
                 })
             }
+            Self::Replicas { client, workload } => {
+                let obj = bounded(deadline, "reading", workload_api(client, workload).get(&workload.name)).await?;
+                Ok(Reading {
+                    current: replicas_of(&obj).to_string(),
+                    recorded_original: None,
+                })
+            }
         }
     }
 
@@ -209,6 +254,17 @@ impl Target {
                     }
                 }
             }
+            Self::Replicas { client, workload } => {
+                let replicas: i32 = value.parse().map_err(|_| {
+                    TargetError::Unsupported(format!("replicas: {value:?} is not a whole number"))
+                })?;
+                bounded(
+                    deadline,
+                    "scaling",
+                    set_replicas(client, workload, replicas),
+                )
+                .await
+            }
         }
     }
 
@@ -245,6 +301,7 @@ impl Target {
             }
             Self::Node { .. } if original == PRESENT => Ok(()),
             Self::Node { .. } => self.set(ABSENT, deadline).await,
+            Self::Replicas { .. } => self.set(original, deadline).await,
         }
     }
 }
@@ -351,6 +408,58 @@ async fn set_taint(
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < ATTEMPTS => {
                 debug!(node = %name, attempt, "node changed while tainting; retrying on fresh data");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `spec.replicas`; unset means 1 to Kubernetes.
+fn replicas_of(obj: &DynamicObject) -> i64 {
+    WorkloadField::Replicas
+        .get(obj)
+        .and_then(|v| v.as_i64())
+        .unwrap_or(1)
+}
+
+/// The field manager a surge writes replicas as when nobody owns the field.
+pub const SURGE_MANAGER: &str = "plumbline-maintenance";
+
+/// Sets `spec.replicas` with a merge patch carrying the resourceVersion read, in the name of
+/// the manager that owns the field (the intent's own field manager while its replica floor
+/// holds it, else the user's tool): the surge and its undo leave the field's ownership where
+/// it was, so neither the intent controller nor the user's next apply sees a new owner.
+async fn set_replicas(
+    client: &Client,
+    workload: &WorkloadRef,
+    replicas: i32,
+) -> Result<(), kube::Error> {
+    let api = workload_api(client, workload);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let obj = api.get(&workload.name).await?;
+        if replicas_of(&obj) == i64::from(replicas) {
+            return Ok(());
+        }
+        let manager = if fields::owned_by(&obj, WorkloadField::Replicas, FIELD_MANAGER) {
+            FIELD_MANAGER.to_string()
+        } else {
+            fields::other_owner(&obj, WorkloadField::Replicas)
+                .unwrap_or_else(|| SURGE_MANAGER.to_string())
+        };
+        let patch = json!({
+            "metadata": { "resourceVersion": obj.resource_version() },
+            "spec": { "replicas": replicas },
+        });
+        let params = PatchParams {
+            field_manager: Some(manager),
+            ..Default::default()
+        };
+        match api.patch(&workload.name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < ATTEMPTS => {
+                debug!(workload = %workload, attempt, "workload changed while scaling; retrying on fresh data");
             }
             Err(e) => return Err(e),
         }

@@ -1,9 +1,10 @@
 //! Host maintenance, carried out: each pass of the health loop looks at every HostMaintenance,
 //! asks `plumbline_policies::maintenance` what to do, and
 //!
-//! - returns the cordons it wants as ledger entries (purpose `MaintenanceCordon`): the writer
-//!   records them and the node actuator cordons; when the maintenance ends or is deleted they
-//!   are no longer wanted, so their finalizers uncordon;
+//! - returns the cordons and surges it wants as ledger entries (purposes `MaintenanceCordon`,
+//!   `MaintenanceSurge`): the writer records them and the Kubernetes actuator cordons and
+//!   scales; when the maintenance ends or is deleted they are no longer wanted, so their
+//!   finalizers uncordon and scale back to the recorded replicas;
 //! - evicts the pods the plan names through the Eviction API (in the policy version the server
 //!   serves), or deletes them after the timeout with `onTimeout: Force`;
 //! - writes the status: phase, per-node progress, the pre-flight, `DrainBlocked` and
@@ -24,7 +25,7 @@ use plumbline_crds::{
     HostMaintenanceStatus, InfraChangeSpec, MaintenanceNode, MaintenanceWorkload,
 };
 use plumbline_policies::{
-    ledger::{PRESENT, UNSCHEDULABLE},
+    ledger::{PRESENT, REPLICAS, UNSCHEDULABLE},
     maintenance::{plan_maintenance, Blocker, MaintenancePlan, MaintenanceSpec, MaintenanceView},
 };
 use std::{
@@ -94,13 +95,16 @@ impl Maintenances {
                             Vec::new()
                         }));
                     }
-                    let workloads = view::workload_facts(
+                    let surges = view::surges_of(hm, &changes, operator);
+                    let mut workloads = view::workload_facts(
                         &host_pods,
+                        &surges,
                         &pods,
                         &intents,
                         budgets.as_deref().unwrap_or_default(),
                         now,
                     );
+                    view::replicas(ctx, &mut workloads, &surges).await;
                     let status = hm.status.clone().unwrap_or_default();
                     let started_at = status
                         .started_at
@@ -119,7 +123,8 @@ impl Maintenances {
                     plan_maintenance(&view, now)
                 }
             };
-            wanted.extend(cordons(hm, &plan, operator));
+            wanted.extend(ledger_entries(hm, &plan, operator));
+            announce_surges(ctx, hm, &plan, &changes, operator).await;
             move_pods(ctx, hm, &plan).await;
             self.write_status(ctx, hm, &plan, now).await;
         }
@@ -326,8 +331,12 @@ impl Maintenances {
     }
 }
 
-/// The ledger entries for the nodes the plan cordons.
-fn cordons(hm: &HostMaintenance, plan: &MaintenancePlan, operator: &str) -> Vec<InfraChangeSpec> {
+/// The ledger entries for the nodes the plan cordons and the workloads it surges.
+fn ledger_entries(
+    hm: &HostMaintenance,
+    plan: &MaintenancePlan,
+    operator: &str,
+) -> Vec<InfraChangeSpec> {
     let reason = format!(
         "host {} of {} goes into maintenance{}",
         hm.spec.host,
@@ -338,21 +347,65 @@ fn cordons(hm: &HostMaintenance, plan: &MaintenancePlan, operator: &str) -> Vec<
             .map(|r| format!(": {r}"))
             .unwrap_or_default()
     );
-    plan.cordon
-        .iter()
-        .map(|node| InfraChangeSpec {
-            target: ChangeTarget::node(node),
-            setting: UNSCHEDULABLE.to_string(),
-            desired: PRESENT.to_string(),
-            purpose: ChangePurpose::MaintenanceCordon,
-            owners: vec![ChangeOwner {
-                intent: view::owner_name(hm),
-                reason: reason.clone(),
-            }],
-            operator: operator.to_string(),
-            throttle: None,
-        })
-        .collect()
+    let entry = |target, setting: &str, desired: String, purpose, reason: String| InfraChangeSpec {
+        target,
+        setting: setting.to_string(),
+        desired,
+        purpose,
+        owners: vec![ChangeOwner {
+            intent: view::owner_name(hm),
+            reason,
+        }],
+        operator: operator.to_string(),
+        throttle: None,
+    };
+    let cordons = plan.cordon.iter().map(|node| {
+        entry(
+            ChangeTarget::node(node),
+            UNSCHEDULABLE,
+            PRESENT.to_string(),
+            ChangePurpose::MaintenanceCordon,
+            reason.clone(),
+        )
+    });
+    let surges = plan.surge.iter().filter_map(|s| {
+        let w = view::workload_ref(&s.workload)?;
+        Some(entry(
+            ChangeTarget::workload(w.kind, &w.namespace, &w.name),
+            REPLICAS,
+            s.replicas.to_string(),
+            ChangePurpose::MaintenanceSurge,
+            format!(
+                "{} more replica(s) for WorkloadIntent {} while its pods leave the host: {reason}",
+                s.by, s.intent
+            ),
+        ))
+    });
+    cordons.chain(surges).collect()
+}
+
+/// An Event for each surge the plan starts (one this maintenance has not asked for yet).
+async fn announce_surges(
+    ctx: &Context,
+    hm: &HostMaintenance,
+    plan: &MaintenancePlan,
+    changes: &[Arc<plumbline_crds::InfraChange>],
+    operator: &str,
+) {
+    let in_force = view::surges_of(hm, changes, operator);
+    for s in plan.surge.iter().filter(|s| !in_force.contains_key(&s.workload)) {
+        publish(
+            ctx,
+            hm,
+            false,
+            m::SURGED,
+            format!(
+                "{} surged by {} to {} replicas for WorkloadIntent {} before its pods leave the host",
+                s.workload, s.by, s.replicas, s.intent
+            ),
+        )
+        .await;
+    }
 }
 
 /// Evicts (or, with `Force` after the timeout, deletes) the pods the plan names, a bounded

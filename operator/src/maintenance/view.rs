@@ -8,9 +8,14 @@ use k8s_openapi::{
 };
 use kube::{api::DynamicObject, Api, ResourceExt};
 use plumbline_crds::{
-    conditions::status, ChangePurpose, HostMaintenance, InfraChange, WorkloadIntent,
+    conditions::status, ChangePurpose, HostMaintenance, InfraChange, Priority, TargetKind,
+    WorkloadIntent,
 };
-use plumbline_policies::maintenance::{HostNode, HostPod, IntentFacts, WorkloadFacts};
+use plumbline_policies::{
+    maintenance::{HostNode, HostPod, IntentFacts, WorkloadFacts},
+    WorkloadRef,
+};
+use tracing::warn;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
@@ -19,6 +24,7 @@ use std::{
 
 use crate::{
     context::Context,
+    controller::{apply::workload_api, fields::WorkloadField},
     health::{book::HealthBook, caches::owning_workload, graph::vm_for_node},
 };
 
@@ -168,15 +174,21 @@ fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool 
     !empty && by_labels && by_expressions
 }
 
-/// For each workload with pods to move: its ready pods cluster-wide, its intent and budgets.
+/// For each workload with pods to move, or surged: its ready pods cluster-wide, its intent
+/// and budgets.
 pub fn workload_facts(
     moving: &[HostPod],
+    surged: &BTreeMap<String, (usize, Option<usize>)>,
     pods: &[Arc<Pod>],
     intents: &[Arc<WorkloadIntent>],
     budgets: &[Budget],
     now: SystemTime,
 ) -> BTreeMap<String, WorkloadFacts> {
-    let wanted: BTreeSet<&str> = moving.iter().map(|p| p.workload.as_str()).collect();
+    let wanted: BTreeSet<&str> = moving
+        .iter()
+        .map(|p| p.workload.as_str())
+        .chain(surged.keys().map(String::as_str))
+        .collect();
     let mut facts: BTreeMap<String, WorkloadFacts> = BTreeMap::new();
     for pod in pods {
         let key = workload_key(pod);
@@ -196,6 +208,9 @@ pub fn workload_facts(
                 entry.budgets.push((b.name.clone(), b.allowed));
             }
         }
+    }
+    for key in surged.keys() {
+        facts.entry(key.clone()).or_default();
     }
     let schedule_now = chrono::DateTime::<chrono::Utc>::from(now);
     for wi in intents {
@@ -222,21 +237,100 @@ pub fn workload_facts(
     facts
 }
 
+/// The workload a `namespace/Kind/name` key names (Deployments and StatefulSets only).
+pub fn workload_ref(key: &str) -> Option<WorkloadRef> {
+    let mut parts = key.splitn(3, '/');
+    let (namespace, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let kind = match kind {
+        "Deployment" => TargetKind::Deployment,
+        "StatefulSet" => TargetKind::StatefulSet,
+        _ => return None,
+    };
+    Some(WorkloadRef {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
+/// The surges `hm` has in force, by workload key: the replicas asked for and the workload's
+/// own replicas recorded before the surge (none yet while the original is being recorded).
+pub fn surges_of(
+    hm: &HostMaintenance,
+    changes: &[Arc<InfraChange>],
+    operator: &str,
+) -> BTreeMap<String, (usize, Option<usize>)> {
+    mine(hm, changes, operator, ChangePurpose::MaintenanceSurge)
+        .filter_map(|ic| {
+            let t = &ic.spec.target;
+            let key = format!("{}/{:?}/{}", t.namespace.as_deref()?, t.workload_kind()?, t.name);
+            let original = ic
+                .status
+                .as_ref()
+                .and_then(|s| s.original.as_deref())
+                .and_then(|o| o.parse().ok());
+            Some((key, (ic.spec.desired.parse().ok()?, original)))
+        })
+        .collect()
+}
+
+/// Fills in each workload's replicas and the surge in force: a surge's recorded original,
+/// else `spec.replicas` read now, for the workloads that may need a surge (an active critical
+/// or high intent); others are left unread.
+pub async fn replicas(
+    ctx: &Context,
+    facts: &mut BTreeMap<String, WorkloadFacts>,
+    surges: &BTreeMap<String, (usize, Option<usize>)>,
+) {
+    for (key, f) in facts.iter_mut() {
+        if let Some((replicas, original)) = surges.get(key) {
+            f.surge = Some(*replicas);
+            f.replicas = *original;
+            continue;
+        }
+        let eligible = f.intent.as_ref().is_some_and(|i| {
+            i.active && matches!(i.priority, Priority::Critical | Priority::High)
+        });
+        let Some(target) = workload_ref(key).filter(|_| eligible) else {
+            continue;
+        };
+        match workload_api(&ctx.client, &target).get(&target.name).await {
+            Ok(obj) => {
+                f.replicas = Some(
+                    WorkloadField::Replicas
+                        .get(&obj)
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(1) as usize,
+                )
+            }
+            Err(e) => warn!(workload = %target, error = %e, "reading replicas for a surge failed; no surge this pass"),
+        }
+    }
+}
+
+/// `hm`'s ledger entries of `purpose` in force.
+fn mine<'a>(
+    hm: &HostMaintenance,
+    changes: &'a [Arc<InfraChange>],
+    operator: &'a str,
+    purpose: ChangePurpose,
+) -> impl Iterator<Item = &'a Arc<InfraChange>> {
+    let owner = owner_name(hm);
+    changes.iter().filter(move |ic| {
+        ic.spec.operator == operator
+            && ic.spec.purpose == purpose
+            && ic.metadata.deletion_timestamp.is_none()
+            && ic.spec.owners.iter().any(|o| o.intent == owner)
+    })
+}
+
 /// The nodes `hm` cordons already: its ledger entries in force.
 pub fn cordoned_by(
     hm: &HostMaintenance,
     changes: &[Arc<InfraChange>],
     operator: &str,
 ) -> BTreeSet<String> {
-    let owner = owner_name(hm);
-    changes
-        .iter()
-        .filter(|ic| {
-            ic.spec.operator == operator
-                && ic.spec.purpose == ChangePurpose::MaintenanceCordon
-                && ic.metadata.deletion_timestamp.is_none()
-                && ic.spec.owners.iter().any(|o| o.intent == owner)
-        })
+    mine(hm, changes, operator, ChangePurpose::MaintenanceCordon)
         .map(|ic| ic.spec.target.name.clone())
         .collect()
 }

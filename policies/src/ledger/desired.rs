@@ -17,6 +17,8 @@ pub const PRESENT: &str = "present";
 pub const ABSENT: &str = "absent";
 /// The setting of a Node's cordon (`spec.unschedulable`), `present` when cordoned.
 pub const UNSCHEDULABLE: &str = "unschedulable";
+/// The setting of a workload's `spec.replicas` (a maintenance surge).
+pub const REPLICAS: &str = "replicas";
 
 /// The setting name of a taint: `taint/KEY:EFFECT`.
 pub fn taint_setting(key: &str, effect: &str) -> String {
