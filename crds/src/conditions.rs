@@ -233,6 +233,9 @@ pub mod maintenance {
     pub const SURGE_PENDING: &str = "SurgePending";
     /// A workload was surged (also an Event reason).
     pub const SURGED: &str = "Surged";
+    /// The hypervisor reported the host entering or in maintenance mode, and the operator
+    /// created the HostMaintenance (Event reason).
+    pub const DETECTED: &str = "Detected";
     pub const NOT_BLOCKED: &str = "NotBlocked";
     pub const UNKNOWN_PROVIDER: &str = "UnknownProvider";
     pub const UNKNOWN_HOST: &str = "UnknownHost";

@@ -26,6 +26,12 @@ use crate::schema;
     printcolumn(name = "Host", type_ = "string", json_path = ".spec.host"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
+        name = "In maintenance",
+        type_ = "boolean",
+        json_path = ".status.hostInMaintenance",
+        description = "The hypervisor reports the host in (or entering) maintenance mode"
+    ),
+    printcolumn(
         name = "Pending",
         type_ = "integer",
         json_path = ".status.pendingPods",
@@ -68,6 +74,12 @@ pub struct HostMaintenanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_unavailable_nodes: Option<i32>,
+    /// vSphere: once drained, put the host into maintenance mode (`EnterMaintenanceMode_Task`)
+    /// through the change ledger; deleting the object takes it out again
+    /// (`ExitMaintenanceMode_Task`). A libvirt host has no maintenance mode: reported, and the
+    /// drain is unaffected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enter_maintenance: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
@@ -102,6 +114,10 @@ pub struct HostMaintenanceStatus {
     /// and what Plumbline does about it.
     #[serde(default)]
     pub workloads: Vec<MaintenanceWorkload>,
+    /// Whether the hypervisor reports the host in maintenance mode (or entering it), as last
+    /// read; absent when the provider cannot say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_in_maintenance: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

@@ -127,6 +127,16 @@ impl ChangeTarget {
         }
     }
 
+    pub fn host(provider: &str, name: &str) -> Self {
+        Self {
+            kind: ChangeTargetKind::Host,
+            name: name.to_string(),
+            namespace: None,
+            provider: Some(provider.to_string()),
+            vm_id: None,
+        }
+    }
+
     pub fn workload(kind: crate::TargetKind, namespace: &str, name: &str) -> Self {
         Self {
             kind: match kind {
@@ -145,7 +155,9 @@ impl ChangeTarget {
         match self.kind {
             ChangeTargetKind::Deployment => Some(crate::TargetKind::Deployment),
             ChangeTargetKind::StatefulSet => Some(crate::TargetKind::StatefulSet),
-            ChangeTargetKind::VirtualMachine | ChangeTargetKind::Node => None,
+            ChangeTargetKind::VirtualMachine | ChangeTargetKind::Node | ChangeTargetKind::Host => {
+                None
+            }
         }
     }
 }
@@ -156,6 +168,9 @@ impl std::fmt::Display for ChangeTarget {
             (ChangeTargetKind::VirtualMachine, Some(p)) => write!(f, "VM {} ({p})", self.name),
             (ChangeTargetKind::VirtualMachine, None) => write!(f, "VM {}", self.name),
             (ChangeTargetKind::Node, _) => write!(f, "Node {}", self.name),
+            (ChangeTargetKind::Host, p) => {
+                write!(f, "host {} ({})", self.name, p.as_deref().unwrap_or_default())
+            }
             (kind, _) => write!(
                 f,
                 "{kind:?} {}/{}",
@@ -174,6 +189,8 @@ pub enum ChangeTargetKind {
     Node,
     Deployment,
     StatefulSet,
+    /// A hypervisor host of a provider.
+    Host,
 }
 
 /// Why a change exists.
@@ -193,6 +210,9 @@ pub enum ChangePurpose {
     /// on is drained, so it never drops below its floor or budget; removed when the
     /// maintenance ends.
     MaintenanceSurge,
+    /// A hypervisor host put into maintenance mode once its nodes are drained
+    /// (`spec.enterMaintenance` of a HostMaintenance).
+    HostMaintenanceMode,
 }
 
 impl ChangePurpose {
@@ -203,6 +223,7 @@ impl ChangePurpose {
             Self::StorageTaint => "StorageTaint",
             Self::MaintenanceCordon => "MaintenanceCordon",
             Self::MaintenanceSurge => "MaintenanceSurge",
+            Self::HostMaintenanceMode => "HostMaintenanceMode",
         }
     }
 }

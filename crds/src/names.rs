@@ -79,3 +79,7 @@ pub const VSPHERE_SERVER_ANNOTATION: &str = "plumbline.dev/vsphere-server";
 /// written: the fields that could not be read, one `path: reason` per line. It is never
 /// written to the API server, and whatever a user writes there is replaced on decoding.
 pub const DECODE_ERRORS_ANNOTATION: &str = "plumbline.dev/decode-errors";
+
+/// Label on a HostMaintenance the operator created because the hypervisor reported the host
+/// entering (or in) maintenance mode; it is deleted again when the host leaves it.
+pub const DETECTED_LABEL: &str = "plumbline.dev/detected";

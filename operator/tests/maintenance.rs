@@ -9,6 +9,11 @@
 //!   pods, both on the host, floor 2, budget 2) is first surged to 4 through the ledger; the
 //!   new pods are ready elsewhere before any pod leaves, it never has fewer than 2 ready, and
 //!   ending the maintenance uncordons and scales back to 2.
+//! - **Detected**: maintenance started on the simulator by someone else (a lingering
+//!   `EnterMaintenanceMode_Task`) gets a HostMaintenance labelled as detected, which drains the
+//!   host's nodes and is deleted when the host leaves maintenance mode.
+//! - **enterMaintenance**: once drained, the host is put into maintenance mode through the
+//!   ledger and taken out when the object is deleted.
 //! - **Blocked**: a PodDisruptionBudget allowing no disruption is named in `DrainBlocked`,
 //!   and `onTimeout: Abort` uncordons after the timeout.
 //! - **Bad input**: an unknown provider or host, and a second maintenance for one host, are
@@ -111,7 +116,10 @@ impl Scene {
     ) -> Result<plumbline_crds::HostMaintenanceStatus> {
         let api = Api::<HostMaintenance>::all(self.cluster.admin.clone());
         eventually(what, PATIENCE, || async {
-            let status = api.get(name).await?.status.unwrap_or_default();
+            let Some(hm) = api.get_opt(name).await? else {
+                return Ok(Err("not created yet".to_string()));
+            };
+            let status = hm.status.unwrap_or_default();
             Ok(if check(&status) {
                 Ok(status)
             } else {
@@ -235,6 +243,56 @@ async fn libvirt_host(stack: &plumbline_e2e::Stack) -> Result<(String, Vec<Strin
         .map(|vm| vm.host.clone())
         .context("the libvirt inventory is empty")?;
     Ok((host, inventory.into_iter().map(|vm| vm.name).collect()))
+}
+
+/// The simulator's host with the most VMs, and the nodes (found by providerID) that are VMs
+/// on it.
+async fn busiest_vsphere_host(
+    stack: &plumbline_e2e::Stack,
+    admin: &Client,
+) -> Result<(String, Vec<String>)> {
+    let hv = vsphere_adapter(stack).await?;
+    let inventory = hv.inventory().await?;
+    let _ = hv.close().await;
+    let mut by_host: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for vm in &inventory {
+        by_host
+            .entry(vm.host.clone())
+            .or_default()
+            .push(vm.provider_id.clone());
+    }
+    let (host, provider_ids) = by_host
+        .into_iter()
+        .max_by_key(|(_, ids)| ids.len())
+        .context("the simulator reports no VMs")?;
+    let nodes: Vec<String> = Api::<Node>::all(admin.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|n| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.provider_id.as_ref())
+                .is_some_and(|id| provider_ids.contains(id))
+        })
+        .map(|n| n.name_any())
+        .collect();
+    ensure!(!nodes.is_empty(), "no node is a VM on {host}: {provider_ids:?}");
+    Ok((host, nodes))
+}
+
+/// The pods of `pods` on one of `nodes`, not being deleted.
+fn on_nodes(pods: &[Pod], nodes: &[String]) -> usize {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some_and(|n| nodes.contains(n))
+        })
+        .count()
 }
 
 /// A PodDisruptionBudget `<app>-frozen` with `maxUnavailable: 0` over the app's pods, in the
@@ -647,35 +705,7 @@ async fn serial_maintenance_of_a_vsphere_host_surges_a_critical_workload_then_dr
     let result = async {
         let (admin, ns) = (scene.cluster.admin.clone(), scene.cluster.namespace.clone());
         let provider = apply_vsphere_provider(&scene.stack, &admin, &ns).await?;
-        let hv = vsphere_adapter(&scene.stack).await?;
-        let inventory = hv.inventory().await?;
-        let _ = hv.close().await;
-        // The simulator's host with the most VMs: its nodes (found by providerID) are drained.
-        let mut by_host: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for vm in &inventory {
-            by_host
-                .entry(vm.host.clone())
-                .or_default()
-                .push(vm.provider_id.clone());
-        }
-        let (host, provider_ids) = by_host
-            .into_iter()
-            .max_by_key(|(_, ids)| ids.len())
-            .context("the simulator reports no VMs")?;
-        let vms: Vec<String> = Api::<Node>::all(admin.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|n| {
-                n.spec
-                    .as_ref()
-                    .and_then(|s| s.provider_id.as_ref())
-                    .is_some_and(|id| provider_ids.contains(id))
-            })
-            .map(|n| n.name_any())
-            .collect();
-        ensure!(!vms.is_empty(), "no node is a VM on {host}: {provider_ids:?}");
+        let (host, vms) = busiest_vsphere_host(&scene.stack, &admin).await?;
         println!("draining simulator host {host}: nodes {vms:?}");
         // Two pods preferring the host's nodes, a critical intent with a floor of 2 and a
         // budget of 2: without a surge, neither could leave.
@@ -826,4 +856,152 @@ async fn serial_maintenance_of_a_vsphere_host_surges_a_critical_workload_then_dr
     }
     .await;
     scene.finish(result).await
+}
+
+#[tokio::test]
+async fn serial_maintenance_started_on_vsphere_is_detected_drained_and_ended_with_it() -> Result<()> {
+    let mut scene = Scene::start("maint-seen").await?;
+    let (admin, ns) = (scene.cluster.admin.clone(), scene.cluster.namespace.clone());
+    let (host, nodes) = busiest_vsphere_host(&scene.stack, &admin).await?;
+    let result = async {
+        let provider = apply_vsphere_provider(&scene.stack, &admin, &ns).await?;
+        deploy_placed(
+            &admin,
+            &ns,
+            "web",
+            2,
+            json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "preference": {"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}}]}}}),
+        )
+        .await?;
+        eventually("2 ready pods on the host's nodes", PATIENCE, || async {
+            let list = pods(&admin, &ns, "web").await?;
+            Ok(if ready_pods(&list) == 2 && on_nodes(&list, &nodes) >= 1 {
+                Ok(())
+            } else {
+                Err(summary(&list))
+            })
+        })
+        .await?;
+        scene.run_operator().await?;
+        // Someone else starts maintenance on the hypervisor: the task runs for 20 s.
+        scene
+            .stack
+            .start_vsphere_maintenance(&host, Duration::from_secs(20))
+            .await?;
+        let name = plumbline_policies::maintenance::detect::detected_name(&provider, &host);
+        scene.made.push(name.clone());
+        let status = scene
+            .status_until(&name, "the detected maintenance drained", |s| {
+                s.phase.as_deref() == Some("Drained")
+            })
+            .await?;
+        let hm = Api::<HostMaintenance>::all(admin.clone()).get(&name).await?;
+        ensure!(
+            hm.labels().get("plumbline.dev/detected").map(String::as_str) == Some("true"),
+            "labelled as detected: {:?}",
+            hm.labels()
+        );
+        ensure!(
+            hm.spec.reason.as_deref().is_some_and(|r| r.contains(&host)),
+            "the reason names the host: {:?}",
+            hm.spec.reason
+        );
+        ensure!(
+            status.host_in_maintenance == Some(true),
+            "status shows the host entering or in maintenance: {status:?}"
+        );
+        ensure!(
+            on_nodes(&pods(&admin, &ns, "web").await?, &nodes) == 0,
+            "the host's nodes are drained"
+        );
+        // The host leaves maintenance: the detected maintenance ends and the nodes come back.
+        scene.stack.end_vsphere_maintenance(&host).await?;
+        eventually("the detected maintenance deleted", PATIENCE, || async {
+            Ok(
+                match Api::<HostMaintenance>::all(admin.clone()).get_opt(&name).await? {
+                    None => Ok(()),
+                    Some(hm) => Err(format!("still there: {:?}", hm.status)),
+                },
+            )
+        })
+        .await?;
+        scene.uncordoned("the host's nodes", &nodes).await?;
+        Ok(())
+    }
+    .await;
+    let ended = scene.stack.end_vsphere_maintenance(&host).await;
+    scene.finish(result.and(ended.map_err(Into::into))).await
+}
+
+#[tokio::test]
+async fn serial_maintenance_puts_a_drained_vsphere_host_into_maintenance_mode_and_back() -> Result<()> {
+    let mut scene = Scene::start("maint-mode").await?;
+    let (admin, ns) = (scene.cluster.admin.clone(), scene.cluster.namespace.clone());
+    let (host, _) = busiest_vsphere_host(&scene.stack, &admin).await?;
+    let result = async {
+        let provider = apply_vsphere_provider(&scene.stack, &admin, &ns).await?;
+        scene.run_operator().await?;
+        let name = scene
+            .maintain(
+                "mode",
+                json!({"provider": provider, "host": host, "reason": "BIOS update",
+                       "enterMaintenance": true}),
+            )
+            .await?;
+        let mode = || async {
+            anyhow::Ok(
+                ledger(&admin, &ns)
+                    .await?
+                    .into_iter()
+                    .filter(|ic| ic.spec.purpose == ChangePurpose::HostMaintenanceMode)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        eventually("the host in maintenance mode", PATIENCE, || async {
+            let (entries, sim) = (mode().await?, scene.stack.vsphere_host(&host).await?);
+            let applied = entries.iter().any(|ic| {
+                ic.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Applied")
+                    && ic.status.as_ref().and_then(|s| s.original.as_deref()) == Some("absent")
+            });
+            Ok(if applied && sim.in_maintenance {
+                Ok(())
+            } else {
+                Err(format!("ledger {entries:?}, simulator {sim:?}"))
+            })
+        })
+        .await?;
+        scene
+            .status_until(&name, "status shows the host in maintenance", |s| {
+                s.phase.as_deref() == Some("Drained") && s.host_in_maintenance == Some(true)
+            })
+            .await?;
+        // Ending the maintenance takes the host out through the entry's finalizer; Plumbline's
+        // own maintenance mode on its way out is never mistaken for someone else's.
+        scene.end(&name).await?;
+        eventually("the host out of maintenance mode", PATIENCE, || async {
+            let (entries, sim) = (mode().await?, scene.stack.vsphere_host(&host).await?);
+            Ok(if entries.is_empty() && !sim.in_maintenance {
+                Ok(())
+            } else {
+                Err(format!("ledger {entries:?}, simulator {sim:?}"))
+            })
+        })
+        .await?;
+        // Past the next read of the hosts (every 10 samples).
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let detected: Vec<String> = Api::<HostMaintenance>::all(admin.clone())
+            .list(&ListParams::default().labels("plumbline.dev/detected=true"))
+            .await?
+            .items
+            .iter()
+            .map(|hm| hm.name_any())
+            .collect();
+        ensure!(detected.is_empty(), "nothing detected: {detected:?}");
+        Ok(())
+    }
+    .await;
+    let ended = scene.stack.end_vsphere_maintenance(&host).await;
+    scene.finish(result.and(ended.map_err(Into::into))).await
 }

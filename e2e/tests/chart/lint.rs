@@ -297,8 +297,8 @@ fn plumbline_resources_get_exactly_the_verbs_the_code_uses() {
             .collect();
         assert_eq!(got, want, "plumbline.dev rules with --set {set:?}");
     }
-    // With operator.hostMaintenance, HostMaintenances are read and their status written;
-    // never for an operator scoped to a namespace.
+    // With operator.hostMaintenance, HostMaintenances are read and their status written, and
+    // detected ones created and deleted; never for an operator scoped to a namespace.
     let got = cluster_role_verbs(
         &rendered(&["operator.hostMaintenance=true"]),
         "plumbline.dev",
@@ -306,7 +306,7 @@ fn plumbline_resources_get_exactly_the_verbs_the_code_uses() {
     assert_eq!(
         got.get("hostmaintenances"),
         Some(
-            &["get", "list", "watch"]
+            &["get", "list", "watch", "create", "delete"]
                 .iter()
                 .map(|v| v.to_string())
                 .collect()

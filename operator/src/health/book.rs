@@ -2,7 +2,7 @@
 //! connection, inventory and capabilities; per VM disk its recent samples; and the hysteresis
 //! trackers, one per disk and latency budget.
 
-use plumbline_adapters::{BackingVm, Capabilities, Capability, DiskLatency, VmId};
+use plumbline_adapters::{BackingVm, Capabilities, Capability, DiskLatency, HostState, VmId};
 use plumbline_crds::NodeMappingStrategy;
 use plumbline_policies::health::{
     DiskHealth, HysteresisPolicy, LatencyBudget, StorageSample, UnknownCause, VmVerdict,
@@ -27,6 +27,9 @@ pub struct ProviderView {
     /// Why not connected, or where to.
     pub connection_message: String,
     pub inventory: Vec<BackingVm>,
+    /// The provider's hosts and their maintenance mode, read with the inventory, and when.
+    pub hosts: Vec<HostState>,
+    pub hosts_read_at: Option<SystemTime>,
     pub capabilities: Capabilities,
     pub last_sample_at: Option<SystemTime>,
     /// The widest window a sample of this provider covered (vSphere: 20 s).
@@ -48,6 +51,8 @@ impl ProviderView {
             connected: false,
             connection_message: "connecting".into(),
             inventory: Vec::new(),
+            hosts: Vec::new(),
+            hosts_read_at: None,
             capabilities: Capabilities::default(),
             last_sample_at: None,
             sample_window: interval,

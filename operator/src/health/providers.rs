@@ -26,6 +26,8 @@ use crate::{context::Context, metrics::health::ProviderLabels};
 
 /// Inventory is re-read every this many cycles (VMs come and go rarely; samples every cycle).
 const INVENTORY_EVERY: u32 = 10;
+/// How long reading the hosts' maintenance mode may take.
+const HOSTS_DEADLINE: Duration = Duration::from_secs(10);
 /// Status is re-written at least this often, so `lastSampleTime` stays meaningful.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -304,6 +306,19 @@ async fn sample_provider(
                     }
                 }
                 Err(e) => debug!(provider = %name, error = %e, "inventory failed"),
+            }
+            // Maintenance mode, for detecting maintenance started on the hypervisor.
+            match tokio::time::timeout(HOSTS_DEADLINE, adapter.host_states()).await {
+                Ok(Ok(hosts)) => {
+                    let read_at = ctx.clock.now();
+                    let mut b = crate::locks::lock(&book);
+                    if let Some(view) = b.providers.get_mut(&name) {
+                        view.hosts = hosts;
+                        view.hosts_read_at = Some(read_at.into());
+                    }
+                }
+                Ok(Err(e)) => debug!(provider = %name, error = %e, "reading hosts failed"),
+                Err(_) => debug!(provider = %name, "reading hosts: no answer within {HOSTS_DEADLINE:?}"),
             }
         }
         cycle = cycle.wrapping_add(1);

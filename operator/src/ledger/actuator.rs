@@ -46,11 +46,8 @@ pub enum Scope {
 impl Scope {
     fn covers(&self, ic: &InfraChange) -> bool {
         match self {
-            Scope::Provider(p) => {
-                ic.spec.target.kind == ChangeTargetKind::VirtualMachine
-                    && ic.spec.target.provider.as_deref() == Some(p.as_str())
-            }
-            Scope::Kubernetes => ic.spec.target.kind != ChangeTargetKind::VirtualMachine,
+            Scope::Provider(p) => ic.spec.target.provider.as_deref() == Some(p.as_str()),
+            Scope::Kubernetes => ic.spec.target.provider.is_none(),
         }
     }
 }
@@ -343,6 +340,11 @@ fn target_key(ic: &InfraChange) -> String {
             t.vm_id.as_deref().unwrap_or(&t.name)
         ),
         ChangeTargetKind::Node => format!("node/{}", t.name),
+        ChangeTargetKind::Host => format!(
+            "host/{}/{}",
+            t.provider.as_deref().unwrap_or(""),
+            t.name
+        ),
         ChangeTargetKind::Deployment | ChangeTargetKind::StatefulSet => format!(
             "{:?}/{}/{}",
             t.kind,
@@ -360,6 +362,7 @@ fn metric(ic: &InfraChange) -> (ActionLayer, &'static str) {
         ChangePurpose::StorageTaint => (ActionLayer::kubernetes, "node_taint"),
         ChangePurpose::MaintenanceCordon => (ActionLayer::kubernetes, "node_cordon"),
         ChangePurpose::MaintenanceSurge => (ActionLayer::kubernetes, "replica_surge"),
+        ChangePurpose::HostMaintenanceMode => (ActionLayer::hypervisor, "host_maintenance_mode"),
     }
 }
 

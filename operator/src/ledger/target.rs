@@ -12,7 +12,7 @@ use kube::{
 use plumbline_adapters::{Hypervisor, Setting, Tunable, VmId};
 use plumbline_crds::{ChangeTargetKind, InfraChange};
 use plumbline_policies::{
-    ledger::{ABSENT, PRESENT, REPLICAS, UNSCHEDULABLE},
+    ledger::{ABSENT, MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE},
     WorkloadRef,
 };
 use serde_json::json;
@@ -61,6 +61,11 @@ pub enum Target {
         client: Client,
         name: String,
         setting: NodeSetting,
+    },
+    /// A hypervisor host's maintenance mode.
+    Host {
+        adapter: Arc<dyn Hypervisor>,
+        host: String,
     },
     /// A Deployment's or StatefulSet's `spec.replicas`.
     Replicas {
@@ -129,6 +134,23 @@ impl Target {
                     client: client.clone(),
                     name: spec.target.name.clone(),
                     setting,
+                }))
+            }
+            ChangeTargetKind::Host => {
+                let Some(provider) = &spec.target.provider else {
+                    return Err(TargetError::Unsupported(
+                        "the target names no provider".into(),
+                    ));
+                };
+                if spec.setting != MAINTENANCE_MODE {
+                    return Err(TargetError::Unsupported(format!(
+                        "unknown host setting {:?} (expected {MAINTENANCE_MODE})",
+                        spec.setting
+                    )));
+                }
+                Ok(adapter(provider).map(|adapter| Self::Host {
+                    adapter,
+                    host: spec.target.name.clone(),
                 }))
             }
             ChangeTargetKind::Deployment | ChangeTargetKind::StatefulSet => {
@@ -202,6 +224,16 @@ impl Target {
                     recorded_original: None,
                 })
             }
+            Self::Host { adapter, host } => {
+                let hosts = bounded(deadline, "reading", adapter.host_states()).await?;
+                let state = hosts.iter().find(|h| &h.name == host).ok_or_else(|| {
+                    TargetError::Failed(format!("the provider reports no host {host}"))
+                })?;
+                Ok(Reading {
+                    current: if state.in_maintenance { PRESENT } else { ABSENT }.to_string(),
+                    recorded_original: None,
+                })
+            }
             Self::Replicas { client, workload } => {
                 let obj = bounded(deadline, "reading", workload_api(client, workload).get(&workload.name)).await?;
                 Ok(Reading {
@@ -254,6 +286,23 @@ impl Target {
                     }
                 }
             }
+            Self::Host { adapter, host } => {
+                if value == PRESENT {
+                    bounded(
+                        deadline,
+                        "entering maintenance mode",
+                        adapter.enter_maintenance(host, deadline),
+                    )
+                    .await
+                } else {
+                    bounded(
+                        deadline,
+                        "leaving maintenance mode",
+                        adapter.exit_maintenance(host, deadline),
+                    )
+                    .await
+                }
+            }
             Self::Replicas { client, workload } => {
                 let replicas: i32 = value.parse().map_err(|_| {
                     TargetError::Unsupported(format!("replicas: {value:?} is not a whole number"))
@@ -301,7 +350,7 @@ impl Target {
             }
             Self::Node { .. } if original == PRESENT => Ok(()),
             Self::Node { .. } => self.set(ABSENT, deadline).await,
-            Self::Replicas { .. } => self.set(original, deadline).await,
+            Self::Replicas { .. } | Self::Host { .. } => self.set(original, deadline).await,
         }
     }
 }
@@ -327,7 +376,7 @@ async fn bounded<T, E: Into<TargetError>>(
 impl From<plumbline_adapters::Error> for TargetError {
     fn from(e: plumbline_adapters::Error) -> Self {
         match e {
-            plumbline_adapters::Error::Unsupported { .. } => Self::Unsupported(e.to_string()),
+            e if e.is_unsupported() => Self::Unsupported(e.to_string()),
             e => Self::Failed(e.to_string()),
         }
     }

@@ -14,7 +14,7 @@ use plumbline_crds::{
         INFRA_CHANGE_FINALIZER, LEDGER_FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
         OPERATOR_LABEL, PROVIDER_FINALIZER, PROVIDER_LABEL,
     },
-    ChangeTargetKind, HypervisorProvider, InfraChange, InfraChangeSpec,
+    HypervisorProvider, InfraChange, InfraChangeSpec,
 };
 use plumbline_policies::ledger::diff;
 use serde_json::json;
@@ -82,7 +82,7 @@ impl Writer {
                 }
                 // No new changes on a provider that is going away (or gone).
                 match (&spec.target.kind, spec.target.provider.as_deref()) {
-                    (ChangeTargetKind::VirtualMachine, Some(p)) => providers_now
+                    (_, Some(p)) => providers_now
                         .get(p)
                         .is_some_and(|hp| hp.metadata.deletion_timestamp.is_none()),
                     _ => true,

@@ -13,6 +13,7 @@
 //! It runs with `--host-maintenance`; the chart sets that only for an operator of the whole
 //! cluster (one scoped to a namespace would move only that namespace's pods).
 
+pub mod detect;
 pub mod view;
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -25,7 +26,7 @@ use plumbline_crds::{
     HostMaintenanceStatus, InfraChangeSpec, MaintenanceNode, MaintenanceWorkload,
 };
 use plumbline_policies::{
-    ledger::{PRESENT, REPLICAS, UNSCHEDULABLE},
+    ledger::{MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE},
     maintenance::{plan_maintenance, Blocker, MaintenancePlan, MaintenanceSpec, MaintenanceView},
 };
 use std::{
@@ -50,6 +51,7 @@ const MOVES_PER_PASS: usize = 10;
 #[derive(Default)]
 pub struct Maintenances {
     written: HashMap<String, HostMaintenanceStatus>,
+    detector: detect::Detector,
 }
 
 impl Maintenances {
@@ -62,7 +64,9 @@ impl Maintenances {
         operator: &str,
         now: SystemTime,
     ) -> Vec<InfraChangeSpec> {
+        let changes = caches.changes.state();
         let mut all = caches.maintenances.state();
+        self.detector.pass(ctx, book, &all, &changes, now).await;
         all.retain(|hm| hm.metadata.deletion_timestamp.is_none());
         all.sort_by_key(|hm| (hm.metadata.creation_timestamp.clone(), hm.name_any()));
         self.written.retain(|name, _| {
@@ -77,7 +81,6 @@ impl Maintenances {
         }
         let nodes = caches.nodes.state();
         let pods = caches.pods.state();
-        let changes = caches.changes.state();
         let intents = ctx.intents.state();
         let mut budgets = None;
         let mut wanted = Vec::new();
@@ -119,6 +122,7 @@ impl Maintenances {
                         pods: host_pods,
                         workloads,
                         cordoned_by_us: view::cordoned_by(hm, &changes, operator),
+                        host_mode_by_us: view::host_mode_by(hm, &changes, operator),
                     };
                     plan_maintenance(&view, now)
                 }
@@ -126,7 +130,8 @@ impl Maintenances {
             wanted.extend(ledger_entries(hm, &plan, operator));
             announce_surges(ctx, hm, &plan, &changes, operator).await;
             move_pods(ctx, hm, &plan).await;
-            self.write_status(ctx, hm, &plan, now).await;
+            let in_maintenance = view::host_in_maintenance(book, hm);
+            self.write_status(ctx, hm, &plan, in_maintenance, now).await;
         }
         wanted
     }
@@ -201,6 +206,7 @@ impl Maintenances {
         ctx: &Context,
         hm: &HostMaintenance,
         plan: &MaintenancePlan,
+        host_in_maintenance: Option<bool>,
         now: SystemTime,
     ) {
         let previous = hm.status.clone().unwrap_or_default();
@@ -282,6 +288,7 @@ impl Maintenances {
                     message: w.message.clone(),
                 })
                 .collect(),
+            host_in_maintenance,
             observed_generation: hm.metadata.generation,
         };
         let name = hm.name_any();
@@ -381,7 +388,16 @@ fn ledger_entries(
             ),
         ))
     });
-    cordons.chain(surges).collect()
+    let host_mode = plan.host_mode.then(|| {
+        entry(
+            ChangeTarget::host(&hm.spec.provider, &hm.spec.host),
+            MAINTENANCE_MODE,
+            PRESENT.to_string(),
+            ChangePurpose::HostMaintenanceMode,
+            format!("every node on it is drained; {reason}"),
+        )
+    });
+    cordons.chain(surges).chain(host_mode).collect()
 }
 
 /// An Event for each surge the plan starts (one this maintenance has not asked for yet).

@@ -324,6 +324,30 @@ fn mine<'a>(
     })
 }
 
+/// Whether `hm` has put its host into maintenance mode (its ledger entry exists).
+pub fn host_mode_by(hm: &HostMaintenance, changes: &[Arc<InfraChange>], operator: &str) -> bool {
+    mine(hm, changes, operator, ChangePurpose::HostMaintenanceMode)
+        .next()
+        .is_some()
+}
+
+/// Whether the provider last reported the host in (or entering) maintenance mode; `None`
+/// when it has not said.
+pub fn host_in_maintenance(
+    book: &std::sync::Mutex<HealthBook>,
+    hm: &HostMaintenance,
+) -> Option<bool> {
+    let book = crate::locks::lock(book);
+    let host = book
+        .providers
+        .get(&hm.spec.provider)?
+        .hosts
+        .iter()
+        .find(|h| h.name == hm.spec.host)?
+        .clone();
+    Some(host.in_maintenance || host.entering)
+}
+
 /// The nodes `hm` cordons already: its ledger entries in force.
 pub fn cordoned_by(
     hm: &HostMaintenance,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plumbline_crds::{
-    ChangeOwner, ChangePurpose, ChangeTarget, ChangeTargetKind, InfraChange, InfraChangeSpec,
+    ChangeOwner, ChangePurpose, ChangeTarget, InfraChange, InfraChangeSpec,
     ThrottleStep, VmRef,
 };
 
@@ -19,6 +19,8 @@ pub const ABSENT: &str = "absent";
 pub const UNSCHEDULABLE: &str = "unschedulable";
 /// The setting of a workload's `spec.replicas` (a maintenance surge).
 pub const REPLICAS: &str = "replicas";
+/// The setting of a hypervisor host's maintenance mode, `present` when in it.
+pub const MAINTENANCE_MODE: &str = "maintenanceMode";
 
 /// The setting name of a taint: `taint/KEY:EFFECT`.
 pub fn taint_setting(key: &str, effect: &str) -> String {
@@ -192,10 +194,9 @@ pub fn diff(wanted: Vec<InfraChangeSpec>, existing: &[&InfraChange], operator: &
     out
 }
 
-/// Whether a target is a VM of `provider`.
+/// Whether a target is on `provider` (one of its VMs or hosts).
 pub fn targets_provider(spec: &InfraChangeSpec, provider: &str) -> bool {
-    spec.target.kind == ChangeTargetKind::VirtualMachine
-        && spec.target.provider.as_deref() == Some(provider)
+    spec.target.provider.as_deref() == Some(provider)
 }
 
 #[cfg(test)]

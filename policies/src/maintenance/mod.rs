@@ -17,6 +17,8 @@
 //! - After `drainTimeout`: `Wait` keeps trying, `Force` deletes what is left except pods of
 //!   critical intents inside their window, `Abort` uncordons and ends.
 
+pub mod detect;
+
 use plumbline_crds::{conditions::maintenance as m, OnTimeout, Priority};
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,6 +33,8 @@ pub struct MaintenanceSpec {
     pub drain_timeout: Duration,
     pub on_timeout: OnTimeout,
     pub max_unavailable_nodes: usize,
+    /// Put the host into maintenance mode once drained.
+    pub enter_maintenance: bool,
 }
 
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -52,6 +56,7 @@ impl MaintenanceSpec {
             drain_timeout,
             on_timeout: spec.on_timeout,
             max_unavailable_nodes: max as usize,
+            enter_maintenance: spec.enter_maintenance,
         })
     }
 }
@@ -131,6 +136,8 @@ pub struct MaintenanceView {
     pub workloads: BTreeMap<String, WorkloadFacts>,
     /// Nodes this maintenance cordons already (its ledger entries).
     pub cordoned_by_us: BTreeSet<String>,
+    /// This maintenance has put the host into maintenance mode (its ledger entry exists).
+    pub host_mode_by_us: bool,
 }
 
 /// One node's progress.
@@ -185,6 +192,9 @@ pub struct MaintenancePlan {
     pub delete: Vec<(String, String)>,
     /// Workloads scaled up until the maintenance ends (none once ended).
     pub surge: Vec<Surge>,
+    /// The host in maintenance mode: from when it is drained (with `enterMaintenance`) until
+    /// the maintenance ends.
+    pub host_mode: bool,
     pub nodes: Vec<NodeProgress>,
     pub workloads: Vec<WorkloadRow>,
     pub pending_pods: usize,
@@ -201,6 +211,7 @@ impl MaintenancePlan {
             evict: Vec::new(),
             delete: Vec::new(),
             surge: Vec::new(),
+            host_mode: false,
             nodes: Vec::new(),
             workloads: Vec::new(),
             pending_pods: 0,
@@ -473,6 +484,7 @@ pub fn plan_maintenance(view: &MaintenanceView, now: SystemTime) -> MaintenanceP
         evict,
         delete,
         surge,
+        host_mode: view.spec.enter_maintenance && (phase == m::DRAINED || view.host_mode_by_us),
         nodes: progress,
         workloads,
         pending_pods,
@@ -530,6 +542,7 @@ mod tests {
             drain_timeout: Duration::from_secs(600),
             on_timeout: OnTimeout::Wait,
             max_unavailable_nodes: 1,
+            enter_maintenance: false,
         }
     }
 
@@ -562,6 +575,7 @@ mod tests {
             pods,
             workloads: BTreeMap::new(),
             cordoned_by_us: BTreeSet::new(),
+            host_mode_by_us: false,
         }
     }
 
@@ -893,6 +907,35 @@ mod tests {
     }
 
     #[test]
+    fn the_host_enters_maintenance_mode_once_drained_and_stays_until_the_end() {
+        let mut v = view(
+            vec![node("a", true)],
+            vec![pod("p1", "a", "shop/Deployment/web")],
+        );
+        v.spec.enter_maintenance = true;
+        v.cordoned_by_us.insert("a".into());
+        v.workloads.insert(
+            "shop/Deployment/web".into(),
+            WorkloadFacts {
+                ready: 3,
+                ..WorkloadFacts::default()
+            },
+        );
+        assert!(!plan_maintenance(&v, at(1)).host_mode, "not drained yet");
+        v.pods.clear();
+        assert!(plan_maintenance(&v, at(2)).host_mode, "drained");
+        // A pod lands again (someone uncordoned by hand): the host stays in maintenance mode.
+        v.host_mode_by_us = true;
+        v.pods.push(pod("p2", "a", "shop/Deployment/web"));
+        assert!(plan_maintenance(&v, at(3)).host_mode);
+        v.spec.enter_maintenance = false;
+        assert!(!plan_maintenance(&v, at(4)).host_mode, "not asked for");
+        v.spec.enter_maintenance = true;
+        v.previous_phase = Some(m::ENDED.into());
+        assert!(!plan_maintenance(&v, at(5)).host_mode, "ended");
+    }
+
+    #[test]
     fn durations_parse_and_bad_ones_are_named() {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
@@ -906,6 +949,7 @@ mod tests {
             on_timeout: OnTimeout::Wait,
             max_unavailable_nodes: None,
             dry_run: false,
+            enter_maintenance: false,
         };
         assert!(MaintenanceSpec::from_crd(&bad)
             .unwrap_err()
