@@ -239,7 +239,8 @@ pub struct ExplainArgs {
     #[arg(short = 'f', long = "filename")]
     pub file: Option<PathBuf>,
 
-    /// An intent in the cluster: `wi/NAME`, `workloadintent/NAME` or `NAME`.
+    /// An intent in the cluster: `wi/NAME`, `workloadintent/NAME` or `NAME`; or a host
+    /// maintenance: `hm/NAME`, `hostmaintenance/NAME` (what its next pass would do).
     pub intent: Option<String>,
 
     /// Namespace of the intent (default: the manifest's, else the kubeconfig's).

@@ -1,5 +1,7 @@
 //! `plumbline explain`: the plan for an intent, per layer with reasons, computed exactly as the
-//! controller computes it, against the live cluster. Reads only; changes nothing.
+//! controller computes it, against the live cluster; or, for `hostmaintenance/NAME`, what the
+//! maintenance's next pass would do ([`crate::maintenance::explain`]). Reads only; changes
+//! nothing.
 
 use kube::{Api, Client, ResourceExt};
 use plumbline_crds::WorkloadIntent;
@@ -144,7 +146,7 @@ pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<Workload
         }
         Some((kind, _)) => {
             return Err(Error::Usage(format!(
-                "explain takes a WorkloadIntent (wi/NAME), not {kind}"
+                "explain takes a WorkloadIntent (wi/NAME) or a HostMaintenance (hm/NAME), not {kind}"
             )))
         }
         None => reference,
@@ -156,8 +158,26 @@ pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<Workload
         .map_err(|source| Error::kube(format!("reading WorkloadIntent {namespace}/{name}"), source))
 }
 
+/// The HostMaintenance an `explain` argument names (`hm/NAME`, `hostmaintenance/NAME`).
+fn maintenance_named(reference: &str) -> Option<&str> {
+    let (kind, name) = reference.split_once('/')?;
+    [
+        "hm",
+        "hostmaintenance",
+        "hostmaintenances",
+        "hostmaintenance.plumbline.dev",
+    ]
+    .contains(&kind.to_ascii_lowercase().as_str())
+    .then_some(name)
+}
+
 /// The `explain` command: load, plan, render.
 pub async fn explain(client: Client, args: &ExplainArgs, clock: &dyn Clock) -> Result<String> {
+    if let Some(name) = args.intent.as_deref().and_then(maintenance_named) {
+        let now = args.at.unwrap_or_else(|| clock.now());
+        return crate::maintenance::explain::explain_maintenance(&client, name, args.output, now.into())
+            .await;
+    }
     let wi = load_intent(&client, args).await?;
     match args.at {
         Some(at) => explain_intent(&client, &wi, &crate::clock::ManualClock::new(at)).await?,

@@ -766,9 +766,29 @@ async fn serial_maintenance_of_a_vsphere_host_surges_a_critical_workload_then_dr
             })
         })
         .await?;
-        let name = scene
-            .maintain("vc", json!({"provider": provider, "host": host, "reason": "firmware"}))
-            .await?;
+        // The pre-flight first, as `plumbline explain hm/NAME` shows it: the surge to come.
+        let spec = json!({"provider": provider, "host": host, "reason": "firmware", "dryRun": true});
+        let name = scene.maintain("vc", spec.clone()).await?;
+        let args = plumbline_operator::cli::ExplainArgs {
+            file: None,
+            intent: Some(format!("hm/{name}")),
+            namespace: None,
+            output: plumbline_operator::cli::ExplainOutput::Text,
+            at: None,
+        };
+        let text =
+            plumbline_operator::explain::explain(admin.clone(), &args, &SystemClock).await?;
+        println!("{text}");
+        ensure!(
+            text.contains(&format!("Nodes on the host ({})", vms.len()))
+                && text.contains(&format!(
+                    "surged by 2 to 4 replicas for WorkloadIntent {ns}/orders"
+                )),
+            "explain shows the nodes and the surge to come:\n{text}"
+        );
+        let mut go = spec;
+        go["dryRun"] = json!(false);
+        scene.maintain("vc", go).await?;
         let (mut fewest, mut most_replicas) = (usize::MAX, 0);
         // Ready pods off the host when the first pod on it went away.
         let mut elsewhere_at_first_move = None;

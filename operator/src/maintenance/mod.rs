@@ -13,21 +13,24 @@
 //! It runs with `--host-maintenance`; the chart sets that only for an operator of the whole
 //! cluster (one scoped to a namespace would move only that namespace's pods).
 
+pub mod decision;
 pub mod detect;
+pub mod explain;
+pub mod status;
 pub mod view;
 
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     api::{DeleteParams, Patch, PatchParams},
     Api, ResourceExt,
 };
 use plumbline_crds::{
     conditions::maintenance as m, ChangeOwner, ChangePurpose, ChangeTarget, HostMaintenance,
-    HostMaintenanceStatus, InfraChangeSpec, MaintenanceNode, MaintenanceWorkload,
+    HostMaintenanceStatus, InfraChangeSpec,
 };
 use plumbline_policies::{
     ledger::{MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE},
-    maintenance::{plan_maintenance, Blocker, MaintenancePlan, MaintenanceSpec, MaintenanceView},
+    maintenance::MaintenancePlan,
 };
 use std::{
     collections::HashMap,
@@ -38,10 +41,8 @@ use tracing::{info, warn};
 
 use crate::{
     context::Context,
-    controller::conditions::{merge, ConditionVerdict},
     health::{book::HealthBook, caches::Caches},
 };
-use view::HostNodes;
 
 /// Evictions and deletions per maintenance and pass: the next pass continues.
 const MOVES_PER_PASS: usize = 10;
@@ -79,54 +80,28 @@ impl Maintenances {
         if all.is_empty() {
             return Vec::new();
         }
-        let nodes = caches.nodes.state();
-        let pods = caches.pods.state();
+        let (nodes, pods, providers) = (
+            caches.nodes.state(),
+            caches.pods.state(),
+            caches.providers.state(),
+        );
         let intents = ctx.intents.state();
+        let world = decision::World {
+            client: &ctx.client,
+            apis: &ctx.apis,
+            all: &all,
+            providers: &providers,
+            book,
+            nodes: &nodes,
+            pods: &pods,
+            intents: &intents,
+            changes: &changes,
+            operator,
+        };
         let mut budgets = None;
         let mut wanted = Vec::new();
         for (i, hm) in all.iter().enumerate() {
-            let plan = match Self::decide_one(hm, &all[..i], caches, book, &nodes) {
-                Err(blocker) => MaintenancePlan {
-                    phase: m::PENDING,
-                    ..MaintenancePlan::ended(vec![blocker])
-                },
-                Ok((spec, host_nodes)) => {
-                    let host_pods = view::host_pods(&pods, &host_nodes);
-                    if budgets.is_none() && !host_pods.is_empty() {
-                        budgets = Some(view::budgets(ctx).await.unwrap_or_else(|e| {
-                            warn!(error = %e, "listing PodDisruptionBudgets failed; every budget counts as allowing none");
-                            Vec::new()
-                        }));
-                    }
-                    let surges = view::surges_of(hm, &changes, operator);
-                    let mut workloads = view::workload_facts(
-                        &host_pods,
-                        &surges,
-                        &pods,
-                        &intents,
-                        budgets.as_deref().unwrap_or_default(),
-                        now,
-                    );
-                    view::replicas(ctx, &mut workloads, &surges).await;
-                    let status = hm.status.clone().unwrap_or_default();
-                    let started_at = status
-                        .started_at
-                        .as_ref()
-                        .map(|t| SystemTime::from(t.0))
-                        .unwrap_or(now);
-                    let view = MaintenanceView {
-                        spec,
-                        started_at: Some(started_at),
-                        previous_phase: status.phase.clone(),
-                        nodes: host_nodes,
-                        pods: host_pods,
-                        workloads,
-                        cordoned_by_us: view::cordoned_by(hm, &changes, operator),
-                        host_mode_by_us: view::host_mode_by(hm, &changes, operator),
-                    };
-                    plan_maintenance(&view, now)
-                }
-            };
+            let plan = decision::plan(&world, i, &mut budgets, now).await;
             wanted.extend(ledger_entries(hm, &plan, operator));
             announce_surges(ctx, hm, &plan, &changes, operator).await;
             move_pods(ctx, hm, &plan).await;
@@ -134,71 +109,6 @@ impl Maintenances {
             self.write_status(ctx, hm, &plan, in_maintenance, now).await;
         }
         wanted
-    }
-
-    /// The checked spec and the host's nodes, or what stops this maintenance from acting.
-    fn decide_one(
-        hm: &HostMaintenance,
-        earlier: &[Arc<HostMaintenance>],
-        caches: &Caches,
-        book: &Arc<Mutex<HealthBook>>,
-        nodes: &[Arc<k8s_openapi::api::core::v1::Node>],
-    ) -> Result<
-        (
-            MaintenanceSpec,
-            Vec<plumbline_policies::maintenance::HostNode>,
-        ),
-        Blocker,
-    > {
-        let spec = MaintenanceSpec::from_crd(&hm.spec).map_err(|message| Blocker {
-            reason: m::INVALID_SPEC,
-            message,
-        })?;
-        if let Some(first) = earlier
-            .iter()
-            .find(|o| o.spec.provider == hm.spec.provider && o.spec.host == hm.spec.host)
-        {
-            return Err(Blocker {
-                reason: m::CONFLICTING_MAINTENANCE,
-                message: format!(
-                    "HostMaintenance {} already covers host {} of {}; this one does nothing until it is deleted",
-                    first.name_any(),
-                    hm.spec.host,
-                    hm.spec.provider
-                ),
-            });
-        }
-        if !caches
-            .providers
-            .state()
-            .iter()
-            .any(|p| p.name_any() == hm.spec.provider)
-        {
-            return Err(Blocker {
-                reason: m::UNKNOWN_PROVIDER,
-                message: format!("no HypervisorProvider {}", hm.spec.provider),
-            });
-        }
-        let book = crate::locks::lock(book);
-        match view::host_nodes(&book, nodes, &hm.spec.provider, &hm.spec.host) {
-            HostNodes::NoInventory => Err(Blocker {
-                reason: m::UNKNOWN_HOST,
-                message: format!(
-                    "HypervisorProvider {} has not reported its VMs yet; nothing is done until it does",
-                    hm.spec.provider
-                ),
-            }),
-            HostNodes::UnknownHost { hosts } => Err(Blocker {
-                reason: m::UNKNOWN_HOST,
-                message: format!(
-                    "HypervisorProvider {} reports no VM on host {:?}; its hosts: {}",
-                    hm.spec.provider,
-                    hm.spec.host,
-                    hosts.into_iter().collect::<Vec<_>>().join(", ")
-                ),
-            }),
-            HostNodes::Found(found) => Ok((spec, found)),
-        }
     }
 
     async fn write_status(
@@ -214,87 +124,17 @@ impl Maintenances {
         if previous.phase.as_deref() == Some(m::ENDED) && plan.phase == m::ENDED {
             return;
         }
+        let status = status::status_for(hm, plan, host_in_maintenance, now);
         let blocked = plan.blockers.first();
-        let verdicts = [
-            match blocked {
-                Some(b) => ConditionVerdict::new(
-                    m::DRAIN_BLOCKED,
-                    plan.phase != m::ENDED || b.reason == m::ABORTED,
-                    b.reason,
-                    plan.blockers
-                        .iter()
-                        .map(|b| b.message.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                ),
-                None => ConditionVerdict::new(
-                    m::DRAIN_BLOCKED,
-                    false,
-                    m::NOT_BLOCKED,
-                    "nothing blocks the drain",
-                ),
-            },
-            if plan.ready_for_maintenance() {
-                ConditionVerdict::new(
-                    m::READY_FOR_MAINTENANCE,
-                    true,
-                    m::DRAINED_REASON,
-                    format!("every node on host {} is drained", hm.spec.host),
-                )
-            } else {
-                ConditionVerdict::new(
-                    m::READY_FOR_MAINTENANCE,
-                    false,
-                    m::NOT_DRAINED,
-                    format!(
-                        "{} pod(s) still to leave the host's nodes",
-                        plan.pending_pods
-                    ),
-                )
-            },
-        ];
-        let started = plan.phase != m::PENDING || !plan.cordon.is_empty();
-        let status = HostMaintenanceStatus {
-            phase: Some(plan.phase.to_string()),
-            conditions: merge(
-                &previous.conditions,
-                &verdicts,
-                hm.metadata.generation,
-                Timestamp::now(),
-            ),
-            started_at: previous.started_at.clone().or_else(|| {
-                started.then(|| Time(Timestamp::try_from(now).unwrap_or_else(|_| Timestamp::now())))
-            }),
-            pending_pods: plan.pending_pods as i32,
-            nodes: plan
-                .nodes
-                .iter()
-                .map(|n| MaintenanceNode {
-                    name: n.name.clone(),
-                    vm: n.vm.clone(),
-                    state: n.state.to_string(),
-                    pending_pods: n.pending_pods as i32,
-                })
-                .collect(),
-            workloads: plan
-                .workloads
-                .iter()
-                .map(|w| MaintenanceWorkload {
-                    workload: w.workload.clone(),
-                    intent: w.intent.clone(),
-                    pods_on_host: w.pods_on_host as i32,
-                    ready: w.ready as i32,
-                    evictable: w.evictable,
-                    message: w.message.clone(),
-                })
-                .collect(),
-            host_in_maintenance,
-            observed_generation: hm.metadata.generation,
-        };
         let name = hm.name_any();
         let states: Vec<&str> = plan.nodes.iter().map(|n| n.state).collect();
-        ctx.metrics
-            .maintenance(&name, plan.phase, plan.pending_pods, &states);
+        ctx.metrics.maintenance(
+            &name,
+            plan.phase,
+            plan.pending_pods,
+            &states,
+            status::blocked_for(&status, now),
+        );
         if self.written.get(&name) == Some(&status) || previous == status {
             self.written.insert(name, status);
             return;

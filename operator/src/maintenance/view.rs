@@ -6,7 +6,7 @@ use k8s_openapi::{
     api::core::v1::{Node, Pod},
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
-use kube::{api::DynamicObject, Api, ResourceExt};
+use kube::{api::DynamicObject, Api, Client, ResourceExt};
 use plumbline_crds::{
     conditions::status, ChangePurpose, HostMaintenance, InfraChange, Priority, TargetKind,
     WorkloadIntent,
@@ -23,8 +23,8 @@ use std::{
 };
 
 use crate::{
-    context::Context,
     controller::{apply::workload_api, fields::WorkloadField},
+    discovery::ServedApis,
     health::{book::HealthBook, caches::owning_workload, graph::vm_for_node},
 };
 
@@ -126,8 +126,8 @@ pub struct Budget {
 }
 
 /// Every PodDisruptionBudget, in the served version.
-pub async fn budgets(ctx: &Context) -> Result<Vec<Budget>, kube::Error> {
-    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ctx.apis.pdb);
+pub async fn budgets(client: &Client, apis: &ServedApis) -> Result<Vec<Budget>, kube::Error> {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &apis.pdb);
     Ok(api
         .list(&Default::default())
         .await?
@@ -278,7 +278,7 @@ pub fn surges_of(
 /// else `spec.replicas` read now, for the workloads that may need a surge (an active critical
 /// or high intent); others are left unread.
 pub async fn replicas(
-    ctx: &Context,
+    client: &Client,
     facts: &mut BTreeMap<String, WorkloadFacts>,
     surges: &BTreeMap<String, (usize, Option<usize>)>,
 ) {
@@ -294,7 +294,7 @@ pub async fn replicas(
         let Some(target) = workload_ref(key).filter(|_| eligible) else {
             continue;
         };
-        match workload_api(&ctx.client, &target).get(&target.name).await {
+        match workload_api(client, &target).get(&target.name).await {
             Ok(obj) => {
                 f.replicas = Some(
                     WorkloadField::Replicas

@@ -139,6 +139,7 @@ pub struct Metrics {
     pub maintenance_moved: Family<MovedLabels, Counter>,
     pub maintenance_nodes: Family<MaintenanceNodeLabels, Gauge>,
     pub maintenance_pending: Family<MaintenanceNameLabels, Gauge>,
+    pub maintenance_blocked: Family<MaintenanceNameLabels, Gauge>,
     /// `plumbline_provider_tls_insecure{provider}`: 1 while a vSphere provider skips TLS
     /// verification.
     pub provider_tls_insecure: Family<health::ProviderLabels, Gauge>,
@@ -165,6 +166,7 @@ impl Metrics {
             maintenance_moved: Family::default(),
             maintenance_nodes: Family::default(),
             maintenance_pending: Family::default(),
+            maintenance_blocked: Family::default(),
             provider_tls_insecure: Family::default(),
             provider_auth_failures: Family::default(),
             health: health::HealthMetrics::register(registry),
@@ -236,6 +238,11 @@ impl Metrics {
             metrics.maintenance_pending.clone(),
         );
         registry.register(
+            "maintenance_blocked_seconds",
+            "How long a HostMaintenance's drain has been blocked (DrainBlocked=True), 0 while it is not",
+            metrics.maintenance_blocked.clone(),
+        );
+        registry.register(
             "maintenance_pods_moved",
             "Pods a HostMaintenance moved off its host's nodes, by result (evicted, deleted after the timeout, refused by a budget)",
             metrics.maintenance_moved.clone(),
@@ -271,7 +278,19 @@ impl Metrics {
 
     /// A HostMaintenance's gauges: 1 for its `phase` (0 for the others), its pods still to
     /// move, and its nodes by state.
-    pub fn maintenance(&self, maintenance: &str, phase: &str, pending: usize, nodes: &[&str]) {
+    pub fn maintenance(
+        &self,
+        maintenance: &str,
+        phase: &str,
+        pending: usize,
+        nodes: &[&str],
+        blocked: std::time::Duration,
+    ) {
+        self.maintenance_blocked
+            .get_or_create(&MaintenanceNameLabels {
+                maintenance: maintenance.to_string(),
+            })
+            .set(blocked.as_secs() as i64);
         for p in MAINTENANCE_PHASES {
             self.maintenance_phase
                 .get_or_create(&MaintenanceLabels {
@@ -303,9 +322,11 @@ impl Metrics {
                 phase: p.to_string(),
             });
         }
-        self.maintenance_pending.remove(&MaintenanceNameLabels {
-            maintenance: maintenance.to_string(),
-        });
+        for family in [&self.maintenance_pending, &self.maintenance_blocked] {
+            family.remove(&MaintenanceNameLabels {
+                maintenance: maintenance.to_string(),
+            });
+        }
         for state in MAINTENANCE_NODE_STATES {
             self.maintenance_nodes.remove(&MaintenanceNodeLabels {
                 maintenance: maintenance.to_string(),
