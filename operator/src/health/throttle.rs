@@ -252,3 +252,81 @@ pub fn status_for(
     }
     by_vm.into_values().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(name: &str) -> VmRef {
+        VmRef {
+            name: name.into(),
+            id: format!("id-{name}"),
+            provider: "kvm".into(),
+        }
+    }
+
+    fn related(name: &str) -> Option<ObjectReference> {
+        Some(ObjectReference {
+            name: Some(name.into()),
+            ..ObjectReference::default()
+        })
+    }
+
+    /// Two aggressors' actions give Events that differ in their related object (so the
+    /// recorder keeps them apart), and each says which step it is.
+    #[test]
+    fn each_aggressor_and_action_has_its_own_event() {
+        let step = |name: &str, level| NeighbourAction::Step {
+            vm: vm(name),
+            victim: vm("victim"),
+            level,
+            limit_iops: 100,
+            baseline_iops: 400.0,
+            victim_latency: None,
+            reason: format!("step {level} on VM {name}"),
+        };
+        let events = [
+            event_for(&step("loud", 1), related("loud-ic")),
+            event_for(&step("louder", 1), related("louder-ic")),
+            event_for(&step("loud", 2), related("loud-ic")),
+            event_for(
+                &NeighbourAction::Undo {
+                    vm: vm("loud"),
+                    victim: vm("victim"),
+                    level: 1,
+                    limit_iops: 200,
+                    reason: "undo on VM loud".into(),
+                },
+                related("loud-ic"),
+            ),
+            event_for(
+                &NeighbourAction::Release {
+                    vm: vm("louder"),
+                    reason: "released VM louder".into(),
+                },
+                related("louder-ic"),
+            ),
+        ];
+        let seen: Vec<(&str, &str, Option<&str>)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.reason.as_str(),
+                    e.action.as_str(),
+                    e.secondary.as_ref().and_then(|r| r.name.as_deref()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (event::NOISY_NEIGHBOUR_THROTTLED, "Throttle", Some("loud-ic")),
+                (event::NOISY_NEIGHBOUR_THROTTLED, "Throttle", Some("louder-ic")),
+                (event::NOISY_NEIGHBOUR_STEPPED, "StepTo2", Some("loud-ic")),
+                (event::NOISY_NEIGHBOUR_STEP_UNDONE, "StepBackTo1", Some("loud-ic")),
+                (event::NOISY_NEIGHBOUR_RELEASED, "Release", Some("louder-ic")),
+            ]
+        );
+        assert!(events.iter().all(|e| e.note.as_deref().is_some_and(|n| n.contains("VM "))));
+    }
+}

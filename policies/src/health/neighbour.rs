@@ -881,6 +881,57 @@ mod tests {
     }
 
     #[test]
+    fn with_two_aggressors_every_action_names_its_own_vm() {
+        let ladder = ThrottleLadder {
+            steps: vec![0.5, 0.25],
+            ..ThrottleLadder::default()
+        };
+        let cands = [cand("loud", 2000.0, None), cand("louder", 3000.0, None)];
+        // Each step (on either) helps, so the ladder goes on with both; then the victim
+        // recovers.
+        let (mut throttles, mut history, mut actions) =
+            (BTreeMap::new(), NeighbourHistory::default(), Vec::new());
+        for pass in 0..200 {
+            let now = t(pass);
+            let state = if pass < 100 {
+                HealthState::Degraded
+            } else {
+                HealthState::Healthy
+            };
+            let mut v = victim("v", state);
+            let levels: usize = throttles.values().map(|t: &Throttle<String>| t.level).sum();
+            v.latency = Some(Duration::from_millis(100 - 10 * levels as u64));
+            v.healthy_for = Duration::from_secs(pass.saturating_sub(100));
+            let victims = [v];
+            let decided =
+                plan_neighbour_throttles(now, &victims, &cands, &throttles, &history, &ladder);
+            apply_neighbour_actions(&mut throttles, &decided, now);
+            history.record(&decided, &victims, now, &ladder);
+            actions.extend(decided);
+        }
+        let mut seen = BTreeSet::new();
+        for a in &actions {
+            let (mine, other) = match a.vm().as_str() {
+                "loud" => ("loud", "louder"),
+                _ => ("louder", "loud "),
+            };
+            assert!(
+                a.reason().contains(&format!("VM {mine}")) && !a.reason().contains(other),
+                "{a:?}"
+            );
+            seen.insert(match a {
+                NeighbourAction::Step { vm, level, .. } => format!("step {vm} {level}"),
+                NeighbourAction::Undo { vm, level, .. } => format!("undo {vm} {level}"),
+                NeighbourAction::Release { vm, .. } => format!("release {vm}"),
+            });
+        }
+        for expected in ["step loud 1", "step louder 1", "release loud", "release louder"] {
+            assert!(seen.contains(expected), "{expected} in {seen:?}");
+        }
+        assert!(throttles.is_empty(), "{throttles:?}");
+    }
+
+    #[test]
     fn a_step_that_does_not_help_is_undone_and_the_ladder_stops() {
         let ladder = ThrottleLadder::default();
         let cands = [cand("loud", 2000.0, None), cand("quiet", 35.0, None)];
