@@ -169,7 +169,12 @@ impl std::fmt::Display for ChangeTarget {
             (ChangeTargetKind::VirtualMachine, None) => write!(f, "VM {}", self.name),
             (ChangeTargetKind::Node, _) => write!(f, "Node {}", self.name),
             (ChangeTargetKind::Host, p) => {
-                write!(f, "host {} ({})", self.name, p.as_deref().unwrap_or_default())
+                write!(
+                    f,
+                    "host {} ({})",
+                    self.name,
+                    p.as_deref().unwrap_or_default()
+                )
             }
             (kind, _) => write!(
                 f,

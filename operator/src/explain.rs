@@ -144,11 +144,9 @@ pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<Workload
         {
             name
         }
-        Some((kind, _)) => {
-            return Err(Error::Usage(format!(
-                "explain takes a WorkloadIntent (wi/NAME) or a HostMaintenance (hm/NAME), not {kind}"
-            )))
-        }
+        Some((kind, _)) => return Err(Error::Usage(format!(
+            "explain takes a WorkloadIntent (wi/NAME) or a HostMaintenance (hm/NAME), not {kind}"
+        ))),
         None => reference,
     };
     let namespace = args.namespace.clone().unwrap_or(default_ns);
@@ -175,8 +173,13 @@ fn maintenance_named(reference: &str) -> Option<&str> {
 pub async fn explain(client: Client, args: &ExplainArgs, clock: &dyn Clock) -> Result<String> {
     if let Some(name) = args.intent.as_deref().and_then(maintenance_named) {
         let now = args.at.unwrap_or_else(|| clock.now());
-        return crate::maintenance::explain::explain_maintenance(&client, name, args.output, now.into())
-            .await;
+        return crate::maintenance::explain::explain_maintenance(
+            &client,
+            name,
+            args.output,
+            now.into(),
+        )
+        .await;
     }
     let wi = load_intent(&client, args).await?;
     match args.at {

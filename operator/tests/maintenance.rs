@@ -278,7 +278,10 @@ async fn busiest_vsphere_host(
         })
         .map(|n| n.name_any())
         .collect();
-    ensure!(!nodes.is_empty(), "no node is a VM on {host}: {provider_ids:?}");
+    ensure!(
+        !nodes.is_empty(),
+        "no node is a VM on {host}: {provider_ids:?}"
+    );
     Ok((host, nodes))
 }
 
@@ -879,7 +882,8 @@ async fn serial_maintenance_of_a_vsphere_host_surges_a_critical_workload_then_dr
 }
 
 #[tokio::test]
-async fn serial_maintenance_started_on_vsphere_is_detected_drained_and_ended_with_it() -> Result<()> {
+async fn serial_maintenance_started_on_vsphere_is_detected_drained_and_ended_with_it() -> Result<()>
+{
     let mut scene = Scene::start("maint-seen").await?;
     let (admin, ns) = (scene.cluster.admin.clone(), scene.cluster.namespace.clone());
     let (host, nodes) = busiest_vsphere_host(&scene.stack, &admin).await?;
@@ -956,7 +960,8 @@ async fn serial_maintenance_started_on_vsphere_is_detected_drained_and_ended_wit
 }
 
 #[tokio::test]
-async fn serial_maintenance_puts_a_drained_vsphere_host_into_maintenance_mode_and_back() -> Result<()> {
+async fn serial_maintenance_puts_a_drained_vsphere_host_into_maintenance_mode_and_back(
+) -> Result<()> {
     let mut scene = Scene::start("maint-mode").await?;
     let (admin, ns) = (scene.cluster.admin.clone(), scene.cluster.namespace.clone());
     let (host, _) = busiest_vsphere_host(&scene.stack, &admin).await?;

@@ -318,7 +318,9 @@ async fn sample_provider(
                     }
                 }
                 Ok(Err(e)) => debug!(provider = %name, error = %e, "reading hosts failed"),
-                Err(_) => debug!(provider = %name, "reading hosts: no answer within {HOSTS_DEADLINE:?}"),
+                Err(_) => {
+                    debug!(provider = %name, "reading hosts: no answer within {HOSTS_DEADLINE:?}")
+                }
             }
         }
         cycle = cycle.wrapping_add(1);

@@ -320,13 +320,31 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                (event::NOISY_NEIGHBOUR_THROTTLED, "Throttle", Some("loud-ic")),
-                (event::NOISY_NEIGHBOUR_THROTTLED, "Throttle", Some("louder-ic")),
+                (
+                    event::NOISY_NEIGHBOUR_THROTTLED,
+                    "Throttle",
+                    Some("loud-ic")
+                ),
+                (
+                    event::NOISY_NEIGHBOUR_THROTTLED,
+                    "Throttle",
+                    Some("louder-ic")
+                ),
                 (event::NOISY_NEIGHBOUR_STEPPED, "StepTo2", Some("loud-ic")),
-                (event::NOISY_NEIGHBOUR_STEP_UNDONE, "StepBackTo1", Some("loud-ic")),
-                (event::NOISY_NEIGHBOUR_RELEASED, "Release", Some("louder-ic")),
+                (
+                    event::NOISY_NEIGHBOUR_STEP_UNDONE,
+                    "StepBackTo1",
+                    Some("loud-ic")
+                ),
+                (
+                    event::NOISY_NEIGHBOUR_RELEASED,
+                    "Release",
+                    Some("louder-ic")
+                ),
             ]
         );
-        assert!(events.iter().all(|e| e.note.as_deref().is_some_and(|n| n.contains("VM "))));
+        assert!(events
+            .iter()
+            .all(|e| e.note.as_deref().is_some_and(|n| n.contains("VM "))));
     }
 }

@@ -340,11 +340,9 @@ fn target_key(ic: &InfraChange) -> String {
             t.vm_id.as_deref().unwrap_or(&t.name)
         ),
         ChangeTargetKind::Node => format!("node/{}", t.name),
-        ChangeTargetKind::Host => format!(
-            "host/{}/{}",
-            t.provider.as_deref().unwrap_or(""),
-            t.name
-        ),
+        ChangeTargetKind::Host => {
+            format!("host/{}/{}", t.provider.as_deref().unwrap_or(""), t.name)
+        }
         ChangeTargetKind::Deployment | ChangeTargetKind::StatefulSet => format!(
             "{:?}/{}/{}",
             t.kind,

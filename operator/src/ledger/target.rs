@@ -230,12 +230,22 @@ impl Target {
                     TargetError::Failed(format!("the provider reports no host {host}"))
                 })?;
                 Ok(Reading {
-                    current: if state.in_maintenance { PRESENT } else { ABSENT }.to_string(),
+                    current: if state.in_maintenance {
+                        PRESENT
+                    } else {
+                        ABSENT
+                    }
+                    .to_string(),
                     recorded_original: None,
                 })
             }
             Self::Replicas { client, workload } => {
-                let obj = bounded(deadline, "reading", workload_api(client, workload).get(&workload.name)).await?;
+                let obj = bounded(
+                    deadline,
+                    "reading",
+                    workload_api(client, workload).get(&workload.name),
+                )
+                .await?;
                 Ok(Reading {
                     current: replicas_of(&obj).to_string(),
                     recorded_original: None,
@@ -505,7 +515,10 @@ async fn set_replicas(
             field_manager: Some(manager),
             ..Default::default()
         };
-        match api.patch(&workload.name, &params, &Patch::Merge(&patch)).await {
+        match api
+            .patch(&workload.name, &params, &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < ATTEMPTS => {
                 debug!(workload = %workload, attempt, "workload changed while scaling; retrying on fresh data");

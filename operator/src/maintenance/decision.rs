@@ -4,8 +4,7 @@
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{Client, ResourceExt};
 use plumbline_crds::{
-    conditions::maintenance as m, HostMaintenance, HypervisorProvider, InfraChange,
-    WorkloadIntent,
+    conditions::maintenance as m, HostMaintenance, HypervisorProvider, InfraChange, WorkloadIntent,
 };
 use plumbline_policies::maintenance::{
     plan_maintenance, Blocker, HostNode, MaintenancePlan, MaintenanceSpec, MaintenanceView,

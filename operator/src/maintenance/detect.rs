@@ -112,14 +112,20 @@ impl Detector {
                 }
                 // Another instance (or an earlier pass) made it already.
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => warn!(maintenance = %name, error = %e, "creating a detected HostMaintenance failed"),
+                Err(e) => {
+                    warn!(maintenance = %name, error = %e, "creating a detected HostMaintenance failed")
+                }
             }
         }
         for name in decided.delete {
             match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => info!(maintenance = %name, "the host left maintenance mode: detected maintenance ended"),
+                Ok(_) => {
+                    info!(maintenance = %name, "the host left maintenance mode: detected maintenance ended")
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => warn!(maintenance = %name, error = %e, "deleting a detected HostMaintenance failed"),
+                Err(e) => {
+                    warn!(maintenance = %name, error = %e, "deleting a detected HostMaintenance failed")
+                }
             }
         }
     }

@@ -38,7 +38,9 @@ pub async fn explain_maintenance(
         .get(name)
         .await
         .map_err(kube(&format!("reading HostMaintenance {name}")))?;
-    let mut all: Vec<Arc<HostMaintenance>> = list(client).await.map_err(kube("listing HostMaintenances"))?;
+    let mut all: Vec<Arc<HostMaintenance>> = list(client)
+        .await
+        .map_err(kube("listing HostMaintenances"))?;
     all.retain(|o| o.metadata.deletion_timestamp.is_none());
     all.sort_by_key(|o| (o.metadata.creation_timestamp.clone(), o.name_any()));
     let Some(i) = all.iter().position(|o| o.name_any() == name) else {
@@ -46,8 +48,9 @@ pub async fn explain_maintenance(
             "HostMaintenance {name} is being deleted: its cordons, surges and maintenance mode are being undone\n"
         ));
     };
-    let providers: Vec<Arc<HypervisorProvider>> =
-        list(client).await.map_err(kube("listing HypervisorProviders"))?;
+    let providers: Vec<Arc<HypervisorProvider>> = list(client)
+        .await
+        .map_err(kube("listing HypervisorProviders"))?;
     let book = Mutex::new(HealthBook::default());
     let mut notes = Vec::new();
     if let Some(hp) = providers.iter().find(|p| p.name_any() == hm.spec.provider) {
@@ -119,7 +122,10 @@ where
 }
 
 /// The provider's inventory and hosts, read now as its sampler reads them.
-async fn read_provider(client: &Client, hp: &HypervisorProvider) -> std::result::Result<ProviderView, String> {
+async fn read_provider(
+    client: &Client,
+    hp: &HypervisorProvider,
+) -> std::result::Result<ProviderView, String> {
     let valid = plumbline_policies::validate_provider(&hp.spec).map_err(|e| e.to_string())?;
     let config = crate::health::providers::adapter_config(client, hp).await?;
     let adapter = tokio::time::timeout(DEADLINE, plumbline_adapters::connect(config))
@@ -161,7 +167,11 @@ fn render(
         hm.name_any(),
         hm.spec.host,
         hm.spec.provider,
-        hm.spec.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+        hm.spec
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
     );
     for n in notes {
         let _ = writeln!(out, "Note: {n}");
@@ -174,10 +184,17 @@ fn render(
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .unwrap_or("not started"),
-        if hm.spec.dry_run { "; dryRun: nothing is done" } else { "" }
+        if hm.spec.dry_run {
+            "; dryRun: nothing is done"
+        } else {
+            ""
+        }
     );
     if let Some(in_maintenance) = status.host_in_maintenance {
-        let _ = writeln!(out, "Host in maintenance mode (or entering it): {in_maintenance}");
+        let _ = writeln!(
+            out,
+            "Host in maintenance mode (or entering it): {in_maintenance}"
+        );
     }
     let _ = writeln!(out, "\nNodes on the host ({}):", plan.nodes.len());
     for n in &plan.nodes {
@@ -187,7 +204,11 @@ fn render(
             n.name, n.vm, n.state, n.pending_pods
         );
     }
-    let _ = writeln!(out, "\nWorkloads with pods on the host ({}):", plan.workloads.len());
+    let _ = writeln!(
+        out,
+        "\nWorkloads with pods on the host ({}):",
+        plan.workloads.len()
+    );
     for w in &plan.workloads {
         let _ = writeln!(
             out,
@@ -214,7 +235,11 @@ fn render(
             s.workload, s.replicas, s.by, s.intent
         )
     }));
-    actions.extend(plan.evict.iter().map(|(ns, pod)| format!("evict pod {ns}/{pod}")));
+    actions.extend(
+        plan.evict
+            .iter()
+            .map(|(ns, pod)| format!("evict pod {ns}/{pod}")),
+    );
     actions.extend(
         plan.delete
             .iter()

@@ -249,7 +249,11 @@ async fn announce_surges(
     operator: &str,
 ) {
     let in_force = view::surges_of(hm, changes, operator);
-    for s in plan.surge.iter().filter(|s| !in_force.contains_key(&s.workload)) {
+    for s in plan
+        .surge
+        .iter()
+        .filter(|s| !in_force.contains_key(&s.workload))
+    {
         publish(
             ctx,
             hm,

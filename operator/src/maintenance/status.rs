@@ -104,6 +104,9 @@ pub fn blocked_for(status: &HostMaintenanceStatus, now: SystemTime) -> Duration 
         .conditions
         .iter()
         .find(|c| c.type_ == m::DRAIN_BLOCKED && c.status == TRUE)
-        .and_then(|c| now.duration_since(SystemTime::from(c.last_transition_time.0)).ok())
+        .and_then(|c| {
+            now.duration_since(SystemTime::from(c.last_transition_time.0))
+                .ok()
+        })
         .unwrap_or_default()
 }

@@ -15,12 +15,12 @@ use plumbline_policies::{
     maintenance::{HostNode, HostPod, IntentFacts, WorkloadFacts},
     WorkloadRef,
 };
-use tracing::warn;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::SystemTime,
 };
+use tracing::warn;
 
 use crate::{
     controller::{apply::workload_api, fields::WorkloadField},
@@ -263,7 +263,12 @@ pub fn surges_of(
     mine(hm, changes, operator, ChangePurpose::MaintenanceSurge)
         .filter_map(|ic| {
             let t = &ic.spec.target;
-            let key = format!("{}/{:?}/{}", t.namespace.as_deref()?, t.workload_kind()?, t.name);
+            let key = format!(
+                "{}/{:?}/{}",
+                t.namespace.as_deref()?,
+                t.workload_kind()?,
+                t.name
+            );
             let original = ic
                 .status
                 .as_ref()
@@ -288,9 +293,10 @@ pub async fn replicas(
             f.replicas = *original;
             continue;
         }
-        let eligible = f.intent.as_ref().is_some_and(|i| {
-            i.active && matches!(i.priority, Priority::Critical | Priority::High)
-        });
+        let eligible = f
+            .intent
+            .as_ref()
+            .is_some_and(|i| i.active && matches!(i.priority, Priority::Critical | Priority::High));
         let Some(target) = workload_ref(key).filter(|_| eligible) else {
             continue;
         };
@@ -303,7 +309,9 @@ pub async fn replicas(
                         .unwrap_or(1) as usize,
                 )
             }
-            Err(e) => warn!(workload = %target, error = %e, "reading replicas for a surge failed; no surge this pass"),
+            Err(e) => {
+                warn!(workload = %target, error = %e, "reading replicas for a surge failed; no surge this pass")
+            }
         }
     }
 }

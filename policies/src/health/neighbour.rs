@@ -925,7 +925,12 @@ mod tests {
                 NeighbourAction::Release { vm, .. } => format!("release {vm}"),
             });
         }
-        for expected in ["step loud 1", "step louder 1", "release loud", "release louder"] {
+        for expected in [
+            "step loud 1",
+            "step louder 1",
+            "release loud",
+            "release louder",
+        ] {
             assert!(seen.contains(expected), "{expected} in {seen:?}");
         }
         assert!(throttles.is_empty(), "{throttles:?}");

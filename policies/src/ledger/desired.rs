@@ -4,8 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plumbline_crds::{
-    ChangeOwner, ChangePurpose, ChangeTarget, InfraChange, InfraChangeSpec,
-    ThrottleStep, VmRef,
+    ChangeOwner, ChangePurpose, ChangeTarget, InfraChange, InfraChangeSpec, ThrottleStep, VmRef,
 };
 
 use super::{from_time, to_time};

@@ -3,10 +3,7 @@
 //! detected; a detected one is deleted again once the host is reported out of maintenance
 //! mode. Plain data in, the objects to create and delete out.
 
-use std::{
-    collections::BTreeMap,
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, time::SystemTime};
 
 /// A host as its provider last reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +62,10 @@ pub fn detect(
                 out.create.push((
                     h.provider.clone(),
                     h.host.clone(),
-                    format!("detected: the hypervisor reports that host {} {what}", h.host),
+                    format!(
+                        "detected: the hypervisor reports that host {} {what}",
+                        h.host
+                    ),
                 ));
             }
         } else {
@@ -86,7 +86,13 @@ pub fn detected_name(provider: &str, host: &str) -> String {
     let raw = format!("detected-{provider}-{host}").to_lowercase();
     let name: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(253)
         .collect();
     name.trim_end_matches('-').to_string()
@@ -128,10 +134,16 @@ mod tests {
         assert_eq!(entering.create.len(), 1);
         assert!(entering.create[0].2.contains("EnterMaintenanceMode_Task"));
         assert_eq!(detect(&[host(true, false, 10)], &[], &none).create.len(), 1);
-        assert_eq!(detect(&[host(false, false, 10)], &[], &none), Detection::default());
+        assert_eq!(
+            detect(&[host(false, false, 10)], &[], &none),
+            Detection::default()
+        );
         // Already covered, by a detected one or one a user made.
         for e in [existing(true, 5), existing(false, 5)] {
-            assert_eq!(detect(&[host(true, false, 10)], &[e], &none), Detection::default());
+            assert_eq!(
+                detect(&[host(true, false, 10)], &[e], &none),
+                Detection::default()
+            );
         }
     }
 
@@ -160,13 +172,21 @@ mod tests {
     fn plumblines_own_maintenance_mode_on_its_way_out_is_not_detected() {
         let mut own = BTreeMap::new();
         own.insert(("vc".to_string(), "DC0_H0".to_string()), at(30));
-        assert!(detect(&[host(true, false, 25)], &[], &own).create.is_empty());
+        assert!(detect(&[host(true, false, 25)], &[], &own)
+            .create
+            .is_empty());
         assert_eq!(detect(&[host(true, false, 31)], &[], &own).create.len(), 1);
     }
 
     #[test]
     fn detected_names_are_valid_object_names() {
-        assert_eq!(detected_name("local-VC", "DC0_H0"), "detected-local-vc-dc0-h0");
-        assert_eq!(detected_name("vc", "esx.example.com"), "detected-vc-esx-example-com");
+        assert_eq!(
+            detected_name("local-VC", "DC0_H0"),
+            "detected-local-vc-dc0-h0"
+        );
+        assert_eq!(
+            detected_name("vc", "esx.example.com"),
+            "detected-vc-esx-example-com"
+        );
     }
 }

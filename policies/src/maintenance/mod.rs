@@ -285,7 +285,11 @@ fn hold_back(
 /// below a budget, its floor or its last ready pod gets one, by that many pods.
 fn surges(view: &MaintenanceView) -> Vec<Surge> {
     let mut ready_here: BTreeMap<&str, usize> = BTreeMap::new();
-    for p in view.pods.iter().filter(|p| !p.stays && !p.terminating && p.ready) {
+    for p in view
+        .pods
+        .iter()
+        .filter(|p| !p.stays && !p.terminating && p.ready)
+    {
         *ready_here.entry(&p.workload).or_default() += 1;
     }
     let mut out = Vec::new();
@@ -852,7 +856,11 @@ mod tests {
         );
         assert!(plan.evict.is_empty(), "{plan:?}");
         assert_eq!(plan.blockers[0].reason, m::SURGE_PENDING);
-        assert_eq!(plan.phase, m::DRAINING, "waiting for a surge is not blocked");
+        assert_eq!(
+            plan.phase,
+            m::DRAINING,
+            "waiting for a surge is not blocked"
+        );
         assert!(plan.workloads[0].message.contains("surged by 2 to 4"));
 
         // In force, the new pods not ready yet: still waiting, and the surge is kept as is.
