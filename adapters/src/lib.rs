@@ -34,7 +34,7 @@ pub use host::HostState;
 pub use hypervisor::{ConnectionState, Endpoint, Hypervisor, HypervisorKind};
 pub use storage::{DiskLatency, NotReady, OpLatency, StorageSamples, UnreadyDisk};
 pub use tuning::{DiskLimit, Setting, Tunable, TunableReport};
-pub use vm::{BackingVm, VmDisk, VmId};
+pub use vm::{BackingVm, VmDisk, VmId, VmPlacement};
 pub use xml::{XmlError, MAX_DEPTH as MAX_XML_DEPTH};
 
 /// Entry points for the fuzz targets in `fuzz/`: every reader of bytes from outside.

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::VmId;
+use crate::{VmId, VmPlacement};
 
 /// Mean latency of one kind of operation over a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +66,12 @@ pub struct StorageSamples {
     pub taken_at: SystemTime,
     pub disks: Vec<DiskLatency>,
     pub not_ready: Vec<UnreadyDisk>,
+    /// Where each VM ran, when the sampling read it anyway (vSphere: `runtime.host` in the
+    /// same retrieval), so a VM moved by vMotion is seen within one cycle rather than at the
+    /// next inventory. Empty when the adapter learns placement only from the inventory
+    /// (libvirt: one host, which never changes).
+    #[serde(default)]
+    pub placements: Vec<VmPlacement>,
 }
 
 impl StorageSamples {

@@ -44,10 +44,23 @@ pub struct BackingVm {
     /// The physical host running it (libvirt: the connection's hostname; vSphere: the
     /// HostSystem's name).
     pub host: String,
+    /// The compute cluster of that host, where the hypervisor has one (vSphere: the
+    /// ClusterComputeResource's name; `None` for a standalone host, and always for libvirt).
+    #[serde(default)]
+    pub cluster: Option<String>,
     /// Datastore names (vSphere) or storage directories (libvirt) holding its disks.
     pub datastores: Vec<String>,
     pub disks: Vec<VmDisk>,
     pub running: bool,
+}
+
+/// Where a VM runs, as a sampling cycle read it: the same names as [`BackingVm::host`] and
+/// [`BackingVm::cluster`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPlacement {
+    pub vm: VmId,
+    pub host: String,
+    pub cluster: Option<String>,
 }
 
 /// One virtual disk of a VM.

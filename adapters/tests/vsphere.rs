@@ -22,6 +22,8 @@ struct SimVm {
     name: String,
     uuid: String,
     host: String,
+    /// Empty for the standalone host.
+    cluster: String,
 }
 
 async fn simulator_vms() -> Vec<SimVm> {
@@ -38,22 +40,29 @@ async fn simulator_vms() -> Vec<SimVm> {
 async fn inventory_matches_the_simulator() {
     let hv = connect(vsphere(&stack())).await.unwrap();
     let vms = hv.inventory().await.unwrap();
-    let ours: BTreeMap<String, (String, String, String)> = vms
+    type Row = (String, String, Option<String>, String);
+    let ours: BTreeMap<String, Row> = vms
         .iter()
         .map(|v| {
             (
                 v.id.to_string(),
-                (v.name.clone(), v.host.clone(), v.provider_id.clone()),
+                (
+                    v.name.clone(),
+                    v.host.clone(),
+                    v.cluster.clone(),
+                    v.provider_id.clone(),
+                ),
             )
         })
         .collect();
-    let theirs: BTreeMap<String, (String, String, String)> = simulator_vms()
+    let theirs: BTreeMap<String, Row> = simulator_vms()
         .await
         .into_iter()
         .map(|v| {
             let id = VmId::new(&v.uuid).to_string();
             let provider = format!("vsphere://{id}");
-            (id, (v.name, v.host, provider))
+            let cluster = (!v.cluster.is_empty()).then_some(v.cluster);
+            (id, (v.name, v.host, cluster, provider))
         })
         .collect();
     assert!(
@@ -66,6 +75,22 @@ async fn inventory_matches_the_simulator() {
         hosts.len() >= 2,
         "VMs spread over at least 2 hosts: {hosts:?}"
     );
+    assert!(
+        vms.iter().any(|v| v.cluster.is_some()) && vms.iter().any(|v| v.cluster.is_none()),
+        "VMs in the cluster and on the standalone host: {ours:?}"
+    );
+    // A sampling cycle places every VM as the inventory does.
+    let samples = hv.sample_storage().await.unwrap();
+    let placed: BTreeMap<String, (String, Option<String>)> = samples
+        .placements
+        .iter()
+        .map(|p| (p.vm.to_string(), (p.host.clone(), p.cluster.clone())))
+        .collect();
+    let listed: BTreeMap<String, (String, Option<String>)> = vms
+        .iter()
+        .map(|v| (v.id.to_string(), (v.host.clone(), v.cluster.clone())))
+        .collect();
+    assert_eq!(placed, listed);
     for vm in &vms {
         assert!(!vm.disks.is_empty(), "{} has disks", vm.name);
         assert!(!vm.datastores.is_empty(), "{} has datastores", vm.name);

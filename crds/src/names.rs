@@ -58,6 +58,24 @@ pub const HEALTH_FIELD_MANAGER: &str = "plumbline-health";
 /// one's would remove theirs.
 pub const PROTECT_FIELD_MANAGER: &str = "plumbline-protect";
 
+/// Node label: the hypervisor host running the node's VM (docs/placement.md).
+pub const TOPOLOGY_HOST_LABEL: &str = "topology.plumbline.dev/host";
+/// Node label: the HypervisorProvider through which the node's VM is known.
+pub const TOPOLOGY_PROVIDER_LABEL: &str = "topology.plumbline.dev/provider";
+/// Node label: the compute cluster of the host (vSphere), where it has one.
+pub const TOPOLOGY_CLUSTER_LABEL: &str = "topology.plumbline.dev/cluster";
+/// Every topology label, in the order above.
+pub const TOPOLOGY_LABELS: [&str; 3] = [
+    TOPOLOGY_HOST_LABEL,
+    TOPOLOGY_PROVIDER_LABEL,
+    TOPOLOGY_CLUSTER_LABEL,
+];
+
+/// Field manager of the topology labels, followed by `.` and the operator instance
+/// (`plumbline-topology.cluster`, `plumbline-topology.<namespace>`): it owns only these
+/// labels, and each instance releases only what it applied itself.
+pub const TOPOLOGY_FIELD_MANAGER_PREFIX: &str = "plumbline-topology";
+
 /// Field manager of `InfraChange` specs (the ledger) and of their status (the actuators).
 pub const LEDGER_FIELD_MANAGER: &str = "plumbline-ledger";
 pub const ACTUATOR_FIELD_MANAGER: &str = "plumbline-actuator";

@@ -8,6 +8,9 @@
 // Control endpoint (plain HTTP, loopback only, test-only):
 //
 //	GET    /healthz
+//	GET    /vms                          every VM with its current host and cluster
+//	POST   /vms/relocate {"vm": "<name|dns-name|uuid>", "host": "<name|moid>"}
+//	                                     vMotion: RelocateVM_Task over SOAP (placement.go)
 //	GET    /latency                      current per-VM latency (ms), JSON
 //	PUT    /latency  {"vm": "<name|dns-name|uuid>", "read_ms": N, "write_ms": N}
 //	DELETE /latency?vm=<name|dns-name|uuid>   back to the baseline
@@ -112,6 +115,8 @@ type inventoryVM struct {
 	DNSName string `json:"dnsName"`
 	UUID    string `json:"uuid"`
 	Host    string `json:"host"`
+	// The host's cluster ("" for the standalone host).
+	Cluster string `json:"cluster"`
 }
 
 // perfManager replaces the simulator's canned virtual-disk latency with the table's values.
@@ -185,10 +190,11 @@ func inventory() []inventoryVM {
 	var vms []inventoryVM
 	for _, e := range simulator.Map.All("VirtualMachine") {
 		vm := e.(*simulator.VirtualMachine)
-		host := ""
+		host, cluster := "", ""
 		if vm.Runtime.Host != nil {
 			if h, ok := simulator.Map.Get(*vm.Runtime.Host).(*simulator.HostSystem); ok {
 				host = h.Name
+				cluster = clusterOf(h)
 			}
 		}
 		vms = append(vms, inventoryVM{
@@ -197,6 +203,7 @@ func inventory() []inventoryVM {
 			DNSName: dnsName(vm.Name),
 			UUID:    vm.Config.Uuid,
 			Host:    host,
+			Cluster: cluster,
 		})
 	}
 	sort.Slice(vms, func(i, j int) bool { return vms[i].Name < vms[j].Name })
@@ -771,8 +778,11 @@ func main() {
 	if err != nil {
 		log.Fatalf("listening for control on %s: %v", *controlAddr, err)
 	}
+	mux := http.NewServeMux()
+	mux.Handle("/", control(latency, faults, maintenance, vms))
+	placementControl(mux, sdk, *caFile, replyJSON, failJSON)
 	go func() {
-		if err := http.Serve(ln, control(latency, faults, maintenance, vms)); err != nil {
+		if err := http.Serve(ln, mux); err != nil {
 			log.Printf("control endpoint stopped: %v", err)
 		}
 	}()

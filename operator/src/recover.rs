@@ -329,6 +329,7 @@ mod tests {
             name: "pl-noisy".into(),
             provider_id: "libvirt:///8c1e0d2a-0000-4000-8000-000000000001".into(),
             host: "h".into(),
+            cluster: None,
             datastores: vec![],
             disks: vec![],
             running: true,

@@ -552,6 +552,7 @@ async fn health_pass(
         name: name.into(),
         provider_id: format!("libvirt:///{id}"),
         host: "h1".into(),
+        cluster: None,
         datastores: vec!["/ds".into()],
         disks: vec![VmDisk {
             name: "vda".into(),

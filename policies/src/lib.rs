@@ -11,7 +11,8 @@
 //! - [`tenancy`]: which namespaces may use which tiers and infrastructure actions;
 //! - [`tiers`]: what each priority tier means, in one table;
 //! - [`schedule`]: time windows, zones and DST;
-//! - [`health`]: storage verdicts, the readiness guard and noisy-neighbour choice.
+//! - [`health`]: storage verdicts, the readiness guard and noisy-neighbour choice;
+//! - [`topology`]: the host, provider and cluster labels on VM-backed nodes.
 
 pub mod credentials;
 pub mod explain;
@@ -28,6 +29,7 @@ pub mod schedule;
 pub mod status;
 pub mod tenancy;
 pub mod tiers;
+pub mod topology;
 pub mod validate;
 
 pub use explain::{describe, explain, explain_invalid};

@@ -516,6 +516,7 @@ impl Hypervisor for LibvirtHypervisor {
                         id,
                         name,
                         host: host.clone(),
+                        cluster: None,
                         datastores: datastores.into_iter().collect(),
                         disks,
                         running: d.is_active().unwrap_or(false),
@@ -561,6 +562,7 @@ impl Hypervisor for LibvirtHypervisor {
             taken_at: observed_at,
             disks,
             not_ready,
+            placements: Vec::new(),
         })
     }
 

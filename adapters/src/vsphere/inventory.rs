@@ -20,10 +20,12 @@ pub const VM_PATHS: &[&str] = &[
     "datastore",
 ];
 
-/// What a sampling cycle needs: identity, power state and the disks' instance names.
+/// What a sampling cycle needs: identity, power state and the disks' instance names, and
+/// the host, so that a VM moved by vMotion is placed right within one cycle.
 pub const SAMPLING_PATHS: &[&str] = &[
     "config.uuid",
     "config.hardware.device",
+    "runtime.host",
     "runtime.powerState",
 ];
 
@@ -209,35 +211,86 @@ pub(super) fn vm_record(moref: MoRef, props: &HashMap<String, Element>) -> Optio
     })
 }
 
-/// Every VM (with the properties in `paths`) and the names of hosts and datastores, in one
-/// retrieval.
-pub async fn all_vms(
-    session: &Session,
-    paths: &[&str],
-) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
+/// The names of the hosts, datastores and clusters one retrieval saw, and each host's cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    names: HashMap<MoRef, String>,
+    /// Host → the ClusterComputeResource it belongs to. A standalone host's parent is a plain
+    /// ComputeResource: it has none.
+    clusters: HashMap<MoRef, MoRef>,
+}
+
+impl Names {
+    /// The object's name, or its managed object id when the retrieval did not name it.
+    pub fn name(&self, m: &MoRef) -> String {
+        self.names
+            .get(m)
+            .cloned()
+            .unwrap_or_else(|| m.value.clone())
+    }
+
+    /// The name of the cluster the host belongs to, if any.
+    pub fn cluster_of(&self, host: &MoRef) -> Option<String> {
+        let cluster = self.clusters.get(host)?;
+        Some(self.name(cluster))
+    }
+}
+
+/// Every VM (with the properties in `paths`) and the names of hosts, datastores and clusters
+/// (with each host's cluster), in one retrieval.
+pub async fn all_vms(session: &Session, paths: &[&str]) -> Result<(Vec<VmRecord>, Names)> {
     let contents = retrieve_in_view(
         session,
         "the inventory",
-        &["VirtualMachine", "HostSystem", "Datastore"],
+        &[
+            "VirtualMachine",
+            "HostSystem",
+            "Datastore",
+            "ClusterComputeResource",
+        ],
         vec![
             prop_set("VirtualMachine", paths),
-            prop_set("HostSystem", &["name"]),
+            prop_set("HostSystem", &["name", "parent"]),
             prop_set("Datastore", &["name"]),
+            prop_set("ClusterComputeResource", &["name"]),
         ],
         Vec::new(),
     )
     .await?;
+    Ok(split_contents(&contents))
+}
+
+/// The VMs of one retrieval, and the names of everything else in it.
+pub(super) fn split_contents(contents: &Contents) -> (Vec<VmRecord>, Names) {
     let names = contents
         .iter()
         .filter(|(obj, _)| obj.kind != "VirtualMachine")
         .filter_map(|(obj, props)| Some((obj.clone(), props.get("name")?.text.clone())))
+        .collect();
+    let clusters = contents
+        .iter()
+        .filter(|(obj, _)| obj.kind == "HostSystem")
+        .filter_map(|(obj, props)| {
+            let parent = props.get("parent").and_then(Element::as_moref)?;
+            (parent.kind == "ClusterComputeResource").then(|| (obj.clone(), parent))
+        })
         .collect();
     let vms = contents
         .iter()
         .filter(|(obj, _)| obj.kind == "VirtualMachine")
         .filter_map(|(obj, props)| vm_record(obj.clone(), props))
         .collect();
-    Ok((vms, names))
+    (vms, Names { names, clusters })
+}
+
+/// Where the VM runs, when the retrieval read its host.
+pub fn placement(record: &VmRecord, names: &Names) -> Option<crate::VmPlacement> {
+    let host = record.host.as_ref()?;
+    Some(crate::VmPlacement {
+        vm: record.id.clone(),
+        host: names.name(host),
+        cluster: names.cluster_of(host),
+    })
 }
 
 /// One retrieval of every object of `kinds` in the inventory, through a container view that
@@ -311,13 +364,14 @@ pub async fn one_vm(session: &Session, vm: &MoRef) -> Result<Option<VmRecord>> {
         .and_then(|(obj, props)| vm_record(obj, &props)))
 }
 
-pub fn backing_vm(record: &VmRecord, names: &HashMap<MoRef, String>) -> BackingVm {
-    let name_of = |m: &MoRef| names.get(m).cloned().unwrap_or_else(|| m.value.clone());
+pub fn backing_vm(record: &VmRecord, names: &Names) -> BackingVm {
+    let name_of = |m: &MoRef| names.name(m);
     BackingVm {
         id: record.id.clone(),
         name: record.name.clone(),
         provider_id: format!("vsphere://{}", record.id),
         host: record.host.as_ref().map(name_of).unwrap_or_default(),
+        cluster: record.host.as_ref().and_then(|h| names.cluster_of(h)),
         datastores: record.datastores.iter().map(name_of).collect(),
         disks: record
             .disks

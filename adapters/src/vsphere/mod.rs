@@ -97,7 +97,7 @@ impl VSphereHypervisor {
         self.inner.max_query_metrics
     }
 
-    async fn all_vms(&self, paths: &[&str]) -> Result<(Vec<VmRecord>, HashMap<MoRef, String>)> {
+    async fn all_vms(&self, paths: &[&str]) -> Result<(Vec<VmRecord>, inventory::Names)> {
         let (vms, names) = inventory::all_vms(&self.inner.session, paths).await?;
         let mut morefs = self.inner.morefs.lock().expect("moref cache lock");
         morefs.clear();
@@ -208,7 +208,7 @@ impl Hypervisor for VSphereHypervisor {
 
     #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
     async fn sample_storage(&self) -> Result<StorageSamples> {
-        let (vms, _) = self.all_vms(inventory::SAMPLING_PATHS).await?;
+        let (vms, names) = self.all_vms(inventory::SAMPLING_PATHS).await?;
         let refs: Vec<&VmRecord> = vms.iter().collect();
         let by_moref: HashMap<MoRef, &VmRecord> =
             vms.iter().map(|v| (v.moref.clone(), v)).collect();
@@ -216,6 +216,10 @@ impl Hypervisor for VSphereHypervisor {
             taken_at: SystemTime::now(),
             disks: Vec::new(),
             not_ready: Vec::new(),
+            placements: vms
+                .iter()
+                .filter_map(|v| inventory::placement(v, &names))
+                .collect(),
         };
         for batch in perf::batches(&refs, self.inner.counters, self.inner.max_query_metrics) {
             let response = perf::query(&self.inner.session, batch).await?;
@@ -310,17 +314,11 @@ pub fn read_any_response(bytes: &[u8]) {
         inventory::object_contents(returnval, &mut contents);
         let _ = perf::counter_ids(returnval);
     }
-    let names: HashMap<MoRef, String> = contents
-        .iter()
-        .filter_map(|(obj, props)| Some((obj.clone(), props.get("name")?.text.clone())))
-        .collect();
     let _ = maintenance::states(&maintenance::host_records(&contents));
-    let records: Vec<VmRecord> = contents
-        .into_iter()
-        .filter_map(|(obj, props)| inventory::vm_record(obj, &props))
-        .collect();
+    let (records, names) = inventory::split_contents(&contents);
     for record in &records {
         let _ = inventory::backing_vm(record, &names);
+        let _ = inventory::placement(record, &names);
         let _ = tuning::recorded(record);
         let tunables = tuning::tunables_of(record);
         for t in &tunables {

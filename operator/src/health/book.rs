@@ -282,6 +282,7 @@ mod tests {
             name: format!("vm-{id}"),
             provider_id: format!("libvirt:///{id}"),
             host: "h".into(),
+            cluster: None,
             datastores: vec![],
             disks: vec![],
             running: true,

@@ -228,6 +228,7 @@ mod tests {
             name: name.into(),
             provider_id: format!("libvirt:///{id}"),
             host: "h1".into(),
+            cluster: None,
             datastores: vec!["/ds".into()],
             disks: vec![VmDisk {
                 name: "vda".into(),
