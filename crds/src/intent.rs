@@ -86,6 +86,41 @@ pub struct WorkloadIntentSpec {
     /// Which hypervisor actions Plumbline may take for this workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infrastructure: Option<Infrastructure>,
+
+    /// Where the workload's pods run, across the physical hosts under the nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Placement across hypervisor hosts (docs/placement.md).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Spread the pods across hypervisor hosts: a topology spread constraint on the node label
+    /// `topology.plumbline.dev/host` with `maxSkew: 1`, `ScheduleAnyway` for `preferred`,
+    /// `DoNotSchedule` for `required`. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_across_hosts: Option<HostSpread>,
+}
+
+/// How strictly pods are spread across hosts.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HostSpread {
+    /// The scheduler prefers spreading (`whenUnsatisfiable: ScheduleAnyway`).
+    Preferred,
+    /// A pod that would make the skew larger than 1 stays pending (`DoNotSchedule`).
+    Required,
+}
+
+impl HostSpread {
+    /// The constraint's `whenUnsatisfiable`.
+    pub fn when_unsatisfiable(self) -> &'static str {
+        match self {
+            HostSpread::Preferred => "ScheduleAnyway",
+            HostSpread::Required => "DoNotSchedule",
+        }
+    }
 }
 
 /// A Deployment or StatefulSet in the intent's namespace.

@@ -32,6 +32,8 @@ pub enum ActionKind {
     PodDisruptionBudget,
     /// Add the storage readiness gate to the pod template.
     ReadinessGate,
+    /// Spread the pods across hypervisor hosts: a topology spread constraint on the host label.
+    HostSpread,
     /// Set a VM's CPU shares.
     CpuShares,
     /// Limit a VM disk's total IOPS (noisy-neighbour throttle).

@@ -101,6 +101,16 @@ pub fn describe(change: &Change) -> String {
             }
             (None, None) => format!("leave the readiness gates of {target}"),
         },
+        Change::HostSpread { value, .. } => match (&value.previous, &value.desired) {
+            (_, Some(w)) => format!(
+                "spread the pods of {target} across hypervisor hosts (topology spread constraint on {}, maxSkew 1, {w})",
+                plumbline_crds::names::TOPOLOGY_HOST_LABEL
+            ),
+            (Some(_), None) => {
+                format!("remove the spread across hypervisor hosts from the pod template of {target}")
+            }
+            (None, None) => format!("leave the topology spread constraints of {target}"),
+        },
         Change::CpuShares { value, .. } => {
             format!("{target} CPU shares: {}", arrow(value, "original"))
         }

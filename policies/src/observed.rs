@@ -28,6 +28,9 @@ pub struct ObservedWorkload {
     pub priority_class_name: Option<String>,
     /// Condition types of `spec.template.spec.readinessGates`.
     pub readiness_gates: Vec<String>,
+    /// `whenUnsatisfiable` of the pod template's topology spread constraint on the hypervisor
+    /// host label, if it has one.
+    pub host_spread: Option<String>,
     /// `spec.selector.matchLabels`.
     pub selector: BTreeMap<String, String>,
     /// PodDisruptionBudgets in the namespace that select this workload's pods.

@@ -152,6 +152,12 @@ pub enum Change {
         workload: WorkloadRef,
         value: ValueChange<String>,
     },
+    /// Kubernetes: a topology spread constraint across hypervisor hosts in the workload's pod
+    /// template; `value` is its `whenUnsatisfiable` when present, `None` when absent.
+    HostSpread {
+        workload: WorkloadRef,
+        value: ValueChange<String>,
+    },
     /// Hypervisor: a VM's CPU shares (protecting the VMs that back the workload). `desired: None`
     /// (a revert of shares that could not be read before) means: restore the original the
     /// adapter recorded on the VM.
@@ -171,7 +177,8 @@ impl Change {
             | Change::PriorityClassName { .. }
             | Change::Replicas { .. }
             | Change::PodDisruptionBudget { .. }
-            | Change::ReadinessGate { .. } => Layer::Kubernetes,
+            | Change::ReadinessGate { .. }
+            | Change::HostSpread { .. } => Layer::Kubernetes,
             Change::CpuShares { .. } | Change::DiskIopsLimit { .. } => Layer::Hypervisor,
         }
     }
@@ -183,6 +190,7 @@ impl Change {
             Change::Replicas { .. } => ActionKind::ReplicaFloor,
             Change::PodDisruptionBudget { .. } => ActionKind::PodDisruptionBudget,
             Change::ReadinessGate { .. } => ActionKind::ReadinessGate,
+            Change::HostSpread { .. } => ActionKind::HostSpread,
             Change::CpuShares { .. } => ActionKind::CpuShares,
             Change::DiskIopsLimit { .. } => ActionKind::DiskIopsLimit,
         }
@@ -215,6 +223,10 @@ impl Change {
                 workload,
                 value: value.swapped(),
             },
+            Change::HostSpread { workload, value } => Change::HostSpread {
+                workload,
+                value: value.swapped(),
+            },
             Change::CpuShares { vm, value } => Change::CpuShares {
                 vm,
                 value: value.swapped(),
@@ -238,7 +250,8 @@ impl Change {
             Change::PriorityClass { name, .. } => name.clone(),
             Change::PriorityClassName { workload, .. }
             | Change::Replicas { workload, .. }
-            | Change::ReadinessGate { workload, .. } => workload.to_string(),
+            | Change::ReadinessGate { workload, .. }
+            | Change::HostSpread { workload, .. } => workload.to_string(),
             Change::PodDisruptionBudget {
                 namespace, name, ..
             } => format!("{namespace}/{name}"),

@@ -347,6 +347,37 @@ impl Planner<'_> {
                 "storage.readinessGate is off: no readiness gate".to_string()
             },
         );
+
+        let probe = Change::HostSpread {
+            workload: w.clone(),
+            value: ValueChange::new(None, None),
+        };
+        let applied = match self.applied(&probe) {
+            Some(Change::HostSpread { value, .. }) => Some(value.clone()),
+            _ => None,
+        };
+        let present = workload.host_spread.clone();
+        let wanted = valid.spread.map(|s| s.when_unsatisfiable().to_string());
+        let baseline = match &applied {
+            Some(a) if a.desired == present => a.previous.clone(),
+            _ => present.clone(),
+        };
+        let decision = decide(wanted.clone().or(baseline), present, applied);
+        self.record(
+            decision,
+            |value| Change::HostSpread {
+                workload: w.clone(),
+                value,
+            },
+            format!(
+                "placement.spreadAcrossHosts: at most one more pod on any hypervisor host than on another ({})",
+                wanted.as_deref().unwrap_or_default()
+            ),
+            match &wanted {
+                Some(how) => format!("{w} already spreads its pods across hypervisor hosts ({how})"),
+                None => "placement.spreadAcrossHosts is off".to_string(),
+            },
+        );
     }
 
     fn disruption_budget(&mut self, valid: &ValidIntent, workload: &ObservedWorkload) {

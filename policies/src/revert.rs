@@ -108,6 +108,10 @@ fn still_ours(change: &Change, observed: &Observed) -> Ours {
                 }
             }
         },
+        Change::HostSpread { workload: w, value } => match workload(w) {
+            None => Ours::Gone,
+            Some(o) => compare(o.host_spread.clone(), &value.desired),
+        },
         Change::PodDisruptionBudget { name, value, .. } => {
             match observed.workload.as_ref().and_then(|o| {
                 o.disruption_budgets
@@ -135,6 +139,7 @@ pub(crate) fn describe_field(change: &Change) -> &'static str {
         Change::Replicas { .. } => "replicas",
         Change::PodDisruptionBudget { .. } => "minAvailable",
         Change::ReadinessGate { .. } => "readiness gate",
+        Change::HostSpread { .. } => "spread across hosts",
         Change::CpuShares { .. } => "CPU shares",
         Change::DiskIopsLimit { .. } => "IOPS limit",
     }
@@ -146,7 +151,8 @@ pub(crate) fn describe_target(change: &Change) -> String {
         Change::PriorityClass { name, .. } => format!("PriorityClass {name}"),
         Change::PriorityClassName { workload, .. }
         | Change::Replicas { workload, .. }
-        | Change::ReadinessGate { workload, .. } => workload.to_string(),
+        | Change::ReadinessGate { workload, .. }
+        | Change::HostSpread { workload, .. } => workload.to_string(),
         Change::PodDisruptionBudget {
             namespace, name, ..
         } => format!("PodDisruptionBudget {namespace}/{name}"),

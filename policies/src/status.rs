@@ -78,7 +78,7 @@ pub fn action_to_status(
             text(&value.desired),
             text(&value.previous),
         ),
-        Change::ReadinessGate { workload, value } => (
+        Change::ReadinessGate { workload, value } | Change::HostSpread { workload, value } => (
             workload_target(workload),
             value.desired.clone(),
             value.previous.clone(),
@@ -189,6 +189,10 @@ fn action_from_status(index: usize, e: &PlannedAction) -> Result<Action, StatusE
             value: parsed(e, CountOrPercent::parse).map_err(fail)?,
         },
         ActionKind::ReadinessGate => Change::ReadinessGate {
+            workload: workload()?,
+            value: strings(),
+        },
+        ActionKind::HostSpread => Change::HostSpread {
             workload: workload()?,
             value: strings(),
         },

@@ -354,6 +354,7 @@ mod tests {
             availability: None,
             storage: None,
             infrastructure: None,
+            placement: None,
         };
         assert_eq!(TenantRequest::of("ns", &spec), request("ns", High, &[]));
         spec.storage = Some(Storage {

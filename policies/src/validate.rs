@@ -31,6 +31,8 @@ pub struct ValidIntent {
     pub min_available: Option<CountOrPercent>,
     /// `None` without a `storage` section.
     pub storage: Option<ValidStorage>,
+    /// `spec.placement.spreadAcrossHosts`.
+    pub spread: Option<plumbline_crds::HostSpread>,
 }
 
 /// `spec.storage`, parsed.
@@ -119,6 +121,7 @@ pub fn validate_intent(spec: &WorkloadIntentSpec) -> Result<ValidIntent, Invalid
             replica_floor,
             min_available,
             storage,
+            spread: spec.placement.as_ref().and_then(|p| p.spread_across_hosts),
         })
     } else {
         Err(Invalid::Spec(errors))

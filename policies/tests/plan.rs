@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use plumbline_crds::{
     conditions::reason, names::STORAGE_READINESS_GATE, ActionKind, Availability, ChangeOwner,
-    ChangePurpose, ChangeTarget, InfraChange, InfraChangeSpec, InfraChangeStatus, Infrastructure,
-    Layer, NeighbourCandidateStatus, Priority, Storage, TargetKind, TimeWindow, Weekday,
-    WorkloadIntent, WorkloadIntentSpec, WorkloadTarget,
+    ChangePurpose, ChangeTarget, HostSpread, InfraChange, InfraChangeSpec, InfraChangeStatus,
+    Infrastructure, Layer, NeighbourCandidateStatus, Placement, Priority, Storage, TargetKind,
+    TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec, WorkloadTarget,
 };
 use plumbline_policies::{
     actions_from_status, explain, explain_invalid, plan, plan_to_status, revert, Action, Change,
@@ -72,6 +72,7 @@ fn critical_spec() -> WorkloadIntentSpec {
             protect_backing_vms: true,
             throttle_noisy_neighbours: true,
         }),
+        placement: None,
     }
 }
 
@@ -88,6 +89,7 @@ fn observed_payments() -> ObservedWorkload {
         replicas: Some(2),
         priority_class_name: None,
         readiness_gates: vec![],
+        host_spread: None,
         selector: BTreeMap::from([("app".to_string(), "payments".to_string())]),
         disruption_budgets: vec![],
     }
@@ -307,6 +309,9 @@ fn apply(o: &mut Observed, actions: &[Action]) {
                 if let Some(g) = &value.desired {
                     w.readiness_gates.push(g.clone());
                 }
+            }
+            Change::HostSpread { value, .. } => {
+                o.workload.as_mut().unwrap().host_spread = value.desired.clone()
             }
             Change::PodDisruptionBudget { name, value, .. } => {
                 let w = o.workload.as_mut().unwrap();
@@ -629,9 +634,13 @@ fn arb_spec() -> impl Strategy<Value = WorkloadIntentSpec> {
         ]),
         proptest::option::of(any::<bool>()),
         any::<bool>(),
+        proptest::option::of(proptest::sample::select(vec![
+            HostSpread::Preferred,
+            HostSpread::Required,
+        ])),
     )
-        .prop_map(
-            |(priority, floor, min_available, gate, protect)| WorkloadIntentSpec {
+        .prop_map(|(priority, floor, min_available, gate, protect, spread)| {
+            WorkloadIntentSpec {
                 target: WorkloadTarget {
                     kind: TargetKind::Deployment,
                     name: "payments".into(),
@@ -655,8 +664,11 @@ fn arb_spec() -> impl Strategy<Value = WorkloadIntentSpec> {
                     protect_backing_vms: protect,
                     throttle_noisy_neighbours: false,
                 }),
-            },
-        )
+                placement: spread.map(|s| Placement {
+                    spread_across_hosts: Some(s),
+                }),
+            }
+        })
 }
 
 fn arb_observed() -> impl Strategy<Value = Observed> {
@@ -669,11 +681,16 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
         ])),
         any::<bool>(),
         0usize..3,
+        proptest::option::of(proptest::sample::select(vec![
+            "ScheduleAnyway".to_string(),
+            "DoNotSchedule".to_string(),
+        ])),
     )
-        .prop_map(|(replicas, class, gate, vms)| {
+        .prop_map(|(replicas, class, gate, vms, spread)| {
             let mut w = observed_payments();
             w.replicas = replicas;
             w.priority_class_name = class;
+            w.host_spread = spread;
             if gate {
                 w.readiness_gates.push(STORAGE_READINESS_GATE.into());
             }

@@ -130,6 +130,7 @@ fn intent_storage_defaults_and_problems() {
             max_unready: None,
         }),
         infrastructure: None,
+        placement: None,
     };
     let valid = validate_intent(&spec).unwrap();
     let storage = valid.storage.unwrap();
@@ -264,6 +265,7 @@ fn intent_bounds_have_paths() {
             max_unready: None,
         }),
         infrastructure: None,
+        placement: None,
     };
     assert_eq!(
         messages(validate_intent(&spec).unwrap_err()),

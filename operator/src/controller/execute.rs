@@ -7,7 +7,10 @@
 //! if a plan says to revert them (someone else changed them since, and their value stands).
 
 use kube::ResourceExt;
-use plumbline_crds::{names::FIELD_MANAGER, ActionState, Layer, WorkloadIntent};
+use plumbline_crds::{
+    names::{FIELD_MANAGER, TOPOLOGY_HOST_LABEL},
+    ActionState, Layer, WorkloadIntent,
+};
 use plumbline_policies::{Change, CountOrPercent, Plan};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -70,6 +73,7 @@ fn metric_action(change: &Change) -> &'static str {
         Change::Replicas { .. } => "replica_floor",
         Change::PodDisruptionBudget { .. } => "pod_disruption_budget",
         Change::ReadinessGate { .. } => "readiness_gate",
+        Change::HostSpread { .. } => "host_spread",
         Change::CpuShares { .. } => "cpu_shares",
         Change::DiskIopsLimit { .. } => "disk_iops_limit",
     }
@@ -107,6 +111,32 @@ fn held_field(change: &Change, workload: &LiveWorkload) -> Option<(WorkloadField
                 ),
             ))
         }
+        Change::HostSpread { value, .. } => {
+            let when = value.desired.clone()?;
+            // Keep the other owners' constraints, except one on the same key.
+            let mut constraints: Vec<Value> = workload
+                .topology_spread_constraints()
+                .into_iter()
+                .filter(|c| {
+                    c.get("topologyKey").and_then(Value::as_str) != Some(TOPOLOGY_HOST_LABEL)
+                })
+                .collect();
+            constraints.push(json!({
+                "maxSkew": 1,
+                "topologyKey": TOPOLOGY_HOST_LABEL,
+                "whenUnsatisfiable": when,
+                "labelSelector": {"matchLabels": workload
+                    .selector
+                    .as_ref()
+                    .and_then(|s| s.get("matchLabels"))
+                    .cloned()
+                    .unwrap_or_else(|| json!({}))},
+            }));
+            Some((
+                WorkloadField::TopologySpreadConstraints,
+                Value::Array(constraints),
+            ))
+        }
         _ => None,
     }
 }
@@ -116,7 +146,8 @@ fn field_workload(change: &Change) -> Option<WorkloadRef> {
     match change {
         Change::Replicas { workload, .. }
         | Change::PriorityClassName { workload, .. }
-        | Change::ReadinessGate { workload, .. } => Some(workload.clone()),
+        | Change::ReadinessGate { workload, .. }
+        | Change::HostSpread { workload, .. } => Some(workload.clone()),
         _ => None,
     }
 }
@@ -128,7 +159,10 @@ fn same_step(a: Step, b: Step) -> bool {
 fn is_workload_field(change: &Change) -> bool {
     matches!(
         change,
-        Change::Replicas { .. } | Change::PriorityClassName { .. } | Change::ReadinessGate { .. }
+        Change::Replicas { .. }
+            | Change::PriorityClassName { .. }
+            | Change::ReadinessGate { .. }
+            | Change::HostSpread { .. }
     )
 }
 

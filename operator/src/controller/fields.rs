@@ -42,13 +42,18 @@ pub enum WorkloadField {
     /// gates of other owners are kept in what Plumbline applies.
     #[serde(rename = "spec.template.spec.readinessGates")]
     ReadinessGates,
+    /// A list keyed by topology key and `whenUnsatisfiable`; what Plumbline applies keeps the
+    /// other owners' constraints too.
+    #[serde(rename = "spec.template.spec.topologySpreadConstraints")]
+    TopologySpreadConstraints,
 }
 
 impl WorkloadField {
-    pub const ALL: [WorkloadField; 3] = [
+    pub const ALL: [WorkloadField; 4] = [
         Self::Replicas,
         Self::PriorityClassName,
         Self::ReadinessGates,
+        Self::TopologySpreadConstraints,
     ];
 
     pub fn path(self) -> &'static [&'static str] {
@@ -56,6 +61,9 @@ impl WorkloadField {
             Self::Replicas => &["spec", "replicas"],
             Self::PriorityClassName => &["spec", "template", "spec", "priorityClassName"],
             Self::ReadinessGates => &["spec", "template", "spec", "readinessGates"],
+            Self::TopologySpreadConstraints => {
+                &["spec", "template", "spec", "topologySpreadConstraints"]
+            }
         }
     }
 

@@ -63,6 +63,16 @@ impl LiveWorkload {
             .map(str::to_string)
     }
 
+    /// The topology spread constraints other owners set.
+    pub fn topology_spread_constraints(&self) -> Vec<Value> {
+        self.without_plumbline
+            .get(&WorkloadField::TopologySpreadConstraints)
+            .and_then(|p| p.value.as_ref())
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Condition types of the readiness gates other owners set.
     pub fn readiness_gates(&self) -> Vec<String> {
         self.without_plumbline

@@ -82,6 +82,13 @@ pub(super) fn applied(wi: &WorkloadIntent, observed: &IntentObservation) -> Vec<
                             .map(str::to_string),
                     ),
                 },
+                WorkloadField::TopologySpreadConstraints => Change::HostSpread {
+                    workload: target.clone(),
+                    value: ValueChange::new(
+                        host_spread(live),
+                        host_spread(previous.value.as_ref()),
+                    ),
+                },
                 WorkloadField::ReadinessGates => {
                     let has_gate = |v: Option<&serde_json::Value>| {
                         v.and_then(|v| v.as_array())
@@ -171,6 +178,7 @@ pub(super) fn to_policy_workload(w: &LiveWorkload) -> policies::ObservedWorkload
             .and_then(|v| v.as_str())
             .map(str::to_string),
         readiness_gates: gates,
+        host_spread: host_spread(WorkloadField::TopologySpreadConstraints.get(live)),
         selector: w
             .selector
             .as_ref()
@@ -240,4 +248,19 @@ pub(super) fn status_plan(
         }
     }
     entries
+}
+
+/// `whenUnsatisfiable` of the constraint on the hypervisor host label in a
+/// `topologySpreadConstraints` list, if there is one.
+pub(super) fn host_spread(constraints: Option<&serde_json::Value>) -> Option<String> {
+    constraints?
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c.get("topologyKey").and_then(|k| k.as_str())
+                == Some(plumbline_crds::names::TOPOLOGY_HOST_LABEL)
+        })?
+        .get("whenUnsatisfiable")
+        .and_then(|w| w.as_str())
+        .map(str::to_string)
 }
