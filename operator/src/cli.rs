@@ -126,6 +126,20 @@ pub struct RunArgs {
     )]
     pub host_maintenance: bool,
 
+    /// Label VM-backed nodes with the hypervisor host, provider and (vSphere) cluster their
+    /// VM runs on (topology.plumbline.dev/host, /provider, /cluster), for
+    /// topologySpreadConstraints. On unless `--topology-labels=false`. Needs `patch` on nodes.
+    #[arg(
+        long,
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        env = "PLUMBLINE_TOPOLOGY_LABELS"
+    )]
+    pub topology_labels: bool,
+
     /// At most this percent of all nodes (rounded down) carry the storage taint at once; a
     /// workload's last schedulable node never does.
     #[arg(
@@ -210,6 +224,7 @@ impl RunArgs {
             unknown: self.unknown_readiness.into(),
             taint_degraded_nodes: self.taint_degraded_nodes,
             host_maintenance: self.host_maintenance,
+            topology_labels: self.topology_labels,
             taint_cap: TaintCap {
                 max_nodes_percent: self.taint_max_nodes_percent,
             },
@@ -401,6 +416,14 @@ mod tests {
                 && err.contains("fail-closed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn topology_labels_are_on_unless_switched_off() {
+        assert!(run_args(&["plumbline", "run"]).health().topology_labels);
+        assert!(run_args(&["plumbline", "run", "--topology-labels"]).topology_labels);
+        assert!(!run_args(&["plumbline", "run", "--topology-labels=false"]).topology_labels);
+        assert!(Cli::try_parse_from(["plumbline", "run", "--topology-labels=maybe"]).is_err());
     }
 
     #[test]

@@ -369,6 +369,8 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["create", "leases.coordination.k8s.io"],
         &["patch", "priorityclasses.scheduling.k8s.io"],
         &["list", "nodes"],
+        // The topology labels (operator.topologyLabels, on by default; health/topology.rs).
+        &["patch", "nodes"],
         &["watch", "pods", "-A"],
         &["watch", "hypervisorproviders.plumbline.dev"],
         // The live provider status, read before it is rewritten (health/providers.rs).
@@ -405,9 +407,9 @@ fn serial_helm_install_then_operator_runs_with_only_the_charts_rbac() {
         &["delete", "priorityclasses.scheduling.k8s.io"],
         // Tenants cannot be granted anything by the operator.
         &["patch", "tenantpolicies.plumbline.dev"],
-        // Node specs (and so taints) are not touched without operator.taintDegradedNodes;
-        // only node status conditions.
-        &["patch", "nodes"],
+        // Nodes are labelled (topology), their status conditions written, never created:
+        // an apply of labels never makes a node that is gone.
+        &["create", "nodes"],
         // Nothing that escalates.
         &["create", "customresourcedefinitions.apiextensions.k8s.io"],
         &["create", "clusterroles.rbac.authorization.k8s.io"],

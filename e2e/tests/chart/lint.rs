@@ -50,6 +50,7 @@ fn bad_values_are_rejected_with_a_message_naming_the_field() {
         ("operator.port=70000", &["/operator/port", "maximum"]),
         ("operator.unknownReadiness=maybe", &["/operator/unknownReadiness", "fail-open", "fail-closed"]),
         ("operator.taintDegradedNodes=sometimes", &["/operator/taintDegradedNodes"]),
+        ("operator.topologyLabels=sometimes", &["/operator/topologyLabels"]),
         ("operator.taintMaxNodesPercent=101", &["/operator/taintMaxNodesPercent", "maximum"]),
         ("operator.throttleMaxPerVictim=-1", &["/operator/throttleMaxPerVictim", "minimum"]),
         ("operator.throttleJudgeSamples=often", &["/operator/throttleJudgeSamples"]),
@@ -164,8 +165,20 @@ fn may_patch_nodes(objects: &[serde_yaml::Value]) -> bool {
 }
 
 #[test]
-fn health_options_become_flags_and_only_tainting_grants_patch_on_nodes() {
+fn health_options_become_flags_and_only_node_writers_get_patch_on_nodes() {
+    // Topology labels are on by default, and need patch on nodes; without them and without
+    // tainting or maintenance, nodes are not patched.
     let default = rendered(&[]);
+    assert!(
+        operator_args(&default).contains(&"--topology-labels=true".to_string()),
+        "{:?}",
+        operator_args(&default)
+    );
+    assert!(
+        may_patch_nodes(&default),
+        "topology labels need patch on nodes"
+    );
+    let default = rendered(&["operator.topologyLabels=false"]);
     let args = operator_args(&default);
     assert!(
         args.contains(&"--unknown-readiness=fail-open".to_string()),
@@ -176,8 +189,12 @@ fn health_options_become_flags_and_only_tainting_grants_patch_on_nodes() {
         "{args:?}"
     );
     assert!(
+        args.contains(&"--topology-labels=false".to_string()),
+        "{args:?}"
+    );
+    assert!(
         !may_patch_nodes(&default),
-        "no patch on nodes unless tainting is on"
+        "no patch on nodes unless tainting or topology labels are on"
     );
     assert!(
         args.contains(&"--infra-readback-interval=30s".to_string()),
@@ -200,6 +217,7 @@ fn health_options_become_flags_and_only_tainting_grants_patch_on_nodes() {
     );
 
     let on = rendered(&[
+        "operator.topologyLabels=false",
         "operator.unknownReadiness=fail-closed",
         "operator.taintDegradedNodes=true",
         "operator.infraReadbackInterval=2m",

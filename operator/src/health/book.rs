@@ -2,7 +2,9 @@
 //! connection, inventory and capabilities; per VM disk its recent samples; and the hysteresis
 //! trackers, one per disk and latency budget.
 
-use plumbline_adapters::{BackingVm, Capabilities, Capability, DiskLatency, HostState, VmId};
+use plumbline_adapters::{
+    BackingVm, Capabilities, Capability, DiskLatency, HostState, VmId, VmPlacement,
+};
 use plumbline_crds::NodeMappingStrategy;
 use plumbline_policies::health::{
     DiskHealth, HysteresisPolicy, LatencyBudget, StorageSample, UnknownCause, VmVerdict,
@@ -121,6 +123,26 @@ impl HealthBook {
     /// HypervisorProviders for one libvirt): the first by name that lists it.
     pub fn owner_of(&self, id: &VmId) -> Option<&str> {
         self.vm(id).map(|p| p.provider.name.as_str())
+    }
+
+    /// Moves a provider's VMs to where this cycle's samples found them (a vMotion shows here
+    /// within one cycle; the rest of the inventory waits for its next read). Returns how many
+    /// VMs changed host or cluster.
+    pub fn record_placements(&mut self, provider: &str, placements: &[VmPlacement]) -> usize {
+        let Some(view) = self.providers.get_mut(provider) else {
+            return 0;
+        };
+        let mut moved = 0;
+        for p in placements {
+            if let Some(vm) = view.inventory.iter_mut().find(|vm| vm.id == p.vm) {
+                if vm.host != p.host || vm.cluster != p.cluster {
+                    vm.host = p.host.clone();
+                    vm.cluster = p.cluster.clone();
+                    moved += 1;
+                }
+            }
+        }
+        moved
     }
 
     /// Records one cycle's samples of a provider and feeds every tracker of those disks.

@@ -12,7 +12,7 @@ use plumbline_policies::{
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use super::{
-    book::HealthBook,
+    book::{HealthBook, VmPlace},
     caches::{owning_workload, Caches},
 };
 
@@ -89,6 +89,17 @@ impl IntentView {
 
 /// The VM backing a node, by the mapping of the provider that knows it.
 pub fn vm_for_node(book: &HealthBook, node: &Node) -> Option<VmKey> {
+    let place = backing_for_node(book, node)?;
+    Some(VmKey {
+        id: place.vm.id.clone(),
+        name: place.vm.name.clone(),
+        provider: place.provider.name.clone(),
+    })
+}
+
+/// The VM backing a node and its provider: the first provider by name whose mapping finds
+/// the node's VM in its inventory.
+pub fn backing_for_node<'a>(book: &'a HealthBook, node: &Node) -> Option<VmPlace<'a>> {
     let provider_vm = node
         .spec
         .as_ref()
@@ -110,10 +121,9 @@ pub fn vm_for_node(book: &HealthBook, node: &Node) -> Option<VmKey> {
                 p.inventory.iter().find(|vm| &vm.name == value)
             }
         }?;
-        Some(VmKey {
-            id: found.id.clone(),
-            name: found.name.clone(),
-            provider: p.name.clone(),
+        Some(VmPlace {
+            provider: p,
+            vm: found,
         })
     })
 }

@@ -11,7 +11,9 @@
 //! - [`feedback`]: one pass carried out: the writes, Events and metrics [`decide`] asks for;
 //! - [`taint`]: the optional `NoSchedule` taint on degraded nodes, as ledger entries;
 //! - [`throttle`]: noisy-neighbour I/O limits, as ledger entries;
-//! - [`protect`]: CPU shares for the VMs backing protected intents, as ledger entries.
+//! - [`protect`]: CPU shares for the VMs backing protected intents, as ledger entries;
+//! - [`topology`]: the `topology.plumbline.dev/` host, provider and cluster labels on
+//!   VM-backed nodes, written in a task of their own.
 //!
 //! Every change to shared infrastructure goes through the ledger (`crate::ledger`): this loop
 //! decides which `InfraChange`s should exist and writes them; the actuators carry them out.
@@ -29,6 +31,7 @@ pub mod providers;
 mod settings;
 pub mod taint;
 pub mod throttle;
+pub mod topology;
 
 pub use settings::{HealthFault, HealthSettings};
 
@@ -79,12 +82,14 @@ pub async fn run(
     let mut protections = protect::Protections::default();
     let mut maintenances = crate::maintenance::Maintenances::default();
     let mut writer = Writer::new(namespace.as_deref());
+    let mut topology = topology::Topology::new(namespace.as_deref());
     let mut actuators = Actuators::new(end.clone());
     let operator = writer.operator().to_string();
     let started = Instant::now();
     info!(
         unknown = settings.unknown.as_str(),
         taint_degraded_nodes = settings.taint_degraded_nodes,
+        topology_labels = settings.topology_labels,
         %operator,
         "storage-health loop starts"
     );
@@ -139,6 +144,10 @@ pub async fn run(
                 .await;
         }
         count_changes(&ctx, &caches.changes.state(), &operator);
+        if settings.topology_labels {
+            // Spawns its writes: never waits for them.
+            topology.pass(&ctx, &caches, &book);
+        }
         liveness.health_pass_done();
         match settings.fault {
             Some(HealthFault::HealthLoopExit) => {
@@ -157,6 +166,7 @@ pub async fn run(
     // from it.
     actuators.stop_all();
     samplers.stop_all();
+    topology.stop();
     watches.abort();
     info!("storage-health loop stopped");
 }

@@ -340,6 +340,10 @@ async fn sample_provider(
                     view.connected = true;
                     view.connection_message = format!("connected to {}", adapter.endpoint());
                 }
+                let moved = b.record_placements(&name, &samples.placements);
+                if moved > 0 {
+                    debug!(provider = %name, moved, "VMs found on another host while sampling");
+                }
                 b.record_samples(&name, samples.taken_at, &samples.disks);
                 Ok(samples.disks.len())
             }

@@ -23,6 +23,11 @@ pub struct HealthSettings {
     /// `delete` on pods (for `onTimeout: Force`). An operator scoped to a namespace moves only
     /// that namespace's pods (the chart turns it on only for an operator of the whole cluster).
     pub host_maintenance: bool,
+    /// Label VM-backed nodes with the hypervisor host, provider and (vSphere) cluster under
+    /// `topology.plumbline.dev/` (docs/placement.md). On by default: labels change no
+    /// scheduling by themselves, and are what `topologySpreadConstraints` need. Needs
+    /// `patch` on nodes.
+    pub topology_labels: bool,
     /// How many nodes the storage taint may cover at once.
     pub taint_cap: TaintCap,
     /// How the change ledger's actuators behave (read-back interval, deadlines, concurrency).
@@ -50,6 +55,7 @@ impl Default for HealthSettings {
             resync: Duration::from_secs(1),
             taint_degraded_nodes: false,
             host_maintenance: false,
+            topology_labels: true,
             taint_cap: TaintCap::default(),
             ledger: LedgerSettings::default(),
             fault: None,

@@ -88,6 +88,16 @@ pub struct HealthMetrics {
     pub sample_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     pub detection_latency: Histogram,
     pub taints_held: Gauge,
+    /// Nodes carrying the topology labels this instance applied (health/topology.rs).
+    pub topology_labelled_nodes: Gauge,
+    /// Topology label writes, by outcome.
+    pub topology_writes: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `applied` or `failed`.
+    pub outcome: String,
 }
 
 impl HealthMetrics {
@@ -104,6 +114,8 @@ impl HealthMetrics {
             sample_duration: Family::new_with_constructor(sample_histogram),
             detection_latency: detection_histogram(),
             taints_held: Gauge::default(),
+            topology_labelled_nodes: Gauge::default(),
+            topology_writes: Family::default(),
         };
         registry.register_with_unit(
             "vm_storage_latency",
@@ -157,6 +169,16 @@ impl HealthMetrics {
             "storage_taints_held",
             "Nodes whose storage is over budget but that do not get the storage taint: the cap is reached, or a workload has no other node",
             m.taints_held.clone(),
+        );
+        registry.register(
+            "topology_labelled_nodes",
+            "Nodes carrying the topology.plumbline.dev labels this operator instance applied",
+            m.topology_labelled_nodes.clone(),
+        );
+        registry.register(
+            "topology_label_writes",
+            "Server-side applies of nodes' topology labels, by outcome (applied, failed)",
+            m.topology_writes.clone(),
         );
         m
     }

@@ -212,6 +212,9 @@ pub fn test_health() -> HealthSettings {
     // ever helps it: the ladder's judgement would undo every step. Tests of other things keep
     // their throttles (policies' unit tests cover the judgement).
     health.ladder.judge_after_samples = 0;
+    // Topology labels are node-wide: only the tests of them (topology.rs) write them, so
+    // tests of other things leave no field managers of theirs on the shared nodes.
+    health.topology_labels = false;
     health
 }
 
