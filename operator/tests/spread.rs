@@ -1,0 +1,186 @@
+//! `placement.spreadAcrossHosts` on the real stack: a 3-replica Deployment on the vSphere
+//! simulator's nodes gets a topology spread constraint on `topology.plumbline.dev/host`, its
+//! pods land on more than one hypervisor host after the rollout, and deleting the intent
+//! removes the constraint. Needs `e2e/stack up`.
+
+mod common;
+mod health_common;
+
+use anyhow::{Context as _, Result};
+use health_common::*;
+use k8s_openapi::api::core::v1::Node;
+use kube::{api::ListParams, Api, ResourceExt};
+use plumbline_crds::names::TOPOLOGY_HOST_LABEL;
+use plumbline_operator::clock::SystemClock;
+use serde_json::{json, Value};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The host-spread constraint in the Deployment's pod template, if any.
+fn host_constraint(template: &Value) -> Option<Value> {
+    template
+        .pointer("/spec/template/spec/topologySpreadConstraints")?
+        .as_array()?
+        .iter()
+        .find(|c| c["topologyKey"] == TOPOLOGY_HOST_LABEL)
+        .cloned()
+}
+
+#[tokio::test]
+async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_delete() -> Result<()>
+{
+    let stack = plumbline_e2e::Stack::load().context("needs the real stack: e2e/stack up")?;
+    let cluster = common::Cluster::connect("spread").await?;
+    let (admin, ns) = (cluster.admin.clone(), cluster.namespace.clone());
+    let mut operator = None;
+    let result = async {
+        apply_vsphere_provider(&stack, &admin, &ns).await?;
+        // Every simulator VM's node, and its host.
+        let hv = vsphere_adapter(&stack).await?;
+        let inventory = hv.inventory().await?;
+        let _ = hv.close().await;
+        let host_of_id: BTreeMap<String, String> = inventory
+            .iter()
+            .map(|vm| (vm.provider_id.clone(), vm.host.clone()))
+            .collect();
+        let host_of_node: BTreeMap<String, String> = Api::<Node>::all(admin.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.spec.as_ref()?.provider_id.clone()?;
+                Some((n.name_any(), host_of_id.get(&id)?.clone()))
+            })
+            .collect();
+        let hosts: BTreeSet<&String> = host_of_node.values().collect();
+        anyhow::ensure!(hosts.len() >= 2, "the simulator's nodes are on {hosts:?}");
+        let nodes: Vec<&String> = host_of_node.keys().collect();
+        deploy_placed(
+            &admin,
+            &ns,
+            "web",
+            3,
+            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}]}}}}),
+        )
+        .await?;
+        let mut health = common::test_health();
+        health.topology_labels = true;
+        operator = Some(
+            cluster
+                .start_operator_with_health(Arc::new(SystemClock), health)
+                .await?,
+        );
+        eventually(
+            "every simulator node labelled with its host",
+            PATIENCE,
+            || async {
+                let list = Api::<Node>::all(admin.clone())
+                    .list(&ListParams::default())
+                    .await?;
+                let wrong: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter_map(|n| {
+                        let want = host_of_node.get(&n.name_any())?;
+                        let has = n.labels().get(TOPOLOGY_HOST_LABEL);
+                        (has.cloned() != plumbline_policies::topology::label_value(want))
+                            .then(|| format!("{}: {has:?}", n.name_any()))
+                    })
+                    .collect();
+                Ok(if wrong.is_empty() {
+                    Ok(())
+                } else {
+                    Err(wrong.join(", "))
+                })
+            },
+        )
+        .await?;
+
+        cluster
+            .apply_intent(
+                "web",
+                json!({"target": {"kind": "Deployment", "name": "web"}, "priority": "standard",
+                       "placement": {"spreadAcrossHosts": "preferred"}}),
+            )
+            .await?;
+        let deployments = cluster.deployments();
+        let constraint = eventually(
+            "the spread constraint in the pod template",
+            PATIENCE,
+            || async {
+                let d = serde_json::to_value(deployments.get("web").await?)?;
+                Ok(host_constraint(&d).ok_or_else(|| "not yet".to_string()))
+            },
+        )
+        .await?;
+        anyhow::ensure!(
+            constraint["maxSkew"] == 1
+                && constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+                && constraint["labelSelector"]["matchLabels"]["app"] == "web",
+            "{constraint}"
+        );
+        let spread = eventually(
+            "3 ready pods of the new template on 2 or more hosts",
+            PATIENCE,
+            || async {
+                let list = pods(&admin, &ns, "web").await?;
+                let current: Vec<_> = list
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| {
+                        p.spec
+                            .as_ref()
+                            .and_then(|s| s.topology_spread_constraints.as_ref())
+                            .is_some()
+                    })
+                    .collect();
+                let on: BTreeSet<String> = current
+                    .iter()
+                    .filter_map(|p| {
+                        host_of_node
+                            .get(p.spec.as_ref()?.node_name.as_ref()?)
+                            .cloned()
+                    })
+                    .collect();
+                let ready = current.iter().filter(|p| is_ready(p)).count();
+                Ok(if ready == 3 && current.len() == 3 && on.len() >= 2 {
+                    Ok(on)
+                } else {
+                    Err(format!(
+                        "{ready} ready, on hosts {on:?}: {}",
+                        summary(&list)
+                    ))
+                })
+            },
+        )
+        .await?;
+        println!("3 pods on hosts {spread:?}");
+
+        // Deleting the intent takes the constraint out again.
+        cluster.delete_intent("web").await?;
+        eventually("the spread constraint removed", PATIENCE, || async {
+            let d = serde_json::to_value(deployments.get("web").await?)?;
+            Ok(match host_constraint(&d) {
+                None => Ok(()),
+                Some(c) => Err(c.to_string()),
+            })
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    let released = match operator {
+        Some(op) => release_everything(&admin, &ns, op).await,
+        None => Ok(()),
+    };
+    cluster.cleanup().await;
+    result.and(released)
+}
