@@ -211,3 +211,130 @@ async fn apply(ctx: &Context, manager: &str, node: &str, labels: &Labels) -> boo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::book::ProviderView;
+    use plumbline_adapters::{BackingVm, VmId, VmPlacement};
+    use plumbline_crds::{
+        names::{TOPOLOGY_CLUSTER_LABEL, TOPOLOGY_HOST_LABEL},
+        NodeMappingStrategy,
+    };
+
+    const UUID: &str = "5f1d3c0a-1b2c-4d5e-8f90-123456789abc";
+
+    fn node(labels: &[(&str, &str)]) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "labels": labels.iter().cloned().collect::<BTreeMap<_, _>>()},
+            "spec": {"providerID": format!("vsphere://{UUID}")},
+        }))
+        .unwrap()
+    }
+
+    fn provider(name: &str, vms: Vec<BackingVm>) -> ProviderView {
+        let mut p = ProviderView::new(
+            name,
+            Duration::from_secs(1),
+            NodeMappingStrategy::ProviderId,
+            None,
+        );
+        p.inventory = vms;
+        p
+    }
+
+    fn vm(host: &str, cluster: Option<&str>) -> BackingVm {
+        BackingVm {
+            id: VmId::new(UUID),
+            name: "vm1".into(),
+            provider_id: format!("vsphere://{UUID}"),
+            host: host.into(),
+            cluster: cluster.map(str::to_string),
+            datastores: vec![],
+            disks: vec![],
+            running: true,
+        }
+    }
+
+    fn names(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_node_is_labelled_where_its_vm_runs_and_follows_a_move_seen_while_sampling() {
+        let mut book = HealthBook::default();
+        book.providers
+            .insert("vc".into(), provider("vc", vec![vm("esx 1", Some("C1"))]));
+        let t = node_topology(&book, &names(&["vc"]), &node(&[]));
+        let want: Labels = [
+            (TOPOLOGY_HOST_LABEL, "esx-1"),
+            (TOPOLOGY_PROVIDER_LABEL, "vc"),
+            (TOPOLOGY_CLUSTER_LABEL, "C1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(t.desired, Some(want));
+        // A vMotion to a standalone host, as one sampling cycle reports it.
+        let moved = book.record_placements(
+            "vc",
+            &[VmPlacement {
+                vm: VmId::new(UUID),
+                host: "esx-9".into(),
+                cluster: None,
+            }],
+        );
+        assert_eq!(moved, 1);
+        let t = node_topology(&book, &names(&["vc"]), &node(&[]));
+        let desired = t.desired.unwrap();
+        assert_eq!(desired.get(TOPOLOGY_HOST_LABEL).unwrap(), "esx-9");
+        assert!(!desired.contains_key(TOPOLOGY_CLUSTER_LABEL));
+    }
+
+    #[test]
+    fn labels_of_a_provider_not_reported_yet_are_left_alone_and_of_a_gone_one_released() {
+        let labelled = node(&[
+            (TOPOLOGY_HOST_LABEL, "esx-1"),
+            (TOPOLOGY_PROVIDER_LABEL, "vc"),
+        ]);
+        // Just started: the provider exists but has listed no VMs yet.
+        let mut book = HealthBook::default();
+        book.providers.insert("vc".into(), provider("vc", vec![]));
+        assert_eq!(
+            node_topology(&book, &names(&["vc"]), &labelled).desired,
+            None
+        );
+        // Not even in the book yet.
+        let empty = HealthBook::default();
+        assert_eq!(
+            node_topology(&empty, &names(&["vc"]), &labelled).desired,
+            None
+        );
+        // The provider is gone: release.
+        assert_eq!(
+            node_topology(&empty, &names(&[]), &labelled).desired,
+            Some(Labels::new())
+        );
+        // It reported, and the VM is not among its VMs: release.
+        book.providers.insert(
+            "vc".into(),
+            provider(
+                "vc",
+                vec![BackingVm {
+                    id: VmId::new("other"),
+                    ..vm("esx-1", None)
+                }],
+            ),
+        );
+        assert_eq!(
+            node_topology(&book, &names(&["vc"]), &labelled).desired,
+            Some(Labels::new())
+        );
+    }
+
+    #[test]
+    fn each_instance_has_its_own_field_manager() {
+        assert_eq!(field_manager(None), "plumbline-topology.cluster");
+        assert_eq!(field_manager(Some("shop")), "plumbline-topology.shop");
+    }
+}
