@@ -13,6 +13,20 @@ pub mod intent {
     pub const DEGRADED: &str = "Degraded";
 }
 
+/// The `SpreadAcrossHosts` condition on a `WorkloadIntent` with `placement.spreadAcrossHosts`,
+/// and its reasons (written by the storage-health loop, which knows each pod's host).
+pub mod placement {
+    pub const SPREAD_ACROSS_HOSTS: &str = "SpreadAcrossHosts";
+    /// The pods run on VMs on two or more hosts.
+    pub const SPREAD: &str = "Spread";
+    /// Two or more pods, every one of them on one host: one host failure stops the service.
+    pub const ONE_HOST: &str = "OneHost";
+    /// One pod: nothing to spread.
+    pub const SINGLE_POD: &str = "SinglePod";
+    /// No pod's host is known (no provider reaches their nodes' VMs yet): unknown, not False.
+    pub const HOSTS_UNKNOWN: &str = "HostsUnknown";
+}
+
 /// Condition types on a `HypervisorProvider`.
 pub mod provider {
     /// A session to the hypervisor is open.

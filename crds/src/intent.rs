@@ -306,6 +306,33 @@ pub struct WorkloadIntentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["vm"]))]
     pub protected_vms: Vec<ProtectedVmStatus>,
+    /// How the workload's pods are spread over hypervisor hosts; `SpreadAcrossHosts` says
+    /// whether that is enough when `placement.spreadAcrossHosts` asks for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementStatus>,
+}
+
+/// How the workload's pods are spread over hypervisor hosts (written by the storage-health
+/// loop).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementStatus {
+    /// Pods per host, most first.
+    #[serde(default)]
+    pub hosts: Vec<HostPods>,
+    /// Distinct hosts running the workload's pods.
+    pub distinct_hosts: i32,
+    /// Pods whose host is not known (their node maps to no provider's VM).
+    #[serde(default)]
+    pub pods_on_unknown_hosts: i32,
+}
+
+/// The workload's pods on one host.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPods {
+    pub host: String,
+    pub pods: i32,
 }
 
 /// One VM backing the workload, protected with more CPU shares than its neighbours.

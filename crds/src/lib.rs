@@ -33,8 +33,8 @@ pub use infra_change::{
     InfraChangeStatus, ThrottleStep, VmRef,
 };
 pub use intent::{
-    Availability, BackingPod, GuardReport, HostSpread, Infrastructure, NeighbourCandidateStatus,
-    NeighbourThrottleStatus, Placement, Priority, ProtectedVmStatus, Storage, TargetKind, TimeWindow, Weekday,
+    Availability, BackingPod, GuardReport, HostPods, HostSpread, Infrastructure, NeighbourCandidateStatus,
+    NeighbourThrottleStatus, Placement, PlacementStatus, Priority, ProtectedVmStatus, Storage, TargetKind, TimeWindow, Weekday,
     WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};

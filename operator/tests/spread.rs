@@ -1,7 +1,9 @@
 //! `placement.spreadAcrossHosts` on the real stack: a 3-replica Deployment on the vSphere
 //! simulator's nodes gets a topology spread constraint on `topology.plumbline.dev/host`, its
-//! pods land on more than one hypervisor host after the rollout, and deleting the intent
-//! removes the constraint. Needs `e2e/stack up`.
+//! pods land on more than one hypervisor host after the rollout (`status.placement`,
+//! `SpreadAcrossHosts=True`), a workload held on one host's nodes is `SpreadAcrossHosts=False`
+//! with `plumbline_workload_hosts` 1, and deleting the intent removes the constraint. Needs
+//! `e2e/stack up`.
 
 mod common;
 mod health_common;
@@ -163,6 +165,83 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
         )
         .await?;
         println!("3 pods on hosts {spread:?}");
+        let intents = cluster.intents();
+        let condition = |wi: &plumbline_crds::WorkloadIntent| {
+            wi.status.as_ref().and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == "SpreadAcrossHosts")
+                    .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            })
+        };
+        let addr = operator.as_ref().map(|o| o.http_addr).context("the operator runs")?;
+        eventually("status.placement and SpreadAcrossHosts=True", PATIENCE, || async {
+            let wi = intents.get("web").await?;
+            let placement = wi.status.as_ref().and_then(|s| s.placement.clone());
+            Ok(match (&placement, condition(&wi)) {
+                (Some(p), Some((status, reason, _)))
+                    if p.distinct_hosts >= 2 && status == "True" && reason == "Spread" =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+
+        // A workload held on one host's nodes: SpreadAcrossHosts=False, and the metric says 1.
+        let (one_host, its_nodes) = host_of_node
+            .iter()
+            .fold(BTreeMap::<&String, Vec<&String>>::new(), |mut by, (node, host)| {
+                by.entry(host).or_default().push(node);
+                by
+            })
+            .into_iter()
+            .max_by_key(|(_, nodes)| nodes.len())
+            .context("no simulator host")?;
+        deploy_placed(
+            &admin,
+            &ns,
+            "solo",
+            2,
+            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": its_nodes}]}]}}}}),
+        )
+        .await?;
+        cluster
+            .apply_intent(
+                "solo",
+                json!({"target": {"kind": "Deployment", "name": "solo"}, "priority": "standard",
+                       "placement": {"spreadAcrossHosts": "preferred"}}),
+            )
+            .await?;
+        let want = format!(
+            "2 of 2 pods run on VMs on host {one_host}: one host failure stops the service"
+        );
+        eventually("SpreadAcrossHosts=False on one host", PATIENCE, || async {
+            let wi = intents.get("solo").await?;
+            Ok(match condition(&wi) {
+                Some((status, reason, message))
+                    if status == "False" && reason == "OneHost" && message == want =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+        let series = format!("plumbline_workload_hosts{{namespace=\"{ns}\",intent=\"solo\"}} 1");
+        let metrics = common::metrics(addr).await?;
+        anyhow::ensure!(
+            metrics.contains(&series),
+            "{series} in /metrics:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("workload_hosts"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
 
         // Deleting the intent takes the constraint out again.
         cluster.delete_intent("web").await?;

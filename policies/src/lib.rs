@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod maintenance;
 pub mod observed;
 pub mod plan;
+pub mod placement;
 pub mod planner;
 pub mod quantity;
 pub mod revert;

@@ -29,7 +29,8 @@ use super::{
 use crate::{
     context::Context,
     metrics::health::{
-        BackingLabels, DiskLabels, PodLabels, TransitionLabels, VerdictLabels, VmLabels,
+        BackingLabels, DiskLabels, IntentLabels, PodLabels, TransitionLabels, VerdictLabels,
+        VmLabels,
     },
 };
 
@@ -50,6 +51,7 @@ struct Series {
     verdicts: HashSet<VerdictLabels>,
     disks: HashSet<DiskLabels>,
     iops: HashSet<VmLabels>,
+    hosts: HashSet<IntentLabels>,
 }
 
 impl Feedback {
@@ -217,7 +219,13 @@ impl Feedback {
             pods: set_all(s.pods, |l, v| {
                 m.pod_storage_healthy.get_or_create(l).set(v);
             }),
+            hosts: set_all(s.hosts, |l, v| {
+                m.workload_hosts.get_or_create(l).set(v);
+            }),
         };
+        for l in self.series.hosts.difference(&new.hosts) {
+            m.workload_hosts.remove(l);
+        }
         for l in self.series.backing.difference(&new.backing) {
             m.backing_info.remove(l);
         }

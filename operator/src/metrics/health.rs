@@ -54,6 +54,12 @@ pub struct PodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IntentLabels {
+    pub namespace: String,
+    pub intent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     pub namespace: String,
     pub intent: String,
@@ -88,6 +94,8 @@ pub struct HealthMetrics {
     pub sample_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     pub detection_latency: Histogram,
     pub taints_held: Gauge,
+    /// Distinct hypervisor hosts running each intent's pods.
+    pub workload_hosts: Family<IntentLabels, Gauge>,
     /// Nodes carrying the topology labels this instance applied (health/topology.rs).
     pub topology_labelled_nodes: Gauge,
     /// Topology label writes, by outcome.
@@ -114,6 +122,7 @@ impl HealthMetrics {
             sample_duration: Family::new_with_constructor(sample_histogram),
             detection_latency: detection_histogram(),
             taints_held: Gauge::default(),
+            workload_hosts: Family::default(),
             topology_labelled_nodes: Gauge::default(),
             topology_writes: Family::default(),
         };
@@ -169,6 +178,11 @@ impl HealthMetrics {
             "storage_taints_held",
             "Nodes whose storage is over budget but that do not get the storage taint: the cap is reached, or a workload has no other node",
             m.taints_held.clone(),
+        );
+        registry.register(
+            "workload_hosts",
+            "Distinct hypervisor hosts running the pods of each intent's workload (1: one host failure stops it)",
+            m.workload_hosts.clone(),
         );
         registry.register(
             "topology_labelled_nodes",

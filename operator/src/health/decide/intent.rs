@@ -34,7 +34,9 @@ const LISTED_NEIGHBOURS: usize = 5;
 #[derive(Default)]
 pub(super) struct IntentsDecided {
     pub(super) pods: Vec<PodWrite>,
-    pub(super) statuses: Vec<StatusWrite>,
+    /// The status bodies, per intent `(namespace, name)`; written when due (see
+    /// [`status_write`]).
+    pub(super) bodies: BTreeMap<(String, String), Value>,
     /// Victims for the noisy-neighbour logic: merged per VM, worst state and highest tier.
     pub(super) victims: BTreeMap<VmKey, Victim<VmRef>>,
 }
@@ -217,7 +219,18 @@ pub(super) fn decide_intent(
             body["neighbourCandidates"] = json!(near);
         }
     }
-    let key = (view.namespace.clone(), view.name.clone());
+    out.bodies
+        .insert((view.namespace.clone(), view.name.clone()), body);
+}
+
+/// The write of an intent's status body, if due: its shape changed, or its figures after a
+/// while.
+pub(super) fn status_write(
+    memory: &PassMemory,
+    input: &PassInput<'_>,
+    key: (String, String),
+    body: Value,
+) -> Option<StatusWrite> {
     let due = match memory.intent_status.get(&key) {
         None => true,
         Some((prev, at)) => {
@@ -225,9 +238,7 @@ pub(super) fn decide_intent(
                 || (prev != &body && refresh_due(Some(at), input.instant))
         }
     };
-    if due {
-        out.statuses.push(StatusWrite { intent: key, body });
-    }
+    due.then_some(StatusWrite { intent: key, body })
 }
 
 fn verdict_word(state: HealthState) -> &'static str {

@@ -10,6 +10,7 @@
 mod intent;
 pub mod memory;
 mod node;
+mod placement;
 mod series;
 pub mod writes;
 
@@ -27,7 +28,10 @@ use intent::{decide_intent, IntentsDecided};
 use node::decide_nodes;
 use series::decide_series;
 
-use crate::health::{book::HealthBook, graph::VmKey, throttle};
+use crate::{
+    health::{book::HealthBook, graph::VmKey, throttle},
+    metrics::health::IntentLabels,
+};
 
 /// Decides one pass. Reads verdicts from `book` (registering the budgets asked for, and
 /// forgetting the others), and keeps `memory` for the next pass.
@@ -108,6 +112,11 @@ pub fn decide(
         };
         decide_intent(memory, input, b, view, storage, &candidates, &mut intents);
     }
+    let hosts = placement::decide(input, b, views, &mut intents.bodies);
+    let statuses = std::mem::take(&mut intents.bodies)
+        .into_iter()
+        .filter_map(|(key, body)| intent::status_write(memory, input, key, body))
+        .collect();
 
     let (nodes, taint_wants) = decide_nodes(memory, input, b, &strictest);
     let taints = memory.taints.plan(
@@ -158,10 +167,17 @@ pub fn decide(
     );
     b.retain_budgets(&wanted, now);
     memory.forget_gone(views, input.nodes, &wanted);
+    let series = PassSeries {
+        hosts: hosts
+            .into_iter()
+            .map(|((namespace, intent), n)| (IntentLabels { namespace, intent }, n))
+            .collect(),
+        ..series
+    };
     PassDecision {
         pods: intents.pods,
         nodes,
-        statuses: intents.statuses,
+        statuses,
         throttles,
         actions,
         taints,

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::{
     health::taint::TaintPlan,
-    metrics::health::{BackingLabels, DiskLabels, PodLabels, VerdictLabels, VmLabels},
+    metrics::health::{
+        BackingLabels, DiskLabels, IntentLabels, PodLabels, VerdictLabels, VmLabels,
+    },
 };
 
 /// Everything one pass writes, in the order it is written.
@@ -96,6 +98,8 @@ pub struct PassSeries {
     pub pods: Vec<(PodLabels, i64)>,
     /// Deserving nodes the taint cap holds back.
     pub taints_held: i64,
+    /// Distinct hosts running each intent's pods.
+    pub hosts: Vec<(IntentLabels, i64)>,
 }
 
 pub(super) fn condition_of<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
