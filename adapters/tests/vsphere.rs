@@ -39,32 +39,46 @@ async fn simulator_vms() -> Vec<SimVm> {
 #[tokio::test]
 async fn inventory_matches_the_simulator() {
     let hv = connect(vsphere(&stack())).await.unwrap();
-    let vms = hv.inventory().await.unwrap();
     type Row = (String, String, Option<String>, String);
-    let ours: BTreeMap<String, Row> = vms
-        .iter()
-        .map(|v| {
-            (
-                v.id.to_string(),
-                (
-                    v.name.clone(),
-                    v.host.clone(),
-                    v.cluster.clone(),
-                    v.provider_id.clone(),
-                ),
-            )
-        })
-        .collect();
-    let theirs: BTreeMap<String, Row> = simulator_vms()
-        .await
-        .into_iter()
-        .map(|v| {
-            let id = VmId::new(&v.uuid).to_string();
-            let provider = format!("vsphere://{id}");
-            let cluster = (!v.cluster.is_empty()).then_some(v.cluster);
-            (id, (v.name, v.host, cluster, provider))
-        })
-        .collect();
+    let simulator = || async {
+        simulator_vms()
+            .await
+            .into_iter()
+            .map(|v| {
+                let id = VmId::new(&v.uuid).to_string();
+                let provider = format!("vsphere://{id}");
+                let cluster = (!v.cluster.is_empty()).then_some(v.cluster);
+                (id, (v.name, v.host, cluster, provider))
+            })
+            .collect::<BTreeMap<String, Row>>()
+    };
+    // The simulator read before and after the adapter's: a serial test may move a VM
+    // (topology.rs) meanwhile, and then both are read again.
+    let mut attempts = 0;
+    let (vms, ours, theirs, samples) = loop {
+        let before = simulator().await;
+        let vms = hv.inventory().await.unwrap();
+        let samples = hv.sample_storage().await.unwrap();
+        let after = simulator().await;
+        attempts += 1;
+        if before == after || attempts == 5 {
+            let ours: BTreeMap<String, Row> = vms
+                .iter()
+                .map(|v| {
+                    (
+                        v.id.to_string(),
+                        (
+                            v.name.clone(),
+                            v.host.clone(),
+                            v.cluster.clone(),
+                            v.provider_id.clone(),
+                        ),
+                    )
+                })
+                .collect();
+            break (vms, ours, after, samples);
+        }
+    };
     assert!(
         theirs.len() >= 4,
         "the simulator serves at least 4 VMs: {theirs:?}"
@@ -80,7 +94,6 @@ async fn inventory_matches_the_simulator() {
         "VMs in the cluster and on the standalone host: {ours:?}"
     );
     // A sampling cycle places every VM as the inventory does.
-    let samples = hv.sample_storage().await.unwrap();
     let placed: BTreeMap<String, (String, Option<String>)> = samples
         .placements
         .iter()
