@@ -260,6 +260,7 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
         Some(op) => release_everything(&admin, &ns, op).await,
         None => Ok(()),
     };
+    release_topology_labels(&admin, &ns).await;
     cluster.cleanup().await;
     result.and(released)
 }

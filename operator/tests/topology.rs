@@ -16,10 +16,7 @@ mod health_common;
 use anyhow::{ensure, Context as _, Result};
 use health_common::*;
 use k8s_openapi::api::core::v1::Node;
-use kube::{
-    api::{ListParams, Patch, PatchParams},
-    Api, Client, ResourceExt,
-};
+use kube::{api::ListParams, Api, Client, ResourceExt};
 use plumbline_crds::{
     names::{TOPOLOGY_CLUSTER_LABEL, TOPOLOGY_HOST_LABEL, TOPOLOGY_PROVIDER_LABEL},
     HypervisorProvider,
@@ -27,7 +24,6 @@ use plumbline_crds::{
 use plumbline_e2e::vsphere_vms::SimVmPlacement;
 use plumbline_operator::{clock::SystemClock, health::topology, run::Operator};
 use plumbline_policies::topology::label_value;
-use serde_json::json;
 use std::{
     collections::BTreeMap,
     sync::Arc,
@@ -102,52 +98,10 @@ impl Scene {
         if let Some(op) = self.operator.take() {
             op.stop().await;
         }
-        // Whatever is left (the operator failed, or never got to it): released as the operator
-        // would, by an apply without labels under its field manager.
-        if let Ok(owned) = owned_by(self.admin(), &self.field_manager()).await {
-            for node in owned.keys() {
-                let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}});
-                let _ = Api::<Node>::all(self.admin().clone())
-                    .patch(
-                        node,
-                        &PatchParams::apply(&self.field_manager()).force(),
-                        &Patch::Apply(&body),
-                    )
-                    .await;
-            }
-        }
+        // Whatever is left (the operator failed, or never got to it).
+        release_topology_labels(self.admin(), &self.cluster.namespace).await;
         self.cluster.cleanup().await;
     }
-}
-
-/// Nodes on which `manager` owns topology labels, with the labels' keys.
-async fn owned_by(admin: &Client, manager: &str) -> Result<BTreeMap<String, Vec<String>>> {
-    let nodes = Api::<Node>::all(admin.clone())
-        .list(&ListParams::default())
-        .await
-        .context("listing nodes")?;
-    let mut owned = BTreeMap::new();
-    for node in nodes.items {
-        let keys: Vec<String> = node
-            .metadata
-            .managed_fields
-            .iter()
-            .flatten()
-            .filter(|m| m.manager.as_deref() == Some(manager))
-            .filter_map(|m| m.fields_v1.as_ref())
-            .flat_map(|f| {
-                f.0.pointer("/f:metadata/f:labels")
-                    .and_then(|l| l.as_object())
-                    .map(|l| l.keys().cloned().collect::<Vec<_>>())
-                    .unwrap_or_default()
-            })
-            .filter(|k| k.starts_with("f:topology.plumbline.dev/"))
-            .collect();
-        if !keys.is_empty() {
-            owned.insert(node.name_any(), keys);
-        }
-    }
-    Ok(owned)
 }
 
 /// The topology labels every VM-backed node of the stack should carry: libvirt guests on

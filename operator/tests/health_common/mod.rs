@@ -12,7 +12,7 @@ use kube::{
 use plumbline_crds::{HypervisorProvider, InfraChange, WorkloadIntent};
 use plumbline_e2e::cluster::pod_condition;
 use serde_json::json;
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 /// The guests' disk limits, as virsh reports and sets them (not every test reads them).
 #[allow(unused_imports)]
@@ -503,4 +503,54 @@ pub async fn node_event_reasons(
         })
         .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
         .collect())
+}
+
+/// Nodes on which `manager` owns topology labels, with the labels' keys.
+pub async fn owned_by(admin: &Client, manager: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let nodes = Api::<Node>::all(admin.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing nodes")?;
+    let mut owned = BTreeMap::new();
+    for node in nodes.items {
+        let keys: Vec<String> = node
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.manager.as_deref() == Some(manager))
+            .filter_map(|m| m.fields_v1.as_ref())
+            .flat_map(|f| {
+                f.0.pointer("/f:metadata/f:labels")
+                    .and_then(|l| l.as_object())
+                    .map(|l| l.keys().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .filter(|k| k.starts_with("f:topology.plumbline.dev/"))
+            .collect();
+        if !keys.is_empty() {
+            owned.insert(node.name_any(), keys);
+        }
+    }
+    Ok(owned)
+}
+
+/// Releases the topology labels the test operator of `namespace` applied, as the operator
+/// would (an apply without labels under its field manager): a test with labels on leaves no
+/// field manager of its own on the shared nodes.
+pub async fn release_topology_labels(admin: &Client, namespace: &str) {
+    let manager = plumbline_operator::health::topology::field_manager(Some(namespace));
+    let Ok(owned) = owned_by(admin, &manager).await else {
+        return;
+    };
+    for node in owned.keys() {
+        let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}});
+        let _ = Api::<Node>::all(admin.clone())
+            .patch(
+                node,
+                &kube::api::PatchParams::apply(&manager).force(),
+                &kube::api::Patch::Apply(&body),
+            )
+            .await;
+    }
 }
