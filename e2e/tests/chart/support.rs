@@ -458,6 +458,10 @@ impl OperatorProcess {
         let child = Command::new(operator_binary())
             .arg("run")
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            // Topology labels are node-wide and outlive a stopped operator; the operator's tests
+            // of them release theirs (operator/tests/topology.rs). The chart's grant for them
+            // is checked with `auth can-i`.
+            .arg("--topology-labels=false")
             .args(extra_args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -57,6 +57,9 @@ impl OperatorProcess {
                 // As in `test_health`: the stack's latency is on the victim's own disk, so the
                 // ladder's judgement would undo every step.
                 "--throttle-judge-samples=0",
+                // As in `test_health`: topology labels are node-wide, and a killed operator
+                // never releases them; only the tests of them (topology.rs, spread.rs) write them.
+                "--topology-labels=false",
             ])
             .args(LEASE_ARGS)
             .args(extra)
