@@ -2,7 +2,8 @@
 //! simulator's nodes gets a topology spread constraint on `topology.plumbline.dev/host`, its
 //! pods land on more than one hypervisor host after the rollout (`status.placement`,
 //! `SpreadAcrossHosts=True`), a workload held on one host's nodes is `SpreadAcrossHosts=False`
-//! with `plumbline_workload_hosts` 1, and deleting the intent removes the constraint. Needs
+//! with `plumbline_workload_hosts` 1 (on the libvirt host the message also says what would
+//! fix it), and deleting the intent removes the constraint. Needs
 //! `e2e/stack up`.
 
 mod common;
@@ -231,6 +232,50 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
             })
         })
         .await?;
+        // On the libvirt host (one host, no DRS) the message also says what would fix it.
+        apply_libvirt_provider(&admin, &ns, stack.libvirt_uri()?).await?;
+        let guests: Vec<String> = {
+            use plumbline_adapters::{HypervisorConfig, LibvirtConfig};
+            let hv = plumbline_adapters::connect(HypervisorConfig::Libvirt(LibvirtConfig {
+                uri: stack.libvirt_uri()?.to_string(),
+            }))
+            .await?;
+            let inventory = hv.inventory().await?;
+            let _ = hv.close().await;
+            inventory.into_iter().map(|vm| vm.name).collect()
+        };
+        deploy_placed(
+            &admin,
+            &ns,
+            "kvm",
+            2,
+            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": guests}]}]}}}}),
+        )
+        .await?;
+        cluster
+            .apply_intent(
+                "kvm",
+                json!({"target": {"kind": "Deployment", "name": "kvm"}, "priority": "standard",
+                       "placement": {"spreadAcrossHosts": "preferred"}}),
+            )
+            .await?;
+        eventually("SpreadAcrossHosts=False on the libvirt host, with the fix", PATIENCE, || async {
+            let wi = intents.get("kvm").await?;
+            Ok(match condition(&wi) {
+                Some((status, reason, message))
+                    if status == "False"
+                        && reason == "OneHost"
+                        && message.contains("is a libvirt host (no DRS, nothing is changed there)") =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+
         let series = format!("plumbline_workload_hosts{{namespace=\"{ns}\",intent=\"solo\"}} 1");
         let metrics = common::metrics(addr).await?;
         anyhow::ensure!(

@@ -13,11 +13,21 @@ pub struct SpreadVerdict {
     pub message: String,
 }
 
+/// What kind of hypervisor the pods' one host is, for saying what would fix a bad spread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// A libvirt provider is one host, and libvirt has no DRS: Plumbline changes nothing there.
+    Libvirt,
+    VSphere,
+}
+
 /// The placement status of pods on `hosts` (one entry per pod, `None` when its host is not
-/// known), and the verdict when the intent asks for spreading.
+/// known), and the verdict when the intent asks for spreading. `one_host_kind` is the kind of
+/// hypervisor behind the pods when one provider backs them all.
 pub fn host_spread(
     hosts: &[Option<String>],
     asked: bool,
+    one_host_kind: Option<HostKind>,
 ) -> (PlacementStatus, Option<SpreadVerdict>) {
     let mut per_host: BTreeMap<&str, i32> = BTreeMap::new();
     for h in hosts.iter().flatten() {
@@ -60,8 +70,18 @@ pub fn host_spread(
                 status: status::FALSE,
                 reason: p::ONE_HOST,
                 message: format!(
-                    "{} of {total} pods run on VMs on host {}: one host failure stops the service",
-                    only.pods, only.host
+                    "{} of {total} pods run on VMs on host {}: one host failure stops the service{}",
+                    only.pods,
+                    only.host,
+                    match one_host_kind {
+                        Some(HostKind::Libvirt) => format!(
+                            ". Host {} is a libvirt host (no DRS, nothing is changed there): \
+                             nodes on VMs of another host, allowed for the workload, would let \
+                             the scheduler spread it",
+                            only.host
+                        ),
+                        _ => String::new(),
+                    }
                 ),
             },
             (_, many) => SpreadVerdict {
@@ -87,7 +107,11 @@ mod tests {
 
     #[test]
     fn pods_on_one_host_are_not_spread_and_the_message_says_why() {
-        let (status, verdict) = host_spread(&on(&["esx-1", "esx-1", "esx-1"]), true);
+        let (status, verdict) = host_spread(
+            &on(&["esx-1", "esx-1", "esx-1"]),
+            true,
+            Some(HostKind::VSphere),
+        );
         assert_eq!(status.distinct_hosts, 1);
         let v = verdict.unwrap();
         assert_eq!((v.status, v.reason), (status::FALSE, p::ONE_HOST));
@@ -98,8 +122,24 @@ mod tests {
     }
 
     #[test]
+    fn on_a_libvirt_host_the_message_says_what_would_fix_it_and_nothing_is_changed() {
+        let v = host_spread(&on(&["kvm-1", "kvm-1"]), true, Some(HostKind::Libvirt))
+            .1
+            .unwrap();
+        assert_eq!((v.status, v.reason), (status::FALSE, p::ONE_HOST));
+        assert!(
+            v.message.starts_with(
+                "2 of 2 pods run on VMs on host kvm-1: one host failure stops the service. \
+                 Host kvm-1 is a libvirt host (no DRS"
+            ),
+            "{}",
+            v.message
+        );
+    }
+
+    #[test]
     fn two_hosts_are_spread_most_loaded_first() {
-        let (status, verdict) = host_spread(&on(&["b", "a", "b", ""]), true);
+        let (status, verdict) = host_spread(&on(&["b", "a", "b", ""]), true, None);
         assert_eq!(
             status.hosts,
             vec![
@@ -121,12 +161,12 @@ mod tests {
 
     #[test]
     fn unknown_hosts_are_unknown_and_one_pod_is_fine() {
-        let v = host_spread(&on(&["", ""]), true).1.unwrap();
+        let v = host_spread(&on(&["", ""]), true, None).1.unwrap();
         assert_eq!((v.status, v.reason), (status::UNKNOWN, p::HOSTS_UNKNOWN));
-        let v = host_spread(&on(&["a"]), true).1.unwrap();
+        let v = host_spread(&on(&["a"]), true, None).1.unwrap();
         assert_eq!((v.status, v.reason), (status::TRUE, p::SINGLE_POD));
         assert!(
-            host_spread(&on(&["a", "a"]), false).1.is_none(),
+            host_spread(&on(&["a", "a"]), false, None).1.is_none(),
             "not asked for"
         );
     }

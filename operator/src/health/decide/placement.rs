@@ -3,8 +3,9 @@
 //! asks for it, merged into the intent's status body; and the distinct hosts per intent for
 //! `plumbline_workload_hosts`.
 
+use kube::ResourceExt;
 use plumbline_crds::conditions::placement::SPREAD_ACROSS_HOSTS;
-use plumbline_policies::placement::host_spread;
+use plumbline_policies::placement::{host_spread, HostKind};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -36,7 +37,24 @@ pub(super) fn decide(
             .placement
             .as_ref()
             .is_some_and(|p| p.spread_across_hosts.is_some());
-        let (status, verdict) = host_spread(&hosts, asked);
+        // The kind of hypervisor behind the pods, when one provider backs them all.
+        let providers: std::collections::BTreeSet<&str> = view
+            .pods
+            .iter()
+            .filter_map(|p| Some(p.vm.as_ref()?.provider.as_str()))
+            .collect();
+        let kind = match providers.into_iter().collect::<Vec<_>>().as_slice() {
+            [only] => input
+                .providers
+                .iter()
+                .find(|hp| hp.name_any() == *only)
+                .map(|hp| match hp.spec.libvirt {
+                    Some(_) => HostKind::Libvirt,
+                    None => HostKind::VSphere,
+                }),
+            _ => None,
+        };
+        let (status, verdict) = host_spread(&hosts, asked, kind);
         let key = (view.namespace.clone(), view.name.clone());
         if status.distinct_hosts > 0 {
             hosts_per_intent.push((key.clone(), i64::from(status.distinct_hosts)));
