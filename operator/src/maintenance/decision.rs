@@ -75,7 +75,7 @@ async fn observe(
         budgets.as_deref().unwrap_or_default(),
         now,
     );
-    view::replicas(world.client, &mut workloads, &surges).await;
+    view::replicas(world.client, &host_pods, &mut workloads, &surges).await;
     let status = hm.status.clone().unwrap_or_default();
     let started_at = status
         .started_at

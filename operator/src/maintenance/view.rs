@@ -8,11 +8,10 @@ use k8s_openapi::{
 };
 use kube::{api::DynamicObject, Api, Client, ResourceExt};
 use plumbline_crds::{
-    conditions::status, ChangePurpose, HostMaintenance, InfraChange, Priority, TargetKind,
-    WorkloadIntent,
+    conditions::status, ChangePurpose, HostMaintenance, InfraChange, TargetKind, WorkloadIntent,
 };
 use plumbline_policies::{
-    maintenance::{HostNode, HostPod, IntentFacts, WorkloadFacts},
+    maintenance::{needs_surge, ready_on_host, HostNode, HostPod, IntentFacts, WorkloadFacts},
     WorkloadRef,
 };
 use std::{
@@ -280,24 +279,23 @@ pub fn surges_of(
 }
 
 /// Fills in each workload's replicas and the surge in force: a surge's recorded original,
-/// else `spec.replicas` read now, for the workloads that may need a surge (an active critical
-/// or high intent); others are left unread.
+/// else `spec.replicas` read now, only for the workloads that need a surge
+/// ([`needs_surge`]); others are left unread.
 pub async fn replicas(
     client: &Client,
+    pods: &[HostPod],
     facts: &mut BTreeMap<String, WorkloadFacts>,
     surges: &BTreeMap<String, (usize, Option<usize>)>,
 ) {
+    let ready_here = ready_on_host(pods);
     for (key, f) in facts.iter_mut() {
         if let Some((replicas, original)) = surges.get(key) {
             f.surge = Some(*replicas);
             f.replicas = *original;
             continue;
         }
-        let eligible = f
-            .intent
-            .as_ref()
-            .is_some_and(|i| i.active && matches!(i.priority, Priority::Critical | Priority::High));
-        let Some(target) = workload_ref(key).filter(|_| eligible) else {
+        let need = ready_here.get(key.as_str()).copied().unwrap_or(0);
+        let Some(target) = workload_ref(key).filter(|_| needs_surge(f, need)) else {
             continue;
         };
         match workload_api(client, &target).get(&target.name).await {

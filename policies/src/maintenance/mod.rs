@@ -21,7 +21,7 @@ pub mod detect;
 mod surge;
 
 use surge::surges;
-pub use surge::Surge;
+pub use surge::{needs_surge, ready_on_host, Surge};
 
 use plumbline_crds::{conditions::maintenance as m, OnTimeout, Priority};
 use std::{
