@@ -193,11 +193,6 @@ pub fn diff(wanted: Vec<InfraChangeSpec>, existing: &[&InfraChange], operator: &
     out
 }
 
-/// Whether a target is on `provider` (one of its VMs or hosts).
-pub fn targets_provider(spec: &InfraChangeSpec, provider: &str) -> bool {
-    spec.target.provider.as_deref() == Some(provider)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,9 +15,8 @@ pub mod lost;
 
 pub use actuation::{after_readback, next_work, ActuationPolicy, Readback, Work};
 pub use desired::{
-    diff, owner_summary, protection_spec, taint_setting, taint_spec, targets_provider,
-    throttle_from_spec, throttle_spec, LedgerDiff, ABSENT, MAINTENANCE_MODE, PRESENT, REPLICAS,
-    UNSCHEDULABLE,
+    diff, owner_summary, protection_spec, taint_setting, taint_spec, throttle_from_spec,
+    throttle_spec, LedgerDiff, ABSENT, MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE,
 };
 
 use std::time::SystemTime;
