@@ -229,22 +229,6 @@ async fn cordoned(admin: &Client) -> Result<BTreeSet<String>> {
         .collect())
 }
 
-/// The host the libvirt provider reports for its guests, and their node names.
-async fn libvirt_host(stack: &plumbline_e2e::Stack) -> Result<(String, Vec<String>)> {
-    use plumbline_adapters::{HypervisorConfig, LibvirtConfig};
-    let hv = plumbline_adapters::connect(HypervisorConfig::Libvirt(LibvirtConfig {
-        uri: stack.libvirt_uri()?.to_string(),
-    }))
-    .await?;
-    let inventory = hv.inventory().await?;
-    let _ = hv.close().await;
-    let host = inventory
-        .first()
-        .map(|vm| vm.host.clone())
-        .context("the libvirt inventory is empty")?;
-    Ok((host, inventory.into_iter().map(|vm| vm.name).collect()))
-}
-
 /// The simulator's host with the most VMs, and the nodes (found by providerID) that are VMs
 /// on it.
 async fn busiest_vsphere_host(
@@ -345,16 +329,7 @@ async fn serial_maintenance_of_the_libvirt_host_moves_pods_to_vsphere_nodes_keep
         let provider = apply_libvirt_provider(&admin, &ns, &uri).await?;
         let (host, guests) = libvirt_host(&scene.stack).await?;
         // Four pods, preferring the libvirt guests' nodes: they start there.
-        deploy_placed(
-            &admin,
-            &ns,
-            "pay",
-            4,
-            json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                {"weight": 100, "preference": {"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": guests}]}}]}}}),
-        )
-        .await?;
+        deploy_placed(&admin, &ns, "pay", 4, preferring(&guests)).await?;
         scene
             .cluster
             .apply_intent(
@@ -374,14 +349,18 @@ async fn serial_maintenance_of_the_libvirt_host_moves_pods_to_vsphere_nodes_keep
                 })
                 .count()
         };
-        eventually("4 ready pods on the libvirt guests' nodes", PATIENCE, || async {
-            let list = pods(&admin, &ns, "pay").await?;
-            Ok(if ready_pods(&list) == 4 && on_guests(&list) >= 2 {
-                Ok(())
-            } else {
-                Err(summary(&list))
-            })
-        })
+        eventually(
+            "4 ready pods on the libvirt guests' nodes",
+            PATIENCE,
+            || async {
+                let list = pods(&admin, &ns, "pay").await?;
+                Ok(if ready_pods(&list) == 4 && on_guests(&list) >= 2 {
+                    Ok(())
+                } else {
+                    Err(summary(&list))
+                })
+            },
+        )
         .await?;
 
         // First a dry run: the pre-flight, nothing cordoned.
@@ -392,9 +371,12 @@ async fn serial_maintenance_of_the_libvirt_host_moves_pods_to_vsphere_nodes_keep
             .status_until(&name, "the pre-flight", |s| !s.workloads.is_empty())
             .await?;
         ensure!(
-            preview.workloads.iter().any(|w| w.intent.as_deref() == Some(&format!("{ns}/pay"))
-                && w.pods_on_host >= 2
-                && w.evictable),
+            preview
+                .workloads
+                .iter()
+                .any(|w| w.intent.as_deref() == Some(&format!("{ns}/pay"))
+                    && w.pods_on_host >= 2
+                    && w.evictable),
             "the pre-flight names the intent: {:?}",
             preview.workloads
         );
@@ -430,7 +412,10 @@ async fn serial_maintenance_of_the_libvirt_host_moves_pods_to_vsphere_nodes_keep
             guests.len(),
             started.elapsed()
         );
-        ensure!(fewest >= 2, "the workload went below its floor: {fewest} ready");
+        ensure!(
+            fewest >= 2,
+            "the workload went below its floor: {fewest} ready"
+        );
         let status = scene
             .status_until(&name, "ReadyForMaintenance", |s| {
                 s.conditions
@@ -455,7 +440,10 @@ async fn serial_maintenance_of_the_libvirt_host_moves_pods_to_vsphere_nodes_keep
         // The workload was surged by its pods on the host (its floor of 2 could not have
         // held otherwise when most of its pods were there), and all of them are ready elsewhere.
         let surged = replicas(&admin, &ns, "pay").await?;
-        ensure!(surged > 4, "a critical workload at its floor is surged: {surged} replicas");
+        ensure!(
+            surged > 4,
+            "a critical workload at its floor is surged: {surged} replicas"
+        );
         eventually("every replica ready elsewhere", PATIENCE, || async {
             let list = pods(&admin, &ns, "pay").await?;
             Ok(if ready_pods(&list) == surged as usize {
@@ -472,7 +460,11 @@ async fn serial_maintenance_of_the_libvirt_host_moves_pods_to_vsphere_nodes_keep
         scene.uncordoned("the guests' nodes", &guests).await?;
         eventually("back to 4 replicas", PATIENCE, || async {
             let now = replicas(&admin, &ns, "pay").await?;
-            Ok(if now == 4 { Ok(()) } else { Err(format!("{now} replicas")) })
+            Ok(if now == 4 {
+                Ok(())
+            } else {
+                Err(format!("{now} replicas"))
+            })
         })
         .await?;
         Ok(())
@@ -723,22 +715,10 @@ async fn serial_maintenance_of_a_vsphere_host_surges_a_critical_workload_then_dr
             &ns,
             "orders",
             2,
-            json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                {"weight": 100, "preference": {"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": vms}]}}]}}}),
+            preferring(&vms),
         )
         .await?;
-        let on_host = |pods: &[Pod]| {
-            pods.iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter(|p| {
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.as_ref())
-                        .is_some_and(|n| vms.contains(n))
-                })
-                .count()
-        };
+        let on_host = |pods: &[Pod]| on_nodes(pods, &vms);
         let apis = plumbline_operator::discovery::ServedApis::discover(&admin).await?;
         let budget = json!({
             "apiVersion": apis.pdb.api_version, "kind": "PodDisruptionBudget",
@@ -895,16 +875,7 @@ async fn serial_maintenance_started_on_vsphere_is_detected_drained_and_ended_wit
     let (host, nodes) = busiest_vsphere_host(&scene.stack, &admin).await?;
     let result = async {
         let provider = apply_vsphere_provider(&scene.stack, &admin, &ns).await?;
-        deploy_placed(
-            &admin,
-            &ns,
-            "web",
-            2,
-            json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                {"weight": 100, "preference": {"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}}]}}}),
-        )
-        .await?;
+        deploy_placed(&admin, &ns, "web", 2, preferring(&nodes)).await?;
         eventually("2 ready pods on the host's nodes", PATIENCE, || async {
             let list = pods(&admin, &ns, "web").await?;
             Ok(if ready_pods(&list) == 2 && on_nodes(&list, &nodes) >= 1 {
@@ -927,9 +898,14 @@ async fn serial_maintenance_started_on_vsphere_is_detected_drained_and_ended_wit
                 s.phase.as_deref() == Some("Drained")
             })
             .await?;
-        let hm = Api::<HostMaintenance>::all(admin.clone()).get(&name).await?;
+        let hm = Api::<HostMaintenance>::all(admin.clone())
+            .get(&name)
+            .await?;
         ensure!(
-            hm.labels().get("plumbline.dev/detected").map(String::as_str) == Some("true"),
+            hm.labels()
+                .get("plumbline.dev/detected")
+                .map(String::as_str)
+                == Some("true"),
             "labelled as detected: {:?}",
             hm.labels()
         );
@@ -950,7 +926,10 @@ async fn serial_maintenance_started_on_vsphere_is_detected_drained_and_ended_wit
         scene.stack.end_vsphere_maintenance(&host).await?;
         eventually("the detected maintenance deleted", PATIENCE, || async {
             Ok(
-                match Api::<HostMaintenance>::all(admin.clone()).get_opt(&name).await? {
+                match Api::<HostMaintenance>::all(admin.clone())
+                    .get_opt(&name)
+                    .await?
+                {
                     None => Ok(()),
                     Some(hm) => Err(format!("still there: {:?}", hm.status)),
                 },

@@ -64,16 +64,7 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
         let hosts: BTreeSet<&String> = host_of_node.values().collect();
         anyhow::ensure!(hosts.len() >= 2, "the simulator's nodes are on {hosts:?}");
         let nodes: Vec<&String> = host_of_node.keys().collect();
-        deploy_placed(
-            &admin,
-            &ns,
-            "web",
-            3,
-            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}]}}}}),
-        )
-        .await?;
+        deploy_placed(&admin, &ns, "web", 3, only_on(&nodes)).await?;
         let mut health = common::test_health();
         health.topology_labels = true;
         operator = Some(
@@ -175,105 +166,86 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
                     .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
             })
         };
-        let addr = operator.as_ref().map(|o| o.http_addr).context("the operator runs")?;
-        eventually("status.placement and SpreadAcrossHosts=True", PATIENCE, || async {
-            let wi = intents.get("web").await?;
-            let placement = wi.status.as_ref().and_then(|s| s.placement.clone());
-            Ok(match (&placement, condition(&wi)) {
-                (Some(p), Some((status, reason, _)))
-                    if p.distinct_hosts >= 2 && status == "True" && reason == "Spread" =>
-                {
-                    Ok(())
-                }
-                other => Err(format!("{other:?}")),
-            })
-        })
+        let addr = operator
+            .as_ref()
+            .map(|o| o.http_addr)
+            .context("the operator runs")?;
+        eventually(
+            "status.placement and SpreadAcrossHosts=True",
+            PATIENCE,
+            || async {
+                let wi = intents.get("web").await?;
+                let placement = wi.status.as_ref().and_then(|s| s.placement.clone());
+                Ok(match (&placement, condition(&wi)) {
+                    (Some(p), Some((status, reason, _)))
+                        if p.distinct_hosts >= 2 && status == "True" && reason == "Spread" =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                })
+            },
+        )
         .await?;
 
         // A workload held on one host's nodes: SpreadAcrossHosts=False, and the metric says 1.
         let (one_host, its_nodes) = host_of_node
             .iter()
-            .fold(BTreeMap::<&String, Vec<&String>>::new(), |mut by, (node, host)| {
-                by.entry(host).or_default().push(node);
-                by
-            })
+            .fold(
+                BTreeMap::<&String, Vec<&String>>::new(),
+                |mut by, (node, host)| {
+                    by.entry(host).or_default().push(node);
+                    by
+                },
+            )
             .into_iter()
             .max_by_key(|(_, nodes)| nodes.len())
             .context("no simulator host")?;
-        deploy_placed(
-            &admin,
-            &ns,
-            "solo",
-            2,
-            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": its_nodes}]}]}}}}),
-        )
-        .await?;
-        cluster
-            .apply_intent(
-                "solo",
-                json!({"target": {"kind": "Deployment", "name": "solo"}, "priority": "standard",
-                       "placement": {"spreadAcrossHosts": "preferred"}}),
-            )
-            .await?;
+        // 2 replicas of `name` on `nodes` only, with an intent asking for spreading: False,
+        // OneHost, with a message `check` accepts.
+        let held = |name: &'static str, nodes: Vec<String>, check: Box<dyn Fn(&str) -> bool>| {
+            let (admin, ns, cluster, intents) = (&admin, &ns, &cluster, &intents);
+            async move {
+                deploy_placed(admin, ns, name, 2, only_on(&nodes)).await?;
+                cluster
+                    .apply_intent(
+                        name,
+                        json!({"target": {"kind": "Deployment", "name": name},
+                               "priority": "standard",
+                               "placement": {"spreadAcrossHosts": "preferred"}}),
+                    )
+                    .await?;
+                eventually(
+                    &format!("SpreadAcrossHosts=False for {name}"),
+                    PATIENCE,
+                    || async {
+                        let wi = intents.get(name).await?;
+                        Ok(match condition(&wi) {
+                            Some((status, reason, message))
+                                if status == "False" && reason == "OneHost" && check(&message) =>
+                            {
+                                Ok(())
+                            }
+                            other => Err(format!("{other:?}")),
+                        })
+                    },
+                )
+                .await
+            }
+        };
         let want = format!(
             "2 of 2 pods run on VMs on host {one_host}: one host failure stops the service"
         );
-        eventually("SpreadAcrossHosts=False on one host", PATIENCE, || async {
-            let wi = intents.get("solo").await?;
-            Ok(match condition(&wi) {
-                Some((status, reason, message))
-                    if status == "False" && reason == "OneHost" && message == want =>
-                {
-                    Ok(())
-                }
-                other => Err(format!("{other:?}")),
-            })
-        })
-        .await?;
+        let its_nodes = its_nodes.into_iter().cloned().collect();
+        held("solo", its_nodes, Box::new(move |m| m == want)).await?;
         // On the libvirt host (one host, no DRS) the message also says what would fix it.
         apply_libvirt_provider(&admin, &ns, stack.libvirt_uri()?).await?;
-        let guests: Vec<String> = {
-            use plumbline_adapters::{HypervisorConfig, LibvirtConfig};
-            let hv = plumbline_adapters::connect(HypervisorConfig::Libvirt(LibvirtConfig {
-                uri: stack.libvirt_uri()?.to_string(),
-            }))
-            .await?;
-            let inventory = hv.inventory().await?;
-            let _ = hv.close().await;
-            inventory.into_iter().map(|vm| vm.name).collect()
-        };
-        deploy_placed(
-            &admin,
-            &ns,
+        let (_, guests) = libvirt_host(&stack).await?;
+        held(
             "kvm",
-            2,
-            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": guests}]}]}}}}),
+            guests,
+            Box::new(|m| m.contains("is a libvirt host (no DRS, nothing is changed there)")),
         )
-        .await?;
-        cluster
-            .apply_intent(
-                "kvm",
-                json!({"target": {"kind": "Deployment", "name": "kvm"}, "priority": "standard",
-                       "placement": {"spreadAcrossHosts": "preferred"}}),
-            )
-            .await?;
-        eventually("SpreadAcrossHosts=False on the libvirt host, with the fix", PATIENCE, || async {
-            let wi = intents.get("kvm").await?;
-            Ok(match condition(&wi) {
-                Some((status, reason, message))
-                    if status == "False"
-                        && reason == "OneHost"
-                        && message.contains("is a libvirt host (no DRS, nothing is changed there)") =>
-                {
-                    Ok(())
-                }
-                other => Err(format!("{other:?}")),
-            })
-        })
         .await?;
 
         let series = format!("plumbline_workload_hosts{{namespace=\"{ns}\",intent=\"solo\"}} 1");

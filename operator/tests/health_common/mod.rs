@@ -104,6 +104,37 @@ pub async fn delete_provider(admin: &Client, name: &str) {
         .await;
 }
 
+/// Pod placement preferring `nodes` (node affinity, weight 100): the pods start there when
+/// they can, and may go elsewhere.
+pub fn preferring(nodes: &[impl serde::Serialize]) -> serde_json::Value {
+    json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "preference": {"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}}]}}})
+}
+
+/// Pod placement on `nodes` only (required node affinity).
+pub fn only_on(nodes: &[impl serde::Serialize]) -> serde_json::Value {
+    json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}]}]}}}})
+}
+
+/// The host the libvirt provider reports for its guests, and their node names.
+pub async fn libvirt_host(stack: &plumbline_e2e::Stack) -> Result<(String, Vec<String>)> {
+    use plumbline_adapters::{HypervisorConfig, LibvirtConfig};
+    let hv = plumbline_adapters::connect(HypervisorConfig::Libvirt(LibvirtConfig {
+        uri: stack.libvirt_uri()?.to_string(),
+    }))
+    .await?;
+    let inventory = hv.inventory().await?;
+    let _ = hv.close().await;
+    let host = inventory
+        .first()
+        .map(|vm| vm.host.clone())
+        .context("the libvirt inventory is empty")?;
+    Ok((host, inventory.into_iter().map(|vm| vm.name).collect()))
+}
+
 /// A Deployment whose pods are all bound to `node` (no scheduler involved), so the test
 /// knows which VM backs them.
 pub async fn deploy_pinned(
