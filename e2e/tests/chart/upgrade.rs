@@ -154,6 +154,19 @@ fn serial_helm_up_to_a_new_crd_enum_value_and_back_down_the_older_operator_keeps
 
     // Up: CRDs first, as docs/install.md says, then the release.
     let _restore = RestoreCrds(&cluster);
+    // Other tests re-install the generated CRDs when they start: held, they leave this one.
+    // Held before it is widened, so no install in between can narrow it again.
+    let held = format!("{CRD_HELD_ANNOTATION}=chart-upgrade");
+    cluster.kubectl_ok(
+        &[
+            "annotate",
+            "--overwrite",
+            "crd",
+            "workloadintents.plumbline.dev",
+            &held,
+        ],
+        None,
+    );
     cluster.kubectl_ok(
         &[
             "apply",
@@ -171,18 +184,6 @@ fn serial_helm_up_to_a_new_crd_enum_value_and_back_down_the_older_operator_keeps
             "--for=condition=Established",
             "--timeout=60s",
             "crd/workloadintents.plumbline.dev",
-        ],
-        None,
-    );
-    // Other tests re-install the generated CRDs when they start: held, they leave this one.
-    let held = format!("{CRD_HELD_ANNOTATION}=chart-upgrade");
-    cluster.kubectl_ok(
-        &[
-            "annotate",
-            "--overwrite",
-            "crd",
-            "workloadintents.plumbline.dev",
-            &held,
         ],
         None,
     );

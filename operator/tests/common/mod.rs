@@ -225,24 +225,29 @@ pub async fn install_crds(admin: &Client) -> Result<()> {
         let name = crd.name_any();
         // A test that needs a newer CRD for a while (the chart upgrade test) marks it held:
         // its schema is a superset of the generated one, and re-applying would take it away.
-        let held = api
-            .get_opt(&name)
-            .await?
-            .is_some_and(|c| c.annotations().contains_key(CRD_HELD_ANNOTATION));
-        // Other test processes may install them at the same moment; retry a conflict.
-        let mut attempt = 0;
-        while !held && attempt <= 10 {
+        // The apply carries the resourceVersion the check read, so a CRD held (or widened) in
+        // between is never overwritten: the conflict makes it look again. Other test processes
+        // installing at the same moment conflict the same way.
+        for attempt in 0..=10 {
+            let current = api.get_opt(&name).await?;
+            if current
+                .as_ref()
+                .is_some_and(|c| c.annotations().contains_key(CRD_HELD_ANNOTATION))
+            {
+                break;
+            }
+            let mut body = crd.clone();
+            body.metadata.resource_version = current.and_then(|c| c.metadata.resource_version);
             match api
                 .patch(
                     &name,
                     &PatchParams::apply("plumbline-tests").force(),
-                    &Patch::Apply(&crd),
+                    &Patch::Apply(&body),
                 )
                 .await
             {
                 Ok(_) => break,
                 Err(kube::Error::Api(s)) if s.code == 409 && attempt < 10 => {
-                    attempt += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => {
