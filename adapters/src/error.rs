@@ -134,6 +134,13 @@ pub enum Error {
         known: Vec<String>,
     },
 
+    #[error("compute cluster {cluster} not found on {endpoint}; its clusters are: {}", .known.join(", "))]
+    ClusterNotFound {
+        cluster: String,
+        endpoint: String,
+        known: Vec<String>,
+    },
+
     #[error("VM {vm} not found on {endpoint}")]
     VmNotFound { vm: VmId, endpoint: String },
 
@@ -182,9 +189,10 @@ impl Error {
             Self::Disconnected { .. } => "disconnected",
             Self::Timeout { .. } => "timeout",
             Self::Unsupported { .. } | Self::UnsupportedOperation { .. } => "unsupported",
-            Self::VmNotFound { .. } | Self::DiskNotFound { .. } | Self::HostNotFound { .. } => {
-                "not_found"
-            }
+            Self::VmNotFound { .. }
+            | Self::DiskNotFound { .. }
+            | Self::HostNotFound { .. }
+            | Self::ClusterNotFound { .. } => "not_found",
             Self::Config { .. } | Self::Tls { .. } => "config",
             Self::Worker { .. } => "worker",
         }

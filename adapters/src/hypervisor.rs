@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BackingVm, Capabilities, HostState, Result, Setting, StorageSamples, Tunable, TunableReport,
+    AntiAffinityRule, BackingVm, Capabilities, HostState, Result, Setting, StorageSamples, Tunable, TunableReport,
     VmId,
 };
 
@@ -128,6 +128,23 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// host back afterwards; then nothing is called when the host is not in maintenance mode.
     /// libvirt: [`crate::Error::UnsupportedOperation`].
     async fn exit_maintenance(&self, host: &str, timeout: Duration) -> Result<()>;
+
+    /// The VM-VM anti-affinity rule named `name` in compute cluster `cluster` (named as
+    /// [`BackingVm::cluster`] names it), or `None` when the cluster has no rule of that name.
+    /// A rule of another kind with that name is an [`crate::Error::UnsupportedOperation`]:
+    /// it is not Plumbline's to change. vSphere reads the cluster's `configurationEx.rule`;
+    /// libvirt has no clusters: [`crate::Error::UnsupportedOperation`].
+    async fn anti_affinity_rule(&self, cluster: &str, name: &str)
+        -> Result<Option<AntiAffinityRule>>;
+
+    /// Makes the cluster's rule of that name exactly `rule` (adding it, or editing the one
+    /// there), unless it already is. vSphere: `ReconfigureComputeResource_Task` with a
+    /// `rulesSpec` add or edit; an answer lost on the way is settled by reading the rule again,
+    /// never by sending the change twice.
+    async fn set_anti_affinity_rule(&self, cluster: &str, rule: &AntiAffinityRule) -> Result<()>;
+
+    /// Removes the cluster's rule of that name; nothing when there is none.
+    async fn remove_anti_affinity_rule(&self, cluster: &str, name: &str) -> Result<()>;
 
     /// Ends the session (vSphere logout, libvirt close). Later calls reconnect.
     async fn close(&self) -> Result<()>;

@@ -9,7 +9,8 @@
 //!   parameters; originals recorded in the domain's `<metadata>`.
 //! - vSphere (always built): SOAP vim25 over reqwest, PropertyCollector inventory, QueryPerf
 //!   latency, ReconfigVM_Task; originals recorded in the VM's extraConfig; host maintenance
-//!   mode (EnterMaintenanceMode_Task, ExitMaintenanceMode_Task).
+//!   mode (EnterMaintenanceMode_Task, ExitMaintenanceMode_Task); DRS VM-VM anti-affinity rules
+//!   (ReconfigureComputeResource_Task).
 
 mod capability;
 mod config;
@@ -17,6 +18,7 @@ mod counters;
 mod error;
 mod host;
 mod hypervisor;
+mod rule;
 mod storage;
 mod tuning;
 mod vm;
@@ -32,6 +34,7 @@ pub use counters::{CounterHistory, DiskCounters, DiskReading, OpCounters};
 pub use error::{Error, Result};
 pub use host::HostState;
 pub use hypervisor::{ConnectionState, Endpoint, Hypervisor, HypervisorKind};
+pub use rule::AntiAffinityRule;
 pub use storage::{DiskLatency, NotReady, OpLatency, StorageSamples, UnreadyDisk};
 pub use tuning::{DiskLimit, Setting, Tunable, TunableReport};
 pub use vm::{BackingVm, VmDisk, VmId, VmPlacement};

@@ -342,7 +342,7 @@ fn write(writer: &mut Writer<Vec<u8>>, e: &Element) {
 }
 
 /// A vim25 managed object reference (`HostSystem:host-21`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MoRef {
     pub kind: String,
     pub value: String,

@@ -66,11 +66,13 @@ pub struct InfraChangeSpec {
     pub target: ChangeTarget,
     /// The setting: a hypervisor tunable (`disk.vda.total_iops_sec`, `cpu_shares`), a node
     /// taint (`taint/plumbline.dev/storage-latency-high:NoSchedule`), a node's cordon
-    /// (`unschedulable`) or a workload's `replicas`.
+    /// (`unschedulable`), a workload's `replicas`, a host's `maintenanceMode` or a cluster's
+    /// DRS rule (`drsRule/NAME`).
     #[schemars(length(min = 1))]
     pub setting: String,
     /// The value wanted: a whole number for a tunable (0 = unlimited) or replicas, `present`
-    /// for a taint or cordon.
+    /// for a taint, cordon or maintenance mode, `should:UUID,UUID…` or `must:UUID,UUID…` for
+    /// a DRS anti-affinity rule over those VMs (`absent`: no rule).
     #[schemars(length(min = 1))]
     pub desired: String,
     /// Why the change exists; also decides how owners that disagree are combined.
@@ -87,7 +89,8 @@ pub struct InfraChangeSpec {
     pub throttle: Option<ThrottleStep>,
 }
 
-/// A VM of a HypervisorProvider, a Node, or a workload (Deployment or StatefulSet).
+/// A VM, host or compute cluster of a HypervisorProvider, a Node, or a workload (Deployment or
+/// StatefulSet).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeTarget {
@@ -137,6 +140,14 @@ impl ChangeTarget {
         }
     }
 
+    /// A compute cluster of a provider (its DRS rules).
+    pub fn cluster(provider: &str, name: &str) -> Self {
+        Self {
+            kind: ChangeTargetKind::Cluster,
+            ..Self::host(provider, name)
+        }
+    }
+
     pub fn workload(kind: crate::TargetKind, namespace: &str, name: &str) -> Self {
         Self {
             kind: match kind {
@@ -155,9 +166,10 @@ impl ChangeTarget {
         match self.kind {
             ChangeTargetKind::Deployment => Some(crate::TargetKind::Deployment),
             ChangeTargetKind::StatefulSet => Some(crate::TargetKind::StatefulSet),
-            ChangeTargetKind::VirtualMachine | ChangeTargetKind::Node | ChangeTargetKind::Host => {
-                None
-            }
+            ChangeTargetKind::VirtualMachine
+            | ChangeTargetKind::Node
+            | ChangeTargetKind::Host
+            | ChangeTargetKind::Cluster => None,
         }
     }
 }
@@ -172,6 +184,14 @@ impl std::fmt::Display for ChangeTarget {
                 write!(
                     f,
                     "host {} ({})",
+                    self.name,
+                    p.as_deref().unwrap_or_default()
+                )
+            }
+            (ChangeTargetKind::Cluster, p) => {
+                write!(
+                    f,
+                    "cluster {} ({})",
                     self.name,
                     p.as_deref().unwrap_or_default()
                 )
@@ -196,6 +216,8 @@ pub enum ChangeTargetKind {
     StatefulSet,
     /// A hypervisor host of a provider.
     Host,
+    /// A compute cluster of a provider (vSphere: a ClusterComputeResource, for its DRS rules).
+    Cluster,
 }
 
 /// Why a change exists.
@@ -218,6 +240,9 @@ pub enum ChangePurpose {
     /// A hypervisor host put into maintenance mode once its nodes are drained
     /// (`spec.enterMaintenance` of a HostMaintenance).
     HostMaintenanceMode,
+    /// A DRS VM-VM anti-affinity rule over the VMs backing a workload whose intent asks for
+    /// `placement.spreadAcrossHosts`, kept as the pods move.
+    HostAntiAffinity,
 }
 
 impl ChangePurpose {
@@ -229,6 +254,7 @@ impl ChangePurpose {
             Self::MaintenanceCordon => "MaintenanceCordon",
             Self::MaintenanceSurge => "MaintenanceSurge",
             Self::HostMaintenanceMode => "HostMaintenanceMode",
+            Self::HostAntiAffinity => "HostAntiAffinity",
         }
     }
 }

@@ -325,6 +325,33 @@ pub struct PlacementStatus {
     /// Pods whose host is not known (their node maps to no provider's VM).
     #[serde(default)]
     pub pods_on_unknown_hosts: i32,
+    /// vSphere: the DRS VM-VM anti-affinity rule kept for `spreadAcrossHosts`, one per
+    /// compute cluster holding two or more of the VMs under the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drs_rules: Vec<DrsRuleStatus>,
+}
+
+/// A DRS anti-affinity rule over the VMs backing the workload, and how its ledger entry
+/// (`InfraChange`) stands.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrsRuleStatus {
+    /// HypervisorProvider of the cluster.
+    pub provider: String,
+    /// The compute cluster.
+    pub cluster: String,
+    /// The rule's name in the cluster.
+    pub rule: String,
+    /// `should` (DRS keeps the VMs apart when it can) or `must` (never on one host).
+    pub mode: String,
+    /// The VMs the rule keeps apart.
+    pub vms: Vec<String>,
+    /// The ledger entry's state: Pending, Applied, Failed, … (see `kubectl get infrachanges`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The last error from the cluster, when the rule could not be written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The workload's pods on one host.

@@ -15,6 +15,7 @@ pub mod process;
 pub mod qemu;
 pub mod relay;
 pub mod vsphere_hosts;
+pub mod vsphere_rules;
 pub mod vsphere_vms;
 
 use std::{

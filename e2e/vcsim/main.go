@@ -333,6 +333,8 @@ type sessionFaults struct {
 	armed map[string]faultPoint
 	// VM moid → every ReconfigVM_Task it received, in order.
 	log map[string][]reconfiguration
+	// Clusters whose ReconfigureComputeResource_Task calls are refused.
+	rules *ruleRejections
 }
 
 // Methods vCenter serves without a session; every other call on an ended session is refused.
@@ -407,6 +409,11 @@ func (f *sessionFaults) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key := ""
 	if c, err := r.Cookie(sessionCookie); err == nil {
 		key = c.Value
+	}
+	if method == "ReconfigureComputeResource_Task" && f.rules.rejects(this.Value) {
+		log.Printf("rejecting ReconfigureComputeResource_Task on %s", this.Value)
+		invalidArgument(w, "rulesSpec")
+		return
 	}
 	if method != "ReconfigVM_Task" {
 		if key != "" && !sessionless[method] && f.isEnded(key) {
@@ -750,6 +757,7 @@ func main() {
 		ended: map[string]bool{},
 		armed: map[string]faultPoint{},
 		log:   map[string][]reconfiguration{},
+		rules: &ruleRejections{clusters: map[string]bool{}},
 	}
 	// NewServer registers ServeSDK for /sdk itself; a host-specific pattern takes precedence
 	// over it in a ServeMux, which puts the faults in front of every SOAP call made to the
@@ -781,6 +789,7 @@ func main() {
 	mux := http.NewServeMux()
 	mux.Handle("/", control(latency, faults, maintenance, vms))
 	placementControl(mux, sdk, *caFile, replyJSON, failJSON)
+	rulesControl(mux, faults.rules, replyJSON, failJSON)
 	go func() {
 		if err := http.Serve(ln, mux); err != nil {
 			log.Printf("control endpoint stopped: %v", err)

@@ -18,7 +18,7 @@ use virt_sys as sys;
 
 use self::{connection::Connection, metadata::Records};
 use crate::{
-    BackingVm, Capabilities, Capability, ConnectionState, CounterHistory, DiskLimit, Endpoint,
+    AntiAffinityRule, BackingVm, Capabilities, Capability, ConnectionState, CounterHistory, DiskLimit, Endpoint,
     Error, HostState, Hypervisor, HypervisorKind, LibvirtConfig, Result, Setting, StorageSamples,
     Support, Tunable, TunableReport, VmId,
 };
@@ -105,10 +105,18 @@ impl LibvirtHypervisor {
     /// A failure that leaves the connection dead marks it lost and is reported as
     /// [`Error::Disconnected`]; the next call reconnects (with backoff).
     fn no_maintenance_mode(&self, operation: &'static str) -> Error {
+        self.no_such_operation(operation, "libvirt has no host maintenance mode")
+    }
+
+    fn no_drs(&self, operation: &'static str) -> Error {
+        self.no_such_operation(operation, "libvirt has no compute clusters and no DRS")
+    }
+
+    fn no_such_operation(&self, operation: &'static str, reason: &str) -> Error {
         Error::UnsupportedOperation {
             operation,
             endpoint: self.uri().to_string(),
-            reason: "libvirt has no host maintenance mode".into(),
+            reason: reason.into(),
         }
     }
 
@@ -696,6 +704,22 @@ impl Hypervisor for LibvirtHypervisor {
 
     async fn exit_maintenance(&self, _host: &str, _timeout: Duration) -> Result<()> {
         Err(self.no_maintenance_mode("leaving maintenance mode"))
+    }
+
+    async fn anti_affinity_rule(
+        &self,
+        _cluster: &str,
+        _name: &str,
+    ) -> Result<Option<AntiAffinityRule>> {
+        Err(self.no_drs("reading an anti-affinity rule"))
+    }
+
+    async fn set_anti_affinity_rule(&self, _cluster: &str, _rule: &AntiAffinityRule) -> Result<()> {
+        Err(self.no_drs("writing an anti-affinity rule"))
+    }
+
+    async fn remove_anti_affinity_rule(&self, _cluster: &str, _name: &str) -> Result<()> {
+        Err(self.no_drs("removing an anti-affinity rule"))
     }
 
     async fn close(&self) -> Result<()> {

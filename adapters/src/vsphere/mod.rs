@@ -4,6 +4,7 @@ mod inventory;
 mod maintenance;
 mod perf;
 mod reconfigure;
+mod rules;
 mod session;
 mod soap;
 mod task;
@@ -22,7 +23,7 @@ pub use self::{inventory::MAX_PROPERTY_PAGES, soap::MAX_RESPONSE_BYTES};
 use self::{inventory::VmRecord, perf::LatencyCounters, session::Session, tuning::Refusal};
 use crate::xml::{Element, MoRef};
 use crate::{
-    BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error, HostState, Hypervisor,
+    AntiAffinityRule, BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error, HostState, Hypervisor,
     HypervisorKind, Result, Setting, StorageSamples, Support, Tunable, TunableReport,
     VSphereConfig, VmId,
 };
@@ -293,6 +294,25 @@ impl Hypervisor for VSphereHypervisor {
         self.exit_maintenance_mode(host, timeout).await
     }
 
+    #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
+    async fn anti_affinity_rule(
+        &self,
+        cluster: &str,
+        name: &str,
+    ) -> Result<Option<AntiAffinityRule>> {
+        self.read_rule(cluster, name).await
+    }
+
+    #[tracing::instrument(skip(self, rule), fields(endpoint = %self.inner.endpoint, rule = %rule.name))]
+    async fn set_anti_affinity_rule(&self, cluster: &str, rule: &AntiAffinityRule) -> Result<()> {
+        self.write_rule(cluster, &rule.name, Some(rule)).await
+    }
+
+    #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
+    async fn remove_anti_affinity_rule(&self, cluster: &str, name: &str) -> Result<()> {
+        self.write_rule(cluster, name, None).await
+    }
+
     async fn close(&self) -> Result<()> {
         self.inner.session.logout().await
     }
@@ -300,7 +320,7 @@ impl Hypervisor for VSphereHypervisor {
 
 /// Runs every reader of vim25 responses on one response body: the SOAP envelope and fault,
 /// property-collector pages into VM records (disks, allocations, recorded originals) and host
-/// maintenance states, the performance counters and QueryPerf samples. The fuzz target
+/// maintenance states, clusters' rules, the performance counters and QueryPerf samples. The fuzz target
 /// `soap_response` feeds it arbitrary bytes (cargo feature `fuzzing`).
 #[cfg(feature = "fuzzing")]
 pub fn read_any_response(bytes: &[u8]) {
@@ -315,6 +335,7 @@ pub fn read_any_response(bytes: &[u8]) {
         let _ = perf::counter_ids(returnval);
     }
     let _ = maintenance::states(&maintenance::host_records(&contents));
+    let _ = rules::cluster_records(&contents);
     let (records, names) = inventory::split_contents(&contents);
     for record in &records {
         let _ = inventory::backing_vm(record, &names);

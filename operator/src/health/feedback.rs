@@ -63,7 +63,7 @@ impl Feedback {
     }
 
     /// Decides and writes everything for one pass; returns the infrastructure changes it
-    /// wants in force (noisy-neighbour throttles, node taints) for the ledger.
+    /// wants in force (noisy-neighbour throttles, node taints, DRS rules) for the ledger.
     pub async fn pass(
         &mut self,
         ctx: &Arc<Context>,
@@ -123,6 +123,7 @@ impl Feedback {
         taint::publish(ctx, taints.newly_held).await;
         let mut wanted = throttles;
         wanted.extend(taints.wanted);
+        wanted.extend(decision.rules);
         wanted
     }
 

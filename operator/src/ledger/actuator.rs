@@ -343,6 +343,10 @@ fn target_key(ic: &InfraChange) -> String {
         ChangeTargetKind::Host => {
             format!("host/{}/{}", t.provider.as_deref().unwrap_or(""), t.name)
         }
+        // One cluster's rules one at a time: every rule write reconfigures the cluster.
+        ChangeTargetKind::Cluster => {
+            format!("cluster/{}/{}", t.provider.as_deref().unwrap_or(""), t.name)
+        }
         ChangeTargetKind::Deployment | ChangeTargetKind::StatefulSet => format!(
             "{:?}/{}/{}",
             t.kind,
@@ -361,6 +365,7 @@ fn metric(ic: &InfraChange) -> (ActionLayer, &'static str) {
         ChangePurpose::MaintenanceCordon => (ActionLayer::kubernetes, "node_cordon"),
         ChangePurpose::MaintenanceSurge => (ActionLayer::kubernetes, "replica_surge"),
         ChangePurpose::HostMaintenanceMode => (ActionLayer::hypervisor, "host_maintenance_mode"),
+        ChangePurpose::HostAntiAffinity => (ActionLayer::hypervisor, "drs_anti_affinity_rule"),
     }
 }
 

@@ -2,17 +2,19 @@
 //! original an earlier run recorded on the target), set a value, restore the original. VM
 //! settings go through the provider's adapter, which also records the original on the VM
 //! itself; node taints are a read-modify-write of the node guarded by its resourceVersion; a
-//! workload's replicas (a maintenance surge) are written in the name of the field's owner.
+//! workload's replicas (a maintenance surge) are written in the name of the field's owner; a
+//! cluster's DRS rule is read and written whole through the provider's adapter.
 
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::{
     api::{DynamicObject, Patch, PatchParams},
     Api, Client, ResourceExt,
 };
-use plumbline_adapters::{Hypervisor, Setting, Tunable, VmId};
+use plumbline_adapters::{AntiAffinityRule, Hypervisor, Setting, Tunable, VmId};
 use plumbline_crds::{ChangeTargetKind, InfraChange};
 use plumbline_policies::{
-    ledger::{ABSENT, MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE},
+    ledger::{ABSENT, DRS_RULE_PREFIX, MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE},
+    placement::RuleValue,
     WorkloadRef,
 };
 use serde_json::json;
@@ -66,6 +68,12 @@ pub enum Target {
     Host {
         adapter: Arc<dyn Hypervisor>,
         host: String,
+    },
+    /// A DRS anti-affinity rule of a compute cluster.
+    Rule {
+        adapter: Arc<dyn Hypervisor>,
+        cluster: String,
+        name: String,
     },
     /// A Deployment's or StatefulSet's `spec.replicas`.
     Replicas {
@@ -151,6 +159,24 @@ impl Target {
                 Ok(adapter(provider).map(|adapter| Self::Host {
                     adapter,
                     host: spec.target.name.clone(),
+                }))
+            }
+            ChangeTargetKind::Cluster => {
+                let Some(provider) = &spec.target.provider else {
+                    return Err(TargetError::Unsupported(
+                        "the target names no provider".into(),
+                    ));
+                };
+                let Some(name) = spec.setting.strip_prefix(DRS_RULE_PREFIX) else {
+                    return Err(TargetError::Unsupported(format!(
+                        "unknown cluster setting {:?} (expected {DRS_RULE_PREFIX}NAME)",
+                        spec.setting
+                    )));
+                };
+                Ok(adapter(provider).map(|adapter| Self::Rule {
+                    adapter,
+                    cluster: spec.target.name.clone(),
+                    name: name.to_string(),
                 }))
             }
             ChangeTargetKind::Deployment | ChangeTargetKind::StatefulSet => {
@@ -239,6 +265,22 @@ impl Target {
                     recorded_original: None,
                 })
             }
+            Self::Rule {
+                adapter,
+                cluster,
+                name,
+            } => {
+                let rule = bounded(
+                    deadline,
+                    "reading",
+                    adapter.anti_affinity_rule(cluster, name),
+                )
+                .await?;
+                Ok(Reading {
+                    current: rule.map_or_else(|| ABSENT.to_string(), |r| rule_value(&r)),
+                    recorded_original: None,
+                })
+            }
             Self::Replicas { client, workload } => {
                 let obj = bounded(
                     deadline,
@@ -313,6 +355,42 @@ impl Target {
                     .await
                 }
             }
+            Self::Rule {
+                adapter,
+                cluster,
+                name,
+            } => {
+                if value == ABSENT {
+                    return bounded(
+                        deadline,
+                        "removing the rule",
+                        adapter.remove_anti_affinity_rule(cluster, name),
+                    )
+                    .await;
+                }
+                // An original can be someone's disabled rule of this name.
+                let (enabled, value) = match value.strip_prefix(DISABLED) {
+                    Some(rest) => (false, rest),
+                    None => (true, value),
+                };
+                let wanted = RuleValue::decode(value).ok_or_else(|| {
+                    TargetError::Unsupported(format!(
+                        "rule {name}: {value:?} is not should:VM,VM… or must:VM,VM…"
+                    ))
+                })?;
+                let rule = AntiAffinityRule {
+                    name: name.clone(),
+                    mandatory: wanted.mandatory,
+                    enabled,
+                    vms: wanted.vms.iter().map(VmId::new).collect(),
+                };
+                bounded(
+                    deadline,
+                    "writing the rule",
+                    adapter.set_anti_affinity_rule(cluster, &rule),
+                )
+                .await
+            }
             Self::Replicas { client, workload } => {
                 let replicas: i32 = value.parse().map_err(|_| {
                     TargetError::Unsupported(format!("replicas: {value:?} is not a whole number"))
@@ -360,10 +438,29 @@ impl Target {
             }
             Self::Node { .. } if original == PRESENT => Ok(()),
             Self::Node { .. } => self.set(ABSENT, deadline).await,
-            Self::Replicas { .. } | Self::Host { .. } => self.set(original, deadline).await,
+            Self::Replicas { .. } | Self::Host { .. } | Self::Rule { .. } => {
+                self.set(original, deadline).await
+            }
         }
     }
 }
+
+/// A rule as a ledger value: `should:…`/`must:…`, or `disabled:…` for a rule someone turned
+/// off (never what is wanted, so it is corrected).
+fn rule_value(rule: &AntiAffinityRule) -> String {
+    let value = RuleValue {
+        mandatory: rule.mandatory,
+        vms: rule.vms.iter().map(|v| v.as_str().to_string()).collect(),
+    }
+    .encode();
+    if rule.enabled {
+        value
+    } else {
+        format!("{DISABLED}{value}")
+    }
+}
+
+const DISABLED: &str = "disabled:";
 
 /// A call that gives up at the deadline; the error says what was being done.
 async fn bounded<T, E: Into<TargetError>>(

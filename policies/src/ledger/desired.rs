@@ -9,6 +9,7 @@ use plumbline_crds::{
 
 use super::{from_time, to_time};
 use crate::health::{Throttle, Wanted};
+use crate::placement::RuleWish;
 
 /// The value of a taint change: the taint is there.
 pub const PRESENT: &str = "present";
@@ -20,6 +21,9 @@ pub const UNSCHEDULABLE: &str = "unschedulable";
 pub const REPLICAS: &str = "replicas";
 /// The setting of a hypervisor host's maintenance mode, `present` when in it.
 pub const MAINTENANCE_MODE: &str = "maintenanceMode";
+
+/// The setting name of a cluster's DRS rule: `drsRule/NAME`.
+pub const DRS_RULE_PREFIX: &str = "drsRule/";
 
 /// The setting name of a taint: `taint/KEY:EFFECT`.
 pub fn taint_setting(key: &str, effect: &str) -> String {
@@ -132,6 +136,27 @@ pub fn taint_spec(
         desired: PRESENT.to_string(),
         purpose: ChangePurpose::StorageTaint,
         owners: sorted(owners),
+        operator: operator.to_string(),
+        throttle: None,
+    }
+}
+
+/// A DRS anti-affinity rule an intent wants in a cluster; the original of a rule that did not
+/// exist is `absent`, and restoring it removes the rule.
+pub fn rule_spec(wish: &RuleWish, intent: &str, workload: &str, operator: &str) -> InfraChangeSpec {
+    InfraChangeSpec {
+        target: ChangeTarget::cluster(&wish.provider, &wish.cluster),
+        setting: format!("{DRS_RULE_PREFIX}{}", wish.name),
+        desired: wish.value.encode(),
+        purpose: ChangePurpose::HostAntiAffinity,
+        owners: vec![ChangeOwner {
+            intent: intent.to_string(),
+            reason: format!(
+                "keep the VMs under the pods of {workload} on different hosts ({}: {})",
+                wish.value.mode(),
+                wish.vm_names.join(", ")
+            ),
+        }],
         operator: operator.to_string(),
         throttle: None,
     }

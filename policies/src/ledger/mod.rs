@@ -7,7 +7,8 @@
 //!   read back, correct drift or stop fighting, revert), and how it judges what it read back.
 //!
 //! Values are strings as the objects carry them: whole numbers for hypervisor tunables,
-//! `present`/`absent` for taints.
+//! `present`/`absent` for taints, `should:…`/`must:…` for DRS rules
+//! ([`crate::placement::RuleValue`]).
 
 pub mod actuation;
 pub mod desired;
@@ -15,8 +16,9 @@ pub mod lost;
 
 pub use actuation::{after_readback, next_work, ActuationPolicy, Readback, Work};
 pub use desired::{
-    diff, owner_summary, protection_spec, taint_setting, taint_spec, throttle_from_spec,
-    throttle_spec, LedgerDiff, ABSENT, MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE,
+    diff, owner_summary, protection_spec, rule_spec, taint_setting, taint_spec,
+    throttle_from_spec, throttle_spec, LedgerDiff, ABSENT, DRS_RULE_PREFIX, MAINTENANCE_MODE,
+    PRESENT, REPLICAS, UNSCHEDULABLE,
 };
 
 use std::time::SystemTime;

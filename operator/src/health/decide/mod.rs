@@ -112,7 +112,7 @@ pub fn decide(
         };
         decide_intent(memory, input, b, view, storage, &candidates, &mut intents);
     }
-    let hosts = placement::decide(input, b, views, &mut intents.bodies);
+    let placed = placement::decide(input, b, views, &mut intents.bodies);
     let statuses = std::mem::take(&mut intents.bodies)
         .into_iter()
         .filter_map(|(key, body)| intent::status_write(memory, input, key, body))
@@ -168,7 +168,8 @@ pub fn decide(
     b.retain_budgets(&wanted, now);
     memory.forget_gone(views, input.nodes, &wanted);
     let series = PassSeries {
-        hosts: hosts
+        hosts: placed
+            .hosts
             .into_iter()
             .map(|((namespace, intent), n)| (IntentLabels { namespace, intent }, n))
             .collect(),
@@ -181,6 +182,7 @@ pub fn decide(
         throttles,
         actions,
         taints,
+        rules: placed.rules,
         series,
     }
 }

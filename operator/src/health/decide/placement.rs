@@ -1,27 +1,42 @@
 //! Each intent's pods over hypervisor hosts, decided by `plumbline_policies::placement`:
 //! `status.placement`, and the `SpreadAcrossHosts` condition when `placement.spreadAcrossHosts`
-//! asks for it, merged into the intent's status body; and the distinct hosts per intent for
+//! asks for it, merged into the intent's status body; the DRS anti-affinity rules such an
+//! intent wants in the ledger while it is active; and the distinct hosts per intent for
 //! `plumbline_workload_hosts`.
 
 use kube::ResourceExt;
-use plumbline_crds::conditions::placement::SPREAD_ACROSS_HOSTS;
-use plumbline_policies::placement::{host_spread, HostKind};
+use plumbline_crds::{
+    conditions::placement::SPREAD_ACROSS_HOSTS, DrsRuleStatus, InfraChange, InfraChangeSpec,
+    VmRef,
+};
+use plumbline_policies::{
+    ledger::rule_spec,
+    placement::{anti_affinity_rules, host_spread, HostKind, RuleVm},
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use super::{memory::PassInput, writes::rfc3339};
 use crate::health::{book::HealthBook, graph::IntentView};
 
+/// What a pass decided about placement besides the status bodies.
+pub(super) struct Placed {
+    /// The distinct hosts per intent `(namespace, name)` whose pods' hosts are known.
+    pub hosts: Vec<((String, String), i64)>,
+    /// The DRS rules wanted in the ledger.
+    pub rules: Vec<InfraChangeSpec>,
+}
+
 /// Merges each intent's placement into its status body (creating one for an intent that asks
-/// for spreading and has no other health status); returns the distinct hosts per intent
-/// `(namespace, name)` whose pods' hosts are known.
+/// for spreading and has no other health status).
 pub(super) fn decide(
     input: &PassInput<'_>,
     b: &HealthBook,
     views: &[IntentView],
     bodies: &mut BTreeMap<(String, String), Value>,
-) -> Vec<((String, String), i64)> {
+) -> Placed {
     let mut hosts_per_intent = Vec::new();
+    let mut rules = Vec::new();
     for view in views {
         let hosts: Vec<Option<String>> = view
             .pods
@@ -54,7 +69,39 @@ pub(super) fn decide(
                 }),
             _ => None,
         };
-        let (status, verdict) = host_spread(&hosts, asked, kind);
+        let (mut status, verdict) = host_spread(&hosts, asked, kind);
+        let spread = view
+            .intent
+            .spec
+            .placement
+            .as_ref()
+            .and_then(|p| p.spread_across_hosts);
+        if let Some(spread) = spread.filter(|_| view.active) {
+            let vms: Vec<RuleVm> = view
+                .pods
+                .iter()
+                .filter_map(|p| {
+                    let vm = p.vm.as_ref()?;
+                    Some(RuleVm {
+                        vm: VmRef {
+                            name: vm.name.clone(),
+                            id: vm.id.as_str().to_string(),
+                            provider: vm.provider.clone(),
+                        },
+                        cluster: b.vm(&vm.id)?.vm.cluster.clone(),
+                    })
+                })
+                .collect();
+            let workload = format!(
+                "{:?} {}/{}",
+                view.intent.spec.target.kind, view.namespace, view.intent.spec.target.name
+            );
+            for wish in anti_affinity_rules(&view.namespace, &view.name, spread, &vms) {
+                let spec = rule_spec(&wish, &view.label(), &workload, input.operator);
+                status.drs_rules.push(rule_status(input.changes, &spec, wish));
+                rules.push(spec);
+            }
+        }
         let key = (view.namespace.clone(), view.name.clone());
         if status.distinct_hosts > 0 {
             hosts_per_intent.push((key.clone(), i64::from(status.distinct_hosts)));
@@ -83,5 +130,30 @@ pub(super) fn decide(
             }]);
         }
     }
-    hosts_per_intent
+    Placed {
+        hosts: hosts_per_intent,
+        rules,
+    }
+}
+
+/// A wanted rule as the intent's status shows it, with its ledger entry's state and error.
+fn rule_status(
+    changes: &[std::sync::Arc<InfraChange>],
+    spec: &InfraChangeSpec,
+    wish: plumbline_policies::placement::RuleWish,
+) -> DrsRuleStatus {
+    let name = InfraChange::name_for(&spec.target, &spec.setting);
+    let entry = changes
+        .iter()
+        .find(|ic| ic.metadata.name.as_deref() == Some(name.as_str()))
+        .and_then(|ic| ic.status.as_ref());
+    DrsRuleStatus {
+        provider: wish.provider,
+        cluster: wish.cluster,
+        rule: wish.name,
+        mode: wish.value.mode().to_string(),
+        vms: wish.vm_names,
+        state: entry.and_then(|s| s.state.clone()),
+        message: entry.and_then(|s| s.last_error.clone()),
+    }
 }

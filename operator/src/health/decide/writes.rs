@@ -25,6 +25,8 @@ pub struct PassDecision {
     pub actions: Vec<NeighbourAction<VmRef>>,
     /// The taints wanted in the ledger, and the nodes newly held back (each an Event).
     pub taints: TaintPlan,
+    /// The DRS anti-affinity rules wanted in the ledger.
+    pub rules: Vec<InfraChangeSpec>,
     pub series: PassSeries,
 }
 
