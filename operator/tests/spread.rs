@@ -1,10 +1,12 @@
-//! `placement.spreadAcrossHosts` on the real stack: a 3-replica Deployment on the vSphere
-//! simulator's nodes gets a topology spread constraint on `topology.plumbline.dev/host`, its
-//! pods land on more than one hypervisor host after the rollout (`status.placement`,
-//! `SpreadAcrossHosts=True`), a workload held on one host's nodes is `SpreadAcrossHosts=False`
-//! with `plumbline_workload_hosts` 1 (on the libvirt host the message also says what would
-//! fix it), and deleting the intent removes the constraint. Needs
-//! `e2e/stack up`.
+//! `placement.spreadAcrossHosts` on the real stack: a 3-replica Deployment on the nodes of the
+//! vSphere simulator's cluster gets a topology spread constraint on
+//! `topology.plumbline.dev/host`, its pods land on more than one hypervisor host after the
+//! rollout (`status.placement`, `SpreadAcrossHosts=True`), and the simulator lists a DRS
+//! anti-affinity rule over exactly the VMs under the pods. A rule change the cluster refuses
+//! is reported in the intent's status and leaves the rule as it was, until the cluster takes
+//! it. A workload held on one host's nodes is `SpreadAcrossHosts=False` with
+//! `plumbline_workload_hosts` 1 (on the libvirt host the message also says what would fix it),
+//! and deleting the intent removes the constraint and the rule. Needs `e2e/stack up`.
 
 mod common;
 mod health_common;
@@ -63,7 +65,25 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
             .collect();
         let hosts: BTreeSet<&String> = host_of_node.values().collect();
         anyhow::ensure!(hosts.len() >= 2, "the simulator's nodes are on {hosts:?}");
-        let nodes: Vec<&String> = host_of_node.keys().collect();
+        // The cluster's VMs' nodes (a DRS rule binds VMs of one cluster), and the VM of each.
+        let in_cluster: BTreeMap<String, String> = stack
+            .vsphere_vms()
+            .await?
+            .into_iter()
+            .filter(|vm| !vm.cluster.is_empty())
+            .map(|vm| (vm.dns_name, vm.name))
+            .collect();
+        let cluster_name = stack
+            .vsphere_vms()
+            .await?
+            .into_iter()
+            .find(|vm| !vm.cluster.is_empty())
+            .map(|vm| vm.cluster)
+            .context("the simulator has a cluster")?;
+        let nodes: Vec<&String> = in_cluster.keys().collect();
+        let cluster_hosts: BTreeSet<&String> = nodes.iter().filter_map(|n| host_of_node.get(*n)).collect();
+        anyhow::ensure!(cluster_hosts.len() >= 2, "the cluster's VMs are on {cluster_hosts:?}");
+        stack.reject_vsphere_rules(&cluster_name, false).await?;
         deploy_placed(&admin, &ns, "web", 3, only_on(&nodes)).await?;
         let mut health = common::test_health();
         health.topology_labels = true;
@@ -158,6 +178,101 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
         .await?;
         println!("3 pods on hosts {spread:?}");
         let intents = cluster.intents();
+        let rule_name = format!("plumbline-{ns}-web");
+        let sim_rule = || async {
+            Ok::<_, anyhow::Error>(
+                stack
+                    .vsphere_rules()
+                    .await?
+                    .into_iter()
+                    .find(|r| r.name == rule_name),
+            )
+        };
+        // The rule over exactly the VMs under the pods, and the status saying so.
+        let under_pods = || async {
+            let list = pods(&admin, &ns, "web").await?;
+            Ok::<_, anyhow::Error>(
+                list.iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter_map(|p| in_cluster.get(p.spec.as_ref()?.node_name.as_ref()?).cloned())
+                    .collect::<BTreeSet<String>>(),
+            )
+        };
+        let rule = eventually(
+            "a DRS rule over exactly the VMs under the pods",
+            PATIENCE,
+            || async {
+                let want: Vec<String> = under_pods().await?.into_iter().collect();
+                Ok(match sim_rule().await? {
+                    Some(r)
+                        if r.vms == want
+                            && r.kind == "ClusterAntiAffinityRuleSpec"
+                            && !r.mandatory
+                            && r.enabled =>
+                    {
+                        Ok(r)
+                    }
+                    other => Err(format!("want {want:?}, the simulator has {other:?}")),
+                })
+            },
+        )
+        .await?;
+        println!("DRS rule {rule:?}");
+        let rule_state = |wi: &plumbline_crds::WorkloadIntent| {
+            wi.status
+                .as_ref()
+                .and_then(|s| s.placement.as_ref())
+                .and_then(|p| p.drs_rules.first().cloned())
+        };
+        eventually("status.placement.drsRules says Applied", PATIENCE, || async {
+            let wi = intents.get("web").await?;
+            Ok(match rule_state(&wi) {
+                Some(r) if r.state.as_deref() == Some("Applied") && r.mode == "should" && r.vms == rule.vms => Ok(()),
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
+
+        // The cluster refuses the change to a "must" rule: reported, the rule as it was.
+        stack.reject_vsphere_rules(&cluster_name, true).await?;
+        cluster
+            .apply_intent(
+                "web",
+                json!({"target": {"kind": "Deployment", "name": "web"}, "priority": "standard",
+                       "placement": {"spreadAcrossHosts": "required"}}),
+            )
+            .await?;
+        let refused = eventually(
+            "the refused rule change in the intent's status",
+            PATIENCE,
+            || async {
+                let wi = intents.get("web").await?;
+                Ok(match rule_state(&wi) {
+                    Some(r)
+                        if r.mode == "must"
+                            && r.message.as_deref().is_some_and(|m| m.contains("InvalidArgument")) =>
+                    {
+                        Ok(r)
+                    }
+                    other => Err(format!("{other:?}")),
+                })
+            },
+        )
+        .await;
+        let still = sim_rule().await;
+        stack.reject_vsphere_rules(&cluster_name, false).await?;
+        println!("refused: {:?}", refused?);
+        anyhow::ensure!(
+            still?.is_some_and(|r| !r.mandatory && r.vms == rule.vms),
+            "the refused change left the rule as it was"
+        );
+        eventually("the cluster takes the must rule", PATIENCE, || async {
+            Ok(match sim_rule().await? {
+                Some(r) if r.mandatory => Ok(()),
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await?;
         let condition = |wi: &plumbline_crds::WorkloadIntent| {
             wi.status.as_ref().and_then(|s| {
                 s.conditions
@@ -260,13 +375,13 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
                 .join("\n")
         );
 
-        // Deleting the intent takes the constraint out again.
+        // Deleting the intent takes the constraint and the rule out again.
         cluster.delete_intent("web").await?;
-        eventually("the spread constraint removed", PATIENCE, || async {
+        eventually("the spread constraint and the rule removed", PATIENCE, || async {
             let d = serde_json::to_value(deployments.get("web").await?)?;
-            Ok(match host_constraint(&d) {
-                None => Ok(()),
-                Some(c) => Err(c.to_string()),
+            Ok(match (host_constraint(&d), sim_rule().await?) {
+                (None, None) => Ok(()),
+                other => Err(format!("{other:?}")),
             })
         })
         .await?;

@@ -200,8 +200,7 @@ impl VSphereHypervisor {
             // Refused because the session was lost (the session layer has logged in again),
             // or the outcome was lost: where the host is now says whether it landed.
             host = self.settled_host(name, action, deadline).await?;
-            let lost_session =
-                matches!(&failure, Error::SoapFault { fault, .. } if fault == "NotAuthenticated");
+            let lost_session = super::reconfigure::is_lost_session(&failure);
             if to.done(&host) || (lost_session && attempt == 1) {
                 attempt += 1;
                 continue;

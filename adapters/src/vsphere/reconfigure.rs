@@ -69,6 +69,6 @@ impl VSphereHypervisor {
 
 /// The server refused the call because it no longer knew the session; the session layer
 /// has logged in again, and nothing was changed.
-fn is_lost_session(e: &Error) -> bool {
+pub(super) fn is_lost_session(e: &Error) -> bool {
     matches!(e, Error::SoapFault { fault, .. } if fault == "NotAuthenticated")
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use super::{
     inventory::{self, Contents},
+    reconfigure::is_lost_session,
     task::{self, Submission},
     VSphereHypervisor,
 };
@@ -273,7 +274,9 @@ impl VSphereHypervisor {
             .await
             {
                 Submission::Finished(result) => return result,
-                Submission::Refused(e) | Submission::Unknown(e) => e,
+                Submission::Refused(e) if is_lost_session(&e) => e,
+                Submission::Refused(e) => return Err(e),
+                Submission::Unknown(e) => e,
             };
             // A lost session (logged in again by now) or a lost answer: the next read says
             // what is left to do.
