@@ -325,10 +325,25 @@ pub struct PlacementStatus {
     /// Pods whose host is not known (their node maps to no provider's VM).
     #[serde(default)]
     pub pods_on_unknown_hosts: i32,
+    /// With `spreadAcrossHosts`: the verdict of the storage-health loop, which the controller
+    /// shows as the `SpreadAcrossHosts` condition (one writer for all conditions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<SpreadVerdictStatus>,
     /// vSphere: the DRS VM-VM anti-affinity rule kept for `spreadAcrossHosts`, one per
     /// compute cluster holding two or more of the VMs under the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drs_rules: Vec<DrsRuleStatus>,
+}
+
+/// Whether the pods are spread enough: the `SpreadAcrossHosts` condition's content.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpreadVerdictStatus {
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// `Spread`, `OneHost`, `SinglePod` or `HostsUnknown`.
+    pub reason: String,
+    pub message: String,
 }
 
 /// A DRS anti-affinity rule over the VMs backing the workload, and how its ledger entry

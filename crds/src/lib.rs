@@ -34,7 +34,7 @@ pub use infra_change::{
 };
 pub use intent::{
     Availability, BackingPod, DrsRuleStatus, GuardReport, HostPods, HostSpread, Infrastructure, NeighbourCandidateStatus,
-    NeighbourThrottleStatus, Placement, PlacementStatus, Priority, ProtectedVmStatus, Storage, TargetKind, TimeWindow, Weekday,
+    NeighbourThrottleStatus, Placement, PlacementStatus, Priority, ProtectedVmStatus, SpreadVerdictStatus, Storage, TargetKind, TimeWindow, Weekday,
     WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};

@@ -13,6 +13,7 @@ use kube::{
     Api, Client,
 };
 use plumbline_crds::{generate, HypervisorProvider, WorkloadIntent};
+use plumbline_e2e::cluster::CRD_HELD_ANNOTATION;
 use serde_json::{json, Value};
 
 const FIELD_MANAGER: &str = "plumbline-crds-test";
@@ -27,6 +28,16 @@ async fn client_with_crds() -> Result<Client> {
             .name
             .clone()
             .context("generated CRD has a name")?;
+        // A CRD a test holds (the chart upgrade test widens it for a while) is left alone.
+        let held = crds.get_opt(&name).await?.is_some_and(|c| {
+            c.metadata
+                .annotations
+                .is_some_and(|a| a.contains_key(CRD_HELD_ANNOTATION))
+        });
+        if held {
+            wait_established(&crds, &name).await?;
+            continue;
+        }
         crds.patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),

@@ -396,3 +396,86 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
     cluster.cleanup().await;
     result.and(released)
 }
+
+/// A workload whose pods run on a node that maps to no provider's VM: the intent's spread is
+/// `Unknown` (`HostsUnknown`, never reported as a violation), no DRS rule is asked for, and
+/// the Kubernetes side (the constraint) is applied whole.
+#[tokio::test]
+async fn spreading_on_nodes_of_no_provider_is_unknown_and_asks_for_no_rule() -> Result<()> {
+    let cluster = common::Cluster::connect("spread-nowhere").await?;
+    let (admin, ns) = (cluster.admin.clone(), cluster.namespace.clone());
+    let ghost = format!("{ns}-ghost");
+    let nodes = Api::<Node>::all(admin.clone());
+    let mut operator = None;
+    let result = async {
+        // A node nobody backs: no providerID, no kubelet.
+        nodes
+            .create(
+                &Default::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ghost}}))?,
+            )
+            .await?;
+        // Bound to it directly (no kubelet: the pods stay Pending, but their node is set).
+        deploy_placed(&admin, &ns, "app", 2, json!({"nodeName": ghost})).await?;
+        operator = Some(
+            cluster
+                .start_operator_with_health(Arc::new(SystemClock), common::test_health())
+                .await?,
+        );
+        cluster
+            .apply_intent(
+                "app",
+                json!({"target": {"kind": "Deployment", "name": "app"}, "priority": "standard",
+                       "placement": {"spreadAcrossHosts": "required"}}),
+            )
+            .await?;
+        let intents = cluster.intents();
+        let deployments = cluster.deployments();
+        eventually(
+            "HostsUnknown, no rule, and the constraint in the template",
+            PATIENCE,
+            || async {
+                let wi = intents.get("app").await?;
+                let d = serde_json::to_value(deployments.get("app").await?)?;
+                let status = wi.status.as_ref();
+                let condition = status.and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == "SpreadAcrossHosts")
+                        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+                });
+                let placement = status.and_then(|s| s.placement.clone());
+                Ok(match (&condition, &placement, host_constraint(&d)) {
+                    (Some((s, r, m)), Some(p), Some(c))
+                        if s == "Unknown"
+                            && r == "HostsUnknown"
+                            // The rollout adding the constraint leaves pods of both templates.
+                            && m.starts_with("the host of none of the")
+                            && p.pods_on_unknown_hosts >= 2
+                            && p.drs_rules.is_empty()
+                            && c["whenUnsatisfiable"] == "DoNotSchedule" =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                })
+            },
+        )
+        .await?;
+        let rules: Vec<_> = ledger(&admin, &ns)
+            .await?
+            .into_iter()
+            .filter(|ic| ic.spec.purpose == plumbline_crds::ChangePurpose::HostAntiAffinity)
+            .collect();
+        anyhow::ensure!(rules.is_empty(), "no rule asked for: {rules:?}");
+        Ok(())
+    }
+    .await;
+    let released = match operator {
+        Some(op) => release_everything(&admin, &ns, op).await,
+        None => Ok(()),
+    };
+    let _ = nodes.delete(&ghost, &Default::default()).await;
+    cluster.cleanup().await;
+    result.and(released)
+}

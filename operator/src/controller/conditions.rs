@@ -5,8 +5,8 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use plumbline_crds::{
-    conditions::{intent as condition, reason, status},
-    ActionState, Layer,
+    conditions::{intent as condition, placement::SPREAD_ACROSS_HOSTS, reason, status},
+    ActionState, Layer, WorkloadIntent,
 };
 use plumbline_policies::Plan;
 
@@ -144,9 +144,31 @@ fn known_reason(stored: &str) -> &'static str {
     .unwrap_or(reason::AS_EXPECTED)
 }
 
+/// `SpreadAcrossHosts`, for an intent asking for `placement.spreadAcrossHosts`, from the verdict
+/// the storage-health loop put in `status.placement.spread`; keeps its transition time while
+/// its status is unchanged.
+pub fn spread(wi: &WorkloadIntent, now: Timestamp) -> Option<Condition> {
+    wi.spec.placement.as_ref()?.spread_across_hosts?;
+    let status = wi.status.as_ref()?;
+    let verdict = status.placement.as_ref()?.spread.as_ref()?;
+    let last_transition_time = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == SPREAD_ACROSS_HOSTS && c.status == verdict.status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Some(Condition {
+        type_: SPREAD_ACROSS_HOSTS.to_string(),
+        status: verdict.status.clone(),
+        reason: verdict.reason.clone(),
+        message: verdict.message.clone(),
+        observed_generation: wi.metadata.generation,
+        last_transition_time,
+    })
+}
+
 /// The conditions to write: `verdicts` in order, each keeping its previous transition time if
-/// its status is unchanged. Conditions of other types are left out: `conditions` is a list-map
-/// keyed on `type`, so a server-side apply of these entries leaves other owners' entries alone.
+/// its status is unchanged.
 pub fn merge(
     previous: &[Condition],
     verdicts: &[ConditionVerdict],

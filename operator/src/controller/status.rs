@@ -1,10 +1,18 @@
 //! Writing an intent's status with server-side apply under the field manager `plumbline`.
 //!
-//! The controller owns `conditions` Ready/Active/Degraded, `observedGeneration`, `plan` and
-//! `nextTransition`. `backing` and `guard` belong to the storage-health loop, which applies them
+//! The controller owns `conditions`, `observedGeneration`, `plan` and `nextTransition`.
+//! `backing`, `guard` and `placement` belong to the storage-health loop, which applies them
 //! under its own field manager, so they are left out of this apply configuration entirely.
+//!
+//! The controller is the one writer of `conditions`: an API server that applies the list as
+//! a whole (Kubernetes 1.20 does for this CRD) would let two writers replace each other's
+//! entries. So the `SpreadAcrossHosts` verdict the health loop puts in `status.placement` is
+//! written as a condition here (a status change reconciles the intent).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
 use kube::{
     api::{Patch, PatchParams},
     ResourceExt,
@@ -26,8 +34,10 @@ pub struct ControllerStatus {
 pub async fn write(ctx: &Context, wi: &WorkloadIntent, status: &ControllerStatus) -> Result<()> {
     let name = wi.name_any();
     let namespace = wi.namespace().unwrap_or_default();
+    let mut conditions = status.conditions.clone();
+    conditions.extend(super::conditions::spread(wi, Timestamp::now()));
     let mut body = plumbline_crds::apply::status::<WorkloadIntent>(json!({
-        "conditions": status.conditions,
+        "conditions": conditions,
         "plan": status.plan,
     }));
     if let Some(g) = status.observed_generation {

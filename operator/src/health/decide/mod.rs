@@ -561,4 +561,20 @@ mod tests {
         assert_eq!(near[0]["vm"], "vm2", "{near}");
         assert_eq!(d.series.iops.len(), 2);
     }
+
+    #[test]
+    fn pods_on_a_node_of_no_provider_are_spread_unknown_and_ask_for_no_rule() {
+        let mut w = World::new(false);
+        w.intent.spec.storage = None;
+        w.intent.spec.placement = Some(plumbline_crds::Placement {
+            spread_across_hosts: Some(plumbline_crds::HostSpread::Required),
+        });
+        w.node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
+        let d = w.pass();
+        assert!(d.rules.is_empty());
+        let body = &d.statuses[0].body;
+        assert_eq!(body["placement"]["podsOnUnknownHosts"], 3, "{body}");
+        assert_eq!(body["placement"]["spread"]["reason"], "HostsUnknown", "{body}");
+        assert_eq!(body["placement"]["spread"]["status"], status::UNKNOWN, "{body}");
+    }
 }

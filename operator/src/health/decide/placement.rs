@@ -1,13 +1,13 @@
 //! Each intent's pods over hypervisor hosts, decided by `plumbline_policies::placement`:
-//! `status.placement`, and the `SpreadAcrossHosts` condition when `placement.spreadAcrossHosts`
-//! asks for it, merged into the intent's status body; the DRS anti-affinity rules such an
+//! `status.placement`, with the `SpreadAcrossHosts` verdict when `placement.spreadAcrossHosts`
+//! asks for it (the controller shows it as the condition), merged into the intent's status
+//! body; the DRS anti-affinity rules such an
 //! intent wants in the ledger while it is active; and the distinct hosts per intent for
 //! `plumbline_workload_hosts`.
 
 use kube::ResourceExt;
 use plumbline_crds::{
-    conditions::placement::SPREAD_ACROSS_HOSTS, DrsRuleStatus, InfraChange, InfraChangeSpec,
-    VmRef,
+    DrsRuleStatus, InfraChange, InfraChangeSpec, SpreadVerdictStatus, VmRef,
 };
 use plumbline_policies::{
     ledger::rule_spec,
@@ -16,7 +16,7 @@ use plumbline_policies::{
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-use super::{memory::PassInput, writes::rfc3339};
+use super::memory::PassInput;
 use crate::health::{book::HealthBook, graph::IntentView};
 
 /// What a pass decided about placement besides the status bodies.
@@ -109,26 +109,13 @@ pub(super) fn decide(
         if !asked && !bodies.contains_key(&key) {
             continue;
         }
+        status.spread = verdict.map(|v| SpreadVerdictStatus {
+            status: v.status.to_string(),
+            reason: v.reason.to_string(),
+            message: v.message,
+        });
         let body = bodies.entry(key).or_insert_with(|| json!({}));
         body["placement"] = json!(status);
-        if let Some(v) = verdict {
-            let previous = view.intent.status.as_ref().and_then(|s| {
-                s.conditions
-                    .iter()
-                    .find(|c| c.type_ == SPREAD_ACROSS_HOSTS && c.status == v.status)
-            });
-            let since = previous
-                .map(|c| json!(c.last_transition_time))
-                .unwrap_or_else(|| json!(rfc3339(input.now)));
-            body["conditions"] = json!([{
-                "type": SPREAD_ACROSS_HOSTS,
-                "status": v.status,
-                "reason": v.reason,
-                "message": v.message,
-                "lastTransitionTime": since,
-                "observedGeneration": view.intent.metadata.generation,
-            }]);
-        }
     }
     Placed {
         hosts: hosts_per_intent,
