@@ -224,6 +224,7 @@ fn count_changes(ctx: &Context, changes: &[Arc<InfraChange>], operator: &str) {
         ChangePurpose::NeighbourThrottle,
         ChangePurpose::BackingVmProtection,
         ChangePurpose::StorageTaint,
+        ChangePurpose::HostAntiAffinity,
     ] {
         for state in [
             ic_state::PENDING,
