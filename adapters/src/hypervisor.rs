@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AntiAffinityRule, BackingVm, Capabilities, HostState, Result, Setting, StorageSamples, Tunable, TunableReport,
-    VmId,
+    AntiAffinityRule, BackingVm, Capabilities, HostState, Result, Setting, StorageSamples, Tunable,
+    TunableReport, VmId,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,8 +134,11 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// A rule of another kind with that name is an [`crate::Error::UnsupportedOperation`]:
     /// it is not Plumbline's to change. vSphere reads the cluster's `configurationEx.rule`;
     /// libvirt has no clusters: [`crate::Error::UnsupportedOperation`].
-    async fn anti_affinity_rule(&self, cluster: &str, name: &str)
-        -> Result<Option<AntiAffinityRule>>;
+    async fn anti_affinity_rule(
+        &self,
+        cluster: &str,
+        name: &str,
+    ) -> Result<Option<AntiAffinityRule>>;
 
     /// Makes the cluster's rule of that name exactly `rule` (adding it, or editing the one
     /// there), unless it already is. vSphere: `ReconfigureComputeResource_Task` with a

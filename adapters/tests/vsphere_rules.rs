@@ -62,7 +62,12 @@ async fn serial_anti_affinity_rules_are_written_once_read_back_and_removed() {
     );
     let added = sim_rule(RULE).await.expect("the simulator lists the rule");
     assert_eq!(
-        (added.kind.as_str(), added.mandatory, added.enabled, &added.vms),
+        (
+            added.kind.as_str(),
+            added.mandatory,
+            added.enabled,
+            &added.vms
+        ),
         ("ClusterAntiAffinityRuleSpec", false, true, &names),
         "{added:?}"
     );
@@ -94,7 +99,10 @@ async fn serial_anti_affinity_rules_are_written_once_read_back_and_removed() {
         }
         other => panic!("expected vCenter's InvalidArgument, got {other:?}"),
     }
-    assert!(sim_rule(RULE).await.unwrap().mandatory, "nothing half-applied");
+    assert!(
+        sim_rule(RULE).await.unwrap().mandatory,
+        "nothing half-applied"
+    );
 
     hv.remove_anti_affinity_rule(&cluster, RULE).await.unwrap();
     assert_eq!(sim_rule(RULE).await, None);

@@ -417,7 +417,8 @@ fn dns_part(s: &str) -> String {
     out.trim_matches(['-', '.']).to_string()
 }
 
-fn fnv1a(bytes: &[u8]) -> u32 {
+/// FNV-1a, 32 bits: a short, stable hash for names derived from longer ones.
+pub fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     })

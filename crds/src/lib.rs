@@ -29,12 +29,13 @@ pub use host_maintenance::{
     MaintenanceWorkload, OnTimeout,
 };
 pub use infra_change::{
-    ChangeOwner, ChangePurpose, ChangeTarget, ChangeTargetKind, InfraChange, InfraChangeSpec,
-    InfraChangeStatus, ThrottleStep, VmRef,
+    fnv1a, ChangeOwner, ChangePurpose, ChangeTarget, ChangeTargetKind, InfraChange,
+    InfraChangeSpec, InfraChangeStatus, ThrottleStep, VmRef,
 };
 pub use intent::{
-    Availability, BackingPod, DrsRuleStatus, GuardReport, HostPods, HostSpread, Infrastructure, NeighbourCandidateStatus,
-    NeighbourThrottleStatus, Placement, PlacementStatus, Priority, ProtectedVmStatus, SpreadVerdictStatus, Storage, TargetKind, TimeWindow, Weekday,
+    Availability, BackingPod, DrsRuleStatus, GuardReport, HostPods, HostSpread, Infrastructure,
+    NeighbourCandidateStatus, NeighbourThrottleStatus, Placement, PlacementStatus, Priority,
+    ProtectedVmStatus, SpreadVerdictStatus, Storage, TargetKind, TimeWindow, Weekday,
     WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};

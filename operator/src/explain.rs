@@ -144,9 +144,11 @@ pub async fn load_intent(client: &Client, args: &ExplainArgs) -> Result<Workload
         {
             name
         }
-        Some((kind, _)) => return Err(Error::Usage(format!(
+        Some((kind, _)) => {
+            return Err(Error::Usage(format!(
             "explain takes a WorkloadIntent (wi/NAME) or a HostMaintenance (hm/NAME), not {kind}"
-        ))),
+        )))
+        }
         None => reference,
     };
     let namespace = args.namespace.clone().unwrap_or(default_ns);

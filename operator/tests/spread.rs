@@ -81,8 +81,12 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
             .map(|vm| vm.cluster)
             .context("the simulator has a cluster")?;
         let nodes: Vec<&String> = in_cluster.keys().collect();
-        let cluster_hosts: BTreeSet<&String> = nodes.iter().filter_map(|n| host_of_node.get(*n)).collect();
-        anyhow::ensure!(cluster_hosts.len() >= 2, "the cluster's VMs are on {cluster_hosts:?}");
+        let cluster_hosts: BTreeSet<&String> =
+            nodes.iter().filter_map(|n| host_of_node.get(*n)).collect();
+        anyhow::ensure!(
+            cluster_hosts.len() >= 2,
+            "the cluster's VMs are on {cluster_hosts:?}"
+        );
         stack.reject_vsphere_rules(&cluster_name, false).await?;
         deploy_placed(&admin, &ns, "web", 3, only_on(&nodes)).await?;
         let mut health = common::test_health();
@@ -194,7 +198,11 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
             Ok::<_, anyhow::Error>(
                 list.iter()
                     .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .filter_map(|p| in_cluster.get(p.spec.as_ref()?.node_name.as_ref()?).cloned())
+                    .filter_map(|p| {
+                        in_cluster
+                            .get(p.spec.as_ref()?.node_name.as_ref()?)
+                            .cloned()
+                    })
                     .collect::<BTreeSet<String>>(),
             )
         };
@@ -224,13 +232,23 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
                 .and_then(|s| s.placement.as_ref())
                 .and_then(|p| p.drs_rules.first().cloned())
         };
-        eventually("status.placement.drsRules says Applied", PATIENCE, || async {
-            let wi = intents.get("web").await?;
-            Ok(match rule_state(&wi) {
-                Some(r) if r.state.as_deref() == Some("Applied") && r.mode == "should" && r.vms == rule.vms => Ok(()),
-                other => Err(format!("{other:?}")),
-            })
-        })
+        eventually(
+            "status.placement.drsRules says Applied",
+            PATIENCE,
+            || async {
+                let wi = intents.get("web").await?;
+                Ok(match rule_state(&wi) {
+                    Some(r)
+                        if r.state.as_deref() == Some("Applied")
+                            && r.mode == "should"
+                            && r.vms == rule.vms =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                })
+            },
+        )
         .await?;
 
         // The cluster refuses the change to a "must" rule: reported, the rule as it was.
@@ -250,7 +268,9 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
                 Ok(match rule_state(&wi) {
                     Some(r)
                         if r.mode == "must"
-                            && r.message.as_deref().is_some_and(|m| m.contains("InvalidArgument")) =>
+                            && r.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains("InvalidArgument")) =>
                     {
                         Ok(r)
                     }
@@ -377,13 +397,17 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
 
         // Deleting the intent takes the constraint and the rule out again.
         cluster.delete_intent("web").await?;
-        eventually("the spread constraint and the rule removed", PATIENCE, || async {
-            let d = serde_json::to_value(deployments.get("web").await?)?;
-            Ok(match (host_constraint(&d), sim_rule().await?) {
-                (None, None) => Ok(()),
-                other => Err(format!("{other:?}")),
-            })
-        })
+        eventually(
+            "the spread constraint and the rule removed",
+            PATIENCE,
+            || async {
+                let d = serde_json::to_value(deployments.get("web").await?)?;
+                Ok(match (host_constraint(&d), sim_rule().await?) {
+                    (None, None) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                })
+            },
+        )
         .await?;
         Ok(())
     }

@@ -18,9 +18,9 @@ use virt_sys as sys;
 
 use self::{connection::Connection, metadata::Records};
 use crate::{
-    AntiAffinityRule, BackingVm, Capabilities, Capability, ConnectionState, CounterHistory, DiskLimit, Endpoint,
-    Error, HostState, Hypervisor, HypervisorKind, LibvirtConfig, Result, Setting, StorageSamples,
-    Support, Tunable, TunableReport, VmId,
+    AntiAffinityRule, BackingVm, Capabilities, Capability, ConnectionState, CounterHistory,
+    DiskLimit, Endpoint, Error, HostState, Hypervisor, HypervisorKind, LibvirtConfig, Result,
+    Setting, StorageSamples, Support, Tunable, TunableReport, VmId,
 };
 
 /// How long one libvirt call may take before the cycle gives up on it. Bulk stats use the

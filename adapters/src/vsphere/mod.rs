@@ -23,9 +23,9 @@ pub use self::{inventory::MAX_PROPERTY_PAGES, soap::MAX_RESPONSE_BYTES};
 use self::{inventory::VmRecord, perf::LatencyCounters, session::Session, tuning::Refusal};
 use crate::xml::{Element, MoRef};
 use crate::{
-    AntiAffinityRule, BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error, HostState, Hypervisor,
-    HypervisorKind, Result, Setting, StorageSamples, Support, Tunable, TunableReport,
-    VSphereConfig, VmId,
+    AntiAffinityRule, BackingVm, Capabilities, Capability, ConnectionState, Endpoint, Error,
+    HostState, Hypervisor, HypervisorKind, Result, Setting, StorageSamples, Support, Tunable,
+    TunableReport, VSphereConfig, VmId,
 };
 
 /// How long one SOAP call may take.

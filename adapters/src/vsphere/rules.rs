@@ -76,7 +76,7 @@ fn rule_record(rule: &Element) -> Option<RuleRecord> {
 
 /// What a write sends: a new rule, a changed one (by its key), or the rule's removal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Edit {
+enum RuleChange {
     Add,
     Edit(i64),
     Remove(i64),
@@ -88,19 +88,19 @@ fn plan(
     cluster: &str,
     current: Option<&RuleRecord>,
     want: Option<(&AntiAffinityRule, &[MoRef])>,
-) -> std::result::Result<Option<Edit>, String> {
+) -> std::result::Result<Option<RuleChange>, String> {
     if let Some(rule) = current.filter(|r| r.kind != ANTI_AFFINITY) {
         return Err(foreign(cluster, rule));
     }
     Ok(match (current, want) {
         (None, None) => None,
-        (Some(rule), None) => Some(Edit::Remove(rule.key)),
-        (None, Some(_)) => Some(Edit::Add),
+        (Some(rule), None) => Some(RuleChange::Remove(rule.key)),
+        (None, Some(_)) => Some(RuleChange::Add),
         (Some(rule), Some((w, vms))) => {
             let mut have = rule.vms.clone();
             have.sort();
             let same = rule.enabled == w.enabled && rule.mandatory == w.mandatory && have == vms;
-            (!same).then_some(Edit::Edit(rule.key))
+            (!same).then_some(RuleChange::Edit(rule.key))
         }
     })
 }
@@ -114,14 +114,18 @@ fn foreign(cluster: &str, rule: &RuleRecord) -> String {
 }
 
 /// `ReconfigureComputeResource_Task` with one `rulesSpec`, fields in the WSDL's order.
-fn request(cluster: &MoRef, edit: &Edit, want: Option<(&AntiAffinityRule, &[MoRef])>) -> Element {
+fn request(
+    cluster: &MoRef,
+    edit: &RuleChange,
+    want: Option<(&AntiAffinityRule, &[MoRef])>,
+) -> Element {
     let rules_spec = match (edit, want) {
-        (Edit::Remove(key), _) => Element::new("rulesSpec")
+        (RuleChange::Remove(key), _) => Element::new("rulesSpec")
             .child(Element::text("operation", "remove"))
             .child(Element::text("removeKey", key.to_string()).xsi_type("xsd:int")),
-        (Edit::Add | Edit::Edit(_), Some((rule, vms))) => {
+        (RuleChange::Add | RuleChange::Edit(_), Some((rule, vms))) => {
             let key = match edit {
-                Edit::Edit(key) => Some(Element::text("key", key.to_string())),
+                RuleChange::Edit(key) => Some(Element::text("key", key.to_string())),
                 _ => None,
             };
             let info = Element::new("info")
@@ -132,12 +136,18 @@ fn request(cluster: &MoRef, edit: &Edit, want: Option<(&AntiAffinityRule, &[MoRe
                 .child(Element::text("mandatory", rule.mandatory.to_string()))
                 .child(Element::text("userCreated", "true"))
                 .children(vms.iter().map(|vm| Element::moref("vm", vm)));
-            let operation = if matches!(edit, Edit::Add) { "add" } else { "edit" };
+            let operation = if matches!(edit, RuleChange::Add) {
+                "add"
+            } else {
+                "edit"
+            };
             Element::new("rulesSpec")
                 .child(Element::text("operation", operation))
                 .child(info)
         }
-        (Edit::Add | Edit::Edit(_), None) => unreachable!("an add or edit always has a rule"),
+        (RuleChange::Add | RuleChange::Edit(_), None) => {
+            unreachable!("an add or edit always has a rule")
+        }
     };
     Element::new("ReconfigureComputeResource_Task")
         .child(Element::moref("_this", cluster))
@@ -212,7 +222,11 @@ impl VSphereHypervisor {
             .collect();
         // A VM that is gone drops out: the rule then differs from what is wanted, and is
         // rewritten.
-        let mut vms: Vec<VmId> = rule.vms.iter().filter_map(|m| ids_of.get(m).cloned()).collect();
+        let mut vms: Vec<VmId> = rule
+            .vms
+            .iter()
+            .filter_map(|m| ids_of.get(m).cloned())
+            .collect();
         vms.sort();
         Ok(Some(AntiAffinityRule {
             name: rule.name.clone(),
@@ -303,7 +317,8 @@ mod tests {
 
     /// A cluster's `configurationEx` as govmomi's simulator answers it: our rule, someone's
     /// VM-host rule, and a cluster without rules.
-    const CLUSTERS: &[u8] = br#"<returnval xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance">
+    const CLUSTERS: &[u8] =
+        br#"<returnval xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance">
   <objects><obj type="ClusterComputeResource">domain-c29</obj>
     <propSet><name>name</name><val XMLSchema-instance:type="xsd:string">DC0_C0</val></propSet>
     <propSet><name>configurationEx</name><val XMLSchema-instance:type="ClusterConfigInfoEx">
@@ -347,7 +362,10 @@ mod tests {
         let c = clusters();
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].name, "DC0_C0");
-        assert_eq!(c[0].moref, MoRef::new("ClusterComputeResource", "domain-c29"));
+        assert_eq!(
+            c[0].moref,
+            MoRef::new("ClusterComputeResource", "domain-c29")
+        );
         assert_eq!(
             c[0].rules[0],
             RuleRecord {
@@ -370,16 +388,25 @@ mod tests {
         let vms = [vm("vm-54"), vm("vm-57")];
         let (should, must) = (rule(false), rule(true));
         assert_eq!(plan("DC0_C0", ours, Some((&should, &vms))), Ok(None));
-        assert_eq!(plan("DC0_C0", ours, Some((&must, &vms))), Ok(Some(Edit::Edit(3))));
+        assert_eq!(
+            plan("DC0_C0", ours, Some((&must, &vms))),
+            Ok(Some(RuleChange::Edit(3)))
+        );
         assert_eq!(
             plan("DC0_C0", ours, Some((&should, &vms[..1]))),
-            Ok(Some(Edit::Edit(3)))
+            Ok(Some(RuleChange::Edit(3)))
         );
-        assert_eq!(plan("DC0_C0", ours, None), Ok(Some(Edit::Remove(3))));
-        assert_eq!(plan("DC1_C0", None, Some((&should, &vms))), Ok(Some(Edit::Add)));
+        assert_eq!(plan("DC0_C0", ours, None), Ok(Some(RuleChange::Remove(3))));
+        assert_eq!(
+            plan("DC1_C0", None, Some((&should, &vms))),
+            Ok(Some(RuleChange::Add))
+        );
         assert_eq!(plan("DC1_C0", None, None), Ok(None));
         let theirs = plan("DC0_C0", c[0].rules.get(1), None).unwrap_err();
-        assert!(theirs.contains("of another kind (ClusterVmHostRuleInfo)"), "{theirs}");
+        assert!(
+            theirs.contains("of another kind (ClusterVmHostRuleInfo)"),
+            "{theirs}"
+        );
     }
 
     #[test]
@@ -387,7 +414,7 @@ mod tests {
         let cluster = MoRef::new("ClusterComputeResource", "domain-c29");
         let vms = [vm("vm-54"), vm("vm-57")];
         let r = rule(true);
-        let edit = request(&cluster, &Edit::Edit(3), Some((&r, &vms)));
+        let edit = request(&cluster, &RuleChange::Edit(3), Some((&r, &vms)));
         let spec = edit.first("spec").unwrap();
         assert_eq!(spec.type_name(), Some("ClusterConfigSpecEx"));
         assert_eq!(spec.path_text(&["rulesSpec", "operation"]), Some("edit"));
@@ -396,14 +423,25 @@ mod tests {
         let names: Vec<_> = info.children.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            ["key", "enabled", "name", "mandatory", "userCreated", "vm", "vm"]
+            [
+                "key",
+                "enabled",
+                "name",
+                "mandatory",
+                "userCreated",
+                "vm",
+                "vm"
+            ]
         );
         assert_eq!(info.path_text(&["mandatory"]), Some("true"));
         assert_eq!(edit.path_text(&["modify"]), Some("true"));
-        let add = request(&cluster, &Edit::Add, Some((&r, &vms)));
+        let add = request(&cluster, &RuleChange::Add, Some((&r, &vms)));
         assert!(add.path(&["spec", "rulesSpec", "info", "key"]).is_none());
-        let remove = request(&cluster, &Edit::Remove(3), None);
+        let remove = request(&cluster, &RuleChange::Remove(3), None);
         let removal = remove.path(&["spec", "rulesSpec", "removeKey"]).unwrap();
-        assert_eq!((removal.text.as_str(), removal.type_name()), ("3", Some("int")));
+        assert_eq!(
+            (removal.text.as_str(), removal.type_name()),
+            ("3", Some("int"))
+        );
     }
 }

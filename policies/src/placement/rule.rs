@@ -83,9 +83,7 @@ pub fn rule_name(namespace: &str, intent: &str) -> String {
     if full.len() <= MAX_NAME {
         return full;
     }
-    let hash = full
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = plumbline_crds::fnv1a(full.as_bytes());
     format!("{}-{hash:08x}", &full[..MAX_NAME - 9])
 }
 
@@ -188,7 +186,10 @@ mod tests {
         ];
         let rules = anti_affinity_rules("ns", "i", HostSpread::Preferred, &vms);
         assert_eq!(rules.len(), 2);
-        assert_eq!((rules[0].provider.as_str(), rules[1].provider.as_str()), ("vc1", "vc2"));
+        assert_eq!(
+            (rules[0].provider.as_str(), rules[1].provider.as_str()),
+            ("vc1", "vc2")
+        );
     }
 
     #[test]

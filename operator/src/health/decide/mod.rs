@@ -574,7 +574,14 @@ mod tests {
         assert!(d.rules.is_empty());
         let body = &d.statuses[0].body;
         assert_eq!(body["placement"]["podsOnUnknownHosts"], 3, "{body}");
-        assert_eq!(body["placement"]["spread"]["reason"], "HostsUnknown", "{body}");
-        assert_eq!(body["placement"]["spread"]["status"], status::UNKNOWN, "{body}");
+        assert_eq!(
+            body["placement"]["spread"]["reason"], "HostsUnknown",
+            "{body}"
+        );
+        assert_eq!(
+            body["placement"]["spread"]["status"],
+            status::UNKNOWN,
+            "{body}"
+        );
     }
 }

@@ -6,9 +6,7 @@
 //! `plumbline_workload_hosts`.
 
 use kube::ResourceExt;
-use plumbline_crds::{
-    DrsRuleStatus, InfraChange, InfraChangeSpec, SpreadVerdictStatus, VmRef,
-};
+use plumbline_crds::{DrsRuleStatus, InfraChange, InfraChangeSpec, SpreadVerdictStatus, VmRef};
 use plumbline_policies::{
     ledger::rule_spec,
     placement::{anti_affinity_rules, host_spread, HostKind, RuleVm},
@@ -98,7 +96,9 @@ pub(super) fn decide(
             );
             for wish in anti_affinity_rules(&view.namespace, &view.name, spread, &vms) {
                 let spec = rule_spec(&wish, &view.label(), &workload, input.operator);
-                status.drs_rules.push(rule_status(input.changes, &spec, wish));
+                status
+                    .drs_rules
+                    .push(rule_status(input.changes, &spec, wish));
                 rules.push(spec);
             }
         }
