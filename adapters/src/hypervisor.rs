@@ -129,6 +129,13 @@ pub trait Hypervisor: Send + Sync + fmt::Debug {
     /// libvirt: [`crate::Error::UnsupportedOperation`].
     async fn exit_maintenance(&self, host: &str, timeout: Duration) -> Result<()>;
 
+    /// Moves the running VM to `host` (named as [`BackingVm::host`] names it) of its cluster
+    /// and waits until it runs there; nothing is sent when it already does. vSphere: vMotion,
+    /// `RelocateVM_Task` with only `spec.host` (datastores and resource pool stay), waited for
+    /// as long as `timeout` plus a grace. libvirt: [`crate::Error::UnsupportedOperation`] (a
+    /// provider is one host). An unknown host: [`crate::Error::HostNotFound`].
+    async fn relocate(&self, vm: &VmId, host: &str, timeout: Duration) -> Result<()>;
+
     /// The VM-VM anti-affinity rule named `name` in compute cluster `cluster` (named as
     /// [`BackingVm::cluster`] names it), or `None` when the cluster has no rule of that name.
     /// A rule of another kind with that name is an [`crate::Error::UnsupportedOperation`]:

@@ -399,21 +399,29 @@ async fn serial_spread_across_hosts_puts_the_pods_on_several_hosts_and_goes_on_d
         // rule goes); back on both VMs, it is made again.
         let first = nodes[0].clone();
         deploy_placed(&admin, &ns, "web", 3, only_on(&[&first])).await?;
-        eventually("the rule gone with the pods on one VM", PATIENCE, || async {
-            Ok(match sim_rule().await? {
-                None => Ok(()),
-                Some(r) => Err(format!("{r:?}, pods under {:?}", under_pods().await?)),
-            })
-        })
+        eventually(
+            "the rule gone with the pods on one VM",
+            PATIENCE,
+            || async {
+                Ok(match sim_rule().await? {
+                    None => Ok(()),
+                    Some(r) => Err(format!("{r:?}, pods under {:?}", under_pods().await?)),
+                })
+            },
+        )
         .await?;
         deploy_placed(&admin, &ns, "web", 3, only_on(&nodes)).await?;
-        eventually("the rule back with the pods on both VMs", PATIENCE, || async {
-            let want: Vec<String> = under_pods().await?.into_iter().collect();
-            Ok(match sim_rule().await? {
-                Some(r) if r.vms == want && want.len() == 2 => Ok(()),
-                other => Err(format!("want {want:?}, the simulator has {other:?}")),
-            })
-        })
+        eventually(
+            "the rule back with the pods on both VMs",
+            PATIENCE,
+            || async {
+                let want: Vec<String> = under_pods().await?.into_iter().collect();
+                Ok(match sim_rule().await? {
+                    Some(r) if r.vms == want && want.len() == 2 => Ok(()),
+                    other => Err(format!("want {want:?}, the simulator has {other:?}")),
+                })
+            },
+        )
         .await?;
 
         // Deleting the intent takes the constraint and the rule out again.

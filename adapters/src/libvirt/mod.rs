@@ -706,6 +706,13 @@ impl Hypervisor for LibvirtHypervisor {
         Err(self.no_maintenance_mode("leaving maintenance mode"))
     }
 
+    async fn relocate(&self, _vm: &VmId, _host: &str, _timeout: Duration) -> Result<()> {
+        Err(self.no_such_operation(
+            "relocating a VM",
+            "a libvirt provider is one host: moving a VM to another host is a migration between providers",
+        ))
+    }
+
     async fn anti_affinity_rule(
         &self,
         _cluster: &str,

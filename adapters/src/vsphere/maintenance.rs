@@ -161,7 +161,7 @@ impl Direction {
 }
 
 impl VSphereHypervisor {
-    async fn host_record(&self, name: &str) -> Result<HostRecord> {
+    pub(super) async fn host_record(&self, name: &str) -> Result<HostRecord> {
         let records = hosts(self).await?;
         let known = records.iter().map(|h| h.name.clone()).collect();
         records

@@ -4,6 +4,7 @@ mod inventory;
 mod maintenance;
 mod perf;
 mod reconfigure;
+mod relocate;
 mod rules;
 mod session;
 mod soap;
@@ -292,6 +293,11 @@ impl Hypervisor for VSphereHypervisor {
     #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
     async fn exit_maintenance(&self, host: &str, timeout: Duration) -> Result<()> {
         self.exit_maintenance_mode(host, timeout).await
+    }
+
+    #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint, %vm))]
+    async fn relocate(&self, vm: &VmId, host: &str, timeout: Duration) -> Result<()> {
+        self.relocate_vm(vm, host, timeout).await
     }
 
     #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
