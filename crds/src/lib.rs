@@ -33,7 +33,7 @@ pub use infra_change::{
     InfraChangeStatus, ThrottleStep, VmRef,
 };
 pub use intent::{
-    Availability, BackingPod, GuardReport, HostPods, HostSpread, Infrastructure, NeighbourCandidateStatus,
+    Activation, Combine, OnEmpty, Signal, SignalStatus, Availability, BackingPod, GuardReport, HostPods, HostSpread, Infrastructure, NeighbourCandidateStatus,
     NeighbourThrottleStatus, Placement, PlacementStatus, Priority, ProtectedVmStatus, Storage, TargetKind, TimeWindow, Weekday,
     WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };

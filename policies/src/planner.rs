@@ -67,7 +67,20 @@ pub fn plan(
         .as_ref()
         .filter(|w| w.workload == target)
         .ok_or_else(|| Invalid::TargetNotFound(target.clone()))?;
-    let activity = activity(valid.schedule.as_ref(), now);
+    let signals = crate::activation::memories_from_status(
+        intent
+            .status
+            .as_ref()
+            .map(|s| s.signals.as_slice())
+            .unwrap_or_default(),
+    );
+    let activity = crate::activation::evaluate(
+        valid.schedule.as_ref(),
+        valid.activation.as_ref(),
+        &signals,
+        now,
+    )
+    .activity;
 
     let mut plan = Plan {
         workload: target,
@@ -78,7 +91,7 @@ pub fn plan(
         notes: Vec::new(),
     };
     if !plan.activity.active {
-        let undo = revert(&observed.applied, observed, "the schedule window is closed");
+        let undo = revert(&observed.applied, observed, "the intent is not active");
         plan.reverts = undo.actions;
         plan.notes = undo.notes;
         // The ledger releases what it holds for the intent; until then it is still in force.

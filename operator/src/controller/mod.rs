@@ -74,6 +74,7 @@ pub fn term_context(
     adapters: Arc<Adapters>,
     concurrency: u16,
     namespace: Option<String>,
+    prometheus: crate::prometheus::Source,
 ) -> (Arc<Context>, TermInputs) {
     let (reader, writer) = reflector::store();
     // Decoded one by one: an intent the types cannot read never stops the others' watch.
@@ -109,6 +110,7 @@ pub fn term_context(
         reconcile: tx,
         retries: Default::default(),
         identity,
+        prometheus,
         event_namespace_in_reference: Default::default(),
     });
     (
