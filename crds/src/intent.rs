@@ -203,6 +203,9 @@ pub struct SignalStatus {
     /// The last successful evaluation (a value or an empty result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success: Option<Time>,
+    /// The last evaluation, successful or not (the next is due an `interval` later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_at: Option<Time>,
     /// Since when data is missing (error, stale, or empty with `keepLast`): the `maxKeepLast`
     /// clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]

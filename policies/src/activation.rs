@@ -257,6 +257,8 @@ pub struct SignalMemory {
     /// Since when the value is above the band (the `for` clock).
     pub above_since: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
+    /// The last evaluation, successful or not.
+    pub evaluated_at: Option<DateTime<Utc>>,
     /// Since when data is missing (the `maxKeepLast` clock).
     pub missing_since: Option<DateTime<Utc>>,
 }
@@ -306,8 +308,10 @@ pub fn step(
             active_since: None,
             above_since: None,
             last_success: None,
+            evaluated_at: None,
             missing_since: None,
         });
+    m.evaluated_at = Some(now);
     let (state, level) = match reading {
         Reading::Value(v) => {
             m.value = v.is_finite().then_some(v).or(m.value);
@@ -636,6 +640,37 @@ pub fn evaluate(
     }
 }
 
+/// Whether `rule` is due for a query at `now`, and if not, how long until it is.
+pub fn due_in(rule: &SignalRule, memory: Option<&SignalMemory>, now: DateTime<Utc>) -> Duration {
+    match memory.and_then(|m| m.evaluated_at) {
+        None => Duration::ZERO,
+        Some(at) => rule.interval.saturating_sub(elapsed(at, now)),
+    }
+}
+
+/// [`evaluate`] for an intent as stored: its parsed spec and the memories in its
+/// `status.signals`. The planner, the storage-health loop and the maintenance planner all
+/// decide "active" through here.
+pub fn evaluate_intent(
+    valid: &crate::validate::ValidIntent,
+    intent: &plumbline_crds::WorkloadIntent,
+    now: DateTime<Utc>,
+) -> Decision {
+    let memories = memories_from_status(
+        intent
+            .status
+            .as_ref()
+            .map(|s| s.signals.as_slice())
+            .unwrap_or_default(),
+    );
+    evaluate(
+        valid.schedule.as_ref(),
+        valid.activation.as_ref(),
+        &memories,
+        now,
+    )
+}
+
 /// The memories kept in `status.signals`.
 pub fn memories_from_status(entries: &[SignalStatus]) -> Vec<SignalMemory> {
     entries
@@ -651,6 +686,7 @@ pub fn memories_from_status(entries: &[SignalStatus]) -> Vec<SignalMemory> {
             active_since: s.active_since.as_ref().map(from_time),
             above_since: s.above_since.as_ref().map(from_time),
             last_success: s.last_success.as_ref().map(from_time),
+            evaluated_at: s.evaluated_at.as_ref().map(from_time),
             missing_since: s.missing_since.as_ref().map(from_time),
         })
         .collect()
@@ -669,6 +705,7 @@ pub fn memory_to_status(m: &SignalMemory) -> SignalStatus {
         active_since: m.active_since.map(to_time),
         above_since: m.above_since.map(to_time),
         last_success: m.last_success.map(to_time),
+        evaluated_at: m.evaluated_at.map(to_time),
         missing_since: m.missing_since.map(to_time),
     }
 }

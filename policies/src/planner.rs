@@ -67,20 +67,7 @@ pub fn plan(
         .as_ref()
         .filter(|w| w.workload == target)
         .ok_or_else(|| Invalid::TargetNotFound(target.clone()))?;
-    let signals = crate::activation::memories_from_status(
-        intent
-            .status
-            .as_ref()
-            .map(|s| s.signals.as_slice())
-            .unwrap_or_default(),
-    );
-    let activity = crate::activation::evaluate(
-        valid.schedule.as_ref(),
-        valid.activation.as_ref(),
-        &signals,
-        now,
-    )
-    .activity;
+    let activity = crate::activation::evaluate_intent(&valid, intent, now).activity;
 
     let mut plan = Plan {
         workload: target,

@@ -11,6 +11,7 @@ pub mod observe;
 mod plan;
 mod reconcile;
 mod revert;
+pub mod signals;
 mod status;
 
 pub use observe::{conflicting_intent, list_intents, observe, IntentObservation, LiveWorkload};

@@ -1,7 +1,7 @@
 //! Writing an intent's status with server-side apply under the field manager `plumbline`.
 //!
-//! The controller owns `conditions` Ready/Active/Degraded, `observedGeneration`, `plan` and
-//! `nextTransition`. `backing` and `guard` belong to the storage-health loop, which applies them
+//! The controller owns `conditions` Ready/Active/Degraded/SignalsHealthy, `observedGeneration`,
+//! `plan`, `nextTransition` and `signals`. `backing` and `guard` belong to the storage-health loop, which applies them
 //! under its own field manager, so they are left out of this apply configuration entirely.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -9,7 +9,7 @@ use kube::{
     api::{Patch, PatchParams},
     ResourceExt,
 };
-use plumbline_crds::{names::FIELD_MANAGER, PlannedAction, WorkloadIntent};
+use plumbline_crds::{names::FIELD_MANAGER, PlannedAction, SignalStatus, WorkloadIntent};
 use serde_json::json;
 
 use crate::{context::Context, Error, Result};
@@ -21,6 +21,8 @@ pub struct ControllerStatus {
     pub observed_generation: Option<i64>,
     pub plan: Vec<PlannedAction>,
     pub next_transition: Option<Time>,
+    /// `status.signals`: the activation signals' memories.
+    pub signals: Vec<SignalStatus>,
 }
 
 pub async fn write(ctx: &Context, wi: &WorkloadIntent, status: &ControllerStatus) -> Result<()> {
@@ -32,6 +34,9 @@ pub async fn write(ctx: &Context, wi: &WorkloadIntent, status: &ControllerStatus
     }));
     if let Some(g) = status.observed_generation {
         body["status"]["observedGeneration"] = json!(g);
+    }
+    if !status.signals.is_empty() {
+        body["status"]["signals"] = json!(status.signals);
     }
     if let Some(t) = &status.next_transition {
         body["status"]["nextTransition"] = json!(t);
