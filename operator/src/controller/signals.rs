@@ -116,10 +116,15 @@ pub fn record(ctx: &Context, wi: &WorkloadIntent, evaluated: &Evaluated) {
     let namespace = wi.namespace().unwrap_or_default();
     let name = wi.name_any();
     let memories = activation::memories_from_status(&evaluated.statuses());
+    let rules = validate_intent(&wi.spec)
+        .ok()
+        .and_then(|v| v.activation)
+        .map(|a| a.signals)
+        .unwrap_or_default();
     let active = decision.activity.active;
     ctx.metrics
         .signals
-        .observe(&namespace, &name, &memories, active);
+        .observe(&namespace, &name, &rules, &memories, active);
     let was_active = wi.status.as_ref().and_then(|s| {
         s.conditions
             .iter()

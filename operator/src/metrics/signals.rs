@@ -9,7 +9,7 @@ use prometheus_client::{
 };
 use std::sync::atomic::AtomicU64;
 
-use plumbline_policies::activation::{DataState, SignalMemory};
+use plumbline_policies::activation::{DataState, SignalMemory, SignalRule};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
@@ -25,6 +25,15 @@ pub struct SignalStateLabels {
     pub signal: String,
     /// value, empty, error or stale; the series of the current state is 1, the others 0.
     pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThresholdLabels {
+    pub namespace: String,
+    pub intent: String,
+    pub signal: String,
+    /// `activateAbove` or `deactivateBelow`.
+    pub edge: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +55,7 @@ pub struct TransitionLabels {
 #[derive(Clone)]
 pub struct SignalMetrics {
     pub value: Family<SignalLabels, Gauge<f64, AtomicU64>>,
+    pub threshold: Family<ThresholdLabels, Gauge<f64, AtomicU64>>,
     pub state: Family<SignalStateLabels, Gauge>,
     pub active: Family<ActiveLabels, Gauge>,
     pub transitions: Family<TransitionLabels, Counter>,
@@ -55,6 +65,7 @@ impl SignalMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             value: Family::default(),
+            threshold: Family::default(),
             state: Family::default(),
             active: Family::default(),
             transitions: Family::default(),
@@ -63,6 +74,11 @@ impl SignalMetrics {
             "signal_value",
             "The last value of an activation signal (spec.activation.signals), by intent and signal",
             m.value.clone(),
+        );
+        registry.register(
+            "signal_threshold",
+            "The band of an activation signal: its activateAbove and deactivateBelow (label edge)",
+            m.threshold.clone(),
         );
         registry.register(
             "signal_state",
@@ -83,7 +99,29 @@ impl SignalMetrics {
     }
 
     /// The gauges of one intent's signals after an evaluation.
-    pub fn observe(&self, namespace: &str, intent: &str, memories: &[SignalMemory], active: bool) {
+    pub fn observe(
+        &self,
+        namespace: &str,
+        intent: &str,
+        rules: &[SignalRule],
+        memories: &[SignalMemory],
+        active: bool,
+    ) {
+        for r in rules {
+            for (edge, v) in [
+                ("activateAbove", r.activate_above),
+                ("deactivateBelow", r.deactivate_below),
+            ] {
+                self.threshold
+                    .get_or_create(&ThresholdLabels {
+                        namespace: namespace.to_string(),
+                        intent: intent.to_string(),
+                        signal: r.name.clone(),
+                        edge: edge.to_string(),
+                    })
+                    .set(v);
+            }
+        }
         for m in memories {
             let labels = SignalLabels {
                 namespace: namespace.to_string(),
