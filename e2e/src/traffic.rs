@@ -56,14 +56,15 @@ impl TrafficSource {
                     continue;
                 };
                 let body = match *shared.lock().unwrap_or_else(|e| e.into_inner()) {
-                    Some(v) => format!(
-                        "# TYPE {METRIC} gauge\n{METRIC}{{test=\"{label_owned}\"}} {v}\n"
-                    ),
+                    Some(v) => {
+                        format!("# TYPE {METRIC} gauge\n{METRIC}{{test=\"{label_owned}\"}} {v}\n")
+                    }
                     None => format!("# TYPE {METRIC} gauge\n"),
                 };
                 tokio::spawn(async move {
                     let mut buf = [0u8; 4096];
-                    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
                     let response = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
@@ -191,8 +192,14 @@ impl OwnPrometheus {
             .try_clone()
             .map_err(|e| stack_error("duplicating the log file", e))?;
         let child = Command::new("/usr/bin/prometheus")
-            .arg(format!("--config.file={}", path.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", path.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                path.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                path.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
             .stdin(Stdio::null())
             .stdout(log)

@@ -33,7 +33,9 @@ pub enum QueryError {
     Unreachable { url: String, message: String },
     #[error("Prometheus answered HTTP {status}: {message}")]
     Http { status: u16, message: String },
-    #[error("the query returned {0} series; a signal needs exactly one (aggregate it, e.g. with sum())")]
+    #[error(
+        "the query returned {0} series; a signal needs exactly one (aggregate it, e.g. with sum())"
+    )]
     NotOneSample(usize),
     #[error("unexpected answer from Prometheus: {0}")]
     Decode(String),
@@ -115,10 +117,7 @@ impl Prometheus {
 
     /// Runs an instant query: `Some(value)` for one sample, `None` for no series.
     pub async fn query(&self, promql: &str) -> Result<Option<f64>, QueryError> {
-        let mut request = self
-            .http
-            .post(&self.query_url)
-            .form(&[("query", promql)]);
+        let mut request = self.http.post(&self.query_url).form(&[("query", promql)]);
         if let Some(path) = &self.settings.bearer_token_file {
             let token = tokio::fs::read_to_string(path)
                 .await
@@ -142,7 +141,9 @@ impl Prometheus {
             Err(e) => return Err(QueryError::Decode(e.to_string())),
         };
         if answer.status != "success" {
-            let message = answer.error.unwrap_or_else(|| body.chars().take(300).collect());
+            let message = answer
+                .error
+                .unwrap_or_else(|| body.chars().take(300).collect());
             return Err(match answer.error_type.as_deref() {
                 Some("bad_data") => QueryError::BadQuery(message),
                 Some("timeout") => QueryError::Timeout(self.settings.timeout),

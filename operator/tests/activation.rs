@@ -147,7 +147,9 @@ async fn traffic_above_the_band_activates_inside_it_changes_nothing_and_below_it
     assert!(unprotected(&cluster.deployments().get("payments").await?));
     let active = condition(&wi, "Active").unwrap();
     assert!(
-        active.message.contains("checkout-peak = 600 (band 500–800): inactive"),
+        active
+            .message
+            .contains("checkout-peak = 600 (band 500–800): inactive"),
         "{}",
         active.message
     );
@@ -179,9 +181,17 @@ async fn traffic_above_the_band_activates_inside_it_changes_nothing_and_below_it
         })
         .await?;
     let active = condition(&wi, "Active").unwrap();
-    assert!(active.message.contains("checkout-peak = 1000"), "{}", active.message);
+    assert!(
+        active.message.contains("checkout-peak = 1000"),
+        "{}",
+        active.message
+    );
     cluster
-        .deployment_until("payments", "priority class, replica floor and readiness gate", protected)
+        .deployment_until(
+            "payments",
+            "priority class, replica floor and readiness gate",
+            protected,
+        )
         .await?;
 
     // Back inside the band: still active.
@@ -214,7 +224,10 @@ async fn traffic_above_the_band_activates_inside_it_changes_nothing_and_below_it
         cluster.namespace
     );
     assert!(metrics.contains(&series), "{series} not in\n{metrics}");
-    assert!(metrics.contains("plumbline_activation_transitions_total{"), "{metrics}");
+    assert!(
+        metrics.contains("plumbline_activation_transitions_total{"),
+        "{metrics}"
+    );
     drop(source);
     cluster.finish(operator).await
 }
@@ -252,7 +265,11 @@ async fn an_invalid_query_is_reported_with_prometheus_message_and_the_rest_of_th
     // The window still activates the intent (anyOf), and its plan is applied.
     assert!(has_condition(&wi, "Active", "True", "WindowOpen"));
     cluster
-        .deployment_until("orders", "the plan applied despite the bad signal", protected)
+        .deployment_until(
+            "orders",
+            "the plan applied despite the bad signal",
+            protected,
+        )
         .await?;
     cluster.finish(operator).await
 }
@@ -267,7 +284,11 @@ async fn an_empty_result_is_reported_as_empty_and_not_treated_as_zero() -> Resul
     cluster
         .apply_intent(
             "search",
-            spec("search", &source.query(), json!({"activation": {"maxKeepLast": "10m"}})),
+            spec(
+                "search",
+                &source.query(),
+                json!({"activation": {"maxKeepLast": "10m"}}),
+            ),
         )
         .await?;
     cluster
@@ -392,11 +413,15 @@ async fn prometheus_stopped_while_active_holds_then_releases_hypervisor_actions_
     // Prometheus dies: the signal errs, then goes stale; the intent stays active.
     prometheus.kill().await?;
     let wi = cluster
-        .intent_until("checkout", "SignalsHealthy=False, stale, still active", |wi| {
-            signal(wi).is_some_and(|s| s.state == "Stale")
-                && has_condition(wi, "SignalsHealthy", "False", "SignalDataMissing")
-                && has_condition(wi, "Active", "True", "SignalActive")
-        })
+        .intent_until(
+            "checkout",
+            "SignalsHealthy=False, stale, still active",
+            |wi| {
+                signal(wi).is_some_and(|s| s.state == "Stale")
+                    && has_condition(wi, "SignalsHealthy", "False", "SignalDataMissing")
+                    && has_condition(wi, "Active", "True", "SignalActive")
+            },
+        )
         .await?;
     assert!(
         signal(&wi)
@@ -411,13 +436,14 @@ async fn prometheus_stopped_while_active_holds_then_releases_hypervisor_actions_
     let wi = cluster
         .intent_until("checkout", "maxKeepLast passed", |wi| {
             condition(wi, "Active").is_some_and(|c| {
-                c.status == "True" && c.message.contains("disruptive hypervisor actions are released")
+                c.status == "True"
+                    && c.message
+                        .contains("disruptive hypervisor actions are released")
             })
         })
         .await?;
     let valid = plumbline_policies::validate_intent(&wi.spec)?;
-    let decision =
-        plumbline_policies::activation::evaluate_intent(&valid, &wi, chrono::Utc::now());
+    let decision = plumbline_policies::activation::evaluate_intent(&valid, &wi, chrono::Utc::now());
     assert!(decision.activity.active && !decision.disruptive_allowed);
     assert!(protected(&cluster.deployments().get("checkout").await?));
 

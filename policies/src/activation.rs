@@ -239,7 +239,10 @@ pub enum Reading {
     Value(f64),
     Empty,
     /// The query failed; `invalid` when Prometheus rejected it as a bad query.
-    Failed { message: String, invalid: bool },
+    Failed {
+        message: String,
+        invalid: bool,
+    },
 }
 
 /// What the decision remembers of one signal (`status.signals[]`).
@@ -420,10 +423,7 @@ pub fn describe_signal(rule: &SignalRule, memory: Option<&SignalMemory>) -> Stri
                     m.last_error.as_deref().unwrap_or("no data")
                 ),
             };
-            format!(
-                "{}{data}",
-                if m.active { "active" } else { "inactive" }
-            )
+            format!("{}{data}", if m.active { "active" } else { "inactive" })
         }
     };
     format!("{} = {value} (band {}): {state}", rule.name, rule.band())
@@ -442,7 +442,11 @@ pub fn outlook(rule: &SignalRule, memory: &SignalMemory, now: DateTime<Utc>) -> 
     let tail = match (memory.active, missing) {
         (_, true) => format!(
             "{} ({}); the last state holds while data is missing",
-            if memory.active { "stays active" } else { "stays inactive" },
+            if memory.active {
+                "stays active"
+            } else {
+                "stays inactive"
+            },
             match memory.state {
                 DataState::Empty => "no series".to_string(),
                 _ => memory.last_error.clone().unwrap_or_default(),

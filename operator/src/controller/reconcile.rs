@@ -184,8 +184,10 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(CONFLICT_REOBSERVE));
     }
     let plan_status = status_plan(wi, &plan, &execution);
-    let verdicts =
-        conditions::with_signals(conditions::applied(&plan, &execution), evaluated.decision.as_ref());
+    let verdicts = conditions::with_signals(
+        conditions::applied(&plan, &execution),
+        evaluated.decision.as_ref(),
+    );
     let degraded = verdicts[2].clone();
     let previous = wi
         .status

@@ -58,12 +58,20 @@ fn activates_after_for_and_not_before() {
 #[test]
 fn inside_the_band_changes_nothing_either_way() {
     let r = rule(0, 0);
-    let m = run(&r, OnEmpty::KeepLast, &[Reading::Value(600.0), Reading::Value(700.0)]);
+    let m = run(
+        &r,
+        OnEmpty::KeepLast,
+        &[Reading::Value(600.0), Reading::Value(700.0)],
+    );
     assert!(!m[1].active);
     let m = run(
         &r,
         OnEmpty::KeepLast,
-        &[Reading::Value(900.0), Reading::Value(600.0), Reading::Value(500.0)],
+        &[
+            Reading::Value(900.0),
+            Reading::Value(600.0),
+            Reading::Value(500.0),
+        ],
     );
     assert!(m.iter().all(|m| m.active));
 }
@@ -86,11 +94,22 @@ fn empty_is_not_zero_and_errors_turn_stale_after_three_intervals() {
     let m = run(
         &r,
         OnEmpty::KeepLast,
-        &[Reading::Value(900.0), Reading::Empty, failed(), failed(), failed(), failed()],
+        &[
+            Reading::Value(900.0),
+            Reading::Empty,
+            failed(),
+            failed(),
+            failed(),
+            failed(),
+        ],
     );
     assert_eq!(m[1].state, DataState::Empty);
     assert!(m[1].active, "an empty result keeps the last state");
-    assert_eq!(m[1].value, Some(900.0), "the last value is kept, not zeroed");
+    assert_eq!(
+        m[1].value,
+        Some(900.0),
+        "the last value is kept, not zeroed"
+    );
     assert_eq!(m[1].missing_since, Some(t(1)));
     assert_eq!(m[2].state, DataState::Error);
     // The last success was the empty result at t(1): stale from t(4).
@@ -100,7 +119,11 @@ fn empty_is_not_zero_and_errors_turn_stale_after_three_intervals() {
     assert!(m.iter().all(|m| m.active));
     assert_eq!(m[5].missing_since, Some(t(1)));
 
-    let m = run(&r, OnEmpty::Inactive, &[Reading::Value(900.0), Reading::Empty]);
+    let m = run(
+        &r,
+        OnEmpty::Inactive,
+        &[Reading::Value(900.0), Reading::Empty],
+    );
     assert!(!m[1].active);
     assert_eq!(m[1].missing_since, None);
 }
@@ -116,7 +139,10 @@ fn after_max_keep_last_hypervisor_actions_are_released_but_the_intent_stays_acti
     let d = at(3);
     assert!(d.activity.active && d.disruptive_allowed);
     assert_eq!(d.activity.reason, reason::SIGNAL_ACTIVE);
-    assert_eq!(d.health.as_ref().unwrap().reason, reason::SIGNAL_DATA_MISSING);
+    assert_eq!(
+        d.health.as_ref().unwrap().reason,
+        reason::SIGNAL_DATA_MISSING
+    );
     let d = at(7);
     assert!(d.activity.active, "Kubernetes protection stays");
     assert!(!d.disruptive_allowed, "{d:?}");
@@ -142,7 +168,10 @@ fn an_invalid_query_is_reported_with_prometheus_message() {
         t(0),
     );
     let d = evaluate(None, Some(&a), &[m], t(0));
-    assert_eq!(d.invalid, vec![("checkout-peak".into(), "parse error at char 5".into())]);
+    assert_eq!(
+        d.invalid,
+        vec![("checkout-peak".into(), "parse error at char 5".into())]
+    );
     let h = d.health.unwrap();
     assert_eq!(h.reason, reason::INVALID_SIGNAL);
     assert!(h.message.contains("parse error at char 5"));
@@ -158,7 +187,10 @@ fn the_band_is_validated() {
     let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["spec.activation.signals[0].deactivateBelow", "spec.activation.signals[0].interval"]
+        [
+            "spec.activation.signals[0].deactivateBelow",
+            "spec.activation.signals[0].interval"
+        ]
     );
 }
 
