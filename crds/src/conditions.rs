@@ -176,6 +176,11 @@ pub mod event {
     pub const STORAGE_TAINT_ADDED: &str = "StorageTaintAdded";
     /// The node's storage taint was removed.
     pub const STORAGE_TAINT_REMOVED: &str = "StorageTaintRemoved";
+    /// An intent with signals is active only on signal data missing for longer than
+    /// `maxKeepLast`: its disruptive hypervisor actions (neighbour throttles) are released.
+    pub const HYPERVISOR_ACTIONS_RELEASED: &str = "HypervisorActionsReleased";
+    /// Every signal of an intent has data again.
+    pub const SIGNALS_RECOVERED: &str = "SignalsRecovered";
     /// The node deserves the storage taint, but the taint cap holds it back.
     pub const STORAGE_TAINT_HELD: &str = "StorageTaintHeld";
 }

@@ -112,6 +112,29 @@ fn unprotected(d: &Deployment) -> bool {
     priority_class_name(d).is_none() && replicas(d) == Some(1) && !has_gate(d)
 }
 
+/// Waits for an Event with `reason` about the intent `name`.
+async fn event(cluster: &Cluster, name: &str, reason: &str) -> Result<()> {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(cluster.admin.clone(), &cluster.namespace);
+    common::eventually(&format!("a {reason} Event on {name}"), || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                })
+                .map(|_| ())
+        }
+    })
+    .await
+}
+
 /// A window that contains now (every day, all day) or one that does not (an hour well away
 /// from now, UTC).
 fn window(open: bool) -> Value {
@@ -446,6 +469,15 @@ async fn prometheus_stopped_while_active_holds_then_releases_hypervisor_actions_
     let decision = plumbline_policies::activation::evaluate_intent(&valid, &wi, chrono::Utc::now());
     assert!(decision.activity.active && !decision.disruptive_allowed);
     assert!(protected(&cluster.deployments().get("checkout").await?));
+
+    // Each step was told once, as an Event on the intent.
+    for reason in [
+        "SignalActive",
+        "SignalDataMissing",
+        "HypervisorActionsReleased",
+    ] {
+        event(&cluster, "checkout", reason).await?;
+    }
 
     // Prometheus back: normal evaluation resumes.
     prometheus.restart().await?;

@@ -44,6 +44,8 @@ pub const DEFAULT_KEEP_ACTIVE_FOR: Duration = Duration::from_secs(600);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 /// `maxKeepLast` when left out.
 pub const DEFAULT_MAX_KEEP_LAST: Duration = Duration::from_secs(600);
+/// What the `Active` message says once disruptive hypervisor actions are released.
+pub const RELEASED: &str = "disruptive hypervisor actions are released";
 /// A signal is stale after this many intervals without a successful evaluation.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
 
@@ -576,7 +578,7 @@ pub fn evaluate(
     };
     let message = if active && !disruptive_allowed {
         format!(
-            "{message}; signal data missing for longer than maxKeepLast ({}): Kubernetes protection stays, disruptive hypervisor actions are released",
+            "{message}; signal data missing for longer than maxKeepLast ({}): Kubernetes protection stays, {RELEASED}",
             human(activation.max_keep_last)
         )
     } else {

@@ -203,6 +203,7 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     };
     status::write(ctx, wi, &status).await?;
     signals::record(ctx, wi, &evaluated);
+    signals::announce(ctx, wi, &evaluated).await;
     announce(ctx, wi, &plan, &execution, previous, &degraded).await;
     if let Some(e) = execution.error {
         return Err(e);

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
-use plumbline_crds::{conditions::status as cond_status, SignalStatus, WorkloadIntent};
+use plumbline_crds::{
+    conditions::{event, intent as condition, status as cond_status},
+    SignalStatus, WorkloadIntent,
+};
 use plumbline_policies::{
     activation::{self, Decision, SignalMemory},
     validate_intent,
@@ -98,6 +101,71 @@ pub fn outlook(evaluated: &Evaluated, now: DateTime<Utc>) -> Vec<String> {
             Some(activation::outlook(rule, m, now))
         })
         .collect()
+}
+
+/// The Events of an intent with signals, each once: activation flips (reason: what activated
+/// it, or why not), signal data going missing or a query rejected (Warning), data back, and the
+/// release of disruptive hypervisor actions after `maxKeepLast` (Warning).
+pub async fn announce(ctx: &Context, wi: &WorkloadIntent, evaluated: &Evaluated) {
+    let Some(decision) = &evaluated.decision else {
+        return;
+    };
+    let previous = wi
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let find = |t: &str| previous.iter().find(|c| c.type_ == t);
+    let active = &decision.activity;
+    let was_active = find(condition::ACTIVE).map(|c| c.status == cond_status::TRUE);
+    if was_active != Some(active.active) {
+        ctx.publish(
+            wi,
+            crate::context::event(
+                false,
+                active.reason,
+                &active.message,
+                if active.active {
+                    "Activate"
+                } else {
+                    "Deactivate"
+                },
+            ),
+        )
+        .await;
+    }
+    if let Some(health) = &decision.health {
+        let was = find(condition::SIGNALS_HEALTHY);
+        let was_healthy = was.is_none_or(|c| c.status == cond_status::TRUE);
+        if !health.healthy && was.is_none_or(|c| c.reason != health.reason) {
+            ctx.publish(
+                wi,
+                crate::context::event(true, health.reason, &health.message, "Evaluate"),
+            )
+            .await;
+        } else if health.healthy && !was_healthy {
+            ctx.publish(
+                wi,
+                crate::context::event(false, event::SIGNALS_RECOVERED, &health.message, "Evaluate"),
+            )
+            .await;
+        }
+    }
+    let released = active.active && !decision.disruptive_allowed;
+    let was_released = find(condition::ACTIVE)
+        .is_some_and(|c| c.status == cond_status::TRUE && c.message.contains(activation::RELEASED));
+    if released && !was_released {
+        ctx.publish(
+            wi,
+            crate::context::event(
+                true,
+                event::HYPERVISOR_ACTIONS_RELEASED,
+                &active.message,
+                "Release",
+            ),
+        )
+        .await;
+    }
 }
 
 fn unchanged(wi: &WorkloadIntent) -> Evaluated {
