@@ -498,3 +498,42 @@ async fn prometheus_stopped_while_active_holds_then_releases_hypervisor_actions_
     prometheus.kill().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_new_operator_continues_from_the_signal_memory_in_status() -> Result<()> {
+    let cluster = Cluster::connect("activation-restart").await?;
+    cluster.create_deployment("cart", 1).await?;
+    let source = traffic(&cluster).await?;
+    let url = stack_prometheus()?;
+    let operator = start_operator(&cluster, &url).await?;
+    source.set(Some(1000.0));
+    cluster
+        .apply_intent("cart", spec("cart", &source.query(), json!({})))
+        .await?;
+    cluster
+        .intent_until("cart", "Active=True by the signal", |wi| {
+            has_condition(wi, "Active", "True", "SignalActive")
+        })
+        .await?;
+    // The operator goes away; traffic falls into the band meanwhile.
+    operator.stop().await;
+    source.set(Some(600.0));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    // A new operator reads 600: inside the band, so the remembered activation holds. (Without
+    // the memory in status it would start inactive.)
+    let operator = start_operator(&cluster, &url).await?;
+    let wi = cluster
+        .intent_until("cart", "the new operator read 600", |wi| {
+            signal_is(wi, "Value", 600.0)
+        })
+        .await?;
+    assert!(
+        has_condition(&wi, "Active", "True", "SignalActive"),
+        "{:?}",
+        condition(&wi, "Active")
+    );
+    assert!(protected(&cluster.deployments().get("cart").await?));
+    drop(source);
+    cluster.finish(operator).await
+}
