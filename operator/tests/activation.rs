@@ -251,6 +251,14 @@ async fn traffic_above_the_band_activates_inside_it_changes_nothing_and_below_it
         metrics.contains("plumbline_activation_transitions_total{"),
         "{metrics}"
     );
+
+    // Deleted: its signal series go too.
+    cluster.delete_intent("payments").await?;
+    common::eventually("the signal series dropped", || async {
+        let metrics = common::metrics(operator.http_addr).await.ok()?;
+        (!metrics.contains(&series)).then_some(())
+    })
+    .await?;
     drop(source);
     cluster.finish(operator).await
 }

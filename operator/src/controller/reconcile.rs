@@ -274,6 +274,7 @@ async fn cleanup(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     }) {
         let _ = ctx.reconcile.send(ObjectRef::from_obj(rival));
     }
+    signals::forget(ctx, wi);
     info!(fields = ?reverted.fields, pdbs = ?reverted.pdbs, "intent deleted: changes reverted");
     ctx.publish(
         wi,

@@ -103,6 +103,18 @@ pub fn outlook(evaluated: &Evaluated, now: DateTime<Utc>) -> Vec<String> {
         .collect()
 }
 
+/// Drops the signal series of an intent being deleted.
+pub fn forget(ctx: &Context, wi: &WorkloadIntent) {
+    let names: Vec<String> = wi
+        .status
+        .as_ref()
+        .map(|s| s.signals.iter().map(|m| m.name.clone()).collect())
+        .unwrap_or_default();
+    ctx.metrics
+        .signals
+        .forget(&wi.namespace().unwrap_or_default(), &wi.name_any(), &names);
+}
+
 /// The Events of an intent with signals, each once: activation flips (reason: what activated
 /// it, or why not), signal data going missing or a query rejected (Warning), data back, and the
 /// release of disruptive hypervisor actions after `maxKeepLast` (Warning).

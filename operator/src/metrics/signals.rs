@@ -150,6 +150,38 @@ impl SignalMetrics {
             .set(i64::from(active));
     }
 
+    /// Drops the series of an intent that is gone (`signals`: its signals' names).
+    pub fn forget(&self, namespace: &str, intent: &str, signals: &[String]) {
+        for signal in signals {
+            let labels = SignalLabels {
+                namespace: namespace.to_string(),
+                intent: intent.to_string(),
+                signal: signal.clone(),
+            };
+            self.value.remove(&labels);
+            for edge in ["activateAbove", "deactivateBelow"] {
+                self.threshold.remove(&ThresholdLabels {
+                    namespace: namespace.to_string(),
+                    intent: intent.to_string(),
+                    signal: signal.clone(),
+                    edge: edge.to_string(),
+                });
+            }
+            for s in DataState::ALL {
+                self.state.remove(&SignalStateLabels {
+                    namespace: namespace.to_string(),
+                    intent: intent.to_string(),
+                    signal: signal.clone(),
+                    state: s.as_str().to_lowercase(),
+                });
+            }
+        }
+        self.active.remove(&ActiveLabels {
+            namespace: namespace.to_string(),
+            intent: intent.to_string(),
+        });
+    }
+
     pub fn transition(&self, namespace: &str, intent: &str, active: bool, cause: &str) {
         self.transitions
             .get_or_create(&TransitionLabels {
