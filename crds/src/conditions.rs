@@ -11,6 +11,9 @@ pub mod intent {
     pub const ACTIVE: &str = "Active";
     /// Something is wrong: invalid spec, missing target, conflict, failed apply, unhealthy storage.
     pub const DEGRADED: &str = "Degraded";
+    /// Every Prometheus signal of `spec.activation` was evaluated with data (only on intents
+    /// with signals).
+    pub const SIGNALS_HEALTHY: &str = "SignalsHealthy";
 }
 
 /// The `SpreadAcrossHosts` condition on a `WorkloadIntent` with `placement.spreadAcrossHosts`,
@@ -61,6 +64,21 @@ pub mod reason {
     pub const WINDOW_OPEN: &str = "WindowOpen";
     /// Now is outside every window of the schedule.
     pub const WINDOW_CLOSED: &str = "WindowClosed";
+    /// A Prometheus signal is active (`anyOf`); the message names it and its value.
+    pub const SIGNAL_ACTIVE: &str = "SignalActive";
+    /// No signal is active (and no window open, or no schedule).
+    pub const SIGNALS_INACTIVE: &str = "SignalsInactive";
+    /// `allOf`: the window (if any) is open and every signal is active.
+    pub const ALL_ACTIVE: &str = "AllActive";
+
+    // SignalsHealthy
+    /// Every signal returned a value at its last evaluation.
+    pub const SIGNALS_EVALUATED: &str = "SignalsEvaluated";
+    /// A signal's data is missing: empty result, error, or stale (the message says which).
+    pub const SIGNAL_DATA_MISSING: &str = "SignalDataMissing";
+    /// Prometheus rejected a signal's query (also a `Degraded` reason; the rest of the intent
+    /// still applies).
+    pub const INVALID_SIGNAL: &str = "InvalidSignal";
 
     // Degraded
     /// Nothing is wrong.
@@ -158,6 +176,11 @@ pub mod event {
     pub const STORAGE_TAINT_ADDED: &str = "StorageTaintAdded";
     /// The node's storage taint was removed.
     pub const STORAGE_TAINT_REMOVED: &str = "StorageTaintRemoved";
+    /// An intent with signals is active only on signal data missing for longer than
+    /// `maxKeepLast`: its disruptive hypervisor actions (neighbour throttles) are released.
+    pub const HYPERVISOR_ACTIONS_RELEASED: &str = "HypervisorActionsReleased";
+    /// Every signal of an intent has data again.
+    pub const SIGNALS_RECOVERED: &str = "SignalsRecovered";
     /// The node deserves the storage taint, but the taint cap holds it back.
     pub const STORAGE_TAINT_HELD: &str = "StorageTaintHeld";
 }

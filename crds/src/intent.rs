@@ -40,7 +40,7 @@ use crate::{plan::PlannedAction, schema};
         name = "Active",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Active\")].status",
-        description = "Inside a schedule window now"
+        description = "Active now: by a schedule window or a Prometheus signal"
     ),
     printcolumn(
         name = "Ready",
@@ -90,6 +90,126 @@ pub struct WorkloadIntentSpec {
     /// Where the workload's pods run, across the physical hosts under the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+
+    /// Activation by live metrics from Prometheus, combined with `schedule` (docs/activation.md).
+    /// Absent: the schedule alone decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
+}
+
+/// How windows and Prometheus signals combine into "active".
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Activation {
+    /// `anyOf` (default): active while a schedule window is open or any signal is active.
+    /// `allOf`: active only while a window is open (when there is a schedule) and every signal
+    /// is active.
+    #[serde(default)]
+    pub combine: Combine,
+    /// Named Prometheus signals, each with its band. At most 8.
+    #[schemars(length(min = 1, max = schema::MAX_SIGNALS))]
+    pub signals: Vec<Signal>,
+    /// What a query returning no series means: `keepLast` (default: hold the last state, as for
+    /// an error), `inactive` (as a value below the band) or `active` (as a value above it).
+    /// Empty is never zero.
+    #[serde(default)]
+    pub on_empty: OnEmpty,
+    /// How long the last state holds while a signal's data is missing (error, stale, or empty
+    /// with `keepLast`), e.g. `10m` (default). After it, protective Kubernetes actions stay,
+    /// disruptive hypervisor actions (neighbour throttles) are released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = schema::DURATION))]
+    pub max_keep_last: Option<String>,
+}
+
+/// How windows and signals combine.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Combine {
+    #[default]
+    AnyOf,
+    AllOf,
+}
+
+/// What an empty query result means.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnEmpty {
+    #[default]
+    KeepLast,
+    Inactive,
+    Active,
+}
+
+/// One Prometheus signal with a band: it activates once its value stays above `activateAbove`
+/// for `for`, and deactivates when it falls below `deactivateBelow`, but not before it has been
+/// active for `keepActiveFor`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Signal {
+    /// Name in status, metrics and explain (a DNS-1123 label), unique within the intent.
+    #[schemars(length(min = 1, max = 63), pattern(schema::NAMESPACE_NAME))]
+    pub name: String,
+    /// PromQL instant query returning one sample.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+    /// Upper edge of the band: above it (for `for`) the signal activates.
+    pub activate_above: f64,
+    /// Lower edge of the band, at most `activateAbove`: below it the signal deactivates.
+    pub deactivate_below: f64,
+    /// How long the value must stay above `activateAbove` before activating, e.g. `1m`.
+    /// Default 0s.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = schema::DURATION))]
+    pub for_: Option<String>,
+    /// Minimum time active once activated, e.g. `10m` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = schema::DURATION))]
+    pub keep_active_for: Option<String>,
+    /// How often the query runs, e.g. `30s` (default); at least 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = schema::DURATION))]
+    pub interval: Option<String>,
+}
+
+/// The last evaluation of one signal, and what the activation decision remembers of it (kept
+/// in status so a restart or a new leader continues where the last one stopped).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalStatus {
+    pub name: String,
+    /// `Value`, `Empty`, `Error` or `Stale` (no successful evaluation for 3 intervals).
+    pub state: String,
+    /// Since when the signal is in `state`.
+    pub since: Time,
+    /// The last value read (absent until one was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The last error, as Prometheus or the connection reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Prometheus rejected the query as invalid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
+    /// Whether the signal itself is active.
+    #[serde(default)]
+    pub active: bool,
+    /// When it last became active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_since: Option<Time>,
+    /// Since when the value is above `activateAbove` (the `for` clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above_since: Option<Time>,
+    /// The last successful evaluation (a value or an empty result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<Time>,
+    /// The last evaluation, successful or not (the next is due an `interval` later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_at: Option<Time>,
+    /// Since when data is missing (error, stale, or empty with `keepLast`): the `maxKeepLast`
+    /// clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_since: Option<Time>,
 }
 
 /// Placement across hypervisor hosts (docs/placement.md).
@@ -281,6 +401,11 @@ pub struct WorkloadIntentStatus {
     /// When the schedule next opens or closes; absent without a schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_transition: Option<Time>,
+    /// The Prometheus signals of `spec.activation`: last value, data state, since when, last
+    /// error, and the band's memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub signals: Vec<SignalStatus>,
     /// The workload's pods and what backs them: pod, node, VM, provider and last latency.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]

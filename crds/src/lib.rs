@@ -33,10 +33,11 @@ pub use infra_change::{
     InfraChangeSpec, InfraChangeStatus, ThrottleStep, VmRef,
 };
 pub use intent::{
-    Availability, BackingPod, DrsRuleStatus, GuardReport, HostPods, HostSpread, Infrastructure,
-    NeighbourCandidateStatus, NeighbourThrottleStatus, Placement, PlacementStatus, Priority,
-    ProtectedVmStatus, SpreadVerdictStatus, Storage, TargetKind, TimeWindow, Weekday,
-    WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
+    Activation, Availability, BackingPod, Combine, DrsRuleStatus, GuardReport, HostPods,
+    HostSpread, Infrastructure, NeighbourCandidateStatus, NeighbourThrottleStatus, OnEmpty,
+    Placement, PlacementStatus, Priority, ProtectedVmStatus, Signal, SignalStatus,
+    SpreadVerdictStatus, Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent,
+    WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};
 pub use provider::{

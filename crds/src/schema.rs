@@ -38,6 +38,8 @@ pub const NAMESPACE_PATTERN: &str = r"^([*]|[a-z0-9]([-a-z0-9]*[a-z0-9])?|[a-z0-
 pub const MAX_COUNT: i64 = i32::MAX as i64;
 /// The most windows in one schedule (a week of overnight spans is 14).
 pub const MAX_WINDOWS: u32 = 32;
+/// The most Prometheus signals on one intent.
+pub const MAX_SIGNALS: u32 = 8;
 /// The largest latency budget, in seconds: beyond it nothing is a storage latency.
 pub const MAX_LATENCY_BUDGET_SECS: u64 = 60;
 /// The shortest and longest sample interval, in milliseconds.

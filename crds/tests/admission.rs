@@ -151,6 +151,11 @@ fn valid_intent_spec() -> Value {
     })
 }
 
+/// One valid activation signal.
+fn signal() -> Value {
+    json!({ "name": "checkout-peak", "query": "sum(rate(http_requests_total[1m]))", "activateAbove": 800, "deactivateBelow": 500 })
+}
+
 /// `valid_intent_spec` with one field replaced (JSON pointer) or removed (`None`).
 fn intent_with(pointer: &str, value: Option<Value>) -> Value {
     let mut spec = valid_intent_spec();
@@ -293,6 +298,26 @@ async fn invalid_intents_are_rejected_with_readable_messages() -> Result<()> {
             "long target name",
             intent_with("/target/name", Some(json!("a".repeat(254)))),
             &["spec.target.name"],
+        ),
+        (
+            "unknown combine",
+            intent_with("/activation", Some(json!({ "combine": "someOf", "signals": [signal()] }))),
+            &[r#"spec.activation.combine: Unsupported value: "someOf": supported values: "anyOf", "allOf""#],
+        ),
+        (
+            "no signals",
+            intent_with("/activation", Some(json!({ "signals": [] }))),
+            &["spec.activation.signals in body should have at least 1 items"],
+        ),
+        (
+            "signal without a query",
+            intent_with("/activation", Some(json!({ "signals": [{ "name": "peak", "activateAbove": 800, "deactivateBelow": 500 }] }))),
+            &["spec.activation.signals.query: Required value"],
+        ),
+        (
+            "malformed for",
+            intent_with("/activation", Some(json!({ "signals": [{ "name": "peak", "query": "up", "activateAbove": 800, "deactivateBelow": 500, "for": "1 minute" }] }))),
+            &[r#"spec.activation.signals.for: Invalid value: "1 minute""#],
         ),
         (
             "several problems at once, all reported",

@@ -14,6 +14,7 @@ pub mod poll;
 pub mod process;
 pub mod qemu;
 pub mod relay;
+pub mod traffic;
 pub mod vsphere_hosts;
 pub mod vsphere_rules;
 pub mod vsphere_vms;

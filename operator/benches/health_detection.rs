@@ -171,6 +171,7 @@ async fn main() -> Result<()> {
             identity: "bench".into(),
             namespace: Some(ns.clone()),
             health: Default::default(),
+            prometheus: None,
         },
         Arc::new(SystemClock),
     )

@@ -183,6 +183,7 @@ async fn main() -> Result<()> {
                 host_maintenance: true,
                 ..HealthSettings::default()
             },
+            prometheus: None,
         },
         Arc::new(SystemClock),
     )

@@ -84,6 +84,9 @@ pub struct RunArgs {
     #[arg(long, env = "PLUMBLINE_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
+    #[command(flatten)]
+    pub prometheus: PrometheusArgs,
+
     /// How many intents may be reconciled at once.
     #[arg(long, default_value_t = 4, env = "PLUMBLINE_CONCURRENCY")]
     pub concurrency: u16,
@@ -270,6 +273,54 @@ pub struct ExplainArgs {
     /// what a schedule window will do.
     #[arg(long)]
     pub at: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// Where the intent's signals are evaluated live.
+    #[command(flatten)]
+    pub prometheus: PrometheusArgs,
+}
+
+/// Where Prometheus is, for the signals of `spec.activation` (docs/activation.md).
+#[derive(Debug, Clone, Args)]
+pub struct PrometheusArgs {
+    /// Prometheus base URL, e.g. http://prometheus.monitoring:9090. Without it, intents with
+    /// signals report SignalsHealthy=False and hold their last state.
+    #[arg(long, env = "PLUMBLINE_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+
+    /// A file holding a bearer token sent to Prometheus (re-read on every query).
+    #[arg(long, env = "PLUMBLINE_PROMETHEUS_BEARER_TOKEN_FILE")]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+
+    /// PEM CA bundle to verify an https:// Prometheus with (default: the public roots).
+    #[arg(long, env = "PLUMBLINE_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<PathBuf>,
+
+    /// Timeout of one query.
+    #[arg(long, default_value = "5s", value_parser = plumbline_policies::quantity::parse_interval, env = "PLUMBLINE_PROMETHEUS_TIMEOUT")]
+    pub prometheus_timeout: std::time::Duration,
+}
+
+impl Default for PrometheusArgs {
+    fn default() -> Self {
+        Self {
+            prometheus_url: None,
+            prometheus_bearer_token_file: None,
+            prometheus_ca_file: None,
+            prometheus_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+impl PrometheusArgs {
+    /// The settings these flags choose; `None` without a URL.
+    pub fn settings(&self) -> Option<crate::prometheus::PrometheusSettings> {
+        Some(crate::prometheus::PrometheusSettings {
+            url: self.prometheus_url.clone()?,
+            bearer_token_file: self.prometheus_bearer_token_file.clone(),
+            ca_file: self.prometheus_ca_file.clone(),
+            timeout: self.prometheus_timeout,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -71,6 +71,8 @@ pub struct Context {
     pub reconcile: mpsc::UnboundedSender<ObjectRef<WorkloadIntent>>,
     /// This replica's name in the Lease and on Events.
     pub identity: String,
+    /// Where the signals of `spec.activation` are read.
+    pub prometheus: crate::prometheus::Source,
     /// Consecutive reconcile failures per intent, for error_policy's backoff.
     pub retries: RetryBackoff,
     /// The server wants Events about cluster-scoped objects to name the Event's namespace in

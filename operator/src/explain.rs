@@ -184,9 +184,34 @@ pub async fn explain(client: Client, args: &ExplainArgs, clock: &dyn Clock) -> R
         .await;
     }
     let wi = load_intent(&client, args).await?;
-    match args.at {
+    let now = args.at.unwrap_or_else(|| clock.now());
+    // Signals are evaluated live, with the same decision the controller runs.
+    let source = crate::prometheus::Source::new(args.prometheus.settings());
+    let evaluated = crate::controller::signals::evaluate(&source, &wi, now, true).await;
+    let lines = crate::controller::signals::outlook(&evaluated, now);
+    let wi = evaluated.intent;
+    let text = match args.at {
         Some(at) => explain_intent(&client, &wi, &crate::clock::ManualClock::new(at)).await?,
         None => explain_intent(&client, &wi, clock).await?,
     }
-    .render(&wi, args.output)
+    .render(&wi, args.output)?;
+    Ok(with_signals(text, &lines, args.output))
+}
+
+/// The text with a "Signals" block after its `Active:` line (text output only).
+fn with_signals(text: String, lines: &[String], output: ExplainOutput) -> String {
+    if lines.is_empty() || output != ExplainOutput::Text {
+        return text;
+    }
+    let block: String = std::iter::once("Signals (evaluated live):".to_string())
+        .chain(lines.iter().map(|l| format!("  {l}")))
+        .map(|l| l + "\n")
+        .collect();
+    match text
+        .find("\nActive: ")
+        .and_then(|i| text[i + 1..].find('\n').map(|j| i + 1 + j + 1))
+    {
+        Some(at) => format!("{}{block}{}", &text[..at], &text[at..]),
+        None => format!("{text}{block}"),
+    }
 }

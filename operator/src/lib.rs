@@ -26,6 +26,7 @@ pub mod liveness;
 pub mod locks;
 pub mod maintenance;
 pub mod metrics;
+pub mod prometheus;
 pub mod recover;
 pub mod run;
 pub mod telemetry;
@@ -63,6 +64,7 @@ pub async fn main_with_args(
                 identity,
                 namespace: args.watch_namespace.clone(),
                 health: args.health(),
+                prometheus: args.prometheus.settings(),
             };
             run::run(client, settings, std::sync::Arc::new(clock::SystemClock)).await?;
         }

@@ -47,6 +47,9 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// How the storage-health loop treats unknown verdicts and degraded nodes.
     pub health: crate::health::HealthSettings,
+    /// Where the signals of `spec.activation` are evaluated; `None`: nowhere (intents with
+    /// signals report it and hold their last state).
+    pub prometheus: Option<crate::prometheus::PrometheusSettings>,
 }
 
 /// A named loop that runs only while this replica leads.
@@ -74,6 +77,8 @@ struct Base {
     apis: ServedApis,
     adapters: Arc<Adapters>,
     liveness: Arc<Liveness>,
+    /// Where signals are read, built once from the settings.
+    prometheus: crate::prometheus::Source,
     /// Where supervised tasks report that they ended.
     ended_tx: mpsc::UnboundedSender<(&'static str, u64)>,
 }
@@ -153,6 +158,7 @@ impl Operator {
 
         let base = Base {
             client,
+            prometheus: crate::prometheus::Source::new(settings.prometheus.clone()),
             settings,
             clock,
             metrics: metrics.clone(),
@@ -407,6 +413,7 @@ fn start_term(base: &Base, term: u64, end: TermEnd) -> Vec<(&'static str, JoinHa
         base.adapters.clone(),
         base.settings.concurrency,
         base.settings.namespace.clone(),
+        base.prometheus.clone(),
     );
     let mut loops = leader_loops(&ctx, inputs, end.clone());
     base.liveness

@@ -48,6 +48,7 @@ async fn explain_prints_the_plan_that_is_then_applied_and_changes_nothing() -> R
         namespace: None,
         output: ExplainOutput::Text,
         at: None,
+        prometheus: Default::default(),
     };
     let text = explain::explain(cluster.operator_identity.clone(), &args, clock.as_ref()).await?;
     let wi = explain::load_intent(&cluster.operator_identity, &args).await?;

@@ -309,6 +309,7 @@ fn context_with(client: Client, cached: Vec<WorkloadIntent>) -> Arc<Context> {
         tenants,
         reconcile,
         identity: "fixture".into(),
+        prometheus: Default::default(),
         retries: RetryBackoff::default(),
         event_namespace_in_reference: Default::default(),
     })

@@ -764,6 +764,7 @@ async fn serial_maintenance_of_a_vsphere_host_surges_a_critical_workload_then_dr
             namespace: None,
             output: plumbline_operator::cli::ExplainOutput::Text,
             at: None,
+            prometheus: Default::default(),
         };
         let text =
             plumbline_operator::explain::explain(admin.clone(), &args, &SystemClock).await?;

@@ -11,9 +11,11 @@
 //! - [`tenancy`]: which namespaces may use which tiers and infrastructure actions;
 //! - [`tiers`]: what each priority tier means, in one table;
 //! - [`schedule`]: time windows, zones and DST;
+//! - [`activation`]: Prometheus signals with a band, combined with the windows;
 //! - [`health`]: storage verdicts, the readiness guard and noisy-neighbour choice;
 //! - [`topology`]: the host, provider and cluster labels on VM-backed nodes.
 
+pub mod activation;
 pub mod credentials;
 pub mod explain;
 pub mod health;

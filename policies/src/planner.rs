@@ -67,7 +67,7 @@ pub fn plan(
         .as_ref()
         .filter(|w| w.workload == target)
         .ok_or_else(|| Invalid::TargetNotFound(target.clone()))?;
-    let activity = activity(valid.schedule.as_ref(), now);
+    let activity = crate::activation::evaluate_intent(&valid, intent, now).activity;
 
     let mut plan = Plan {
         workload: target,
@@ -78,7 +78,7 @@ pub fn plan(
         notes: Vec::new(),
     };
     if !plan.activity.active {
-        let undo = revert(&observed.applied, observed, "the schedule window is closed");
+        let undo = revert(&observed.applied, observed, "the intent is not active");
         plan.reverts = undo.actions;
         plan.notes = undo.notes;
         // The ledger releases what it holds for the intent; until then it is still in force.

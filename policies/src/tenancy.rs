@@ -355,6 +355,7 @@ mod tests {
             storage: None,
             infrastructure: None,
             placement: None,
+            activation: None,
         };
         assert_eq!(TenantRequest::of("ns", &spec), request("ns", High, &[]));
         spec.storage = Some(Storage {

@@ -33,6 +33,8 @@ pub struct ValidIntent {
     pub storage: Option<ValidStorage>,
     /// `spec.placement.spreadAcrossHosts`.
     pub spread: Option<plumbline_crds::HostSpread>,
+    /// `spec.activation`; `None`: the schedule alone decides.
+    pub activation: Option<crate::activation::ValidActivation>,
 }
 
 /// `spec.storage`, parsed.
@@ -115,8 +117,15 @@ pub fn validate_intent(spec: &WorkloadIntentSpec) -> Result<ValidIntent, Invalid
         })
     });
 
+    let activation = spec.activation.as_ref().and_then(|a| {
+        crate::activation::parse(a, "spec.activation")
+            .map_err(|e| errors.extend(e))
+            .ok()
+    });
+
     if errors.is_empty() {
         Ok(ValidIntent {
+            activation,
             schedule,
             replica_floor,
             min_available,

@@ -73,6 +73,7 @@ fn critical_spec() -> WorkloadIntentSpec {
             throttle_noisy_neighbours: true,
         }),
         placement: None,
+        activation: None,
     }
 }
 
@@ -667,6 +668,7 @@ fn arb_spec() -> impl Strategy<Value = WorkloadIntentSpec> {
                 placement: spread.map(|s| Placement {
                     spread_across_hosts: Some(s),
                 }),
+                activation: None,
             }
         })
 }

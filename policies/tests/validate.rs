@@ -131,6 +131,7 @@ fn intent_storage_defaults_and_problems() {
         }),
         infrastructure: None,
         placement: None,
+        activation: None,
     };
     let valid = validate_intent(&spec).unwrap();
     let storage = valid.storage.unwrap();
@@ -266,6 +267,7 @@ fn intent_bounds_have_paths() {
         }),
         infrastructure: None,
         placement: None,
+        activation: None,
     };
     assert_eq!(
         messages(validate_intent(&spec).unwrap_err()),

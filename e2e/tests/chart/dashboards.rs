@@ -390,6 +390,8 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
             &format!("--watch-namespace={}", ns.name),
             // The maintenance row: a dry-run HostMaintenance (below) moves nothing.
             "--host-maintenance=true",
+            // The activation row: the intent's signal is read from the stack's Prometheus.
+            &format!("--prometheus-url={prometheus}"),
         ],
     );
     let instance = operator
@@ -422,7 +424,8 @@ fn serial_every_dashboard_query_returns_data_during_latency_injection() {
         {{"apiVersion":"plumbline.dev/v1alpha1","kind":"WorkloadIntent","metadata":{{"name":"payments","namespace":"{ns}"}},
           "spec":{{"target":{{"kind":"Deployment","name":"payments"}},"priority":"critical",
           "storage":{{"latencyBudget":"20ms","readinessGate":true,"maxUnready":"100%"}},
-          "infrastructure":{{"protectBackingVms":true,"throttleNoisyNeighbours":true}}}}}},
+          "infrastructure":{{"protectBackingVms":true,"throttleNoisyNeighbours":true}},
+          "activation":{{"signals":[{{"name":"scrapes","query":"sum(up)","activateAbove":0,"deactivateBelow":0,"interval":"5s"}}]}}}}}},
         {{"apiVersion":"plumbline.dev/v1alpha1","kind":"HostMaintenance","metadata":{{"name":"{provider}"}},
           "spec":{{"provider":"{provider}","host":"dashboards-dry-run","dryRun":true}}}}]}}"#,
         ns = ns.name

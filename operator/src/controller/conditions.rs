@@ -66,7 +66,7 @@ pub fn applied(plan: &Plan, execution: &Execution) -> [ConditionVerdict; 3] {
             condition::READY,
             true,
             reason::REVERTED,
-            "outside the schedule: every change is reverted",
+            "not active: every change is reverted",
         ),
     };
     let active = ConditionVerdict::new(
@@ -90,6 +90,46 @@ pub fn applied(plan: &Plan, execution: &Execution) -> [ConditionVerdict; 3] {
         ),
     };
     [ready, active, degraded]
+}
+
+/// The verdicts with the signals' say: `SignalsHealthy` for an intent with signals, and
+/// `Degraded` with `InvalidSignal` when Prometheus rejected a query while nothing else is wrong
+/// (the rest of the intent is still applied).
+pub fn with_signals(
+    verdicts: [ConditionVerdict; 3],
+    decision: Option<&plumbline_policies::activation::Decision>,
+) -> Vec<ConditionVerdict> {
+    let mut out = verdicts.to_vec();
+    let Some(decision) = decision else {
+        return out;
+    };
+    if let Some(h) = &decision.health {
+        out.push(ConditionVerdict::new(
+            condition::SIGNALS_HEALTHY,
+            h.healthy,
+            h.reason,
+            h.message.clone(),
+        ));
+    }
+    if !decision.invalid.is_empty() && !out[2].is_true {
+        out[2] = ConditionVerdict::new(
+            condition::DEGRADED,
+            true,
+            reason::INVALID_SIGNAL,
+            format!(
+                "{}; the rest of the intent is applied",
+                decision
+                    .invalid
+                    .iter()
+                    .map(|(name, e)| format!(
+                        "spec.activation signal {name}: Prometheus rejected the query: {e}"
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        );
+    }
+    out
 }
 
 /// Ready, Active and Degraded of an intent degraded for `why`: nothing is applied (or, with
@@ -134,6 +174,9 @@ fn known_reason(stored: &str) -> &'static str {
         reason::ALWAYS_ACTIVE,
         reason::WINDOW_OPEN,
         reason::WINDOW_CLOSED,
+        reason::SIGNAL_ACTIVE,
+        reason::SIGNALS_INACTIVE,
+        reason::ALL_ACTIVE,
         reason::INVALID_SPEC,
         reason::TARGET_NOT_FOUND,
         reason::CONFLICTING_INTENT,

@@ -11,6 +11,7 @@ pub mod observe;
 mod plan;
 mod reconcile;
 mod revert;
+pub mod signals;
 mod status;
 
 pub use observe::{conflicting_intent, list_intents, observe, IntentObservation, LiveWorkload};
@@ -74,6 +75,7 @@ pub fn term_context(
     adapters: Arc<Adapters>,
     concurrency: u16,
     namespace: Option<String>,
+    prometheus: crate::prometheus::Source,
 ) -> (Arc<Context>, TermInputs) {
     let (reader, writer) = reflector::store();
     // Decoded one by one: an intent the types cannot read never stops the others' watch.
@@ -109,6 +111,7 @@ pub fn term_context(
         reconcile: tx,
         retries: Default::default(),
         identity,
+        prometheus,
         event_namespace_in_reference: Default::default(),
     });
     (

@@ -25,7 +25,7 @@ use super::{
     execute::execute,
     observe::{cached_intents, observe},
     plan::{plan_for, status_plan, undo_plan},
-    revert,
+    revert, signals,
     status::{self, ControllerStatus},
 };
 use crate::{context::Context, Error, Result};
@@ -92,12 +92,17 @@ pub async fn reconcile(wi: Arc<WorkloadIntent>, ctx: Arc<Context>) -> Result<Act
     Ok(action)
 }
 
-fn requeue_until(next: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Action {
+fn requeue_until(
+    next: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    signal_due: Option<Duration>,
+) -> Action {
     let wait = next
         .and_then(|t| (t - now).to_std().ok())
         .map(|d| d + Duration::from_secs(1))
         .unwrap_or(RESYNC)
-        .min(RESYNC);
+        .min(RESYNC)
+        .min(signal_due.unwrap_or(RESYNC));
     Action::requeue(wait)
 }
 
@@ -139,8 +144,10 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(CONFLICT_RETRY));
     }
 
+    // The signals first: the plan decides on their stepped memories.
+    let evaluated = signals::evaluate(&ctx.prometheus, wi, now, false).await;
     let tenants = crate::tenancy::cached_policies(&ctx.tenants).await?;
-    let plan = match plan_for(wi, &observed, &tenants, now) {
+    let plan = match plan_for(&evaluated.intent, &observed, &tenants, now) {
         Ok(plan) => plan,
         Err(invalid) => {
             // Whatever an earlier, valid version of the intent applied is undone: an intent
@@ -177,7 +184,10 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(CONFLICT_REOBSERVE));
     }
     let plan_status = status_plan(wi, &plan, &execution);
-    let verdicts = conditions::applied(&plan, &execution);
+    let verdicts = conditions::with_signals(
+        conditions::applied(&plan, &execution),
+        evaluated.decision.as_ref(),
+    );
     let degraded = verdicts[2].clone();
     let previous = wi
         .status
@@ -189,13 +199,20 @@ async fn apply(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
         observed_generation: generation,
         plan: plan_status,
         next_transition: plan.activity.next_transition.and_then(to_time),
+        signals: evaluated.statuses(),
     };
     status::write(ctx, wi, &status).await?;
+    signals::record(ctx, wi, &evaluated);
+    signals::announce(ctx, wi, &evaluated).await;
     announce(ctx, wi, &plan, &execution, previous, &degraded).await;
     if let Some(e) = execution.error {
         return Err(e);
     }
-    Ok(requeue_until(plan.activity.next_transition, now))
+    Ok(requeue_until(
+        plan.activity.next_transition,
+        now,
+        evaluated.next_due,
+    ))
 }
 
 /// Reports the intent `Degraded` for `why` (nothing applied, or reverting failed), keeping what
@@ -224,6 +241,12 @@ async fn finish_degraded(
         observed_generation: wi.metadata.generation,
         plan,
         next_transition: None,
+        // Kept as they are: nothing was evaluated.
+        signals: wi
+            .status
+            .as_ref()
+            .map(|s| s.signals.clone())
+            .unwrap_or_default(),
     };
     status::write(ctx, wi, &status).await?;
     announce_degraded(ctx, wi, previous, why, message).await;
@@ -251,6 +274,7 @@ async fn cleanup(wi: &WorkloadIntent, ctx: &Context) -> Result<Action> {
     }) {
         let _ = ctx.reconcile.send(ObjectRef::from_obj(rival));
     }
+    signals::forget(ctx, wi);
     info!(fields = ?reverted.fields, pdbs = ?reverted.pdbs, "intent deleted: changes reverted");
     ctx.publish(
         wi,

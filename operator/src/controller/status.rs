@@ -1,8 +1,9 @@
 //! Writing an intent's status with server-side apply under the field manager `plumbline`.
 //!
-//! The controller owns `conditions`, `observedGeneration`, `plan` and `nextTransition`.
-//! `backing`, `guard` and `placement` belong to the storage-health loop, which applies them
-//! under its own field manager, so they are left out of this apply configuration entirely.
+//! The controller owns `conditions`, `observedGeneration`, `plan`, `nextTransition` and
+//! `signals`. `backing`, `guard` and `placement` belong to the storage-health loop, which
+//! applies them under its own field manager, so they are left out of this apply
+//! configuration entirely.
 //!
 //! The controller is the one writer of `conditions`: an API server that applies the list as
 //! a whole (Kubernetes 1.20 does for this CRD) would let two writers replace each other's
@@ -17,7 +18,7 @@ use kube::{
     api::{Patch, PatchParams},
     ResourceExt,
 };
-use plumbline_crds::{names::FIELD_MANAGER, PlannedAction, WorkloadIntent};
+use plumbline_crds::{names::FIELD_MANAGER, PlannedAction, SignalStatus, WorkloadIntent};
 use serde_json::json;
 
 use crate::{context::Context, Error, Result};
@@ -29,6 +30,8 @@ pub struct ControllerStatus {
     pub observed_generation: Option<i64>,
     pub plan: Vec<PlannedAction>,
     pub next_transition: Option<Time>,
+    /// `status.signals`: the activation signals' memories.
+    pub signals: Vec<SignalStatus>,
 }
 
 pub async fn write(ctx: &Context, wi: &WorkloadIntent, status: &ControllerStatus) -> Result<()> {
@@ -42,6 +45,9 @@ pub async fn write(ctx: &Context, wi: &WorkloadIntent, status: &ControllerStatus
     }));
     if let Some(g) = status.observed_generation {
         body["status"]["observedGeneration"] = json!(g);
+    }
+    if !status.signals.is_empty() {
+        body["status"]["signals"] = json!(status.signals);
     }
     if let Some(t) = &status.next_transition {
         body["status"]["nextTransition"] = json!(t);

@@ -58,8 +58,11 @@ pub struct IntentView {
     pub tier: Tier,
     /// `None` without a valid `storage` section.
     pub storage: Option<StorageView>,
-    /// Inside its window, not being deleted.
+    /// Active (window or signals), not being deleted.
     pub active: bool,
+    /// Active, and not only on signal data missing for longer than `maxKeepLast`: disruptive
+    /// hypervisor actions (neighbour throttles) may stay.
+    pub disrupt: bool,
     /// Allowed and entitled to throttle noisy neighbours.
     pub may_throttle: bool,
     pub pods: Vec<PodView>,
@@ -156,8 +159,11 @@ pub fn build(
         };
         let namespace = wi.namespace().unwrap_or_default();
         let deleting = wi.metadata.deletion_timestamp.is_some();
-        let active =
-            !deleting && plumbline_policies::activity(valid.schedule.as_ref(), schedule_now).active;
+        // Windows and signals (from the signals' memories in status, kept by the controller).
+        let decision = plumbline_policies::activation::evaluate_intent(&valid, wi, schedule_now);
+        let active = !deleting && decision.activity.active;
+        // After maxKeepLast without signal data, disruptive actions (throttles) are released.
+        let disrupt = active && decision.disruptive_allowed;
         let tier = Tier::from(wi.spec.priority);
         let may_throttle = plumbline_policies::tier(wi.spec.priority).may_throttle_neighbours
             && wi
@@ -195,6 +201,7 @@ pub fn build(
                 limit: guard_limit(s.max_unready),
             }),
             active,
+            disrupt,
             may_throttle,
             pods: members,
             intent: wi.clone(),

@@ -223,7 +223,9 @@ pub fn workload_facts(
                 name: format!("{ns}/{}", wi.name_any()),
                 priority: wi.spec.priority,
                 active: wi.metadata.deletion_timestamp.is_none()
-                    && plumbline_policies::activity(valid.schedule.as_ref(), schedule_now).active,
+                    && plumbline_policies::activation::evaluate_intent(&valid, wi, schedule_now)
+                        .activity
+                        .active,
                 replica_floor: wi
                     .spec
                     .availability

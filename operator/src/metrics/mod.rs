@@ -15,6 +15,7 @@ use prometheus_client::{
 use std::time::Instant;
 
 pub mod health;
+pub mod signals;
 
 pub const REGISTRY_PREFIX: &str = "plumbline";
 
@@ -147,6 +148,8 @@ pub struct Metrics {
     pub provider_auth_failures: Family<health::ProviderLabels, Counter>,
     /// The storage-health loop's metrics (`health`), in the same registry.
     pub health: health::HealthMetrics,
+    /// Activation signals (`signals`).
+    pub signals: signals::SignalMetrics,
 }
 
 impl Metrics {
@@ -170,6 +173,7 @@ impl Metrics {
             provider_tls_insecure: Family::default(),
             provider_auth_failures: Family::default(),
             health: health::HealthMetrics::register(registry),
+            signals: signals::SignalMetrics::register(registry),
         };
         registry.register(
             "provider_tls_insecure",

@@ -81,6 +81,7 @@ impl Cluster {
             identity: identity.to_string(),
             namespace: Some(self.namespace.clone()),
             health: test_health(),
+            prometheus: None,
         }
     }
 

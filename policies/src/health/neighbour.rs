@@ -488,7 +488,10 @@ fn release_reason<K: Ord + Display>(
         .iter()
         .map(|v| match victims.get(v) {
             None => format!("VM {v} no longer backs a protected workload"),
-            Some(victim) if !victim.active => format!("the window of {} ended", victim.intent),
+            Some(victim) if !victim.active => format!(
+                "{} is no longer active (its window ended or its signals went quiet), or it is active only on signal data missing for longer than maxKeepLast",
+                victim.intent
+            ),
             Some(victim) if victim.state == HealthState::Unknown => format!(
                 "the latency of VM {v} has been unknown for {} s",
                 victim.unknown_for.as_secs()
@@ -1075,7 +1078,7 @@ mod tests {
         assert!(
             actions[0]
                 .reason()
-                .contains("window of payments/payment-api ended"),
+                .contains("payments/payment-api is no longer active (its window ended"),
             "{:?}",
             actions
         );

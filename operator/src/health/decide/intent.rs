@@ -152,13 +152,13 @@ pub(super) fn decide_intent(
                         unknown_for,
                         latency,
                         sample_interval: place.provider.interval,
-                        active: view.active,
+                        active: view.disrupt,
                         host: Some(place.vm.host.clone()),
                         datastores: place.vm.datastores.iter().cloned().collect(),
                     });
                     v.state = v.state.max(state);
                     v.tier = v.tier.max(view.tier);
-                    v.active |= view.active;
+                    v.active |= view.disrupt;
                     v.healthy_for = v.healthy_for.min(healthy_for);
                     v.unknown_for = v.unknown_for.min(unknown_for);
                     v.latency = v.latency.max(latency);
