@@ -324,23 +324,23 @@ async fn serial_health_taint_degraded_node_on_latency_and_untaint_on_recovery_ke
         .await?;
 
         stack.inject_libvirt_latency(NODE, 20).await?;
-        let tainted = eventually("the storage taint", PATIENCE, || async {
-            let t = taints(&cluster.admin, NODE).await?;
-            Ok(if has(&t, &ours) {
-                Ok(t)
-            } else {
-                Err(format!("{t:?}"))
-            })
-        })
+        // Together: the condition of this node is shared with the other tests' operators.
+        let tainted = eventually(
+            "the storage taint, with the condition True",
+            PATIENCE,
+            || async {
+                let t = taints(&cluster.admin, NODE).await?;
+                let c = node_condition(&cluster.admin, NODE).await?;
+                Ok(match c {
+                    Some((s, _, _)) if s == "True" && has(&t, &ours) => Ok(t),
+                    other => Err(format!("{other:?}, taints {t:?}")),
+                })
+            },
+        )
         .await?;
         ensure!(
             has(&tainted, &before),
             "the taint that was there before is kept: {tainted:?}"
-        );
-        let c = node_condition(&cluster.admin, NODE).await?;
-        ensure!(
-            matches!(&c, Some((s, _, _)) if s == "True"),
-            "tainted with the condition True: {c:?}"
         );
         // The actuator counts the change once it has read it back, a moment after the node
         // shows it.

@@ -28,14 +28,16 @@ pub(super) fn decide_nodes(
     let (views, settings, now) = (input.views, input.settings, input.now);
     let mut writes = Vec::new();
     let mut taint_wants = Vec::new();
+    // Only intents with a storage budget have a say in a node's storage condition.
     let nodes_with_pods: HashSet<&str> = views
         .iter()
+        .filter(|v| v.storage.is_some())
         .flat_map(|v| v.pods.iter())
         .filter_map(|p| p.node.as_deref())
         .collect();
     for node in input.nodes {
-        // A scoped operator leaves nodes without its pods alone (and a taint it put there
-        // goes: no entry is wanted for it).
+        // A scoped operator leaves nodes without pods of its storage intents alone (and a
+        // taint it put there goes: no entry is wanted for it).
         if input.scoped && !nodes_with_pods.contains(node.name_any().as_str()) {
             continue;
         }
