@@ -474,7 +474,12 @@ async fn prometheus_stopped_while_active_holds_then_releases_hypervisor_actions_
         })
         .await?;
     let valid = plumbline_policies::validate_intent(&wi.spec)?;
-    let decision = plumbline_policies::activation::evaluate_intent(&valid, &wi, chrono::Utc::now());
+    let decision = plumbline_policies::activation::evaluate_intent(
+        valid.schedule.as_ref(),
+        valid.activation.as_ref(),
+        &wi,
+        chrono::Utc::now(),
+    );
     assert!(decision.activity.active && !decision.disruptive_allowed);
     assert!(protected(&cluster.deployments().get("checkout").await?));
 

@@ -34,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use plumbline_crds::{conditions::reason, Combine, OnEmpty, SignalStatus};
 
 use crate::{
-    invalid::FieldError, maintenance::parse_duration, plan::Activity, planner::activity,
+    invalid::FieldError, maintenance::parse_duration, plan::Activity, schedule::activity,
     schedule::Schedule,
 };
 
@@ -658,7 +658,8 @@ pub fn due_in(rule: &SignalRule, memory: Option<&SignalMemory>, now: DateTime<Ut
 /// `status.signals`. The planner, the storage-health loop and the maintenance planner all
 /// decide "active" through here.
 pub fn evaluate_intent(
-    valid: &crate::validate::ValidIntent,
+    schedule: Option<&Schedule>,
+    activation: Option<&ValidActivation>,
     intent: &plumbline_crds::WorkloadIntent,
     now: DateTime<Utc>,
 ) -> Decision {
@@ -669,12 +670,7 @@ pub fn evaluate_intent(
             .map(|s| s.signals.as_slice())
             .unwrap_or_default(),
     );
-    evaluate(
-        valid.schedule.as_ref(),
-        valid.activation.as_ref(),
-        &memories,
-        now,
-    )
+    evaluate(schedule, activation, &memories, now)
 }
 
 /// The memories kept in `status.signals`.

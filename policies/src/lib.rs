@@ -44,8 +44,9 @@ pub use plan::{
     Action, Activity, Change, CountOrPercent, Note, Plan, Preemption, PriorityClassSpec,
     ValueChange, VmRef, WorkloadRef,
 };
-pub use planner::{activity, disruption_budget_name, plan};
+pub use planner::{disruption_budget_name, plan};
 pub use revert::{revert, Undo};
+pub use schedule::activity;
 pub use schedule::Schedule;
 pub use status::{action_to_status, actions_from_status, plan_to_status, StatusError};
 pub use tenancy::{admit, NamedPolicy, NotAllowed, TenantRequest, TenantVerdict};

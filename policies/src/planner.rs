@@ -7,7 +7,7 @@
 //! it and no longer needs to.
 
 use chrono::{DateTime, Utc};
-use plumbline_crds::{conditions::reason, names::STORAGE_READINESS_GATE, Layer, WorkloadIntent};
+use plumbline_crds::{names::STORAGE_READINESS_GATE, Layer, WorkloadIntent};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,9 +23,8 @@ use crate::{
     invalid::Invalid,
     ledger::throttle_from_spec,
     observed::{Observed, ObservedInfra, ObservedWorkload},
-    plan::{Action, Activity, Change, Note, Plan, ValueChange, VmRef, WorkloadRef},
+    plan::{Action, Change, Note, Plan, ValueChange, VmRef, WorkloadRef},
     revert::{revert, sort_reverts},
-    schedule::Schedule,
     tiers::tier,
     validate::{validate_intent, ValidIntent},
 };
@@ -67,7 +66,13 @@ pub fn plan(
         .as_ref()
         .filter(|w| w.workload == target)
         .ok_or_else(|| Invalid::TargetNotFound(target.clone()))?;
-    let activity = crate::activation::evaluate_intent(&valid, intent, now).activity;
+    let activity = crate::activation::evaluate_intent(
+        valid.schedule.as_ref(),
+        valid.activation.as_ref(),
+        intent,
+        now,
+    )
+    .activity;
 
     let mut plan = Plan {
         workload: target,
@@ -95,41 +100,6 @@ pub fn plan(
     planner.hypervisor(intent, now);
     planner.revert_the_rest();
     Ok(planner.plan)
-}
-
-/// Whether the schedule applies at `now`, in the words of the `Active` condition.
-pub fn activity(schedule: Option<&Schedule>, now: DateTime<Utc>) -> Activity {
-    let Some(schedule) = schedule else {
-        return Activity {
-            active: true,
-            reason: reason::ALWAYS_ACTIVE,
-            message: "no schedule: always active".to_string(),
-            next_transition: None,
-        };
-    };
-    let next_transition = schedule.next_transition(now);
-    match schedule.active_window(now) {
-        Some(w) => Activity {
-            active: true,
-            reason: reason::WINDOW_OPEN,
-            message: format!("inside window {}", w.describe()),
-            next_transition,
-        },
-        None => Activity {
-            active: false,
-            reason: reason::WINDOW_CLOSED,
-            message: format!(
-                "outside every window ({})",
-                schedule
-                    .windows()
-                    .iter()
-                    .map(|w| w.describe())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-            next_transition,
-        },
-    }
 }
 
 /// What to do with one target.

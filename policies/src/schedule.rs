@@ -23,8 +23,10 @@ use plumbline_crds::TimeWindow;
 
 use crate::{
     invalid::FieldError,
+    plan::Activity,
     quantity::{format_clock, parse_clock},
 };
+use plumbline_crds::conditions::reason;
 
 /// A parsed, valid schedule.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,4 +305,39 @@ fn offset_changes(zone: Tz, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateT
         t = next;
     }
     out
+}
+
+/// Whether the schedule applies at `now`, in the words of the `Active` condition.
+pub fn activity(schedule: Option<&Schedule>, now: DateTime<Utc>) -> Activity {
+    let Some(schedule) = schedule else {
+        return Activity {
+            active: true,
+            reason: reason::ALWAYS_ACTIVE,
+            message: "no schedule: always active".to_string(),
+            next_transition: None,
+        };
+    };
+    let next_transition = schedule.next_transition(now);
+    match schedule.active_window(now) {
+        Some(w) => Activity {
+            active: true,
+            reason: reason::WINDOW_OPEN,
+            message: format!("inside window {}", w.describe()),
+            next_transition,
+        },
+        None => Activity {
+            active: false,
+            reason: reason::WINDOW_CLOSED,
+            message: format!(
+                "outside every window ({})",
+                schedule
+                    .windows()
+                    .iter()
+                    .map(|w| w.describe())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            next_transition,
+        },
+    }
 }

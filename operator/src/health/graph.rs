@@ -160,7 +160,12 @@ pub fn build(
         let namespace = wi.namespace().unwrap_or_default();
         let deleting = wi.metadata.deletion_timestamp.is_some();
         // Windows and signals (from the signals' memories in status, kept by the controller).
-        let decision = plumbline_policies::activation::evaluate_intent(&valid, wi, schedule_now);
+        let decision = plumbline_policies::activation::evaluate_intent(
+            valid.schedule.as_ref(),
+            valid.activation.as_ref(),
+            wi,
+            schedule_now,
+        );
         let active = !deleting && decision.activity.active;
         // After maxKeepLast without signal data, disruptive actions (throttles) are released.
         let disrupt = active && decision.disruptive_allowed;

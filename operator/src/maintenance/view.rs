@@ -223,9 +223,14 @@ pub fn workload_facts(
                 name: format!("{ns}/{}", wi.name_any()),
                 priority: wi.spec.priority,
                 active: wi.metadata.deletion_timestamp.is_none()
-                    && plumbline_policies::activation::evaluate_intent(&valid, wi, schedule_now)
-                        .activity
-                        .active,
+                    && plumbline_policies::activation::evaluate_intent(
+                        valid.schedule.as_ref(),
+                        valid.activation.as_ref(),
+                        wi,
+                        schedule_now,
+                    )
+                    .activity
+                    .active,
                 replica_floor: wi
                     .spec
                     .availability
