@@ -9,6 +9,7 @@ use prometheus_client::{
 };
 use std::sync::atomic::AtomicU64;
 
+use super::health::IntentLabels;
 use plumbline_policies::activation::{DataState, SignalMemory, SignalRule};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,12 +38,6 @@ pub struct ThresholdLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ActiveLabels {
-    pub namespace: String,
-    pub intent: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     pub namespace: String,
     pub intent: String,
@@ -57,7 +52,7 @@ pub struct SignalMetrics {
     pub value: Family<SignalLabels, Gauge<f64, AtomicU64>>,
     pub threshold: Family<ThresholdLabels, Gauge<f64, AtomicU64>>,
     pub state: Family<SignalStateLabels, Gauge>,
-    pub active: Family<ActiveLabels, Gauge>,
+    pub active: Family<IntentLabels, Gauge>,
     pub transitions: Family<TransitionLabels, Counter>,
 }
 
@@ -143,7 +138,7 @@ impl SignalMetrics {
             }
         }
         self.active
-            .get_or_create(&ActiveLabels {
+            .get_or_create(&IntentLabels {
                 namespace: namespace.to_string(),
                 intent: intent.to_string(),
             })
@@ -176,7 +171,7 @@ impl SignalMetrics {
                 });
             }
         }
-        self.active.remove(&ActiveLabels {
+        self.active.remove(&IntentLabels {
             namespace: namespace.to_string(),
             intent: intent.to_string(),
         });
