@@ -1,4 +1,4 @@
-//! A hypervisor host as maintenance sees it.
+//! A hypervisor host as maintenance and placement see it.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,4 +13,8 @@ pub struct HostState {
     /// vSphere: an `EnterMaintenanceMode_Task` is queued or running on the host (in its
     /// `recentTask`): someone started maintenance, and the host is not in it yet.
     pub entering: bool,
+    /// vSphere: the compute cluster the host belongs to (as [`crate::BackingVm::cluster`]
+    /// names it); `None` for a standalone host and for libvirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }

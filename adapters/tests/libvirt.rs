@@ -649,6 +649,7 @@ async fn the_one_host_is_never_in_maintenance_and_maintenance_mode_is_unsupporte
             name: host.clone(),
             in_maintenance: false,
             entering: false,
+            cluster: None,
         }]
     );
     let vms = hv.inventory().await.unwrap();

@@ -56,13 +56,19 @@ async fn sim_host(name: &str) -> SimHost {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The host's maintenance state (its cluster is checked by
+/// `host_states_name_every_host_as_the_inventory_names_the_vms_hosts`).
 async fn state_of(hv: &dyn Hypervisor, host: &str) -> HostState {
     let states = hv.host_states().await.unwrap();
-    states
+    let state = states
         .iter()
         .find(|h| h.name == host)
         .cloned()
-        .unwrap_or_else(|| panic!("{host} is not in {states:?}"))
+        .unwrap_or_else(|| panic!("{host} is not in {states:?}"));
+    HostState {
+        cluster: None,
+        ..state
+    }
 }
 
 fn state(name: &str, in_maintenance: bool, entering: bool) -> HostState {
@@ -70,6 +76,7 @@ fn state(name: &str, in_maintenance: bool, entering: bool) -> HostState {
         name: name.into(),
         in_maintenance,
         entering,
+        cluster: None,
     }
 }
 
@@ -101,13 +108,8 @@ where
 #[tokio::test]
 async fn host_states_name_every_host_as_the_inventory_names_the_vms_hosts() {
     let hv = adapter().await;
-    let ours: BTreeSet<String> = hv
-        .host_states()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|h| h.name)
-        .collect();
+    let states = hv.host_states().await.unwrap();
+    let ours: BTreeSet<String> = states.iter().map(|h| h.name.clone()).collect();
     let theirs: BTreeSet<String> = stack()
         .vsphere_hosts()
         .await
@@ -119,7 +121,15 @@ async fn host_states_name_every_host_as_the_inventory_names_the_vms_hosts() {
     assert_eq!(ours.len(), 3, "one standalone host and two in the cluster");
     for vm in hv.inventory().await.unwrap() {
         assert!(ours.contains(&vm.host), "{}'s host {}", vm.name, vm.host);
+        // Each host names the cluster its VMs are in (none for the standalone host).
+        let host = states.iter().find(|h| h.name == vm.host).unwrap();
+        assert_eq!(host.cluster, vm.cluster, "{}'s host {}", vm.name, vm.host);
     }
+    assert_eq!(
+        states.iter().filter(|h| h.cluster.is_some()).count(),
+        2,
+        "{states:?}"
+    );
 }
 
 #[tokio::test]

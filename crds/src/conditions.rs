@@ -168,6 +168,8 @@ pub mod event {
     pub const NOISY_NEIGHBOUR_STEP_UNDONE: &str = "NoisyNeighbourStepUndone";
     /// A noisy neighbour's limit was released.
     pub const NOISY_NEIGHBOUR_RELEASED: &str = "NoisyNeighbourReleased";
+    /// A noisy neighbour throttling could not tame is moved to another host.
+    pub const NOISY_NEIGHBOUR_RELOCATED: &str = "NoisyNeighbourRelocated";
     /// A VM backing a protected intent got the tier's CPU shares.
     pub const BACKING_VM_PROTECTED: &str = "BackingVmProtected";
     /// A VM no longer backs a protected intent: its shares are restored.
@@ -232,6 +234,8 @@ pub mod infra_change {
     pub const REVERT_FAILED: &str = "RevertFailed";
     pub const ABANDONED: &str = "Abandoned";
     pub const NOT_REVERTING: &str = "NotReverting";
+    /// A one-shot change (a relocation) deleted: nothing is undone.
+    pub const LEFT_IN_PLACE: &str = "LeftInPlace";
 }
 
 /// `HostMaintenance` phases (`status.phase`), condition types, reasons and Event reasons.

@@ -87,6 +87,10 @@ pub struct InfraChangeSpec {
     /// For a noisy-neighbour throttle: its step on the ladder, so a new leader continues it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<ThrottleStep>,
+    /// For a noisy neighbour's relocation: the host it leaves and when the VM was moved, for
+    /// the budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relocation: Option<RelocationRecord>,
 }
 
 /// A VM, host or compute cluster of a HypervisorProvider, a Node, or a workload (Deployment or
@@ -243,9 +247,19 @@ pub enum ChangePurpose {
     /// A DRS VM-VM anti-affinity rule over the VMs backing a workload whose intent asks for
     /// `placement.spreadAcrossHosts`, kept as the pods move.
     HostAntiAffinity,
+    /// A noisy neighbour moved to another host (setting `host`, desired the host it goes to)
+    /// because throttling could not tame it (`infrastructure.relocateNoisyNeighbours`). A move
+    /// is made once: never corrected when the VM moves on, and never moved back; the entry is
+    /// kept 24 hours for the budgets, and its deletion leaves the VM where it is.
+    NeighbourRelocation,
 }
 
 impl ChangePurpose {
+    /// A change made once (a relocation): never read back for drift, never undone on delete.
+    pub fn is_one_shot(self) -> bool {
+        self == Self::NeighbourRelocation
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NeighbourThrottle => "NeighbourThrottle",
@@ -255,6 +269,7 @@ impl ChangePurpose {
             Self::MaintenanceSurge => "MaintenanceSurge",
             Self::HostMaintenanceMode => "HostMaintenanceMode",
             Self::HostAntiAffinity => "HostAntiAffinity",
+            Self::NeighbourRelocation => "NeighbourRelocation",
         }
     }
 }
@@ -266,6 +281,19 @@ pub struct ChangeOwner {
     /// `namespace/name` of the WorkloadIntent, or `HostMaintenance/NAME` for a cordon or surge.
     pub intent: String,
     pub reason: String,
+}
+
+/// A noisy neighbour's relocation.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelocationRecord {
+    /// The host the VM was moved away from.
+    #[schemars(length(min = 1))]
+    pub from: String,
+    /// When each relocation of this VM within the last 24 hours was decided, oldest first;
+    /// the last is this one.
+    #[schemars(length(min = 1, max = 32))]
+    pub decided: Vec<Time>,
 }
 
 /// Where a noisy-neighbour throttle stands on its ladder.

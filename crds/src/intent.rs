@@ -381,6 +381,14 @@ pub struct Infrastructure {
     /// is over budget (never VMs backing a workload of an equal or higher tier).
     #[serde(default)]
     pub throttle_noisy_neighbours: bool,
+    /// vSphere: when throttling cannot tame a noisy neighbour (this workload's VM stays
+    /// degraded for 2 minutes after the neighbour reached the bottom of the throttle ladder),
+    /// move the neighbour (never this workload's VM) to the host of its cluster with the least
+    /// I/O that backs no critical workload, by vMotion. At most one relocation per host per
+    /// 15 minutes; the same VM again only after a cooldown that doubles per repeat within 24 h
+    /// (at most 6 h). Needs `throttleNoisyNeighbours` and the `critical` priority.
+    #[serde(default)]
+    pub relocate_noisy_neighbours: bool,
 }
 
 /// What Plumbline observed and did for the intent.
@@ -458,6 +466,43 @@ pub struct PlacementStatus {
     /// compute cluster holding two or more of the VMs under the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drs_rules: Vec<DrsRuleStatus>,
+    /// With `infrastructure.relocateNoisyNeighbours`: for each host under the pods, where a
+    /// noisy neighbour throttling cannot tame would be moved now, or why nowhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relocation_targets: Vec<RelocationTargetStatus>,
+    /// Noisy neighbours moved for this intent within the last 24 hours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relocations: Vec<RelocationStatus>,
+}
+
+/// Where a noisy neighbour on `host` would go.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelocationTargetStatus {
+    pub host: String,
+    /// The host it would be moved to; absent when none may take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Why that host, or why none.
+    pub reason: String,
+}
+
+/// A noisy neighbour moved to another host, and how its ledger entry stands.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelocationStatus {
+    pub vm: String,
+    pub provider: String,
+    pub from: String,
+    pub to: String,
+    /// When the move was decided.
+    pub decided: Time,
+    /// The ledger entry's state: Pending, Applied, Failed, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The last error from the hypervisor, when the move failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Whether the pods are spread enough: the `SpreadAcrossHosts` condition's content.

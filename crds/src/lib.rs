@@ -30,14 +30,14 @@ pub use host_maintenance::{
 };
 pub use infra_change::{
     fnv1a, ChangeOwner, ChangePurpose, ChangeTarget, ChangeTargetKind, InfraChange,
-    InfraChangeSpec, InfraChangeStatus, ThrottleStep, VmRef,
+    InfraChangeSpec, InfraChangeStatus, RelocationRecord, ThrottleStep, VmRef,
 };
 pub use intent::{
     Activation, Availability, BackingPod, Combine, DrsRuleStatus, GuardReport, HostPods,
     HostSpread, Infrastructure, NeighbourCandidateStatus, NeighbourThrottleStatus, OnEmpty,
-    Placement, PlacementStatus, Priority, ProtectedVmStatus, Signal, SignalStatus,
-    SpreadVerdictStatus, Storage, TargetKind, TimeWindow, Weekday, WorkloadIntent,
-    WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
+    Placement, PlacementStatus, Priority, ProtectedVmStatus, RelocationStatus,
+    RelocationTargetStatus, Signal, SignalStatus, SpreadVerdictStatus, Storage, TargetKind,
+    TimeWindow, Weekday, WorkloadIntent, WorkloadIntentSpec, WorkloadIntentStatus, WorkloadTarget,
 };
 pub use plan::{ActionKind, ActionState, Layer, PlannedAction, PlannedTarget};
 pub use provider::{

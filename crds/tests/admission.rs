@@ -147,7 +147,7 @@ fn valid_intent_spec() -> Value {
         "schedule": [{ "days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "start": "08:00", "end": "20:00", "timeZone": "Europe/Berlin" }],
         "availability": { "replicaFloor": 3, "minAvailable": "50%" },
         "storage": { "latencyBudget": "20ms", "readinessGate": true, "maxUnready": 1 },
-        "infrastructure": { "protectBackingVms": true, "throttleNoisyNeighbours": true }
+        "infrastructure": { "protectBackingVms": true, "throttleNoisyNeighbours": true, "relocateNoisyNeighbours": false }
     })
 }
 

@@ -14,8 +14,10 @@ pub mod poll;
 pub mod process;
 pub mod qemu;
 pub mod relay;
+pub mod scale;
 pub mod traffic;
 pub mod vsphere_hosts;
+pub mod vsphere_load;
 pub mod vsphere_rules;
 pub mod vsphere_vms;
 
@@ -97,6 +99,11 @@ impl Stack {
         let dir = std::env::var_os("PLUMBLINE_STACK_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STACK_DIR));
+        Self::load_from(&dir)
+    }
+
+    /// Reads `<dir>/env`: another instance, such as the scale bed (`e2e/scale`).
+    pub fn load_from(dir: &Path) -> Result<Self> {
         let env_path = dir.join("env");
         let text = std::fs::read_to_string(&env_path).map_err(|source| Error::NotUp {
             path: env_path.clone(),

@@ -32,6 +32,10 @@
 //	                                     the host's next EnterMaintenanceMode_Task over SOAP stays
 //	                                     running N s (its timeout argument honoured)
 //	DELETE /hosts/linger?host=<name|moid>
+//	GET    /stats                        SOAP calls answered, by method, and bytes each way (stats.go)
+//	GET    /load, PUT /load {"vm", "iops", "fixed_ms", "ms_per_iop"}, DELETE /load?vm=
+//	                                     a VM's I/O load and its host neighbours' contention
+//	                                     (contention.go)
 //
 // A session fault ends the calling session once, at one point of the VM's next
 // ReconfigVM_Task (see faultPoint). Ended sessions are refused with NotAuthenticated on
@@ -96,6 +100,14 @@ func (t *latencyTable) get(moid string) diskLatency {
 	return t.baseline
 }
 
+// injected says whether the VM has a latency of its own (contention adds to the baseline only).
+func (t *latencyTable) injected(moid string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.byVM[moid]
+	return ok
+}
+
 func (t *latencyTable) set(moid string, l diskLatency) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -124,9 +136,13 @@ type inventoryVM struct {
 // walking first fields (FindByUuid, PropertyCollector), which a pointer would break.
 type perfManager struct {
 	simulator.PerformanceManager
-	latency  *latencyTable
-	readKey  int32
-	writeKey int32
+	latency    *latencyTable
+	contention *contention
+	readKey    int32
+	writeKey   int32
+	// virtualDisk.numberRead/WriteAveraged: the VM's IOPS under its load (contention.go).
+	readOpsKey  int32
+	writeOpsKey int32
 }
 
 func (p *perfManager) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) soap.HasFault {
@@ -147,7 +163,13 @@ func (p *perfManager) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) so
 		if !ok || metric.Entity.Type != "VirtualMachine" {
 			continue
 		}
-		l := p.latency.get(metric.Entity.Value)
+		moid := metric.Entity.Value
+		l := p.latency.get(moid)
+		if !p.latency.injected(moid) {
+			extra := p.contention.extraMs(moid)
+			l.ReadMs += extra
+			l.WriteMs += extra
+		}
 		for _, s := range metric.Value {
 			series, ok := s.(*types.PerfMetricIntSeries)
 			if !ok {
@@ -159,6 +181,10 @@ func (p *perfManager) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) so
 				v = l.ReadMs
 			case p.writeKey:
 				v = l.WriteMs
+			case p.readOpsKey:
+				v = 0
+			case p.writeOpsKey:
+				v = p.contention.iops(moid)
 			default:
 				continue
 			}
@@ -711,7 +737,10 @@ func main() {
 	caFile := flag.String("ca", "", "CA that signed -cert (used by the control endpoint's own SOAP client)")
 	username := flag.String("username", "plumbline", "SOAP username")
 	password := flag.String("password", "", "SOAP password")
-	hosts := flag.Int("cluster-hosts", 2, "hosts in the cluster (plus one standalone host)")
+	hosts := flag.Int("cluster-hosts", 2, "hosts in each cluster")
+	clusters := flag.Int("clusters", 1, "clusters")
+	standalone := flag.Int("standalone-hosts", 1, "standalone hosts")
+	datastores := flag.Int("datastores", 1, "datastores (LocalDS_N), mounted on every host; VMs live on LocalDS_0")
 	machines := flag.Int("machines", 2, "VMs per standalone host and per cluster resource pool")
 	nodesFile := flag.String("nodes-file", "", "write the VMs as Node descriptions to this file")
 	baseRead := flag.Int64("baseline-read-ms", 1, "virtual-disk read latency reported when none is injected")
@@ -727,28 +756,34 @@ func main() {
 	}
 
 	model := simulator.VPX()
-	model.Host = 1
-	model.Cluster = 1
+	model.Host = *standalone
+	model.Cluster = *clusters
 	model.ClusterHost = *hosts
 	model.Machine = *machines
+	model.Datastore = *datastores
 	if err := model.Create(); err != nil {
 		log.Fatalf("creating the simulator inventory: %v", err)
 	}
 
 	latency := &latencyTable{baseline: diskLatency{ReadMs: *baseRead, WriteMs: *baseWrite}, byVM: map[string]diskLatency{}}
+	loads := &contention{loads: map[string]load{}}
 	si := simulator.Map.Get(vim25.ServiceInstance).(*simulator.ServiceInstance)
 	pm := simulator.Map.Get(*si.Content.PerfManager).(*simulator.PerformanceManager)
 	simulator.Map.Put(&perfManager{
 		PerformanceManager: *pm,
 		latency:            latency,
+		contention:         loads,
 		readKey:            counterKey(pm, "virtualDisk", "totalReadLatency"),
 		writeKey:           counterKey(pm, "virtualDisk", "totalWriteLatency"),
+		readOpsKey:         counterKey(pm, "virtualDisk", "numberReadAveraged"),
+		writeOpsKey:        counterKey(pm, "virtualDisk", "numberWriteAveraged"),
 	})
 
 	simulator.Map.AddHandler(recentTasks{})
 	maintenance := newHostMaintenance()
 
 	sdk := &url.URL{Scheme: "https", Host: *listen, Path: "/sdk", User: url.UserPassword(*username, *password)}
+	stats := &soapStats{requests: map[string]int64{}}
 	faults := &sessionFaults{
 		sdk: (&lingeringCalls{sdk: model.Service.ServeSDK, hosts: maintenance}).ServeHTTP,
 		end: func(ctx context.Context, keys []string) ([]string, error) {
@@ -767,9 +802,9 @@ func main() {
 		log.Fatalf("-listen %s must name a host (%v)", *listen, err)
 	}
 	model.Service.ServeMux = http.NewServeMux()
-	model.Service.ServeMux.Handle(listenHost+"/sdk", faults)
+	model.Service.ServeMux.Handle(listenHost+"/sdk", stats.wrap(faults))
 	if listenHost != "localhost" {
-		model.Service.ServeMux.Handle("localhost/sdk", faults)
+		model.Service.ServeMux.Handle("localhost/sdk", stats.wrap(faults))
 	}
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
@@ -790,6 +825,8 @@ func main() {
 	mux.Handle("/", control(latency, faults, maintenance, vms))
 	placementControl(mux, sdk, *caFile, replyJSON, failJSON)
 	rulesControl(mux, faults.rules, replyJSON, failJSON)
+	contentionControl(mux, loads, replyJSON, failJSON)
+	statsControl(mux, stats, replyJSON, failJSON)
 	go func() {
 		if err := http.Serve(ln, mux); err != nil {
 			log.Printf("control endpoint stopped: %v", err)

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use plumbline_policies::{
     health::{TaintCap, ThrottleLadder, UnknownReadiness},
     ledger::ActuationPolicy,
+    placement::RelocationPolicy,
 };
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -166,6 +167,17 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 3, env = "PLUMBLINE_THROTTLE_JUDGE_SAMPLES")]
     pub throttle_judge_samples: u32,
 
+    /// How long a critical intent's VM stays degraded after a noisy neighbour on its host
+    /// reached the bottom of the throttle ladder before the neighbour is moved to another host
+    /// (`infrastructure.relocateNoisyNeighbours`, vSphere), e.g. 2m.
+    #[arg(
+        long,
+        default_value = "2m",
+        value_parser = plumbline_policies::quantity::parse_interval,
+        env = "PLUMBLINE_RELOCATION_DWELL"
+    )]
+    pub relocation_dwell: std::time::Duration,
+
     /// How often each InfraChange in force is read back from its target, so a value changed
     /// behind Plumbline's back is reported (Drifted) and corrected, e.g. 30s, 500ms, 2m.
     #[arg(
@@ -237,6 +249,10 @@ impl RunArgs {
                 max_per_domain: self.throttle_max_per_host,
                 judge_after_samples: self.throttle_judge_samples,
                 ..ThrottleLadder::default()
+            },
+            relocation: RelocationPolicy {
+                dwell: self.relocation_dwell,
+                ..RelocationPolicy::default()
             },
             ledger: LedgerSettings {
                 policy: ActuationPolicy {

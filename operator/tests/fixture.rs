@@ -573,12 +573,12 @@ async fn health_pass(
         .capabilities
         .entries
         .insert(Capability::DiskIopsLimit, Support::Supported);
-    provider.inventory = vec![guest("u1", "vm1")];
+    let mut vms = vec![guest("u1", "vm1")];
     if noisy {
-        provider.inventory.push(guest("u2", "vm2"));
+        vms.push(guest("u2", "vm2"));
     }
     let mut book = HealthBook::default();
-    book.providers.insert("kvm".into(), provider);
+    book.insert_provider(provider.with_inventory(vms));
     let now = SystemTime::now();
     for i in (0..3).rev() {
         let at = now - Duration::from_secs(i);

@@ -194,6 +194,7 @@ impl Scene {
             owners: vec![],
             operator: format!("namespace/{}", self.cluster.namespace),
             throttle: None,
+            relocation: None,
         };
         Api::<InfraChange>::all(self.cluster.admin.clone())
             .create(

@@ -59,6 +59,9 @@ pub struct ObservedInfra {
     /// VMs sharing a host or datastore with them, with their I/O rates
     /// (`status.neighbourCandidates`).
     pub neighbours: Vec<plumbline_crds::NeighbourCandidateStatus>,
+    /// What the storage-health loop reported about the pods' hosts (`status.placement`): the
+    /// DRS rules kept, where a noisy neighbour would be moved and the moves made.
+    pub placement: Option<plumbline_crds::PlacementStatus>,
 }
 
 /// A VM under one or more of the workload's pods, and where it runs.

@@ -419,7 +419,68 @@ impl Planner<'_> {
     /// The hypervisor half: the changes the ledger holds for this intent, as actions with the
     /// original each restores, and notes on what the storage-health loop would do next — with
     /// the same decision functions it runs (`plan_protection`, `plan_neighbour_throttles`).
+    /// The DRS rule kept for `spreadAcrossHosts` and the noisy neighbours' relocations, as the
+    /// storage-health loop reports them (it decides both; the plan only tells).
+    fn placement_notes(&mut self, intent: &WorkloadIntent) {
+        let placement = self.observed.infra.placement.clone().unwrap_or_default();
+        let spread = intent
+            .spec
+            .placement
+            .as_ref()
+            .and_then(|p| p.spread_across_hosts);
+        for rule in &placement.drs_rules {
+            self.note(format!(
+                "placement.spreadAcrossHosts: DRS VM-VM anti-affinity rule {} in cluster {} ({}) keeps {} on different hosts ({}, InfraChange of purpose HostAntiAffinity)",
+                rule.rule,
+                rule.cluster,
+                rule.mode,
+                rule.vms.join(", "),
+                rule.state.as_deref().unwrap_or("Pending")
+            ));
+        }
+        if spread.is_some() && placement.drs_rules.is_empty() {
+            self.note(
+                "placement.spreadAcrossHosts: on vSphere, a DRS VM-VM anti-affinity rule over the VMs under the pods (one per compute cluster holding two or more of them), kept by the storage-health loop as they move (status.placement.drsRules); libvirt has no DRS, so nothing changes there".to_string(),
+            );
+        }
+        if !intent
+            .spec
+            .infrastructure
+            .as_ref()
+            .is_some_and(|i| i.relocate_noisy_neighbours)
+        {
+            return;
+        }
+        for t in &placement.relocation_targets {
+            self.note(match &t.to {
+                Some(to) => format!(
+                    "infrastructure.relocateNoisyNeighbours: a noisy neighbour on host {} that throttling cannot tame would be moved to {to}: {}",
+                    t.host, t.reason
+                ),
+                None => format!(
+                    "infrastructure.relocateNoisyNeighbours: a noisy neighbour on host {} could not be moved now: {}",
+                    t.host, t.reason
+                ),
+            });
+        }
+        if placement.relocation_targets.is_empty() {
+            self.note("infrastructure.relocateNoisyNeighbours: where a noisy neighbour would go is decided by the storage-health loop once it maps the pods to hosts (status.placement.relocationTargets)".to_string());
+        }
+        for r in &placement.relocations {
+            self.note(format!(
+                "infrastructure.relocateNoisyNeighbours: VM {} ({}) was moved from {} to {} at {} ({}); a move is never undone",
+                r.vm,
+                r.provider,
+                r.from,
+                r.to,
+                r.decided.0,
+                r.state.as_deref().unwrap_or("Pending")
+            ));
+        }
+    }
+
     fn hypervisor(&mut self, intent: &WorkloadIntent, now: DateTime<Utc>) {
+        self.placement_notes(intent);
         let infra = &self.observed.infra;
         self.plan.actions.extend(ledger_actions(intent, infra));
         let tier = tier(intent.spec.priority);
@@ -489,6 +550,8 @@ impl Planner<'_> {
                 state: HealthState::Degraded,
                 healthy_for: Duration::ZERO,
                 unknown_for: Duration::ZERO,
+                degraded_for: Duration::ZERO,
+                may_relocate: false,
                 latency: None,
                 sample_interval: Duration::ZERO,
                 active: true,

@@ -366,6 +366,7 @@ mod tests {
         spec.infrastructure = Some(Infrastructure {
             protect_backing_vms: true,
             throttle_noisy_neighbours: true,
+            relocate_noisy_neighbours: false,
         });
         assert_eq!(
             TenantRequest::of("ns", &spec),

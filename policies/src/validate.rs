@@ -90,6 +90,27 @@ pub fn validate_intent(spec: &WorkloadIntentSpec) -> Result<ValidIntent, Invalid
         }
     }
 
+    if let Some(infra) = spec
+        .infrastructure
+        .as_ref()
+        .filter(|i| i.relocate_noisy_neighbours)
+    {
+        if !infra.throttle_noisy_neighbours {
+            errors.push(FieldError::new(
+                "spec.infrastructure.relocateNoisyNeighbours",
+                "needs infrastructure.throttleNoisyNeighbours: a neighbour is moved only after throttling it did not help",
+            ));
+        } else if spec.priority != plumbline_crds::Priority::Critical {
+            errors.push(FieldError::new(
+                "spec.infrastructure.relocateNoisyNeighbours",
+                format!(
+                    "only a critical intent may move other VMs (priority is {})",
+                    spec.priority
+                ),
+            ));
+        }
+    }
+
     let storage = spec.storage.as_ref().and_then(|s| {
         let budget = parse_latency(&s.latency_budget)
             .and_then(|d| {

@@ -71,6 +71,7 @@ fn critical_spec() -> WorkloadIntentSpec {
         infrastructure: Some(Infrastructure {
             protect_backing_vms: true,
             throttle_noisy_neighbours: true,
+            relocate_noisy_neighbours: false,
         }),
         placement: None,
         activation: None,
@@ -114,6 +115,7 @@ fn observed() -> Observed {
                 datastores: vec![],
                 iops: 4000,
             }],
+            placement: None,
         },
         applied: vec![],
     }
@@ -136,6 +138,7 @@ fn entry(vm_name: &str, setting: &str, desired: &str, original: &str) -> InfraCh
         }],
         operator: "cluster".into(),
         throttle: None,
+        relocation: None,
     };
     let mut ic = InfraChange::new(&InfraChange::name_for(&spec.target, setting), spec);
     ic.status = Some(InfraChangeStatus {
@@ -664,6 +667,7 @@ fn arb_spec() -> impl Strategy<Value = WorkloadIntentSpec> {
                 infrastructure: Some(Infrastructure {
                     protect_backing_vms: protect,
                     throttle_noisy_neighbours: false,
+                    relocate_noisy_neighbours: false,
                 }),
                 placement: spread.map(|s| Placement {
                     spread_across_hosts: Some(s),

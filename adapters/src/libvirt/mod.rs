@@ -695,6 +695,7 @@ impl Hypervisor for LibvirtHypervisor {
             name,
             in_maintenance: false,
             entering: false,
+            cluster: None,
         }])
     }
 

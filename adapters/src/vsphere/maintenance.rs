@@ -19,7 +19,7 @@ const ENTER_TASK: &str = "HostSystem.enterMaintenanceMode";
 /// … and for an `ExitMaintenanceMode_Task`.
 const EXIT_TASK: &str = "HostSystem.exitMaintenanceMode";
 
-const HOST_PATHS: &[&str] = &["name", "runtime.inMaintenanceMode", "recentTask"];
+const HOST_PATHS: &[&str] = &["name", "runtime.inMaintenanceMode", "recentTask", "parent"];
 const TASK_PATHS: &[&str] = &["info.descriptionId", "info.state"];
 
 /// How much longer than the call's own timeout the adapter waits for the server to end the
@@ -40,6 +40,8 @@ pub(super) struct HostRecord {
     pub entering: Vec<MoRef>,
     /// Its `ExitMaintenanceMode_Task`s still queued or running.
     pub leaving: Vec<MoRef>,
+    /// The name of the ClusterComputeResource it belongs to (none for a standalone host).
+    pub cluster: Option<String>,
 }
 
 impl HostRecord {
@@ -48,19 +50,27 @@ impl HostRecord {
             name: self.name.clone(),
             in_maintenance: self.in_maintenance,
             entering: !self.entering.is_empty(),
+            cluster: self.cluster.clone(),
         }
     }
 }
 
-/// Every host with its maintenance mode and recent tasks, and each of those tasks'
-/// description and state, in one retrieval: the view holds the hosts, and a traversal follows
-/// each host's `recentTask` to its tasks.
+/// Every host with its maintenance mode, recent tasks and cluster, and each of those tasks'
+/// description and state and the cluster's name, in one retrieval: the view holds the hosts,
+/// and traversals follow each host's `recentTask` to its tasks and its `parent` to its
+/// cluster.
 pub(super) async fn hosts(hv: &VSphereHypervisor) -> Result<Vec<HostRecord>> {
     let tasks = Element::new("selectSet")
         .xsi_type("TraversalSpec")
         .child(Element::text("name", "recentTask"))
         .child(Element::text("type", "HostSystem"))
         .child(Element::text("path", "recentTask"))
+        .child(Element::text("skip", "false"));
+    let parent = Element::new("selectSet")
+        .xsi_type("TraversalSpec")
+        .child(Element::text("name", "parent"))
+        .child(Element::text("type", "HostSystem"))
+        .child(Element::text("path", "parent"))
         .child(Element::text("skip", "false"));
     let contents = inventory::retrieve_in_view(
         &hv.inner.session,
@@ -69,8 +79,9 @@ pub(super) async fn hosts(hv: &VSphereHypervisor) -> Result<Vec<HostRecord>> {
         vec![
             inventory::prop_set("HostSystem", HOST_PATHS),
             inventory::prop_set("Task", TASK_PATHS),
+            inventory::prop_set("ClusterComputeResource", &["name"]),
         ],
-        vec![tasks],
+        vec![tasks, parent],
     )
     .await?;
     Ok(host_records(&contents))
@@ -106,6 +117,20 @@ pub(super) fn host_records(contents: &Contents) -> Vec<HostRecord> {
             })
             .unwrap_or_default()
     };
+    let cluster_names: HashMap<&MoRef, String> = contents
+        .iter()
+        .filter(|(obj, _)| obj.kind == "ClusterComputeResource")
+        .filter_map(|(obj, props)| Some((obj, text(props, "name")?)))
+        .collect();
+    let cluster_of = |props: &HashMap<String, Element>| {
+        let parent = props.get("parent").and_then(Element::as_moref)?;
+        (parent.kind == "ClusterComputeResource").then(|| {
+            cluster_names
+                .get(&parent)
+                .cloned()
+                .unwrap_or_else(|| parent.value.clone())
+        })
+    };
     let mut hosts: Vec<HostRecord> = contents
         .iter()
         .filter(|(obj, _)| obj.kind == "HostSystem")
@@ -117,6 +142,7 @@ pub(super) fn host_records(contents: &Contents) -> Vec<HostRecord> {
             in_maintenance: text(props, "runtime.inMaintenanceMode").as_deref() == Some("true"),
             entering: recent(props, ENTER_TASK),
             leaving: recent(props, EXIT_TASK),
+            cluster: cluster_of(props),
         })
         .collect();
     hosts.sort_by(|a, b| a.name.cmp(&b.name));
@@ -266,9 +292,14 @@ mod tests {
   <objects><obj type="HostSystem">host-21</obj>
     <propSet><name>name</name><val XMLSchema-instance:type="xsd:string">DC0_H0</val></propSet>
     <propSet><name>runtime.inMaintenanceMode</name><val XMLSchema-instance:type="xsd:boolean">true</val></propSet>
+    <propSet><name>parent</name><val XMLSchema-instance:type="ManagedObjectReference" type="ComputeResource">domain-s20</val></propSet>
+  </objects>
+  <objects><obj type="ClusterComputeResource">domain-c7</obj>
+    <propSet><name>name</name><val XMLSchema-instance:type="xsd:string">DC0_C0</val></propSet>
   </objects>
   <objects><obj type="HostSystem">host-34</obj>
     <propSet><name>name</name><val XMLSchema-instance:type="xsd:string">DC0_C0_H0</val></propSet>
+    <propSet><name>parent</name><val XMLSchema-instance:type="ManagedObjectReference" type="ClusterComputeResource">domain-c7</val></propSet>
     <propSet><name>recentTask</name><val XMLSchema-instance:type="ArrayOfManagedObjectReference">
       <ManagedObjectReference type="Task">task-60</ManagedObjectReference>
       <ManagedObjectReference type="Task">task-61</ManagedObjectReference>
@@ -276,6 +307,7 @@ mod tests {
   </objects>
   <objects><obj type="HostSystem">host-42</obj>
     <propSet><name>name</name><val XMLSchema-instance:type="xsd:string">DC0_C0_H1</val></propSet>
+    <propSet><name>parent</name><val XMLSchema-instance:type="ManagedObjectReference" type="ClusterComputeResource">domain-c7</val></propSet>
     <propSet><name>runtime.inMaintenanceMode</name><val XMLSchema-instance:type="xsd:boolean">false</val></propSet>
     <propSet><name>recentTask</name><val XMLSchema-instance:type="ArrayOfManagedObjectReference">
       <ManagedObjectReference type="Task">task-59</ManagedObjectReference>
@@ -305,18 +337,19 @@ mod tests {
 
     #[test]
     fn hosts_in_and_entering_maintenance_are_told_apart() {
-        let state = |name: &str, in_maintenance, entering| HostState {
+        let state = |name: &str, in_maintenance, entering, cluster: Option<&str>| HostState {
             name: name.into(),
             in_maintenance,
             entering,
+            cluster: cluster.map(String::from),
         };
         assert_eq!(
             states(&records()),
             [
-                state("DC0_C0_H0", false, true),
-                state("DC0_C0_H1", false, false),
-                state("DC0_H0", true, false),
-                state("host-50", false, false),
+                state("DC0_C0_H0", false, true, Some("DC0_C0")),
+                state("DC0_C0_H1", false, false, Some("DC0_C0")),
+                state("DC0_H0", true, false, None),
+                state("host-50", false, false, None),
             ]
         );
     }

@@ -18,6 +18,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use futures::StreamExt;
 
 pub use self::{inventory::MAX_PROPERTY_PAGES, soap::MAX_RESPONSE_BYTES};
 
@@ -28,6 +29,9 @@ use crate::{
     HostState, Hypervisor, HypervisorKind, Result, Setting, StorageSamples, Support, Tunable,
     TunableReport, VSphereConfig, VmId,
 };
+
+/// QueryPerf calls of one sampling cycle in flight at once.
+const QUERY_PERF_CONCURRENCY: usize = 4;
 
 /// How long one SOAP call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,6 +46,10 @@ struct Inner {
     max_query_metrics: usize,
     /// VM UUID → managed object, refreshed by every inventory.
     morefs: Mutex<HashMap<VmId, MoRef>>,
+    /// Each VM's disks as the last retrieval with device lists saw them (every inventory, and
+    /// a sampling cycle that met a VM not in here), so the other sampling cycles need not
+    /// download every VM's device list again.
+    disks: Mutex<HashMap<MoRef, (VmId, Vec<inventory::DiskRecord>)>>,
 }
 
 /// One vCenter (or ESXi) endpoint.
@@ -65,6 +73,7 @@ impl VSphereHypervisor {
             counters,
             max_query_metrics,
             morefs: Mutex::new(HashMap::new()),
+            disks: Mutex::new(HashMap::new()),
         });
         tokio::spawn(keepalive(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -104,7 +113,38 @@ impl VSphereHypervisor {
         let mut morefs = self.inner.morefs.lock().expect("moref cache lock");
         morefs.clear();
         morefs.extend(vms.iter().map(|v| (v.id.clone(), v.moref.clone())));
+        if paths.contains(&inventory::DEVICES_PATH) {
+            let mut disks = self.inner.disks.lock().expect("disk cache lock");
+            disks.clear();
+            disks.extend(
+                vms.iter()
+                    .map(|v| (v.moref.clone(), (v.id.clone(), v.disks.clone()))),
+            );
+        }
         Ok((vms, names))
+    }
+
+    /// Every VM with what a sampling cycle needs: device lists from the cache when it knows
+    /// every VM (same moref, same UUID), else one retrieval with them for all.
+    async fn sampling_vms(&self) -> Result<(Vec<VmRecord>, inventory::Names)> {
+        let known = !self.inner.disks.lock().expect("disk cache lock").is_empty();
+        if known {
+            let (mut vms, names) = self.all_vms(inventory::SAMPLING_LIGHT_PATHS).await?;
+            let complete = {
+                let disks = self.inner.disks.lock().expect("disk cache lock");
+                vms.iter_mut().all(|v| match disks.get(&v.moref) {
+                    Some((id, d)) if id == &v.id => {
+                        v.disks = d.clone();
+                        true
+                    }
+                    _ => false,
+                })
+            };
+            if complete {
+                return Ok((vms, names));
+            }
+        }
+        self.all_vms(inventory::SAMPLING_PATHS).await
     }
 
     /// The VM's current configuration, read fresh.
@@ -210,7 +250,7 @@ impl Hypervisor for VSphereHypervisor {
 
     #[tracing::instrument(skip(self), fields(endpoint = %self.inner.endpoint))]
     async fn sample_storage(&self) -> Result<StorageSamples> {
-        let (vms, names) = self.all_vms(inventory::SAMPLING_PATHS).await?;
+        let (vms, names) = self.sampling_vms().await?;
         let refs: Vec<&VmRecord> = vms.iter().collect();
         let by_moref: HashMap<MoRef, &VmRecord> =
             vms.iter().map(|v| (v.moref.clone(), v)).collect();
@@ -223,8 +263,14 @@ impl Hypervisor for VSphereHypervisor {
                 .filter_map(|v| inventory::placement(v, &names))
                 .collect(),
         };
-        for batch in perf::batches(&refs, self.inner.counters, self.inner.max_query_metrics) {
-            let response = perf::query(&self.inner.session, batch).await?;
+        // maxQueryMetrics caps one call, not how many run at once: a few in flight keep a
+        // 1,000-VM cycle (some 30 batches) from paying every round trip in a row.
+        let batches = perf::batches(&refs, self.inner.counters, self.inner.max_query_metrics);
+        let mut responses = futures::stream::iter(batches)
+            .map(|batch| perf::query(&self.inner.session, batch))
+            .buffered(QUERY_PERF_CONCURRENCY);
+        while let Some(response) = responses.next().await {
+            let response = response?;
             let (disks, unready) =
                 perf::latencies(&response, self.inner.counters, &by_moref, SystemTime::now());
             samples.disks.extend(disks);
@@ -370,6 +416,7 @@ pub fn read_any_response(bytes: &[u8]) {
     let counters = perf::LatencyCounters {
         read,
         write: ids.find(|id| *id != read).unwrap_or(2),
+        rates: Some((3, 4)),
     };
     // A fixed instant keeps a run reproducible: 2027-01-15T08:00:00Z.
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);

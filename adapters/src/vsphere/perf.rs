@@ -1,6 +1,8 @@
 //! Storage latency from the PerformanceManager: `virtualDisk.totalReadLatency.average` and
-//! `totalWriteLatency.average` (ms over the 20 s realtime interval), counter IDs resolved by
-//! name once, queries batched within `maxQueryMetrics`.
+//! `totalWriteLatency.average` (ms over the 20 s realtime interval), with the disks' I/O rates
+//! `numberReadAveraged.average` and `numberWriteAveraged.average` (operations per second, for
+//! finding noisy neighbours) where the server has them; counter IDs resolved by name once,
+//! queries batched within `maxQueryMetrics`.
 
 use std::{
     collections::HashMap,
@@ -16,6 +18,8 @@ use crate::{DiskLatency, Error, NotReady, OpLatency, Result, UnreadyDisk};
 
 pub const READ_LATENCY: &str = "virtualDisk.totalReadLatency.average";
 pub const WRITE_LATENCY: &str = "virtualDisk.totalWriteLatency.average";
+pub const READ_RATE: &str = "virtualDisk.numberReadAveraged.average";
+pub const WRITE_RATE: &str = "virtualDisk.numberWriteAveraged.average";
 /// The realtime interval.
 pub const INTERVAL_SECS: i64 = 20;
 /// vCenter's default `config.vpxd.stats.maxQueryMetrics`, used when the server does not say.
@@ -54,6 +58,19 @@ const STALE_AFTER_INTERVALS: u32 = 3;
 pub struct LatencyCounters {
     pub read: i64,
     pub write: i64,
+    /// The I/O rate counters (operations per second), when the server has both.
+    pub rates: Option<(i64, i64)>,
+}
+
+impl LatencyCounters {
+    /// Every counter asked for each disk.
+    fn ids(&self) -> Vec<i64> {
+        let mut ids = vec![self.read, self.write];
+        if let Some((r, w)) = self.rates {
+            ids.extend([r, w]);
+        }
+        ids
+    }
 }
 
 /// Maps `group.name.rollup` to counter IDs.
@@ -96,9 +113,20 @@ pub async fn resolve_counters(session: &Session) -> Result<LatencyCounters> {
             message: format!("the server has no counter {name}"),
         })
     };
+    let rates = ids
+        .get(READ_RATE)
+        .copied()
+        .zip(ids.get(WRITE_RATE).copied());
+    if rates.is_none() {
+        tracing::info!(
+            url = %session.url(),
+            "the server has no {READ_RATE} / {WRITE_RATE}: its VMs' I/O rates are unknown, so none counts as a noisy neighbour"
+        );
+    }
     Ok(LatencyCounters {
         read: find(READ_LATENCY)?,
         write: find(WRITE_LATENCY)?,
+        rates,
     })
 }
 
@@ -141,7 +169,7 @@ pub fn batches(
             .disks
             .iter()
             .flat_map(|d| {
-                [counters.read, counters.write].map(|id| {
+                counters.ids().into_iter().map(|id| {
                     Element::new("metricId")
                         .child(Element::text("counterId", id.to_string()))
                         .child(Element::text("instance", &d.name))
@@ -171,7 +199,17 @@ pub async fn query(session: &Session, specs: Vec<Element>) -> Result<Element> {
     session.invoke("querying disk latency", request).await
 }
 
-/// Turns QueryPerf results into latencies for the VMs asked about.
+/// What one disk's series said: latencies in ms, rates in operations per second.
+#[derive(Default)]
+struct DiskSeries {
+    read_ms: Option<u64>,
+    write_ms: Option<u64>,
+    read_rate: Option<u64>,
+    write_rate: Option<u64>,
+}
+
+/// Turns QueryPerf results into latencies (with operation counts, where the rates were
+/// asked for) for the VMs asked about.
 pub fn latencies(
     response: &Element,
     counters: LatencyCounters,
@@ -199,7 +237,7 @@ pub fn latencies(
         let fresh = observed_at
             .map(|at| now.duration_since(at).unwrap_or_default() <= window * STALE_AFTER_INTERVALS)
             .unwrap_or(false);
-        let mut per_disk: HashMap<&str, (Option<OpLatency>, Option<OpLatency>)> = HashMap::new();
+        let mut per_disk: HashMap<&str, DiskSeries> = HashMap::new();
         for series in metric.all("value") {
             let (Some(counter), Some(instance)) = (
                 series.path_i64(&["id", "counterId"]),
@@ -213,25 +251,34 @@ pub fn latencies(
                 .last()
                 .and_then(|v| v.text.trim().parse::<i64>().ok())
                 .filter(|v| *v >= 0)
-                .map(|ms| OpLatency {
-                    mean: Duration::from_millis(ms as u64),
-                    ops: None,
-                });
+                .map(|v| v as u64);
             let slot = per_disk.entry(instance).or_default();
+            let rates = counters.rates.unwrap_or((-1, -1));
             if counter == counters.read {
-                slot.0 = latest;
+                slot.read_ms = latest;
             } else if counter == counters.write {
-                slot.1 = latest;
+                slot.write_ms = latest;
+            } else if counter == rates.0 {
+                slot.read_rate = latest;
+            } else if counter == rates.1 {
+                slot.write_rate = latest;
             }
         }
         for disk in &vm.disks {
             match (per_disk.get(disk.name.as_str()), observed_at) {
-                (Some((read, write)), Some(at)) if fresh && (read.is_some() || write.is_some()) => {
+                (Some(s), Some(at)) if fresh && (s.read_ms.is_some() || s.write_ms.is_some()) => {
+                    // A rate over the interval is that many operations per second of it.
+                    let op = |ms: Option<u64>, rate: Option<u64>| {
+                        ms.map(|ms| OpLatency {
+                            mean: Duration::from_millis(ms),
+                            ops: rate.map(|r| r * interval),
+                        })
+                    };
                     disks.push(DiskLatency {
                         vm: vm.id.clone(),
                         disk: disk.name.clone(),
-                        read: *read,
-                        write: *write,
+                        read: op(s.read_ms, s.read_rate),
+                        write: op(s.write_ms, s.write_rate),
                         flush: None,
                         window,
                         observed_at: at,
@@ -295,6 +342,7 @@ mod tests {
     const COUNTERS: LatencyCounters = LatencyCounters {
         read: 131,
         write: 132,
+        rates: None,
     };
 
     #[test]
@@ -345,5 +393,42 @@ mod tests {
         assert!(disks.is_empty(), "a ten-minute-old sample is not current");
         assert_eq!(unready.len(), 2);
         assert!(unready.iter().all(|u| u.reason == NotReady::NoRecentSample));
+    }
+
+    #[test]
+    fn rates_become_operation_counts_over_the_interval() {
+        let record = vm(1, 1);
+        let vms: HashMap<MoRef, &VmRecord> = [(record.moref.clone(), &record)].into();
+        let now =
+            SystemTime::from(chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:10Z").unwrap());
+        let counters = LatencyCounters {
+            rates: Some((140, 141)),
+            ..COUNTERS
+        };
+        let response = Element::parse(br#"<QueryPerfResponse xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><returnval xsi:type="PerfEntityMetric">
+<entity type="VirtualMachine">vm-1</entity><sampleInfo><timestamp>2026-11-22T10:00:00Z</timestamp><interval>20</interval></sampleInfo>
+<value xsi:type="PerfMetricIntSeries"><id><counterId>131</counterId><instance>scsi0:0</instance></id><value>4</value></value>
+<value xsi:type="PerfMetricIntSeries"><id><counterId>132</counterId><instance>scsi0:0</instance></id><value>6</value></value>
+<value xsi:type="PerfMetricIntSeries"><id><counterId>140</counterId><instance>scsi0:0</instance></id><value>0</value></value>
+<value xsi:type="PerfMetricIntSeries"><id><counterId>141</counterId><instance>scsi0:0</instance></id><value>250</value></value>
+</returnval></QueryPerfResponse>"#).unwrap();
+        let (disks, _) = latencies(&response, counters, &vms, now);
+        assert_eq!(disks[0].read.unwrap().ops, Some(0));
+        assert_eq!(
+            disks[0].write.unwrap().ops,
+            Some(250 * 20),
+            "250/s over 20 s"
+        );
+        assert_eq!(disks[0].write.unwrap().mean, Duration::from_millis(6));
+        // Without the rate counters nothing is counted.
+        let (disks, _) = latencies(&response, COUNTERS, &vms, now);
+        assert_eq!(disks[0].write.unwrap().ops, None);
+        // Four metrics per disk when the rates are asked for.
+        assert_eq!(
+            batches(&[&record], counters, 64)[0][0]
+                .all("metricId")
+                .count(),
+            4
+        );
     }
 }

@@ -13,10 +13,15 @@ K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
 
 K8S_DIR=$STATE_DIR/k8s
 K8S_PKI=$K8S_DIR/pki
-K8S_API_PORT=6443
+# Overridable, so a second instance (the scale bed, e2e/scale) runs beside the stack.
+K8S_API_PORT=${PLUMBLINE_K8S_API_PORT:-6443}
 K8S_API_URL=https://127.0.0.1:$K8S_API_PORT
-ETCD_CLIENT_PORT=23790
-ETCD_PEER_PORT=23800
+ETCD_CLIENT_PORT=${PLUMBLINE_ETCD_CLIENT_PORT:-23790}
+ETCD_PEER_PORT=${PLUMBLINE_ETCD_PEER_PORT:-23800}
+# 0: no controller-manager and scheduler (the scale bed creates and binds its pods itself).
+K8S_CONTROLLERS=${PLUMBLINE_K8S_CONTROLLERS:-1}
+# More kube-apiserver flags, word-split (the scale bed's audit log).
+K8S_APISERVER_ARGS=${PLUMBLINE_K8S_APISERVER_ARGS:-}
 K8S_ADMIN_KUBECONFIG=$K8S_DIR/admin.kubeconfig
 K8S_OPERATOR_KUBECONFIG=$K8S_DIR/operator.kubeconfig
 K8S_OPERATOR_USER=plumbline-operator
@@ -216,9 +221,29 @@ k8s_up() {
         --service-cluster-ip-range=10.0.0.0/24 \
         --allow-privileged=true \
         --endpoint-reconciler-type=none \
-        --cert-dir="$K8S_DIR/apiserver-certs"
+        --cert-dir="$K8S_DIR/apiserver-certs" $K8S_APISERVER_ARGS
     wait_until kube-apiserver 120 k8s_apiserver_ready
 
+    if [ "$K8S_CONTROLLERS" = 1 ]; then
+        k8s_controllers_up
+    else
+        # Pods need their service account; without the controller-manager nobody makes it.
+        kubectl --kubeconfig "$K8S_ADMIN_KUBECONFIG" -n default create serviceaccount default \
+            >>"$LOG_DIR/k8s-rbac.log" 2>&1 || k8s_default_sa_exists >/dev/null ||
+            die "k8s: creating the default service account failed; see $LOG_DIR/k8s-rbac.log"
+    fi
+
+    k8s_apply_operator_rbac
+
+    env_set KUBECONFIG "$K8S_ADMIN_KUBECONFIG"
+    env_set PLUMBLINE_OPERATOR_KUBECONFIG "$K8S_OPERATOR_KUBECONFIG"
+    env_set KUBE_APISERVER_URL "$K8S_API_URL"
+    env_set KUBE_CA_FILE "$K8S_PKI/ca.crt"
+    env_set PLUMBLINE_KUBELET_SIM_KUBECONFIG "$K8S_DIR/kubelet-sim.kubeconfig"
+}
+
+k8s_controllers_up() {
+    local bin=$K8S_BIN_DIR
     # Node-lifecycle stays on: kubelet-sim renews Leases and status, as a kubelet would.
     start_bg kube-controller-manager "$bin/kube-controller-manager" \
         --kubeconfig="$K8S_DIR/controller-manager.kubeconfig" \
@@ -241,14 +266,6 @@ k8s_up() {
     wait_until kube-controller-manager 60 k8s_secure_healthz 10257
     wait_until kube-scheduler 60 k8s_secure_healthz 10259
     wait_until kube-controller-manager 60 k8s_default_sa_exists
-
-    k8s_apply_operator_rbac
-
-    env_set KUBECONFIG "$K8S_ADMIN_KUBECONFIG"
-    env_set PLUMBLINE_OPERATOR_KUBECONFIG "$K8S_OPERATOR_KUBECONFIG"
-    env_set KUBE_APISERVER_URL "$K8S_API_URL"
-    env_set KUBE_CA_FILE "$K8S_PKI/ca.crt"
-    env_set PLUMBLINE_KUBELET_SIM_KUBECONFIG "$K8S_DIR/kubelet-sim.kubeconfig"
 }
 
 # The operator identity gets exactly the chart's RBAC: the ClusterRole rendered from

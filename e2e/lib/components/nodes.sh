@@ -4,6 +4,8 @@
 
 NODES_DIR=$STATE_DIR/nodes.d
 NODES_SIM_BIN=$STATE_DIR/bin/kubelet-sim
+# Seconds between each node's Lease and status renewals (kubelet-sim --heartbeat-seconds).
+NODES_HEARTBEAT_SECONDS=${PLUMBLINE_NODES_HEARTBEAT_SECONDS:-10}
 
 # The binary is cached by a hash of its sources, so a warm `up` never waits for cargo
 # (whose target dir and lock are shared with every other build on the machine).
@@ -41,7 +43,8 @@ nodes_is_schedulable() {
     [[ $out == True* ]] && [[ $out != *node.kubernetes.io/not-ready* ]]
 }
 
-nodes_up() {
+# nodes_start: kubelet-sim runs (it registers the listed nodes in the background).
+nodes_start() {
     k8s_apiserver_ready || die "nodes: the apiserver is not up; start it with 'e2e/stack up k8s'"
     mkdir -p "$NODES_DIR" "$(dirname "$NODES_SIM_BIN")"
     if ! is_running kubelet-sim; then
@@ -50,7 +53,12 @@ nodes_up() {
         [ -x "$cached" ] || die "nodes: kubelet-sim is not built; run 'e2e/stack install nodes'"
         cp "$cached" "$NODES_SIM_BIN"
     fi
-    start_bg kubelet-sim "$NODES_SIM_BIN" --kubeconfig "$K8S_DIR/kubelet-sim.kubeconfig" --nodes-dir "$NODES_DIR"
+    start_bg kubelet-sim "$NODES_SIM_BIN" --kubeconfig "$K8S_DIR/kubelet-sim.kubeconfig" --nodes-dir "$NODES_DIR" \
+        --heartbeat-seconds "$NODES_HEARTBEAT_SECONDS"
+}
+
+nodes_up() {
+    nodes_start
     local names node
     names=$("$NODES_SIM_BIN" --kubeconfig "$K8S_DIR/kubelet-sim.kubeconfig" --nodes-dir "$NODES_DIR" --list-nodes) ||
         die "nodes: reading the node lists in $NODES_DIR failed"

@@ -12,8 +12,11 @@
 # Writes:  $PLUMBLINE_STACK_DIR/nodes.d/vsphere.json  (Nodes for kubelet-sim)
 #          env VSPHERE_URL, VSPHERE_USERNAME, VSPHERE_PASSWORD, VSPHERE_CA_FILE, VCSIM_CONTROL_URL
 
-VCSIM_SDK_ADDR=127.0.0.1:8989
-VCSIM_CONTROL_ADDR=127.0.0.1:8990
+# Overridable, so a second instance (the scale bed, e2e/scale) runs beside the stack.
+VCSIM_SDK_ADDR=${PLUMBLINE_VCSIM_SDK_ADDR:-127.0.0.1:8989}
+VCSIM_CONTROL_ADDR=${PLUMBLINE_VCSIM_CONTROL_ADDR:-127.0.0.1:8990}
+# The inventory: main.go's flags (-clusters, -cluster-hosts, -machines, ...), word-split.
+VCSIM_INVENTORY_ARGS=${PLUMBLINE_VCSIM_INVENTORY:-}
 VCSIM_USERNAME=plumbline@vsphere.local
 VCSIM_STATE=$STATE_DIR/vcsim
 
@@ -66,8 +69,8 @@ vcsim_up() {
         -listen "$VCSIM_SDK_ADDR" -control "$VCSIM_CONTROL_ADDR" \
         -cert "$VCSIM_STATE/server.pem" -key "$VCSIM_STATE/server.key" -ca "$VCSIM_STATE/ca.pem" \
         -username "$VCSIM_USERNAME" -password "$(cat "$VCSIM_STATE/password")" \
-        -nodes-file "$STATE_DIR/nodes.d/vsphere.json"
-    wait_until vcsim 30 vcsim_ready
+        -nodes-file "$STATE_DIR/nodes.d/vsphere.json" $VCSIM_INVENTORY_ARGS
+    wait_until vcsim 120 vcsim_ready
     env_set VSPHERE_URL "https://$VCSIM_SDK_ADDR/sdk"
     env_set VSPHERE_USERNAME "$VCSIM_USERNAME"
     env_set VSPHERE_PASSWORD "$(cat "$VCSIM_STATE/password")"

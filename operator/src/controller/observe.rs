@@ -228,6 +228,7 @@ fn observe_infra(
         changes,
         backing,
         neighbours: status.neighbour_candidates,
+        placement: status.placement,
     }
 }
 

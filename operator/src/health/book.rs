@@ -10,7 +10,7 @@ use plumbline_policies::health::{
     DiskHealth, HysteresisPolicy, LatencyBudget, StorageSample, UnknownCause, VmVerdict,
 };
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     time::{Duration, SystemTime},
 };
 
@@ -28,7 +28,9 @@ pub struct ProviderView {
     pub connected: bool,
     /// Why not connected, or where to.
     pub connection_message: String,
-    pub inventory: Vec<BackingVm>,
+    /// Set through [`HealthBook::set_inventory`] (or [`ProviderView::with_inventory`] before
+    /// the view joins a book), so the book's index of VMs follows.
+    inventory: Vec<BackingVm>,
     /// The provider's hosts and their maintenance mode, read with the inventory, and when.
     pub hosts: Vec<HostState>,
     pub hosts_read_at: Option<SystemTime>,
@@ -61,6 +63,16 @@ impl ProviderView {
         }
     }
 
+    /// The view with `vms` as its inventory, before it joins a book.
+    pub fn with_inventory(mut self, vms: Vec<BackingVm>) -> Self {
+        self.inventory = vms;
+        self
+    }
+
+    pub fn inventory(&self) -> &[BackingVm] {
+        &self.inventory
+    }
+
     /// Staleness follows the slower of the loop and the hypervisor's own sample window, so
     /// vSphere's 20 s realtime samples are not declared stale between two of them.
     pub fn policy(&self) -> HysteresisPolicy {
@@ -87,7 +99,14 @@ pub struct VmPlace<'a> {
 
 #[derive(Debug, Default)]
 pub struct HealthBook {
-    pub providers: BTreeMap<String, ProviderView>,
+    /// Changed only through [`Self::insert_provider`], [`Self::remove_provider`] and
+    /// [`Self::set_inventory`], which keep [`Self::listings`] current.
+    providers: BTreeMap<String, ProviderView>,
+    /// Where each VM is listed: the providers by name, with its place in their inventories;
+    /// the first is its owner (see [`Self::owner_of`]). The pass looks VMs up per pod and per
+    /// node, and a scan of every inventory each time cost O(pods × VMs): most of a
+    /// 10,000-pod pass.
+    listings: HashMap<VmId, Vec<(String, usize)>>,
     pub disks: BTreeMap<(VmId, String), DiskSeries>,
     /// I/O rate per VM (all disks) over the last sample; absent when the hypervisor does not
     /// count operations (vSphere's averaged latency counters).
@@ -99,12 +118,58 @@ pub struct HealthBook {
 
 impl HealthBook {
     pub fn vm(&self, id: &VmId) -> Option<VmPlace<'_>> {
-        self.providers.values().find_map(|p| {
-            p.inventory
-                .iter()
-                .find(|vm| &vm.id == id)
-                .map(|vm| VmPlace { provider: p, vm })
-        })
+        let (name, _) = self.listings.get(id)?.first()?;
+        self.listed_by(name, id)
+    }
+
+    /// The VM as `provider` lists it, if it does.
+    pub fn listed_by(&self, provider: &str, id: &VmId) -> Option<VmPlace<'_>> {
+        let (name, at) = self.listings.get(id)?.iter().find(|(p, _)| p == provider)?;
+        let provider = self.providers.get(name)?;
+        let vm = provider.inventory.get(*at)?;
+        Some(VmPlace { provider, vm })
+    }
+
+    pub fn providers(&self) -> &BTreeMap<String, ProviderView> {
+        &self.providers
+    }
+
+    /// A provider's view, to update what is not its inventory.
+    pub fn provider_mut(&mut self, name: &str) -> Option<&mut ProviderView> {
+        self.providers.get_mut(name)
+    }
+
+    pub fn insert_provider(&mut self, view: ProviderView) {
+        self.providers.insert(view.name.clone(), view);
+        self.reindex();
+    }
+
+    pub fn remove_provider(&mut self, name: &str) {
+        self.providers.remove(name);
+        self.reindex();
+    }
+
+    /// Replaces a provider's inventory; false when the provider is not in the book.
+    pub fn set_inventory(&mut self, provider: &str, vms: Vec<BackingVm>) -> bool {
+        let Some(view) = self.providers.get_mut(provider) else {
+            return false;
+        };
+        view.inventory = vms;
+        self.reindex();
+        true
+    }
+
+    /// Rebuilds [`Self::listings`].
+    fn reindex(&mut self) {
+        self.listings.clear();
+        for (name, view) in &self.providers {
+            for (at, vm) in view.inventory.iter().enumerate() {
+                self.listings
+                    .entry(vm.id.clone())
+                    .or_default()
+                    .push((name.clone(), at));
+            }
+        }
     }
 
     /// Every VM once, with the provider that owns it (see [`Self::owner_of`]).
@@ -112,7 +177,7 @@ impl HealthBook {
         self.providers
             .values()
             .flat_map(|p| {
-                p.inventory
+                p.inventory()
                     .iter()
                     .map(move |vm| VmPlace { provider: p, vm })
             })
@@ -170,8 +235,14 @@ impl HealthBook {
                 d.read.map(|o| o.mean),
                 d.write.map(|o| o.mean),
             );
-            // `None` when the hypervisor does not count operations (vSphere averages).
-            let ops: Option<u64> = [d.read, d.write].into_iter().flatten().map(|o| o.ops).sum();
+            // `None` when the hypervisor counts no operations; a direction it has no count
+            // for adds nothing (a lower bound never makes a VM look noisier than it is).
+            let counted: Vec<u64> = [d.read, d.write]
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.ops)
+                .collect();
+            let ops: Option<u64> = (!counted.is_empty()).then(|| counted.iter().sum());
             if let (Some(ops), false) = (ops, d.window.is_zero()) {
                 *iops.entry(d.vm.clone()).or_default() += ops as f64 / d.window.as_secs_f64();
             }
@@ -201,7 +272,7 @@ impl HealthBook {
         // A VM of this provider that reported no operations this cycle has no current rate: an
         // old one would keep it looking noisy (or quiet) forever.
         let sampled: BTreeSet<VmId> = self.providers[provider]
-            .inventory
+            .inventory()
             .iter()
             .map(|vm| vm.id.clone())
             .filter(|id| self.owner_of(id) == Some(provider))
@@ -336,8 +407,7 @@ mod tests {
             None,
         );
         p.connected = true;
-        p.inventory = vec![vm("a")];
-        b.providers.insert("kvm".into(), p);
+        b.insert_provider(p.with_inventory(vec![vm("a")]));
         b
     }
 
@@ -371,8 +441,7 @@ mod tests {
             None,
         );
         p.connected = true;
-        p.inventory = vec![vm("a")];
-        b.providers.insert("kvm-2".into(), p);
+        b.insert_provider(p.with_inventory(vec![vm("a")]));
         b.record_samples("kvm", UNIX_EPOCH, &[sample("a", 1, 50, 10)]);
         let mut late = sample("a", 1, 50, 10);
         late.observed_at += Duration::from_millis(500);

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Affinity, Node, Pod, PodSpec, PodStatus};
 use kube::{
     runtime::{
         reflector::{self, Store},
-        watcher, WatchStreamExt,
+        watcher, PredicateConfig, WatchStreamExt,
     },
     Api, Client, ResourceExt,
 };
@@ -49,6 +49,34 @@ pub fn prune_node(node: &mut Node) {
         status.volumes_attached = None;
         status.volumes_in_use = None;
     }
+}
+
+/// What of a node the pass reads, hashed: a node event whose hash did not change does not wake
+/// the pass (the next resync still sees the node, a deleted one included). A heartbeat alone
+/// changes only a condition's `lastHeartbeatTime`; at 1,000 nodes the heartbeats woke a pass
+/// many times a second, and the passes ran back to back (docs/scale.md).
+fn node_wakes(node: &Node) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let conditions: Vec<_> = node
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .map(|c| (&c.type_, &c.status, &c.reason, &c.message))
+        .collect();
+    let spec = node.spec.as_ref().map(serde_json::to_string);
+    let mut h = DefaultHasher::new();
+    (
+        &node.metadata.labels,
+        &node.metadata.annotations,
+        node.metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string()),
+        spec.and_then(Result::ok),
+        conditions,
+    )
+        .hash(&mut h);
+    Some(h.finish())
 }
 
 pub struct Caches {
@@ -115,6 +143,7 @@ pub fn start(
         .modify(prune_node)
         .reflect(nodes_writer)
         .touched_objects()
+        .predicate_filter(node_wakes, PredicateConfig::default())
         .filter_map(|r| futures::future::ready(r.ok()))
         .for_each({
             let changed = changed.clone();
@@ -184,7 +213,7 @@ pub fn owning_workload(pod: &Pod) -> Option<(plumbline_crds::TargetKind, String)
         "StatefulSet" => Some((plumbline_crds::TargetKind::StatefulSet, owner.name.clone())),
         "ReplicaSet" => {
             let hash = pod.labels().get("pod-template-hash")?;
-            let name = owner.name.strip_suffix(&format!("-{hash}"))?;
+            let name = owner.name.strip_suffix(hash.as_str())?.strip_suffix('-')?;
             Some((plumbline_crds::TargetKind::Deployment, name.to_string()))
         }
         _ => None,
@@ -251,5 +280,36 @@ mod tests {
             None
         );
         assert_eq!(owning_workload(&pod("Job", "j", None)), None);
+    }
+
+    #[test]
+    fn a_heartbeat_alone_does_not_wake_the_pass_and_what_the_pass_reads_does() {
+        let node = |heartbeat: &str, ready: &str, label: &str| -> Node {
+            serde_json::from_value(json!({
+                "metadata": {"name": "n", "labels": {"topology.plumbline.dev/host": label}},
+                "spec": {"providerID": "vsphere://u1"},
+                "status": {"conditions": [{
+                    "type": "Ready", "status": ready, "reason": "KubeletReady",
+                    "lastHeartbeatTime": heartbeat, "lastTransitionTime": "2026-12-02T00:00:00Z",
+                }]},
+            }))
+            .unwrap()
+        };
+        let base = node_wakes(&node("2026-12-02T08:00:00Z", "True", "h1"));
+        assert_eq!(
+            base,
+            node_wakes(&node("2026-12-02T08:01:00Z", "True", "h1"))
+        );
+        assert_ne!(
+            base,
+            node_wakes(&node("2026-12-02T08:00:00Z", "False", "h1"))
+        );
+        assert_ne!(
+            base,
+            node_wakes(&node("2026-12-02T08:00:00Z", "True", "h2"))
+        );
+        let mut cordoned = node("2026-12-02T08:00:00Z", "True", "h1");
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        assert_ne!(base, node_wakes(&cordoned));
     }
 }

@@ -22,7 +22,7 @@ use super::{
     book::HealthBook,
     caches::Caches,
     decide::{self, NodeWrite, PassInput, PassMemory, PassSeries, PodWrite, StatusWrite},
-    graph,
+    graph, relocate,
     settings::HealthSettings,
     taint, throttle,
 };
@@ -33,6 +33,9 @@ use crate::{
         VmLabels,
     },
 };
+
+/// Pod and node condition writes in flight at once (see [`concurrently`]).
+const WRITE_CONCURRENCY: usize = 16;
 
 /// What a pass remembers for the next one.
 #[derive(Default)]
@@ -101,12 +104,8 @@ impl Feedback {
         };
         self.set_series(ctx, decision.series);
 
-        for w in decision.pods {
-            self.write_pod(ctx, w, now).await;
-        }
-        for w in decision.nodes {
-            self.write_node(ctx, w).await;
-        }
+        self.write_pods(ctx, decision.pods, now).await;
+        self.write_nodes(ctx, decision.nodes).await;
         for w in decision.statuses {
             self.write_intent_status(ctx, w).await;
         }
@@ -121,19 +120,29 @@ impl Feedback {
         )
         .await;
         taint::publish(ctx, taints.newly_held).await;
+        relocate::publish(ctx, &views, &decision.relocations).await;
         let mut wanted = throttles;
         wanted.extend(taints.wanted);
         wanted.extend(decision.rules);
+        wanted.extend(decision.moves);
         wanted
     }
 
-    async fn write_pod(&mut self, ctx: &Context, w: PodWrite, now: SystemTime) {
-        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.namespace);
+    async fn write_pods(&mut self, ctx: &Context, writes: Vec<PodWrite>, now: SystemTime) {
         let params = PatchParams::apply(HEALTH_FIELD_MANAGER).force();
-        match api
-            .patch_status(&w.pod, &params, &Patch::Apply(&w.body(now)))
-            .await
-        {
+        let outcomes = concurrently(writes, |w: &PodWrite| {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.namespace);
+            let (pod, body, params) = (w.pod.clone(), w.body(now), &params);
+            async move { api.patch_status(&pod, params, &Patch::Apply(&body)).await }
+        })
+        .await;
+        for (w, outcome) in outcomes {
+            self.pod_written(ctx, w, outcome);
+        }
+    }
+
+    fn pod_written(&mut self, ctx: &Context, w: PodWrite, outcome: kube::Result<Pod>) {
+        match outcome {
             Ok(_) => {
                 self.memory
                     .pod_written
@@ -163,20 +172,23 @@ impl Feedback {
         }
     }
 
-    async fn write_node(&mut self, ctx: &Context, w: NodeWrite) {
+    async fn write_nodes(&mut self, ctx: &Context, writes: Vec<NodeWrite>) {
         let params = PatchParams::apply(HEALTH_FIELD_MANAGER).force();
-        match Api::<Node>::all(ctx.client.clone())
-            .patch_status(&w.node, &params, &Patch::Apply(&w.body()))
-            .await
-        {
-            Ok(_) => {
-                self.memory
-                    .node_written
-                    .insert(w.node.clone(), Instant::now());
-                debug!(node = %w.node, "node storage condition written");
-            }
-            Err(e) => {
-                warn!(node = %w.node, error = %e, "writing the node storage condition failed")
+        let api: Api<Node> = Api::all(ctx.client.clone());
+        let outcomes = concurrently(writes, |w: &NodeWrite| {
+            let (api, node, body, params) = (&api, w.node.clone(), w.body(), &params);
+            async move { api.patch_status(&node, params, &Patch::Apply(&body)).await }
+        })
+        .await;
+        for (w, outcome) in outcomes {
+            match outcome {
+                Ok(_) => {
+                    debug!(node = %w.node, "node storage condition written");
+                    self.memory.node_written.insert(w.node, Instant::now());
+                }
+                Err(e) => {
+                    warn!(node = %w.node, error = %e, "writing the node storage condition failed")
+                }
             }
         }
     }
@@ -258,4 +270,24 @@ fn set_all<L: Eq + Hash, V>(
             l
         })
         .collect()
+}
+
+/// Runs `write` for each of `writes`, [`WRITE_CONCURRENCY`] at a time, and waits for all of
+/// them (the next pass decides on what was written); the outcomes come in completion order.
+/// One after another, a thousand pods flipping at once took a thousand apiserver round trips
+/// in a row (docs/scale.md). The bound is the client-side limit that keeps the operator well
+/// under the apiserver's 200 mutating requests in flight, so it gets no 429s.
+async fn concurrently<W, T, F>(writes: Vec<W>, write: impl Fn(&W) -> F) -> Vec<(W, kube::Result<T>)>
+where
+    F: std::future::Future<Output = kube::Result<T>>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(writes)
+        .map(|w| {
+            let written = write(&w);
+            async move { (w, written.await) }
+        })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect()
+        .await
 }

@@ -4,12 +4,16 @@
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use plumbline_adapters::VmId;
-use plumbline_crds::{NodeMappingStrategy, WorkloadIntent};
+use plumbline_crds::{NodeMappingStrategy, TargetKind, WorkloadIntent};
 use plumbline_policies::{
     health::{GuardLimit, LatencyBudget, Tier},
     CountOrPercent,
 };
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::Arc,
+};
 
 use super::{
     book::{HealthBook, VmPlace},
@@ -65,6 +69,8 @@ pub struct IntentView {
     pub disrupt: bool,
     /// Allowed and entitled to throttle noisy neighbours.
     pub may_throttle: bool,
+    /// … and to move one throttling cannot tame (`infrastructure.relocateNoisyNeighbours`).
+    pub may_relocate: bool,
     pub pods: Vec<PodView>,
 }
 
@@ -108,20 +114,21 @@ pub fn backing_for_node<'a>(book: &'a HealthBook, node: &Node) -> Option<VmPlace
         .as_ref()
         .and_then(|s| s.provider_id.as_deref())
         .and_then(VmId::from_provider_id);
-    book.providers.values().find_map(|p| {
+    book.providers().values().find_map(|p| {
         let found = match p.mapping {
             NodeMappingStrategy::ProviderId => provider_vm
                 .as_ref()
-                .and_then(|id| p.inventory.iter().find(|vm| &vm.id == id)),
+                .and_then(|id| book.listed_by(&p.name, id))
+                .map(|place| place.vm),
             NodeMappingStrategy::NodeName => {
-                p.inventory.iter().find(|vm| vm.name == node.name_any())
+                p.inventory().iter().find(|vm| vm.name == node.name_any())
             }
             NodeMappingStrategy::Label => {
                 let value = p
                     .mapping_label
                     .as_ref()
                     .and_then(|l| node.labels().get(l))?;
-                p.inventory.iter().find(|vm| &vm.name == value)
+                p.inventory().iter().find(|vm| &vm.name == value)
             }
         }?;
         Some(VmPlace {
@@ -151,7 +158,20 @@ pub fn build(
         .iter()
         .map(|n| (n.name_any(), vm_for_node(book, n)))
         .collect();
+    // Each live pod under its workload, once: every intent then takes its own.
     let pods = caches.pods.state();
+    let mut by_workload: HashMap<(String, TargetKind, String), Vec<&Arc<Pod>>> = HashMap::new();
+    for p in pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        if let Some((kind, name)) = owning_workload(p) {
+            by_workload
+                .entry((p.namespace().unwrap_or_default(), kind, name))
+                .or_default()
+                .push(p);
+        }
+    }
     let mut views = Vec::new();
     for wi in intents {
         let Ok(valid) = plumbline_policies::validate_intent(&wi.spec) else {
@@ -176,12 +196,21 @@ pub fn build(
                 .infrastructure
                 .as_ref()
                 .is_some_and(|i| i.throttle_noisy_neighbours);
-        let target = (wi.spec.target.kind, wi.spec.target.name.clone());
-        let mut members: Vec<PodView> = pods
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| owning_workload(p).as_ref() == Some(&target))
+        let may_relocate = may_throttle
+            && wi
+                .spec
+                .infrastructure
+                .as_ref()
+                .is_some_and(|i| i.relocate_noisy_neighbours);
+        let workload = (
+            namespace.clone(),
+            wi.spec.target.kind,
+            wi.spec.target.name.clone(),
+        );
+        let mut members: Vec<PodView> = by_workload
+            .get(&workload)
+            .into_iter()
+            .flatten()
             .map(|p| {
                 let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
                 let vm = node
@@ -189,7 +218,7 @@ pub fn build(
                     .and_then(|n| node_vms.get(n).cloned().flatten());
                 PodView {
                     name: p.name_any(),
-                    pod: p.clone(),
+                    pod: Arc::clone(p),
                     node,
                     vm,
                 }
@@ -208,6 +237,7 @@ pub fn build(
             active,
             disrupt,
             may_throttle,
+            may_relocate,
             pods: members,
             intent: wi.clone(),
         });

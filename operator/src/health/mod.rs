@@ -11,6 +11,7 @@
 //! - [`feedback`]: one pass carried out: the writes, Events and metrics [`decide`] asks for;
 //! - [`taint`]: the optional `NoSchedule` taint on degraded nodes, as ledger entries;
 //! - [`throttle`]: noisy-neighbour I/O limits, as ledger entries;
+//! - [`relocate`]: moving a noisy neighbour throttling cannot tame, as ledger entries;
 //! - [`protect`]: CPU shares for the VMs backing protected intents, as ledger entries;
 //! - [`topology`]: the `topology.plumbline.dev/` host, provider and cluster labels on
 //!   VM-backed nodes, written in a task of their own.
@@ -28,6 +29,7 @@ pub mod feedback;
 pub mod graph;
 pub mod protect;
 pub mod providers;
+pub mod relocate;
 mod settings;
 pub mod taint;
 pub mod throttle;
@@ -104,6 +106,7 @@ pub async fn run(
         if end.has_ended() {
             break;
         }
+        let pass_started = Instant::now();
         let providers = caches.providers.state();
         samplers.sync(&ctx, &providers, &book, &changed);
         // Also providers that are gone but still named by an entry: it can still be abandoned.
@@ -148,6 +151,10 @@ pub async fn run(
             // Spawns its writes: never waits for them.
             topology.pass(&ctx, &caches, &book);
         }
+        ctx.metrics
+            .health
+            .pass_duration
+            .observe(pass_started.elapsed().as_secs_f64());
         liveness.health_pass_done();
         match settings.fault {
             Some(HealthFault::HealthLoopExit) => {
@@ -214,7 +221,11 @@ fn ledger_ready(
         .iter()
         .filter(|ic| ic.spec.operator == operator)
         .filter_map(|ic| ic.spec.target.provider.as_deref())
-        .all(|p| b.providers.get(p).is_some_and(|v| !v.inventory.is_empty()))
+        .all(|p| {
+            b.providers()
+                .get(p)
+                .is_some_and(|v| !v.inventory().is_empty())
+        })
 }
 
 /// `plumbline_infra_changes`: this instance's entries by purpose and state.
@@ -225,6 +236,7 @@ fn count_changes(ctx: &Context, changes: &[Arc<InfraChange>], operator: &str) {
         ChangePurpose::BackingVmProtection,
         ChangePurpose::StorageTaint,
         ChangePurpose::HostAntiAffinity,
+        ChangePurpose::NeighbourRelocation,
     ] {
         for state in [
             ic_state::PENDING,

@@ -84,7 +84,7 @@ fn support(
             return SharesSupport::Unsupported(status.last_error.clone().unwrap_or_default());
         }
     }
-    match book.providers.get(&vm.provider) {
+    match book.providers().get(&vm.provider) {
         Some(p) if p.connected => match p.capabilities.support(Capability::CpuShares) {
             Support::Supported => SharesSupport::Supported,
             Support::Unsupported { reason } => SharesSupport::Unsupported(reason),

@@ -67,7 +67,7 @@ impl Samplers {
             if !wanted.contains_key(&name) {
                 info!(provider = %name, "provider deleted, dropping its adapter");
                 crate::locks::write(&ctx.adapters.hypervisors).remove(&name);
-                crate::locks::lock(book).providers.remove(&name);
+                crate::locks::lock(book).remove_provider(&name);
                 ctx.metrics
                     .health
                     .provider_connected
@@ -178,15 +178,12 @@ async fn sample_provider(
             return;
         }
     };
-    crate::locks::lock(&book).providers.insert(
-        name.clone(),
-        ProviderView::new(
-            &name,
-            valid.sample_interval,
-            valid.node_mapping,
-            valid.node_label.clone(),
-        ),
-    );
+    crate::locks::lock(&book).insert_provider(ProviderView::new(
+        &name,
+        valid.sample_interval,
+        valid.node_mapping,
+        valid.node_label.clone(),
+    ));
     let mut backoff = Duration::from_secs(1);
     // The wait after the last refused login; `None` once a login succeeded.
     let mut login_backoff: Option<Duration> = None;
@@ -298,9 +295,8 @@ async fn sample_provider(
                 Ok(vms) => {
                     let caps = adapter.capabilities().await.ok();
                     let mut b = crate::locks::lock(&book);
-                    if let Some(view) = b.providers.get_mut(&name) {
-                        view.inventory = vms;
-                        if let Some(caps) = caps {
+                    if b.set_inventory(&name, vms) {
+                        if let (Some(view), Some(caps)) = (b.provider_mut(&name), caps) {
                             view.capabilities = caps;
                         }
                     }
@@ -312,7 +308,7 @@ async fn sample_provider(
                 Ok(Ok(hosts)) => {
                     let read_at = ctx.clock.now();
                     let mut b = crate::locks::lock(&book);
-                    if let Some(view) = b.providers.get_mut(&name) {
+                    if let Some(view) = b.provider_mut(&name) {
                         view.hosts = hosts;
                         view.hosts_read_at = Some(read_at.into());
                     }
@@ -336,7 +332,7 @@ async fn sample_provider(
         let outcome = match result {
             Ok(Ok(samples)) => {
                 let mut b = crate::locks::lock(&book);
-                if let Some(view) = b.providers.get_mut(&name) {
+                if let Some(view) = b.provider_mut(&name) {
                     view.connected = true;
                     view.connection_message = format!("connected to {}", adapter.endpoint());
                 }
@@ -433,7 +429,7 @@ async fn wait_or_secret_change(
 
 fn mark_disconnected(book: &Arc<Mutex<HealthBook>>, name: &str, message: &str) {
     let mut b = crate::locks::lock(book);
-    if let Some(view) = b.providers.get_mut(name) {
+    if let Some(view) = b.provider_mut(name) {
         view.connected = false;
         view.connection_message = message.to_string();
     }
@@ -454,7 +450,7 @@ async fn maybe_write_status(
         return;
     }
     let view = crate::locks::lock(book)
-        .providers
+        .providers()
         .get(&hp.name_any())
         .cloned();
     if write_status(ctx, hp, &state, view.as_ref()).await {
@@ -527,7 +523,7 @@ async fn write_status(
         status_body["observedGeneration"] = g.into();
     }
     if let Some(view) = view {
-        status_body["vmCount"] = (view.inventory.len() as i64).into();
+        status_body["vmCount"] = (view.inventory().len() as i64).into();
         let caps: Vec<&str> = view
             .capabilities
             .entries

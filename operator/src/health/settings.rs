@@ -1,6 +1,9 @@
 //! How the health loop behaves: what `plumbline run`'s health flags choose.
 
-use plumbline_policies::health::{LatencyBudget, TaintCap, ThrottleLadder, UnknownReadiness};
+use plumbline_policies::{
+    health::{LatencyBudget, TaintCap, ThrottleLadder, UnknownReadiness},
+    placement::RelocationPolicy,
+};
 use std::time::Duration;
 
 use crate::ledger::LedgerSettings;
@@ -13,6 +16,8 @@ pub struct HealthSettings {
     /// Budget for node conditions of nodes running no pod of a storage intent.
     pub default_node_budget: LatencyBudget,
     pub ladder: ThrottleLadder,
+    /// When and how often a noisy neighbour throttling cannot tame is moved.
+    pub relocation: RelocationPolicy,
     /// A pass runs at least this often even without news (staleness turns into unknown).
     pub resync: Duration,
     /// Taint nodes whose storage is degraded (`NoSchedule`), and untaint them on recovery.
@@ -52,6 +57,7 @@ impl Default for HealthSettings {
             unknown: UnknownReadiness::FailOpen,
             default_node_budget: LatencyBudget::from_millis(100),
             ladder: ThrottleLadder::default(),
+            relocation: RelocationPolicy::default(),
             resync: Duration::from_secs(1),
             taint_degraded_nodes: false,
             host_maintenance: false,

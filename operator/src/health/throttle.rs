@@ -31,11 +31,7 @@ fn throttle_objects<'a>(
     changes: &'a [Arc<InfraChange>],
     operator: &'a str,
 ) -> impl Iterator<Item = &'a Arc<InfraChange>> {
-    changes.iter().filter(move |ic| {
-        ic.spec.operator == operator
-            && ic.spec.purpose == ChangePurpose::NeighbourThrottle
-            && ic.metadata.deletion_timestamp.is_none()
-    })
+    crate::ledger::entries(changes, operator, ChangePurpose::NeighbourThrottle)
 }
 
 /// The throttles in force according to the ledger.
@@ -47,7 +43,7 @@ pub fn in_force(changes: &[Arc<InfraChange>], operator: &str) -> BTreeMap<VmRef,
 }
 
 /// The intents whose pods run on any of `vms`.
-fn intents_on(views: &[IntentView], vms: &BTreeSet<VmRef>) -> BTreeSet<String> {
+pub(super) fn intents_on(views: &[IntentView], vms: &BTreeSet<VmRef>) -> BTreeSet<String> {
     views
         .iter()
         .filter(|v| {

@@ -366,6 +366,7 @@ fn metric(ic: &InfraChange) -> (ActionLayer, &'static str) {
         ChangePurpose::MaintenanceSurge => (ActionLayer::kubernetes, "replica_surge"),
         ChangePurpose::HostMaintenanceMode => (ActionLayer::hypervisor, "host_maintenance_mode"),
         ChangePurpose::HostAntiAffinity => (ActionLayer::hypervisor, "drs_anti_affinity_rule"),
+        ChangePurpose::NeighbourRelocation => (ActionLayer::hypervisor, "vm_relocation"),
     }
 }
 

@@ -18,8 +18,9 @@ pub mod report;
 pub mod target;
 pub mod writer;
 
+use plumbline_crds::{ChangePurpose, InfraChange};
 use plumbline_policies::ledger::ActuationPolicy;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// How the actuators behave; the defaults are documented in docs/ledger.md.
 #[derive(Debug, Clone)]
@@ -52,4 +53,17 @@ pub fn instance(namespace: Option<&str>) -> String {
 /// The instance as a label value (`cluster` or the namespace name).
 pub fn instance_label(namespace: Option<&str>) -> String {
     namespace.unwrap_or("cluster").to_string()
+}
+
+/// This instance's entries of one purpose that are in force or wanted (not being deleted).
+pub fn entries<'a>(
+    changes: &'a [Arc<InfraChange>],
+    operator: &'a str,
+    purpose: ChangePurpose,
+) -> impl Iterator<Item = &'a Arc<InfraChange>> {
+    changes.iter().filter(move |ic| {
+        ic.spec.operator == operator
+            && ic.spec.purpose == purpose
+            && ic.metadata.deletion_timestamp.is_none()
+    })
 }

@@ -3,7 +3,8 @@
 //! settings go through the provider's adapter, which also records the original on the VM
 //! itself; node taints are a read-modify-write of the node guarded by its resourceVersion; a
 //! workload's replicas (a maintenance surge) are written in the name of the field's owner; a
-//! cluster's DRS rule is read and written whole through the provider's adapter.
+//! cluster's DRS rule is read and written whole through the provider's adapter; a VM's host
+//! (a relocation) is read from the inventory and set by a vMotion.
 
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::{
@@ -13,7 +14,7 @@ use kube::{
 use plumbline_adapters::{AntiAffinityRule, Hypervisor, Setting, Tunable, VmId};
 use plumbline_crds::{ChangeTargetKind, InfraChange};
 use plumbline_policies::{
-    ledger::{ABSENT, DRS_RULE_PREFIX, MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE},
+    ledger::{ABSENT, DRS_RULE_PREFIX, HOST, MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE},
     placement::RuleValue,
     WorkloadRef,
 };
@@ -58,6 +59,11 @@ pub enum Target {
         adapter: Arc<dyn Hypervisor>,
         vm: VmId,
         tunable: Tunable,
+    },
+    /// The host a VM runs on (a one-shot relocation).
+    Placement {
+        adapter: Arc<dyn Hypervisor>,
+        vm: VmId,
     },
     Node {
         client: Client,
@@ -121,6 +127,12 @@ impl Target {
                         "the target names no provider or VM id".into(),
                     ));
                 };
+                if spec.setting == HOST {
+                    return Ok(adapter(provider).map(|adapter| Self::Placement {
+                        adapter,
+                        vm: VmId::new(id),
+                    }));
+                }
                 let tunable: Tunable = spec
                     .setting
                     .parse()
@@ -226,6 +238,16 @@ impl Target {
                     recorded_original: report.original(tunable).map(|v| v.to_string()),
                 })
             }
+            Self::Placement { adapter, vm } => {
+                let vms = bounded(deadline, "reading", adapter.inventory()).await?;
+                let found = vms.iter().find(|v| &v.id == vm).ok_or_else(|| {
+                    TargetError::Failed(format!("the provider reports no VM {vm}"))
+                })?;
+                Ok(Reading {
+                    current: found.host.clone(),
+                    recorded_original: None,
+                })
+            }
             Self::Node {
                 client,
                 name,
@@ -310,6 +332,16 @@ impl Target {
                     deadline,
                     "applying",
                     adapter.apply(vm, &[Setting::new(tunable.clone(), value)]),
+                )
+                .await
+            }
+            Self::Placement { adapter, vm } => {
+                // A vMotion copies memory: minutes, not the seconds a setting takes.
+                let deadline = deadline.max(RELOCATION_DEADLINE);
+                bounded(
+                    deadline,
+                    "relocating",
+                    adapter.relocate(vm, value, deadline),
                 )
                 .await
             }
@@ -436,6 +468,10 @@ impl Target {
                     )))
                 }
             }
+            // Never called: a relocation is one-shot (the actuator releases it).
+            Self::Placement { .. } => Err(TargetError::Unsupported(
+                "a relocation is not undone".into(),
+            )),
             Self::Node { .. } if original == PRESENT => Ok(()),
             Self::Node { .. } => self.set(ABSENT, deadline).await,
             Self::Replicas { .. } | Self::Host { .. } | Self::Rule { .. } => {
@@ -461,6 +497,11 @@ fn rule_value(rule: &AntiAffinityRule) -> String {
 }
 
 const DISABLED: &str = "disabled:";
+
+/// How long a relocation (vMotion) may take before the call gives up. The server's task goes
+/// on; the entry's retry (with backoff) finds the VM moved, or is refused while that task
+/// still runs.
+const RELOCATION_DEADLINE: Duration = Duration::from_secs(600);
 
 /// A call that gives up at the deadline; the error says what was being done.
 async fn bounded<T, E: Into<TargetError>>(

@@ -54,7 +54,7 @@ impl Detector {
         }
         let hosts: Vec<ReportedHost> = {
             let book = crate::locks::lock(book);
-            book.providers
+            book.providers()
                 .values()
                 .filter_map(|v| Some((v, v.hosts_read_at?)))
                 .flat_map(|(v, read_at)| {

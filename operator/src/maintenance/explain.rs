@@ -56,9 +56,7 @@ pub async fn explain_maintenance(
     if let Some(hp) = providers.iter().find(|p| p.name_any() == hm.spec.provider) {
         match read_provider(client, hp).await {
             Ok(view) => {
-                crate::locks::lock(&book)
-                    .providers
-                    .insert(hp.name_any(), view);
+                crate::locks::lock(&book).insert_provider(view);
             }
             Err(e) => notes.push(format!(
                 "HypervisorProvider {} could not be read now ({e}); the plan below treats its inventory as unknown",
@@ -147,8 +145,8 @@ async fn read_provider(
         valid.sample_interval,
         valid.node_mapping,
         valid.node_label.clone(),
-    );
-    view.inventory = inventory;
+    )
+    .with_inventory(inventory);
     view.hosts = hosts;
     view.hosts_read_at = Some(SystemTime::now());
     Ok(view)

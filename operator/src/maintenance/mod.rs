@@ -205,6 +205,7 @@ fn ledger_entries(
         }],
         operator: operator.to_string(),
         throttle: None,
+        relocation: None,
     };
     let cordons = plan.cordon.iter().map(|node| {
         entry(

@@ -45,15 +45,15 @@ pub enum HostNodes {
 
 /// The nodes whose VMs the provider reports on the host.
 pub fn host_nodes(book: &HealthBook, nodes: &[Arc<Node>], provider: &str, host: &str) -> HostNodes {
-    let Some(view) = book.providers.get(provider) else {
+    let Some(view) = book.providers().get(provider) else {
         return HostNodes::NoInventory;
     };
-    if view.inventory.is_empty() {
+    if view.inventory().is_empty() {
         return HostNodes::NoInventory;
     }
-    if !view.inventory.iter().any(|vm| vm.host == host) {
+    if !view.inventory().iter().any(|vm| vm.host == host) {
         return HostNodes::UnknownHost {
-            hosts: view.inventory.iter().map(|vm| vm.host.clone()).collect(),
+            hosts: view.inventory().iter().map(|vm| vm.host.clone()).collect(),
         };
     }
     let found = nodes
@@ -352,7 +352,7 @@ pub fn host_in_maintenance(
 ) -> Option<bool> {
     let book = crate::locks::lock(book);
     let host = book
-        .providers
+        .providers()
         .get(&hm.spec.provider)?
         .hosts
         .iter()

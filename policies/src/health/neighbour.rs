@@ -82,6 +82,11 @@ pub struct Victim<K> {
     pub healthy_for: Duration,
     /// How long the VM's health has been continuously unknown (zero when it is not).
     pub unknown_for: Duration,
+    /// How long the VM has been continuously degraded (zero when it is not).
+    pub degraded_for: Duration,
+    /// The intent may have a neighbour that throttling cannot tame moved to another host
+    /// (`infrastructure.relocateNoisyNeighbours`; see `crate::placement::relocate`).
+    pub may_relocate: bool,
     /// Its latest storage latency, to judge whether a step helped.
     pub latency: Option<Duration>,
     /// How often its provider samples it.
@@ -650,6 +655,8 @@ mod tests {
             state,
             healthy_for: Duration::ZERO,
             unknown_for: Duration::ZERO,
+            degraded_for: Duration::ZERO,
+            may_relocate: false,
             latency: None,
             sample_interval: Duration::from_secs(1),
             active: true,
@@ -1158,6 +1165,8 @@ mod tests {
                 let now = t(cycle);
                 let victims: Vec<_> = vics.iter().map(|(vm, (tier, states, active, host))| Victim {
                     unknown_for: Duration::ZERO,
+                    degraded_for: Duration::ZERO,
+                    may_relocate: false,
                     latency: None,
                     sample_interval: Duration::from_secs(1),
                     vm: format!("vm{vm}"),

@@ -107,6 +107,16 @@ pub fn next_work(
                 reason: state::REVERTED,
                 message: "never applied: nothing to restore".into(),
             },
+            // A move is made once and never undone (docs/placement.md).
+            Some(_) if ic.spec.purpose.is_one_shot() => Work::Release {
+                reason: state::LEFT_IN_PLACE,
+                message: format!(
+                    "a {} is not undone: the target stays as it is ({} {})",
+                    ic.spec.purpose.as_str(),
+                    ic.spec.setting,
+                    status.observed.as_deref().unwrap_or(&ic.spec.desired)
+                ),
+            },
             Some(_) if backing_off => Work::Nothing,
             Some(original) => Work::Revert { original },
         };
@@ -132,6 +142,8 @@ pub fn next_work(
         return Work::Apply;
     }
     match last_readback {
+        // Made once: what becomes of the target afterwards (DRS moving the VM on) is not drift.
+        _ if ic.spec.purpose.is_one_shot() => Work::Nothing,
         Some(at) if now < at + policy.readback_every => Work::Nothing,
         _ => Work::ReadBack,
     }
@@ -195,6 +207,7 @@ mod tests {
                 owners: vec![],
                 operator: "cluster".into(),
                 throttle: None,
+                relocation: None,
             },
         );
         ic.metadata.generation = Some(1);

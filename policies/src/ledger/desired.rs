@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plumbline_crds::{
-    ChangeOwner, ChangePurpose, ChangeTarget, InfraChange, InfraChangeSpec, ThrottleStep, VmRef,
+    ChangeOwner, ChangePurpose, ChangeTarget, InfraChange, InfraChangeSpec, RelocationRecord,
+    ThrottleStep, VmRef,
 };
 
 use super::{from_time, to_time};
 use crate::health::{Throttle, Wanted};
-use crate::placement::RuleWish;
+use crate::placement::{PastRelocation, Relocation, RuleWish};
 
 /// The value of a taint change: the taint is there.
 pub const PRESENT: &str = "present";
@@ -21,6 +22,9 @@ pub const UNSCHEDULABLE: &str = "unschedulable";
 pub const REPLICAS: &str = "replicas";
 /// The setting of a hypervisor host's maintenance mode, `present` when in it.
 pub const MAINTENANCE_MODE: &str = "maintenanceMode";
+
+/// The setting of the host a VM runs on (a noisy neighbour's relocation), the host's name.
+pub const HOST: &str = "host";
 
 /// The setting name of a cluster's DRS rule: `drsRule/NAME`.
 pub const DRS_RULE_PREFIX: &str = "drsRule/";
@@ -71,6 +75,7 @@ pub fn throttle_spec(
                 .victim_latency
                 .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
         }),
+        relocation: None,
     }
 }
 
@@ -120,6 +125,7 @@ pub fn protection_spec(
         ),
         operator: operator.to_string(),
         throttle: None,
+        relocation: None,
     }
 }
 
@@ -138,6 +144,7 @@ pub fn taint_spec(
         owners: sorted(owners),
         operator: operator.to_string(),
         throttle: None,
+        relocation: None,
     }
 }
 
@@ -159,7 +166,47 @@ pub fn rule_spec(wish: &RuleWish, intent: &str, workload: &str, operator: &str) 
         }],
         operator: operator.to_string(),
         throttle: None,
+        relocation: None,
     }
+}
+
+/// A noisy neighbour's relocation, owned by the intent of the VM it competed with.
+pub fn relocation_spec(
+    relocation: &Relocation<VmRef>,
+    intent: &str,
+    operator: &str,
+) -> InfraChangeSpec {
+    InfraChangeSpec {
+        target: vm_target(&relocation.vm),
+        setting: HOST.to_string(),
+        desired: relocation.to.clone(),
+        purpose: ChangePurpose::NeighbourRelocation,
+        owners: vec![ChangeOwner {
+            intent: intent.to_string(),
+            reason: relocation.reason.clone(),
+        }],
+        operator: operator.to_string(),
+        throttle: None,
+        relocation: Some(RelocationRecord {
+            from: relocation.from.clone(),
+            decided: relocation.decided.iter().map(|t| to_time(*t)).collect(),
+        }),
+    }
+}
+
+/// The relocation a ledger object records.
+pub fn relocation_from_spec(spec: &InfraChangeSpec) -> Option<PastRelocation<VmRef>> {
+    let record = spec.relocation.as_ref()?;
+    Some(PastRelocation {
+        vm: VmRef {
+            name: spec.target.name.clone(),
+            id: spec.target.vm_id.clone()?,
+            provider: spec.target.provider.clone()?,
+        },
+        from: record.from.clone(),
+        to: spec.desired.clone(),
+        decided: record.decided.iter().map(from_time).collect(),
+    })
 }
 
 /// `ns/a`, or `ns/a (+2)` when more intents want the change.

@@ -95,6 +95,7 @@ mod tests {
                 owners: vec![],
                 operator: "cluster".into(),
                 throttle: None,
+                relocation: None,
             },
         );
         ic.metadata.finalizers = Some(vec![INFRA_CHANGE_FINALIZER.into()]);

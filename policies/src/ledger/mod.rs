@@ -8,7 +8,7 @@
 //!
 //! Values are strings as the objects carry them: whole numbers for hypervisor tunables,
 //! `present`/`absent` for taints, `should:…`/`must:…` for DRS rules
-//! ([`crate::placement::RuleValue`]).
+//! ([`crate::placement::RuleValue`]), a host's name for a relocation.
 
 pub mod actuation;
 pub mod desired;
@@ -16,9 +16,9 @@ pub mod lost;
 
 pub use actuation::{after_readback, next_work, ActuationPolicy, Readback, Work};
 pub use desired::{
-    diff, owner_summary, protection_spec, rule_spec, taint_setting, taint_spec, throttle_from_spec,
-    throttle_spec, LedgerDiff, ABSENT, DRS_RULE_PREFIX, MAINTENANCE_MODE, PRESENT, REPLICAS,
-    UNSCHEDULABLE,
+    diff, owner_summary, protection_spec, relocation_from_spec, relocation_spec, rule_spec,
+    taint_setting, taint_spec, throttle_from_spec, throttle_spec, LedgerDiff, ABSENT,
+    DRS_RULE_PREFIX, HOST, MAINTENANCE_MODE, PRESENT, REPLICAS, UNSCHEDULABLE,
 };
 
 use std::time::SystemTime;

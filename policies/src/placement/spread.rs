@@ -47,8 +47,7 @@ pub fn host_spread(
         distinct_hosts: listed.len() as i32,
         pods_on_unknown_hosts: total - known,
         hosts: listed,
-        spread: None,
-        drs_rules: Vec::new(),
+        ..PlacementStatus::default()
     };
     let verdict = asked.then(|| {
         let shown = status

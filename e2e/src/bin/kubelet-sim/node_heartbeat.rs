@@ -28,6 +28,15 @@ use super::{
 const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 /// As the kubelet's default; the lifecycle controller's grace period is 40 s too.
 const LEASE_DURATION_SECONDS: i32 = 40;
+
+/// A lease outlives four missed heartbeats, as the kubelet's 40 s lease does its 10 s renewals.
+fn lease_duration_seconds(heartbeat_every: std::time::Duration) -> i32 {
+    let four = heartbeat_every.as_secs().saturating_mul(4);
+    i32::try_from(four)
+        .unwrap_or(i32::MAX)
+        .max(LEASE_DURATION_SECONDS)
+}
+
 /// Node status is applied under its own manager: 1.20's managedFields do not tell
 /// subresources apart, so a status apply under the registration's manager would drop the
 /// labels that manager applied to the Node (metadata is writable through /status).
@@ -57,6 +66,7 @@ pub async fn run(client: Client, settings: Settings, registered: RegisteredNodes
                 continue;
             }
         };
+        let mut taken: Option<BTreeSet<String>> = None;
         for sim in &wanted {
             let known = registered
                 .read()
@@ -66,7 +76,17 @@ pub async fn run(client: Client, settings: Settings, registered: RegisteredNodes
             if known == Some(true) {
                 continue;
             }
-            match register(&nodes, sim).await {
+            let taken = match &mut taken {
+                Some(taken) => taken,
+                None => match taken_pod_cidrs(&nodes).await {
+                    Ok(listed) => taken.insert(listed),
+                    Err(e) => {
+                        warn!(error = %e, "will retry registering");
+                        break;
+                    }
+                },
+            };
+            match register(&nodes, sim, taken).await {
                 Ok(node) => {
                     info!(node = %sim.name, provider_id = %sim.provider_id, pod_cidr = %node.pod_cidr, "registered node");
                     registered.write().await.insert(sim.name.clone(), node);
@@ -106,7 +126,7 @@ pub async fn run(client: Client, settings: Settings, registered: RegisteredNodes
             .cloned()
             .collect();
         for node in due {
-            match heartbeat(&nodes, &leases, &node).await {
+            match heartbeat(&nodes, &leases, &node, settings.heartbeat_every).await {
                 Ok(()) => {
                     last_beat.insert(node.sim.name.clone(), Instant::now());
                 }
@@ -125,7 +145,11 @@ pub async fn run(client: Client, settings: Settings, registered: RegisteredNodes
 }
 
 /// Creates or updates the Node object; keeps the podCIDR it already has (it is immutable).
-async fn register(nodes: &Api<Node>, sim: &SimNode) -> Result<RegisteredNode> {
+async fn register(
+    nodes: &Api<Node>,
+    sim: &SimNode,
+    taken: &mut BTreeSet<String>,
+) -> Result<RegisteredNode> {
     let existing = nodes
         .get_opt(&sim.name)
         .await
@@ -153,7 +177,7 @@ async fn register(nodes: &Api<Node>, sim: &SimNode) -> Result<RegisteredNode> {
     };
     let pod_cidr = match existing.and_then(|n| n.spec?.pod_cidr) {
         Some(cidr) => PodCidr::parse(&sim.name, &cidr)?,
-        None => free_pod_cidr(nodes).await?,
+        None => free_pod_cidr(taken)?,
     };
     let mut labels = sim.labels.clone();
     for (k, v) in [
@@ -196,26 +220,39 @@ fn provider_id_of(node: &Node) -> Option<&str> {
     node.spec.as_ref()?.provider_id.as_deref()
 }
 
-async fn free_pod_cidr(nodes: &Api<Node>) -> Result<PodCidr> {
+/// Every podCIDR the cluster's nodes hold: listed once per rescan that registers nodes, not
+/// once per node (a thousand registrations would list a thousand nodes each).
+async fn taken_pod_cidrs(nodes: &Api<Node>) -> Result<BTreeSet<String>> {
     let list = nodes
         .list(&Default::default())
         .await
         .map_err(Error::kube("listing nodes", "for a free podCIDR"))?;
-    let taken: BTreeSet<String> = list
+    Ok(list
         .items
         .into_iter()
         .filter_map(|n| n.spec?.pod_cidr)
-        .collect();
-    (0..=u8::MAX)
-        .map(PodCidr::nth)
+        .collect())
+}
+
+/// The first podCIDR not in `taken`, which it then joins.
+fn free_pod_cidr(taken: &mut BTreeSet<String>) -> Result<PodCidr> {
+    let cidr = (0..=u16::MAX)
+        .map_while(PodCidr::nth)
         .find(|c| !taken.contains(&c.to_string()))
         .ok_or(Error::PodIpsExhausted {
             node: "(new node)".into(),
-            cidr: "10.244.0.0/16".into(),
-        })
+            cidr: "10.244.0.0/16 to 10.255.255.0/24".into(),
+        })?;
+    taken.insert(cidr.to_string());
+    Ok(cidr)
 }
 
-async fn heartbeat(nodes: &Api<Node>, leases: &Api<Lease>, node: &RegisteredNode) -> Result<()> {
+async fn heartbeat(
+    nodes: &Api<Node>,
+    leases: &Api<Lease>,
+    node: &RegisteredNode,
+    every: std::time::Duration,
+) -> Result<()> {
     let name = &node.sim.name;
     let current = nodes
         .get(name)
@@ -248,7 +285,7 @@ async fn heartbeat(nodes: &Api<Node>, leases: &Api<Lease>, node: &RegisteredNode
         },
         "spec": {
             "holderIdentity": name,
-            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "leaseDurationSeconds": lease_duration_seconds(every),
             "renewTime": MicroTime(now.0),
         },
     });

@@ -32,11 +32,13 @@ impl PodCidr {
         Ok(Self { network: [a, b, c] })
     }
 
-    /// The `index`-th /24 of 10.244.0.0/16, the conventional cluster pod range.
-    pub fn nth(index: u8) -> Self {
-        Self {
-            network: [10, 244, index],
-        }
+    /// The `index`-th /24 from 10.244.0.0/16, the conventional cluster pod range, going on
+    /// into 10.245.0.0/16 and up for the scale bed's 1,000 nodes; `None` past 10.255.255.0/24.
+    pub fn nth(index: u16) -> Option<Self> {
+        let [high, low] = index.to_be_bytes();
+        Some(Self {
+            network: [10, 244u8.checked_add(high)?, low],
+        })
     }
 
     pub fn host(&self, host: u8) -> Ipv4Addr {
@@ -129,7 +131,7 @@ mod tests {
 
     #[test]
     fn keeps_ips_per_pod_reuses_reported_and_released_ones() {
-        let mut pool = PodIpPool::new("n", PodCidr::nth(1));
+        let mut pool = PodIpPool::new("n", PodCidr::nth(1).unwrap());
         let a = pool.ip_for("a", None).unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 244, 1, 2));
         assert_eq!(pool.ip_for("a", None).unwrap(), a);
@@ -146,7 +148,7 @@ mod tests {
 
     #[test]
     fn reports_exhaustion() {
-        let mut pool = PodIpPool::new("n", PodCidr::nth(0));
+        let mut pool = PodIpPool::new("n", PodCidr::nth(0).unwrap());
         for i in 0..253 {
             pool.ip_for(&i.to_string(), None).unwrap();
         }

@@ -2,10 +2,11 @@
 //! pod IP, ready containers, and `Ready` per readiness gates. A watch (not polling) drives
 //! it, so a readiness-gate condition set by someone else is reflected at once. Pods being
 //! deleted are removed with grace 0, as a kubelet does once its containers have stopped.
+//! Writes go through a [`WriteQueue`], many pods at a time.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, pin::pin};
 
-use futures::StreamExt;
+use futures::{stream::FuturesUnordered, StreamExt};
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::{DeleteParams, Patch, PatchParams, Preconditions},
@@ -16,20 +17,37 @@ use kube::{
     },
     Api, Client, ResourceExt,
 };
+use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::{
     error::is_not_found,
     pod_ips::PodIpPool,
     pod_status::{is_current, status_patch, PodPlacement},
+    write_queue::{WriteQueue, WRITERS},
     Error, RegisteredNodes, Result, Settings, FIELD_MANAGER,
 };
 
 struct PodLoop {
-    client: Client,
     nodes: RegisteredNodes,
     /// Per node name, with the CIDR the pool was made for.
     pools: BTreeMap<String, PodIpPool>,
+}
+
+/// What a kubelet would send for one pod.
+#[derive(Debug)]
+enum Write {
+    /// Remove the terminating pod with grace 0 (if it is still this pod, by uid).
+    Delete { uid: String },
+    /// Apply the status the kubelet owns.
+    Status(Value),
+}
+
+#[derive(Debug)]
+struct Job {
+    namespace: String,
+    name: String,
+    write: Write,
 }
 
 pub async fn run(client: Client, settings: Settings, nodes: RegisteredNodes) -> Result<()> {
@@ -38,16 +56,24 @@ pub async fn run(client: Client, settings: Settings, nodes: RegisteredNodes) -> 
     let config = watcher::Config::default().fields("spec.nodeName!=");
     let mut events = pin!(reflector(writer, watcher::watcher(pods, config)).default_backoff());
     let mut this = PodLoop {
-        client,
         nodes,
         pools: BTreeMap::new(),
     };
+    let mut queue = WriteQueue::default();
+    let mut in_flight = FuturesUnordered::new();
     // Catches pods whose node registered after their last event, and failed writes.
     let mut resync = tokio::time::interval(settings.resync_every);
     loop {
+        while in_flight.len() < WRITERS {
+            let Some((key, job)) = queue.start() else {
+                break;
+            };
+            in_flight.push(execute(client.clone(), key, job));
+        }
         tokio::select! {
+            Some(key) = in_flight.next(), if !in_flight.is_empty() => queue.done(&key),
             event = events.next() => match event {
-                Some(Ok(Event::Apply(pod) | Event::InitApply(pod))) => this.sync(&pod).await,
+                Some(Ok(Event::Apply(pod) | Event::InitApply(pod))) => this.queue(&pod, &mut queue).await,
                 Some(Ok(Event::Delete(pod))) => this.forget(&pod),
                 Some(Ok(Event::Init | Event::InitDone)) => {}
                 Some(Err(e)) => warn!(error = %e, "pod watch error; retrying with backoff"),
@@ -55,53 +81,93 @@ pub async fn run(client: Client, settings: Settings, nodes: RegisteredNodes) -> 
             },
             _ = resync.tick() => {
                 for pod in store.state() {
-                    this.sync(&pod).await;
+                    this.queue(&pod, &mut queue).await;
                 }
+                debug!(queued = queue.len(), in_flight = in_flight.len(), "resync");
             }
         }
     }
 }
 
-impl PodLoop {
-    async fn sync(&mut self, pod: &Pod) {
-        if let Err(e) = self.try_sync(pod).await {
-            warn!(pod = %pod_key(pod), error = %e, "syncing pod status; will retry");
-        }
-    }
-
-    async fn try_sync(&mut self, pod: &Pod) -> Result<()> {
-        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
-            return Ok(());
-        };
-        let Some(node) = self.nodes.read().await.get(&node_name).cloned() else {
-            return Ok(());
-        };
-        let api: Api<Pod> =
-            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-        let uid = pod.uid().unwrap_or_default();
-        if pod.metadata.deletion_timestamp.is_some() {
+/// Sends one pod's write; a failure is logged and retried by the next resync.
+async fn execute(client: Client, key: String, job: Job) -> String {
+    let api: Api<Pod> = Api::namespaced(client, &job.namespace);
+    let result = match job.write {
+        Write::Delete { uid } => {
             let params = DeleteParams {
                 grace_period_seconds: Some(0),
                 preconditions: Some(Preconditions {
-                    uid: Some(uid.clone()),
+                    uid: Some(uid),
                     resource_version: None,
                 }),
                 ..Default::default()
             };
-            match api.delete(&pod.name_any(), &params).await {
-                Ok(_) => info!(pod = %pod_key(pod), "pod terminated"),
+            match api.delete(&job.name, &params).await {
+                Ok(_) => {
+                    info!(pod = %key, "pod terminated");
+                    Ok(())
+                }
                 // Gone already, or replaced by a new pod of the same name.
                 Err(e)
-                    if is_not_found(&e) || matches!(&e, kube::Error::Api(s) if s.code == 409) => {}
-                Err(source) => return Err(Error::kube("deleting pod", pod_key(pod))(source)),
+                    if is_not_found(&e) || matches!(&e, kube::Error::Api(s) if s.code == 409) =>
+                {
+                    Ok(())
+                }
+                Err(source) => Err(Error::kube("deleting pod", key.clone())(source)),
             }
-            return Ok(());
+        }
+        Write::Status(body) => {
+            debug!(pod = %key, ready = %body["status"]["conditions"][2]["status"], "posting pod status");
+            api.patch_status(
+                &job.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .map(drop)
+            .map_err(Error::kube("posting status of pod", key.clone()))
+        }
+    };
+    if let Err(e) = result {
+        warn!(pod = %key, error = %e, "syncing pod status; will retry");
+    }
+    key
+}
+
+impl PodLoop {
+    /// Queues what the pod needs written, if anything.
+    async fn queue(&mut self, pod: &Pod, queue: &mut WriteQueue<Job>) {
+        match self.plan(pod).await {
+            Ok(Some(write)) => queue.push(
+                pod_key(pod),
+                Job {
+                    namespace: pod.namespace().unwrap_or_default(),
+                    name: pod.name_any(),
+                    write,
+                },
+            ),
+            Ok(None) => {}
+            Err(e) => warn!(pod = %pod_key(pod), error = %e, "syncing pod status; will retry"),
+        }
+    }
+
+    /// What a kubelet would write for the pod now; no I/O.
+    async fn plan(&mut self, pod: &Pod) -> Result<Option<Write>> {
+        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            return Ok(None);
+        };
+        let Some(node) = self.nodes.read().await.get(&node_name).cloned() else {
+            return Ok(None);
+        };
+        let uid = pod.uid().unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() {
+            return Ok(Some(Write::Delete { uid }));
         }
         if matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         ) {
-            return Ok(());
+            return Ok(None);
         }
 
         let pool = self
@@ -129,18 +195,13 @@ impl PodLoop {
         };
         let placement = PodPlacement { pod_ip, host_ip };
         if is_current(pod, placement) {
-            return Ok(());
+            return Ok(None);
         }
-        let body = status_patch(pod, placement, &Time(Timestamp::now()));
-        debug!(pod = %pod_key(pod), ready = %body["status"]["conditions"][2]["status"], "posting pod status");
-        api.patch_status(
-            &pod.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map_err(Error::kube("posting status of pod", pod_key(pod)))?;
-        Ok(())
+        Ok(Some(Write::Status(status_patch(
+            pod,
+            placement,
+            &Time(Timestamp::now()),
+        ))))
     }
 
     fn forget(&mut self, pod: &Pod) {

@@ -13,7 +13,7 @@ use plumbline_policies::health::{
 };
 use serde_json::{json, Value};
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -54,19 +54,24 @@ pub(super) fn decide_intent(
 ) {
     let (now, settings) = (input.now, input.settings);
     let throttles = throttle::status_for(input.changes, input.operator, &view.label());
+    // Once per VM: the pods on one VM share its verdict (ten of them each at the scale bed).
+    let mut per_vm: HashMap<Option<&VmKey>, (VmVerdict, ReadinessVerdict)> = HashMap::new();
     let mut verdicts: Vec<(VmVerdict, ReadinessVerdict)> = Vec::new();
     for p in &view.pods {
-        let vm_verdict = match &p.vm {
-            Some(vm) => b.verdict(&vm.id, storage.budget, now),
-            None => VmVerdict::unknown(UnknownCause::NotBacked),
-        };
-        let readiness = pod_readiness(
-            p.vm.as_ref().map(|v| v.name.as_str()),
-            &vm_verdict,
-            storage.budget,
-            settings.unknown,
-        );
-        verdicts.push((vm_verdict, readiness));
+        let verdict = per_vm.entry(p.vm.as_ref()).or_insert_with(|| {
+            let vm_verdict = match &p.vm {
+                Some(vm) => b.verdict(&vm.id, storage.budget, now),
+                None => VmVerdict::unknown(UnknownCause::NotBacked),
+            };
+            let readiness = pod_readiness(
+                p.vm.as_ref().map(|v| v.name.as_str()),
+                &vm_verdict,
+                storage.budget,
+                settings.unknown,
+            );
+            (vm_verdict, readiness)
+        });
+        verdicts.push(verdict.clone());
     }
     let candidates = view
         .pods
@@ -138,8 +143,11 @@ pub(super) fn decide_intent(
             memory.state_since.insert(key, (state, entered));
             let in_state = now.duration_since(entered).unwrap_or_default();
             let only_in = |s: HealthState| if state == s { in_state } else { Duration::ZERO };
-            let (healthy_for, unknown_for) =
-                (only_in(HealthState::Healthy), only_in(HealthState::Unknown));
+            let (healthy_for, unknown_for, degraded_for) = (
+                only_in(HealthState::Healthy),
+                only_in(HealthState::Unknown),
+                only_in(HealthState::Degraded),
+            );
             if view.may_throttle {
                 if let Some(place) = b.vm(&vm.id) {
                     let latency = latest.map(|(l, _)| l);
@@ -150,6 +158,8 @@ pub(super) fn decide_intent(
                         state,
                         healthy_for,
                         unknown_for,
+                        degraded_for,
+                        may_relocate: view.may_relocate,
                         latency,
                         sample_interval: place.provider.interval,
                         active: view.disrupt,
@@ -161,6 +171,8 @@ pub(super) fn decide_intent(
                     v.active |= view.disrupt;
                     v.healthy_for = v.healthy_for.min(healthy_for);
                     v.unknown_for = v.unknown_for.min(unknown_for);
+                    v.degraded_for = v.degraded_for.max(degraded_for);
+                    v.may_relocate |= view.may_relocate;
                     v.latency = v.latency.max(latency);
                 }
             }
@@ -234,8 +246,7 @@ pub(super) fn status_write(
     let due = match memory.intent_status.get(&key) {
         None => true,
         Some((prev, at)) => {
-            status_shape(prev) != status_shape(&body)
-                || (prev != &body && refresh_due(Some(at), input.instant))
+            !same_shape(prev, &body, "") || (prev != &body && refresh_due(Some(at), input.instant))
         }
     };
     due.then_some(StatusWrite { intent: key, body })
@@ -249,29 +260,48 @@ fn verdict_word(state: HealthState) -> &'static str {
     }
 }
 
-/// The status without its figures: the shape decides whether to write now; figures refresh
-/// slowly, so status churn does not wake the intent controller every second.
-fn status_shape(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(list) = v.get_mut("backing").and_then(Value::as_array_mut) {
-        for e in list {
-            if let Some(o) = e.as_object_mut() {
-                o.remove("latency");
-                o.remove("sampledAt");
-            }
+/// Per list of a status body: the figures its entries carry (a relocation target's reason
+/// quotes an I/O rate).
+const FIGURES: [(&str, &[&str]); 3] = [
+    ("/backing", &["latency", "sampledAt"]),
+    ("/neighbourCandidates", &["iops"]),
+    ("/placement/relocationTargets", &["reason"]),
+];
+
+/// Whether two status bodies (at `path`) are equal but for their figures: the shape decides
+/// whether to write now; figures refresh slowly, so status churn does not wake the intent
+/// controller every second. Compared in place: a body lists every backing pod, and copying
+/// two of them each pass was much of a 10,000-pod pass.
+fn same_shape(a: &Value, b: &Value, path: &str) -> bool {
+    let figures = FIGURES
+        .iter()
+        .find(|(list, _)| *list == path)
+        .map(|(_, keys)| *keys);
+    match (a, b, figures) {
+        (Value::Array(a), Value::Array(b), Some(keys)) => {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(a, b)| match (a, b) {
+                    (Value::Object(a), Value::Object(b)) => without(a, keys).eq(without(b, keys)),
+                    _ => a == b,
+                })
         }
-    }
-    if let Some(list) = v
-        .get_mut("neighbourCandidates")
-        .and_then(Value::as_array_mut)
-    {
-        for e in list {
-            if let Some(o) = e.as_object_mut() {
-                o.remove("iops");
-            }
+        (Value::Object(a), Value::Object(b), None) => {
+            a.len() == b.len()
+                && a.iter().all(|(k, v)| {
+                    b.get(k)
+                        .is_some_and(|w| same_shape(v, w, &format!("{path}/{k}")))
+                })
         }
+        _ => a == b,
     }
-    v
+}
+
+/// An object's entries but `keys`.
+fn without<'m>(
+    o: &'m serde_json::Map<String, Value>,
+    keys: &'m [&str],
+) -> impl Iterator<Item = (&'m String, &'m Value)> {
+    o.iter().filter(move |(k, _)| !keys.contains(&k.as_str()))
 }
 
 /// The busiest VMs the ladder could throttle for any of the intent's VMs, by name.
@@ -291,6 +321,8 @@ fn neighbour_candidates(
             state: HealthState::Degraded,
             healthy_for: Duration::ZERO,
             unknown_for: Duration::ZERO,
+            degraded_for: Duration::ZERO,
+            may_relocate: false,
             latency: None,
             sample_interval: place.provider.interval,
             active: true,
@@ -316,4 +348,36 @@ fn neighbour_candidates(
             iops: c.iops.round() as i64,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_shape;
+    use serde_json::json;
+
+    #[test]
+    fn figures_do_not_change_the_shape_and_everything_else_does() {
+        let body = |latency: &str, verdict: &str, reason: &str| {
+            json!({
+                "backing": [{"pod": "a", "verdict": verdict, "latency": latency, "sampledAt": latency}],
+                "guard": {"heldReady": 0},
+                "placement": {"hosts": 2, "relocationTargets": [{"host": "h", "reason": reason}]},
+            })
+        };
+        let a = body("3ms", "healthy", "0 IOPS");
+        assert!(same_shape(&a, &body("9ms", "healthy", "12 IOPS"), ""));
+        assert!(!same_shape(&a, &body("3ms", "degraded", "0 IOPS"), ""));
+        let mut more = a.clone();
+        more["backing"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"pod": "b"}));
+        assert!(!same_shape(&a, &more, ""));
+        let mut guard = a.clone();
+        guard["guard"]["heldReady"] = json!(1);
+        assert!(!same_shape(&a, &guard, ""));
+        let mut host = a.clone();
+        host["placement"]["relocationTargets"][0]["host"] = json!("g");
+        assert!(!same_shape(&a, &host, ""));
+    }
 }

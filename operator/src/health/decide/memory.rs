@@ -2,8 +2,11 @@
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use plumbline_crds::{HypervisorProvider, InfraChange, VmRef};
-use plumbline_policies::health::{HealthState, LatencyBudget, NeighbourHistory};
+use plumbline_crds::{HypervisorProvider, InfraChange, InfraChangeSpec, VmRef};
+use plumbline_policies::{
+    health::{HealthState, LatencyBudget, NeighbourHistory},
+    placement::PastRelocation,
+};
 use serde_json::Value;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -33,6 +36,12 @@ pub struct PassMemory {
     pub(super) neighbours: NeighbourHistory<VmRef>,
     /// The nodes the taint cap holds back.
     pub(super) taints: TaintGuard,
+    /// Relocations decided within the repeat window, for the budgets (the ledger's entries go
+    /// with their intent).
+    pub(super) relocated: Vec<PastRelocation<VmRef>>,
+    /// Relocation entries decided but not yet in the ledger cache: still wanted, or the writer
+    /// would delete an entry it has just created before the cache shows it.
+    pub(super) unseen_moves: Vec<InfraChangeSpec>,
 }
 
 impl PassMemory {

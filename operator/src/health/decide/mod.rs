@@ -28,8 +28,14 @@ use intent::{decide_intent, IntentsDecided};
 use node::decide_nodes;
 use series::decide_series;
 
+use plumbline_crds::InfraChangeSpec;
+use plumbline_policies::{
+    ledger::relocation_spec,
+    placement::{plan_relocations, HostChoice, PastRelocation, Relocation},
+};
+
 use crate::{
-    health::{book::HealthBook, graph::VmKey, throttle},
+    health::{book::HealthBook, graph::VmKey, relocate, throttle},
     metrics::health::IntentLabels,
 };
 
@@ -112,7 +118,18 @@ pub fn decide(
         };
         decide_intent(memory, input, b, view, storage, &candidates, &mut intents);
     }
-    let placed = placement::decide(input, b, views, &mut intents.bodies);
+    let policy = &settings.relocation;
+    memory.relocated.retain(|r| {
+        r.decided
+            .last()
+            .is_some_and(|at| now.duration_since(*at).unwrap_or_default() < policy.repeat_window)
+    });
+    let relocating = Relocating {
+        hosts: relocate::hosts(b, &leaving),
+        past: relocate::past(input.changes, operator, &memory.relocated),
+        candidates: &candidates,
+    };
+    let placed = placement::decide(input, b, views, &mut intents.bodies, &relocating);
     let statuses = std::mem::take(&mut intents.bodies)
         .into_iter()
         .filter_map(|(key, body)| intent::status_write(memory, input, key, body))
@@ -141,6 +158,7 @@ pub fn decide(
         .filter(|v| !leaving.contains(&v.vm.provider))
         .collect();
     let in_force = throttle::in_force(input.changes, operator);
+    let (moves, relocations) = decide_relocations(input, memory, &victims, &relocating, &in_force);
     let actions = plan_neighbour_throttles(
         now,
         &victims,
@@ -183,8 +201,87 @@ pub fn decide(
         actions,
         taints,
         rules: placed.rules,
+        moves,
+        relocations,
         series,
     }
+}
+
+/// How long a decided move stays wanted without its entry showing in the cache (a write that
+/// failed is not retried after this: the budgets still count the move).
+const UNSEEN_MOVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What relocating a noisy neighbour looks at: the hosts with their clusters, the
+/// relocations made, and the VMs with their hosts and I/O.
+pub(super) struct Relocating<'a> {
+    pub hosts: Vec<HostChoice>,
+    pub past: Vec<PastRelocation<VmRef>>,
+    pub candidates: &'a [NeighbourCandidate<VmRef>],
+}
+
+/// The relocations due now and the ledger entries to keep (`super::super::relocate`).
+fn decide_relocations(
+    input: &PassInput<'_>,
+    memory: &mut PassMemory,
+    victims: &[Victim<VmRef>],
+    relocating: &Relocating<'_>,
+    in_force: &BTreeMap<VmRef, plumbline_policies::health::Throttle<VmRef>>,
+) -> (Vec<InfraChangeSpec>, Vec<Relocation<VmRef>>) {
+    let (now, operator, policy) = (input.now, input.operator, &input.settings.relocation);
+    let relocations = plan_relocations(
+        now,
+        victims,
+        relocating.candidates,
+        in_force,
+        &input.settings.ladder,
+        &relocating.hosts,
+        &relocating.past,
+        policy,
+    );
+    let moving: BTreeSet<&VmRef> = relocations.iter().map(|r| &r.vm).collect();
+    let mut moves = relocate::kept(input.changes, operator, now, policy, &moving, input.views);
+    // A move decided earlier stays wanted until the cache shows its entry (then `kept` has it).
+    let in_cache = |spec: &InfraChangeSpec| {
+        input.changes.iter().any(|ic| {
+            ic.spec.target == spec.target
+                && ic.spec.setting == spec.setting
+                && ic.spec.relocation == spec.relocation
+        })
+    };
+    memory.unseen_moves.retain(|spec| {
+        !in_cache(spec)
+            && !moving
+                .iter()
+                .any(|vm| spec.target.vm_id.as_deref() == Some(vm.id.as_str()))
+            && spec
+                .relocation
+                .as_ref()
+                .and_then(|r| r.decided.last())
+                .is_some_and(|at| {
+                    now.duration_since(plumbline_policies::ledger::from_time(at))
+                        .unwrap_or_default()
+                        < UNSEEN_MOVE_PATIENCE
+                })
+    });
+    moves.extend(memory.unseen_moves.iter().cloned());
+    for r in &relocations {
+        let intent = victims
+            .iter()
+            .find(|v| v.vm == r.victim)
+            .map(|v| v.intent.as_str())
+            .unwrap_or_default();
+        let spec = relocation_spec(r, intent, operator);
+        memory.unseen_moves.push(spec.clone());
+        moves.push(spec);
+        memory.relocated.retain(|p| p.vm != r.vm);
+        memory.relocated.push(PastRelocation {
+            vm: r.vm.clone(),
+            from: r.from.clone(),
+            to: r.to.clone(),
+            decided: r.decided.clone(),
+        });
+    }
+    (moves, relocations)
 }
 
 #[cfg(test)]
@@ -296,12 +393,12 @@ mod tests {
                 .capabilities
                 .entries
                 .insert(Capability::DiskIopsLimit, Support::Supported);
-            provider.inventory = vec![guest("u1", "vm1")];
+            let mut guests = vec![guest("u1", "vm1")];
             if noisy {
-                provider.inventory.push(guest("u2", "vm2"));
+                guests.push(guest("u2", "vm2"));
             }
             let mut book = HealthBook::default();
-            book.providers.insert("kvm".into(), provider);
+            book.insert_provider(provider.with_inventory(guests));
             Self {
                 intent,
                 pods: (1..=3).map(|i| pod(&format!("web-abc-{i}"))).collect(),

@@ -2,20 +2,23 @@
 //! `status.placement`, with the `SpreadAcrossHosts` verdict when `placement.spreadAcrossHosts`
 //! asks for it (the controller shows it as the condition), merged into the intent's status
 //! body; the DRS anti-affinity rules such an
-//! intent wants in the ledger while it is active; and the distinct hosts per intent for
+//! intent wants in the ledger while it is active; with `relocateNoisyNeighbours`, where a noisy
+//! neighbour would be moved and the moves made; and the distinct hosts per intent for
 //! `plumbline_workload_hosts`.
 
 use kube::ResourceExt;
-use plumbline_crds::{DrsRuleStatus, InfraChange, InfraChangeSpec, SpreadVerdictStatus, VmRef};
+use plumbline_crds::{
+    DrsRuleStatus, InfraChange, InfraChangeSpec, RelocationTargetStatus, SpreadVerdictStatus, VmRef,
+};
 use plumbline_policies::{
     ledger::rule_spec,
-    placement::{anti_affinity_rules, host_spread, HostKind, RuleVm},
+    placement::{anti_affinity_rules, host_spread, pick_host, HostKind, RuleVm},
 };
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::memory::PassInput;
-use crate::health::{book::HealthBook, graph::IntentView};
+use crate::health::{book::HealthBook, graph::IntentView, relocate};
 
 /// What a pass decided about placement besides the status bodies.
 pub(super) struct Placed {
@@ -32,6 +35,7 @@ pub(super) fn decide(
     b: &HealthBook,
     views: &[IntentView],
     bodies: &mut BTreeMap<(String, String), Value>,
+    relocating: &super::Relocating<'_>,
 ) -> Placed {
     let mut hosts_per_intent = Vec::new();
     let mut rules = Vec::new();
@@ -102,6 +106,15 @@ pub(super) fn decide(
                 rules.push(spec);
             }
         }
+        if view.may_relocate {
+            let under: BTreeSet<&String> = hosts.iter().flatten().collect();
+            for host in under {
+                status
+                    .relocation_targets
+                    .push(relocation_target(input, relocating, host));
+            }
+            status.relocations = relocate::status_for(input.changes, input.operator, &view.label());
+        }
         let key = (view.namespace.clone(), view.name.clone());
         if status.distinct_hosts > 0 {
             hosts_per_intent.push((key.clone(), i64::from(status.distinct_hosts)));
@@ -120,6 +133,37 @@ pub(super) fn decide(
     Placed {
         hosts: hosts_per_intent,
         rules,
+    }
+}
+
+/// Where a noisy neighbour on `host` would be moved now, by the function the relocations
+/// themselves use.
+fn relocation_target(
+    input: &PassInput<'_>,
+    relocating: &super::Relocating<'_>,
+    host: &str,
+) -> RelocationTargetStatus {
+    let cluster = relocating
+        .hosts
+        .iter()
+        .find(|h| h.name == host)
+        .and_then(|h| h.cluster.as_deref());
+    let (to, reason) = match pick_host(
+        input.now,
+        host,
+        cluster,
+        &relocating.hosts,
+        relocating.candidates,
+        &relocating.past,
+        &input.settings.relocation,
+    ) {
+        Ok((to, why)) => (Some(to), why),
+        Err(why) => (None, why),
+    };
+    RelocationTargetStatus {
+        host: host.to_string(),
+        to,
+        reason,
     }
 }
 

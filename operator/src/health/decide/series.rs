@@ -2,7 +2,7 @@
 
 use plumbline_crds::{conditions::status, names::STORAGE_READINESS_GATE};
 use plumbline_policies::health::{HealthState, LatencyBudget};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{
     memory::PassInput,
@@ -51,10 +51,11 @@ pub(super) fn decide_series(
             };
             series.iops.push((labels, *iops));
         }
-        for ((id, disk), s) in &b.disks {
-            if id != &vm.id {
-                continue;
-            }
+        let disks = b
+            .disks
+            .range((vm.id.clone(), String::new())..)
+            .take_while(|((id, _), _)| *id == vm.id);
+        for ((_, disk), s) in disks {
             if let Some(latest) = s.recent.back() {
                 let labels = DiskLabels {
                     provider: vm.provider.clone(),
@@ -82,14 +83,17 @@ pub(super) fn decide_series(
         }
     }
     // Every pod written has a series: it belongs to an intent with a storage section.
+    let written: HashMap<(&str, &str), bool> = pod_writes
+        .iter()
+        .map(|w| ((w.namespace.as_str(), w.pod.as_str()), w.verdict.ready))
+        .collect();
     for view in input.views.iter().filter(|v| v.storage.is_some()) {
         for p in &view.pods {
             let ready =
                 condition_of(&p.pod, STORAGE_READINESS_GATE).map(|c| c.status == status::TRUE);
-            let written = pod_writes
-                .iter()
-                .find(|w| w.namespace == view.namespace && w.pod == p.name)
-                .map(|w| w.verdict.ready);
+            let written = written
+                .get(&(view.namespace.as_str(), p.name.as_str()))
+                .copied();
             if let Some(ready) = written.or(ready) {
                 let labels = PodLabels {
                     namespace: view.namespace.clone(),

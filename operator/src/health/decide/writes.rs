@@ -3,7 +3,10 @@
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition};
 use plumbline_crds::{conditions::status, names::STORAGE_READINESS_GATE, InfraChangeSpec, VmRef};
-use plumbline_policies::health::{NeighbourAction, ReadinessVerdict};
+use plumbline_policies::{
+    health::{NeighbourAction, ReadinessVerdict},
+    placement::Relocation,
+};
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 
@@ -27,6 +30,9 @@ pub struct PassDecision {
     pub taints: TaintPlan,
     /// The DRS anti-affinity rules wanted in the ledger.
     pub rules: Vec<InfraChangeSpec>,
+    /// The noisy neighbours' relocations kept in the ledger, and this pass's (each an Event).
+    pub moves: Vec<InfraChangeSpec>,
+    pub relocations: Vec<Relocation<VmRef>>,
     pub series: PassSeries,
 }
 
