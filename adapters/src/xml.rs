@@ -134,6 +134,21 @@ impl Element {
         self.children.iter_mut().find(|c| c.local_name() == name)
     }
 
+    /// Takes the first child named `name` out of this element (no copy of its subtree).
+    pub fn take_first(&mut self, name: &str) -> Option<Element> {
+        let at = self.children.iter().position(|c| c.local_name() == name)?;
+        Some(self.children.remove(at))
+    }
+
+    /// Takes every child named `name` out of this element, in order.
+    pub fn take_all(&mut self, name: &str) -> Vec<Element> {
+        let (taken, kept) = std::mem::take(&mut self.children)
+            .into_iter()
+            .partition(|c| c.local_name() == name);
+        self.children = kept;
+        taken
+    }
+
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
         self.children.iter().filter(move |c| c.local_name() == name)
     }

@@ -119,14 +119,16 @@ pub fn disks_of(devices: &Element) -> Vec<DiskRecord> {
 /// Objects returned by one retrieval, as `obj → (property → value element)`.
 pub(super) type Contents = Vec<(MoRef, HashMap<String, Element>)>;
 
-pub(super) fn object_contents(returnval: &Element, into: &mut Contents) {
-    for object in returnval.all("objects") {
+/// Moves each object's property values out of `returnval` into `into` (no copy of them).
+pub(super) fn object_contents(mut returnval: Element, into: &mut Contents) {
+    for mut object in returnval.take_all("objects") {
         let Some(obj) = object.first("obj").and_then(Element::as_moref) else {
             continue;
         };
         let props = object
-            .all("propSet")
-            .filter_map(|p| Some((p.path_text(&["name"])?.to_string(), p.first("val")?.clone())))
+            .take_all("propSet")
+            .into_iter()
+            .filter_map(|mut p| Some((p.path_text(&["name"])?.to_string(), p.take_first("val")?)))
             .collect();
         into.push((obj, props));
     }
@@ -166,9 +168,10 @@ pub async fn retrieve(session: &Session, action: &str, spec_set: Element) -> Res
     let mut contents = Vec::new();
     let mut pages = 1;
     // No returnval means nothing matched.
-    while let Some(returnval) = body.first("returnval") {
+    while let Some(returnval) = body.take_first("returnval") {
+        let token = returnval.path_text(&["token"]).map(str::to_string);
         object_contents(returnval, &mut contents);
-        let Some(token) = returnval.path_text(&["token"]).map(str::to_string) else {
+        let Some(token) = token else {
             break;
         };
         if pages >= MAX_PROPERTY_PAGES {

@@ -331,7 +331,7 @@ mod tests {
 
     fn records() -> Vec<HostRecord> {
         let mut contents = Vec::new();
-        inventory::object_contents(&Element::parse(HOSTS).unwrap(), &mut contents);
+        inventory::object_contents(Element::parse(HOSTS).unwrap(), &mut contents);
         host_records(&contents)
     }
 

@@ -383,8 +383,9 @@ pub fn read_any_response(bytes: &[u8]) {
     let _ = soap::localized_fault(&body);
     let mut contents = Vec::new();
     for returnval in body.all("returnval") {
-        inventory::object_contents(returnval, &mut contents);
         let _ = perf::counter_ids(returnval);
+        // The samples below read the same answer again.
+        inventory::object_contents(returnval.clone(), &mut contents);
     }
     let _ = maintenance::states(&maintenance::host_records(&contents));
     let _ = rules::cluster_records(&contents);

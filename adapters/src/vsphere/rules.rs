@@ -340,7 +340,7 @@ mod tests {
 
     fn clusters() -> Vec<ClusterRecord> {
         let mut contents = Vec::new();
-        inventory::object_contents(&Element::parse(CLUSTERS).unwrap(), &mut contents);
+        inventory::object_contents(Element::parse(CLUSTERS).unwrap(), &mut contents);
         cluster_records(&contents)
     }
 

@@ -202,21 +202,22 @@ fn session_cookie(header: &HeaderValue) -> Option<String> {
 
 /// The single element inside `soapenv:Body`, or the fault it carries.
 pub fn parse_response(bytes: &[u8]) -> std::result::Result<Outcome, BadResponse> {
-    let root = Element::parse(bytes).map_err(|e| match e {
+    let mut root = Element::parse(bytes).map_err(|e| match e {
         XmlError::TooDeep { limit } => BadResponse::TooDeep { limit },
         e => BadResponse::Invalid(format!("not XML: {e}")),
     })?;
-    let body = root
-        .first("Body")
+    // Moved out, not cloned: an inventory answer's tree is tens of MB.
+    let mut body = root
+        .take_first("Body")
         .ok_or_else(|| BadResponse::Invalid(format!("no SOAP Body in <{}>", root.name)))?;
-    let inner = body
-        .children
-        .first()
-        .ok_or_else(|| BadResponse::Invalid("empty SOAP Body".to_string()))?;
-    if inner.local_name() == "Fault" {
-        return Ok(Outcome::Fault(fault_of(inner)));
+    if body.children.is_empty() {
+        return Err(BadResponse::Invalid("empty SOAP Body".to_string()));
     }
-    Ok(Outcome::Body(inner.clone()))
+    let inner = body.children.swap_remove(0);
+    if inner.local_name() == "Fault" {
+        return Ok(Outcome::Fault(fault_of(&inner)));
+    }
+    Ok(Outcome::Body(inner))
 }
 
 fn fault_of(fault: &Element) -> Fault {
