@@ -377,6 +377,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn taking_children_moves_them_out_in_order_and_keeps_the_rest() {
+        let mut e = Element::parse(b"<r><a>1</a><b>x</b><a>2</a><c/></r>").unwrap();
+        let a: Vec<String> = e.take_all("a").into_iter().map(|a| a.text).collect();
+        assert_eq!(a, ["1", "2"]);
+        assert_eq!(e.take_first("b").map(|b| b.text).as_deref(), Some("x"));
+        assert!(e.take_first("b").is_none());
+        let left: Vec<&str> = e.children.iter().map(Element::local_name).collect();
+        assert_eq!(left, ["c"]);
+    }
+
+    #[test]
     fn parses_prefixes_attributes_entities_and_round_trips() {
         let xml = br#"<?xml version="1.0"?>
 <soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
