@@ -53,13 +53,7 @@ fn share_objects(
     changes: &[Arc<InfraChange>],
     operator: &str,
 ) -> BTreeMap<VmKey, Arc<InfraChange>> {
-    changes
-        .iter()
-        .filter(|ic| {
-            ic.spec.operator == operator
-                && ic.spec.purpose == ChangePurpose::BackingVmProtection
-                && ic.metadata.deletion_timestamp.is_none()
-        })
+    crate::ledger::entries(changes, operator, ChangePurpose::BackingVmProtection)
         .filter_map(|ic| {
             let t = &ic.spec.target;
             Some((
