@@ -11,7 +11,11 @@
 //!   latency, ReconfigVM_Task; originals recorded in the VM's extraConfig; host maintenance
 //!   mode (EnterMaintenanceMode_Task, ExitMaintenanceMode_Task); DRS VM-VM anti-affinity rules
 //!   (ReconfigureComputeResource_Task).
+//!
+//! One call that is not a hypervisor's lives here too, because this crate is where the FFI
+//! is allowed: [`allocator`], glibc's `malloc_trim`.
 
+pub mod allocator;
 mod capability;
 mod config;
 mod counters;

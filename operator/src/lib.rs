@@ -44,6 +44,7 @@ pub async fn main_with_args(
     telemetry::init(cli.log_format);
     match cli.command {
         cli::Command::Run(args) => {
+            plumbline_adapters::allocator::start_trimming();
             let config = kube::Config::infer()
                 .await
                 .map_err(|e| Error::KubeConfig(e.to_string()))?;

@@ -486,7 +486,7 @@ where
     store
 }
 
-fn pod(name: &str) -> k8s_openapi::api::core::v1::Pod {
+fn pod(name: &str) -> plumbline_operator::health::pod::CachedPod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web", "pod-template-hash": "abc"},
                      "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc",

@@ -1,8 +1,8 @@
-//! The caches the health loop reads: pods pruned to what matters (the main memory cost at
-//! scale), Nodes, and HypervisorProviders.
+//! The caches the health loop reads: pods decoded into [`CachedPod`] (the main memory cost at
+//! scale), Nodes, HypervisorProviders, InfraChanges and HostMaintenances.
 
 use futures::{future::BoxFuture, FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Affinity, Node, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::Node;
 use kube::{
     runtime::{
         reflector::{self, Store},
@@ -12,34 +12,9 @@ use kube::{
 };
 use plumbline_crds::{HostMaintenance, HypervisorProvider, InfraChange};
 use std::sync::Arc;
-use tokio::sync::Notify;
 
-/// Keeps only metadata (without managedFields), nodeName, readinessGates and conditions.
-pub fn prune_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    let spec = pod.spec.take().unwrap_or_default();
-    pod.spec = Some(PodSpec {
-        node_name: spec.node_name,
-        readiness_gates: spec.readiness_gates,
-        // Where the pod may be scheduled, for the taint guard.
-        node_selector: spec.node_selector,
-        tolerations: spec.tolerations,
-        affinity: spec
-            .affinity
-            .and_then(|a| a.node_affinity)
-            .map(|n| Affinity {
-                node_affinity: Some(n),
-                ..Affinity::default()
-            }),
-        ..PodSpec::default()
-    });
-    let status = pod.status.take().unwrap_or_default();
-    pod.status = Some(PodStatus {
-        conditions: status.conditions,
-        ..PodStatus::default()
-    });
-}
+use super::pod::{self, CachedPod};
+use tokio::sync::Notify;
 
 /// Keeps metadata (without managedFields), the providerID and the conditions.
 pub fn prune_node(node: &mut Node) {
@@ -80,7 +55,7 @@ fn node_wakes(node: &Node) -> Option<u64> {
 }
 
 pub struct Caches {
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     pub nodes: Store<Node>,
     pub providers: Store<HypervisorProvider>,
     /// Every InfraChange (of every operator instance: a provider's finalizer waits for all).
@@ -97,7 +72,7 @@ pub fn start(
     host_maintenance: bool,
     changed: Arc<Notify>,
 ) -> (Caches, BoxFuture<'static, ()>) {
-    let pods_api: Api<Pod> = match namespace {
+    let pods_api: Api<CachedPod> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -127,7 +102,7 @@ pub fn start(
     };
     let pod_watch = watcher(pods_api, watcher::Config::default())
         .default_backoff()
-        .modify(prune_pod)
+        .modify(pod::prune)
         .reflect(pods_writer)
         .touched_objects()
         .filter_map(|r| futures::future::ready(r.ok()))
@@ -204,7 +179,7 @@ pub fn start(
 
 /// The Deployment or StatefulSet a pod belongs to, from its owner: a StatefulSet directly, a
 /// Deployment through its ReplicaSet named `<deployment>-<pod-template-hash>`.
-pub fn owning_workload(pod: &Pod) -> Option<(plumbline_crds::TargetKind, String)> {
+pub fn owning_workload(pod: &CachedPod) -> Option<(plumbline_crds::TargetKind, String)> {
     let owner = pod
         .owner_references()
         .iter()
@@ -225,7 +200,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(owner_kind: &str, owner: &str, hash: Option<&str>) -> Pod {
+    fn pod(owner_kind: &str, owner: &str, hash: Option<&str>) -> CachedPod {
         let mut labels = serde_json::Map::new();
         if let Some(h) = hash {
             labels.insert("pod-template-hash".into(), json!(h));
@@ -244,24 +219,6 @@ mod tests {
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "podIP": "10.0.0.1"}
         }))
         .unwrap()
-    }
-
-    #[test]
-    fn pruning_keeps_only_what_the_graph_needs() {
-        let mut p = pod("ReplicaSet", "payments-5d4f", Some("5d4f"));
-        prune_pod(&mut p);
-        assert!(p.metadata.managed_fields.is_none());
-        let spec = p.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some("n1"));
-        assert_eq!(spec.readiness_gates.as_ref().unwrap().len(), 1);
-        assert!(spec.containers.is_empty());
-        let status = p.status.as_ref().unwrap();
-        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
-        assert!(status.phase.is_none() && status.pod_ip.is_none());
-        assert_eq!(
-            p.labels().get("pod-template-hash").map(String::as_str),
-            Some("5d4f")
-        );
     }
 
     #[test]

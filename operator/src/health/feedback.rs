@@ -4,7 +4,7 @@
 //! infrastructure changes wanted in the ledger (throttles through [`super::throttle`], taints
 //! through [`super::taint`]).
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::{
     api::{Patch, PatchParams},
     Api,
@@ -22,7 +22,9 @@ use super::{
     book::HealthBook,
     caches::Caches,
     decide::{self, NodeWrite, PassInput, PassMemory, PassSeries, PodWrite, StatusWrite},
-    graph, relocate,
+    graph,
+    pod::CachedPod,
+    relocate,
     settings::HealthSettings,
     taint, throttle,
 };
@@ -131,7 +133,8 @@ impl Feedback {
     async fn write_pods(&mut self, ctx: &Context, writes: Vec<PodWrite>, now: SystemTime) {
         let params = PatchParams::apply(HEALTH_FIELD_MANAGER).force();
         let outcomes = concurrently(writes, |w: &PodWrite| {
-            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &w.namespace);
+            // The answer decodes into the cache's pod: the rest of it is skipped, not built.
+            let api: Api<CachedPod> = Api::namespaced(ctx.client.clone(), &w.namespace);
             let (pod, body, params) = (w.pod.clone(), w.body(now), &params);
             async move { api.patch_status(&pod, params, &Patch::Apply(&body)).await }
         })
@@ -194,8 +197,13 @@ impl Feedback {
     }
 
     async fn write_intent_status(&mut self, ctx: &Context, w: StatusWrite) {
-        let (namespace, name) = &w.intent;
-        let patch = plumbline_crds::apply::status::<WorkloadIntent>(w.body.clone());
+        let StatusWrite {
+            intent,
+            body,
+            fingerprint,
+        } = w;
+        let (namespace, name) = &intent;
+        let patch = plumbline_crds::apply::status::<WorkloadIntent>(body);
         let params = PatchParams::apply(HEALTH_FIELD_MANAGER).force();
         match Api::<WorkloadIntent>::namespaced(ctx.client.clone(), namespace)
             .patch_status(name, &params, &Patch::Apply(&patch))
@@ -204,7 +212,7 @@ impl Feedback {
             Ok(_) => {
                 self.memory
                     .intent_status
-                    .insert(w.intent, (w.body, Instant::now()));
+                    .insert(intent, (fingerprint, Instant::now()));
             }
             Err(e) => {
                 warn!(intent = %format!("{namespace}/{name}"), error = %e, "writing backing map and guard to status failed")

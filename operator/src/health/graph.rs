@@ -1,7 +1,7 @@
 //! The live graph, rebuilt from the caches each pass: Pod → Node → VM → disks → host and
 //! datastores, and which intent covers which pod.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use plumbline_adapters::VmId;
 use plumbline_crds::{NodeMappingStrategy, TargetKind, WorkloadIntent};
@@ -18,6 +18,7 @@ use std::{
 use super::{
     book::{HealthBook, VmPlace},
     caches::{owning_workload, Caches},
+    pod::CachedPod,
 };
 
 /// A VM as the noisy-neighbour logic names it: ordered by identity, shown by name.
@@ -84,7 +85,7 @@ pub struct StorageView {
 /// One pod and what backs it.
 #[derive(Debug, Clone)]
 pub struct PodView {
-    pub pod: Arc<Pod>,
+    pub pod: Arc<CachedPod>,
     pub name: String,
     pub node: Option<String>,
     pub vm: Option<VmKey>,
@@ -160,7 +161,8 @@ pub fn build(
         .collect();
     // Each live pod under its workload, once: every intent then takes its own.
     let pods = caches.pods.state();
-    let mut by_workload: HashMap<(String, TargetKind, String), Vec<&Arc<Pod>>> = HashMap::new();
+    let mut by_workload: HashMap<(String, TargetKind, String), Vec<&Arc<CachedPod>>> =
+        HashMap::new();
     for p in pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())

@@ -2,7 +2,7 @@
 //! conditions, and noisy-neighbour throttling. The decisions are `plumbline_policies::health`;
 //! this module observes and writes.
 //!
-//! - [`caches`]: pruned pod cache, Nodes, HypervisorProviders;
+//! - [`caches`]: the pod cache (of [`pod::CachedPod`]), Nodes, HypervisorProviders;
 //! - [`providers`]: one sampling loop per provider (adapter, inventory, samples, status);
 //! - [`book`]: what the samplers learnt, with the hysteresis trackers;
 //! - [`graph`]: Pod → Node → VM → host/datastore, rebuilt each pass;
@@ -27,6 +27,7 @@ pub mod caches;
 pub mod decide;
 pub mod feedback;
 pub mod graph;
+pub mod pod;
 pub mod protect;
 pub mod providers;
 pub mod relocate;

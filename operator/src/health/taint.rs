@@ -7,7 +7,7 @@
 //! Which deserving nodes get it is [`cap_taints`]'s decision: at most a share of the nodes, and
 //! never a workload's last schedulable node. A node held back gets a Warning Event saying why.
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorTerm};
 use kube::{
     runtime::events::{Event, EventType},
     ResourceExt,
@@ -27,7 +27,7 @@ use std::{
 };
 use tracing::info;
 
-use super::graph::IntentView;
+use super::{graph::IntentView, pod::CachedPod};
 use crate::context::Context;
 
 /// A node that should carry the storage taint now.
@@ -147,7 +147,7 @@ fn node_facts(node: &Node) -> NodeFacts {
 /// Where the intent's workload may be scheduled, read from one of its pods (the pods of a
 /// workload share their template); `None` for a workload without pods.
 fn placement(view: &IntentView) -> Option<WorkloadPlacement> {
-    let pod: &Pod = view.pods.first()?.pod.as_ref();
+    let pod: &CachedPod = view.pods.first()?.pod.as_ref();
     let spec = pod.spec.as_ref()?;
     let required_terms: Vec<NodeSelectorTerm> = spec
         .affinity

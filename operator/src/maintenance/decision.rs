@@ -1,7 +1,7 @@
 //! One maintenance, observed and decided: the same path for the pass that carries it out and
 //! for `plumbline explain hostmaintenance/NAME`, which shows what the next pass would do.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::{Client, ResourceExt};
 use plumbline_crds::{
     conditions::maintenance as m, HostMaintenance, HypervisorProvider, InfraChange, WorkloadIntent,
@@ -16,7 +16,10 @@ use std::{
 use tracing::warn;
 
 use super::view::{self, Budget, HostNodes};
-use crate::{discovery::ServedApis, health::book::HealthBook};
+use crate::{
+    discovery::ServedApis,
+    health::{book::HealthBook, pod::CachedPod},
+};
 
 /// What every maintenance's decision reads, listed once.
 pub struct World<'a> {
@@ -27,7 +30,7 @@ pub struct World<'a> {
     pub providers: &'a [Arc<HypervisorProvider>],
     pub book: &'a Mutex<HealthBook>,
     pub nodes: &'a [Arc<Node>],
-    pub pods: &'a [Arc<Pod>],
+    pub pods: &'a [Arc<CachedPod>],
     pub intents: &'a [Arc<WorkloadIntent>],
     pub changes: &'a [Arc<InfraChange>],
     /// The operator instance whose ledger entries count as this maintenance's.

@@ -2,10 +2,7 @@
 //! PodDisruptionBudgets, listed once per pass while a maintenance has pods to move): the
 //! host's nodes, their pods, and what each of those pods' workloads can spare.
 
-use k8s_openapi::{
-    api::core::v1::{Node, Pod},
-    apimachinery::pkg::apis::meta::v1::LabelSelector,
-};
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::LabelSelector};
 use kube::{api::DynamicObject, Api, Client, ResourceExt};
 use plumbline_crds::{
     conditions::status, ChangePurpose, HostMaintenance, InfraChange, TargetKind, WorkloadIntent,
@@ -24,7 +21,7 @@ use tracing::warn;
 use crate::{
     controller::{apply::workload_api, fields::WorkloadField},
     discovery::ServedApis,
-    health::{book::HealthBook, caches::owning_workload, graph::vm_for_node},
+    health::{book::HealthBook, caches::owning_workload, graph::vm_for_node, pod::CachedPod},
 };
 
 /// The `ChangeOwner.intent` of a maintenance's cordons.
@@ -72,7 +69,7 @@ pub fn host_nodes(book: &HealthBook, nodes: &[Arc<Node>], provider: &str, host: 
 }
 
 /// `namespace/Kind/name` of the pod's workload, or `namespace/Pod/name`.
-fn workload_key(pod: &Pod) -> String {
+fn workload_key(pod: &CachedPod) -> String {
     let ns = pod.namespace().unwrap_or_default();
     match owning_workload(pod) {
         Some((kind, name)) => format!("{ns}/{kind:?}/{name}"),
@@ -81,13 +78,13 @@ fn workload_key(pod: &Pod) -> String {
 }
 
 /// DaemonSet pods and mirror pods (owned by their Node) stay, as with `kubectl drain`.
-fn stays(pod: &Pod) -> bool {
+fn stays(pod: &CachedPod) -> bool {
     pod.owner_references()
         .iter()
         .any(|o| o.kind == "DaemonSet" || o.kind == "Node")
 }
 
-fn is_ready(pod: &Pod) -> bool {
+fn is_ready(pod: &CachedPod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -98,7 +95,7 @@ fn is_ready(pod: &Pod) -> bool {
 }
 
 /// The pods on `nodes`.
-pub fn host_pods(pods: &[Arc<Pod>], nodes: &[HostNode]) -> Vec<HostPod> {
+pub fn host_pods(pods: &[Arc<CachedPod>], nodes: &[HostNode]) -> Vec<HostPod> {
     let names: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     pods.iter()
         .filter_map(|p| {
@@ -178,7 +175,7 @@ fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool 
 pub fn workload_facts(
     moving: &[HostPod],
     surged: &BTreeMap<String, (usize, Option<usize>)>,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     intents: &[Arc<WorkloadIntent>],
     budgets: &[Budget],
     now: SystemTime,

@@ -14,6 +14,7 @@ use plumbline_policies::health::{
 use serde_json::{json, Value};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    hash::{DefaultHasher, Hash, Hasher},
     time::Duration,
 };
 
@@ -236,20 +237,26 @@ pub(super) fn decide_intent(
 }
 
 /// The write of an intent's status body, if due: its shape changed, or its figures after a
-/// while.
+/// while. The pass remembers only the [`Fingerprint`] of the body last written.
 pub(super) fn status_write(
     memory: &PassMemory,
     input: &PassInput<'_>,
     key: (String, String),
     body: Value,
 ) -> Option<StatusWrite> {
+    let fingerprint = Fingerprint::of(&body);
     let due = match memory.intent_status.get(&key) {
         None => true,
         Some((prev, at)) => {
-            !same_shape(prev, &body, "") || (prev != &body && refresh_due(Some(at), input.instant))
+            prev.shape != fingerprint.shape
+                || (prev.whole != fingerprint.whole && refresh_due(Some(at), input.instant))
         }
     };
-    due.then_some(StatusWrite { intent: key, body })
+    due.then_some(StatusWrite {
+        intent: key,
+        body,
+        fingerprint,
+    })
 }
 
 fn verdict_word(state: HealthState) -> &'static str {
@@ -268,31 +275,64 @@ const FIGURES: [(&str, &[&str]); 3] = [
     ("/placement/relocationTargets", &["reason"]),
 ];
 
-/// Whether two status bodies (at `path`) are equal but for their figures: the shape decides
-/// whether to write now; figures refresh slowly, so status churn does not wake the intent
-/// controller every second. Compared in place: a body lists every backing pod, and copying
-/// two of them each pass was much of a 10,000-pod pass.
-fn same_shape(a: &Value, b: &Value, path: &str) -> bool {
+/// What the pass remembers of an intent's status body as last written: two hashes, not the
+/// body (at 10,000 pods every body lists every backing pod, and keeping them was megabytes).
+/// `shape` leaves out the figures: a changed shape is written now; figures refresh slowly, so
+/// status churn does not wake the intent controller every second. `whole` hashes everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    shape: u64,
+    whole: u64,
+}
+
+impl Fingerprint {
+    /// A body's fingerprint: two bodies have the same `shape` when they are equal but for
+    /// the figures ([`FIGURES`]) in the entries of their lists, the same `whole` when equal
+    /// (`Value`'s own hash agrees with its equality).
+    pub fn of(body: &Value) -> Self {
+        let (mut shape, mut whole) = (DefaultHasher::new(), DefaultHasher::new());
+        shape_of(body, &mut String::new(), &mut shape);
+        body.hash(&mut whole);
+        Fingerprint {
+            shape: shape.finish(),
+            whole: whole.finish(),
+        }
+    }
+}
+
+/// Feeds a body's shape (at `path`, as `/key/key`) to `h`: the lists at a [`FIGURES`] path
+/// have their object entries fed without the figure keys; the objects on the way there are
+/// walked key by key; anything else is fed whole.
+fn shape_of(v: &Value, path: &mut String, h: &mut DefaultHasher) {
     let figures = FIGURES
         .iter()
-        .find(|(list, _)| *list == path)
+        .find(|(list, _)| *list == path.as_str())
         .map(|(_, keys)| *keys);
-    match (a, b, figures) {
-        (Value::Array(a), Value::Array(b), Some(keys)) => {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|(a, b)| match (a, b) {
-                    (Value::Object(a), Value::Object(b)) => without(a, keys).eq(without(b, keys)),
-                    _ => a == b,
-                })
+    match (v, figures) {
+        (Value::Array(items), Some(keys)) => {
+            items.len().hash(h);
+            for item in items {
+                match item {
+                    Value::Object(o) => {
+                        without(o, keys).count().hash(h);
+                        without(o, keys).for_each(|entry| entry.hash(h));
+                    }
+                    _ => item.hash(h),
+                }
+            }
         }
-        (Value::Object(a), Value::Object(b), None) => {
-            a.len() == b.len()
-                && a.iter().all(|(k, v)| {
-                    b.get(k)
-                        .is_some_and(|w| same_shape(v, w, &format!("{path}/{k}")))
-                })
+        (Value::Object(o), None) => {
+            o.len().hash(h);
+            for (k, x) in o {
+                k.hash(h);
+                let len = path.len();
+                path.push('/');
+                path.push_str(k);
+                shape_of(x, path, h);
+                path.truncate(len);
+            }
         }
-        _ => a == b,
+        _ => v.hash(h),
     }
 }
 
@@ -352,7 +392,7 @@ fn neighbour_candidates(
 
 #[cfg(test)]
 mod tests {
-    use super::same_shape;
+    use super::Fingerprint;
     use serde_json::json;
 
     #[test]
@@ -364,20 +404,63 @@ mod tests {
                 "placement": {"hosts": 2, "relocationTargets": [{"host": "h", "reason": reason}]},
             })
         };
-        let a = body("3ms", "healthy", "0 IOPS");
-        assert!(same_shape(&a, &body("9ms", "healthy", "12 IOPS"), ""));
-        assert!(!same_shape(&a, &body("3ms", "degraded", "0 IOPS"), ""));
-        let mut more = a.clone();
-        more["backing"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"pod": "b"}));
-        assert!(!same_shape(&a, &more, ""));
-        let mut guard = a.clone();
-        guard["guard"]["heldReady"] = json!(1);
-        assert!(!same_shape(&a, &guard, ""));
-        let mut host = a.clone();
-        host["placement"]["relocationTargets"][0]["host"] = json!("g");
-        assert!(!same_shape(&a, &host, ""));
+        let a = Fingerprint::of(&body("3ms", "healthy", "0 IOPS"));
+        assert_eq!(a, Fingerprint::of(&body("3ms", "healthy", "0 IOPS")));
+        let figures = Fingerprint::of(&body("9ms", "healthy", "12 IOPS"));
+        assert_eq!(a.shape, figures.shape);
+        assert_ne!(a.whole, figures.whole);
+        let verdict = Fingerprint::of(&body("3ms", "degraded", "0 IOPS"));
+        assert_ne!(a.shape, verdict.shape);
+        assert_ne!(a.whole, verdict.whole);
+        let changed = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut b = body("3ms", "healthy", "0 IOPS");
+            change(&mut b);
+            Fingerprint::of(&b)
+        };
+        let more = changed(&|b| {
+            b["backing"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"pod": "b"}))
+        });
+        assert_ne!(a.shape, more.shape);
+        let guard = changed(&|b| b["guard"]["heldReady"] = json!(1));
+        assert_ne!(a.shape, guard.shape);
+        let host = changed(&|b| b["placement"]["relocationTargets"][0]["host"] = json!("g"));
+        assert_ne!(a.shape, host.shape);
+        // Figure keys are figures only in their lists.
+        let hosts = changed(&|b| b["placement"]["latency"] = json!("1ms"));
+        assert_ne!(a.shape, hosts.shape);
+    }
+
+    #[test]
+    fn a_backing_entry_changes_the_shape_but_for_its_latency() {
+        let body = |vm: &str, ready: bool, latency: &str, at: &str| {
+            json!({
+                "backing": [
+                    {"pod": "a", "vm": "vm-a", "ready": true, "latency": "1ms", "sampledAt": "t0"},
+                    {"pod": "b", "vm": vm, "ready": ready, "latency": latency, "sampledAt": at},
+                ],
+                "guard": {"heldReady": []},
+            })
+        };
+        let a = Fingerprint::of(&body("vm-b", true, "2ms", "t0"));
+        let later = Fingerprint::of(&body("vm-b", true, "40ms", "t1"));
+        assert_eq!(a.shape, later.shape);
+        assert_ne!(a.whole, later.whole);
+        for other in [
+            body("vm-c", true, "2ms", "t0"),
+            body("vm-b", false, "2ms", "t0"),
+        ] {
+            let other = Fingerprint::of(&other);
+            assert_ne!(a.shape, other.shape);
+            assert_ne!(a.whole, other.whole);
+        }
+        // A figure gone is a figure changed, not a shape changed.
+        let mut unsampled = body("vm-b", true, "2ms", "t0");
+        let entry = unsampled["backing"][1].as_object_mut().unwrap();
+        entry.remove("latency");
+        entry.remove("sampledAt");
+        assert_eq!(a.shape, Fingerprint::of(&unsampled).shape);
     }
 }

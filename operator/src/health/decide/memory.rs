@@ -7,7 +7,6 @@ use plumbline_policies::{
     health::{HealthState, LatencyBudget, NeighbourHistory},
     placement::PastRelocation,
 };
-use serde_json::Value;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
@@ -15,6 +14,8 @@ use std::{
 };
 
 use crate::health::{graph::IntentView, settings::HealthSettings, taint::TaintGuard};
+
+use super::intent::Fingerprint;
 
 /// Messages carry the latest latency; refreshing them is worth a write this often, no more.
 pub(super) const MESSAGE_REFRESH: Duration = Duration::from_secs(30);
@@ -27,8 +28,9 @@ pub struct PassMemory {
     pub pod_written: HashMap<(String, String), Instant>,
     /// When each node's condition was last written.
     pub node_written: HashMap<String, Instant>,
-    /// Each intent's status body as last written, and when, by `(namespace, name)`.
-    pub intent_status: HashMap<(String, String), (Value, Instant)>,
+    /// The fingerprint of each intent's status body as last written, and when, by
+    /// `(namespace, name)`.
+    pub intent_status: HashMap<(String, String), (Fingerprint, Instant)>,
     /// Each VM's state against each budget and since when (for releasing throttles).
     pub(super) state_since:
         HashMap<(plumbline_adapters::VmId, LatencyBudget), (HealthState, SystemTime)>,

@@ -287,9 +287,10 @@ fn decide_relocations(
 #[cfg(test)]
 mod tests {
     use super::{memory::MESSAGE_REFRESH, *};
+    use crate::health::pod::CachedPod;
     use crate::health::{book::ProviderView, caches::Caches, graph, settings::HealthSettings};
     use k8s_openapi::api::core::v1::NodeStatus;
-    use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition};
+    use k8s_openapi::api::core::v1::{Node, NodeCondition, PodCondition};
     use kube::runtime::{reflector, watcher};
     use plumbline_adapters::{
         BackingVm, Capability, DiskLatency, OpLatency, Support, VmDisk, VmId,
@@ -323,7 +324,7 @@ mod tests {
         store
     }
 
-    fn pod(name: &str) -> Pod {
+    fn pod(name: &str) -> CachedPod {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web", "pod-template-hash": "abc"},
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -359,7 +360,7 @@ mod tests {
     /// noisy neighbours.
     struct World {
         intent: WorkloadIntent,
-        pods: Vec<Pod>,
+        pods: Vec<CachedPod>,
         node: Node,
         book: HealthBook,
         now: SystemTime,
@@ -495,7 +496,7 @@ mod tests {
             for w in &d.statuses {
                 self.memory
                     .intent_status
-                    .insert(w.intent.clone(), (w.body.clone(), self.instant));
+                    .insert(w.intent.clone(), (w.fingerprint, self.instant));
             }
         }
 

@@ -1,7 +1,7 @@
 //! What one feedback pass writes: pod and node conditions, intent statuses, the changes wanted
 //! in the ledger with their Events, and the metric series.
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, PodCondition};
 use plumbline_crds::{conditions::status, names::STORAGE_READINESS_GATE, InfraChangeSpec, VmRef};
 use plumbline_policies::{
     health::{NeighbourAction, ReadinessVerdict},
@@ -11,11 +11,13 @@ use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 
 use crate::{
-    health::taint::TaintPlan,
+    health::{pod::CachedPod, taint::TaintPlan},
     metrics::health::{
         BackingLabels, DiskLabels, IntentLabels, PodLabels, VerdictLabels, VmLabels,
     },
 };
+
+use super::intent::Fingerprint;
 
 /// Everything one pass writes, in the order it is written.
 pub struct PassDecision {
@@ -94,6 +96,8 @@ pub struct StatusWrite {
     /// `(namespace, name)`.
     pub intent: (String, String),
     pub body: Value,
+    /// What the pass remembers of `body` once written.
+    pub fingerprint: Fingerprint,
 }
 
 /// The metric series of one pass, with their values; series not among them go.
@@ -110,7 +114,7 @@ pub struct PassSeries {
     pub hosts: Vec<(IntentLabels, i64)>,
 }
 
-pub(super) fn condition_of<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
+pub(super) fn condition_of<'a>(pod: &'a CachedPod, type_: &str) -> Option<&'a PodCondition> {
     pod.status
         .as_ref()?
         .conditions

@@ -1,0 +1,146 @@
+//! The pod as the health caches keep it: only what the passes read.
+//!
+//! A `k8s_openapi` `Pod` is about 2.5 KB before any of its strings (every field of its spec
+//! and status is inline), so even pruned, 10,000 pods cost 40 to 50 MB: half the operator's
+//! live heap at that size (heaptrack, docs/scale.md). [`CachedPod`] has the same field names
+//! for what it keeps, and the watch decodes pods straight into it: containers, volumes and
+//! the rest of the spec and status are skipped by the decoder, never built.
+
+use k8s_openapi::{
+    api::core::v1::{NodeAffinity, PodCondition, PodReadinessGate, Toleration},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A Pod: its metadata (without managed fields and annotations, see [`prune`]), where it
+/// runs and may run, its readiness gates and its conditions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct CachedPod {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<CachedPodSpec>,
+    #[serde(default)]
+    pub status: Option<CachedPodStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedPodSpec {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub readiness_gates: Option<Vec<PodReadinessGate>>,
+    /// Where the pod may be scheduled, for the taint guard.
+    #[serde(default)]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default)]
+    pub affinity: Option<CachedAffinity>,
+}
+
+/// Of the pod's affinity, only the node affinity (the taint guard's).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedAffinity {
+    #[serde(default)]
+    pub node_affinity: Option<NodeAffinity>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct CachedPodStatus {
+    #[serde(default)]
+    pub conditions: Option<Vec<PodCondition>>,
+}
+
+impl k8s_openapi::Resource for CachedPod {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Pod";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "pods";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for CachedPod {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Drops what the decoder cannot skip: the managed fields and annotations of the metadata.
+pub fn prune(pod: &mut CachedPod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_decoded_pod_keeps_only_what_the_passes_read() {
+        let mut p: CachedPod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "p", "namespace": "ns", "labels": {"pod-template-hash": "5d4f"},
+                "annotations": {"a": "b"},
+                "managedFields": [{"manager": "x"}],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "payments-5d4f", "uid": "u", "controller": true}]
+            },
+            "spec": {
+                "nodeName": "n1",
+                "readinessGates": [{"conditionType": "plumbline.dev/storage-healthy"}],
+                "containers": [{"name": "app", "image": "i", "env": [{"name": "BIG", "value": "x"}]}],
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "affinity": {
+                    "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}},
+                    "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
+                }
+            },
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "podIP": "10.0.0.1"}
+        }))
+        .unwrap();
+        prune(&mut p);
+        assert!(p.metadata.managed_fields.is_none() && p.metadata.annotations.is_none());
+        assert_eq!(
+            p.metadata.labels.as_ref().unwrap()["pod-template-hash"],
+            "5d4f"
+        );
+        assert_eq!(
+            p.metadata.owner_references.as_ref().unwrap()[0].name,
+            "payments-5d4f"
+        );
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.readiness_gates.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            spec.tolerations.as_ref().unwrap()[0].key.as_deref(),
+            Some("k")
+        );
+        let affinity = spec.affinity.as_ref().unwrap().node_affinity.as_ref();
+        assert!(affinity
+            .and_then(|a| a
+                .required_during_scheduling_ignored_during_execution
+                .as_ref())
+            .is_some());
+        let conditions = p.status.as_ref().unwrap().conditions.as_ref().unwrap();
+        assert_eq!(conditions[0].type_, "Ready");
+    }
+
+    #[test]
+    fn the_kept_pod_is_far_smaller_than_a_pod() {
+        let kept = std::mem::size_of::<CachedPod>();
+        let pod = std::mem::size_of::<k8s_openapi::api::core::v1::Pod>();
+        assert!(kept * 2 < pod, "CachedPod {kept} B, Pod {pod} B");
+    }
+}
