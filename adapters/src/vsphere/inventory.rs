@@ -255,9 +255,19 @@ impl Names {
     }
 }
 
+/// The VM properties read a hundred VMs at a time ([`PROPERTY_PAGE_OBJECTS`]) rather than
+/// for all VMs in one answer: the device lists are nearly all of an inventory's bytes. Read in
+/// one retrieval, 1,000 VMs with their devices were a 13 MB answer and a 45 to 57 MB parsed
+/// tree at once, the operator's peak; and what the records kept of it was scattered through
+/// the memory that tree had used (docs/scale.md).
+pub const BULKY_PATHS: &[&str] = &[DEVICES_PATH, "config.extraConfig"];
+
 /// Every VM (with the properties in `paths`) and the names of hosts, datastores and clusters
-/// (with each host's cluster), in one retrieval.
+/// (with each host's cluster): one retrieval over a view, then the [`BULKY_PATHS`] among
+/// `paths` a hundred VMs at a time, each hundred made into records before the next is read.
 pub async fn all_vms(session: &Session, paths: &[&str]) -> Result<(Vec<VmRecord>, Names)> {
+    let (bulky, light): (Vec<&str>, Vec<&str>) =
+        paths.iter().partition(|p| BULKY_PATHS.contains(p));
     let contents = retrieve_in_view(
         session,
         "the inventory",
@@ -268,7 +278,7 @@ pub async fn all_vms(session: &Session, paths: &[&str]) -> Result<(Vec<VmRecord>
             "ClusterComputeResource",
         ],
         vec![
-            prop_set("VirtualMachine", paths),
+            prop_set("VirtualMachine", &light),
             prop_set("HostSystem", &["name", "parent"]),
             prop_set("Datastore", &["name"]),
             prop_set("ClusterComputeResource", &["name"]),
@@ -276,11 +286,63 @@ pub async fn all_vms(session: &Session, paths: &[&str]) -> Result<(Vec<VmRecord>
         Vec::new(),
     )
     .await?;
-    Ok(split_contents(&contents))
+    if bulky.is_empty() {
+        return Ok(split_contents(&contents));
+    }
+    let names = names_of(&contents);
+    let mut vms_light: Vec<_> = contents
+        .into_iter()
+        .filter(|(obj, _)| obj.kind == "VirtualMachine")
+        .collect();
+    let mut vms = Vec::with_capacity(vms_light.len());
+    while !vms_light.is_empty() {
+        let rest = vms_light.split_off(vms_light.len().min(PROPERTY_PAGE_OBJECTS as usize));
+        let chunk = std::mem::replace(&mut vms_light, rest);
+        let morefs: Vec<&MoRef> = chunk.iter().map(|(vm, _)| vm).collect();
+        let mut read: HashMap<MoRef, HashMap<String, Element>> = bulky_of(session, &bulky, &morefs)
+            .await?
+            .into_iter()
+            .collect();
+        for (vm, mut props) in chunk {
+            props.extend(read.remove(&vm).unwrap_or_default());
+            vms.extend(vm_record(vm, &props));
+        }
+    }
+    Ok((vms, names))
 }
 
-/// The VMs of one retrieval, and the names of everything else in it.
-pub(super) fn split_contents(contents: &Contents) -> (Vec<VmRecord>, Names) {
+/// The `paths` of `vms`. A VM deleted since the view was read faults the whole retrieval
+/// (`ManagedObjectNotFound`); then each VM is read alone, and those gone are left out.
+async fn bulky_of(session: &Session, paths: &[&str], vms: &[&MoRef]) -> Result<Contents> {
+    let action = "retrieving the VMs' devices";
+    let spec = |vms: &[&MoRef]| {
+        Element::new("specSet")
+            .child(prop_set("VirtualMachine", paths))
+            .children(
+                vms.iter()
+                    .map(|vm| Element::new("objectSet").child(Element::moref("obj", vm))),
+            )
+    };
+    let gone =
+        |e: &Error| matches!(e, Error::SoapFault { fault, .. } if fault == "ManagedObjectNotFound");
+    match retrieve(session, action, spec(vms)).await {
+        Err(e) if gone(&e) && vms.len() > 1 => {
+            let mut contents = Vec::new();
+            for vm in vms {
+                match retrieve(session, action, spec(&[vm])).await {
+                    Ok(one) => contents.extend(one),
+                    Err(e) if gone(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(contents)
+        }
+        read => read,
+    }
+}
+
+/// The names of what one retrieval saw but VMs, and each host's cluster.
+fn names_of(contents: &Contents) -> Names {
     let names = contents
         .iter()
         .filter(|(obj, _)| obj.kind != "VirtualMachine")
@@ -294,12 +356,17 @@ pub(super) fn split_contents(contents: &Contents) -> (Vec<VmRecord>, Names) {
             (parent.kind == "ClusterComputeResource").then(|| (obj.clone(), parent))
         })
         .collect();
+    Names { names, clusters }
+}
+
+/// The VMs of one retrieval, and the names of everything else in it.
+pub(super) fn split_contents(contents: &Contents) -> (Vec<VmRecord>, Names) {
     let vms = contents
         .iter()
         .filter(|(obj, _)| obj.kind == "VirtualMachine")
         .filter_map(|(obj, props)| vm_record(obj.clone(), props))
         .collect();
-    (vms, Names { names, clusters })
+    (vms, names_of(contents))
 }
 
 /// Where the VM runs, when the retrieval read its host.

@@ -10,6 +10,7 @@ use k8s_openapi::{
     api::core::v1::{NodeAffinity, PodCondition, PodReadinessGate, Toleration},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
+use plumbline_crds::names::STORAGE_READINESS_GATE;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -76,10 +77,22 @@ impl k8s_openapi::Metadata for CachedPod {
     }
 }
 
-/// Drops what the decoder cannot skip: the managed fields and annotations of the metadata.
+/// The pod conditions the passes read.
+const READ_CONDITIONS: [&str; 2] = ["Ready", STORAGE_READINESS_GATE];
+
+/// Drops what the decoder cannot skip and no pass reads: of the metadata, the managed fields,
+/// annotations, uid, resourceVersion (the watch has read it already) and generateName; the
+/// conditions but `Ready` and the storage gate's.
 pub fn prune(pod: &mut CachedPod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.uid = None;
+    meta.resource_version = None;
+    meta.generate_name = None;
+    if let Some(conditions) = pod.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+        conditions.retain(|c| READ_CONDITIONS.contains(&c.type_.as_str()));
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +106,7 @@ mod tests {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": "p", "namespace": "ns", "labels": {"pod-template-hash": "5d4f"},
+                "uid": "0b7c", "resourceVersion": "42", "generateName": "payments-5d4f-",
                 "annotations": {"a": "b"},
                 "managedFields": [{"manager": "x"}],
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "payments-5d4f", "uid": "u", "controller": true}]
@@ -107,11 +121,16 @@ mod tests {
                     "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
                 }
             },
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "podIP": "10.0.0.1"}
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "True"},
+                {"type": STORAGE_READINESS_GATE, "status": "True"}
+            ]}
         }))
         .unwrap();
         prune(&mut p);
         assert!(p.metadata.managed_fields.is_none() && p.metadata.annotations.is_none());
+        assert!(p.metadata.uid.is_none() && p.metadata.resource_version.is_none());
         assert_eq!(
             p.metadata.labels.as_ref().unwrap()["pod-template-hash"],
             "5d4f"
@@ -134,7 +153,8 @@ mod tests {
                 .as_ref())
             .is_some());
         let conditions = p.status.as_ref().unwrap().conditions.as_ref().unwrap();
-        assert_eq!(conditions[0].type_, "Ready");
+        let types: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Ready", STORAGE_READINESS_GATE]);
     }
 
     #[test]
