@@ -14,11 +14,11 @@ use plumbline_policies::health::{
 use serde_json::{json, Value};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    hash::{DefaultHasher, Hash, Hasher},
     time::Duration,
 };
 
 use super::{
+    fingerprint::Fingerprint,
     memory::{refresh_due, PassInput, PassMemory},
     writes::{condition_of, rfc3339, status_word, PodWrite, StatusWrite},
 };
@@ -248,8 +248,8 @@ pub(super) fn status_write(
     let due = match memory.intent_status.get(&key) {
         None => true,
         Some((prev, at)) => {
-            prev.shape != fingerprint.shape
-                || (prev.whole != fingerprint.whole && refresh_due(Some(at), input.instant))
+            !prev.same_shape(&fingerprint)
+                || (prev != &fingerprint && refresh_due(Some(at), input.instant))
         }
     };
     due.then_some(StatusWrite {
@@ -265,83 +265,6 @@ fn verdict_word(state: HealthState) -> &'static str {
         HealthState::Degraded => verdict::DEGRADED,
         HealthState::Unknown => verdict::UNKNOWN,
     }
-}
-
-/// Per list of a status body: the figures its entries carry (a relocation target's reason
-/// quotes an I/O rate).
-const FIGURES: [(&str, &[&str]); 3] = [
-    ("/backing", &["latency", "sampledAt"]),
-    ("/neighbourCandidates", &["iops"]),
-    ("/placement/relocationTargets", &["reason"]),
-];
-
-/// What the pass remembers of an intent's status body as last written: two hashes, not the
-/// body (at 10,000 pods every body lists every backing pod, and keeping them was megabytes).
-/// `shape` leaves out the figures: a changed shape is written now; figures refresh slowly, so
-/// status churn does not wake the intent controller every second. `whole` hashes everything.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fingerprint {
-    shape: u64,
-    whole: u64,
-}
-
-impl Fingerprint {
-    /// A body's fingerprint: two bodies have the same `shape` when they are equal but for
-    /// the figures ([`FIGURES`]) in the entries of their lists, the same `whole` when equal
-    /// (`Value`'s own hash agrees with its equality).
-    pub fn of(body: &Value) -> Self {
-        let (mut shape, mut whole) = (DefaultHasher::new(), DefaultHasher::new());
-        shape_of(body, &mut String::new(), &mut shape);
-        body.hash(&mut whole);
-        Fingerprint {
-            shape: shape.finish(),
-            whole: whole.finish(),
-        }
-    }
-}
-
-/// Feeds a body's shape (at `path`, as `/key/key`) to `h`: the lists at a [`FIGURES`] path
-/// have their object entries fed without the figure keys; the objects on the way there are
-/// walked key by key; anything else is fed whole.
-fn shape_of(v: &Value, path: &mut String, h: &mut DefaultHasher) {
-    let figures = FIGURES
-        .iter()
-        .find(|(list, _)| *list == path.as_str())
-        .map(|(_, keys)| *keys);
-    match (v, figures) {
-        (Value::Array(items), Some(keys)) => {
-            items.len().hash(h);
-            for item in items {
-                match item {
-                    Value::Object(o) => {
-                        without(o, keys).count().hash(h);
-                        without(o, keys).for_each(|entry| entry.hash(h));
-                    }
-                    _ => item.hash(h),
-                }
-            }
-        }
-        (Value::Object(o), None) => {
-            o.len().hash(h);
-            for (k, x) in o {
-                k.hash(h);
-                let len = path.len();
-                path.push('/');
-                path.push_str(k);
-                shape_of(x, path, h);
-                path.truncate(len);
-            }
-        }
-        _ => v.hash(h),
-    }
-}
-
-/// An object's entries but `keys`.
-fn without<'m>(
-    o: &'m serde_json::Map<String, Value>,
-    keys: &'m [&str],
-) -> impl Iterator<Item = (&'m String, &'m Value)> {
-    o.iter().filter(move |(k, _)| !keys.contains(&k.as_str()))
 }
 
 /// The busiest VMs the ladder could throttle for any of the intent's VMs, by name.
@@ -388,79 +311,4 @@ fn neighbour_candidates(
             iops: c.iops.round() as i64,
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Fingerprint;
-    use serde_json::json;
-
-    #[test]
-    fn figures_do_not_change_the_shape_and_everything_else_does() {
-        let body = |latency: &str, verdict: &str, reason: &str| {
-            json!({
-                "backing": [{"pod": "a", "verdict": verdict, "latency": latency, "sampledAt": latency}],
-                "guard": {"heldReady": 0},
-                "placement": {"hosts": 2, "relocationTargets": [{"host": "h", "reason": reason}]},
-            })
-        };
-        let a = Fingerprint::of(&body("3ms", "healthy", "0 IOPS"));
-        assert_eq!(a, Fingerprint::of(&body("3ms", "healthy", "0 IOPS")));
-        let figures = Fingerprint::of(&body("9ms", "healthy", "12 IOPS"));
-        assert_eq!(a.shape, figures.shape);
-        assert_ne!(a.whole, figures.whole);
-        let verdict = Fingerprint::of(&body("3ms", "degraded", "0 IOPS"));
-        assert_ne!(a.shape, verdict.shape);
-        assert_ne!(a.whole, verdict.whole);
-        let changed = |change: &dyn Fn(&mut serde_json::Value)| {
-            let mut b = body("3ms", "healthy", "0 IOPS");
-            change(&mut b);
-            Fingerprint::of(&b)
-        };
-        let more = changed(&|b| {
-            b["backing"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({"pod": "b"}))
-        });
-        assert_ne!(a.shape, more.shape);
-        let guard = changed(&|b| b["guard"]["heldReady"] = json!(1));
-        assert_ne!(a.shape, guard.shape);
-        let host = changed(&|b| b["placement"]["relocationTargets"][0]["host"] = json!("g"));
-        assert_ne!(a.shape, host.shape);
-        // Figure keys are figures only in their lists.
-        let hosts = changed(&|b| b["placement"]["latency"] = json!("1ms"));
-        assert_ne!(a.shape, hosts.shape);
-    }
-
-    #[test]
-    fn a_backing_entry_changes_the_shape_but_for_its_latency() {
-        let body = |vm: &str, ready: bool, latency: &str, at: &str| {
-            json!({
-                "backing": [
-                    {"pod": "a", "vm": "vm-a", "ready": true, "latency": "1ms", "sampledAt": "t0"},
-                    {"pod": "b", "vm": vm, "ready": ready, "latency": latency, "sampledAt": at},
-                ],
-                "guard": {"heldReady": []},
-            })
-        };
-        let a = Fingerprint::of(&body("vm-b", true, "2ms", "t0"));
-        let later = Fingerprint::of(&body("vm-b", true, "40ms", "t1"));
-        assert_eq!(a.shape, later.shape);
-        assert_ne!(a.whole, later.whole);
-        for other in [
-            body("vm-c", true, "2ms", "t0"),
-            body("vm-b", false, "2ms", "t0"),
-        ] {
-            let other = Fingerprint::of(&other);
-            assert_ne!(a.shape, other.shape);
-            assert_ne!(a.whole, other.whole);
-        }
-        // A figure gone is a figure changed, not a shape changed.
-        let mut unsampled = body("vm-b", true, "2ms", "t0");
-        let entry = unsampled["backing"][1].as_object_mut().unwrap();
-        entry.remove("latency");
-        entry.remove("sampledAt");
-        assert_eq!(a.shape, Fingerprint::of(&unsampled).shape);
-    }
 }

@@ -15,7 +15,7 @@ use std::{
 
 use crate::health::{graph::IntentView, settings::HealthSettings, taint::TaintGuard};
 
-use super::intent::Fingerprint;
+use super::fingerprint::Fingerprint;
 
 /// Messages carry the latest latency; refreshing them is worth a write this often, no more.
 pub(super) const MESSAGE_REFRESH: Duration = Duration::from_secs(30);

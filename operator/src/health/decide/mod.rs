@@ -5,8 +5,10 @@
 //!
 //! - [`memory`]: what a pass reads besides the book, and what it remembers;
 //! - [`writes`]: what a pass writes;
-//! - `intent`, `node`, `series`: each intent's, each node's and the metrics' share.
+//! - `intent`, `node`, `series`: each intent's, each node's and the metrics' share;
+//! - `fingerprint`: what a pass remembers of a status body it wrote.
 
+mod fingerprint;
 mod intent;
 pub mod memory;
 mod node;

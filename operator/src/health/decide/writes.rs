@@ -17,7 +17,7 @@ use crate::{
     },
 };
 
-use super::intent::Fingerprint;
+use super::fingerprint::Fingerprint;
 
 /// Everything one pass writes, in the order it is written.
 pub struct PassDecision {
