@@ -312,7 +312,8 @@ pub async fn all_vms(session: &Session, paths: &[&str]) -> Result<(Vec<VmRecord>
 }
 
 /// The `paths` of `vms`. A VM deleted since the view was read faults the whole retrieval
-/// (`ManagedObjectNotFound`); then each VM is read alone, and those gone are left out.
+/// (`ManagedObjectNotFound`); then each VM is read alone, and those gone have no answer (their
+/// record, from the view, goes at the next inventory, as if deleted just after it).
 async fn bulky_of(session: &Session, paths: &[&str], vms: &[&MoRef]) -> Result<Contents> {
     let action = "retrieving the VMs' devices";
     let spec = |vms: &[&MoRef]| {

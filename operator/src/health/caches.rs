@@ -12,9 +12,9 @@ use kube::{
 };
 use plumbline_crds::{HostMaintenance, HypervisorProvider, InfraChange};
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 use super::pod::{self, CachedPod};
-use tokio::sync::Notify;
 
 /// Keeps metadata (without managedFields), the providerID and the conditions.
 pub fn prune_node(node: &mut Node) {
