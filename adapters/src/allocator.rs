@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-/// How often freed memory is handed back. A trim of a 100 MB heap takes a few milliseconds.
+/// How often freed memory is handed back.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Hands freed memory back every [`TRIM_INTERVAL`], on a thread of its own, for as long as
@@ -45,10 +45,12 @@ pub fn trim() -> bool {
 mod tests {
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn freed_memory_comes_back() {
-        // Many small blocks freed: they sit in the arena's bins until a trim.
-        let blocks: Vec<Vec<u8>> = (0..20_000).map(|_| vec![1u8; 4096]).collect();
-        drop(blocks);
-        assert!(super::trim(), "nothing released after freeing 80 MB");
+    fn freed_memory_between_live_blocks_comes_back() {
+        // Blocks under the mmap threshold, every other one freed: holes between live blocks,
+        // which glibc keeps (a free at the top of a heap it returns by itself).
+        let blocks: Vec<Vec<u8>> = (0..1_000).map(|_| vec![1u8; 64 * 1024]).collect();
+        let kept: Vec<Vec<u8>> = blocks.into_iter().step_by(2).collect();
+        assert!(super::trim(), "nothing released after freeing 500 blocks of 64 KiB");
+        assert_eq!(kept.len(), 500);
     }
 }

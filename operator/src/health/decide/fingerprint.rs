@@ -13,8 +13,6 @@ const FIGURES: [(&str, &[&str]); 3] = [
     ("/placement/relocationTargets", &["reason"]),
 ];
 
-/// What the pass remembers of an intent's status body as last written: two hashes, not the
-/// body (at 10,000 pods every body lists every backing pod, and keeping them was megabytes).
 /// `shape` leaves out the figures: a changed shape is written now; figures refresh slowly, so
 /// status churn does not wake the intent controller every second. `whole` hashes everything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
