@@ -50,7 +50,10 @@ mod tests {
         // which glibc keeps (a free at the top of a heap it returns by itself).
         let blocks: Vec<Vec<u8>> = (0..1_000).map(|_| vec![1u8; 64 * 1024]).collect();
         let kept: Vec<Vec<u8>> = blocks.into_iter().step_by(2).collect();
-        assert!(super::trim(), "nothing released after freeing 500 blocks of 64 KiB");
+        assert!(
+            super::trim(),
+            "nothing released after freeing 500 blocks of 64 KiB"
+        );
         assert_eq!(kept.len(), 500);
     }
 }
