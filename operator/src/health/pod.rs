@@ -20,25 +20,18 @@ use std::collections::BTreeMap;
 pub struct CachedPod {
     #[serde(default)]
     pub metadata: ObjectMeta,
-    #[serde(default)]
     pub spec: Option<CachedPodSpec>,
-    #[serde(default)]
     pub status: Option<CachedPodStatus>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedPodSpec {
-    #[serde(default)]
     pub node_name: Option<String>,
-    #[serde(default)]
     pub readiness_gates: Option<Vec<PodReadinessGate>>,
     /// Where the pod may be scheduled, for the taint guard.
-    #[serde(default)]
     pub node_selector: Option<BTreeMap<String, String>>,
-    #[serde(default)]
     pub tolerations: Option<Vec<Toleration>>,
-    #[serde(default)]
     pub affinity: Option<CachedAffinity>,
 }
 
@@ -46,13 +39,11 @@ pub struct CachedPodSpec {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedAffinity {
-    #[serde(default)]
     pub node_affinity: Option<NodeAffinity>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct CachedPodStatus {
-    #[serde(default)]
     pub conditions: Option<Vec<PodCondition>>,
 }
 
@@ -74,6 +65,18 @@ impl k8s_openapi::Metadata for CachedPod {
 
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
+    }
+}
+
+impl CachedPod {
+    /// The condition of `type_`, if the pod has one.
+    pub fn condition(&self, type_: &str) -> Option<&PodCondition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == type_)
     }
 }
 
@@ -155,6 +158,18 @@ mod tests {
         let conditions = p.status.as_ref().unwrap().conditions.as_ref().unwrap();
         let types: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Ready", STORAGE_READINESS_GATE]);
+        assert_eq!(
+            p.condition("Ready").map(|c| c.status.as_str()),
+            Some("True")
+        );
+        assert!(p.condition("PodScheduled").is_none());
+    }
+
+    #[test]
+    fn a_pod_without_spec_or_status_decodes_and_has_no_conditions() {
+        let p: CachedPod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
+        assert!(p.spec.is_none() && p.status.is_none());
+        assert!(p.condition("Ready").is_none());
     }
 
     #[test]

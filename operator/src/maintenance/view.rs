@@ -85,13 +85,8 @@ fn stays(pod: &CachedPod) -> bool {
 }
 
 fn is_ready(pod: &CachedPod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c.type_ == "Ready" && c.status == status::TRUE)
-        })
+    pod.condition("Ready")
+        .is_some_and(|c| c.status == status::TRUE)
 }
 
 /// The pods on `nodes`.

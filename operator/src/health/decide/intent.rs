@@ -20,7 +20,7 @@ use std::{
 use super::{
     fingerprint::Fingerprint,
     memory::{refresh_due, PassInput, PassMemory},
-    writes::{condition_of, rfc3339, status_word, PodWrite, StatusWrite},
+    writes::{rfc3339, status_word, PodWrite, StatusWrite},
 };
 use crate::health::{
     book::HealthBook,
@@ -82,7 +82,9 @@ pub(super) fn decide_intent(
         .map(|(p, (_, r))| GuardCandidate {
             pod: p.name.clone(),
             severity: r.severity,
-            currently_unready: condition_of(&p.pod, STORAGE_READINESS_GATE)
+            currently_unready: p
+                .pod
+                .condition(STORAGE_READINESS_GATE)
                 .is_some_and(|c| c.status == status::FALSE),
         })
         .collect();
@@ -91,8 +93,11 @@ pub(super) fn decide_intent(
         .pods
         .iter()
         .filter(|p| {
-            condition_of(&p.pod, "Ready").is_none_or(|c| c.status != status::TRUE)
-                && condition_of(&p.pod, STORAGE_READINESS_GATE)
+            p.pod
+                .condition("Ready")
+                .is_none_or(|c| c.status != status::TRUE)
+                && p.pod
+                    .condition(STORAGE_READINESS_GATE)
                     .is_none_or(|c| c.status != status::FALSE)
         })
         .count();
@@ -182,7 +187,7 @@ pub(super) fn decide_intent(
         if !storage.gate {
             continue;
         }
-        let current = condition_of(&p.pod, STORAGE_READINESS_GATE);
+        let current = p.pod.condition(STORAGE_READINESS_GATE);
         let want = status_word(readiness.ready);
         let differs = current
             .is_none_or(|c| c.status != want || c.reason.as_deref() != Some(readiness.reason));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{
     memory::PassInput,
-    writes::{condition_of, PassSeries, PodWrite},
+    writes::{PassSeries, PodWrite},
 };
 use crate::{
     health::{book::HealthBook, graph::VmKey},
@@ -89,8 +89,10 @@ pub(super) fn decide_series(
         .collect();
     for view in input.views.iter().filter(|v| v.storage.is_some()) {
         for p in &view.pods {
-            let ready =
-                condition_of(&p.pod, STORAGE_READINESS_GATE).map(|c| c.status == status::TRUE);
+            let ready = p
+                .pod
+                .condition(STORAGE_READINESS_GATE)
+                .map(|c| c.status == status::TRUE);
             let written = written
                 .get(&(view.namespace.as_str(), p.name.as_str()))
                 .copied();

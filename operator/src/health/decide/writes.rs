@@ -1,7 +1,7 @@
 //! What one feedback pass writes: pod and node conditions, intent statuses, the changes wanted
 //! in the ledger with their Events, and the metric series.
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, PodCondition};
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use plumbline_crds::{conditions::status, names::STORAGE_READINESS_GATE, InfraChangeSpec, VmRef};
 use plumbline_policies::{
     health::{NeighbourAction, ReadinessVerdict},
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 
 use crate::{
-    health::{pod::CachedPod, taint::TaintPlan},
+    health::taint::TaintPlan,
     metrics::health::{
         BackingLabels, DiskLabels, IntentLabels, PodLabels, VerdictLabels, VmLabels,
     },
@@ -112,15 +112,6 @@ pub struct PassSeries {
     pub taints_held: i64,
     /// Distinct hosts running each intent's pods.
     pub hosts: Vec<(IntentLabels, i64)>,
-}
-
-pub(super) fn condition_of<'a>(pod: &'a CachedPod, type_: &str) -> Option<&'a PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
 }
 
 pub(super) fn node_condition_of<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
