@@ -10,6 +10,13 @@ use tokio::sync::watch;
 pub struct TermEnd(pub(crate) watch::Receiver<bool>);
 
 impl TermEnd {
+    /// A term of its own and its end, for a loop run outside the supervisor (tests): sending
+    /// `true` ends it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|ended| *ended).await;
     }

@@ -600,7 +600,9 @@ async fn health_pass(
         book.record_samples("kvm", at, &[disk("u1", 40, 100), disk("u2", 1, 200)]);
     }
     let book = Arc::new(Mutex::new(book));
-    let wanted = Feedback::new(true)
+    let (_term, end) = plumbline_operator::term::TermEnd::new();
+    let mut feedback = Feedback::new(&ctx, end, true);
+    let (wanted, _) = feedback
         .pass(
             &ctx,
             &caches,
@@ -610,6 +612,16 @@ async fn health_pass(
             now,
         )
         .await;
+    // The intent's status is written in the background, after the pass.
+    for _ in 0..250 {
+        if writes(&server)
+            .iter()
+            .any(|w| w.ends_with("/workloadintents/web/status"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     (server, wanted)
 }
 

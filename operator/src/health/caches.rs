@@ -179,17 +179,17 @@ pub fn start(
 
 /// The Deployment or StatefulSet a pod belongs to, from its owner: a StatefulSet directly, a
 /// Deployment through its ReplicaSet named `<deployment>-<pod-template-hash>`.
-pub fn owning_workload(pod: &CachedPod) -> Option<(plumbline_crds::TargetKind, String)> {
+pub fn owning_workload(pod: &CachedPod) -> Option<(plumbline_crds::TargetKind, &str)> {
     let owner = pod
         .owner_references()
         .iter()
         .find(|o| o.controller == Some(true))?;
     match owner.kind.as_str() {
-        "StatefulSet" => Some((plumbline_crds::TargetKind::StatefulSet, owner.name.clone())),
+        "StatefulSet" => Some((plumbline_crds::TargetKind::StatefulSet, &owner.name)),
         "ReplicaSet" => {
             let hash = pod.labels().get("pod-template-hash")?;
             let name = owner.name.strip_suffix(hash.as_str())?.strip_suffix('-')?;
-            Some((plumbline_crds::TargetKind::Deployment, name.to_string()))
+            Some((plumbline_crds::TargetKind::Deployment, name))
         }
         _ => None,
     }
@@ -226,11 +226,11 @@ mod tests {
         use plumbline_crds::TargetKind;
         assert_eq!(
             owning_workload(&pod("ReplicaSet", "payments-5d4f", Some("5d4f"))),
-            Some((TargetKind::Deployment, "payments".into()))
+            Some((TargetKind::Deployment, "payments"))
         );
         assert_eq!(
             owning_workload(&pod("StatefulSet", "db", None)),
-            Some((TargetKind::StatefulSet, "db".into()))
+            Some((TargetKind::StatefulSet, "db"))
         );
         assert_eq!(
             owning_workload(&pod("ReplicaSet", "payments-5d4f", None)),

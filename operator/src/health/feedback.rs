@@ -1,17 +1,19 @@
 //! One feedback pass carried out: read the caches and the book, let [`super::decide`] decide,
-//! then write what it decided — pod conditions, node conditions, intent statuses, in that
-//! order — publish the throttle and taint Events and set the metrics. Returns the
-//! infrastructure changes wanted in the ledger (throttles through [`super::throttle`], taints
-//! through [`super::taint`]).
+//! then write what it decided — pod conditions, then node conditions; intent statuses go to
+//! [`super::statuses`], which writes them in the background — publish the throttle and taint
+//! Events and set the metrics. Returns the infrastructure changes wanted in the ledger
+//! (throttles through [`super::throttle`], taints through [`super::taint`]).
 
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     api::{Patch, PatchParams},
     Api,
 };
-use plumbline_crds::{names::HEALTH_FIELD_MANAGER, InfraChangeSpec, WorkloadIntent};
+use plumbline_crds::{names::HEALTH_FIELD_MANAGER, InfraChangeSpec};
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
+use std::sync::atomic::AtomicU64;
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     hash::Hash,
     sync::{Arc, Mutex},
     time::{Instant, SystemTime},
@@ -21,11 +23,12 @@ use tracing::{debug, info, warn};
 use super::{
     book::HealthBook,
     caches::Caches,
-    decide::{self, NodeWrite, PassInput, PassMemory, PassSeries, PodWrite, StatusWrite},
+    decide::{self, NodeWrite, PassInput, PassMemory, PassSeries, PodWrite},
     graph,
     pod::CachedPod,
     relocate,
     settings::HealthSettings,
+    statuses::StatusWriter,
     taint, throttle,
 };
 use crate::{
@@ -34,41 +37,50 @@ use crate::{
         BackingLabels, DiskLabels, IntentLabels, PodLabels, TransitionLabels, VerdictLabels,
         VmLabels,
     },
+    term::TermEnd,
 };
 
 /// Pod and node condition writes in flight at once (see [`concurrently`]).
 const WRITE_CONCURRENCY: usize = 16;
 
 /// What a pass remembers for the next one.
-#[derive(Default)]
 pub struct Feedback {
     memory: PassMemory,
     series: Series,
+    statuses: StatusWriter,
     /// Scoped to a namespace: see [`PassInput::scoped`].
     scoped: bool,
 }
 
-/// Label sets written last pass, so series of pods and VMs that went away are removed.
+/// The series set last pass with their values: only changed values are set again, and
+/// series of pods and VMs that went away are removed.
 #[derive(Default)]
 struct Series {
-    backing: HashSet<BackingLabels>,
-    pods: HashSet<PodLabels>,
-    verdicts: HashSet<VerdictLabels>,
-    disks: HashSet<DiskLabels>,
-    iops: HashSet<VmLabels>,
-    hosts: HashSet<IntentLabels>,
+    backing: SeriesMap<BackingLabels, i64>,
+    pods: SeriesMap<PodLabels, i64>,
+    verdicts: SeriesMap<VerdictLabels, i64>,
+    disks: SeriesMap<DiskLabels, u64>,
+    iops: SeriesMap<VmLabels, u64>,
+    hosts: SeriesMap<IntentLabels, i64>,
 }
 
+/// Hashed with foldhash, not SipHash: hashing the label sets of every series twice a pass was
+/// most of the series' cost.
+type SeriesMap<L, V> = HashMap<L, V, foldhash::fast::RandomState>;
+
 impl Feedback {
-    pub fn new(scoped: bool) -> Self {
+    pub fn new(ctx: &Arc<Context>, end: TermEnd, scoped: bool) -> Self {
         Self {
+            memory: PassMemory::default(),
+            series: Series::default(),
+            statuses: StatusWriter::start(ctx.clone(), end),
             scoped,
-            ..Self::default()
         }
     }
 
     /// Decides and writes everything for one pass; returns the infrastructure changes it
-    /// wants in force (noisy-neighbour throttles, node taints, DRS rules) for the ledger.
+    /// wants in force (noisy-neighbour throttles, node taints, DRS rules) for the ledger, and
+    /// the pass's graph for the rest of the pass.
     pub async fn pass(
         &mut self,
         ctx: &Arc<Context>,
@@ -77,12 +89,22 @@ impl Feedback {
         settings: &HealthSettings,
         operator: &str,
         now: SystemTime,
-    ) -> Vec<InfraChangeSpec> {
+    ) -> (Vec<InfraChangeSpec>, Vec<graph::IntentView>) {
         // Only intents their tenant policies allow may trigger infrastructure actions.
         let tenancy = crate::tenancy::InfrastructureIntents::read(ctx);
         let changes = caches.changes.state();
         let nodes = caches.nodes.state();
         let providers = caches.providers.state();
+        for (intent, fingerprint) in self.statuses.failed() {
+            if self
+                .memory
+                .intent_status
+                .get(&intent)
+                .is_some_and(|(f, _)| *f == fingerprint)
+            {
+                self.memory.intent_status.remove(&intent);
+            }
+        }
         let (views, decision) = {
             let mut b = match book.lock() {
                 Ok(b) => b,
@@ -105,11 +127,14 @@ impl Feedback {
             (views, decision)
         };
         self.set_series(ctx, decision.series);
-
         self.write_pods(ctx, decision.pods, now).await;
         self.write_nodes(ctx, decision.nodes).await;
         for w in decision.statuses {
-            self.write_intent_status(ctx, w).await;
+            // Recorded as written when handed over; forgotten again if the write fails.
+            self.memory
+                .intent_status
+                .insert(w.intent.clone(), (w.fingerprint, Instant::now()));
+            self.statuses.hand_over(w);
         }
         let (throttles, taints) = (decision.throttles, decision.taints);
         throttle::publish(
@@ -127,7 +152,7 @@ impl Feedback {
         wanted.extend(taints.wanted);
         wanted.extend(decision.rules);
         wanted.extend(decision.moves);
-        wanted
+        (wanted, views)
     }
 
     async fn write_pods(&mut self, ctx: &Context, writes: Vec<PodWrite>, now: SystemTime) {
@@ -196,88 +221,60 @@ impl Feedback {
         }
     }
 
-    async fn write_intent_status(&mut self, ctx: &Context, w: StatusWrite) {
-        let StatusWrite {
-            intent,
-            body,
-            fingerprint,
-        } = w;
-        let (namespace, name) = &intent;
-        let patch = plumbline_crds::apply::status::<WorkloadIntent>(body);
-        let params = PatchParams::apply(HEALTH_FIELD_MANAGER).force();
-        match Api::<WorkloadIntent>::namespaced(ctx.client.clone(), namespace)
-            .patch_status(name, &params, &Patch::Apply(&patch))
-            .await
-        {
-            Ok(_) => {
-                self.memory
-                    .intent_status
-                    .insert(intent, (fingerprint, Instant::now()));
-            }
-            Err(e) => {
-                warn!(intent = %format!("{namespace}/{name}"), error = %e, "writing backing map and guard to status failed")
-            }
-        }
-    }
-
-    /// Sets this pass's series and removes those of the last pass that are gone.
+    /// Sets this pass's series that are new or changed, and removes those of the last pass
+    /// that are gone. At 10,000 pods, setting every series again each pass was a tenth of it.
     fn set_series(&mut self, ctx: &Context, s: PassSeries) {
         let m = &ctx.metrics.health;
         m.taints_held.set(s.taints_held);
-        let new = Series {
-            verdicts: set_all(s.verdicts, |l, v| {
-                m.vm_verdict.get_or_create(l).set(v);
-            }),
-            iops: set_all(s.iops, |l, v| {
-                m.vm_iops.get_or_create(l).set(v);
-            }),
-            disks: set_all(s.disks, |l, v| {
-                m.disk_latency.get_or_create(l).set(v);
-            }),
-            backing: set_all(s.backing.into_iter().map(|l| (l, 1)), |l, v| {
-                m.backing_info.get_or_create(l).set(v);
-            }),
-            pods: set_all(s.pods, |l, v| {
-                m.pod_storage_healthy.get_or_create(l).set(v);
-            }),
-            hosts: set_all(s.hosts, |l, v| {
-                m.workload_hosts.get_or_create(l).set(v);
-            }),
+        let last = std::mem::take(&mut self.series);
+        let f64s = |g: &Gauge<f64, AtomicU64>, v: u64| {
+            g.set(f64::from_bits(v));
         };
-        for l in self.series.hosts.difference(&new.hosts) {
-            m.workload_hosts.remove(l);
-        }
-        for l in self.series.backing.difference(&new.backing) {
-            m.backing_info.remove(l);
-        }
-        for l in self.series.pods.difference(&new.pods) {
-            m.pod_storage_healthy.remove(l);
-        }
-        for l in self.series.verdicts.difference(&new.verdicts) {
-            m.vm_verdict.remove(l);
-        }
-        for l in self.series.disks.difference(&new.disks) {
-            m.disk_latency.remove(l);
-        }
-        for l in self.series.iops.difference(&new.iops) {
-            m.vm_iops.remove(l);
-        }
-        self.series = new;
+        let i64s = |g: &Gauge, v: i64| {
+            g.set(v);
+        };
+        self.series = Series {
+            verdicts: update(last.verdicts, s.verdicts, &m.vm_verdict, i64s),
+            iops: update(last.iops, bits(s.iops), &m.vm_iops, f64s),
+            disks: update(last.disks, bits(s.disks), &m.disk_latency, f64s),
+            backing: update(
+                last.backing,
+                s.backing.into_iter().map(|l| (l, 1)),
+                &m.backing_info,
+                i64s,
+            ),
+            pods: update(last.pods, s.pods, &m.pod_storage_healthy, i64s),
+            hosts: update(last.hosts, s.hosts, &m.workload_hosts, i64s),
+        };
     }
 }
 
-/// Sets each series with `set`, and returns their labels.
-fn set_all<L: Eq + Hash, V>(
+/// Gauges of f64 by their bits, so that a value is set again only when it changed.
+fn bits<L>(series: Vec<(L, f64)>) -> impl Iterator<Item = (L, u64)> {
+    series.into_iter().map(|(l, v)| (l, v.to_bits()))
+}
+
+/// This pass's `series` against the `last` pass's: sets those new or changed, removes those
+/// gone, and returns this pass's.
+fn update<L: Clone + Eq + Hash, V: PartialEq + Copy, M: Default>(
+    mut last: SeriesMap<L, V>,
     series: impl IntoIterator<Item = (L, V)>,
-    set: impl Fn(&L, V),
-) -> HashSet<L> {
-    series
+    family: &Family<L, M>,
+    set: impl Fn(&M, V),
+) -> SeriesMap<L, V> {
+    let now: SeriesMap<L, V> = series
         .into_iter()
         .map(|(l, v)| {
-            set(&l, v);
-            l
+            if last.remove(&l) != Some(v) {
+                set(&family.get_or_create(&l), v);
+            }
+            (l, v)
         })
-        .collect()
+        .collect();
+    for l in last.keys() {
+        family.remove(l);
+    }
+    now
 }
 
 /// Runs `write` for each of `writes`, [`WRITE_CONCURRENCY`] at a time, and waits for all of

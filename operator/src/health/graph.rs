@@ -9,11 +9,7 @@ use plumbline_policies::{
     health::{GuardLimit, LatencyBudget, Tier},
     CountOrPercent,
 };
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt,
-    sync::Arc,
-};
+use std::{collections::HashMap, fmt, sync::Arc};
 
 use super::{
     book::{HealthBook, VmPlace},
@@ -153,23 +149,27 @@ pub fn build(
     schedule_now: chrono::DateTime<chrono::Utc>,
     intents: &[Arc<WorkloadIntent>],
 ) -> Vec<IntentView> {
-    let node_vms: BTreeMap<String, Option<VmKey>> = caches
-        .nodes
-        .state()
+    let nodes = caches.nodes.state();
+    let node_vms: HashMap<&str, Option<VmKey>> = nodes
         .iter()
-        .map(|n| (n.name_any(), vm_for_node(book, n)))
+        .map(|n| {
+            (
+                n.metadata.name.as_deref().unwrap_or_default(),
+                vm_for_node(book, n),
+            )
+        })
         .collect();
     // Each live pod under its workload, once: every intent then takes its own.
     let pods = caches.pods.state();
-    let mut by_workload: HashMap<(String, TargetKind, String), Vec<&Arc<CachedPod>>> =
-        HashMap::new();
+    let mut by_workload: HashMap<(&str, TargetKind, &str), Vec<&Arc<CachedPod>>> = HashMap::new();
     for p in pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
     {
         if let Some((kind, name)) = owning_workload(p) {
+            let namespace = p.metadata.namespace.as_deref().unwrap_or_default();
             by_workload
-                .entry((p.namespace().unwrap_or_default(), kind, name))
+                .entry((namespace, kind, name))
                 .or_default()
                 .push(p);
         }
@@ -205,9 +205,9 @@ pub fn build(
                 .as_ref()
                 .is_some_and(|i| i.relocate_noisy_neighbours);
         let workload = (
-            namespace.clone(),
+            namespace.as_str(),
             wi.spec.target.kind,
-            wi.spec.target.name.clone(),
+            wi.spec.target.name.as_str(),
         );
         let mut members: Vec<PodView> = by_workload
             .get(&workload)
@@ -217,7 +217,7 @@ pub fn build(
                 let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
                 let vm = node
                     .as_ref()
-                    .and_then(|n| node_vms.get(n).cloned().flatten());
+                    .and_then(|n| node_vms.get(n.as_str()).cloned().flatten());
                 PodView {
                     name: p.name_any(),
                     pod: Arc::clone(p),

@@ -9,6 +9,7 @@
 //! - [`decide`]: one pass decided, with no I/O: verdicts, guard, pod/node conditions, intent
 //!   status, throttles and taints wanted, metric series;
 //! - [`feedback`]: one pass carried out: the writes, Events and metrics [`decide`] asks for;
+//! - [`statuses`]: intent statuses written in the background, latest wins;
 //! - [`taint`]: the optional `NoSchedule` taint on degraded nodes, as ledger entries;
 //! - [`throttle`]: noisy-neighbour I/O limits, as ledger entries;
 //! - [`relocate`]: moving a noisy neighbour throttling cannot tame, as ledger entries;
@@ -32,6 +33,7 @@ pub mod protect;
 pub mod providers;
 pub mod relocate;
 mod settings;
+pub mod statuses;
 pub mod taint;
 pub mod throttle;
 pub mod topology;
@@ -81,7 +83,7 @@ pub async fn run(
     let _watches = AbortOnDrop(watches.abort_handle());
     let book = Arc::new(Mutex::new(book::HealthBook::default()));
     let mut samplers = providers::Samplers::default();
-    let mut feedback = feedback::Feedback::new(namespace.is_some());
+    let mut feedback = feedback::Feedback::new(&ctx, end.clone(), namespace.is_some());
     let mut protections = protect::Protections::default();
     let mut maintenances = crate::maintenance::Maintenances::default();
     let mut writer = Writer::new(namespace.as_deref());
@@ -131,10 +133,14 @@ pub async fn run(
         // pass must not make the ledger diff against views built without it (a new leader
         // released a throttle it had just inherited, its victim's pod not yet mapped to a VM).
         let ready = ledger_ready(&ctx, &caches, &book, &operator, started);
-        let mut wanted = feedback
+        let (mut wanted, views) = feedback
             .pass(&ctx, &caches, &book, &settings, &operator, now)
             .await;
-        wanted.extend(protections.pass(&ctx, &caches, &book, &operator, now).await);
+        wanted.extend(
+            protections
+                .pass(&ctx, &caches, &views, &book, &operator, now)
+                .await,
+        );
         if settings.host_maintenance {
             wanted.extend(
                 maintenances

@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use super::{
     book::HealthBook,
     caches::Caches,
-    graph::{self, IntentView, VmKey},
+    graph::{IntentView, VmKey},
 };
 use crate::context::Context;
 
@@ -109,16 +109,17 @@ fn claims(views: &[IntentView]) -> Vec<ProtectionClaim<VmKey>> {
 
 impl Protections {
     /// One pass: decide from the ledger, report, and return the CPU-share changes wanted.
+    /// `views` are the pass's graph (`graph::build`), of the intents their tenant policies
+    /// allow: only those may protect VMs.
     pub async fn pass(
         &mut self,
         ctx: &Context,
         caches: &Caches,
+        views: &[IntentView],
         book: &Arc<Mutex<HealthBook>>,
         operator: &str,
         now: SystemTime,
     ) -> Vec<InfraChangeSpec> {
-        // Only intents their tenant policies allow may protect VMs.
-        let intents = crate::tenancy::InfrastructureIntents::read(ctx).intents;
         let changes = caches.changes.state();
         let objects = share_objects(&changes, operator);
         let in_force: BTreeMap<VmKey, Protection> = objects
@@ -139,15 +140,14 @@ impl Protections {
                 ))
             })
             .collect();
-        let (views, plan, supported) = {
+        let (plan, supported) = {
             let b = match book.lock() {
                 Ok(b) => b,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            let views = graph::build(caches, &b, now.into(), &intents);
             let plan = plan_protection(
                 now,
-                &claims(&views),
+                &claims(views),
                 |vm| support(&b, &objects, vm),
                 &in_force,
                 &BTreeMap::new(),
@@ -158,9 +158,9 @@ impl Protections {
                 .filter(|vm| support(&b, &objects, vm) == SharesSupport::Supported)
                 .cloned()
                 .collect();
-            (views, plan, supported)
+            (plan, supported)
         };
-        for v in &views {
+        for v in views {
             self.intents.insert(v.label(), v.intent.clone());
         }
 
@@ -228,7 +228,7 @@ impl Protections {
                 }
             }
         }
-        self.write_status(ctx, &views, &plan, &objects).await;
+        self.write_status(ctx, views, &plan, &objects).await;
 
         // Deleted intents are kept while a release Event may still concern them.
         let current: BTreeSet<String> = views.iter().map(IntentView::label).collect();

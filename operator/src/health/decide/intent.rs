@@ -9,12 +9,13 @@ use plumbline_crds::{
 };
 use plumbline_policies::health::{
     format_latency, guard, neighbours_of, pod_readiness, GuardCandidate, GuardPods, HealthState,
-    NeighbourCandidate, ReadinessVerdict, ThrottleLadder, UnknownCause, Verdict, Victim, VmVerdict,
+    LatencyBudget, NeighbourCandidate, ReadinessVerdict, ThrottleLadder, UnknownCause, Verdict,
+    Victim, VmVerdict,
 };
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use super::{
@@ -55,33 +56,33 @@ pub(super) fn decide_intent(
 ) {
     let (now, settings) = (input.now, input.settings);
     let throttles = throttle::status_for(input.changes, input.operator, &view.label());
-    // Once per VM: the pods on one VM share its verdict (ten of them each at the scale bed).
-    let mut per_vm: HashMap<Option<&VmKey>, (VmVerdict, ReadinessVerdict)> = HashMap::new();
-    let mut verdicts: Vec<(VmVerdict, ReadinessVerdict)> = Vec::new();
-    for p in &view.pods {
-        let verdict = per_vm.entry(p.vm.as_ref()).or_insert_with(|| {
-            let vm_verdict = match &p.vm {
-                Some(vm) => b.verdict(&vm.id, storage.budget, now),
-                None => VmVerdict::unknown(UnknownCause::NotBacked),
-            };
-            let readiness = pod_readiness(
-                p.vm.as_ref().map(|v| v.name.as_str()),
-                &vm_verdict,
-                storage.budget,
-                settings.unknown,
-            );
-            (vm_verdict, readiness)
-        });
-        verdicts.push(verdict.clone());
+    // Once per VM: the pods on one VM share its verdict and most of their backing entry (ten
+    // of them each at the scale bed).
+    let mut per_vm: HashMap<Option<&VmKey>, usize> = HashMap::new();
+    let mut vms: Vec<VmShare> = Vec::new();
+    let shares: Vec<usize> = view
+        .pods
+        .iter()
+        .map(|p| {
+            *per_vm.entry(p.vm.as_ref()).or_insert_with(|| {
+                vms.push(VmShare::of(b, p.vm.as_ref(), storage, input));
+                vms.len() - 1
+            })
+        })
+        .collect();
+    for share in &vms {
+        if let Some(vm) = share.vm {
+            track_vm(memory, b, view, storage.budget, (vm, share), now, out);
+        }
     }
     let candidates = view
         .pods
         .iter()
-        .zip(&verdicts)
-        .filter(|(_, (_, r))| !r.ready)
-        .map(|(p, (_, r))| GuardCandidate {
+        .zip(&shares)
+        .filter(|(_, i)| !vms[**i].readiness.ready)
+        .map(|(p, i)| GuardCandidate {
             pod: p.name.clone(),
-            severity: r.severity,
+            severity: vms[*i].readiness.severity,
             currently_unready: p
                 .pod
                 .condition(STORAGE_READINESS_GATE)
@@ -111,93 +112,41 @@ pub(super) fn decide_intent(
     );
     let held: HashSet<&String> = decision.held_back.iter().collect();
 
-    let mut backing = Vec::new();
-    for (p, (vm_verdict, readiness)) in view.pods.iter().zip(verdicts) {
-        let readiness = if held.contains(&p.name) {
-            readiness.held_by_guard(&decision.budget)
-        } else {
-            readiness
-        };
-        let latest = p.vm.as_ref().and_then(|vm| b.latest_latency(&vm.id));
-        let mut entry = json!({ "pod": p.name, "verdict": verdict_word(vm_verdict.state()) });
+    let mut backing = Vec::with_capacity(view.pods.len());
+    for (p, i) in view.pods.iter().zip(shares) {
+        let share = &vms[i];
+        let mut entry = share.entry.clone();
+        entry.insert("pod".into(), p.name.clone().into());
         if let Some(n) = &p.node {
-            entry["node"] = json!(n);
+            entry.insert("node".into(), n.clone().into());
         }
-        if let Some(vm) = &p.vm {
-            entry["vm"] = json!(vm.name);
-            entry["provider"] = json!(vm.provider);
-            if let Some(place) = b.vm(&vm.id) {
-                entry["host"] = json!(place.vm.host);
-                if !place.vm.datastores.is_empty() {
-                    entry["datastores"] = json!(place.vm.datastores);
-                }
-            }
-        }
-        if let Some((latency, at)) = latest {
-            entry["latency"] = json!(format_latency(latency));
-            entry["sampledAt"] = json!(rfc3339(at));
-        }
-        backing.push(entry);
-
-        if let Some(vm) = &p.vm {
-            let state = vm_verdict.state();
-            let key = (vm.id.clone(), storage.budget);
-            let entered = match memory.state_since.get(&key) {
-                Some((was, at)) if *was == state => *at,
-                _ => now,
-            };
-            memory.state_since.insert(key, (state, entered));
-            let in_state = now.duration_since(entered).unwrap_or_default();
-            let only_in = |s: HealthState| if state == s { in_state } else { Duration::ZERO };
-            let (healthy_for, unknown_for, degraded_for) = (
-                only_in(HealthState::Healthy),
-                only_in(HealthState::Unknown),
-                only_in(HealthState::Degraded),
-            );
-            if view.may_throttle {
-                if let Some(place) = b.vm(&vm.id) {
-                    let latency = latest.map(|(l, _)| l);
-                    let v = out.victims.entry(vm.clone()).or_insert_with(|| Victim {
-                        vm: vm.to_ref(),
-                        tier: view.tier,
-                        intent: view.label(),
-                        state,
-                        healthy_for,
-                        unknown_for,
-                        degraded_for,
-                        may_relocate: view.may_relocate,
-                        latency,
-                        sample_interval: place.provider.interval,
-                        active: view.disrupt,
-                        host: Some(place.vm.host.clone()),
-                        datastores: place.vm.datastores.iter().cloned().collect(),
-                    });
-                    v.state = v.state.max(state);
-                    v.tier = v.tier.max(view.tier);
-                    v.active |= view.disrupt;
-                    v.healthy_for = v.healthy_for.min(healthy_for);
-                    v.unknown_for = v.unknown_for.min(unknown_for);
-                    v.degraded_for = v.degraded_for.max(degraded_for);
-                    v.may_relocate |= view.may_relocate;
-                    v.latency = v.latency.max(latency);
-                }
-            }
-        }
+        backing.push(Value::Object(entry));
 
         if !storage.gate {
             continue;
         }
+        let held_readiness;
+        let readiness = if held.contains(&p.name) {
+            held_readiness = share.readiness.clone().held_by_guard(&decision.budget);
+            &held_readiness
+        } else {
+            &share.readiness
+        };
         let current = p.pod.condition(STORAGE_READINESS_GATE);
         let want = status_word(readiness.ready);
         let differs = current
             .is_none_or(|c| c.status != want || c.reason.as_deref() != Some(readiness.reason));
-        let key = (view.namespace.clone(), p.name.clone());
         let stale_message = current
             .is_some_and(|c| c.message.as_deref() != Some(readiness.message.as_str()))
-            && refresh_due(memory.pod_written.get(&key), input.instant);
+            && refresh_due(
+                memory
+                    .pod_written
+                    .get(&(view.namespace.clone(), p.name.clone())),
+                input.instant,
+            );
         if differs || stale_message {
             let transition = current.is_some_and(|c| c.status != want);
-            let detection = match vm_verdict.verdict {
+            let detection = match share.verdict.verdict {
                 Verdict::Degraded { onset, .. }
                     if !readiness.ready && (transition || current.is_none()) =>
                 {
@@ -214,7 +163,7 @@ pub(super) fn decide_intent(
                 namespace: view.namespace.clone(),
                 pod: p.name.clone(),
                 intent: view.name.clone(),
-                verdict: readiness,
+                verdict: readiness.clone(),
                 transition,
                 detection,
             });
@@ -227,7 +176,11 @@ pub(super) fn decide_intent(
         "markedUnready": decision.marked,
         "heldReady": decision.held_back,
     });
-    let mut body = json!({ "backing": backing, "guard": guard_report });
+    // Moved in, not through `json!`, which would copy the thousand entries.
+    let mut body = Value::Object(Map::from_iter([
+        ("backing".to_string(), Value::Array(backing)),
+        ("guard".to_string(), guard_report),
+    ]));
     if !throttles.is_empty() {
         body["neighbourThrottles"] = json!(throttles);
     }
@@ -239,6 +192,115 @@ pub(super) fn decide_intent(
     }
     out.bodies
         .insert((view.namespace.clone(), view.name.clone()), body);
+}
+
+/// What the pods on one VM (or on no known VM) share within an intent.
+struct VmShare<'a> {
+    vm: Option<&'a VmKey>,
+    verdict: VmVerdict,
+    readiness: ReadinessVerdict,
+    latest: Option<(Duration, SystemTime)>,
+    /// Their backing entry but for the pod and its node.
+    entry: Map<String, Value>,
+}
+
+impl<'a> VmShare<'a> {
+    fn of(
+        b: &mut HealthBook,
+        vm: Option<&'a VmKey>,
+        storage: StorageView,
+        input: &PassInput<'_>,
+    ) -> Self {
+        let verdict = match vm {
+            Some(vm) => b.verdict(&vm.id, storage.budget, input.now),
+            None => VmVerdict::unknown(UnknownCause::NotBacked),
+        };
+        let readiness = pod_readiness(
+            vm.map(|v| v.name.as_str()),
+            &verdict,
+            storage.budget,
+            input.settings.unknown,
+        );
+        let latest = vm.and_then(|vm| b.latest_latency(&vm.id));
+        let mut entry = Map::new();
+        entry.insert("verdict".into(), verdict_word(verdict.state()).into());
+        if let Some(vm) = vm {
+            entry.insert("vm".into(), vm.name.clone().into());
+            entry.insert("provider".into(), vm.provider.clone().into());
+            if let Some(place) = b.vm(&vm.id) {
+                entry.insert("host".into(), place.vm.host.clone().into());
+                if !place.vm.datastores.is_empty() {
+                    entry.insert("datastores".into(), json!(place.vm.datastores));
+                }
+            }
+        }
+        if let Some((latency, at)) = latest {
+            entry.insert("latency".into(), format_latency(latency).into());
+            entry.insert("sampledAt".into(), rfc3339(at).into());
+        }
+        Self {
+            vm,
+            verdict,
+            readiness,
+            latest,
+            entry,
+        }
+    }
+}
+
+/// Since when the VM is in its state against the intent's budget, and the VM as a victim for
+/// the noisy-neighbour ladder if the intent may throttle.
+fn track_vm(
+    memory: &mut PassMemory,
+    b: &HealthBook,
+    view: &IntentView,
+    budget: LatencyBudget,
+    (vm, share): (&VmKey, &VmShare<'_>),
+    now: SystemTime,
+    out: &mut IntentsDecided,
+) {
+    let state = share.verdict.state();
+    let key = (vm.id.clone(), budget);
+    let entered = match memory.state_since.get(&key) {
+        Some((was, at)) if *was == state => *at,
+        _ => now,
+    };
+    memory.state_since.insert(key, (state, entered));
+    if !view.may_throttle {
+        return;
+    }
+    let Some(place) = b.vm(&vm.id) else { return };
+    let in_state = now.duration_since(entered).unwrap_or_default();
+    let only_in = |s: HealthState| if state == s { in_state } else { Duration::ZERO };
+    let (healthy_for, unknown_for, degraded_for) = (
+        only_in(HealthState::Healthy),
+        only_in(HealthState::Unknown),
+        only_in(HealthState::Degraded),
+    );
+    let latency = share.latest.map(|(l, _)| l);
+    let v = out.victims.entry(vm.clone()).or_insert_with(|| Victim {
+        vm: vm.to_ref(),
+        tier: view.tier,
+        intent: view.label(),
+        state,
+        healthy_for,
+        unknown_for,
+        degraded_for,
+        may_relocate: view.may_relocate,
+        latency,
+        sample_interval: place.provider.interval,
+        active: view.disrupt,
+        host: Some(place.vm.host.clone()),
+        datastores: place.vm.datastores.iter().cloned().collect(),
+    });
+    v.state = v.state.max(state);
+    v.tier = v.tier.max(view.tier);
+    v.active |= view.disrupt;
+    v.healthy_for = v.healthy_for.min(healthy_for);
+    v.unknown_for = v.unknown_for.min(unknown_for);
+    v.degraded_for = v.degraded_for.max(degraded_for);
+    v.may_relocate |= view.may_relocate;
+    v.latency = v.latency.max(latency);
 }
 
 /// The write of an intent's status body, if due: its shape changed, or its figures after a

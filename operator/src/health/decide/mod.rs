@@ -16,6 +16,7 @@ mod placement;
 mod series;
 pub mod writes;
 
+pub use fingerprint::Fingerprint;
 pub use memory::{PassInput, PassMemory};
 pub use writes::{NodeWrite, PassDecision, PassSeries, PodWrite, StatusWrite};
 
