@@ -3,7 +3,7 @@
 //! them was megabytes of the operator's live heap (docs/scale.md).
 
 use serde_json::Value;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 /// Per list of a status body: the figures its entries carry (a relocation target's reason
 /// quotes an I/O rate).
@@ -27,62 +27,74 @@ impl Fingerprint {
         self.shape == other.shape
     }
 
-    /// A body's fingerprint: two bodies have the same `shape` when they are equal but for
-    /// the figures ([`FIGURES`]) in the entries of their lists, the same `whole` when equal
-    /// (`Value`'s own hash agrees with its equality).
+    /// A body's fingerprint, in one walk that hashes each value once: two bodies have the
+    /// same `shape` when they are equal but for the figures ([`FIGURES`]) in the entries of
+    /// their lists; the same `whole` when their shapes and their figures, in place, are
+    /// equal, that is when they are equal.
     pub fn of(body: &Value) -> Self {
-        let (mut shape, mut whole) = (DefaultHasher::new(), DefaultHasher::new());
-        shape_of(body, &mut String::new(), &mut shape);
-        body.hash(&mut whole);
+        let mut h = Hashers {
+            shape: HASH.build_hasher(),
+            figures: HASH.build_hasher(),
+        };
+        walk(body, &mut String::new(), &mut h);
+        let shape = h.shape.finish();
+        h.figures.write_u64(shape);
         Fingerprint {
-            shape: shape.finish(),
-            whole: whole.finish(),
+            shape,
+            whole: h.figures.finish(),
         }
     }
 }
 
-/// Feeds a body's shape (at `path`, as `/key/key`) to `h`: the lists at a [`FIGURES`] path
-/// have their object entries fed without the figure keys; the objects on the way there are
-/// walked key by key; anything else is fed whole.
-fn shape_of(v: &Value, path: &mut String, h: &mut DefaultHasher) {
+/// foldhash with a fixed seed: fast, and the same in every pass.
+const HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x706c_756d_626c);
+
+struct Hashers {
+    shape: foldhash::fast::FoldHasher<'static>,
+    figures: foldhash::fast::FoldHasher<'static>,
+}
+
+/// Feeds a body (at `path`, as `/key/key`) to the hashers: the lists at a [`FIGURES`] path
+/// have their object entries' figures fed to `figures` with the entry's index, the rest of
+/// each entry to `shape`; the objects on the way there are walked key by key; anything else
+/// is fed whole to `shape`.
+fn walk(v: &Value, path: &mut String, h: &mut Hashers) {
     let figures = FIGURES
         .iter()
         .find(|(list, _)| *list == path.as_str())
         .map(|(_, keys)| *keys);
     match (v, figures) {
         (Value::Array(items), Some(keys)) => {
-            items.len().hash(h);
-            for item in items {
+            items.len().hash(&mut h.shape);
+            for (i, item) in items.iter().enumerate() {
                 match item {
                     Value::Object(o) => {
-                        without(o, keys).count().hash(h);
-                        without(o, keys).for_each(|entry| entry.hash(h));
+                        let figure = |(k, _): &(&String, &Value)| keys.contains(&k.as_str());
+                        let rest = o.iter().filter(|e| !figure(e));
+                        rest.clone().count().hash(&mut h.shape);
+                        rest.for_each(|entry| entry.hash(&mut h.shape));
+                        (path.as_str(), i).hash(&mut h.figures);
+                        o.iter()
+                            .filter(figure)
+                            .for_each(|entry| entry.hash(&mut h.figures));
                     }
-                    _ => item.hash(h),
+                    _ => item.hash(&mut h.shape),
                 }
             }
         }
         (Value::Object(o), None) => {
-            o.len().hash(h);
+            o.len().hash(&mut h.shape);
             for (k, x) in o {
-                k.hash(h);
+                k.hash(&mut h.shape);
                 let len = path.len();
                 path.push('/');
                 path.push_str(k);
-                shape_of(x, path, h);
+                walk(x, path, h);
                 path.truncate(len);
             }
         }
-        _ => v.hash(h),
+        _ => v.hash(&mut h.shape),
     }
-}
-
-/// An object's entries but `keys`.
-fn without<'m>(
-    o: &'m serde_json::Map<String, Value>,
-    keys: &'m [&str],
-) -> impl Iterator<Item = (&'m String, &'m Value)> {
-    o.iter().filter(move |(k, _)| !keys.contains(&k.as_str()))
 }
 
 #[cfg(test)]
