@@ -5,10 +5,12 @@
 use serde_json::Value;
 use std::hash::{BuildHasher, Hash, Hasher};
 
-/// Per list of a status body: the figures its entries carry (a relocation target's reason
-/// quotes an I/O rate).
-const FIGURES: [(&str, &[&str]); 3] = [
-    ("/backing", &["latency", "sampledAt"]),
+/// The figures of a backing map's entries (`super::body`).
+pub(super) const BACKING_FIGURES: &[&str] = &["latency", "sampledAt"];
+
+/// Per list of the rest of a status body: the figures its entries carry (a relocation
+/// target's reason quotes an I/O rate).
+const FIGURES: [(&str, &[&str]); 2] = [
     ("/neighbourCandidates", &["iops"]),
     ("/placement/relocationTargets", &["reason"]),
 ];
@@ -26,32 +28,40 @@ impl Fingerprint {
     pub fn same_shape(&self, other: &Self) -> bool {
         self.shape == other.shape
     }
-
-    /// A body's fingerprint, in one walk that hashes each value once: two bodies have the
-    /// same `shape` when they are equal but for the figures ([`FIGURES`]) in the entries of
-    /// their lists; the same `whole` when their shapes and their figures, in place, are
-    /// equal, that is when they are equal.
-    pub fn of(body: &Value) -> Self {
-        let mut h = Hashers {
-            shape: HASH.build_hasher(),
-            figures: HASH.build_hasher(),
-        };
-        walk(body, &mut String::new(), &mut h);
-        let shape = h.shape.finish();
-        h.figures.write_u64(shape);
-        Fingerprint {
-            shape,
-            whole: h.figures.finish(),
-        }
-    }
 }
 
 /// foldhash with a fixed seed: fast, and the same in every pass.
 const HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x706c_756d_626c);
 
-struct Hashers {
-    shape: foldhash::fast::FoldHasher<'static>,
-    figures: foldhash::fast::FoldHasher<'static>,
+/// What a fingerprint is made of: the shape, and the figures in place.
+pub(super) struct Hashers {
+    pub shape: foldhash::fast::FoldHasher<'static>,
+    pub figures: foldhash::fast::FoldHasher<'static>,
+}
+
+impl Default for Hashers {
+    fn default() -> Self {
+        Self {
+            shape: HASH.build_hasher(),
+            figures: HASH.build_hasher(),
+        }
+    }
+}
+
+impl Hashers {
+    pub fn walk(&mut self, body: &Value) {
+        walk(body, &mut String::new(), self);
+    }
+
+    /// `whole` covers the shape and the figures.
+    pub fn finish(mut self) -> Fingerprint {
+        let shape = self.shape.finish();
+        self.figures.write_u64(shape);
+        Fingerprint {
+            shape,
+            whole: self.figures.finish(),
+        }
+    }
 }
 
 /// Feeds a body (at `path`, as `/key/key`) to the hashers: the lists at a [`FIGURES`] path
@@ -99,75 +109,48 @@ fn walk(v: &Value, path: &mut String, h: &mut Hashers) {
 
 #[cfg(test)]
 mod tests {
-    use super::Fingerprint;
-    use serde_json::json;
+    use super::{Fingerprint, Hashers};
+    use serde_json::{json, Value};
 
-    #[test]
-    fn figures_do_not_change_the_shape_and_everything_else_does() {
-        let body = |latency: &str, verdict: &str, reason: &str| {
-            json!({
-                "backing": [{"pod": "a", "verdict": verdict, "latency": latency, "sampledAt": latency}],
-                "guard": {"heldReady": 0},
-                "placement": {"hosts": 2, "relocationTargets": [{"host": "h", "reason": reason}]},
-            })
-        };
-        let a = Fingerprint::of(&body("3ms", "healthy", "0 IOPS"));
-        assert_eq!(a, Fingerprint::of(&body("3ms", "healthy", "0 IOPS")));
-        let figures = Fingerprint::of(&body("9ms", "healthy", "12 IOPS"));
-        assert_eq!(a.shape, figures.shape);
-        assert_ne!(a.whole, figures.whole);
-        let verdict = Fingerprint::of(&body("3ms", "degraded", "0 IOPS"));
-        assert_ne!(a.shape, verdict.shape);
-        assert_ne!(a.whole, verdict.whole);
-        let changed = |change: &dyn Fn(&mut serde_json::Value)| {
-            let mut b = body("3ms", "healthy", "0 IOPS");
-            change(&mut b);
-            Fingerprint::of(&b)
-        };
-        let more = changed(&|b| {
-            b["backing"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({"pod": "b"}))
-        });
-        assert_ne!(a.shape, more.shape);
-        let guard = changed(&|b| b["guard"]["heldReady"] = json!(1));
-        assert_ne!(a.shape, guard.shape);
-        let host = changed(&|b| b["placement"]["relocationTargets"][0]["host"] = json!("g"));
-        assert_ne!(a.shape, host.shape);
-        // Figure keys are figures only in their lists.
-        let hosts = changed(&|b| b["placement"]["latency"] = json!("1ms"));
-        assert_ne!(a.shape, hosts.shape);
+    fn of(body: &Value) -> Fingerprint {
+        let mut h = Hashers::default();
+        h.walk(body);
+        h.finish()
     }
 
     #[test]
-    fn a_backing_entry_changes_the_shape_but_for_its_latency() {
-        let body = |vm: &str, ready: bool, latency: &str, at: &str| {
+    fn figures_do_not_change_the_shape_and_everything_else_does() {
+        let body = |iops: i64, held: i64, reason: &str| {
             json!({
-                "backing": [
-                    {"pod": "a", "vm": "vm-a", "ready": true, "latency": "1ms", "sampledAt": "t0"},
-                    {"pod": "b", "vm": vm, "ready": ready, "latency": latency, "sampledAt": at},
-                ],
-                "guard": {"heldReady": []},
+                "neighbourCandidates": [{"vm": "vm-b", "iops": iops}],
+                "guard": {"heldReady": held},
+                "placement": {"hosts": 2, "relocationTargets": [{"host": "h", "reason": reason}]},
             })
         };
-        let a = Fingerprint::of(&body("vm-b", true, "2ms", "t0"));
-        let later = Fingerprint::of(&body("vm-b", true, "40ms", "t1"));
-        assert_eq!(a.shape, later.shape);
-        assert_ne!(a.whole, later.whole);
-        for other in [
-            body("vm-c", true, "2ms", "t0"),
-            body("vm-b", false, "2ms", "t0"),
-        ] {
-            let other = Fingerprint::of(&other);
-            assert_ne!(a.shape, other.shape);
-            assert_ne!(a.whole, other.whole);
-        }
-        // A figure gone is a figure changed, not a shape changed.
-        let mut unsampled = body("vm-b", true, "2ms", "t0");
-        let entry = unsampled["backing"][1].as_object_mut().unwrap();
-        entry.remove("latency");
-        entry.remove("sampledAt");
-        assert_eq!(a.shape, Fingerprint::of(&unsampled).shape);
+        let a = of(&body(3, 0, "0 IOPS"));
+        assert_eq!(a, of(&body(3, 0, "0 IOPS")));
+        let figures = of(&body(9, 0, "12 IOPS"));
+        assert_eq!(a.shape, figures.shape);
+        assert_ne!(a.whole, figures.whole);
+        let guard = of(&body(3, 1, "0 IOPS"));
+        assert_ne!(a.shape, guard.shape);
+        assert_ne!(a.whole, guard.whole);
+        let changed = |change: &dyn Fn(&mut Value)| {
+            let mut b = body(3, 0, "0 IOPS");
+            change(&mut b);
+            of(&b)
+        };
+        let more = changed(&|b| {
+            b["neighbourCandidates"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"vm": "vm-c"}))
+        });
+        assert_ne!(a.shape, more.shape);
+        let host = changed(&|b| b["placement"]["relocationTargets"][0]["host"] = json!("g"));
+        assert_ne!(a.shape, host.shape);
+        // Figure keys are figures only in their lists.
+        let hosts = changed(&|b| b["placement"]["iops"] = json!(1));
+        assert_ne!(a.shape, hosts.shape);
     }
 }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use super::{
-    fingerprint::Fingerprint,
+    body::{Backing, StatusBody},
     memory::{refresh_due, PassInput, PassMemory},
     writes::{rfc3339, status_word, PodWrite, StatusWrite},
 };
@@ -34,25 +34,25 @@ const LISTED_NEIGHBOURS: usize = 5;
 
 /// What the intents' share of a pass decided so far.
 #[derive(Default)]
-pub(super) struct IntentsDecided {
+pub(super) struct IntentsDecided<'a> {
     pub(super) pods: Vec<PodWrite>,
     /// The status bodies, per intent `(namespace, name)`; written when due (see
     /// [`status_write`]).
-    pub(super) bodies: BTreeMap<(String, String), Value>,
+    pub(super) bodies: BTreeMap<(String, String), StatusBody<'a>>,
     /// Victims for the noisy-neighbour logic: merged per VM, worst state and highest tier.
     pub(super) victims: BTreeMap<VmKey, Victim<VmRef>>,
 }
 
 /// One intent with a storage section: its pods' readiness through the guard, its status, and
 /// the victims among its VMs.
-pub(super) fn decide_intent(
+pub(super) fn decide_intent<'a>(
     memory: &mut PassMemory,
     input: &PassInput<'_>,
     b: &mut HealthBook,
-    view: &IntentView,
+    view: &'a IntentView,
     storage: StorageView,
     neighbours: &[NeighbourCandidate<VmRef>],
-    out: &mut IntentsDecided,
+    out: &mut IntentsDecided<'a>,
 ) {
     let (now, settings) = (input.now, input.settings);
     let throttles = throttle::status_for(input.changes, input.operator, &view.label());
@@ -115,12 +115,7 @@ pub(super) fn decide_intent(
     let mut backing = Vec::with_capacity(view.pods.len());
     for (p, i) in view.pods.iter().zip(shares) {
         let share = &vms[i];
-        let mut entry = share.entry.clone();
-        entry.insert("pod".into(), p.name.clone().into());
-        if let Some(n) = &p.node {
-            entry.insert("node".into(), n.clone().into());
-        }
-        backing.push(Value::Object(entry));
+        backing.push((p.name.as_str(), p.node.as_deref(), i));
 
         if !storage.gate {
             continue;
@@ -176,20 +171,23 @@ pub(super) fn decide_intent(
         "markedUnready": decision.marked,
         "heldReady": decision.held_back,
     });
-    // Moved in, not through `json!`, which would copy the thousand entries.
-    let mut body = Value::Object(Map::from_iter([
-        ("backing".to_string(), Value::Array(backing)),
-        ("guard".to_string(), guard_report),
-    ]));
+    let mut rest = json!({ "guard": guard_report });
     if !throttles.is_empty() {
-        body["neighbourThrottles"] = json!(throttles);
+        rest["neighbourThrottles"] = json!(throttles);
     }
     if view.may_throttle {
         let near = neighbour_candidates(view, b, neighbours, &settings.ladder);
         if !near.is_empty() {
-            body["neighbourCandidates"] = json!(near);
+            rest["neighbourCandidates"] = json!(near);
         }
     }
+    let body = StatusBody {
+        rest,
+        backing: Some(Backing {
+            shares: vms.into_iter().map(|share| share.entry).collect(),
+            pods: backing,
+        }),
+    };
     out.bodies
         .insert((view.namespace.clone(), view.name.clone()), body);
 }
@@ -257,7 +255,7 @@ fn track_vm(
     budget: LatencyBudget,
     (vm, share): (&VmKey, &VmShare<'_>),
     now: SystemTime,
-    out: &mut IntentsDecided,
+    out: &mut IntentsDecided<'_>,
 ) {
     let state = share.verdict.state();
     let key = (vm.id.clone(), budget);
@@ -309,9 +307,9 @@ pub(super) fn status_write(
     memory: &PassMemory,
     input: &PassInput<'_>,
     key: (String, String),
-    body: Value,
+    body: StatusBody<'_>,
 ) -> Option<StatusWrite> {
-    let fingerprint = Fingerprint::of(&body);
+    let fingerprint = body.fingerprint();
     let due = match memory.intent_status.get(&key) {
         None => true,
         Some((prev, at)) => {
@@ -319,9 +317,9 @@ pub(super) fn status_write(
                 || (prev != &fingerprint && refresh_due(Some(at), input.instant))
         }
     };
-    due.then_some(StatusWrite {
+    due.then(|| StatusWrite {
         intent: key,
-        body,
+        body: body.into_value(),
         fingerprint,
     })
 }

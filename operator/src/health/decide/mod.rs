@@ -6,8 +6,10 @@
 //! - [`memory`]: what a pass reads besides the book, and what it remembers;
 //! - [`writes`]: what a pass writes;
 //! - `intent`, `node`, `series`: each intent's, each node's and the metrics' share;
+//! - `body`: an intent's status body as decided, its backing map built only when written;
 //! - `fingerprint`: what a pass remembers of a status body it wrote.
 
+mod body;
 mod fingerprint;
 mod intent;
 pub mod memory;

@@ -14,10 +14,10 @@ use plumbline_policies::{
     ledger::rule_spec,
     placement::{anti_affinity_rules, host_spread, pick_host, HostKind, RuleVm},
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::memory::PassInput;
+use super::{body::StatusBody, memory::PassInput};
 use crate::health::{book::HealthBook, graph::IntentView, relocate};
 
 /// What a pass decided about placement besides the status bodies.
@@ -34,7 +34,7 @@ pub(super) fn decide(
     input: &PassInput<'_>,
     b: &HealthBook,
     views: &[IntentView],
-    bodies: &mut BTreeMap<(String, String), Value>,
+    bodies: &mut BTreeMap<(String, String), StatusBody<'_>>,
     relocating: &super::Relocating<'_>,
 ) -> Placed {
     let mut hosts_per_intent = Vec::new();
@@ -127,8 +127,7 @@ pub(super) fn decide(
             reason: v.reason.to_string(),
             message: v.message,
         });
-        let body = bodies.entry(key).or_insert_with(|| json!({}));
-        body["placement"] = json!(status);
+        bodies.entry(key).or_default().rest["placement"] = json!(status);
     }
     Placed {
         hosts: hosts_per_intent,
