@@ -237,13 +237,20 @@ impl Feedback {
             verdicts: update(last.verdicts, s.verdicts, &m.vm_verdict, i64s),
             iops: update(last.iops, bits(s.iops), &m.vm_iops, f64s),
             disks: update(last.disks, bits(s.disks), &m.disk_latency, f64s),
-            backing: update(
-                last.backing,
-                s.backing.into_iter().map(|l| (l, 1)),
-                &m.backing_info,
-                i64s,
-            ),
-            pods: update(last.pods, s.pods, &m.pod_storage_healthy, i64s),
+            // The per-pod series, unless they are as last pass.
+            backing: match s.backing {
+                Some(backing) => update(
+                    last.backing,
+                    backing.into_iter().map(|l| (l, 1)),
+                    &m.backing_info,
+                    i64s,
+                ),
+                None => last.backing,
+            },
+            pods: match s.pods {
+                Some(pods) => update(last.pods, pods, &m.pod_storage_healthy, i64s),
+                None => last.pods,
+            },
             hosts: update(last.hosts, s.hosts, &m.workload_hosts, i64s),
         };
     }

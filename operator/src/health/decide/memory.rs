@@ -44,6 +44,8 @@ pub struct PassMemory {
     /// Relocation entries decided but not yet in the ledger cache: still wanted, or the writer
     /// would delete an entry it has just created before the cache shows it.
     pub(super) unseen_moves: Vec<InfraChangeSpec>,
+    /// What the per-pod metric series were made of last pass.
+    pub(super) series: super::series::SeriesSeen,
 }
 
 impl PassMemory {

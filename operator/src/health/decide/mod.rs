@@ -155,6 +155,7 @@ pub fn decide(
         &strictest,
         &intents.pods,
         memory.taints.held() as i64,
+        &mut memory.series,
     );
 
     let victims: Vec<Victim<VmRef>> = intents
@@ -551,9 +552,10 @@ mod tests {
         assert_eq!(guard["heldReady"].as_array().unwrap().len(), 1, "{guard}");
         assert_eq!(d.statuses[0].body["backing"][0]["vm"], "vm1");
         assert!(d.throttles.is_empty() && d.actions.is_empty());
-        let unready = d.series.pods.iter().filter(|(_, v)| *v == 0).count();
-        assert_eq!((d.series.pods.len(), unready), (3, 2));
-        assert_eq!(d.series.backing.len(), 3);
+        let pods = d.series.pods.as_ref().unwrap();
+        let unready = pods.iter().filter(|(_, v)| *v == 0).count();
+        assert_eq!((pods.len(), unready), (3, 2));
+        assert_eq!(d.series.backing.as_ref().unwrap().len(), 3);
     }
 
     #[test]
@@ -565,8 +567,13 @@ mod tests {
         assert!(second.pods.is_empty(), "{:?}", pod_conditions(&second));
         assert!(second.nodes.is_empty());
         assert!(second.statuses.is_empty());
-        // The metrics still say what holds.
-        assert_eq!(second.series.pods.len(), 3);
+        // The series stand as they are: the pods' storage health is what was written.
+        assert!(second.series.pods.is_none() && second.series.backing.is_none());
+        // A pod that goes changes them.
+        world.pods.pop();
+        let third = world.pass();
+        assert_eq!(third.series.pods.map(|p| p.len()), Some(2));
+        assert_eq!(third.series.backing.map(|b| b.len()), Some(2));
     }
 
     #[test]

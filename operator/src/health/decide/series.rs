@@ -2,7 +2,10 @@
 
 use plumbline_crds::{conditions::status, names::STORAGE_READINESS_GATE};
 use plumbline_policies::health::{HealthState, LatencyBudget};
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{BuildHasher, Hash, Hasher},
+};
 
 use super::{
     memory::PassInput,
@@ -22,6 +25,7 @@ pub(super) fn decide_series(
     strictest: &BTreeMap<plumbline_adapters::VmId, LatencyBudget>,
     pod_writes: &[PodWrite],
     taints_held: i64,
+    memory: &mut SeriesSeen,
 ) -> PassSeries {
     let mut series = PassSeries {
         taints_held,
@@ -67,28 +71,33 @@ pub(super) fn decide_series(
             }
         }
     }
-    for view in input.views {
-        for p in &view.pods {
-            let Some(vm) = &p.vm else { continue };
-            let Some(place) = b.vm(&vm.id) else { continue };
-            series.backing.push(BackingLabels {
-                provider: vm.provider.clone(),
-                host: place.vm.host.clone(),
-                vm: vm.name.clone(),
-                node: p.node.clone().unwrap_or_default(),
-                namespace: view.namespace.clone(),
-                pod: p.name.clone(),
-                intent: view.name.clone(),
-            });
-        }
-    }
+    series.backing = unless_seen(&mut memory.backing, backing(input, b), |parts| {
+        parts
+            .map(
+                |(provider, host, vm, node, namespace, pod, intent)| BackingLabels {
+                    provider: provider.into(),
+                    host: host.into(),
+                    vm: vm.into(),
+                    node: node.into(),
+                    namespace: namespace.into(),
+                    pod: pod.into(),
+                    intent: intent.into(),
+                },
+            )
+            .collect()
+    });
     // Every pod written has a series: it belongs to an intent with a storage section.
     let written: HashMap<(&str, &str), bool> = pod_writes
         .iter()
         .map(|w| ((w.namespace.as_str(), w.pod.as_str()), w.verdict.ready))
         .collect();
-    for view in input.views.iter().filter(|v| v.storage.is_some()) {
-        for p in &view.pods {
+    let written = &written;
+    let pods = input
+        .views
+        .iter()
+        .filter(|v| v.storage.is_some())
+        .flat_map(|view| view.pods.iter().map(move |p| (view, p)))
+        .filter_map(move |(view, p)| {
             let ready = p
                 .pod
                 .condition(STORAGE_READINESS_GATE)
@@ -96,15 +105,89 @@ pub(super) fn decide_series(
             let written = written
                 .get(&(view.namespace.as_str(), p.name.as_str()))
                 .copied();
-            if let Some(ready) = written.or(ready) {
+            let ready = written.or(ready)?;
+            Some((
+                view.namespace.as_str(),
+                p.name.as_str(),
+                view.name.as_str(),
+                ready as i64,
+            ))
+        });
+    series.pods = unless_seen(&mut memory.pods, pods, |parts| {
+        parts
+            .map(|(namespace, pod, intent, v)| {
                 let labels = PodLabels {
-                    namespace: view.namespace.clone(),
-                    pod: p.name.clone(),
-                    intent: view.name.clone(),
+                    namespace: namespace.into(),
+                    pod: pod.into(),
+                    intent: intent.into(),
                 };
-                series.pods.push((labels, ready as i64));
-            }
-        }
-    }
+                (labels, v)
+            })
+            .collect()
+    });
     series
 }
+
+/// Each backing pod's series, as the labels' parts: provider, host, VM, node, namespace, pod,
+/// intent.
+fn backing<'a>(
+    input: &PassInput<'a>,
+    b: &'a HealthBook,
+) -> impl Iterator<
+    Item = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+    ),
+> + Clone {
+    input.views.iter().flat_map(move |view| {
+        view.pods.iter().filter_map(move |p| {
+            let vm = p.vm.as_ref()?;
+            let place = b.vm(&vm.id)?;
+            Some((
+                vm.provider.as_str(),
+                place.vm.host.as_str(),
+                vm.name.as_str(),
+                p.node.as_deref().unwrap_or_default(),
+                view.namespace.as_str(),
+                p.name.as_str(),
+                view.name.as_str(),
+            ))
+        })
+    })
+}
+
+/// What the per-pod series were made of last pass, by a hash: unchanged, they are not built
+/// again. At 10,000 pods, building and comparing their 20,000 label sets was a tenth of the
+/// pass (docs/scale.md).
+#[derive(Default)]
+pub struct SeriesSeen {
+    backing: Option<u64>,
+    pods: Option<u64>,
+}
+
+/// `None` when `parts` hash as they did last pass (the series stand), else the series `build`
+/// makes of them.
+fn unless_seen<I: Iterator + Clone, T>(
+    seen: &mut Option<u64>,
+    parts: I,
+    build: impl FnOnce(I) -> T,
+) -> Option<T>
+where
+    I::Item: Hash,
+{
+    let mut h = SEEN.build_hasher();
+    parts.clone().for_each(|p| p.hash(&mut h));
+    let now = h.finish();
+    if *seen == Some(now) {
+        return None;
+    }
+    *seen = Some(now);
+    Some(build(parts))
+}
+
+const SEEN: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x7365_7269_6573);

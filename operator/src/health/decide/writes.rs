@@ -106,8 +106,10 @@ pub struct PassSeries {
     pub verdicts: Vec<(VerdictLabels, i64)>,
     pub iops: Vec<(VmLabels, f64)>,
     pub disks: Vec<(DiskLabels, f64)>,
-    pub backing: Vec<BackingLabels>,
-    pub pods: Vec<(PodLabels, i64)>,
+    /// `None`: as last pass (`series::SeriesSeen`).
+    pub backing: Option<Vec<BackingLabels>>,
+    /// `None`: as last pass.
+    pub pods: Option<Vec<(PodLabels, i64)>>,
     /// Deserving nodes the taint cap holds back.
     pub taints_held: i64,
     /// Distinct hosts running each intent's pods.
