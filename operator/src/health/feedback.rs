@@ -11,11 +11,10 @@ use kube::{
 };
 use plumbline_crds::{names::HEALTH_FIELD_MANAGER, InfraChangeSpec};
 use prometheus_client::metrics::{family::Family, gauge::Gauge};
-use std::sync::atomic::AtomicU64;
 use std::{
     collections::HashMap,
     hash::Hash,
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicU64, Arc, Mutex},
     time::{Instant, SystemTime},
 };
 use tracing::{debug, info, warn};
@@ -127,8 +126,11 @@ impl Feedback {
             (views, decision)
         };
         self.set_series(ctx, decision.series);
-        self.write_pods(ctx, decision.pods, now).await;
-        self.write_nodes(ctx, decision.nodes).await;
+        if !(decision.pods.is_empty() && decision.nodes.is_empty()) {
+            let _first = self.statuses.hold().await;
+            self.write_pods(ctx, decision.pods, now).await;
+            self.write_nodes(ctx, decision.nodes).await;
+        }
         for w in decision.statuses {
             // Recorded as written when handed over; forgotten again if the write fails.
             self.memory

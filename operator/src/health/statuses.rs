@@ -2,7 +2,9 @@
 //! and never waits for the write. At 10,000 pods a body lists 1,000 backing pods and one
 //! write took the apiserver about 220 ms; written in the pass, the ten intents' refreshes made
 //! a pass of 1–2 s every 30 s (docs/scale.md). Latest wins: a body still waiting when the
-//! next one for its intent arrives is replaced by it. Writes stop when the term ends.
+//! next one for its intent arrives is replaced by it. Pod and node conditions go first: while
+//! the pass writes them (a thousand pods flipping), no status write starts. Writes stop when
+//! the term ends.
 
 use kube::{
     api::{Patch, PatchParams},
@@ -13,7 +15,7 @@ use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard},
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedRwLockWriteGuard, RwLock};
 use tracing::warn;
 
 use super::decide::{Fingerprint, StatusWrite};
@@ -32,6 +34,8 @@ pub struct StatusWriter {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Held exclusively by the pass while it writes conditions, shared by each status write.
+    conditions_first: Arc<RwLock<()>>,
 }
 
 #[derive(Default)]
@@ -65,6 +69,11 @@ impl StatusWriter {
         self.shared.wake.notify_one();
     }
 
+    /// Holds status writes back until the guard is dropped (one already started finishes).
+    pub async fn hold(&self) -> OwnedRwLockWriteGuard<()> {
+        self.shared.conditions_first.clone().write_owned().await
+    }
+
     /// The writes that failed since the last call: the pass is to write those intents again.
     pub fn failed(&self) -> Vec<(IntentKey, Fingerprint)> {
         std::mem::take(&mut self.shared.queue().failed)
@@ -95,6 +104,7 @@ async fn write_all(ctx: Arc<Context>, end: TermEnd, shared: Arc<Shared>) {
                 fingerprint,
             } = w;
             let (namespace, name) = &intent;
+            let _turn = shared.conditions_first.read().await;
             let patch = plumbline_crds::apply::status::<WorkloadIntent>(body);
             let written = Api::<WorkloadIntent>::namespaced(ctx.client.clone(), namespace)
                 .patch_status(name, &params, &Patch::Apply(&patch))

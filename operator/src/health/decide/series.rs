@@ -72,19 +72,7 @@ pub(super) fn decide_series(
         }
     }
     series.backing = unless_seen(&mut memory.backing, backing(input, b), |parts| {
-        parts
-            .map(
-                |(provider, host, vm, node, namespace, pod, intent)| BackingLabels {
-                    provider: provider.into(),
-                    host: host.into(),
-                    vm: vm.into(),
-                    node: node.into(),
-                    namespace: namespace.into(),
-                    pod: pod.into(),
-                    intent: intent.into(),
-                },
-            )
-            .collect()
+        parts.map(|p| p.labels()).collect()
     });
     // Every pod written has a series: it belongs to an intent with a storage section.
     let written: HashMap<(&str, &str), bool> = pod_writes
@@ -128,35 +116,50 @@ pub(super) fn decide_series(
     series
 }
 
-/// Each backing pod's series, as the labels' parts: provider, host, VM, node, namespace, pod,
-/// intent.
+/// A backing pod's series, its labels borrowed.
+#[derive(Hash)]
+struct BackingParts<'a> {
+    provider: &'a str,
+    host: &'a str,
+    vm: &'a str,
+    node: &'a str,
+    namespace: &'a str,
+    pod: &'a str,
+    intent: &'a str,
+}
+
+impl BackingParts<'_> {
+    fn labels(&self) -> BackingLabels {
+        BackingLabels {
+            provider: self.provider.into(),
+            host: self.host.into(),
+            vm: self.vm.into(),
+            node: self.node.into(),
+            namespace: self.namespace.into(),
+            pod: self.pod.into(),
+            intent: self.intent.into(),
+        }
+    }
+}
+
+/// Each backing pod's series.
 fn backing<'a>(
     input: &PassInput<'a>,
     b: &'a HealthBook,
-) -> impl Iterator<
-    Item = (
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-    ),
-> + Clone {
+) -> impl Iterator<Item = BackingParts<'a>> + Clone {
     input.views.iter().flat_map(move |view| {
         view.pods.iter().filter_map(move |p| {
             let vm = p.vm.as_ref()?;
             let place = b.vm(&vm.id)?;
-            Some((
-                vm.provider.as_str(),
-                place.vm.host.as_str(),
-                vm.name.as_str(),
-                p.node.as_deref().unwrap_or_default(),
-                view.namespace.as_str(),
-                p.name.as_str(),
-                view.name.as_str(),
-            ))
+            Some(BackingParts {
+                provider: &vm.provider,
+                host: &place.vm.host,
+                vm: &vm.name,
+                node: p.node.as_deref().unwrap_or_default(),
+                namespace: &view.namespace,
+                pod: &p.name,
+                intent: &view.name,
+            })
         })
     })
 }
