@@ -45,7 +45,7 @@ pub struct PassMemory {
     /// would delete an entry it has just created before the cache shows it.
     pub(super) unseen_moves: Vec<InfraChangeSpec>,
     /// What the per-pod metric series were made of last pass.
-    pub(super) series: super::series::SeriesSeen,
+    pub(super) series: SeriesSeen,
 }
 
 impl PassMemory {
@@ -106,4 +106,13 @@ pub struct PassInput<'a> {
 /// Whether a message written at `at` (if ever) is old enough to refresh.
 pub(super) fn refresh_due(at: Option<&Instant>, now: Instant) -> bool {
     at.is_none_or(|at| now.saturating_duration_since(*at) >= MESSAGE_REFRESH)
+}
+
+/// What the per-pod series were made of last pass, by a hash: unchanged, they are not built
+/// again (`super::series`). At 10,000 pods, building and comparing their 20,000 label sets was a tenth of the
+/// pass (docs/scale.md).
+#[derive(Default)]
+pub(super) struct SeriesSeen {
+    pub(super) backing: Option<u64>,
+    pub(super) pods: Option<u64>,
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    memory::PassInput,
+    memory::{PassInput, SeriesSeen},
     writes::{PassSeries, PodWrite},
 };
 use crate::{
@@ -162,15 +162,6 @@ fn backing<'a>(
             })
         })
     })
-}
-
-/// What the per-pod series were made of last pass, by a hash: unchanged, they are not built
-/// again. At 10,000 pods, building and comparing their 20,000 label sets was a tenth of the
-/// pass (docs/scale.md).
-#[derive(Default)]
-pub struct SeriesSeen {
-    backing: Option<u64>,
-    pods: Option<u64>,
 }
 
 /// `None` when `parts` hash as they did last pass (the series stand), else the series `build`
