@@ -92,9 +92,6 @@ async fn write_all(ctx: Arc<Context>, end: TermEnd, shared: Arc<Shared>) {
     loop {
         shared.wake.notified().await;
         loop {
-            if end.has_ended() {
-                return;
-            }
             let Some((_, w)) = shared.queue().pending.pop_first() else {
                 break;
             };
@@ -105,6 +102,10 @@ async fn write_all(ctx: Arc<Context>, end: TermEnd, shared: Arc<Shared>) {
             } = w;
             let (namespace, name) = &intent;
             let _turn = shared.conditions_first.read().await;
+            // Checked once its turn came: the term may have ended while it waited.
+            if end.has_ended() {
+                return;
+            }
             let patch = plumbline_crds::apply::status::<WorkloadIntent>(body);
             let written = Api::<WorkloadIntent>::namespaced(ctx.client.clone(), namespace)
                 .patch_status(name, &params, &Patch::Apply(&patch))
