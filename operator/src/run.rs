@@ -339,8 +339,8 @@ async fn supervise(
         }
         term += 1;
         info!(identity = %base.settings.identity, term, "leadership term starts");
-        let (end_tx, end_rx) = watch::channel(false);
-        let handles = start_term(&base, term, TermEnd(end_rx));
+        let (end_tx, end) = TermEnd::new();
+        let handles = start_term(&base, term, end);
         let over = loop {
             tokio::select! {
                 _ = leading.wait_for(|l| !*l) => break TermOver::Lost,

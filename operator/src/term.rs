@@ -7,11 +7,10 @@ use tokio::sync::watch;
 /// Resolves when the current leadership term ends (Lease lost, or shutdown). Every leader
 /// loop must return soon after this resolves.
 #[derive(Clone)]
-pub struct TermEnd(pub(crate) watch::Receiver<bool>);
+pub struct TermEnd(watch::Receiver<bool>);
 
 impl TermEnd {
-    /// A term of its own and its end, for a loop run outside the supervisor (tests): sending
-    /// `true` ends it.
+    /// A new term and its end: sending `true` ends it (the supervisor's, and a test's).
     pub fn new() -> (watch::Sender<bool>, Self) {
         let (tx, rx) = watch::channel(false);
         (tx, Self(rx))

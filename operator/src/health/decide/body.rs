@@ -34,8 +34,8 @@ pub struct Backing<'a> {
 }
 
 impl StatusBody<'_> {
-    /// The body's fingerprint: `rest` as [`Fingerprint::of`] walks it, then the backing map,
-    /// each VM's share hashed once.
+    /// The body's fingerprint: `rest` walked as any body ([`Hashers::walk`]), then the
+    /// backing map, each VM's share hashed once.
     pub fn fingerprint(&self) -> Fingerprint {
         let mut h = Hashers::default();
         h.walk(&self.rest);

@@ -30,8 +30,9 @@ impl Fingerprint {
     }
 }
 
-/// foldhash with a fixed seed: fast, and the same in every pass.
-const HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x706c_756d_626c);
+/// foldhash with a fixed seed: fast, and the same in every pass (fingerprints, `SeriesSeen`).
+pub(super) const HASH: foldhash::fast::FixedState =
+    foldhash::fast::FixedState::with_seed(0x706c_756d_626c);
 
 /// What a fingerprint is made of: the shape, and the figures in place.
 pub(super) struct Hashers {

@@ -109,8 +109,8 @@ pub(super) fn refresh_due(at: Option<&Instant>, now: Instant) -> bool {
 }
 
 /// What the per-pod series were made of last pass, by a hash: unchanged, they are not built
-/// again (`super::series`). At 10,000 pods, building and comparing their 20,000 label sets was a tenth of the
-/// pass (docs/scale.md).
+/// again (`super::series`). At 10,000 pods, building and comparing their 20,000 label sets was
+/// a tenth of the pass (docs/scale.md).
 #[derive(Default)]
 pub(super) struct SeriesSeen {
     pub(super) backing: Option<u64>,

@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::{
+    fingerprint::HASH,
     memory::{PassInput, SeriesSeen},
     writes::{PassSeries, PodWrite},
 };
@@ -174,7 +175,7 @@ fn unless_seen<I: Iterator + Clone, T>(
 where
     I::Item: Hash,
 {
-    let mut h = SEEN.build_hasher();
+    let mut h = HASH.build_hasher();
     parts.clone().for_each(|p| p.hash(&mut h));
     let now = h.finish();
     if *seen == Some(now) {
@@ -183,5 +184,3 @@ where
     *seen = Some(now);
     Some(build(parts))
 }
-
-const SEEN: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x7365_7269_6573);
