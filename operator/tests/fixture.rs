@@ -475,7 +475,7 @@ async fn an_intent_deleted_reverts_with_exactly_these_requests() {
 /// A store holding `objects`, synced.
 fn store_of<K>(objects: Vec<K>) -> reflector::Store<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K: reflector::Lookup<DynamicType = ()> + Clone + 'static,
 {
     let (store, mut writer) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::Init);

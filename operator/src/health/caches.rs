@@ -8,13 +8,13 @@ use kube::{
         reflector::{self, Store},
         watcher, PredicateConfig, WatchStreamExt,
     },
-    Api, Client, ResourceExt,
+    Api, Client,
 };
 use plumbline_crds::{HostMaintenance, HypervisorProvider, InfraChange};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-use super::pod::{self, CachedPod};
+use super::pod::{self, CachedPod, WirePod};
 
 /// Keeps metadata (without managedFields), the providerID and the conditions.
 pub fn prune_node(node: &mut Node) {
@@ -72,7 +72,7 @@ pub fn start(
     host_maintenance: bool,
     changed: Arc<Notify>,
 ) -> (Caches, BoxFuture<'static, ()>) {
-    let pods_api: Api<CachedPod> = match namespace {
+    let pods_api: Api<WirePod> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -100,15 +100,16 @@ pub fn start(
         })
         .boxed(),
     };
+    // Each pod is made the cache's before the store keeps it (pod.rs); the store's writer is
+    // fed here, not by `reflect`, since the watched and the kept types differ.
     let pod_watch = watcher(pods_api, watcher::Config::default())
         .default_backoff()
-        .modify(pod::prune)
-        .reflect(pods_writer)
-        .touched_objects()
         .filter_map(|r| futures::future::ready(r.ok()))
         .for_each({
-            let changed = changed.clone();
-            move |_| {
+            let (changed, mut pods_writer) = (changed.clone(), pods_writer);
+            let mut pools = pod::Pools::default();
+            move |event| {
+                pods_writer.apply_watcher_event(&pod::cached_event(event, &mut pools));
                 changed.notify_one();
                 futures::future::ready(())
             }
@@ -180,14 +181,11 @@ pub fn start(
 /// The Deployment or StatefulSet a pod belongs to, from its owner: a StatefulSet directly, a
 /// Deployment through its ReplicaSet named `<deployment>-<pod-template-hash>`.
 pub fn owning_workload(pod: &CachedPod) -> Option<(plumbline_crds::TargetKind, &str)> {
-    let owner = pod
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))?;
+    let owner = pod.controller()?;
     match owner.kind.as_str() {
         "StatefulSet" => Some((plumbline_crds::TargetKind::StatefulSet, &owner.name)),
         "ReplicaSet" => {
-            let hash = pod.labels().get("pod-template-hash")?;
+            let hash = pod.labels.get("pod-template-hash")?;
             let name = owner.name.strip_suffix(hash.as_str())?.strip_suffix('-')?;
             Some((plumbline_crds::TargetKind::Deployment, name))
         }

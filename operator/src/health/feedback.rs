@@ -24,7 +24,7 @@ use super::{
     caches::Caches,
     decide::{self, NodeWrite, PassInput, PassMemory, PassSeries, PodWrite},
     graph,
-    pod::CachedPod,
+    pod::WirePod,
     relocate,
     settings::HealthSettings,
     statuses::StatusWriter,
@@ -161,7 +161,7 @@ impl Feedback {
         let params = PatchParams::apply(HEALTH_FIELD_MANAGER).force();
         let outcomes = concurrently(writes, |w: &PodWrite| {
             // The answer decodes into the cache's pod: the rest of it is skipped, not built.
-            let api: Api<CachedPod> = Api::namespaced(ctx.client.clone(), &w.namespace);
+            let api: Api<WirePod> = Api::namespaced(ctx.client.clone(), &w.namespace);
             let (pod, body, params) = (w.pod.clone(), w.body(now), &params);
             async move { api.patch_status(&pod, params, &Patch::Apply(&body)).await }
         })

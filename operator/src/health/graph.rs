@@ -162,14 +162,10 @@ pub fn build(
     // Each live pod under its workload, once: every intent then takes its own.
     let pods = caches.pods.state();
     let mut by_workload: HashMap<(&str, TargetKind, &str), Vec<&Arc<CachedPod>>> = HashMap::new();
-    for p in pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-    {
+    for p in pods.iter().filter(|p| !p.deleting) {
         if let Some((kind, name)) = owning_workload(p) {
-            let namespace = p.metadata.namespace.as_deref().unwrap_or_default();
             by_workload
-                .entry((namespace, kind, name))
+                .entry((&p.namespace, kind, name))
                 .or_default()
                 .push(p);
         }
@@ -214,12 +210,12 @@ pub fn build(
             .into_iter()
             .flatten()
             .map(|p| {
-                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                let node = p.node_name.as_deref().map(String::from);
                 let vm = node
                     .as_ref()
                     .and_then(|n| node_vms.get(n.as_str()).cloned().flatten());
                 PodView {
-                    name: p.name_any(),
+                    name: p.name.to_string(),
                     pod: Arc::clone(p),
                     node,
                     vm,

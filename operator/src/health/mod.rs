@@ -28,6 +28,7 @@ pub mod caches;
 pub mod decide;
 pub mod feedback;
 pub mod graph;
+mod intern;
 pub mod pod;
 pub mod protect;
 pub mod providers;

@@ -7,7 +7,7 @@
 //! Which deserving nodes get it is [`cap_taints`]'s decision: at most a share of the nodes, and
 //! never a workload's last schedulable node. A node held back gets a Warning Event saying why.
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorTerm};
+use k8s_openapi::api::core::v1::Node;
 use kube::{
     runtime::events::{Event, EventType},
     ResourceExt,
@@ -27,7 +27,7 @@ use std::{
 };
 use tracing::info;
 
-use super::{graph::IntentView, pod::CachedPod};
+use super::graph::IntentView;
 use crate::context::Context;
 
 /// A node that should carry the storage taint now.
@@ -147,22 +147,11 @@ fn node_facts(node: &Node) -> NodeFacts {
 /// Where the intent's workload may be scheduled, read from one of its pods (the pods of a
 /// workload share their template); `None` for a workload without pods.
 fn placement(view: &IntentView) -> Option<WorkloadPlacement> {
-    let pod: &CachedPod = view.pods.first()?.pod.as_ref();
-    let spec = pod.spec.as_ref()?;
-    let required_terms: Vec<NodeSelectorTerm> = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .map(|r| r.node_selector_terms.clone())
-        .unwrap_or_default();
+    let placement = &view.pods.first()?.pod.placement;
     Some(WorkloadPlacement {
         intent: view.label(),
-        node_selector: spec.node_selector.clone().unwrap_or_default(),
-        required_terms,
-        tolerations: spec.tolerations.clone().unwrap_or_default(),
+        node_selector: placement.node_selector.clone(),
+        required_terms: placement.required_terms.clone(),
+        tolerations: placement.tolerations.clone(),
     })
 }

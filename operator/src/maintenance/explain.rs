@@ -17,7 +17,10 @@ use super::{decision, status, view};
 use crate::{
     cli::ExplainOutput,
     discovery::ServedApis,
-    health::book::{HealthBook, ProviderView},
+    health::{
+        book::{HealthBook, ProviderView},
+        pod::{CachedPod, WirePod},
+    },
     Error, Result,
 };
 
@@ -74,7 +77,12 @@ pub async fn explain_maintenance(
     let apis = ServedApis::discover(client).await?;
     let (nodes, pods, intents) = (
         list(client).await.map_err(kube("listing Nodes"))?,
-        list(client).await.map_err(kube("listing Pods"))?,
+        list::<WirePod>(client)
+            .await
+            .map_err(kube("listing Pods"))?
+            .into_iter()
+            .map(|p| Arc::new(CachedPod::from(Arc::unwrap_or_clone(p))))
+            .collect::<Vec<_>>(),
         list::<WorkloadIntent>(client).await.unwrap_or_default(),
     );
     let world = decision::World {

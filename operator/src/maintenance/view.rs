@@ -70,16 +70,16 @@ pub fn host_nodes(book: &HealthBook, nodes: &[Arc<Node>], provider: &str, host: 
 
 /// `namespace/Kind/name` of the pod's workload, or `namespace/Pod/name`.
 fn workload_key(pod: &CachedPod) -> String {
-    let ns = pod.namespace().unwrap_or_default();
+    let ns = &pod.namespace;
     match owning_workload(pod) {
         Some((kind, name)) => format!("{ns}/{kind:?}/{name}"),
-        None => format!("{ns}/Pod/{}", pod.name_any()),
+        None => format!("{ns}/Pod/{}", pod.name),
     }
 }
 
 /// DaemonSet pods and mirror pods (owned by their Node) stay, as with `kubectl drain`.
 fn stays(pod: &CachedPod) -> bool {
-    pod.owner_references()
+    pod.owners
         .iter()
         .any(|o| o.kind == "DaemonSet" || o.kind == "Node")
 }
@@ -94,15 +94,15 @@ pub fn host_pods(pods: &[Arc<CachedPod>], nodes: &[HostNode]) -> Vec<HostPod> {
     let names: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     pods.iter()
         .filter_map(|p| {
-            let node = p.spec.as_ref()?.node_name.clone()?;
-            names.contains(node.as_str()).then(|| HostPod {
-                namespace: p.namespace().unwrap_or_default(),
-                name: p.name_any(),
-                node,
+            let node = p.node_name.as_deref()?;
+            names.contains(node).then(|| HostPod {
+                namespace: p.namespace.to_string(),
+                name: p.name.to_string(),
+                node: node.to_string(),
                 workload: workload_key(p),
                 stays: stays(p),
                 ready: is_ready(p),
-                terminating: p.metadata.deletion_timestamp.is_some(),
+                terminating: p.deleting,
             })
         })
         .collect()
@@ -187,13 +187,12 @@ pub fn workload_facts(
             continue;
         }
         let entry = facts.entry(key).or_default();
-        if is_ready(pod) && pod.metadata.deletion_timestamp.is_none() {
+        if is_ready(pod) && !pod.deleting {
             entry.ready += 1;
         }
-        let ns = pod.namespace().unwrap_or_default();
         for b in budgets {
-            if b.namespace == ns
-                && selects(&b.selector, pod.labels())
+            if *b.namespace == *pod.namespace
+                && selects(&b.selector, &pod.labels)
                 && !entry.budgets.iter().any(|(n, _)| n == &b.name)
             {
                 entry.budgets.push((b.name.clone(), b.allowed));

@@ -293,10 +293,10 @@ fn decide_relocations(
 #[cfg(test)]
 mod tests {
     use super::{memory::MESSAGE_REFRESH, *};
-    use crate::health::pod::CachedPod;
+    use crate::health::pod::{CachedPod, Condition};
     use crate::health::{book::ProviderView, caches::Caches, graph, settings::HealthSettings};
     use k8s_openapi::api::core::v1::NodeStatus;
-    use k8s_openapi::api::core::v1::{Node, NodeCondition, PodCondition};
+    use k8s_openapi::api::core::v1::{Node, NodeCondition};
     use kube::runtime::{reflector, watcher};
     use plumbline_adapters::{
         BackingVm, Capability, DiskLatency, OpLatency, Support, VmDisk, VmId,
@@ -319,7 +319,7 @@ mod tests {
     /// A store holding `objects`, synced.
     fn store_of<K>(objects: Vec<K>) -> reflector::Store<K>
     where
-        K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+        K: reflector::Lookup<DynamicType = ()> + Clone + 'static,
     {
         let (store, mut writer) = reflector::store();
         writer.apply_watcher_event(&watcher::Event::Init);
@@ -472,19 +472,11 @@ mod tests {
         /// What the shell does when every write succeeds.
         fn written(&mut self, d: &PassDecision) {
             for w in &d.pods {
-                let pod = self
-                    .pods
-                    .iter_mut()
-                    .find(|p| p.name_any() == w.pod)
-                    .unwrap();
-                let conditions = pod.status.as_mut().unwrap().conditions.as_mut().unwrap();
-                conditions.retain(|c| c.type_ != STORAGE_READINESS_GATE);
-                conditions.push(PodCondition {
-                    type_: STORAGE_READINESS_GATE.into(),
-                    status: w.status().into(),
+                let pod = self.pods.iter_mut().find(|p| *p.name == *w.pod).unwrap();
+                pod.storage = Some(Condition {
+                    status: w.status(),
                     reason: Some(w.verdict.reason.into()),
-                    message: Some(w.verdict.message.clone()),
-                    ..PodCondition::default()
+                    message: Some(w.verdict.message.as_str().into()),
                 });
                 self.memory
                     .pod_written
