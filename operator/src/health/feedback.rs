@@ -32,10 +32,7 @@ use super::{
 };
 use crate::{
     context::Context,
-    metrics::health::{
-        BackingLabels, DiskLabels, IntentLabels, PodLabels, TransitionLabels, VerdictLabels,
-        VmLabels,
-    },
+    metrics::health::{DiskLabels, IntentLabels, TransitionLabels, VerdictLabels, VmLabels},
     term::TermEnd,
 };
 
@@ -55,8 +52,6 @@ pub struct Feedback {
 /// series of pods and VMs that went away are removed.
 #[derive(Default)]
 struct Series {
-    backing: SeriesMap<BackingLabels, i64>,
-    pods: SeriesMap<PodLabels, i64>,
     verdicts: SeriesMap<VerdictLabels, i64>,
     disks: SeriesMap<DiskLabels, u64>,
     iops: SeriesMap<VmLabels, u64>,
@@ -235,24 +230,17 @@ impl Feedback {
         let i64s = |g: &Gauge, v: i64| {
             g.set(v);
         };
+        // The per-pod series, unless they are as last pass.
+        if let Some(backing) = s.backing {
+            m.pod_series.set_backing(backing);
+        }
+        if let Some(pods) = s.pods {
+            m.pod_series.set_healthy(pods);
+        }
         self.series = Series {
             verdicts: update(last.verdicts, s.verdicts, &m.vm_verdict, i64s),
             iops: update(last.iops, bits(s.iops), &m.vm_iops, f64s),
             disks: update(last.disks, bits(s.disks), &m.disk_latency, f64s),
-            // The per-pod series, unless they are as last pass.
-            backing: match s.backing {
-                Some(backing) => update(
-                    last.backing,
-                    backing.into_iter().map(|l| (l, 1)),
-                    &m.backing_info,
-                    i64s,
-                ),
-                None => last.backing,
-            },
-            pods: match s.pods {
-                Some(pods) => update(last.pods, pods, &m.pod_storage_healthy, i64s),
-                None => last.pods,
-            },
             hosts: update(last.hosts, s.hosts, &m.workload_hosts, i64s),
         };
     }

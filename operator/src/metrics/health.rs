@@ -13,6 +13,8 @@ use prometheus_client::{
 };
 use std::sync::atomic::AtomicU64;
 
+pub use super::pod_series::{BackingLabels, PodLabels, PodSeries};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DiskLabels {
     pub provider: String,
@@ -32,25 +34,6 @@ pub struct VerdictLabels {
     pub vm: String,
     /// healthy, degraded or unknown; the series of the current state is 1, the others 0.
     pub state: String,
-}
-
-/// Joins the layers: one series per pod with the node, VM and host under it.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BackingLabels {
-    pub provider: String,
-    pub host: String,
-    pub vm: String,
-    pub node: String,
-    pub namespace: String,
-    pub pod: String,
-    pub intent: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PodLabels {
-    pub namespace: String,
-    pub pod: String,
-    pub intent: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,8 +75,8 @@ pub struct HealthMetrics {
     pub disk_latency: Family<DiskLabels, Gauge<f64, AtomicU64>>,
     pub vm_iops: Family<VmLabels, Gauge<f64, AtomicU64>>,
     pub vm_verdict: Family<VerdictLabels, Gauge>,
-    pub backing_info: Family<BackingLabels, Gauge>,
-    pub pod_storage_healthy: Family<PodLabels, Gauge>,
+    /// `backing_info` and `pod_storage_healthy`.
+    pub pod_series: PodSeries,
     pub readiness_transitions: Family<TransitionLabels, Counter>,
     pub provider_connected: Family<ProviderLabels, Gauge>,
     pub sample_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
@@ -122,8 +105,7 @@ impl HealthMetrics {
             disk_latency: Family::default(),
             vm_iops: Family::default(),
             vm_verdict: Family::default(),
-            backing_info: Family::default(),
-            pod_storage_healthy: Family::default(),
+            pod_series: PodSeries::default(),
             readiness_transitions: Family::default(),
             provider_connected: Family::default(),
             sample_duration: Family::new_with_constructor(sample_histogram),
@@ -150,16 +132,7 @@ impl HealthMetrics {
             "Storage verdict of each VM against the strictest budget it serves: 1 for the current state",
             m.vm_verdict.clone(),
         );
-        registry.register(
-            "backing_info",
-            "Which provider, host, VM and node back each pod covered by an intent (value 1)",
-            m.backing_info.clone(),
-        );
-        registry.register(
-            "pod_storage_healthy",
-            "The plumbline.dev/storage-healthy condition of each pod: 1 True, 0 False",
-            m.pod_storage_healthy.clone(),
-        );
+        registry.register_collector(Box::new(m.pod_series.clone()));
         registry.register(
             "readiness_transitions",
             "Changes of the plumbline.dev/storage-healthy pod condition, by intent and new status",
@@ -238,24 +211,6 @@ mod tests {
                 state: "degraded".into(),
             })
             .set(1);
-        m.backing_info
-            .get_or_create(&BackingLabels {
-                provider: "kvm".into(),
-                host: "h".into(),
-                vm: "pl-vm1".into(),
-                node: "n".into(),
-                namespace: "ns".into(),
-                pod: "p".into(),
-                intent: "i".into(),
-            })
-            .set(1);
-        m.pod_storage_healthy
-            .get_or_create(&PodLabels {
-                namespace: "ns".into(),
-                pod: "p".into(),
-                intent: "i".into(),
-            })
-            .set(0);
         m.readiness_transitions
             .get_or_create(&TransitionLabels {
                 namespace: "ns".into(),
@@ -280,8 +235,8 @@ mod tests {
             "plumbline_vm_storage_latency_seconds{provider=\"kvm\",vm=\"pl-vm1\",disk=\"vda\"} 0.012",
             "plumbline_vm_storage_iops{provider=\"kvm\",vm=\"pl-vm1\"} 120.0",
             "plumbline_vm_verdict{provider=\"kvm\",vm=\"pl-vm1\",state=\"degraded\"} 1",
-            "plumbline_backing_info{",
-            "plumbline_pod_storage_healthy{namespace=\"ns\",pod=\"p\",intent=\"i\"} 0",
+            "# TYPE plumbline_backing_info gauge",
+            "# TYPE plumbline_pod_storage_healthy gauge",
             "plumbline_readiness_transitions_total{namespace=\"ns\",intent=\"i\",to=\"False\"} 1",
             "plumbline_provider_connected{provider=\"kvm\"} 1",
             "plumbline_sample_duration_seconds_count{provider=\"kvm\"} 1",

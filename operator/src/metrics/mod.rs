@@ -15,6 +15,7 @@ use prometheus_client::{
 use std::time::Instant;
 
 pub mod health;
+pub mod pod_series;
 pub mod signals;
 
 pub const REGISTRY_PREFIX: &str = "plumbline";

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::health::{graph::IntentView, settings::HealthSettings, taint::TaintGuard};
+use crate::health::{graph::IntentView, intern::Pool, settings::HealthSettings, taint::TaintGuard};
 
 use super::fingerprint::Fingerprint;
 
@@ -115,4 +115,7 @@ pub(super) fn refresh_due(at: Option<&Instant>, now: Instant) -> bool {
 pub(super) struct SeriesSeen {
     pub(super) backing: Option<u64>,
     pub(super) pods: Option<u64>,
+    /// The series' label values, one shared copy of each (pod names included: the two
+    /// families' series of a pod share its name).
+    pub(super) names: Pool<str>,
 }

@@ -13,7 +13,7 @@ use super::{
     writes::{PassSeries, PodWrite},
 };
 use crate::{
-    health::{book::HealthBook, graph::VmKey},
+    health::{book::HealthBook, graph::VmKey, intern::Pool},
     metrics::health::{BackingLabels, DiskLabels, PodLabels, VerdictLabels, VmLabels},
 };
 
@@ -72,8 +72,9 @@ pub(super) fn decide_series(
             }
         }
     }
+    let names = &mut memory.names;
     series.backing = unless_seen(&mut memory.backing, backing(input, b), |parts| {
-        parts.map(|p| p.labels()).collect()
+        parts.map(|p| p.labels(names)).collect()
     });
     // Every pod written has a series: it belongs to an intent with a storage section.
     let written: HashMap<(&str, &str), bool> = pod_writes
@@ -106,9 +107,9 @@ pub(super) fn decide_series(
         parts
             .map(|(namespace, pod, intent, v)| {
                 let labels = PodLabels {
-                    namespace: namespace.into(),
-                    pod: pod.into(),
-                    intent: intent.into(),
+                    namespace: names.share(namespace),
+                    pod: names.share(pod),
+                    intent: names.share(intent),
                 };
                 (labels, v)
             })
@@ -130,15 +131,15 @@ struct BackingParts<'a> {
 }
 
 impl BackingParts<'_> {
-    fn labels(&self) -> BackingLabels {
+    fn labels(&self, names: &mut Pool<str>) -> BackingLabels {
         BackingLabels {
-            provider: self.provider.into(),
-            host: self.host.into(),
-            vm: self.vm.into(),
-            node: self.node.into(),
-            namespace: self.namespace.into(),
-            pod: self.pod.into(),
-            intent: self.intent.into(),
+            provider: names.share(self.provider),
+            host: names.share(self.host),
+            vm: names.share(self.vm),
+            node: names.share(self.node),
+            namespace: names.share(self.namespace),
+            pod: names.share(self.pod),
+            intent: names.share(self.intent),
         }
     }
 }
