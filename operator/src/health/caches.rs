@@ -2,7 +2,7 @@
 //! scale), Nodes, HypervisorProviders, InfraChanges and HostMaintenances.
 
 use futures::{future::BoxFuture, FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::{
     runtime::{
         reflector::{self, Store},
@@ -10,19 +10,26 @@ use kube::{
     },
     Api, Client,
 };
-use plumbline_crds::{HostMaintenance, HypervisorProvider, InfraChange};
+use plumbline_crds::{
+    names::NODE_STORAGE_CONDITION, HostMaintenance, HypervisorProvider, InfraChange,
+};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
 use super::pod::{self, CachedPod, WirePod};
 
-/// Keeps metadata (without managedFields), the providerID and the conditions.
+/// Keeps the metadata (without managedFields), the spec and, of the status, the conditions the
+/// passes read: `Ready` and the storage condition. The rest of the status (images, addresses,
+/// capacity, node info, the kubelet's other conditions) was half of each cached Node.
 pub fn prune_node(node: &mut Node) {
     node.metadata.managed_fields = None;
-    if let Some(status) = node.status.as_mut() {
-        status.images = None;
-        status.volumes_attached = None;
-        status.volumes_in_use = None;
+    if let Some(status) = node.status.take() {
+        let mut conditions = status.conditions.unwrap_or_default();
+        conditions.retain(|c| c.type_ == "Ready" || c.type_ == NODE_STORAGE_CONDITION);
+        node.status = Some(NodeStatus {
+            conditions: Some(conditions),
+            ..NodeStatus::default()
+        });
     }
 }
 
@@ -235,6 +242,42 @@ mod tests {
             None
         );
         assert_eq!(owning_workload(&pod("Job", "j", None)), None);
+    }
+
+    #[test]
+    fn a_pruned_node_keeps_what_the_passes_read() {
+        let mut node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n", "labels": {"a": "b"}, "managedFields": [{"manager": "x"}]},
+            "spec": {"providerID": "vsphere://u1", "unschedulable": true},
+            "status": {
+                "conditions": [
+                    {"type": "MemoryPressure", "status": "False"},
+                    {"type": "Ready", "status": "True"},
+                    {"type": NODE_STORAGE_CONDITION, "status": "False"},
+                ],
+                "nodeInfo": {"machineID": "m", "systemUUID": "s", "bootID": "b", "kernelVersion": "k",
+                             "osImage": "o", "containerRuntimeVersion": "c", "kubeletVersion": "v",
+                             "kubeProxyVersion": "p", "operatingSystem": "linux", "architecture": "amd64"},
+                "images": [{"names": ["i"]}],
+                "capacity": {"cpu": "2"},
+            },
+        }))
+        .unwrap();
+        prune_node(&mut node);
+        assert!(node.metadata.managed_fields.is_none());
+        assert_eq!(node.metadata.labels.as_ref().unwrap()["a"], "b");
+        let spec = node.spec.as_ref().unwrap();
+        assert_eq!(spec.provider_id.as_deref(), Some("vsphere://u1"));
+        assert_eq!(spec.unschedulable, Some(true));
+        let status = node.status.unwrap();
+        let kept: Vec<_> = status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(kept, ["Ready", NODE_STORAGE_CONDITION]);
+        assert!(status.node_info.is_none() && status.images.is_none() && status.capacity.is_none());
     }
 
     #[test]
