@@ -13,7 +13,7 @@
 //!   (ReconfigureComputeResource_Task).
 //!
 //! One call that is not a hypervisor's lives here too, because this crate is where the FFI
-//! is allowed: [`allocator`], glibc's `malloc_trim`.
+//! is allowed: [`allocator`], jemalloc's settings.
 
 pub mod allocator;
 mod capability;

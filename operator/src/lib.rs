@@ -44,7 +44,7 @@ pub async fn main_with_args(
     telemetry::init(cli.log_format);
     match cli.command {
         cli::Command::Run(args) => {
-            plumbline_adapters::allocator::start_trimming();
+            plumbline_adapters::allocator::configure();
             let config = kube::Config::infer()
                 .await
                 .map_err(|e| Error::KubeConfig(e.to_string()))?;
