@@ -81,6 +81,7 @@ pub fn term_context(
     // Decoded one by one: an intent the types cannot read never stops the others' watch.
     let intents = lenient::watch(client.clone(), namespace.as_deref())
         .default_backoff()
+        .modify(observe::prune_backing)
         .reflect(writer)
         .applied_objects()
         .boxed();
