@@ -48,8 +48,9 @@ pub struct Feedback {
     scoped: bool,
 }
 
-/// The series set last pass with their values: only changed values are set again, and
-/// series of pods and VMs that went away are removed.
+/// The per-VM and per-intent series set last pass with their values: only changed values are
+/// set again, and series of VMs and intents that went away are removed. (The per-pod series are
+/// the pass's lists, encoded on scrape: `metrics::pod_series`.)
 #[derive(Default)]
 struct Series {
     verdicts: SeriesMap<VerdictLabels, i64>,
