@@ -3,8 +3,8 @@
 //!
 //! With glibc's allocator the operator stayed resident at twice its live heap and more, even
 //! with `malloc_trim(0)` every 10 s: freed memory between live blocks stays in glibc's arenas.
-//! At 10,000 pods, on the same bed and build, jemalloc with these settings kept 69–76 MiB
-//! where glibc kept 84–89 MiB (docs/scale.md, "Memory (session 15)").
+//! At 10,000 pods, on the same bed and build, jemalloc with these settings kept 68–78 MiB
+//! where glibc kept 84–89 MiB (docs/scale.md, "Memory at 10,000 pods (session 15)").
 
 pub use tikv_jemallocator::Jemalloc;
 

@@ -20,8 +20,11 @@ async fn serial_every_guest_does_disk_io_and_the_noisy_one_does_most() {
         "expected at least 4 guests, got {domains:?}"
     );
 
-    // A guest's own workload has bursts: the comparison holds in at least one of three
+    // A guest's own workload has bursts: the comparison holds in at least one of eight
     // rounds of 3 s windows (each guest measured once per round), or the test fails with all.
+    // A steady guest can run at several times its rate for most of a minute: in a full test
+    // run, pl-vm3 did 160-170 ops/s for three rounds against its usual 36 (its 0.2 s pauses
+    // cut short, most likely its clock catching up after its QEMU was starved of CPU).
     let noisy = stack.noisy_domain().unwrap();
     let rate_of_noisy = |ops: &[(String, f64)]| {
         ops.iter()
@@ -30,7 +33,7 @@ async fn serial_every_guest_does_disk_io_and_the_noisy_one_does_most() {
             .unwrap()
     };
     let mut rounds: Vec<Vec<(String, f64)>> = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..8 {
         let mut ops = Vec::new();
         for domain in &domains {
             let before = stack.block_counters(domain).await.unwrap();

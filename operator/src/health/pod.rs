@@ -191,7 +191,7 @@ impl CachedPod {
                 status: match c.status.as_str() {
                     status::TRUE => status::TRUE,
                     status::FALSE => status::FALSE,
-                    _ => "Unknown",
+                    _ => status::UNKNOWN,
                 },
                 reason: c.reason.as_deref().map(|r| pools.strings.share(r)),
                 message: c.message.as_deref().map(|m| pools.strings.share(m)),
