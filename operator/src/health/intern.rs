@@ -28,14 +28,7 @@ impl<T: ?Sized> Default for Pool<T> {
 const SWEEP_FLOOR: usize = 256;
 
 impl<T: ?Sized + Hash + Eq> Pool<T> {
-    /// The shared copy of `value`, made by `own` when there is none yet.
-    fn get_or_add(&mut self, value: &T, own: impl FnOnce() -> Arc<T>) -> Arc<T> {
-        match self.shared.get(value) {
-            Some(shared) => Arc::clone(shared),
-            None => self.add(own()),
-        }
-    }
-
+    /// Keeps `shared`, sweeping first when the pool has doubled since the last sweep.
     fn add(&mut self, shared: Arc<T>) -> Arc<T> {
         if self.shared.len() >= (2 * self.kept).max(SWEEP_FLOOR) {
             // Drops the values only the pool still holds.
@@ -53,12 +46,17 @@ impl<T: ?Sized + Hash + Eq> Pool<T> {
 }
 
 impl Pool<str> {
+    /// The shared copy of `value`.
     pub fn share(&mut self, value: &str) -> Arc<str> {
-        self.get_or_add(value, || Arc::from(value))
+        match self.shared.get(value) {
+            Some(shared) => Arc::clone(shared),
+            None => self.add(Arc::from(value)),
+        }
     }
 }
 
 impl<T: Hash + Eq> Pool<T> {
+    /// The shared copy of `value` (dropped when there is one already).
     pub fn share_owned(&mut self, value: T) -> Arc<T> {
         match self.shared.get(&value) {
             Some(shared) => Arc::clone(shared),
