@@ -252,24 +252,24 @@ pub fn cached_event(
     }
 }
 
-/// The store keys a cached pod by its namespace and name, as a Pod.
+/// The store keys a cached pod by its namespace and name, as the Pod it was made from.
 impl Lookup for CachedPod {
     type DynamicType = ();
 
     fn kind(_: &()) -> Cow<'_, str> {
-        "Pod".into()
+        <WirePod as k8s_openapi::Resource>::KIND.into()
     }
 
     fn group(_: &()) -> Cow<'_, str> {
-        "".into()
+        <WirePod as k8s_openapi::Resource>::GROUP.into()
     }
 
     fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
+        <WirePod as k8s_openapi::Resource>::VERSION.into()
     }
 
     fn plural(_: &()) -> Cow<'_, str> {
-        "pods".into()
+        <WirePod as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
     }
 
     fn name(&self) -> Option<Cow<'_, str>> {

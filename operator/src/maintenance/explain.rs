@@ -19,7 +19,7 @@ use crate::{
     discovery::ServedApis,
     health::{
         book::{HealthBook, ProviderView},
-        pod::{CachedPod, WirePod},
+        pod::{CachedPod, Pools, WirePod},
     },
     Error, Result,
 };
@@ -75,13 +75,14 @@ pub async fn explain_maintenance(
         .map(|ic| ic.spec.operator.clone())
         .unwrap_or_else(|| crate::ledger::instance(None));
     let apis = ServedApis::discover(client).await?;
+    let mut pools = Pools::default();
     let (nodes, pods, intents) = (
         list(client).await.map_err(kube("listing Nodes"))?,
         list::<WirePod>(client)
             .await
             .map_err(kube("listing Pods"))?
             .into_iter()
-            .map(|p| Arc::new(CachedPod::from(Arc::unwrap_or_clone(p))))
+            .map(|p| Arc::new(CachedPod::from_wire(Arc::unwrap_or_clone(p), &mut pools)))
             .collect::<Vec<_>>(),
         list::<WorkloadIntent>(client).await.unwrap_or_default(),
     );

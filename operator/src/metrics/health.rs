@@ -13,7 +13,7 @@ use prometheus_client::{
 };
 use std::sync::atomic::AtomicU64;
 
-pub use super::pod_series::{BackingLabels, PodLabels, PodSeries};
+use super::pod_series::PodSeries;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DiskLabels {

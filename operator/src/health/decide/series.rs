@@ -14,7 +14,10 @@ use super::{
 };
 use crate::{
     health::{book::HealthBook, graph::VmKey, intern::Pool},
-    metrics::health::{BackingLabels, DiskLabels, PodLabels, VerdictLabels, VmLabels},
+    metrics::{
+        health::{DiskLabels, VerdictLabels, VmLabels},
+        pod_series::{BackingLabels, PodLabels},
+    },
 };
 
 /// The pass's metric series: per VM its verdict, I/O rate and disk latencies; per pod what

@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::{
     health::taint::TaintPlan,
-    metrics::health::{
-        BackingLabels, DiskLabels, IntentLabels, PodLabels, VerdictLabels, VmLabels,
+    metrics::{
+        health::{DiskLabels, IntentLabels, VerdictLabels, VmLabels},
+        pod_series::{BackingLabels, PodLabels},
     },
 };
 
